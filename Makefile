@@ -1,0 +1,41 @@
+# vpr: `make train` and `make test` set up .venv themselves on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export WANDB_SILENT := true
+
+.PHONY: help setup train test test-full lint format table city clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create .venv from pyproject.toml (torch, lightning, hydra, faiss-cpu, ...)
+
+train: $(STAMP) ## the main job on the synthetic city: generate, cluster, untrained test, train, test
+	$(PY) train.py experiment=city_baseline $(ARGS)
+
+test: $(STAMP) ## the test suite (CPU, no network)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-full: $(STAMP) ## every test, slow ones included
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check vpr tests train.py eval.py cluster.py
+
+format: $(STAMP) ## ruff format
+	$(VENV)/bin/ruff format vpr tests train.py eval.py cluster.py
+
+city: $(STAMP) ## generate the default synthetic city under data/
+	$(PY) -m vpr.data.synthetic --out data/city_default_seed0 --preset default
+
+clean: ## remove run outputs (keeps .venv and data)
+	rm -rf outputs multirun .pytest_cache

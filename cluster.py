@@ -1,0 +1,18 @@
+"""k-means centroids for NetVLAD: python cluster.py [data=...] [backbone=...] [head.num_clusters=K]."""
+
+import hydra
+from omegaconf import DictConfig
+
+from vpr.errors import report_user_errors
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="cluster")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    from vpr.clustering import run_clustering
+
+    run_clustering(cfg)
+
+
+if __name__ == "__main__":
+    main()

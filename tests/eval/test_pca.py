@@ -1,0 +1,74 @@
+"""Tests for vpr/eval/pca.py: whitening gives identity covariance on the training data, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vpr.eval.pca import PCAWhitening
+
+
+def _correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(d, d)) * np.linspace(3.0, 0.1, d)[None, :]  # very unequal variances
+    return (rng.normal(size=(n, d)) @ mixing.T + rng.normal(size=d) * 5).astype(np.float32)
+
+
+@pytest.mark.parametrize(("n", "d", "dim"), [(200, 12, 6), (30, 80, 10)])  # N > D and N < D (Gram) branches
+def test_whitening_gives_identity_covariance(n, d, dim):
+    x = _correlated(n, d)
+    pca = PCAWhitening().fit(x, dim)
+    y = pca.transform(x, normalize=False).astype(np.float64)
+    np.testing.assert_allclose(y.mean(axis=0), np.zeros(dim), atol=1e-4)
+    np.testing.assert_allclose(np.cov(y, rowvar=False), np.eye(dim), atol=1e-3)
+    np.testing.assert_allclose(pca.components @ pca.components.T, np.eye(dim), atol=1e-8)
+
+
+@pytest.mark.parametrize(("n", "d"), [(200, 12), (30, 80)])
+def test_variances_and_subspace_match_numpy(n, d):
+    x = _correlated(n, d, seed=1).astype(np.float64)
+    pca = PCAWhitening(whiten=False).fit(x, 5)
+    covariance = np.cov(x, rowvar=False)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    np.testing.assert_allclose(pca.explained_variance, eigenvalues[::-1][:5], rtol=1e-6)
+    # the same directions up to sign
+    np.testing.assert_allclose(np.abs(pca.components @ eigenvectors[:, ::-1][:, :5]), np.eye(5), atol=1e-6)
+
+
+def test_transform_l2_normalises_and_accepts_torch():
+    x = _correlated(100, 10)
+    pca = PCAWhitening().fit(x, 4)
+    y = pca.transform(x)
+    assert y.shape == (100, 4) and y.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-6)
+    y_torch = pca.transform(torch.from_numpy(x))
+    assert isinstance(y_torch, torch.Tensor) and y_torch.dtype == torch.float32
+    np.testing.assert_allclose(y_torch.numpy(), y, atol=1e-5)
+
+
+def test_save_load_roundtrip(tmp_path):
+    x = _correlated(100, 10)
+    pca = PCAWhitening(eps=1e-7).fit(x, 4)
+    path = tmp_path / "pca_4.npz"
+    pca.save(path)
+    loaded = PCAWhitening.load(path)
+    assert loaded.eps == 1e-7 and loaded.whiten and loaded.dim == 4 and loaded.input_dim == 10
+    np.testing.assert_array_equal(loaded.transform(x), pca.transform(x))
+    state = pca.state_dict()
+    fresh = PCAWhitening()
+    fresh.load_state_dict(state)
+    np.testing.assert_array_equal(fresh.transform(x), pca.transform(x))
+
+
+def test_errors(tmp_path):
+    x = _correlated(10, 50)
+    with pytest.raises(ValueError, match="min\\(N - 1, D\\) = 9"):
+        PCAWhitening().fit(x, 10)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PCAWhitening().transform(x)
+    pca = PCAWhitening().fit(x, 3)
+    with pytest.raises(ValueError, match="50-d"):
+        pca.transform(x[:, :20])
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        PCAWhitening.load(tmp_path / "missing.npz")

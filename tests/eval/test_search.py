@@ -1,0 +1,57 @@
+"""Tests for vpr/eval/search.py against numpy brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vpr.eval.search import faiss_has_gpu, knn_search
+
+
+def _data(seed: int = 0, num_db: int = 60, num_q: int = 15, dim: int = 16):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(num_db, dim)).astype(np.float32), rng.normal(size=(num_q, dim)).astype(np.float32)
+
+
+def test_matches_numpy_brute_force():
+    db, queries = _data()
+    distances, indices = knn_search(db, queries, k=7, use_gpu=False)
+    brute = ((queries[:, None, :].astype(np.float64) - db[None, :, :]) ** 2).sum(-1)  # (Nq, Nd) squared
+    expected_indices = np.argsort(brute, axis=1)[:, :7]
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_allclose(distances, np.take_along_axis(brute, expected_indices, 1), rtol=1e-4)
+    assert indices.dtype == np.int64 and distances.shape == (15, 7)
+
+
+def test_plain_distances():
+    db = np.array([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]], dtype=np.float32)
+    queries = np.array([[0.0, 0.0]], dtype=np.float32)
+    distances, indices = knn_search(db, queries, k=3, use_gpu=False, squared=False)
+    np.testing.assert_array_equal(indices, [[0, 2, 1]])
+    np.testing.assert_allclose(distances, [[0.0, 1.0, 5.0]], atol=1e-6)
+
+
+def test_k_clipped_to_database_size_and_input_coercion():
+    db, queries = _data(num_db=4)
+    # float64, non-contiguous views are accepted (faiss needs C-contiguous float32)
+    distances, indices = knn_search(db.astype(np.float64), np.asfortranarray(queries), k=10, use_gpu="auto")
+    assert indices.shape == (15, 4)
+    assert sorted(indices[0].tolist()) == [0, 1, 2, 3]
+    assert (np.diff(distances, axis=1) >= 0).all()
+
+
+def test_errors():
+    db, queries = _data()
+    with pytest.raises(ValueError, match="D=8"):
+        knn_search(db, queries[:, :8], k=1)
+    with pytest.raises(ValueError, match="k must be"):
+        knn_search(db, queries, k=0)
+    with pytest.raises(ValueError, match="empty"):
+        knn_search(db[:0], queries, k=1)
+
+
+@pytest.mark.skipif(faiss_has_gpu(), reason="this faiss has a GPU")
+def test_use_gpu_true_without_gpu_raises():
+    db, queries = _data()
+    with pytest.raises(RuntimeError, match="faiss-gpu"):
+        knn_search(db, queries, k=1, use_gpu=True)

@@ -1,0 +1,34 @@
+"""Errors the user fixes by changing a setting or a file, and the one-line reporting of them by the scripts."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from vpr.data.dataset import DataError
+
+
+class ConfigError(ValueError):
+    """A wrong or inconsistent setting; the message names the setting and the fix."""
+
+
+# What ends a script with one clear message instead of a traceback: errors whose message is written for the user.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
+
+
+def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a script's task function: user errors print ``error: <message>`` and exit with status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as e:
+            logging.getLogger("vpr").debug("user error", exc_info=True)
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

@@ -1,0 +1,162 @@
+"""PCA (whitening) of global descriptors, e.g. 32768-d NetVLAD -> 4096-d, followed by L2 normalisation.
+
+Fit on training database descriptors (method.md section 2), then ``transform`` database and query descriptors
+alike. With whitening, every kept component is divided by the square root of its variance, so the fitted data
+have identity covariance in the reduced space (before the final L2).
+
+When N < D (the usual case: 10k descriptors of 32768-d) the eigen-decomposition works on the N x N Gram matrix
+instead of the D x D covariance.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+# Above this many bytes for the float64 copy of the training matrix, fit in float32 to halve the memory.
+_FLOAT64_LIMIT_BYTES = 1 << 30
+
+
+class PCAWhitening:
+    """PCA projection to ``dim`` components with optional whitening and final L2.
+
+    Args:
+        whiten: divide each component by sqrt(variance + eps) (True: PCA-whitening; False: plain PCA).
+        eps: regulariser of the variances (guards near-zero components).
+
+    Attributes after :meth:`fit`: ``mean`` (D,), ``components`` (dim, D) orthonormal rows,
+    ``explained_variance`` (dim,) descending, per-component variances of the training data (ddof = 1).
+    """
+
+    def __init__(self, whiten: bool = True, eps: float = 1e-9) -> None:
+        self.whiten = whiten
+        self.eps = eps
+        self.mean: np.ndarray | None = None
+        self.components: np.ndarray | None = None
+        self.explained_variance: np.ndarray | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.components is not None
+
+    @property
+    def dim(self) -> int:
+        self._require_fitted()
+        return int(self.components.shape[0])
+
+    @property
+    def input_dim(self) -> int:
+        self._require_fitted()
+        return int(self.components.shape[1])
+
+    def fit(self, x: np.ndarray | torch.Tensor, dim: int) -> PCAWhitening:
+        """x: (N, D) training descriptors; dim: kept components, 1 <= dim <= min(N - 1, D)."""
+        x = _to_numpy(x)
+        if x.ndim != 2:
+            raise ValueError(f"PCA fit expects (N, D) descriptors, got shape {x.shape}.")
+        n, d = x.shape
+        if not 1 <= dim <= min(n - 1, d):
+            raise ValueError(
+                f"PCA dim={dim} is impossible with {n} training descriptors of dimension {d}: it must be between "
+                f"1 and min(N - 1, D) = {min(n - 1, d)}. Use more training descriptors or a smaller dim."
+            )
+        dtype = np.float64 if n * d * 8 <= _FLOAT64_LIMIT_BYTES else np.float32
+        mean = x.mean(axis=0, dtype=np.float64)
+        centred = x.astype(dtype) - mean.astype(dtype)
+        if n < d:
+            # X = U S V^T: the eigenvectors of X X^T (N x N) are U, and V = X^T U / S.
+            eigenvalues, u = np.linalg.eigh((centred @ centred.T).astype(np.float64))
+            order = np.argsort(eigenvalues)[::-1][:dim]
+            singular = np.sqrt(np.maximum(eigenvalues[order], 0.0))
+            components = (centred.T @ u[:, order].astype(dtype)).astype(np.float64).T
+            components /= np.maximum(singular, np.finfo(np.float64).tiny)[:, None]
+            squared_singular = singular**2
+        else:
+            eigenvalues, v = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+            order = np.argsort(eigenvalues)[::-1][:dim]
+            components = v[:, order].T
+            squared_singular = np.maximum(eigenvalues[order], 0.0)
+        self.mean = mean
+        self.components = components
+        self.explained_variance = squared_singular / (n - 1)
+        return self
+
+    def _projection(self) -> np.ndarray:
+        """(D, dim) matrix applied to centred descriptors."""
+        projection = self.components.T
+        if self.whiten:
+            projection = projection / np.sqrt(self.explained_variance + self.eps)[None, :]
+        return projection
+
+    def transform(self, x: np.ndarray | torch.Tensor, normalize: bool = True) -> np.ndarray | torch.Tensor:
+        """x: (N, D) -> (N, dim), L2-normalised rows unless ``normalize=False``; numpy in, numpy out (float32),
+        torch in, torch out (same device and dtype)."""
+        self._require_fitted()
+        if x.shape[-1] != self.input_dim:
+            raise ValueError(f"PCA was fitted on {self.input_dim}-d descriptors, got shape {tuple(x.shape)}.")
+        if isinstance(x, torch.Tensor):
+            mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device)
+            projection = torch.as_tensor(self._projection(), dtype=x.dtype, device=x.device)
+            out = (x - mean) @ projection
+            return torch.nn.functional.normalize(out, p=2, dim=-1) if normalize else out
+        out = (np.asarray(x, dtype=np.float64) - self.mean) @ self._projection()
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+        return out.astype(np.float32)
+
+    def fit_transform(self, x: np.ndarray | torch.Tensor, dim: int, normalize: bool = True) -> np.ndarray:
+        return self.fit(x, dim).transform(x, normalize=normalize)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        self._require_fitted()
+        return {
+            "mean": self.mean,
+            "components": self.components,
+            "explained_variance": self.explained_variance,
+            "whiten": np.array(self.whiten),
+            "eps": np.array(self.eps),
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        missing = {"mean", "components", "explained_variance", "whiten", "eps"} - set(state)
+        if missing:
+            raise KeyError(f"PCA state is missing {sorted(missing)}.")
+        self.mean = np.asarray(state["mean"], dtype=np.float64)
+        self.components = np.asarray(state["components"], dtype=np.float64)
+        self.explained_variance = np.asarray(state["explained_variance"], dtype=np.float64)
+        self.whiten = bool(state["whiten"])
+        self.eps = float(state["eps"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted state to an ``.npz`` file (atomically: a crash never leaves half a file)."""
+        path = os.fspath(path)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **self.state_dict())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PCAWhitening:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"PCA file {path} does not exist; fit PCA first (PCAWhitening.fit + save)."
+            )
+        with np.load(path) as data:
+            pca = cls()
+            try:
+                pca.load_state_dict(dict(data))
+            except KeyError as err:
+                raise ValueError(f"PCA file {path} is incomplete: {err}") from err
+        return pca
+
+    def _require_fitted(self) -> None:
+        if self.components is None:
+            raise RuntimeError("PCAWhitening is not fitted: call fit(descriptors, dim) or load(path) first.")
+
+
+def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)

@@ -1,0 +1,75 @@
+"""Exact k-nearest-neighbour search of query descriptors in a database (faiss ``IndexFlatL2``).
+
+Evaluation (method.md section 1) uses exact L2 search; a GPU index is used when faiss was built with GPU
+support and a GPU is visible.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+def faiss_has_gpu() -> bool:
+    """True when this faiss build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _as_float32_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.ascontiguousarray(np.asarray(x), dtype=np.float32)  # faiss takes C-contiguous float32 only
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (rows x D), got shape {x.shape}.")
+    return x
+
+
+def knn_search(
+    db: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    use_gpu: bool | str = "auto",
+    squared: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact L2 k-NN of every query among the database descriptors.
+
+    Args:
+        db: (Nd, D) database descriptors.
+        queries: (Nq, D) query descriptors.
+        k: neighbours per query; clipped to Nd.
+        use_gpu: ``"auto"`` (GPU when available), True (require a GPU faiss) or False.
+        squared: return squared L2 distances (faiss's native output) or, if False, plain L2 distances.
+
+    Returns:
+        distances (Nq, k') float32, ascending per row, and indices (Nq, k') int64 into ``db``, k' = min(k, Nd).
+    """
+    db = _as_float32_matrix(db, "db")
+    queries = _as_float32_matrix(queries, "queries")
+    if db.shape[0] == 0:
+        raise ValueError("knn_search: the database is empty (0 descriptors).")
+    if queries.shape[1] != db.shape[1]:
+        raise ValueError(
+            f"knn_search: queries have D={queries.shape[1]} but the database has D={db.shape[1]}."
+        )
+    if k < 1:
+        raise ValueError(f"knn_search: k must be >= 1, got {k}.")
+    k = min(int(k), db.shape[0])
+
+    if use_gpu == "auto":
+        use_gpu = faiss_has_gpu()
+    elif use_gpu not in (True, False):
+        raise ValueError(f"knn_search: use_gpu must be True, False or 'auto', got {use_gpu!r}.")
+    elif use_gpu and not faiss_has_gpu():
+        raise RuntimeError(
+            "knn_search: use_gpu=True but this faiss has no GPU support or sees no GPU (faiss-cpu installed?). "
+            "Install faiss-gpu or set use_gpu to 'auto'/False."
+        )
+
+    index = faiss.IndexFlatL2(db.shape[1])
+    if use_gpu:
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    index.add(db)
+    distances, indices = index.search(queries, k)
+    if not squared:
+        # Rounding can make faiss's ||q||^2 - 2 q.x + ||x||^2 slightly negative for identical vectors.
+        distances = np.sqrt(np.maximum(distances, 0.0))
+    return distances, indices.astype(np.int64, copy=False)

@@ -1,0 +1,86 @@
+"""eval.py's work: Recall@N of a checkpoint (or of the untrained network) on a split, results.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vpr.builders import build_datamodule, build_module, init_netvlad
+from vpr.errors import ConfigError
+from vpr.eval.results import format_table, write_json_atomic
+from vpr.training import resolve_ckpt_path
+
+log = logging.getLogger(__name__)
+
+# Settings that define the network: taken from the checkpoint, whatever the command line says.
+MODEL_KEYS = ("backbone", "attention", "head", "loss", "model", "seed")
+
+
+def load_checkpoint_config(path: str) -> tuple[dict, dict | None]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if "state_dict" not in state:
+        raise ConfigError(f"ckpt_path={path} has no state_dict: not a Lightning checkpoint of train.py")
+    return state, state.get("vpr_config")
+
+
+def _explicit_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:
+        return []
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.split not in ("train", "val", "test"):
+        raise ConfigError(f"split={cfg.split}: choose val or test")
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, "train")
+    state = None
+    if ckpt_path is not None:
+        state, stored = load_checkpoint_config(ckpt_path)
+        if stored is not None:
+            cfg = cfg.copy()
+            OmegaConf.set_struct(cfg, False)
+            for key in MODEL_KEYS:
+                if key in stored:
+                    cfg[key] = stored[key]
+            cfg.backbone.pretrained = False  # the checkpoint holds the weights: nothing to download
+            if not any(o.startswith("data.image_size") for o in _explicit_overrides()):
+                cfg.data.image_size = stored["data"]["image_size"]
+        else:
+            log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
+    L.seed_everything(int(cfg.seed), workers=True)
+    dm = build_datamodule(cfg)
+    dm.splits["test"] = dict(cfg.data.splits)[cfg.split]
+    dm.prepare_data()
+    module = build_module(cfg, with_training=False)
+    if state is not None:
+        module.load_state_dict(state["state_dict"])
+    else:
+        dm.setup("fit")  # clustering (cluster.auto) reads the training split
+        init_netvlad(cfg, module, dm)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.get("accelerator", "auto"),
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=cfg.paths.output_dir,
+    )
+    trainer.test(module, datamodule=dm, verbose=False)
+    results = dict(module.results["test"])
+    results["checkpoint"] = ckpt_path
+    out_dir = Path(cfg.paths.output_dir)
+    write_json_atomic(out_dir / "results.json", results)
+    label = "trained" if ckpt_path else "untrained"
+    print("\n" + format_table({label: results}, title="Recall (%)") + f"\n\nresults: {out_dir / 'results.json'}\n")
+    return results

@@ -1,0 +1,256 @@
+"""The LightningModule: backbone -> attention slot -> head, trained on offline-mined tuples, scored by Recall@N.
+
+It never imports the data package. It hands the data module an encoder (``encode_dataset``) for the mining
+cache, and reads the evaluation ground truth from the data module's ``val_split`` / ``test_split``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from vpr.eval.retrieval import evaluate_descriptors
+
+log = logging.getLogger(__name__)
+
+
+class PlaceRecognitionModule(L.LightningModule):
+    """VPR model and its training/evaluation logic.
+
+    Args:
+        backbone: image (B, 3, H, W) -> feature map (B, C, h, w); attribute ``out_channels``.
+        attention: feature map -> ``AttentionOutput(features, weights, mask)``.
+        head: (features, weights) -> (B, D) L2-normalised descriptor; attribute ``out_dim``.
+        loss: (query, positive, negatives, neg_to_query) -> scalar.
+        optimizer: partial optimizer (``torch.optim.SGD`` with lr, momentum, weight decay) taking param groups.
+        scheduler: partial LR scheduler (StepLR), stepped once per epoch after the optimizer, or None.
+        lr_multipliers: per component (``backbone``, ``attention``, ``head``) factor on the optimizer's lr
+            (e.g. 10 for the CRN layers).
+        recall_at: the N of Recall@N.
+        freeze_batchnorm: keep every BatchNorm of the backbone in eval mode, so that the training forward pass
+            computes the same descriptor as the cache pass (eval mode).
+        encode_batch_size / encode_workers: loader settings for the mining cache pass.
+        run_config: the composed configuration, stored in every checkpoint so that ``eval.py`` can rebuild it.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        attention: nn.Module,
+        head: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        lr_multipliers: Mapping[str, float] | None = None,
+        recall_at: Sequence[int] = (1, 5, 10, 20),
+        freeze_batchnorm: bool = False,
+        encode_batch_size: int = 16,
+        encode_workers: int = 0,
+        run_config: dict | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.attention = attention
+        self.head = head
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.lr_multipliers = {"backbone": 1.0, "attention": 1.0, "head": 1.0, **dict(lr_multipliers or {})}
+        self.recall_at = tuple(int(n) for n in recall_at)
+        self.freeze_batchnorm = freeze_batchnorm
+        self.encode_batch_size = int(encode_batch_size)
+        self.encode_workers = int(encode_workers)
+        self.run_config = run_config
+        self.results: dict[str, dict] = {}
+        self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._epoch_start = 0.0
+
+    # -- the descriptor ---------------------------------------------------------------------------------------
+    def describe(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images: (B, 3, H, W) -> (descriptors (B, out_dim), spatial mask (B, 1, h, w) or None)."""
+        features = self.backbone(images)
+        att = self.attention(features)
+        return self.head(att.features, att.weights), att.mask
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) -> descriptors (B, out_dim), L2-normalised."""
+        return self.describe(images)[0]
+
+    def train(self, mode: bool = True) -> PlaceRecognitionModule:
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    # -- mining cache -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_dataset(self, dataset: Dataset, desc: str = "encoding") -> torch.Tensor:
+        """Descriptors of every item of ``dataset`` ((image, index) pairs), in order: (len, out_dim).
+
+        Eval mode, no gradients. Under DDP each rank encodes every world_size-th item and the shards are
+        gathered, so every rank returns the full matrix.
+        """
+        was_training = self.training
+        self.eval()
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
+        indices = np.arange(len(dataset))[rank::world]
+        loader = DataLoader(
+            Subset(dataset, indices.tolist()),
+            batch_size=self.encode_batch_size,
+            num_workers=self.encode_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        t0 = time.perf_counter()
+        parts = []
+        ctx = self._trainer.precision_plugin.forward_context() if self._trainer else torch.autocast("cpu", enabled=False)
+        with ctx:
+            for images, _ in tqdm(loader, desc=desc, leave=False, disable=rank != 0, dynamic_ncols=True):
+                parts.append(self(images.to(self.device, non_blocking=True)).float())
+        local = torch.cat(parts) if parts else torch.zeros(0, self.head.out_dim, device=self.device)
+        if world > 1:
+            local = self._gather_shards(local, len(dataset), world)
+        self.train(was_training)
+        log.debug("%s: %d images in %.1f s", desc, len(dataset), time.perf_counter() - t0)
+        return local
+
+    def _gather_shards(self, local: torch.Tensor, total: int, world: int) -> torch.Tensor:
+        """Reassemble rank-strided shards (rank r holds items r, r + world, ...) into (total, D)."""
+        per_rank = -(-total // world)
+        padded = torch.zeros(per_rank, local.shape[1], device=local.device, dtype=local.dtype)
+        padded[: len(local)] = local
+        gathered = self.all_gather(padded)  # (world, per_rank, D)
+        out = torch.empty(total, local.shape[1], device=local.device, dtype=local.dtype)
+        for r in range(world):
+            n = len(range(r, total, world))
+            out[r::world] = gathered[r, :n]
+        return out
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "encoder"):
+            raise RuntimeError("PlaceRecognitionModule trains with a data module that mines tuples (PlaceDataModule)")
+        dm.encoder = self.encode_dataset
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """batch: query (B,3,H,W), positive (B,3,H,W), negatives (N,3,H,W), neg_to_query (N,)."""
+        b = batch["query"].shape[0]
+        images = torch.cat([batch["query"], batch["positive"], batch["negatives"]])
+        desc, _ = self.describe(images)
+        q, p, n = desc[:b], desc[b : 2 * b], desc[2 * b :]
+        loss = self.loss(q, p, n, batch["neg_to_query"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
+        self.log("train/negatives_per_query", n.shape[0] / b, on_step=False, on_epoch=True, batch_size=b)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        stats = getattr(self.trainer.datamodule, "last_mining_stats", None)
+        if stats is not None:
+            self.log_dict(
+                {
+                    "mining/skipped_queries": float(stats.skipped),
+                    "mining/negatives_per_query": stats.mean_negatives,
+                    "mining/cache_seconds": stats.encode_seconds,
+                    "mining/positive_distance": stats.mean_positive_distance,
+                    "mining/hardest_negative_distance": stats.mean_hardest_negative_distance,
+                },
+                sync_dist=False,
+            )
+        self.log("train/epoch_seconds", time.perf_counter() - self._epoch_start)
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("no optimizer configured (set optimizer=sgd)")
+        base_lr = self.optimizer_factory.keywords.get("lr") if hasattr(self.optimizer_factory, "keywords") else None
+        groups = []
+        for name in ("backbone", "attention", "head"):
+            params = [p for p in getattr(self, name).parameters() if p.requires_grad]
+            if params:
+                group: dict[str, Any] = {"params": params, "name": name}
+                if base_lr is not None:
+                    group["lr"] = base_lr * float(self.lr_multipliers.get(name, 1.0))
+                groups.append(group)
+        if not groups:
+            raise ValueError("no trainable parameters: check backbone.train_from")
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        images, index = batch
+        self._eval_outputs.append((self(images).float(), index))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_outputs = []
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_outputs = []
+
+    def _collect(self, total: int) -> np.ndarray:
+        """Descriptors of the whole evaluation set in dataset order, gathered over ranks: (total, D)."""
+        desc = torch.cat([d for d, _ in self._eval_outputs])
+        index = torch.cat([i for _, i in self._eval_outputs]).to(desc.device)
+        self._eval_outputs = []
+        if self.trainer.world_size > 1:
+            # DistributedSampler pads with repeated items; scattering by index makes duplicates harmless.
+            desc = self.all_gather(desc).flatten(0, 1)
+            index = self.all_gather(index).flatten(0, 1)
+        out = torch.zeros(total, desc.shape[1], dtype=desc.dtype, device=desc.device)
+        seen = torch.zeros(total, dtype=torch.bool, device=desc.device)
+        out[index] = desc
+        seen[index] = True
+        if not bool(seen.all()):
+            raise RuntimeError(f"evaluation covered {int(seen.sum())} of {total} images")
+        return out.cpu().numpy()
+
+    def _finish_eval(self, stage: str) -> None:
+        split = getattr(self.trainer.datamodule, f"{stage}_split")
+        desc = self._collect(split.num_db + split.num_q)
+        recalls = evaluate_descriptors(desc[: split.num_db], desc[split.num_db :], split.eval_positives(), self.recall_at)
+        self.results[stage] = {
+            "dataset": split.dataset,
+            "split": split.split,
+            "num_queries": split.num_q,
+            "num_database": split.num_db,
+            "recall_at": {str(n): r for n, r in recalls.items()},
+        }
+        prefix = "val" if stage == "val" else "test"
+        for n, r in recalls.items():
+            self.log(f"{prefix}/R@{n}", r, sync_dist=False, prog_bar=n == self.recall_at[0])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._eval_outputs = []
+            return
+        self._finish_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["vpr_config"] = self.run_config
