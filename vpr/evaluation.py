@@ -62,6 +62,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     dm.splits["test"] = dict(cfg.data.splits)[cfg.split]
     dm.prepare_data()
+    dm.setup("test")  # a missing dataset fails here, before any network is built
     module = build_module(cfg, with_training=False)
     if state is not None:
         module.load_state_dict(state["state_dict"])

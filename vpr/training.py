@@ -57,8 +57,16 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callback]:
+    """The configured callbacks; those that only feed a logger are left out when there is none."""
+    out = []
+    for c in (cfg.get("callbacks") or {}).values():
+        if c is None or "_target_" not in c:
+            continue
+        if not with_logger and c._target_.endswith("LearningRateMonitor"):
+            continue
+        out.append(instantiate(c))
+    return out
 
 
 def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str = "train") -> str | None:
@@ -123,7 +131,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         init_netvlad(cfg, module, dm)  # a resumed run restores the head from the checkpoint instead
     print_budget(cfg, dm, module)
 
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg))
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=build_callbacks(cfg, with_logger=bool(loggers))
+    )
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vpr.models.heads.pooling import GeM, AvgPool, MaxPool
+from vpr.models.heads.pooling import AvgPool, GeM, MaxPool
 
 
 def _map(channel0: list[float], channel1: list[float]) -> torch.Tensor:

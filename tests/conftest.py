@@ -1,0 +1,58 @@
+"""Shared fixtures: the tiny synthetic city (generated once per session) and the script runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data folder holding the tiny city exactly where data=synthetic data.prepare.preset=tiny expects it."""
+    from vpr.data.synthetic import generate_city
+
+    d = tmp_path_factory.mktemp("data")
+    generate_city(d / "city_tiny_seed0", "tiny", seed=0, progress=False)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_city(data_dir) -> Path:
+    return data_dir / "city_tiny_seed0"
+
+
+def script_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_DIR": str(tmp),
+            "HYDRA_FULL_ERROR": "0",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "2",
+        }
+    )
+    env.pop("VPR_PITTSBURGH_ROOT", None)
+    return env
+
+
+def run_script(script: str, *overrides: str, tmp: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run train.py / eval.py / cluster.py in a subprocess, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides],
+        cwd=tmp,
+        env=script_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc

@@ -1,0 +1,109 @@
+"""End to end on the tiny synthetic city, through the real scripts and configs: cluster -> train -> eval -> resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_script
+
+
+def common(data_dir: Path, tmp: Path) -> list[str]:
+    return [
+        "experiment=city_baseline",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp}/outputs",
+        "data.image_size=[48,64]",
+        "data.num_workers=0",
+        "data.eval_batch_size=16",
+        "head.num_clusters=8",
+        "cluster.images=20",
+        "cluster.descriptors_per_image=10",
+        "mining.refresh_every_queries=8",
+        "mining.candidate_negatives=20",
+        "mining.negatives_per_query=2",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """One training run (cluster.auto) shared by the tests of this module."""
+    tmp = tmp_path_factory.mktemp("train")
+    run = tmp / "outputs" / "train" / "runs" / "run1"  # where ckpt_path=last looks
+    proc = run_script("train.py", *common(data_dir, tmp), "logger=csv", f"hydra.run.dir={run}", tmp=tmp)
+    return tmp, run, proc
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_train_writes_results_and_checkpoints(trained, data_dir):
+    tmp, run, proc = trained
+    res = read(run / "results.json")
+    assert res["dataset"] == "city" and res["split"] == "test"
+    assert set(res["recall_at"]) == {"1", "5", "10", "20"}
+    r = [res["recall_at"][k] for k in ("1", "5", "10", "20")]
+    assert all(0.0 <= x <= 1.0 for x in r) and r == sorted(r)
+    assert res["num_queries"] > 0 and res["num_database"] > 0
+    assert read(run / "results_untrained.json")["split"] == "test"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert "untrained" in proc.stdout and "trained" in proc.stdout  # the side-by-side table
+    centroids = list((data_dir / "centroids").glob("resnet18-layer3-random42_city_8_desc_cen.hdf5"))
+    assert centroids, "cluster.auto wrote the centroid file under the name encoding backbone, dataset, K"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert "vpr_config" in ckpt
+    remembered = ckpt["PlaceDataModule"]["miner"]["remembered"]
+    assert (remembered >= 0).any(), "the remembered negatives are saved in the checkpoint"
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+
+
+def test_eval_reproduces_training_test_recall(trained, data_dir):
+    tmp, run, _ = trained
+    out = tmp / "eval1"
+    ckpt = read(run / "results.json")["checkpoint"]
+    run_script("eval.py", *common(data_dir, tmp)[:3], f"ckpt_path={ckpt}", f"hydra.run.dir={out}", tmp=tmp)
+    assert read(out / "results.json")["recall_at"] == read(run / "results.json")["recall_at"]
+
+
+def test_eval_through_pittsburgh_reader_matches_synthetic(trained, data_dir, tiny_city):
+    tmp, run, _ = trained
+    ckpt = run / "checkpoints" / "last.ckpt"
+    a, b = tmp / "eval_syn", tmp / "eval_pitt"
+    base = [f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}"]
+    run_script("eval.py", "data=synthetic", "data.prepare.preset=tiny", *base, f"hydra.run.dir={a}", tmp=tmp)
+    run_script("eval.py", "data=pittsburgh", f"data.root={tiny_city}", "data.name=city", *base, f"hydra.run.dir={b}", tmp=tmp)
+    ra, rb = read(a / "results.json"), read(b / "results.json")
+    assert ra["recall_at"] == rb["recall_at"] and ra["num_queries"] == rb["num_queries"]
+
+
+def test_resume_from_last_continues_with_state(trained, data_dir):
+    tmp, run, _ = trained
+    out = tmp / "resumed"
+    run_script(
+        "train.py", *common(data_dir, tmp), "trainer.max_epochs=2", "ckpt_path=last", "logger=none",
+        "test_untrained=false", f"hydra.run.dir={out}", tmp=tmp,
+    )
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1  # started from epoch 0's checkpoint, trained one more epoch
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 2
+
+
+def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_path):
+    run_script(
+        "cluster.py", "experiment=city_baseline", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
+        f"paths.centroids_dir={tmp_path}/c", "head.num_clusters=4", "cluster.images=10",
+        "cluster.descriptors_per_image=5", "data.image_size=[48,64]", f"hydra.run.dir={tmp_path}/run", tmp=tmp_path,
+    )
+    import h5py
+
+    (path,) = (tmp_path / "c").glob("*.hdf5")
+    assert path.name == "resnet18-layer3-random42_city_4_desc_cen.hdf5"
+    with h5py.File(path) as f:
+        assert f["centroids"].shape == (4, 256) and f["descriptors"].shape == (50, 256)
