@@ -87,13 +87,16 @@ def mining_margin(cfg: DictConfig) -> float:
 def build_datamodule(cfg: DictConfig):
     mining = OmegaConf.to_container(cfg.mining, resolve=True)
     mining["margin"] = mining_margin(cfg)
-    return instantiate(cfg.data, mining=mining, seed=cfg.seed, _recursive_=True)
+    guidance = cfg.get("guidance") or {}
+    guidance = OmegaConf.to_container(guidance, resolve=True) if guidance.get("source") else None
+    return instantiate(cfg.data, mining=mining, seed=cfg.seed, guidance=guidance, _recursive_=True)
 
 
 def build_module(cfg: DictConfig, with_training: bool = True):
     from vpr.models.module import PlaceRecognitionModule
 
     backbone, attention, head = build_network(cfg)
+    guidance = cfg.get("guidance") or {}
     kwargs: dict[str, Any] = {}
     if with_training:
         kwargs["optimizer"] = instantiate(cfg.optimizer)
@@ -109,6 +112,10 @@ def build_module(cfg: DictConfig, with_training: bool = True):
         encode_batch_size=int(cfg.data.eval_batch_size),
         encode_workers=int(cfg.data.num_workers),
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        aux_loss=str(guidance.get("loss", "mse")),
+        aux_weight=float(guidance.get("weight", 0.0)) if guidance.get("source") else 0.0,
+        aux_weight_after=guidance.get("weight_after"),
+        aux_switch_epoch=guidance.get("switch_epoch"),
         **kwargs,
     )
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from vpr.builders import build_datamodule, build_module, init_netvlad
 from vpr.errors import ConfigError
 from vpr.eval.results import format_table, write_json_atomic
-from vpr.training import resolve_ckpt_path
+from vpr.training import resolve_ckpt_path, single_log_stream
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def _explicit_overrides() -> list[str]:
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    single_log_stream()
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split}: choose val or test")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, "train")

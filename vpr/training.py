@@ -113,8 +113,15 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
     )
 
 
+def single_log_stream() -> None:
+    """Lightning logs through its own console handler and Hydra's root handler: keep only Hydra's (console + file)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).handlers.clear()
+
+
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as configured; returns the test results (and the untrained ones when asked)."""
+    single_log_stream()
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision("high")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vpr.eval.retrieval import evaluate_descriptors
+from vpr.models.attention.deattention import deattention_loss
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class PlaceRecognitionModule(L.LightningModule):
             computes the same descriptor as the cache pass (eval mode).
         encode_batch_size / encode_workers: loader settings for the mining cache pass.
         run_config: the composed configuration, stored in every checkpoint so that ``eval.py`` can rebuild it.
+        aux_loss: ``mse`` or ``bce`` between the attention mask and the semantic guidance target.
+        aux_weight: its weight (0: no auxiliary loss); ``aux_weight_after`` replaces it from epoch
+            ``aux_switch_epoch`` on (the paper's 0.1 for 4 epochs, then 0.001).
     """
 
     def __init__(
@@ -56,6 +60,10 @@ class PlaceRecognitionModule(L.LightningModule):
         encode_batch_size: int = 16,
         encode_workers: int = 0,
         run_config: dict | None = None,
+        aux_loss: str = "mse",
+        aux_weight: float = 0.0,
+        aux_weight_after: float | None = None,
+        aux_switch_epoch: int | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -70,6 +78,12 @@ class PlaceRecognitionModule(L.LightningModule):
         self.encode_batch_size = int(encode_batch_size)
         self.encode_workers = int(encode_workers)
         self.run_config = run_config
+        if aux_loss not in ("mse", "bce"):
+            raise ValueError(f"guidance.loss={aux_loss!r}: choose mse or bce")
+        self.aux_loss = aux_loss
+        self.aux_weight = float(aux_weight)
+        self.aux_weight_after = aux_weight_after
+        self.aux_switch_epoch = aux_switch_epoch
         self.results: dict[str, dict] = {}
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._epoch_start = 0.0
@@ -141,15 +155,38 @@ class PlaceRecognitionModule(L.LightningModule):
         if dm is None or not hasattr(dm, "encoder"):
             raise RuntimeError("PlaceRecognitionModule trains with a data module that mines tuples (PlaceDataModule)")
         dm.encoder = self.encode_dataset
+        if hasattr(dm, "set_feature_grid") and self.aux_weight > 0:
+            dm.set_feature_grid(self.feature_grid(dm.image_size))
+
+    @torch.no_grad()
+    def feature_grid(self, image_size: Sequence[int]) -> tuple[int, int]:
+        """(h, w) of the backbone's feature map for (H, W) images."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        h, w = self.backbone(torch.zeros(1, 3, *image_size, device=self.device)).shape[-2:]
+        self.backbone.train(was_training)
+        return int(h), int(w)
+
+    def current_aux_weight(self) -> float:
+        if self.aux_switch_epoch is not None and self.aux_weight_after is not None:
+            if self.current_epoch >= self.aux_switch_epoch:
+                return float(self.aux_weight_after)
+        return self.aux_weight
 
     # -- training ---------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """batch: query (B,3,H,W), positive (B,3,H,W), negatives (N,3,H,W), neg_to_query (N,)."""
         b = batch["query"].shape[0]
         images = torch.cat([batch["query"], batch["positive"], batch["negatives"]])
-        desc, _ = self.describe(images)
+        desc, mask = self.describe(images)
         q, p, n = desc[:b], desc[b : 2 * b], desc[2 * b :]
         loss = self.loss(q, p, n, batch["neg_to_query"])
+        self.log("train/metric_loss", loss, on_step=False, on_epoch=True, batch_size=b)
+        weight = self.current_aux_weight()
+        if weight > 0 and mask is not None and "targets" in batch:
+            aux = deattention_loss(mask, batch["targets"].to(mask.dtype), kind=self.aux_loss)
+            self.log("train/aux_loss", aux, on_step=False, on_epoch=True, batch_size=b)
+            loss = loss + weight * aux
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
         self.log("train/negatives_per_query", n.shape[0] / b, on_step=False, on_epoch=True, batch_size=b)
         return loss

@@ -12,7 +12,7 @@ Every attention module maps a feature map x: (B, C, h, w) to an :class:`Attentio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from torch import Tensor, nn
@@ -65,13 +65,15 @@ class Combined(nn.Module):
     the auxiliary loss supervises).
 
     Args:
-        modules: the attention modules, applied in order (at least one). A Hydra config passes a list:
-            ``modules: [{_target_: ...DeAttention, ...}, {_target_: ...SE, ...}]``.
+        modules: the attention modules, applied in order (at least one), or factories taking ``channels``
+            (a Hydra config lists them with ``_partial_: true`` so that ``channels`` is passed once:
+            ``modules: [{_target_: ...DeAttention, _partial_: true}, {_target_: ...SE, _partial_: true}]``).
+        channels: passed to the factories.
     """
 
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
+    def __init__(self, modules: Sequence[nn.Module | Callable[..., nn.Module]], channels: int | None = None) -> None:
         super().__init__()
-        modules = list(modules)
+        modules = [m if isinstance(m, nn.Module) else m(channels=channels) for m in modules]
         if not modules:
             raise ValueError(
                 "Combined attention (vpr/models/attention/base.py) needs at least one module; "

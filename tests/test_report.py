@@ -1,0 +1,271 @@
+"""Tests for vpr/report.py on fake multirun folders with hand-chosen recalls (expected numbers worked out by hand)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from vpr.report import collect_runs, format_markdown, main, plot_recall_curves, summarise
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(
+    root: Path,
+    folder: str,
+    variant: str | None,
+    seed: int,
+    recall_at: dict[int, float] | None,
+    split: str = "test",
+    dataset: str = "city",
+    untrained: dict[int, float] | None = None,
+) -> Path:
+    """A job folder as train.py writes it; recall_at=None makes a failed job (config only, no results.json)."""
+    d = root / folder
+    d.mkdir(parents=True)
+    lines = [f"seed: {seed}", "tags: [city]", "data:", f"  name: {dataset}"]
+    if variant is not None:
+        lines.append(f"variant: {variant}")
+    (d / "config.yaml").write_text("\n".join(lines) + "\n")
+    (d / ".hydra").mkdir()
+    (d / ".hydra" / "config.yaml").write_text("\n".join(lines) + "\n")
+
+    def payload(recalls: dict[int, float]) -> str:
+        return json.dumps(
+            {
+                "dataset": dataset,
+                "split": split,
+                "num_queries": 200,
+                "num_database": 400,
+                "recall_at": {str(n): r for n, r in recalls.items()},
+                "checkpoint": "last.ckpt",
+            }
+        )
+
+    if recall_at is not None:
+        (d / "results.json").write_text(payload(recall_at))
+    if untrained is not None:
+        (d / "results_untrained.json").write_text(payload(untrained))
+    return d
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    """variant -> its cells, parsed from the first markdown table."""
+    rows = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith("| variant"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+def header(markdown: str) -> list[str]:
+    line = next(line for line in markdown.splitlines() if line.startswith("| variant"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """baseline R@1 0.40/0.50/0.60 (mean 50, std 10); se R@1 0.70/0.71/0.72 (mean 71, std 1); crn one run."""
+    root = tmp_path / "multirun"
+    for i, (r1, seed) in enumerate([(0.40, 1), (0.50, 2), (0.60, 3)]):
+        write_run(root, f"{i}_", "baseline", seed, {1: r1, 5: r1 + 0.1, 10: r1 + 0.2, 20: r1 + 0.3})
+    for i, (r1, seed) in enumerate([(0.70, 1), (0.71, 2), (0.72, 3)], start=3):
+        write_run(root, f"{i}_", "se", seed, {1: r1, 5: 0.8, 10: 0.9, 20: 0.95})
+    write_run(root, "6_", "crn", 1, {1: 0.52, 5: 0.6, 10: 0.7, 20: 0.8})
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def test_collect_runs_reads_variant_seed_split_and_recalls(sweep: Path):
+    runs = collect_runs(sweep)
+    assert len(runs) == 7
+    first = next(r for r in runs if r.path.name == "0_")
+    assert (first.variant, first.seed, first.dataset, first.split) == ("baseline", 1, "city", "test")
+    assert first.recall_at == pytest.approx({1: 0.40, 5: 0.50, 10: 0.60, 20: 0.70})
+    assert list(first.recall_at) == [1, 5, 10, 20]  # int keys, numeric order
+
+
+def test_mean_and_sample_std_match_hand_computation(sweep: Path):
+    rows = {row.variant: row for row in summarise(collect_runs(sweep))}
+    # baseline R@1: mean (40 + 50 + 60) / 3 = 50; sample var ((-10)^2 + 0 + 10^2) / (3 - 1) = 100 -> std 10.
+    assert rows["baseline"].mean_pct[1] == pytest.approx(50.0)
+    assert rows["baseline"].std_pct[1] == pytest.approx(10.0)
+    # se R@1: mean 71; var (1 + 0 + 1) / 2 = 1 -> std 1.
+    assert rows["se"].mean_pct[1] == pytest.approx(71.0)
+    assert rows["se"].std_pct[1] == pytest.approx(1.0)
+    assert rows["se"].std_pct[5] == pytest.approx(0.0)
+    assert math.isnan(rows["crn"].std_pct[1])  # one run: no sample std
+    cells = table_rows(format_markdown(summarise(collect_runs(sweep))))
+    assert cells["baseline"][:4] == ["50.0 ± 10.0", "60.0 ± 10.0", "70.0 ± 10.0", "80.0 ± 10.0"]
+    assert cells["se"][0] == "71.0 ± 1.0"
+    assert cells["crn"][0] == "52.0 ± –"
+
+
+def test_uneven_values_round_to_one_decimal(tmp_path: Path):
+    # R@1 0.30 and 0.34: mean 32.0, std = sqrt((2^2 + 2^2) / 1) = 2.828... -> "2.8".
+    write_run(tmp_path, "0_", "se", 1, {1: 0.30, 5: 0.5, 10: 0.6})
+    write_run(tmp_path, "1_", "se", 2, {1: 0.34, 5: 0.5, 10: 0.6})
+    cells = table_rows(format_markdown(summarise(collect_runs(tmp_path))))
+    assert cells["se"][0] == "32.0 ± 2.8"
+    assert cells["se"][3] == "2"  # runs column
+
+
+def test_rows_follow_the_paper_order_then_alphabetical(tmp_path: Path):
+    for i, variant in enumerate(["zeta", "deattention_se", "se", "alpha", "baseline", "crn", "deattention"]):
+        write_run(tmp_path, f"{i}_", variant, 1, {1: 0.5, 5: 0.6, 10: 0.7})
+    rows = summarise(collect_runs(tmp_path))
+    assert [r.variant for r in rows] == ["baseline", "crn", "se", "deattention", "deattention_se", "alpha", "zeta"]
+    assert list(table_rows(format_markdown(rows))) == [r.variant for r in rows]
+
+
+def test_columns_are_the_common_ns_plus_1_5_10(tmp_path: Path):
+    write_run(tmp_path, "0_", "baseline", 1, {1: 0.4, 5: 0.5, 10: 0.6, 20: 0.7, 2: 0.45})
+    write_run(tmp_path, "1_", "baseline", 2, {1: 0.6, 10: 0.8, 2: 0.65})  # no R@5, no R@20
+    md = format_markdown(summarise(collect_runs(tmp_path)))
+    # R@2 is in every run; R@5 only in one but always shown; R@20 only in one and not a must -> dropped.
+    assert header(md)[:5] == ["variant", "R@1", "R@2", "R@5", "R@10"]
+    assert "R@20" not in header(md)
+    cells = table_rows(md)["baseline"]
+    assert cells[0] == "50.0 ± 14.1"  # values 40, 60: std = sqrt(200) = 14.14
+    assert cells[2] == "50.0 ± – (1 of 2 runs)"
+
+
+def test_split_column_and_mixed_split(tmp_path: Path):
+    write_run(tmp_path, "0_", "baseline", 1, {1: 0.5, 5: 0.6, 10: 0.7}, split="test")
+    write_run(tmp_path, "1_", "baseline", 2, {1: 0.5, 5: 0.6, 10: 0.7}, split="test")
+    write_run(tmp_path, "2_", "se", 1, {1: 0.6, 5: 0.7, 10: 0.8}, split="test")
+    write_run(tmp_path, "3_", "se", 2, {1: 0.6, 5: 0.7, 10: 0.8}, split="val")
+    rows = {r.variant: r for r in summarise(collect_runs(tmp_path))}
+    assert rows["baseline"].split == "city/test"
+    assert rows["se"].split == "mixed"
+    assert rows["se"].splits == ("city/test", "city/val")
+    md = format_markdown(list(rows.values()))
+    split_col = header(md).index("split") - 1
+    assert table_rows(md)["baseline"][split_col] == "city/test"
+    assert table_rows(md)["se"][split_col] == "mixed"
+    assert "n/a (split differs)" in table_rows(md)["se"][-1]  # no delta across splits
+
+
+def test_metric_split_keeps_only_the_chosen_split(tmp_path: Path, capsys):
+    write_run(tmp_path, "0_", "se", 1, {1: 0.6, 5: 0.7, 10: 0.8}, split="test")
+    write_run(tmp_path, "1_", "se", 2, {1: 0.2, 5: 0.7, 10: 0.8}, split="val")
+    assert main([str(tmp_path), "--no-plot", "--metric-split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out)["se"][0] == "60.0 ± –"
+    assert table_rows(out)["se"][4] == "city/test"
+    assert "skipped (split val, not test): 1_" in out
+
+
+def test_delta_vs_baseline_and_noise_verdict(sweep: Path):
+    md = format_markdown(summarise(collect_runs(sweep)))
+    assert header(md)[-1] == "ΔR@1 vs baseline"
+    cells = table_rows(md)
+    assert cells["baseline"][-1] == "–"
+    # se: 71 - 50 = +21.0; stds 1 + 10 = 11 < 21 -> beyond.
+    assert cells["se"][-1] == "+21.0 (beyond 11.0)"
+    # crn: one run, std unknown.
+    assert cells["crn"][-1] == "+2.0 (std n/a)"
+
+
+def test_delta_within_noise(tmp_path: Path):
+    for i, r in enumerate([0.40, 0.50, 0.60]):
+        write_run(tmp_path, f"b{i}", "baseline", i, {1: r, 5: 0.7, 10: 0.8})
+    for i, r in enumerate([0.48, 0.52, 0.56]):  # mean 52, std 4 -> +2 within 14
+        write_run(tmp_path, f"s{i}", "se", i, {1: r, 5: 0.7, 10: 0.8})
+    assert table_rows(format_markdown(summarise(collect_runs(tmp_path))))["se"][-1] == "+2.0 (within 14.0)"
+
+
+def test_no_baseline_no_delta_column(tmp_path: Path):
+    write_run(tmp_path, "0_", "se", 1, {1: 0.6, 5: 0.7, 10: 0.8})
+    assert not any(h.startswith("ΔR@1") for h in header(format_markdown(summarise(collect_runs(tmp_path)))))
+
+
+def test_missing_jobs_are_listed_not_fatal(sweep: Path, capsys):
+    write_run(sweep, "7_attention=cbam", "cbam", 1, None)  # failed: config but no results.json
+    (sweep / "8_attention=bam" / ".hydra").mkdir(parents=True)  # died before writing config.yaml
+    # Inside a finished run, logger folders with their own config.yaml are not jobs.
+    (sweep / "0_" / "wandb" / "run-1" / "files").mkdir(parents=True)
+    (sweep / "0_" / "wandb" / "run-1" / "files" / "config.yaml").write_text("_wandb: {}\n")
+    assert main([str(sweep), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "- missing: 7_attention=cbam" in out
+    assert "- missing: 8_attention=bam" in out
+    assert out.count("missing:") == 2
+    assert "cbam" not in table_rows(out)
+
+
+def test_runs_found_at_any_depth_and_variant_fallbacks(tmp_path: Path):
+    write_run(tmp_path / "sweepA", "0_", "baseline", 1, {1: 0.5, 5: 0.6, 10: 0.7})
+    # No variant: Hydra's experiment choice from .hydra/overrides.yaml ...
+    d = write_run(tmp_path / "sweepB" / "deeper", "0_", None, 2, {1: 0.5, 5: 0.6, 10: 0.7})
+    (d / ".hydra" / "overrides.yaml").write_text("- experiment=city_se\n- seed=2\n")
+    # ... and without that the folder name minus the job number.
+    write_run(tmp_path / "sweepC", "3_attention=cbam", None, 3, {1: 0.5, 5: 0.6, 10: 0.7})
+    runs = {r.seed: r for r in collect_runs(tmp_path)}
+    assert {s: r.variant for s, r in runs.items()} == {1: "baseline", 2: "city_se", 3: "attention=cbam"}
+
+
+def test_unreadable_results_are_reported(sweep: Path, capsys):
+    bad = write_run(sweep, "9_", "se", 9, None)
+    (bad / "results.json").write_text('{"dataset": "city", "recall_at": {"1": 42.0}}')  # percent, not fraction
+    assert main([str(sweep), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable: 9_" in out
+    assert table_rows(out)["se"][4] == "3"  # runs column (after R@1..R@20): the bad run is not counted
+
+
+def test_plot_is_a_valid_png(sweep: Path, tmp_path: Path):
+    from matplotlib.image import imread
+
+    path = plot_recall_curves(collect_runs(sweep), tmp_path / "plots" / "curves.png")
+    assert path == tmp_path / "plots" / "curves.png"
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert img.std() > 0  # not a blank canvas
+    assert not list(path.parent.glob(".*"))  # no temporary file left behind
+    # Rows are accepted as well as runs.
+    assert plot_recall_curves(summarise(collect_runs(sweep)), tmp_path / "rows.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_empty_folder_exits_2_with_a_hint(tmp_path: Path, capsys):
+    (tmp_path / "0_").mkdir()
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "results.json" in err and "train.py -m" in err
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        collect_runs(tmp_path)
+
+
+def test_missing_folder_exits_2(tmp_path: Path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nope") in err and "train.py -m" in err
+
+
+def test_cli_writes_table_and_plot(sweep: Path, tmp_path: Path, capsys):
+    out_md, out_png = tmp_path / "t" / "table.md", tmp_path / "t" / "curves.png"
+    assert main([str(sweep), "--out", str(out_md), "--plot", str(out_png)]) == 0
+    printed = capsys.readouterr().out
+    text = out_md.read_text()
+    assert text in printed  # what is printed is what is written
+    assert table_rows(text)["baseline"][0] == "50.0 ± 10.0"
+    assert out_png.read_bytes()[:8] == PNG_SIGNATURE
+    # Defaults: next to the runs.
+    assert main([str(sweep)]) == 0
+    assert (sweep / "results.md").read_text() == text
+    assert (sweep / "recall_curves.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_untrained_table(tmp_path: Path, capsys):
+    write_run(tmp_path, "0_", "baseline", 1, {1: 0.5, 5: 0.6, 10: 0.7}, untrained={1: 0.1, 5: 0.2, 10: 0.3})
+    write_run(tmp_path, "1_", "baseline", 2, {1: 0.5, 5: 0.6, 10: 0.7}, untrained={1: 0.3, 5: 0.2, 10: 0.3})
+    assert main([str(tmp_path), "--no-plot", "--untrained"]) == 0
+    out = capsys.readouterr().out
+    before = out.split("Before training")[1]
+    # untrained R@1 10, 30: mean 20, std sqrt(200) = 14.1
+    assert table_rows(before)["baseline"][0] == "20.0 ± 14.1"

@@ -1,0 +1,502 @@
+"""The paper's results table from a Hydra multirun folder: mean ± std of Recall@N per variant over seeds.
+
+``python -m vpr.report DIR [--out OUT.md] [--plot OUT.png] [--metric-split test] [--untrained]``
+
+DIR is searched recursively; every folder holding ``results.json`` is one run, described by the
+``config.yaml`` next to it (or Hydra's ``.hydra/config.yaml``)::
+
+    DIR/multirun.yaml                           Hydra's (not needed)
+    DIR/<job_num>_<override_dirname>/config.yaml      variant, seed, data.name
+    DIR/<job_num>_<override_dirname>/results.json     {"dataset", "split", "recall_at": {"1": 0.42, ...}}
+    DIR/<job_num>_<override_dirname>/results_untrained.json   optional, same shape
+
+A job folder (one holding ``config.yaml`` or ``.hydra/``) without ``results.json`` is a failed or unfinished
+job: it is listed under the table as ``missing: <folder>``. Each row says which dataset/split its numbers
+come from ("mixed" when its runs disagree), because a val number next to a test number means nothing.
+
+The variant of a run is ``variant`` in its config; without it, Hydra's ``experiment`` choice (from
+``.hydra/hydra.yaml`` or ``.hydra/overrides.yaml``); without that, the folder name minus the job number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The paper's order; anything else follows alphabetically.
+VARIANT_ORDER: tuple[str, ...] = (
+    "baseline",
+    "crn",
+    "bam",
+    "cbam",
+    "se",
+    "deattention",
+    "deattention_se",
+    "deattention_stml",
+)
+# Columns shown whenever at least one run has them, even if not every run does.
+ALWAYS_SHOWN: tuple[int, ...] = (1, 5, 10)
+# Folders that belong to a run's loggers, never runs themselves (wandb keeps its own config.yaml).
+SKIPPED_DIRS: frozenset[str] = frozenset({"wandb", "csv", "tensorboard", "lightning_logs", "checkpoints"})
+SWEEP_HINT = "python train.py -m experiment=city_baseline seed=1,2,3"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished job. recall_at: N -> recall as a fraction in [0, 1]."""
+
+    variant: str
+    seed: int | None
+    dataset: str
+    split: str
+    recall_at: dict[int, float]
+    path: Path
+    untrained: Run | None = None  # the same job's results_untrained.json, when it wrote one
+
+    @property
+    def split_label(self) -> str:
+        return f"{self.dataset}/{self.split}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One variant summarised over its runs; recalls in percent. std is NaN where fewer than two runs have N."""
+
+    variant: str
+    runs: int
+    split: str  # "dataset/split", or "mixed" when the runs disagree
+    splits: tuple[str, ...]  # every distinct "dataset/split" among the runs, sorted
+    mean_pct: dict[int, float]
+    std_pct: dict[int, float]
+    count: dict[int, int]  # runs that reported each N
+    seeds: tuple[int | None, ...]
+    paths: tuple[Path, ...]
+
+
+@dataclass
+class Scan:
+    """What a multirun folder holds: readable runs, job folders without results, results that could not be read."""
+
+    root: Path
+    runs: list[Run] = field(default_factory=list)
+    missing: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def _load_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    # resolve=False: Hydra's .hydra/*.yaml keep ${...} interpolations that cannot be resolved outside the run.
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _load_json(path: Path) -> Any:
+    import json
+
+    with open(path) as f:
+        return json.load(f)
+
+
+def _plain(value: Any) -> str | None:
+    """A usable string setting, or None for absent / empty / unresolved interpolations."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text if text and "${" not in text else None
+
+
+def _job_config(run_dir: Path) -> dict[str, Any]:
+    for candidate in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if candidate.is_file():
+            cfg = _load_yaml(candidate)
+            return cfg if isinstance(cfg, dict) else {}
+    return {}
+
+
+def _experiment_choice(run_dir: Path) -> str | None:
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        try:
+            choice = _load_yaml(hydra_yaml)["hydra"]["runtime"]["choices"].get("experiment")
+        except Exception:  # a damaged hydra.yaml only costs us this fallback
+            choice = None
+        if _plain(choice):
+            return _plain(choice)
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        try:
+            items = _load_yaml(overrides)
+        except Exception:
+            items = []
+        for item in items or []:
+            key, _, value = str(item).lstrip("+~").partition("=")
+            if key == "experiment" and _plain(value):
+                return _plain(value)
+    return None
+
+
+def _folder_variant(run_dir: Path) -> str:
+    # Hydra names sweep jobs "<job_num>_<override_dirname>"; the number is not part of the variant.
+    stripped = re.sub(r"^\d+_", "", run_dir.name)
+    return stripped or run_dir.name
+
+
+def _parse_results(data: Any, path: Path) -> tuple[str, str, dict[int, float]]:
+    if not isinstance(data, dict) or not isinstance(data.get("recall_at"), dict) or not data["recall_at"]:
+        raise ValueError(f"{path.name} has no 'recall_at' mapping like {{\"1\": 0.42, \"5\": 0.7}}")
+    recall: dict[int, float] = {}
+    for key, value in data["recall_at"].items():
+        try:
+            n, r = int(key), float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path.name}: recall_at entry {key!r}: {value!r} is not N: fraction") from None
+        if n < 1 or not math.isfinite(r) or not 0.0 <= r <= 1.0:
+            raise ValueError(f"{path.name}: recall_at[{key}] = {value!r}; expected N >= 1 and a fraction in [0, 1]")
+        recall[n] = r
+    return str(data.get("dataset") or ""), str(data.get("split") or "?"), dict(sorted(recall.items()))
+
+
+def _read_run(run_dir: Path) -> Run:
+    cfg = _job_config(run_dir)
+    variant = _plain(cfg.get("variant")) or _experiment_choice(run_dir) or _folder_variant(run_dir)
+    seed_value = cfg.get("seed")
+    seed = int(seed_value) if isinstance(seed_value, int) or (isinstance(seed_value, str) and seed_value.isdigit()) else None
+    data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    fallback_dataset = _plain(data_cfg.get("name")) or "?"
+
+    def load(path: Path, untrained: Run | None) -> Run:
+        dataset, split, recall = _parse_results(_load_json(path), path)
+        return Run(variant, seed, dataset or fallback_dataset, split, recall, run_dir, untrained)
+
+    untrained_path = run_dir / "results_untrained.json"
+    untrained = None
+    if untrained_path.is_file():
+        try:
+            untrained = load(untrained_path, None)
+        except (OSError, ValueError):
+            untrained = None  # the trained numbers are what the table is about; a bad extra file is not fatal
+    return load(run_dir / "results.json", untrained)
+
+
+def scan(root: str | os.PathLike) -> Scan:
+    """Find every run under ``root`` (see the module docstring). Raises FileNotFoundError when there is none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"vpr.report: {root} is not a folder; pass the multirun folder of a sweep "
+            f"(e.g. outputs/train/multiruns/<date>), made by `{SWEEP_HINT}`."
+        )
+    result = Scan(root=root)
+    run_dirs: list[Path] = []
+    job_dirs: list[Path] = []
+    for current, dirnames, filenames in os.walk(root):
+        here = Path(current)
+        is_job = "config.yaml" in filenames or ".hydra" in dirnames
+        # Hidden folders (.hydra, .git) and logger folders never hold runs.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
+        if "results.json" in filenames:
+            run_dirs.append(here)
+        elif is_job and here != root:
+            job_dirs.append(here)
+
+    def inside(a: Path, b: Path) -> bool:
+        return a != b and b in a.parents
+
+    # A job folder is missing its results only when nothing below or above it produced a results.json, and it
+    # is the outermost such folder (a failed job's own sub-folders are not separate jobs).
+    candidates = [
+        j
+        for j in job_dirs
+        if not any(inside(r, j) or inside(j, r) for r in run_dirs)
+    ]
+    result.missing = sorted(j for j in candidates if not any(inside(j, o) for o in candidates))
+
+    if not run_dirs:
+        found = f" ({len(result.missing)} job folder(s), none finished)" if result.missing else ""
+        raise FileNotFoundError(
+            f"vpr.report: no results.json anywhere under {root}{found}. Run the sweep first, e.g. "
+            f"`{SWEEP_HINT}`, then pass its multirun folder."
+        )
+    for run_dir in sorted(run_dirs):
+        try:
+            result.runs.append(_read_run(run_dir))
+        except (OSError, ValueError) as e:  # json.JSONDecodeError and YAML errors are ValueErrors
+            result.unreadable.append((run_dir, str(e)))
+        except Exception as e:  # omegaconf's parser errors are not ValueErrors; still one bad job, not a crash
+            result.unreadable.append((run_dir, f"{type(e).__name__}: {e}"))
+    return result
+
+
+def collect_runs(root: str | os.PathLike) -> list[Run]:
+    """Every readable run under ``root`` (sorted by folder). Raises FileNotFoundError when there is none."""
+    return scan(root).runs
+
+
+# --------------------------------------------------------------------------------------------- summarising
+
+
+def variant_sort_key(variant: str) -> tuple[int, str]:
+    return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
+
+
+def summarise(runs: Sequence[Run]) -> list[Row]:
+    """One row per variant, in :data:`VARIANT_ORDER` then alphabetically. Recalls in percent, std with ddof=1."""
+    by_variant: dict[str, list[Run]] = {}
+    for run in runs:
+        by_variant.setdefault(run.variant, []).append(run)
+    rows = []
+    for variant in sorted(by_variant, key=variant_sort_key):
+        group = by_variant[variant]
+        ns = sorted({n for run in group for n in run.recall_at})
+        mean, std, count = {}, {}, {}
+        for n in ns:
+            values = np.array([100.0 * run.recall_at[n] for run in group if n in run.recall_at])
+            mean[n] = float(values.mean())
+            std[n] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            count[n] = len(values)
+        splits = tuple(sorted({run.split_label for run in group}))
+        rows.append(
+            Row(
+                variant=variant,
+                runs=len(group),
+                split=splits[0] if len(splits) == 1 else "mixed",
+                splits=splits,
+                mean_pct=mean,
+                std_pct=std,
+                count=count,
+                seeds=tuple(run.seed for run in group),
+                paths=tuple(run.path for run in group),
+            )
+        )
+    return rows
+
+
+def recall_columns(rows: Sequence[Row]) -> list[int]:
+    """Every N reported by all runs, plus R@1/5/10 whenever any run has them; ascending."""
+    present = {n for row in rows for n in row.count}
+    everywhere = {n for n in present if all(row.count.get(n, 0) == row.runs for row in rows)}
+    return sorted(everywhere | (present & set(ALWAYS_SHOWN)))
+
+
+def _cell(row: Row, n: int) -> str:
+    if row.count.get(n, 0) == 0:
+        return "–"
+    std = row.std_pct[n]
+    text = f"{row.mean_pct[n]:.1f} ± " + ("–" if math.isnan(std) else f"{std:.1f}")
+    if row.count[n] < row.runs:
+        text += f" ({row.count[n]} of {row.runs} runs)"
+    return text
+
+
+def _delta_cell(row: Row, baseline: Row | None) -> str:
+    if baseline is None or row is baseline:
+        return "–"
+    if 1 not in row.count or 1 not in baseline.count:
+        return "n/a (no R@1)"
+    if row.split == "mixed" or row.split != baseline.split:
+        return "n/a (split differs)"
+    delta = row.mean_pct[1] - baseline.mean_pct[1]
+    noise = row.std_pct[1] + baseline.std_pct[1]
+    if math.isnan(noise):
+        return f"{delta:+.1f} (std n/a)"
+    verdict = "beyond" if abs(delta) > noise else "within"
+    return f"{delta:+.1f} ({verdict} {noise:.1f})"
+
+
+def format_markdown(
+    rows: Sequence[Row],
+    *,
+    title: str | None = None,
+    missing: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> str:
+    """The results table as markdown; ``missing`` (job folders without results) and ``notes`` are listed below."""
+    if not rows:
+        raise ValueError("format_markdown: no rows to show; summarise() a non-empty list of runs first.")
+    ns = recall_columns(rows)
+    baseline = next((row for row in rows if row.variant == "baseline"), None)
+    header = ["variant", *(f"R@{n}" for n in ns), "runs", "split"]
+    align = ["---", *("---:" for _ in ns), "---:", "---"]
+    if baseline is not None:
+        header.append("ΔR@1 vs baseline")
+        align.append("---:")
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for row in rows:
+        cells = [row.variant, *(_cell(row, n) for n in ns), str(row.runs), row.split]
+        if baseline is not None:
+            cells.append(_delta_cell(row, baseline))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Recall@N in %, mean ± sample std (ddof=1) over runs (seeds); '± –' means a single run."]
+    if baseline is not None:
+        lines.append(
+            "ΔR@1: mean R@1 minus the baseline's, in points; 'beyond x' when |Δ| exceeds x = std of the variant "
+            "+ std of the baseline, 'within x' otherwise."
+        )
+    mixed = [row for row in rows if row.split == "mixed"]
+    for row in mixed:
+        lines.append(f"`{row.variant}` mixes splits {', '.join(row.splits)}: its numbers are not comparable.")
+    extra = [f"- missing: {m}" for m in missing] + [f"- {note}" for note in notes]
+    if extra:
+        lines += ["", *extra]
+    return "\n".join(lines) + "\n"
+
+
+def _duplicate_seed_notes(rows: Sequence[Row]) -> list[str]:
+    notes = []
+    for row in rows:
+        seen = [s for s in row.seeds if s is not None]
+        dupes = sorted({s for s in seen if seen.count(s) > 1})
+        if dupes:
+            notes.append(
+                f"{row.variant}: seed(s) {', '.join(map(str, dupes))} appear more than once; "
+                "check that the runs' `variant` settings are right."
+            )
+    return notes
+
+
+# ------------------------------------------------------------------------------------------------ plotting
+
+
+def plot_recall_curves(rows_or_runs: Sequence[Row] | Sequence[Run], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Recall@N curves (mean, shaded ± std) per variant, log-scaled N, written atomically as PNG to ``path``."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    from vpr.viz.retrievals import save_figure_atomic
+
+    items = list(rows_or_runs)
+    if not items:
+        raise ValueError("plot_recall_curves: nothing to plot; pass the rows of summarise() or the runs.")
+    rows = summarise(items) if isinstance(items[0], Run) else items
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    all_ns: set[int] = set()
+    for row in rows:
+        ns = sorted(row.count)
+        all_ns.update(ns)
+        mean = np.array([row.mean_pct[n] for n in ns])
+        std = np.nan_to_num(np.array([row.std_pct[n] for n in ns]), nan=0.0)  # one run: no band
+        (line,) = ax.plot(ns, mean, marker="o", label=f"{row.variant} (n={row.runs})")
+        ax.fill_between(ns, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    if len(all_ns) > 1:
+        ax.set_xscale("log")
+    ax.set_xticks(sorted(all_ns))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("N")
+    ax.set_ylabel("Recall@N (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    splits = sorted({s for row in rows for s in row.splits})
+    ax.set_title(title or f"Recall@N on {', '.join(splits)}" + (" (mixed splits!)" if len(splits) > 1 else ""))
+    return save_figure_atomic(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root)) or "."
+    except ValueError:
+        return str(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m vpr.report",
+        description="Results table (mean ± std of Recall@N per variant) and Recall@N plot of a Hydra multirun folder.",
+    )
+    p.add_argument("dir", type=Path, help="multirun folder (searched recursively for results.json)")
+    p.add_argument("--out", type=Path, default=None, help="markdown file (default DIR/results.md)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of the Recall@N curves (default DIR/recall_curves.png)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    p.add_argument(
+        "--metric-split",
+        nargs="+",
+        default=None,
+        metavar="SPLIT",
+        help="keep only runs evaluated on these splits (e.g. test); others are listed as skipped",
+    )
+    p.add_argument("--untrained", action="store_true", help="add a table of results_untrained.json (before training)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    root: Path = args.dir
+    try:
+        found = scan(root)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    runs = found.runs
+    notes = [f"unreadable: {_relative(p, root)} ({reason})" for p, reason in found.unreadable]
+    if args.metric_split:
+        wanted = set(args.metric_split)
+        notes += [
+            f"skipped (split {r.split}, not {'/'.join(sorted(wanted))}): {_relative(r.path, root)}"
+            for r in runs
+            if r.split not in wanted
+        ]
+        runs = [r for r in runs if r.split in wanted]
+    if not runs:
+        print(
+            f"error: vpr.report: no usable run under {root}:\n  " + "\n  ".join(notes or ["(none)"]) + "\n"
+            "Fix or rerun those jobs, or change --metric-split.",
+            file=sys.stderr,
+        )
+        return 2
+
+    rows = summarise(runs)
+    notes += _duplicate_seed_notes(rows)
+    text = format_markdown(
+        rows,
+        title=f"Results: {root.resolve().name}",
+        missing=[_relative(m, root) for m in found.missing],
+        notes=notes,
+    )
+    if args.untrained:
+        before = [r.untrained for r in runs if r.untrained is not None]
+        if before:
+            text += "\n" + format_markdown(summarise(before), title="Before training (results_untrained.json)")
+    out = args.out or root / "results.md"
+    _write_text_atomic(out, text)
+    print(text, end="")
+    print(f"\ntable: {out}")
+    if not args.no_plot:
+        plot_path = plot_recall_curves(rows, args.plot or root / "recall_curves.png")
+        print(f"plot: {plot_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
