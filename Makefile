@@ -34,6 +34,9 @@ lint: $(STAMP) ## ruff
 format: $(STAMP) ## ruff format
 	$(VENV)/bin/ruff format vpr tests train.py eval.py cluster.py
 
+table: $(STAMP) ## results table + Recall@N plot of a sweep: make table [DIR=outputs/train/multiruns/<date>] (default: latest)
+	$(PY) -m vpr.report $(or $(DIR),$(lastword $(sort $(wildcard outputs/train/multiruns/*)))) $(ARGS)
+
 city: $(STAMP) ## generate the default synthetic city under data/
 	$(PY) -m vpr.data.synthetic --out data/city_default_seed0 --preset default
 

@@ -67,6 +67,10 @@ def header(markdown: str) -> list[str]:
     return [c.strip() for c in line.strip("|").split("|")]
 
 
+def cell(markdown: str, variant: str, column: str) -> str:
+    return table_rows(markdown)[variant][header(markdown).index(column) - 1]
+
+
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
     """baseline R@1 0.40/0.50/0.60 (mean 50, std 10); se R@1 0.70/0.71/0.72 (mean 71, std 1); crn one run."""
@@ -111,14 +115,22 @@ def test_uneven_values_round_to_one_decimal(tmp_path: Path):
     write_run(tmp_path, "1_", "se", 2, {1: 0.34, 5: 0.5, 10: 0.6})
     cells = table_rows(format_markdown(summarise(collect_runs(tmp_path))))
     assert cells["se"][0] == "32.0 ± 2.8"
-    assert cells["se"][3] == "2"  # runs column
+    assert cell(format_markdown(summarise(collect_runs(tmp_path))), "se", "runs") == "2"
 
 
 def test_rows_follow_the_paper_order_then_alphabetical(tmp_path: Path):
     for i, variant in enumerate(["zeta", "deattention_se", "se", "alpha", "baseline", "crn", "deattention"]):
         write_run(tmp_path, f"{i}_", variant, 1, {1: 0.5, 5: 0.6, 10: 0.7})
     rows = summarise(collect_runs(tmp_path))
-    assert [r.variant for r in rows] == ["baseline", "crn", "se", "deattention", "deattention_se", "alpha", "zeta"]
+    assert [r.variant for r in rows] == [
+        "baseline",
+        "crn",
+        "se",
+        "deattention",
+        "deattention_se",
+        "alpha",
+        "zeta",
+    ]
     assert list(table_rows(format_markdown(rows))) == [r.variant for r in rows]
 
 
@@ -144,10 +156,10 @@ def test_split_column_and_mixed_split(tmp_path: Path):
     assert rows["se"].split == "mixed"
     assert rows["se"].splits == ("city/test", "city/val")
     md = format_markdown(list(rows.values()))
-    split_col = header(md).index("split") - 1
-    assert table_rows(md)["baseline"][split_col] == "city/test"
-    assert table_rows(md)["se"][split_col] == "mixed"
-    assert "n/a (split differs)" in table_rows(md)["se"][-1]  # no delta across splits
+    assert cell(md, "baseline", "split") == "city/test"
+    assert cell(md, "se", "split") == "mixed"
+    assert cell(md, "se", "ΔR@1 vs baseline") == "n/a (split differs)"  # no delta across splits
+    assert "`se` mixes splits city/test, city/val" in md
 
 
 def test_metric_split_keeps_only_the_chosen_split(tmp_path: Path, capsys):
@@ -156,7 +168,7 @@ def test_metric_split_keeps_only_the_chosen_split(tmp_path: Path, capsys):
     assert main([str(tmp_path), "--no-plot", "--metric-split", "test"]) == 0
     out = capsys.readouterr().out
     assert table_rows(out)["se"][0] == "60.0 ± –"
-    assert table_rows(out)["se"][4] == "city/test"
+    assert cell(out, "se", "split") == "city/test"
     assert "skipped (split val, not test): 1_" in out
 
 
@@ -190,12 +202,24 @@ def test_missing_jobs_are_listed_not_fatal(sweep: Path, capsys):
     # Inside a finished run, logger folders with their own config.yaml are not jobs.
     (sweep / "0_" / "wandb" / "run-1" / "files").mkdir(parents=True)
     (sweep / "0_" / "wandb" / "run-1" / "files" / "config.yaml").write_text("_wandb: {}\n")
+    (sweep / "1_" / "extra").mkdir()
+    (sweep / "1_" / "extra" / "config.yaml").write_text("x: 1\n")
+    # A sweep-level wandb folder (WANDB_DIR inside the sweep) holds config.yaml files too.
+    (sweep / "wandb" / "run-2" / "files").mkdir(parents=True)
+    (sweep / "wandb" / "run-2" / "files" / "config.yaml").write_text("_wandb: {}\n")
+    # A failed job's own sub-folders are not separate jobs: listed once.
+    (sweep / "7_attention=cbam" / "eval").mkdir()
+    (sweep / "7_attention=cbam" / "eval" / "config.yaml").write_text("x: 1\n")
+    # A job whose results.json sits one level down (e.g. an eval sub-folder) is not missing.
+    write_run(sweep, "10_", "bam", 1, None)
+    write_run(sweep / "10_", "eval", "bam", 1, {1: 0.5, 5: 0.6, 10: 0.7})
     assert main([str(sweep), "--no-plot"]) == 0
     out = capsys.readouterr().out
-    assert "- missing: 7_attention=cbam" in out
-    assert "- missing: 8_attention=bam" in out
+    assert "- missing: 7_attention=cbam\n" in out
+    assert "- missing: 8_attention=bam\n" in out
     assert out.count("missing:") == 2
     assert "cbam" not in table_rows(out)
+    assert cell(out, "bam", "runs") == "1"  # the nested run counts
 
 
 def test_runs_found_at_any_depth_and_variant_fallbacks(tmp_path: Path):
@@ -203,19 +227,30 @@ def test_runs_found_at_any_depth_and_variant_fallbacks(tmp_path: Path):
     # No variant: Hydra's experiment choice from .hydra/overrides.yaml ...
     d = write_run(tmp_path / "sweepB" / "deeper", "0_", None, 2, {1: 0.5, 5: 0.6, 10: 0.7})
     (d / ".hydra" / "overrides.yaml").write_text("- experiment=city_se\n- seed=2\n")
-    # ... and without that the folder name minus the job number.
+    # ... or the choice recorded in .hydra/hydra.yaml (unresolvable interpolations in it are fine) ...
+    d = write_run(tmp_path / "sweepB", "1_", None, 4, {1: 0.5, 5: 0.6, 10: 0.7})
+    (d / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  run:\n    dir: ${paths.log_dir}/x\n  runtime:\n    choices:\n      experiment: city_crn\n"
+    )
+    # ... and without either the folder name minus the job number.
     write_run(tmp_path / "sweepC", "3_attention=cbam", None, 3, {1: 0.5, 5: 0.6, 10: 0.7})
     runs = {r.seed: r for r in collect_runs(tmp_path)}
-    assert {s: r.variant for s, r in runs.items()} == {1: "baseline", 2: "city_se", 3: "attention=cbam"}
+    assert {s: r.variant for s, r in runs.items()} == {
+        1: "baseline",
+        2: "city_se",
+        3: "attention=cbam",
+        4: "city_crn",
+    }
 
 
 def test_unreadable_results_are_reported(sweep: Path, capsys):
     bad = write_run(sweep, "9_", "se", 9, None)
-    (bad / "results.json").write_text('{"dataset": "city", "recall_at": {"1": 42.0}}')  # percent, not fraction
+    # Recall in percent, not as a fraction: rejected, listed, not counted.
+    (bad / "results.json").write_text('{"dataset": "city", "recall_at": {"1": 42.0}}')
     assert main([str(sweep), "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert "unreadable: 9_" in out
-    assert table_rows(out)["se"][4] == "3"  # runs column (after R@1..R@20): the bad run is not counted
+    assert cell(out, "se", "runs") == "3"  # the bad run is not counted
 
 
 def test_plot_is_a_valid_png(sweep: Path, tmp_path: Path):
@@ -229,7 +264,10 @@ def test_plot_is_a_valid_png(sweep: Path, tmp_path: Path):
     assert img.std() > 0  # not a blank canvas
     assert not list(path.parent.glob(".*"))  # no temporary file left behind
     # Rows are accepted as well as runs.
-    assert plot_recall_curves(summarise(collect_runs(sweep)), tmp_path / "rows.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (
+        plot_recall_curves(summarise(collect_runs(sweep)), tmp_path / "rows.png").read_bytes()[:8]
+        == PNG_SIGNATURE
+    )
 
 
 def test_empty_folder_exits_2_with_a_hint(tmp_path: Path, capsys):

@@ -156,7 +156,7 @@ def _folder_variant(run_dir: Path) -> str:
 
 def _parse_results(data: Any, path: Path) -> tuple[str, str, dict[int, float]]:
     if not isinstance(data, dict) or not isinstance(data.get("recall_at"), dict) or not data["recall_at"]:
-        raise ValueError(f"{path.name} has no 'recall_at' mapping like {{\"1\": 0.42, \"5\": 0.7}}")
+        raise ValueError(f'{path.name} has no \'recall_at\' mapping like {{"1": 0.42, "5": 0.7}}')
     recall: dict[int, float] = {}
     for key, value in data["recall_at"].items():
         try:
@@ -164,7 +164,9 @@ def _parse_results(data: Any, path: Path) -> tuple[str, str, dict[int, float]]:
         except (TypeError, ValueError):
             raise ValueError(f"{path.name}: recall_at entry {key!r}: {value!r} is not N: fraction") from None
         if n < 1 or not math.isfinite(r) or not 0.0 <= r <= 1.0:
-            raise ValueError(f"{path.name}: recall_at[{key}] = {value!r}; expected N >= 1 and a fraction in [0, 1]")
+            raise ValueError(
+                f"{path.name}: recall_at[{key}] = {value!r}; expected N >= 1 and a fraction in [0, 1]"
+            )
         recall[n] = r
     return str(data.get("dataset") or ""), str(data.get("split") or "?"), dict(sorted(recall.items()))
 
@@ -173,7 +175,11 @@ def _read_run(run_dir: Path) -> Run:
     cfg = _job_config(run_dir)
     variant = _plain(cfg.get("variant")) or _experiment_choice(run_dir) or _folder_variant(run_dir)
     seed_value = cfg.get("seed")
-    seed = int(seed_value) if isinstance(seed_value, int) or (isinstance(seed_value, str) and seed_value.isdigit()) else None
+    seed = (
+        int(seed_value)
+        if isinstance(seed_value, int) or (isinstance(seed_value, str) and seed_value.isdigit())
+        else None
+    )
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     fallback_dataset = _plain(data_cfg.get("name")) or "?"
 
@@ -217,11 +223,7 @@ def scan(root: str | os.PathLike) -> Scan:
 
     # A job folder is missing its results only when nothing below or above it produced a results.json, and it
     # is the outermost such folder (a failed job's own sub-folders are not separate jobs).
-    candidates = [
-        j
-        for j in job_dirs
-        if not any(inside(r, j) or inside(j, r) for r in run_dirs)
-    ]
+    candidates = [j for j in job_dirs if not any(inside(r, j) or inside(j, r) for r in run_dirs)]
     result.missing = sorted(j for j in candidates if not any(inside(j, o) for o in candidates))
 
     if not run_dirs:
@@ -233,9 +235,10 @@ def scan(root: str | os.PathLike) -> Scan:
     for run_dir in sorted(run_dirs):
         try:
             result.runs.append(_read_run(run_dir))
-        except (OSError, ValueError) as e:  # json.JSONDecodeError and YAML errors are ValueErrors
+        except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
             result.unreadable.append((run_dir, str(e)))
-        except Exception as e:  # omegaconf's parser errors are not ValueErrors; still one bad job, not a crash
+        # omegaconf's parser errors are not ValueErrors; still one bad job, not a reason to crash the report.
+        except Exception as e:
             result.unreadable.append((run_dir, f"{type(e).__name__}: {e}"))
     return result
 
@@ -371,7 +374,9 @@ def _duplicate_seed_notes(rows: Sequence[Row]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ plotting
 
 
-def plot_recall_curves(rows_or_runs: Sequence[Row] | Sequence[Run], path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_recall_curves(
+    rows_or_runs: Sequence[Row] | Sequence[Run], path: str | os.PathLike, title: str | None = None
+) -> Path:
     """Recall@N curves (mean, shaded ± std) per variant, log-scaled N, written atomically as PNG to ``path``."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter, ScalarFormatter
@@ -402,7 +407,9 @@ def plot_recall_curves(rows_or_runs: Sequence[Row] | Sequence[Run], path: str | 
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     splits = sorted({s for row in rows for s in row.splits})
-    ax.set_title(title or f"Recall@N on {', '.join(splits)}" + (" (mixed splits!)" if len(splits) > 1 else ""))
+    ax.set_title(
+        title or f"Recall@N on {', '.join(splits)}" + (" (mixed splits!)" if len(splits) > 1 else "")
+    )
     return save_figure_atomic(fig, path)
 
 
@@ -436,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", type=Path, help="multirun folder (searched recursively for results.json)")
     p.add_argument("--out", type=Path, default=None, help="markdown file (default DIR/results.md)")
-    p.add_argument("--plot", type=Path, default=None, help="PNG of the Recall@N curves (default DIR/recall_curves.png)")
+    p.add_argument(
+        "--plot", type=Path, default=None, help="PNG of the Recall@N curves (default DIR/recall_curves.png)"
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the plot")
     p.add_argument(
         "--metric-split",
@@ -445,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPLIT",
         help="keep only runs evaluated on these splits (e.g. test); others are listed as skipped",
     )
-    p.add_argument("--untrained", action="store_true", help="add a table of results_untrained.json (before training)")
+    p.add_argument(
+        "--untrained", action="store_true", help="add a table of results_untrained.json (before training)"
+    )
     return p
 
 
@@ -487,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.untrained:
         before = [r.untrained for r in runs if r.untrained is not None]
         if before:
-            text += "\n" + format_markdown(summarise(before), title="Before training (results_untrained.json)")
+            text += "\n" + format_markdown(
+                summarise(before), title="Before training (results_untrained.json)"
+            )
     out = args.out or root / "results.md"
     _write_text_atomic(out, text)
     print(text, end="")

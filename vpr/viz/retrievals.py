@@ -142,7 +142,9 @@ def overlay(
     try:
         colormap = colormaps[cmap]
     except KeyError:
-        raise ValueError(f"overlay: unknown matplotlib colormap {cmap!r}; try 'jet', 'inferno' or 'gray'.") from None
+        raise ValueError(
+            f"overlay: unknown matplotlib colormap {cmap!r}; try 'jet', 'inferno' or 'gray'."
+        ) from None
     heat = colormap(resized)[..., :3] * 255.0  # (H, W, 3)
     blended = (1.0 - alpha) * image.astype(np.float64) + alpha * heat
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -170,7 +172,9 @@ def _optional_list(values: Sequence | None, n: int, name: str) -> list | None:
         return None
     values = list(values)
     if len(values) != n:
-        raise ValueError(f"save_retrieval_figure: {name} has {len(values)} entries for {n} queries; give one per query.")
+        raise ValueError(
+            f"save_retrieval_figure: {name} has {len(values)} entries for {n} queries; give one per query."
+        )
     return values
 
 
@@ -232,14 +236,20 @@ def save_retrieval_figure(
             if m is None:
                 row[j].set_title(f"{label}: none", fontsize=9)
                 continue
-            row[j].imshow(overlay(query, _check_mask(m, f"save_retrieval_figure: {label} of query {i}"), alpha, cmap))
+            row[j].imshow(
+                overlay(query, _check_mask(m, f"save_retrieval_figure: {label} of query {i}"), alpha, cmap)
+            )
             row[j].set_title(label, fontsize=9)
         for k, (img, ok) in enumerate(zip(retrieved[i], correct[i])):
             img = _check_image(img, f"save_retrieval_figure: retrieved[{i}][{k}]")
             width = max(2, round(0.05 * min(img.shape[:2])))
             width = min(width, (min(img.shape[:2]) - 1) // 2)
-            shown = frame(img, GREEN, width) if width >= 1 else img
+            shown = frame(img, GREEN if ok else RED, width) if width >= 1 else img
             ax = row[1 + len(extra) + k]
             ax.imshow(shown)
-            ax.set_title(f"top-{k + 1} {'hit' if ok else 'miss'}", fontsize=9, color=np.array(GREEN if ok else RED) / 255)
+            ax.set_title(
+                f"top-{k + 1} {'hit' if ok else 'miss'}",
+                fontsize=9,
+                color=np.array(GREEN if ok else RED) / 255,
+            )
     return save_figure_atomic(fig, path, dpi=dpi)
