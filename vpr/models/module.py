@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from vpr.eval.retrieval import evaluate_descriptors
+from vpr.eval.recall import recall_at_n
+from vpr.eval.search import knn_search
 from vpr.models.attention.deattention import deattention_loss
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class PlaceRecognitionModule(L.LightningModule):
         self.aux_weight_after = aux_weight_after
         self.aux_switch_epoch = aux_switch_epoch
         self.results: dict[str, dict] = {}
+        self.predictions: dict[str, np.ndarray] = {}  # stage -> (num_q, max N) retrieved database indices
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._epoch_start = 0.0
 
@@ -266,7 +268,9 @@ class PlaceRecognitionModule(L.LightningModule):
     def _finish_eval(self, stage: str) -> None:
         split = getattr(self.trainer.datamodule, f"{stage}_split")
         desc = self._collect(split.num_db + split.num_q)
-        recalls = evaluate_descriptors(desc[: split.num_db], desc[split.num_db :], split.eval_positives(), self.recall_at)
+        _, predictions = knn_search(desc[: split.num_db], desc[split.num_db :], k=max(self.recall_at))
+        recalls = recall_at_n(predictions, split.eval_positives(), self.recall_at)
+        self.predictions[stage] = predictions
         self.results[stage] = {
             "dataset": split.dataset,
             "split": split.split,
