@@ -85,6 +85,20 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str = "tra
     return ckpt_path
 
 
+def load_matching_weights(module: torch.nn.Module, path: str) -> None:
+    """Load the parameters of checkpoint ``path`` whose names and shapes match ``module``'s."""
+    if not Path(path).is_file():
+        raise ConfigError(f"init_weights={path}: no such checkpoint file")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    own = module.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("head.") for k in matching):
+        raise ConfigError(f"init_weights={path} holds no weights for this head: was it trained with the same head and K?")
+    module.load_state_dict(matching, strict=False)
+    skipped = sorted({k.split(".")[0] for k in own if k not in matching})
+    log.info("init_weights: %d tensors from %s; kept their initialisation: %s", len(matching), path, skipped or "none")
+
+
 def print_budget(cfg: DictConfig, dm, module) -> None:
     """What the run will cost, before it starts: images per epoch, cache passes, descriptor memory."""
     split = dm.train_split
@@ -135,7 +149,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("fit")
     module = build_module(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
-    if ckpt_path is None:
+    if ckpt_path is None and cfg.get("init_weights"):
+        load_matching_weights(module, cfg.init_weights)
+    elif ckpt_path is None:
         init_netvlad(cfg, module, dm)  # a resumed run restores the head from the checkpoint instead
     print_budget(cfg, dm, module)
 

@@ -1,0 +1,72 @@
+"""The LightningModule's training step: metric loss plus the weighted de-attention loss, and the mask's effect."""
+
+import torch
+from torch import nn
+
+from vpr.losses import TripletMarginLoss
+from vpr.models.attention.deattention import DeAttention
+from vpr.models.heads.netvlad import NetVLAD
+from vpr.models.module import PlaceRecognitionModule
+
+
+class TinyBackbone(nn.Module):
+    out_channels = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def make(apply="aggregation", aux_weight=0.5):
+    torch.manual_seed(0)
+    return PlaceRecognitionModule(
+        TinyBackbone(), DeAttention(8, apply=apply), NetVLAD(4, 8), TripletMarginLoss(0.5), aux_weight=aux_weight
+    )
+
+
+def batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "query": torch.randn(2, 3, 16, 16, generator=g),
+        "positive": torch.randn(2, 3, 16, 16, generator=g),
+        "negatives": torch.randn(3, 3, 16, 16, generator=g),
+        "neg_to_query": torch.tensor([0, 0, 1]),
+        "targets": torch.rand(7, 1, 4, 4, generator=g),
+    }
+
+
+def test_training_step_adds_weighted_mse_of_mask_and_target():
+    m = make().eval()  # eval: BatchNorm uses running stats, so describe() below sees the same network
+    b = batch()
+    images = torch.cat([b["query"], b["positive"], b["negatives"]])
+    desc, mask = m.describe(images)
+    metric = TripletMarginLoss(0.5)(desc[:2], desc[2:4], desc[4:], b["neg_to_query"])
+    mse = ((mask - b["targets"]) ** 2).mean()
+    got = m.training_step(b, 0)
+    assert torch.allclose(got, metric + 0.5 * mse, atol=1e-6)
+    assert torch.allclose(make(aux_weight=0.0).eval().training_step(b, 0), metric, atol=1e-6)
+
+
+def test_aux_weight_schedule():
+    m = make()
+    m.aux_weight_after, m.aux_switch_epoch = 0.001, 4
+    assert m.current_aux_weight() == 0.5  # no trainer: epoch 0
+
+
+def test_mask_changes_descriptor_only_when_it_weights_aggregation():
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    for apply, changes in (("aggregation", True), ("features", False)):
+        m = make(apply).eval()
+        d0 = m(x)
+        with torch.no_grad():  # another mask: perturb every parameter of the mask branch
+            for p in m.attention.parameters():
+                p.add_(torch.randn_like(p) * 2)
+        d1 = m(x)
+        delta = (d1 - d0).norm(dim=1).max().item()
+        if changes:
+            assert delta > 1e-2, delta
+        else:
+            assert delta < 1e-5, delta
