@@ -166,7 +166,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test_untrained") and ckpt_path is None:
         trainer.test(module, datamodule=dm, verbose=False)
         results["untrained"] = module.results["test"]
-        write_json_atomic(out_dir / "results_untrained.json", results["untrained"])
+        if trainer.is_global_zero:
+            write_json_atomic(out_dir / "results_untrained.json", results["untrained"])
 
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
 
@@ -175,6 +176,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
         results["trained"] = module.results["test"]
         results["trained"]["checkpoint"] = best or None
+        if not trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
+            return results
         write_json_atomic(out_dir / "results.json", results["trained"])
         columns = {k: results[k] for k in ("untrained", "trained") if k in results}
         table = format_table(columns, title="Test recall (%)")

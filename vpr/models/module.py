@@ -280,7 +280,8 @@ class PlaceRecognitionModule(L.LightningModule):
         }
         prefix = "val" if stage == "val" else "test"
         for n, r in recalls.items():
-            self.log(f"{prefix}/R@{n}", r, sync_dist=False, prog_bar=n == self.recall_at[0])
+            # identical on every rank (descriptors are gathered first): sync_dist only averages equal values
+            self.log(f"{prefix}/R@{n}", r, sync_dist=True, prog_bar=n == self.recall_at[0])
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
