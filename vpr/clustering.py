@@ -9,8 +9,6 @@ as attributes, what produced them (backbone tag, weights fingerprint, dataset, i
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tqdm.auto import tqdm
 from vpr.builders import backbone_fingerprint, backbone_tag
 from vpr.data.dataset import ImageDataset
 from vpr.errors import ConfigError
+from vpr.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +78,11 @@ def kmeans(descriptors: np.ndarray, num_clusters: int, iterations: int = 100, se
 
 def write_centroid_file(path: Path, descriptors: np.ndarray, centroids: np.ndarray, attrs: dict) -> None:
     """Write the HDF5 file atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("descriptors", data=descriptors)
-            f.create_dataset("centroids", data=centroids)
-            for k, v in attrs.items():
-                f.attrs[k] = v
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=".hdf5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("descriptors", data=descriptors)
+        f.create_dataset("centroids", data=centroids)
+        for k, v in attrs.items():
+            f.attrs[k] = v
 
 
 def cluster_and_save(cfg: DictConfig, backbone: nn.Module, datamodule, path: Path) -> Path:

@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vpr.builders import build_datamodule, build_module, init_netvlad
 from vpr.errors import ConfigError
-from vpr.eval.results import format_table, write_json_atomic
+from vpr.eval.results import format_table
+from vpr.io import write_json_atomic
 from vpr.training import resolve_ckpt_path, single_log_stream
 
 log = logging.getLogger(__name__)

@@ -25,13 +25,14 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vpr.io import write_text_atomic
 
 # The paper's order; anything else follows alphabetically.
 VARIANT_ORDER: tuple[str, ...] = (
@@ -416,19 +417,6 @@ def plot_recall_curves(
 # --------------------------------------------------------------------------------------------------- CLI
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root)) or "."
@@ -502,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 summarise(before), title="Before training (results_untrained.json)"
             )
     out = args.out or root / "results.md"
-    _write_text_atomic(out, text)
+    write_text_atomic(out, text)
     print(text, end="")
     print(f"\ntable: {out}")
     if not args.no_plot:

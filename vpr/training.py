@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vpr.builders import build_datamodule, build_module, init_netvlad, mining_margin
 from vpr.errors import ConfigError
-from vpr.eval.results import format_table, write_json_atomic
+from vpr.eval.results import format_table
+from vpr.io import write_json_atomic, write_text_atomic
 from vpr.pictures import save_retrieval_pictures
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         columns = {k: results[k] for k in ("untrained", "trained") if k in results}
         table = format_table(columns, title="Test recall (%)")
         print("\n" + table + f"\n\nrun folder: {out_dir}\n", flush=True)
-        (out_dir / "results.md").write_text(table + "\n")
+        write_text_atomic(out_dir / "results.md", table + "\n")
         picture = save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / "test_retrievals.png")
         for lg in trainer.loggers:
             if picture is not None and hasattr(lg, "log_image"):

@@ -15,6 +15,8 @@ import os
 import numpy as np
 import torch
 
+from vpr.io import atomic_path
+
 # Above this many bytes for the float64 copy of the training matrix, fit in float32 to halve the memory.
 _FLOAT64_LIMIT_BYTES = 1 << 30
 
@@ -131,10 +133,8 @@ class PCAWhitening:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted state to an ``.npz`` file (atomically: a crash never leaves half a file)."""
-        path = os.fspath(path)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **self.state_dict())
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, **self.state_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PCAWhitening:

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from vpr.io import write_json_atomic
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON through a temporary file in the same folder and rename it: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+__all__ = ["format_table", "write_json_atomic"]
 
 
 def format_table(columns: Mapping[str, Mapping[str, Any]], title: str = "") -> str:

@@ -16,13 +16,14 @@ state, works headless, and nothing changes the process-wide backend. Files are w
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+
+from vpr.io import atomic_path
 
 GREEN: tuple[int, int, int] = (0, 190, 0)
 RED: tuple[int, int, int] = (220, 0, 0)
@@ -153,17 +154,9 @@ def overlay(
 def save_figure_atomic(fig: Figure, path: str | os.PathLike, dpi: float | None = None) -> Path:
     """Save ``fig`` through a temporary file in the target folder and rename it: readers never see half a PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{fmt}", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=f".{fmt}") as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

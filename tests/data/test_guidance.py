@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vpr.data.dataset import DataError
+from vpr.data.guidance import GuidanceTargets, LabelSource, MaskDirLabels, SyntheticLabels, area_target
+
+
+def test_area_target_hand_example():
+    # 4x4 labels -> 2x2 grid: kept fraction of each 2x2 block (class 3 suppressed)
+    labels = np.array([[3, 3, 1, 1], [3, 1, 1, 1], [0, 0, 3, 3], [0, 0, 3, 3]])
+    want = np.array([[1 / 4, 1.0], [1.0, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(area_target(labels, [3], (2, 2)), want)
+
+
+def test_area_target_is_not_bicubic():
+    # one suppressed pixel in a 4x4 cell: area gives exactly 15/16; values always within [0, 1]
+    labels = np.zeros((8, 8), dtype=np.uint8)
+    labels[0, 0] = 4
+    t = area_target(labels, [4], (2, 2))
+    assert t[0, 0] == pytest.approx(15 / 16) and t.min() >= 0 and t.max() <= 1
+
+
+def test_synthetic_groups_from_classes_json(tiny_city):
+    src = SyntheticLabels(tiny_city)
+    names = json.loads((tiny_city / "classes.json").read_text())
+    ids = {v: int(k) for k, v in names.items()}
+    assert src.group_ids("person") == [ids["person"]]
+    assert src.group_ids("sky") == [ids["sky"]]
+    with pytest.raises(DataError, match="unknown group"):
+        src.group_ids("trees")
+
+
+def test_synthetic_labels_missing_city(tmp_path):
+    with pytest.raises(DataError, match="classes.json"):
+        SyntheticLabels(tmp_path)
+
+
+class CountingSource(LabelSource):
+    name = "counting"
+
+    def __init__(self):
+        self.calls = 0
+
+    def group_ids(self, group):
+        return [1]
+
+    def labels(self, path):
+        self.calls += 1
+        return np.ones((4, 6), dtype=np.uint8) * (int(path.stem) % 2)
+
+
+def test_targets_computed_once_and_cached_on_disk(tmp_path):
+    from pathlib import Path
+
+    paths = [Path(f"{i}.jpg") for i in range(5)]
+    src = CountingSource()
+    t = GuidanceTargets(src, ["person"], paths, (2, 3), cache_dir=tmp_path)
+    assert src.calls == 5
+    assert t[1].shape == (1, 2, 3) and torch.all(t[1] == 0) and torch.all(t[2] == 1)
+    src2 = CountingSource()
+    t2 = GuidanceTargets(src2, ["person"], paths, (2, 3), cache_dir=tmp_path)
+    assert src2.calls == 0 and torch.equal(t.table, t2.table)
+    GuidanceTargets(src2, ["person"], paths, (1, 3), cache_dir=tmp_path)  # another grid: recomputed
+    assert src2.calls == 5
+
+
+def test_mask_dir_reads_relative_paths(tmp_path):
+    root, masks = tmp_path / "root", tmp_path / "masks"
+    (root / "000").mkdir(parents=True)
+    (masks / "000").mkdir(parents=True)
+    Image.fromarray(np.full((4, 4), 11, dtype=np.uint8)).save(masks / "000" / "a.png")
+    src = MaskDirLabels(masks, root, None)
+    assert src.labels(root / "000" / "a.jpg").tolist() == [[11] * 4] * 4
+    assert src.group_ids("person") == [11, 12]  # Cityscapes person + rider
+    with pytest.raises(DataError, match="missing"):
+        src.labels(root / "000" / "b.jpg")
+    with pytest.raises(DataError, match="mask_dir"):
+        MaskDirLabels(tmp_path / "nope", root, None)

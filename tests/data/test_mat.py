@@ -1,0 +1,284 @@
+"""Tests for vpr/data/mat.py: the Pittsburgh dbStruct reader/writer."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from vpr.data import mat as mat_module
+from vpr.data.mat import DbStruct, dbstruct_from_loadmat, load_dbstruct, save_dbstruct
+
+# The field order of the original Pittsburgh files, written out by hand (not imported from the module).
+PITTS_FIELD_ORDER = (
+    "whichSet",
+    "dbImage",
+    "utmDb",
+    "qImage",
+    "utmQ",
+    "numDb",
+    "numQ",
+    "posDistThr",
+    "posDistSqThr",
+    "nonTrivPosDistSqThr",
+)
+
+DB_PATHS = ["000/000000_pitch1_yaw1.jpg", "000/000000_pitch1_yaw2.jpg", "001/001234_pitch2_yaw12.jpg"]
+Q_PATHS = ["000/000007_pitch1_yaw3.jpg", "003/003001_pitch1_yaw11.jpg"]
+UTM_DB = np.array([[584100.25, 4477200.5], [584100.25, 4477200.5], [585001.0, 4478002.75]])
+UTM_Q = np.array([[584103.0, 4477190.0], [585010.5, 4478000.0]])
+
+
+def _example() -> DbStruct:
+    return DbStruct("train", DB_PATHS, UTM_DB, Q_PATHS, UTM_Q, 25.0, 625.0, 100.0)
+
+
+def _matlab_like_record(fields: tuple[str, ...] = PITTS_FIELD_ORDER, num_db: float = 3.0) -> np.ndarray:
+    """A dbStruct built the way MATLAB's own files load: a 1x1 structured array of 1x1-wrapped fields,
+    N x 1 object cells whose entries are 1-element char arrays, 2 x N double coordinates."""
+    values = {
+        "whichSet": np.array(["train"]),
+        "dbImage": np.empty((3, 1), dtype=object),
+        "utmDb": np.array([[584100.25, 584100.25, 585001.0], [4477200.5, 4477200.5, 4478002.75]]),
+        "qImage": np.empty((2, 1), dtype=object),
+        "utmQ": np.array([[584103.0, 585010.5], [4477190.0, 4478000.0]]),
+        "numDb": np.array([[num_db]]),
+        "numQ": np.array([[2.0]]),
+        "posDistThr": np.array([[25.0]]),
+        "posDistSqThr": np.array([[625.0]]),
+        "nonTrivPosDistSqThr": np.array([[100.0]]),
+    }
+    for i, p in enumerate(DB_PATHS):
+        values["dbImage"][i, 0] = np.array([p])
+    for i, p in enumerate(Q_PATHS):
+        values["qImage"][i, 0] = np.array([p])
+    record = np.empty((1, 1), dtype=[(name, object) for name in fields])
+    for name in fields:
+        record[0, 0][name] = values[name]
+    return record
+
+
+def _assert_is_example(s: DbStruct) -> None:
+    assert s.which_set == "train"
+    assert s.db_image == DB_PATHS
+    assert s.q_image == Q_PATHS
+    assert s.num_db == 3 and s.num_q == 2
+    np.testing.assert_array_equal(s.utm_db, UTM_DB)
+    np.testing.assert_array_equal(s.utm_q, UTM_Q)
+    assert (s.pos_dist_thr, s.pos_dist_sq_thr, s.non_triv_pos_dist_sq_thr) == (25.0, 625.0, 100.0)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "datasets" / "city_train.mat"  # parent folder does not exist yet
+    save_dbstruct(path, _example())
+    loaded = load_dbstruct(path)
+    _assert_is_example(loaded)
+    assert loaded == _example()
+
+
+def test_saved_layout_matches_matlab(tmp_path: Path) -> None:
+    path = tmp_path / "x.mat"
+    save_dbstruct(path, _example())
+    raw = scipy.io.loadmat(str(path))
+    record = raw["dbStruct"]
+    assert record.shape == (1, 1)
+    assert record.dtype.names == PITTS_FIELD_ORDER
+    rec = record[0, 0]
+    assert rec["dbImage"].shape == (3, 1)  # N x 1 cell
+    assert str(rec["dbImage"][2, 0][0]) == DB_PATHS[2]
+    assert rec["utmDb"].shape == (2, 3)  # 2 x numDb: first row eastings
+    np.testing.assert_array_equal(rec["utmDb"][0], UTM_DB[:, 0])
+    np.testing.assert_array_equal(rec["utmQ"][1], UTM_Q[:, 1])
+    assert rec["numDb"].item() == 3 and rec["numQ"].item() == 2
+    assert str(rec["whichSet"][0]) == "train"
+
+
+def test_reads_matlab_like_file(tmp_path: Path) -> None:
+    path = tmp_path / "matlab_like.mat"
+    scipy.io.savemat(str(path), {"dbStruct": _matlab_like_record(), "other": np.eye(2)})
+    _assert_is_example(load_dbstruct(path))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"squeeze_me": True},
+        {"struct_as_record": False},
+        {"squeeze_me": True, "struct_as_record": False},
+        {"simplify_cells": True},
+        {"chars_as_strings": False},
+        {"chars_as_strings": False, "squeeze_me": True},
+    ],
+)
+def test_parser_accepts_every_loadmat_nesting(tmp_path: Path, options: dict) -> None:
+    path = tmp_path / "matlab_like.mat"
+    scipy.io.savemat(str(path), {"dbStruct": _matlab_like_record()})
+    _assert_is_example(dbstruct_from_loadmat(scipy.io.loadmat(str(path), **options)["dbStruct"], path))
+
+
+def test_one_entry_cells_survive_squeeze(tmp_path: Path) -> None:
+    # squeeze_me collapses a 1x1 cell to its string and a 2x1 matrix to a vector: still one image.
+    s = DbStruct("val", ["a/b.jpg"], [[1.0, 2.0]], ["q.jpg"], [[3.0, 4.0]])
+    path = tmp_path / "one.mat"
+    save_dbstruct(path, s)
+    for options in ({"squeeze_me": True}, {"squeeze_me": True, "chars_as_strings": False}):
+        got = dbstruct_from_loadmat(scipy.io.loadmat(str(path), **options)["dbStruct"], path)
+        assert got.db_image == ["a/b.jpg"] and got.q_image == ["q.jpg"]
+        np.testing.assert_array_equal(got.utm_db, [[1.0, 2.0]])
+
+
+def test_empty_query_list_round_trips(tmp_path: Path) -> None:
+    s = DbStruct("test", ["x.jpg"], [[5.0, 6.0]], [], np.zeros((0, 2)))
+    save_dbstruct(tmp_path / "e.mat", s)
+    got = load_dbstruct(tmp_path / "e.mat")
+    assert got.q_image == [] and got.utm_q.shape == (0, 2) and got.num_q == 0
+
+
+def _write_v73(path: Path, *, with_struct: bool = True, drop: str | None = None) -> None:
+    """A MATLAB v7.3-style file: 512-byte MATLAB header (userblock), dims reversed, cells as references."""
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        if with_struct:
+            g = f.create_group("dbStruct")
+            g.attrs["MATLAB_class"] = np.bytes_("struct")
+
+            def char(parent, name: str, text: str):
+                ds = parent.create_dataset(name, data=np.array([[ord(c)] for c in text], dtype=np.uint16))
+                ds.attrs["MATLAB_class"] = np.bytes_("char")
+                return ds
+
+            def cell(name: str, items: list[str]) -> None:
+                ref_arr = np.empty((1, len(items)), dtype=h5py.ref_dtype)  # MATLAB N x 1 -> HDF5 (1, N)
+                for i, text in enumerate(items):
+                    ref_arr[0, i] = char(refs, f"{name}{i}", text).ref
+                g.create_dataset(name, data=ref_arr).attrs["MATLAB_class"] = np.bytes_("cell")
+
+            fields = {
+                "whichSet": lambda: char(g, "whichSet", "train"),
+                "dbImage": lambda: cell("dbImage", DB_PATHS),
+                "utmDb": lambda: g.create_dataset("utmDb", data=UTM_DB),  # 2 x N in MATLAB -> (N, 2) here
+                "qImage": lambda: cell("qImage", Q_PATHS),
+                "utmQ": lambda: g.create_dataset("utmQ", data=UTM_Q),
+                "numDb": lambda: g.create_dataset("numDb", data=np.array([[3.0]])),
+                "numQ": lambda: g.create_dataset("numQ", data=np.array([[2.0]])),
+                "posDistThr": lambda: g.create_dataset("posDistThr", data=np.array([[25.0]])),
+                "posDistSqThr": lambda: g.create_dataset("posDistSqThr", data=np.array([[625.0]])),
+                "nonTrivPosDistSqThr": lambda: g.create_dataset("nonTrivPosDistSqThr", data=np.array([[100.0]])),
+            }
+            for name, make in fields.items():
+                if name != drop:
+                    make()
+        else:
+            f.create_dataset("somethingElse", data=np.zeros((2, 2)))
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
+
+
+def test_reads_v73_hdf5(tmp_path: Path) -> None:
+    path = tmp_path / "v73.mat"
+    _write_v73(path)
+    _assert_is_example(load_dbstruct(path))
+
+
+def test_v73_errors_name_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "v73_nostruct.mat"
+    _write_v73(path, with_struct=False)
+    with pytest.raises(ValueError, match=r"v73_nostruct\.mat.*dbStruct"):
+        load_dbstruct(path)
+    path = tmp_path / "v73_nofield.mat"
+    _write_v73(path, drop="utmQ")
+    with pytest.raises(ValueError, match=r"v73_nofield\.mat.*`utmQ`"):
+        load_dbstruct(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(FileNotFoundError, match="does_not_exist.mat"):
+        load_dbstruct("/nonexistent_dir/does_not_exist.mat")
+
+
+def test_not_a_mat_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.mat"
+    path.write_text("this is a text file, not MATLAB\n" * 20)
+    with pytest.raises(ValueError, match=r"notes\.mat.*not a readable MATLAB"):
+        load_dbstruct(path)
+
+
+def test_no_dbstruct(tmp_path: Path) -> None:
+    path = tmp_path / "other.mat"
+    scipy.io.savemat(str(path), {"foo": np.arange(3)})
+    with pytest.raises(ValueError, match=r"other\.mat.*no variable `dbStruct`.*foo"):
+        load_dbstruct(path)
+
+
+@pytest.mark.parametrize("missing", ["utmQ", "whichSet", "nonTrivPosDistSqThr"])
+def test_missing_field_names_file_and_field(tmp_path: Path, missing: str) -> None:
+    fields = tuple(f for f in PITTS_FIELD_ORDER if f != missing)
+    full = _matlab_like_record()
+    record = np.empty((1, 1), dtype=[(name, object) for name in fields])
+    for name in fields:
+        record[0, 0][name] = full[0, 0][name]
+    path = tmp_path / "partial.mat"
+    scipy.io.savemat(str(path), {"dbStruct": record})
+    with pytest.raises(ValueError, match=rf"partial\.mat.*`{missing}`"):
+        load_dbstruct(path)
+
+
+def test_inconsistent_counts_in_file(tmp_path: Path) -> None:
+    path = tmp_path / "badcount.mat"
+    scipy.io.savemat(str(path), {"dbStruct": _matlab_like_record(num_db=4.0)})
+    with pytest.raises(ValueError, match=r"badcount\.mat.*numDb = 4 but dbImage lists 3"):
+        load_dbstruct(path)
+
+
+def test_utm_shape_mismatch_in_file(tmp_path: Path) -> None:
+    record = _matlab_like_record()
+    record[0, 0]["utmDb"] = np.zeros((2, 5))
+    path = tmp_path / "badutm.mat"
+    scipy.io.savemat(str(path), {"dbStruct": record})
+    with pytest.raises(ValueError, match=r"badutm\.mat.*utmDb has shape \(2, 5\).*3 images"):
+        load_dbstruct(path)
+
+
+def test_dbstruct_validates_shapes() -> None:
+    with pytest.raises(ValueError, match=r"utm_db has shape \(2, 2\).*3 images"):
+        DbStruct("train", DB_PATHS, np.zeros((2, 2)), Q_PATHS, UTM_Q)
+    with pytest.raises(ValueError, match=r"utm_q has shape \(2, 3\)"):
+        DbStruct("train", DB_PATHS, UTM_DB, Q_PATHS, np.zeros((2, 3)))
+
+
+def test_dbstruct_is_frozen_and_read_only() -> None:
+    s = _example()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.which_set = "val"  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        s.utm_db[0, 0] = 0.0
+    assert s.utm_db.dtype == np.float64
+
+
+def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "city_val.mat"
+    save_dbstruct(path, _example())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["city_val.mat"]  # no temp file left behind
+    before = path.read_bytes()
+
+    def broken_savemat(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mat_module.scipy.io, "savemat", broken_savemat)
+    with pytest.raises(OSError, match="disk full"):
+        save_dbstruct(path, DbStruct("val", ["z.jpg"], [[0.0, 0.0]], [], []))
+    assert path.read_bytes() == before  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["city_val.mat"]
+
+
+def test_save_is_reproducible(tmp_path: Path) -> None:
+    save_dbstruct(tmp_path / "a.mat", _example())
+    save_dbstruct(tmp_path / "b.mat", _example())
+    a = (tmp_path / "a.mat").read_bytes()
+    assert a == (tmp_path / "b.mat").read_bytes()  # no creation time in the header
+    assert a.startswith(b"MATLAB 5.0 MAT-file") and a[126:128] in (b"IM", b"MI")

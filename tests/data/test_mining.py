@@ -1,0 +1,173 @@
+"""Mining invariants checked against plain-loop recomputations."""
+
+import numpy as np
+import pytest
+import torch
+
+from vpr.data.dataset import PlaceSplit
+from vpr.data.mining import HardNegativeMiner, MinedBatchSampler
+
+
+def make_split(num_db=120, num_q=30, seed=0):
+    """Database every 5 m along a street (x axis); queries between them, a few far away (no positive)."""
+    rng = np.random.default_rng(seed)
+    db = np.stack([np.arange(num_db) * 5.0, np.zeros(num_db)], 1)
+    qx = rng.uniform(0, (num_db - 1) * 5.0, size=num_q)
+    q = np.stack([qx, rng.uniform(-3, 3, size=num_q)], 1)
+    q[:3, 1] = 500.0  # three queries with no database image within 10 m: dropped
+    return PlaceSplit("toy", "train", [f"db{i}" for i in range(num_db)], [f"q{i}" for i in range(num_q)], db, q)
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def descriptors(split, dim=16, seed=1):
+    rng = np.random.default_rng(seed)
+    db = unit(rng.normal(size=(split.num_db, dim))).astype(np.float32)
+    q = unit(rng.normal(size=(split.num_q, dim))).astype(np.float32)
+    return q, db
+
+
+def reference(split, q_desc, db_desc, qid, margin, k):
+    """Plain loops: positive = nearest non-trivial positive; negatives = nearest violating beyond 25 m."""
+    pos = [i for i in range(split.num_db) if np.hypot(*(split.db_utm[i] - split.q_utm[qid])) <= 10.0]
+    dist = [float(np.sqrt(((q_desc[qid] - db_desc[i]) ** 2).sum())) for i in range(split.num_db)]
+    p = min(pos, key=lambda i: dist[i])
+    negs = [i for i in range(split.num_db) if np.hypot(*(split.db_utm[i] - split.q_utm[qid])) > 25.0]
+    negs = sorted(negs, key=lambda i: dist[i])[:k]
+    return p, [i for i in negs if dist[i] < dist[p] + margin]
+
+
+def test_drops_queries_without_positive():
+    miner = HardNegativeMiner(make_split())
+    assert miner.dropped_queries == 3
+    assert set(miner.trainable_queries.tolist()) == set(range(3, 30))
+
+
+@pytest.mark.parametrize("margin", [0.1, 0.5, 1.5])
+def test_exhaustive_sampling_equals_brute_force(margin):
+    split = make_split()
+    q_desc, db_desc = descriptors(split)
+    miner = HardNegativeMiner(split, negatives_per_query=10, candidate_negatives=10_000, margin=margin, chunk_queries=7)
+    ids = miner.trainable_queries
+    triplets, stats = miner.mine(ids, torch.from_numpy(q_desc[ids]), torch.from_numpy(db_desc), torch.Generator().manual_seed(0))
+    by_query = {t.query: t for t in triplets}
+    skipped = 0
+    for qid in ids:
+        p, negs = reference(split, q_desc, db_desc, qid, margin, 10)
+        if not negs:
+            assert qid not in by_query
+            skipped += 1
+            continue
+        t = by_query[qid]
+        assert t.positive == p
+        assert list(t.negatives) == negs
+    assert stats.skipped == skipped and stats.mined == len(ids) - skipped
+    assert margin < 1.5 or skipped == 0  # unit vectors: d <= 2, so margin 1.5 keeps nearly everything
+
+
+def test_invariants_with_sampling():
+    split = make_split(num_db=200, num_q=40, seed=3)
+    q_desc, db_desc = descriptors(split, seed=4)
+    miner = HardNegativeMiner(split, negatives_per_query=4, candidate_negatives=30, margin=0.3)
+    ids = miner.trainable_queries
+    triplets, _ = miner.mine(ids, torch.from_numpy(q_desc[ids]), torch.from_numpy(db_desc), torch.Generator().manual_seed(5))
+    assert triplets
+    for t in triplets:
+        qpos = split.q_utm[t.query]
+        assert np.hypot(*(split.db_utm[t.positive] - qpos)) <= 10.0
+        assert 1 <= len(t.negatives) <= 4 and len(set(t.negatives)) == len(t.negatives)
+        d = lambda i, q=t.query: np.linalg.norm(q_desc[q] - db_desc[i])  # noqa: E731
+        for n in t.negatives:
+            assert np.hypot(*(split.db_utm[n] - qpos)) > 25.0
+            assert d(n) < d(t.positive) + 0.3 + 1e-6
+        assert [d(n) for n in t.negatives] == sorted(d(n) for n in t.negatives)
+        # remembered for the next round, in the main-process state
+        assert miner.remembered[t.query][: len(t.negatives)].tolist() == list(t.negatives)
+
+
+def test_remembered_negatives_are_reused():
+    split = make_split(num_db=150, num_q=10, seed=7)
+    q_desc, db_desc = descriptors(split, seed=8)
+    qid = 5
+    far = [i for i in range(split.num_db) if abs(split.db_utm[i, 0] - split.q_utm[qid, 0]) > 100]
+    special = far[len(far) // 2]
+    db_desc[special] = q_desc[qid]  # the hardest possible negative (distance 0)
+    kwargs = dict(negatives_per_query=3, candidate_negatives=1, margin=2.5)
+    ids = np.array([qid])
+
+    def run(miner, seed):
+        t, _ = miner.mine(ids, torch.from_numpy(q_desc[ids]), torch.from_numpy(db_desc), torch.Generator().manual_seed(seed))
+        return t[0].negatives
+
+    fresh = [special in run(HardNegativeMiner(split, **kwargs), s) for s in range(10)]
+    assert sum(fresh) <= 2  # one sampled candidate out of ~140 negatives: rarely the special one
+    miner = HardNegativeMiner(split, **kwargs)
+    miner.remembered[qid, 0] = special
+    for s in range(10):
+        negs = run(miner, s)
+        assert negs[0] == special  # remembered, hardest, and remembered again for the next round
+
+
+def test_state_dict_roundtrip_and_shape_check():
+    split = make_split()
+    a = HardNegativeMiner(split, negatives_per_query=3)
+    a.remembered[4] = [1, 2, -1]
+    b = HardNegativeMiner(split, negatives_per_query=3)
+    b.load_state_dict(a.state_dict())
+    assert b.remembered[4].tolist() == [1, 2, -1]
+    with pytest.raises(ValueError, match="negatives_per_query"):
+        HardNegativeMiner(split, negatives_per_query=5).load_state_dict(a.state_dict())
+
+
+class CountingEncoder:
+    def __init__(self, split):
+        self.q, self.db = descriptors(split)
+        self.calls = []
+
+    def __call__(self, query_ids):
+        self.calls.append(np.asarray(query_ids).copy())
+        return torch.from_numpy(self.q[query_ids]), torch.from_numpy(self.db)
+
+
+def test_sampler_refreshes_every_n_queries_and_shuffles_per_epoch():
+    split = make_split()
+    miner = HardNegativeMiner(split, candidate_negatives=10_000, margin=1.5)
+    enc = CountingEncoder(split)
+    sampler = MinedBatchSampler(miner, enc, batch_size=4, refresh_every_queries=10, seed=3)
+    batches = list(sampler)
+    assert len(enc.calls) == 3  # 27 trainable queries, a round of 10 -> 3 cache passes
+    assert sorted(np.concatenate(enc.calls).tolist()) == sorted(miner.trainable_queries.tolist())
+    assert all(1 <= len(b) <= 4 for b in batches)
+    seen = [t.query for b in batches for t in b]
+    assert sorted(seen) == sorted(miner.trainable_queries.tolist())  # margin 1.5: nobody skipped
+    first = np.concatenate(enc.calls).tolist()
+    sampler.set_epoch(1)
+    list(sampler)
+    assert np.concatenate(enc.calls[3:]).tolist() != first
+    sampler.set_epoch(0)
+    list(sampler)
+    assert np.concatenate(enc.calls[6:]).tolist() == first
+
+
+def test_sampler_splits_tuples_across_ranks():
+    split = make_split()
+    out = []
+    for rank in range(2):
+        miner = HardNegativeMiner(split, candidate_negatives=10_000, margin=1.5)
+        s = MinedBatchSampler(miner, CountingEncoder(split), batch_size=2, refresh_every_queries=100, seed=1, rank=rank, world_size=2)
+        out.append([t.query for b in s for t in b])
+    assert len(out[0]) == len(out[1]) == 27 // 2
+    assert not set(out[0]) & set(out[1])
+
+
+def test_lightning_sets_the_epoch_through_batch_sampler_sampler():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    split = make_split()
+    sampler = MinedBatchSampler(HardNegativeMiner(split), CountingEncoder(split), batch_size=2)
+    loader = DataLoader(list(range(10)), batch_sampler=sampler, collate_fn=lambda x: x)
+    _set_sampler_epoch(loader, 3)
+    assert sampler.epoch == 3

@@ -1,0 +1,312 @@
+"""Tests for vpr/data/synthetic.py: the procedural city in Pittsburgh's layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.spatial.distance import cdist
+
+from vpr.data import synthetic
+from vpr.data.mat import load_dbstruct
+from vpr.data.synthetic import (
+    CityConfig,
+    build_textures,
+    build_world,
+    generate_city,
+    get_preset,
+    raycast_facades,
+    render_view,
+)
+
+SPLITS = ("train", "val", "test")
+NAME_RE = re.compile(r"^(\d{3})/(\d{6})_pitch1_yaw(\d+)\.jpg$")
+
+
+def _small(**changes) -> CityConfig:
+    """An even smaller city than "tiny", for tests that generate several cities."""
+    counts = dict(num_db_train=8, num_q_train=4, num_db_val=8, num_q_val=4, num_db_test=8, num_q_test=4)
+    counts.update(changes)
+    return dataclasses.replace(get_preset("tiny"), **counts)
+
+
+def _digest_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("city") / "tiny"
+    return generate_city(root, "tiny", seed=0, progress=False, workers=1)
+
+
+@pytest.fixture(scope="module")
+def structs(tiny_city: Path) -> dict:
+    return {split: load_dbstruct(tiny_city / "datasets" / f"city_{split}.mat") for split in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def textures():
+    return build_textures(0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layout and ground truth
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_layout_and_mat_files(tiny_city: Path, structs: dict) -> None:
+    cfg = get_preset("tiny")
+    assert json.loads((tiny_city / "classes.json").read_text()) == {
+        "0": "sky", "1": "building", "2": "road", "3": "person", "4": "vehicle", "5": "sidewalk", "6": "vegetation",
+    }
+    manifest = json.loads((tiny_city / "city.json").read_text())
+    assert manifest["seed"] == 0 and manifest["format_version"] == synthetic.FORMAT_VERSION
+    assert manifest["config"]["image_width_px"] == 64
+    all_names = []
+    for split, s in structs.items():
+        assert s.which_set == split
+        assert (s.num_db, s.num_q) == (40, 20) == cfg.split_counts(split)
+        assert (s.pos_dist_thr, s.pos_dist_sq_thr, s.non_triv_pos_dist_sq_thr) == (25.0, 625.0, 100.0)
+        for name in s.db_image + s.q_image:
+            m = NAME_RE.match(name)
+            assert m, name
+            assert int(m.group(1)) == int(m.group(2)) // 1000  # Pittsburgh: folder = index // 1000
+            assert 1 <= int(m.group(3)) <= cfg.db_headings
+        all_names += s.db_image + ["queries_real/" + q for q in s.q_image]
+        # UTM-like coordinates (Pittsburgh is near 584000 E, 4477000 N)
+        utm = np.concatenate([s.utm_db, s.utm_q])
+        assert np.all((utm[:, 0] > 5.8e5) & (utm[:, 0] < 6.0e5) & (utm[:, 1] > 4.47e6) & (utm[:, 1] < 4.49e6))
+    assert len(set(all_names)) == len(all_names)  # no two images share a file
+
+
+def test_every_image_and_label_map_exists_with_the_right_size(tiny_city: Path, structs: dict) -> None:
+    for s in structs.values():
+        paths = [tiny_city / p for p in s.db_image] + [tiny_city / "queries_real" / q for q in s.q_image]
+        for path in paths:
+            with Image.open(path) as img:
+                assert img.format == "JPEG" and img.mode == "RGB" and img.size == (64, 48)
+            label_path = path.with_name(path.stem + "_labels.png")
+            with Image.open(label_path) as lab:
+                assert lab.format == "PNG" and lab.mode == "L" and lab.size == (64, 48)
+
+
+def test_database_views_of_a_place_share_a_position(structs: dict) -> None:
+    s = structs["train"]
+    by_place: dict[str, list[int]] = {}
+    for i, name in enumerate(s.db_image):
+        by_place.setdefault(NAME_RE.match(name).group(2), []).append(i)
+    assert len(by_place) == 40 // get_preset("tiny").db_headings
+    for rows in by_place.values():
+        assert np.ptp(s.utm_db[rows], axis=0).max() == 0.0
+
+
+def test_splits_are_disjoint(structs: dict) -> None:
+    points = {split: np.concatenate([s.utm_db, s.utm_q]) for split, s in structs.items()}
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                assert cdist(points[a], points[b]).min() > 50.0, (a, b)
+
+
+def test_queries_have_a_nearby_database_image(structs: dict) -> None:
+    for split, s in structs.items():
+        radius = 10.0 if split == "train" else 25.0
+        for q in s.utm_q:
+            nearest = min(math.hypot(*(q - d)) for d in s.utm_db)  # plain loop, independent of the generator
+            assert nearest <= radius, (split, q, nearest)
+
+
+def test_queries_are_not_copies_of_database_views(structs: dict) -> None:
+    s = structs["train"]
+    d = cdist(s.utm_q, s.utm_db).min(axis=1)
+    assert np.median(d) > 0.5  # queries stand elsewhere (offsets along and across the street)
+
+
+def test_label_maps_contain_the_scene_classes(tiny_city: Path, structs: dict) -> None:
+    seen: set[int] = set()
+    with_objects = 0
+    paths = [tiny_city / p for s in structs.values() for p in s.db_image]
+    paths += [tiny_city / "queries_real" / q for s in structs.values() for q in s.q_image]
+    for path in paths:
+        lab = np.asarray(Image.open(path.with_name(path.stem + "_labels.png")))
+        ids = set(np.unique(lab).tolist())
+        seen |= ids
+        with_objects += bool(ids & {3, 4})
+    assert {0, 1, 2} <= seen  # sky, building, road
+    assert {3, 4} <= seen  # people and vehicles appear somewhere
+    assert seen <= set(range(7))
+    assert 0.1 * len(paths) < with_objects < len(paths)  # dynamic objects in some images, not all
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Geometry of the ray caster
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_raycast_against_hand_computation() -> None:
+    # camera at the origin looking north (yaw 90 deg): forward = +y, right = +x
+    p0 = np.array([[-4.0, 10.0]])
+    p1 = np.array([[6.0, 10.0]])
+    slope = np.array([-0.3, 0.0, 0.25, 0.7])  # x / f per column
+    depth, seg, s = raycast_facades(np.zeros(2), math.pi / 2, p0, p1, slope)
+    # a wall parallel to the image plane has the same depth 10 in every column that hits it;
+    # the hit lies at x = slope * 10, i.e. s = (x + 4) / 10 along the segment
+    np.testing.assert_allclose(depth[:3], 10.0)
+    np.testing.assert_allclose(s[:3], [(-3.0 + 4) / 10, 0.4, 0.65])
+    assert list(seg) == [0, 0, 0, -1] and math.isinf(depth[3])  # x = 7 misses the wall (ends at 6)
+    # the nearer of two walls wins; a wall behind the camera is never hit
+    p0b, p1b = np.array([[-4.0, 10.0], [-4.0, 5.0], [-4.0, -3.0]]), np.array([[6.0, 10.0], [6.0, 5.0], [6.0, -3.0]])
+    depth, seg, _ = raycast_facades(np.zeros(2), math.pi / 2, p0b, p1b, np.array([0.0]))
+    assert seg[0] == 1 and depth[0] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("supersample", [1, 2])
+def test_facade_pixel_height_is_f_times_h_over_d(textures, supersample: int) -> None:
+    cfg = dataclasses.replace(get_preset("default"), supersample=supersample)
+    height_m = 6.0
+    focal_px = (cfg.image_width_px / 2) / math.tan(math.radians(cfg.hfov_deg) / 2)  # pinhole focal length
+    horizon_row = cfg.horizon_frac * cfg.image_height_px
+    rows_per_depth = {}
+    for d in (20.0, 10.0):
+        world = build_world(np.array([[-30.0, d, 30.0, d + 10.0]]), np.array([height_m]), cfg, textures,
+                            np.random.default_rng(0))
+        _, labels = render_view(world, textures, cfg, (0.0, 0.0), math.pi / 2, with_objects=False)
+        column = labels[:, cfg.image_width_px // 2]
+        rows = np.nonzero(column == 1)[0]
+        assert len(rows) == rows[-1] - rows[0] + 1  # one contiguous run
+        assert abs(len(rows) - focal_px * height_m / d) <= 1.0
+        # the facade's foot lies camera_height * f / d below the horizon
+        assert abs((rows[-1] + 1) - (horizon_row + focal_px * cfg.camera_height_m / d)) <= 1.0
+        assert np.all(column[: rows[0]] == 0) and np.all(column[rows[-1] + 1:] == 6)  # sky above, ground below
+        rows_per_depth[d] = len(rows)
+    assert rows_per_depth[10.0] > 1.8 * rows_per_depth[20.0]  # a camera twice as close sees it twice as big
+
+
+def test_facade_texture_coordinate_grows_to_the_right() -> None:
+    # the south face of a counter-clockwise box runs west -> east: seen from the south, s grows rightwards
+    slope = np.linspace(-0.3, 0.3, 7)
+    _, seg, s = raycast_facades(np.array([0.0, -10.0]), math.pi / 2, np.array([[-20.0, 0.0]]),
+                                np.array([[20.0, 0.0]]), slope)
+    assert np.all(seg == 0) and np.all(np.diff(s) > 0)
+
+
+def test_objects_are_occluded_by_nearer_facades(textures) -> None:
+    cfg = dataclasses.replace(get_preset("tiny"), persons_per_image=30.0, vehicles_per_image=0.0)
+    # a wall 2 m in front of the camera hides everything; objects spawn at >= 3 m
+    world = build_world(np.array([[-50.0, 2.0, 50.0, 12.0]]), np.array([30.0]), cfg, textures,
+                        np.random.default_rng(0), street_xs=[0.0], street_ys=[0.0])
+    _, labels = render_view(world, textures, cfg, (0.0, 0.0), math.pi / 2, rng=np.random.default_rng(1))
+    assert not np.isin(labels, [3, 4]).any()
+    # without the wall the same draw shows people
+    open_world = build_world(np.array([[-50.0, 200.0, 50.0, 210.0]]), np.array([30.0]), cfg, textures,
+                             np.random.default_rng(0), street_xs=[0.0], street_ys=[0.0])
+    _, labels = render_view(open_world, textures, cfg, (0.0, 0.0), math.pi / 2, rng=np.random.default_rng(1))
+    assert (labels == 3).any()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Determinism, idempotency, manifest
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    cfg = _small()
+    a = generate_city(tmp_path / "a", cfg, seed=3, progress=False, workers=1)
+    # b starts as an interrupted run (stale file, no manifest): it must be regenerated, with 2 workers
+    (tmp_path / "b" / "000").mkdir(parents=True)
+    (tmp_path / "b" / "000" / "000000_pitch1_yaw1.jpg").write_bytes(b"partial")
+    b = generate_city(tmp_path / "b", cfg, seed=3, progress=False, workers=2)
+    digest_a, digest_b = _digest_tree(a), _digest_tree(b)
+    assert digest_a == digest_b
+    assert sum(n.endswith(".jpg") for n in digest_a) == 3 * (8 + 4)
+    c = generate_city(tmp_path / "c", cfg, seed=4, progress=False, workers=1)
+    digest_c = _digest_tree(c)
+    assert digest_c["datasets/city_train.mat"] != digest_a["datasets/city_train.mat"]
+    common_images = [n for n in digest_a if n.endswith(".jpg") and n in digest_c]
+    assert common_images and all(digest_a[n] != digest_c[n] for n in common_images)
+
+
+def test_second_call_is_fast_and_does_not_rewrite(tiny_city: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in tiny_city.rglob("*") if p.is_file()}
+    start = time.perf_counter()
+    assert generate_city(tiny_city, "tiny", seed=0, progress=False) == tiny_city
+    assert time.perf_counter() - start < 0.5
+    assert {p: p.stat().st_mtime_ns for p in tiny_city.rglob("*") if p.is_file()} == before
+
+
+def test_manifest_is_written_last(tiny_city: Path) -> None:
+    manifest_time = (tiny_city / "city.json").stat().st_mtime_ns
+    others = [p.stat().st_mtime_ns for p in tiny_city.rglob("*") if p.is_file() and p.name != "city.json"]
+    assert manifest_time >= max(others)
+
+
+def test_interrupted_generation_leaves_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _small()
+    root = generate_city(tmp_path / "c", cfg, seed=0, progress=False, workers=1)
+    assert (root / "city.json").exists()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(synthetic, "save_dbstruct", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        generate_city(root, cfg, seed=1, progress=False, workers=1)  # another seed: must regenerate
+    assert not (root / "city.json").exists()  # the half-written city does not look complete
+
+
+def test_cli_is_idempotent_on_an_existing_city(tiny_city: Path) -> None:
+    assert synthetic.main(["--out", str(tiny_city), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(tiny_city), "--preset", "huge"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Presets, config, preview
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_presets() -> None:
+    default, large = get_preset("default"), get_preset("large")
+    assert (default.image_width_px, default.image_height_px) == (160, 120)
+    assert default.split_counts("train") == (1200, 600) and default.split_counts("val") == (400, 200)
+    assert (large.image_width_px, large.image_height_px) == (640, 480)
+    assert large.split_counts("test") == (10000, 7500)
+    with pytest.raises(ValueError, match="unknown synthetic city preset"):
+        get_preset("huge")
+
+
+def test_large_preset_works_with_reduced_counts(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(get_preset("large"), num_db_train=4, num_q_train=2, num_db_val=4, num_q_val=2,
+                              num_db_test=4, num_q_test=2)
+    root = generate_city(tmp_path / "large", cfg, seed=0, progress=False, workers=1)
+    s = load_dbstruct(root / "datasets" / "city_val.mat")
+    with Image.open(root / "queries_real" / s.q_image[0]) as img:
+        assert img.size == (640, 480)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"hfov_deg": 200.0}, "hfov_deg"), ({"num_db_val": 0}, "num_db_val"), ({"block_min_m": 20.0}, "block_min_m"),
+     ({"district_gap_m": 30.0}, "district_gap_m")],
+)
+def test_invalid_config_names_the_setting(tmp_path: Path, change: dict, field: str) -> None:
+    cfg = dataclasses.replace(get_preset("tiny"), **change)
+    with pytest.raises(ValueError, match=rf"CityConfig\.{field}"):
+        generate_city(tmp_path / "bad", cfg, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_preview_contact_sheet(tiny_city: Path, tmp_path: Path) -> None:
+    out = synthetic.make_preview(tiny_city, tmp_path / "sheet.png", split="val", pairs=3, scale=1)
+    with Image.open(out) as sheet:
+        assert sheet.size == (4 * 64 + 3 * 4, 3 * 48 + 2 * 4)  # 4 tiles per row, 4 px gaps

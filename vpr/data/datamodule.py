@@ -1,0 +1,285 @@
+"""The LightningDataModule: splits, the mined training tuples, and the evaluation loaders.
+
+The data side never imports the model. For mining it is handed an ``encoder``: a function that maps a dataset
+of images to their descriptors, in order (the LightningModule provides it, sharding it over ranks under DDP).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vpr.data.dataset import (
+    ImageDataset,
+    PlaceSplit,
+    load_folder_split,
+    load_image,
+    load_pittsburgh_split,
+)
+from vpr.data.guidance import GuidanceTargets, build_label_source
+from vpr.data.mining import HardNegativeMiner, MinedBatchSampler, MiningStats, Triplet
+from vpr.data.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+DatasetEncoder = Callable[[Dataset, str], torch.Tensor]
+"""(dataset of (image, index) items, description for the progress bar) -> (len(dataset), D) descriptors."""
+
+
+class TripletDataset(Dataset):
+    """Loads the images of a :class:`Triplet` (the batch sampler hands over triplets, not integers)."""
+
+    def __init__(self, split: PlaceSplit, transform: Callable, targets: GuidanceTargets | None = None):
+        self.split = split
+        self.transform = transform
+        self.targets = targets  # indexed like split.image_paths: database first, then queries
+
+    def __len__(self) -> int:  # not used by the batch sampler; for completeness
+        return self.split.num_q
+
+    def __getitem__(self, t: Triplet) -> dict[str, Any]:
+        load = lambda p: self.transform(load_image(p))  # noqa: E731
+        item = {
+            "query": load(self.split.q_paths[t.query]),
+            "positive": load(self.split.db_paths[t.positive]),
+            "negatives": torch.stack([load(self.split.db_paths[n]) for n in t.negatives]),
+            "query_index": t.query,
+        }
+        if self.targets is not None:
+            item["target_query"] = self.targets[self.split.num_db + t.query]
+            item["target_positive"] = self.targets[t.positive]
+            item["target_negatives"] = torch.stack([self.targets[n] for n in t.negatives])
+        return item
+
+
+def collate_triplets(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack tuples with variable negative counts.
+
+    Returns: query (B, 3, H, W), positive (B, 3, H, W), negatives (N, 3, H, W) with N = sum of the counts,
+    neg_to_query (N,) the tuple each negative belongs to, query_index (B,).
+    """
+    counts = [len(it["negatives"]) for it in items]
+    batch = {
+        "query": torch.stack([it["query"] for it in items]),
+        "positive": torch.stack([it["positive"] for it in items]),
+        "negatives": torch.cat([it["negatives"] for it in items]),
+        "neg_to_query": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
+        "query_index": torch.tensor([it["query_index"] for it in items]),
+    }
+    if "target_query" in items[0]:
+        # (B + B + N, 1, h, w) in the order the model sees the images: queries, positives, negatives.
+        batch["targets"] = torch.cat(
+            [
+                torch.stack([it["target_query"] for it in items]),
+                torch.stack([it["target_positive"] for it in items]),
+                torch.cat([it["target_negatives"] for it in items]),
+            ]
+        )
+    return batch
+
+
+class PlaceDataModule(L.LightningDataModule):
+    """Train/val/test splits of one dataset and the offline-mined training tuples.
+
+    Args:
+        layout: ``pittsburgh`` (``.mat`` split files; the synthetic city too) or ``folder`` (``@east@north@`` names).
+        root: dataset folder.
+        name: split-file prefix (``pitts30k``, ``pitts250k``, ``city``).
+        splits: which split names serve as train/val/test.
+        image_size: (height, width) every image is resized to.
+        batch_size: training tuples per step (each = query, positive, up to negatives_per_query negatives).
+        eval_batch_size: images per step for validation, test and the mining cache.
+        num_workers: DataLoader workers.
+        mining: keyword arguments of :class:`HardNegativeMiner` plus ``refresh_every_queries``.
+        eval_radius_m / train_radius_m: override the split files' 25 m / 10 m.
+        seed: shuffling and negative sampling.
+        prepare: optional callable run once in ``prepare_data`` (the synthetic city generates itself there).
+        guidance: semantic guidance for de-attention (``source``, ``suppress``, ``mask_dir``, ``class_groups``,
+            ``cache_dir``) or None; the targets are built once the model tells the feature grid.
+    """
+
+    def __init__(
+        self,
+        root: str | None,
+        name: str,
+        layout: str = "pittsburgh",
+        splits: Mapping[str, str] | None = None,
+        image_size: tuple[int, int] = (480, 640),
+        batch_size: int = 4,
+        eval_batch_size: int = 16,
+        num_workers: int = 4,
+        mining: Mapping[str, Any] | None = None,
+        eval_radius_m: float | None = None,
+        train_radius_m: float | None = None,
+        seed: int = 0,
+        prepare: Callable[[], Any] | None = None,
+        guidance: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        if layout not in ("pittsburgh", "folder"):
+            raise ValueError(f"data.layout must be 'pittsburgh' or 'folder', got {layout!r}")
+        self.root = root
+        self.name = name
+        self.layout = layout
+        self.splits = {"train": "train", "val": "val", "test": "test", **dict(splits or {})}
+        self.image_size = tuple(int(s) for s in image_size)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.mining = dict(mining or {})
+        self.eval_radius_m = eval_radius_m
+        self.train_radius_m = train_radius_m
+        self.seed = int(seed)
+        self._prepare = prepare
+        self.transform = eval_transform(self.image_size)
+        self.encoder: DatasetEncoder | None = None
+        self.miner: HardNegativeMiner | None = None
+        self.last_mining_stats: MiningStats | None = None
+        self._loaded: dict[str, PlaceSplit] = {}
+        self._pending_miner_state: dict | None = None
+        self.guidance = dict(guidance) if guidance and guidance.get("source") else None
+        self.targets: GuidanceTargets | None = None
+
+    # -- splits -----------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self._prepare is not None:
+            self._prepare()
+
+    def load_split(self, role: str) -> PlaceSplit:
+        """The split playing ``role`` (train/val/test), read once."""
+        split = self.splits[role]
+        if split not in self._loaded:
+            if self.layout == "pittsburgh":
+                s = load_pittsburgh_split(self.root, self.name, split, self.eval_radius_m, self.train_radius_m)
+            else:
+                s = load_folder_split(
+                    self.root, split, self.name, self.eval_radius_m or 25.0, self.train_radius_m or 10.0
+                )
+            log.info("loaded %s", s.describe())
+            self._loaded[split] = s
+        return self._loaded[split]
+
+    @property
+    def train_split(self) -> PlaceSplit:
+        return self.load_split("train")
+
+    @property
+    def val_split(self) -> PlaceSplit:
+        return self.load_split("val")
+
+    @property
+    def test_split(self) -> PlaceSplit:
+        return self.load_split("test")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._prepare is not None and not Path(str(self.root)).exists():
+            self._prepare()  # e.g. eval.py on a city that was never generated
+        if stage in (None, "fit"):
+            self._build_miner()
+            self.val_split  # noqa: B018 - fail early on a missing val split
+        elif stage == "validate":
+            self.val_split  # noqa: B018
+        elif stage in ("test", "predict"):
+            self.test_split  # noqa: B018
+
+    def _build_miner(self) -> None:
+        if self.miner is not None:
+            return
+        kwargs = {k: v for k, v in self.mining.items() if k not in ("refresh_every_queries",)}
+        self.miner = HardNegativeMiner(self.train_split, **kwargs)
+        log.info(
+            "training queries: %d usable, %d dropped (no database image within %.1f m)",
+            len(self.miner.trainable_queries),
+            self.miner.dropped_queries,
+            self.train_split.train_radius_m,
+        )
+        if self._pending_miner_state is not None:
+            self.miner.load_state_dict(self._pending_miner_state)
+            self._pending_miner_state = None
+
+    # -- semantic guidance ------------------------------------------------------------------------------------
+    def set_feature_grid(self, grid: tuple[int, int]) -> None:
+        """Called by the model once it knows its feature grid: builds the guidance targets (once)."""
+        if self.guidance is None or (self.targets is not None and self.targets.grid == tuple(grid)):
+            return
+        g = self.guidance
+        split = self.train_split
+        source = build_label_source(g["source"], self.root, g.get("mask_dir"), g.get("class_groups"))
+        self.targets = GuidanceTargets(source, g.get("suppress", ["person", "vehicle"]), split.image_paths, grid,
+                                       g.get("cache_dir"))
+
+    # -- mining cache -----------------------------------------------------------------------------------------
+    def _encode_for_mining(self, query_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encoder is None:
+            raise RuntimeError("PlaceDataModule.encoder is not set: the LightningModule sets it in on_fit_start")
+        split = self.train_split
+        paths = list(split.db_paths) + [split.q_paths[i] for i in query_ids]
+        desc = self.encoder(ImageDataset(paths, self.transform), "mining cache")
+        return desc[split.num_db :], desc[: split.num_db]
+
+    def _record_stats(self, stats: MiningStats) -> None:
+        self.last_mining_stats = stats
+
+    # -- loaders ----------------------------------------------------------------------------------------------
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": False,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        self._build_miner()
+        trainer = self.trainer
+        sampler = MinedBatchSampler(
+            self.miner,
+            self._encode_for_mining,
+            batch_size=self.batch_size,
+            refresh_every_queries=int(self.mining.get("refresh_every_queries", 1000)),
+            seed=self.seed,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            on_round=self._record_stats,
+        )
+        if trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)
+        return DataLoader(
+            TripletDataset(self.train_split, self.transform, self.targets),
+            batch_sampler=sampler,
+            collate_fn=collate_triplets,
+            **self._loader_kwargs(),
+        )
+
+    def _eval_loader(self, split: PlaceSplit) -> DataLoader:
+        return DataLoader(
+            ImageDataset(split.image_paths, self.transform),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            **self._loader_kwargs(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_split)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_split)
+
+    # -- checkpoint state: the remembered negatives ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"miner": self.miner.state_dict()} if self.miner is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "miner" not in state_dict:
+            return
+        if self.miner is not None:
+            self.miner.load_state_dict(state_dict["miner"])
+        else:
+            self._pending_miner_state = state_dict["miner"]
+

@@ -1,0 +1,463 @@
+"""Read and write Pittsburgh-style ``dbStruct`` .mat files.
+
+The NetVLAD data protocol (Pittsburgh 30k/250k, Tokyo 24/7) describes each split with one MATLAB struct
+``dbStruct`` holding ten fields, in this order::
+
+    whichSet, dbImage, utmDb, qImage, utmQ, numDb, numQ, posDistThr, posDistSqThr, nonTrivPosDistSqThr
+
+``dbImage``/``qImage`` are N x 1 cell arrays of char (image paths relative to the dataset root, resp.
+``root/queries_real``), ``utmDb``/``utmQ`` are 2 x N double (UTM easting; northing in metres).
+
+The real files are MATLAB v5 (read by :func:`scipy.io.loadmat`). MATLAB v7.3 files are HDF5 and are read
+with h5py. :func:`load_dbstruct` accepts the layouts loadmat produces with any of its nesting options, so
+it reads files written by MATLAB as well as those written by :func:`save_dbstruct`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.io
+
+from vpr.io import atomic_path
+
+__all__ = ["DBSTRUCT_FIELDS", "DbStruct", "load_dbstruct", "save_dbstruct"]
+
+#: The ten dbStruct field names in the order the original files store them.
+DBSTRUCT_FIELDS: tuple[str, ...] = (
+    "whichSet",
+    "dbImage",
+    "utmDb",
+    "qImage",
+    "utmQ",
+    "numDb",
+    "numQ",
+    "posDistThr",
+    "posDistSqThr",
+    "nonTrivPosDistSqThr",
+)
+
+_HEADER_TEXT_BYTES = 116  # MATLAB v5: 116 bytes of text, then subsystem offset, version and endianness
+_HEADER_TEXT = b"MATLAB 5.0 MAT-file, Platform: posix, written by vpr.data.mat (Pittsburgh dbStruct)"
+_RESAVE_HINT = "re-save it in MATLAB with `save(path, 'dbStruct', '-v7')`"
+
+
+@dataclass(frozen=True)
+class DbStruct:
+    """One split of a Pittsburgh-style place-recognition dataset.
+
+    Attributes:
+        which_set: split name ("train", "val" or "test").
+        db_image: database image paths relative to the dataset root, length num_db.
+        utm_db: (num_db, 2) float64 [easting, northing] in metres (read-only array).
+        q_image: query image paths relative to ``root/queries_real``, length num_q.
+        utm_q: (num_q, 2) float64 [easting, northing] in metres (read-only array).
+        pos_dist_thr: evaluation positive radius in metres (25).
+        pos_dist_sq_thr: its square (625).
+        non_triv_pos_dist_sq_thr: squared radius of training ("non-trivial") positives (100 -> 10 m).
+    """
+
+    which_set: str
+    db_image: list[str]
+    utm_db: np.ndarray
+    q_image: list[str]
+    utm_q: np.ndarray
+    pos_dist_thr: float = 25.0
+    pos_dist_sq_thr: float = 625.0
+    non_triv_pos_dist_sq_thr: float = 100.0
+
+    def __post_init__(self) -> None:
+        # Normalise types once so that every consumer sees list[str] and read-only (N, 2) float64 arrays.
+        object.__setattr__(self, "which_set", str(self.which_set))
+        object.__setattr__(self, "db_image", [str(p) for p in self.db_image])
+        object.__setattr__(self, "q_image", [str(p) for p in self.q_image])
+        for attr, names in (("utm_db", self.db_image), ("utm_q", self.q_image)):
+            utm = np.array(getattr(self, attr), dtype=np.float64)
+            if utm.size == 0 and len(names) == 0:
+                utm = utm.reshape(0, 2)
+            if utm.ndim != 2 or utm.shape != (len(names), 2):
+                image_attr = "db_image" if attr == "utm_db" else "q_image"
+                raise ValueError(
+                    f"DbStruct.{attr} has shape {tuple(utm.shape)} but {image_attr} lists {len(names)} images; "
+                    f"expected ({len(names)}, 2) rows of [easting, northing]"
+                )
+            utm.setflags(write=False)
+            object.__setattr__(self, attr, utm)
+        for attr in ("pos_dist_thr", "pos_dist_sq_thr", "non_triv_pos_dist_sq_thr"):
+            object.__setattr__(self, attr, float(getattr(self, attr)))
+
+    @property
+    def num_db(self) -> int:
+        return len(self.db_image)
+
+    @property
+    def num_q(self) -> int:
+        return len(self.q_image)
+
+    def __eq__(self, other: object) -> bool:
+        # Arrays make the generated dataclass __eq__ ambiguous; compare field by field instead.
+        if not isinstance(other, DbStruct):
+            return NotImplemented
+        return (
+            self.which_set == other.which_set
+            and self.db_image == other.db_image
+            and self.q_image == other.q_image
+            and np.array_equal(self.utm_db, other.utm_db)
+            and np.array_equal(self.utm_q, other.utm_q)
+            and self.pos_dist_thr == other.pos_dist_thr
+            and self.pos_dist_sq_thr == other.pos_dist_sq_thr
+            and self.non_triv_pos_dist_sq_thr == other.non_triv_pos_dist_sq_thr
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking contents (lists, arrays): unhashable
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_dbstruct(path: str | os.PathLike) -> DbStruct:
+    """Load the ``dbStruct`` of a Pittsburgh-style split file (MATLAB v5 or v7.3/HDF5).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a MATLAB .mat file, holds no ``dbStruct``, lacks a field, or has
+            inconsistent sizes. The message names the file and the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dbStruct file {path} does not exist; check the dataset root / split name "
+            f"(expected e.g. <root>/datasets/pitts30k_train.mat)"
+        )
+    if _is_hdf5(path):
+        return _load_v73(path)
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except NotImplementedError as err:  # scipy's answer to v7.3 files when h5py could not tell
+        raise ValueError(f"{path} looks like a MATLAB v7.3 file that could not be read; {_RESAVE_HINT}") from err
+    except Exception as err:  # scipy raises a mix of ValueError/TypeError/MatReadError on garbage
+        raise ValueError(
+            f"{path} is not a readable MATLAB .mat file ({type(err).__name__}: {err}); expected a MATLAB v5 "
+            f"file holding a struct `dbStruct`"
+        ) from err
+    if "dbStruct" not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(f"{path} holds no variable `dbStruct` (variables found: {found})")
+    return dbstruct_from_loadmat(mat["dbStruct"], path)
+
+
+def dbstruct_from_loadmat(obj: Any, path: str | os.PathLike = "<memory>") -> DbStruct:
+    """Build a :class:`DbStruct` from ``scipy.io.loadmat(...)["dbStruct"]``.
+
+    Accepts every nesting loadmat produces: ``squeeze_me`` on/off, ``struct_as_record`` on/off
+    (structured arrays or ``mat_struct`` objects), ``simplify_cells=True`` (dicts and lists) and
+    ``chars_as_strings=False`` (char arrays). ``path`` only serves the error messages.
+    """
+    path = Path(path)
+    fields = _struct_fields(obj, path)
+
+    def get(name: str) -> Any:
+        if name not in fields:
+            raise ValueError(
+                f"{path}: dbStruct has no field `{name}` (fields present: {sorted(fields)}); a Pittsburgh "
+                f"dbStruct needs {list(DBSTRUCT_FIELDS)}"
+            )
+        return fields[name]
+
+    for name in DBSTRUCT_FIELDS:
+        get(name)  # fail on the first missing field, in the file's field order
+    db_image = _to_str_list(get("dbImage"), path, "dbImage")
+    q_image = _to_str_list(get("qImage"), path, "qImage")
+    return _assemble(
+        path,
+        which_set=_to_str(get("whichSet"), path, "whichSet"),
+        db_image=db_image,
+        utm_db=_to_utm(get("utmDb"), len(db_image), path, "utmDb", "dbImage"),
+        q_image=q_image,
+        utm_q=_to_utm(get("utmQ"), len(q_image), path, "utmQ", "qImage"),
+        num_db=_to_float(get("numDb"), path, "numDb"),
+        num_q=_to_float(get("numQ"), path, "numQ"),
+        pos_dist_thr=_to_float(get("posDistThr"), path, "posDistThr"),
+        pos_dist_sq_thr=_to_float(get("posDistSqThr"), path, "posDistSqThr"),
+        non_triv=_to_float(get("nonTrivPosDistSqThr"), path, "nonTrivPosDistSqThr"),
+    )
+
+
+def _assemble(
+    path: Path,
+    *,
+    which_set: str,
+    db_image: list[str],
+    utm_db: np.ndarray,
+    q_image: list[str],
+    utm_q: np.ndarray,
+    num_db: float,
+    num_q: float,
+    pos_dist_thr: float,
+    pos_dist_sq_thr: float,
+    non_triv: float,
+) -> DbStruct:
+    for name, count, listed, cell in (("numDb", num_db, len(db_image), "dbImage"),
+                                      ("numQ", num_q, len(q_image), "qImage")):
+        if count != listed:
+            raise ValueError(f"{path}: dbStruct.{name} = {count:g} but {cell} lists {listed} images")
+    return DbStruct(
+        which_set=which_set,
+        db_image=db_image,
+        utm_db=utm_db,
+        q_image=q_image,
+        utm_q=utm_q,
+        pos_dist_thr=pos_dist_thr,
+        pos_dist_sq_thr=pos_dist_sq_thr,
+        non_triv_pos_dist_sq_thr=non_triv,
+    )
+
+
+def _peel(x: Any) -> Any:
+    """Remove the 1x1 object-array wrappers loadmat puts around struct and cell contents."""
+    while isinstance(x, np.ndarray) and x.dtype == object and x.size == 1:
+        x = x.reshape(-1)[0]
+    return x
+
+
+def _struct_fields(obj: Any, path: Path) -> dict[str, Any]:
+    obj = _peel(obj)
+    if isinstance(obj, dict):  # simplify_cells=True
+        return dict(obj)
+    if isinstance(obj, scipy.io.matlab.mat_struct):  # struct_as_record=False
+        return {name: getattr(obj, name) for name in obj._fieldnames}
+    if isinstance(obj, (np.ndarray, np.void)) and obj.dtype.names is not None:  # struct_as_record=True
+        if obj.size != 1:
+            raise ValueError(f"{path}: dbStruct is a {obj.shape} struct array; expected a single (1x1) struct")
+        record = obj.reshape(-1)[0] if isinstance(obj, np.ndarray) else obj
+        return {name: record[name] for name in obj.dtype.names}
+    raise ValueError(f"{path}: `dbStruct` is not a MATLAB struct (loaded as {type(obj).__name__})")
+
+
+def _to_str(x: Any, path: Path, field: str) -> str:
+    x = _peel(x)
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bytes):
+        return x.decode("utf-8")
+    if isinstance(x, np.ndarray) and x.dtype.kind == "U":
+        if x.size == 0:
+            return ""
+        if x.size == 1:
+            return str(x.reshape(-1)[0])
+        if x.dtype.itemsize == 4 and (x.ndim == 1 or min(x.shape) == 1):  # chars_as_strings=False: 1 x L chars
+            return "".join(x.reshape(-1).tolist())
+    if isinstance(x, np.ndarray) and x.dtype.kind in "ui" and (x.ndim == 1 or min(x.shape) == 1):
+        return "".join(chr(c) for c in x.reshape(-1).tolist())  # raw character codes
+    raise ValueError(f"{path}: dbStruct.{field} should be a char string, got {type(x).__name__} {_describe(x)}")
+
+
+def _to_str_list(x: Any, path: Path, field: str) -> list[str]:
+    if isinstance(x, (str, bytes)):  # a one-element cell squeezed away
+        return [_to_str(x, path, field)]
+    if isinstance(x, (list, tuple)):  # simplify_cells=True
+        return [_to_str(e, path, field) for e in x]
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            # order="F": MATLAB's linear order (identical for the N x 1 / 1 x N cells used in practice)
+            return [_to_str(e, path, field) for e in x.reshape(-1, order="F")]
+        elif x.dtype.kind == "U":
+            if x.ndim == 0:
+                return [str(x)]
+            # chars_as_strings=False: single characters; a squeezed one-entry cell is a 1-D row of chars,
+            # a char matrix holds one path per row.
+            if x.dtype.itemsize == 4 and x.ndim == 1:
+                return ["".join(x.tolist())]
+            if x.dtype.itemsize == 4 and x.ndim == 2:
+                return ["".join(row).rstrip() for row in x.tolist()]
+            # A char matrix (one path per row) loads as an array of strings padded with blanks.
+            return [str(s).rstrip() for s in x.reshape(-1)]
+    raise ValueError(
+        f"{path}: dbStruct.{field} should be a cell array of char (one image path per entry), "
+        f"got {type(x).__name__} {_describe(x)}"
+    )
+
+
+def _to_float(x: Any, path: Path, field: str) -> float:
+    try:
+        arr = np.asarray(_peel(x), dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: dbStruct.{field} should be a number, got {_describe(x)}") from err
+    if arr.size != 1:
+        raise ValueError(f"{path}: dbStruct.{field} should be a scalar, got shape {arr.shape}")
+    return float(arr.reshape(-1)[0])
+
+
+def _to_utm(x: Any, n: int, path: Path, field: str, cell: str) -> np.ndarray:
+    """MATLAB stores coordinates as 2 x N; return (N, 2). (N, 2) is accepted too (N == 2 reads as 2 x N)."""
+    try:
+        arr = np.asarray(_peel(x) if not isinstance(x, list) else x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: dbStruct.{field} should be a 2 x N double matrix, got {_describe(x)}") from err
+    if arr.size == 0 and n == 0:
+        return np.zeros((0, 2))
+    if arr.ndim == 2 and arr.shape == (2, n):
+        return arr.T.copy()
+    if arr.ndim == 2 and arr.shape == (n, 2):
+        return arr.copy()
+    if arr.ndim == 1 and arr.shape == (2,) and n == 1:  # squeeze_me on a 2 x 1 matrix
+        return arr.reshape(1, 2)
+    raise ValueError(
+        f"{path}: dbStruct.{field} has shape {arr.shape} but {cell} lists {n} images; expected 2 x {n} "
+        f"(rows easting, northing)"
+    )
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"(array dtype={x.dtype}, shape={x.shape})"
+    return f"({type(x).__name__})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MATLAB v7.3 (HDF5)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        import h5py
+    except ImportError:  # without h5py a v7.3 file surfaces as scipy's NotImplementedError below
+        return False
+    try:
+        return bool(h5py.is_hdf5(str(path)))
+    except OSError:
+        return False
+
+
+def _load_v73(path: Path) -> DbStruct:
+    import h5py
+
+    try:
+        with h5py.File(str(path), "r") as f:
+            if "dbStruct" not in f:
+                found = sorted(k for k in f.keys() if not k.startswith("#"))
+                raise ValueError(f"{path} (HDF5 / MATLAB v7.3) holds no variable `dbStruct` (found: {found})")
+            group = f["dbStruct"]
+            if not isinstance(group, h5py.Group):
+                raise ValueError(f"{path}: `dbStruct` is not a MATLAB struct in this v7.3 file; {_RESAVE_HINT}")
+            for name in DBSTRUCT_FIELDS:
+                if name not in group:
+                    raise ValueError(
+                        f"{path}: dbStruct has no field `{name}` (fields present: {sorted(group.keys())}); a "
+                        f"Pittsburgh dbStruct needs {list(DBSTRUCT_FIELDS)}"
+                    )
+            db_image = _h5_str_list(f, group["dbImage"], path, "dbImage")
+            q_image = _h5_str_list(f, group["qImage"], path, "qImage")
+            return _assemble(
+                path,
+                which_set=_h5_str(group["whichSet"], path, "whichSet"),
+                db_image=db_image,
+                utm_db=_to_utm(_h5_numeric(group["utmDb"]), len(db_image), path, "utmDb", "dbImage"),
+                q_image=q_image,
+                utm_q=_to_utm(_h5_numeric(group["utmQ"]), len(q_image), path, "utmQ", "qImage"),
+                num_db=_to_float(_h5_numeric(group["numDb"]), path, "numDb"),
+                num_q=_to_float(_h5_numeric(group["numQ"]), path, "numQ"),
+                pos_dist_thr=_to_float(_h5_numeric(group["posDistThr"]), path, "posDistThr"),
+                pos_dist_sq_thr=_to_float(_h5_numeric(group["posDistSqThr"]), path, "posDistSqThr"),
+                non_triv=_to_float(_h5_numeric(group["nonTrivPosDistSqThr"]), path, "nonTrivPosDistSqThr"),
+            )
+    except ValueError:
+        raise
+    except Exception as err:  # unexpected v7.3 layouts (sparse, objects, ...): say how to get a v5 file
+        raise ValueError(f"{path}: could not read this MATLAB v7.3 (HDF5) file ({err}); {_RESAVE_HINT}") from err
+
+
+def _is_empty(ds: Any) -> bool:
+    # MATLAB writes empty arrays as a small dims vector flagged with MATLAB_empty.
+    return bool(ds.attrs.get("MATLAB_empty", 0))
+
+
+def _h5_numeric(ds: Any) -> np.ndarray:
+    if _is_empty(ds):
+        return np.zeros((0, 0))
+    # HDF5 stores MATLAB's column-major arrays with reversed dimensions: transpose back to MATLAB's shape.
+    return np.asarray(ds[()]).T
+
+
+def _h5_str(ds: Any, path: Path, field: str) -> str:
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(f"{path}: dbStruct.{field} is not a char array in this v7.3 file; {_RESAVE_HINT}")
+    if _is_empty(ds):
+        return ""
+    codes = np.asarray(ds[()]).T
+    if codes.dtype.kind not in "ui" or (codes.ndim == 2 and min(codes.shape) > 1):
+        raise ValueError(f"{path}: dbStruct.{field} is not a char row vector in this v7.3 file; {_RESAVE_HINT}")
+    return "".join(chr(c) for c in codes.reshape(-1).tolist())
+
+
+def _h5_str_list(f: Any, ds: Any, path: Path, field: str) -> list[str]:
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(f"{path}: dbStruct.{field} is not a cell array in this v7.3 file; {_RESAVE_HINT}")
+    if _is_empty(ds):
+        return []
+    data = np.asarray(ds[()]).T
+    if ds.dtype == h5py.ref_dtype or data.dtype == object:  # cell: one object reference per entry
+        return [_h5_str(f[ref], path, field) for ref in data.reshape(-1, order="F")]
+    if data.dtype.kind in "ui" and data.ndim == 2:  # char matrix: one path per row
+        return ["".join(chr(c) for c in row).rstrip() for row in data.tolist()]
+    raise ValueError(f"{path}: dbStruct.{field} has an unsupported v7.3 layout; {_RESAVE_HINT}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _cell_column(items: Sequence[str]) -> np.ndarray:
+    cell = np.empty((len(items), 1), dtype=object)
+    for i, item in enumerate(items):
+        cell[i, 0] = str(item)
+    return cell
+
+
+def save_dbstruct(path: str | os.PathLike, s: DbStruct) -> None:
+    """Write ``s`` as a MATLAB v5 file holding the struct ``dbStruct`` (fields in the original order).
+
+    The file is written to a temporary file in the same folder and moved into place with ``os.replace``,
+    so readers never see a half-written file. Parent folders are created.
+    """
+    path = Path(path)
+    if not isinstance(s, DbStruct):
+        raise TypeError(f"save_dbstruct({path}) expects a DbStruct, got {type(s).__name__}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values: dict[str, Any] = {
+        "whichSet": s.which_set,
+        "dbImage": _cell_column(s.db_image),
+        "utmDb": np.ascontiguousarray(s.utm_db.T, dtype=np.float64),  # 2 x numDb, as in MATLAB
+        "qImage": _cell_column(s.q_image),
+        "utmQ": np.ascontiguousarray(s.utm_q.T, dtype=np.float64),
+        "numDb": np.array([[float(s.num_db)]]),  # MATLAB's default numeric class is double
+        "numQ": np.array([[float(s.num_q)]]),
+        "posDistThr": np.array([[s.pos_dist_thr]]),
+        "posDistSqThr": np.array([[s.pos_dist_sq_thr]]),
+        "nonTrivPosDistSqThr": np.array([[s.non_triv_pos_dist_sq_thr]]),
+    }
+    record = np.empty((1, 1), dtype=[(name, object) for name in DBSTRUCT_FIELDS])
+    for name in DBSTRUCT_FIELDS:
+        record[0, 0][name] = values[name]
+
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"dbStruct": record}, format="5", oned_as="column")
+    data = bytearray(buffer.getvalue())
+    # The 116-byte descriptive header carries a creation time; a fixed text makes the output reproducible.
+    data[:_HEADER_TEXT_BYTES] = _HEADER_TEXT.ljust(_HEADER_TEXT_BYTES)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(bytes(data))

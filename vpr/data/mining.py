@@ -1,0 +1,293 @@
+"""Offline hard-negative mining with a feature cache (the NetVLAD training recipe, done right).
+
+Every ``refresh_every_queries`` training queries, the descriptors of all database images and of the next
+queries are computed with the model being trained (eval mode, the full model: backbone, attention and head).
+For each of those queries, the miner then picks (method.md section 3):
+
+- the positive: of its non-trivial positives (within 10 m), the nearest in descriptor space;
+- the negatives: ``candidate_negatives`` database images sampled without replacement among those farther than
+  the negative radius (25 m), plus the negatives remembered for this query from its last round; of these, the
+  ones with d(q, n) < d(q, p) + margin, at most ``negatives_per_query``, nearest first. They are remembered for
+  the next round. A query with none is skipped this round.
+
+Differences from the public codes, on purpose: the remembered negatives live in the main process (they were
+written inside DataLoader workers and lost), they are saved in checkpoints, the query order is shuffled each
+epoch, and the cache is the descriptor actually trained (attention included). Distances come from one matrix
+product per chunk of queries; no per-query k-NN index is fitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vpr.data.dataset import PlaceSplit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Triplet:
+    """A training tuple: query index, positive database index, negative database indices (nearest first)."""
+
+    query: int
+    positive: int
+    negatives: tuple[int, ...]
+
+
+@dataclass
+class MiningStats:
+    queries: int = 0
+    mined: int = 0
+    skipped: int = 0
+    mean_negatives: float = 0.0
+    mean_positive_distance: float = 0.0
+    mean_hardest_negative_distance: float = 0.0
+    encode_seconds: float = 0.0
+    mine_seconds: float = 0.0
+    images_encoded: int = 0
+
+    def line(self) -> str:
+        rate = self.images_encoded / max(self.encode_seconds, 1e-9)
+        return (
+            f"cache pass: {self.images_encoded} images in {self.encode_seconds:.1f} s ({rate:.1f} img/s), "
+            f"mining {self.mine_seconds:.2f} s; {self.mined}/{self.queries} queries with hard negatives "
+            f"({self.skipped} skipped), {self.mean_negatives:.1f} negatives per query, "
+            f"d(q,p) {self.mean_positive_distance:.3f}, hardest d(q,n) {self.mean_hardest_negative_distance:.3f}"
+        )
+
+
+class HardNegativeMiner:
+    """Chooses positives and hard negatives for training queries from cached descriptors.
+
+    Args:
+        split: the training split (positions give the positives and the negatives).
+        negatives_per_query: at most this many negatives per tuple (the baseline's ``nNeg`` = 10).
+        candidate_negatives: database images sampled per query per round (``nNegSample`` = 1000).
+        margin: a negative is hard if d(q, n) < d(q, p) + margin (Euclidean distance of descriptors).
+        negative_radius_m: database images farther than this are negatives (default: the split's 25 m).
+        chunk_queries: queries per distance-matrix chunk (bounds memory at chunk x num_db floats).
+    """
+
+    def __init__(
+        self,
+        split: PlaceSplit,
+        negatives_per_query: int = 10,
+        candidate_negatives: int = 1000,
+        margin: float = 0.1,
+        negative_radius_m: float | None = None,
+        chunk_queries: int = 256,
+    ):
+        if negatives_per_query < 1 or candidate_negatives < 1:
+            raise ValueError("mining.negatives_per_query and mining.candidate_negatives must be >= 1")
+        self.split = split
+        self.negatives_per_query = int(negatives_per_query)
+        self.candidate_negatives = int(candidate_negatives)
+        self.margin = float(margin)
+        self.negative_radius_m = float(negative_radius_m if negative_radius_m is not None else split.eval_radius_m)
+        self.chunk_queries = int(chunk_queries)
+        positives = split.train_positives()
+        self.trainable_queries = np.array([i for i, p in enumerate(positives) if len(p) > 0], dtype=np.int64)
+        self.dropped_queries = split.num_q - len(self.trainable_queries)
+        if len(self.trainable_queries) == 0:
+            raise ValueError(
+                f"{split.describe()}: no query has a database image within {split.train_radius_m} m "
+                "(data.train_radius_m); nothing to train on"
+            )
+        # Remembered negatives per query, -1 = empty slot. Lives in the main process, saved in checkpoints.
+        self.remembered = np.full((split.num_q, self.negatives_per_query), -1, dtype=np.int64)
+        self._positives = positives
+
+    # -- checkpoint state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"remembered": torch.from_numpy(self.remembered.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        rem = np.asarray(state["remembered"])
+        if rem.shape != self.remembered.shape:
+            raise ValueError(
+                f"checkpoint's remembered negatives have shape {rem.shape}, expected {self.remembered.shape}: "
+                "the checkpoint was trained on another split or with another mining.negatives_per_query"
+            )
+        self.remembered = rem.astype(np.int64)
+
+    # -- mining -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def mine(
+        self,
+        query_ids: Sequence[int],
+        q_desc: torch.Tensor,
+        db_desc: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[list[Triplet], MiningStats]:
+        """Mine tuples for ``query_ids`` (split query indices).
+
+        Args:
+            q_desc: (R, D) descriptors of those queries, in the same order.
+            db_desc: (num_db, D) descriptors of the whole database.
+            generator: CPU generator for the negative sampling (seeded by the caller for repeatability).
+        """
+        t0 = time.perf_counter()
+        query_ids = np.asarray(query_ids, dtype=np.int64)
+        if q_desc.shape[0] != len(query_ids) or db_desc.shape[0] != self.split.num_db:
+            raise ValueError(
+                f"descriptor counts {tuple(q_desc.shape)}/{tuple(db_desc.shape)} do not match "
+                f"{len(query_ids)} queries / {self.split.num_db} database images"
+            )
+        device = db_desc.device
+        db_desc = db_desc.float()
+        db_sq = (db_desc * db_desc).sum(1)
+        db_utm = torch.tensor(np.asarray(self.split.db_utm), dtype=torch.float64, device=device)
+        triplets: list[Triplet] = []
+        stats = MiningStats(queries=len(query_ids))
+        dp_sum = dn_sum = n_sum = 0.0
+        for start in range(0, len(query_ids), self.chunk_queries):
+            ids = query_ids[start : start + self.chunk_queries]
+            q = q_desc[start : start + self.chunk_queries].to(device).float()
+            dist = ((q * q).sum(1, keepdim=True) + db_sq[None, :] - 2.0 * q @ db_desc.T).clamp_min_(0).sqrt_()
+
+            # Positive: nearest (in descriptor space) of the non-trivial positives.
+            pos_lists = [self._positives[i] for i in ids]
+            width = max(len(p) for p in pos_lists)
+            pos_idx = np.zeros((len(ids), width), dtype=np.int64)
+            pos_ok = np.zeros((len(ids), width), dtype=bool)
+            for r, p in enumerate(pos_lists):
+                pos_idx[r, : len(p)] = p
+                pos_ok[r, : len(p)] = True
+            pos_idx_t = torch.from_numpy(pos_idx).to(device)
+            d_pos = dist.gather(1, pos_idx_t).masked_fill_(~torch.from_numpy(pos_ok).to(device), float("inf"))
+            d_p, arg = d_pos.min(1)
+            positive = pos_idx_t.gather(1, arg[:, None])[:, 0]
+
+            # Candidates: a uniform sample without replacement among true negatives, plus remembered ones.
+            q_utm = torch.as_tensor(self.split.q_utm[ids], dtype=torch.float64, device=device)
+            is_neg = torch.cdist(q_utm, db_utm) > self.negative_radius_m
+            keys = torch.rand(dist.shape, generator=generator).to(device)
+            keys.masked_fill_(~is_neg, float("inf"))
+            n_sample = min(self.candidate_negatives, dist.shape[1])
+            key_val, sampled = keys.topk(n_sample, dim=1, largest=False)
+            candidate = torch.zeros_like(is_neg)
+            candidate.scatter_(1, sampled, torch.isfinite(key_val))
+            rem = torch.from_numpy(self.remembered[ids]).to(device)
+            rows, slots = (rem >= 0).nonzero(as_tuple=True)
+            candidate[rows, rem[rows, slots]] = True
+            candidate &= is_neg
+
+            d_neg = dist.masked_fill(~candidate, float("inf"))
+            k = min(self.negatives_per_query, d_neg.shape[1])
+            d_n, neg = d_neg.topk(k, dim=1, largest=False)  # sorted, nearest first
+            hard = torch.isfinite(d_n) & (d_n < d_p[:, None] + self.margin)
+
+            positive, d_p, d_n, neg, hard = (t.cpu() for t in (positive, d_p, d_n, neg, hard))
+            for r, qid in enumerate(ids):
+                chosen = neg[r][hard[r]].numpy()
+                self.remembered[qid] = -1
+                if len(chosen) == 0:
+                    stats.skipped += 1
+                    continue
+                self.remembered[qid, : len(chosen)] = chosen
+                triplets.append(Triplet(int(qid), int(positive[r]), tuple(int(n) for n in chosen)))
+                dp_sum += float(d_p[r])
+                dn_sum += float(d_n[r, 0])
+                n_sum += len(chosen)
+        stats.mined = len(triplets)
+        if triplets:
+            stats.mean_negatives = n_sum / len(triplets)
+            stats.mean_positive_distance = dp_sum / len(triplets)
+            stats.mean_hardest_negative_distance = dn_sum / len(triplets)
+        stats.mine_seconds = time.perf_counter() - t0
+        return triplets, stats
+
+
+class _EpochRelay:
+    """Passes ``set_epoch`` on to the batch sampler that owns it."""
+
+    def __init__(self, owner: MinedBatchSampler):
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)
+
+
+Encoder = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+"""Maps training query indices to (query descriptors (R, D), database descriptors (num_db, D))."""
+
+
+class MinedBatchSampler:
+    """Yields batches of :class:`Triplet`, re-mining every ``refresh_every_queries`` queries.
+
+    It runs in the main process (a DataLoader asks its batch sampler for indices there), so the remembered
+    negatives and the cache stay in one place; workers only load images. With DataLoader workers, the next
+    round is mined when the loader prefetches its first batch, i.e. a few batches (``prefetch_factor`` x
+    ``num_workers``) before the previous round's last step: a negligible staleness.
+
+    Under DDP every rank mines the same tuples (same seed, gathered cache) and takes every world_size-th one,
+    truncated to equal length so that ranks stay in step.
+
+    It has no ``__len__``: skipped queries make a round's size known only after mining.
+    """
+
+    def __init__(
+        self,
+        miner: HardNegativeMiner,
+        encode: Encoder,
+        batch_size: int,
+        refresh_every_queries: int = 1000,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        on_round: Callable[[MiningStats], None] | None = None,
+    ):
+        if batch_size < 1 or refresh_every_queries < 1:
+            raise ValueError("data.batch_size and mining.refresh_every_queries must be >= 1")
+        self.miner = miner
+        self.encode = encode
+        self.batch_size = int(batch_size)
+        self.refresh_every_queries = int(refresh_every_queries)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.on_round = on_round
+        self.epoch = 0
+        # Lightning calls set_epoch on ``batch_sampler.sampler`` (not on the batch sampler) every epoch.
+        self.sampler = _EpochRelay(self)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def rounds(self) -> list[np.ndarray]:
+        """This epoch's query order split into mining rounds."""
+        order = self.miner.trainable_queries
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
+        step = self.refresh_every_queries
+        return [order[i : i + step] for i in range(0, len(order), step)]
+
+    def __iter__(self) -> Iterator[list[Triplet]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        rounds = self.rounds()
+        for r, query_ids in enumerate(rounds):
+            t0 = time.perf_counter()
+            q_desc, db_desc = self.encode(query_ids)
+            encode_seconds = time.perf_counter() - t0
+            triplets, stats = self.miner.mine(query_ids, q_desc, db_desc, generator)
+            stats.encode_seconds = encode_seconds
+            stats.images_encoded = len(query_ids) + self.miner.split.num_db
+            log.info("epoch %d round %d/%d %s", self.epoch, r + 1, len(rounds), stats.line())
+            if self.on_round is not None:
+                self.on_round(stats)
+            del q_desc, db_desc
+            order = torch.randperm(len(triplets), generator=generator).tolist() if self.shuffle else None
+            if order is not None:
+                triplets = [triplets[i] for i in order]
+            per_rank = len(triplets) // self.world_size
+            mine = triplets[self.rank :: self.world_size][:per_rank]
+            for i in range(0, len(mine), self.batch_size):
+                yield mine[i : i + self.batch_size]
