@@ -53,10 +53,32 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
         if name == "wandb":
             if conf.get("offline") is None:
                 kwargs["offline"] = wandb_offline_default()
+            group, job = sweep_identity()
+            if conf.get("group") is None and group:
+                kwargs["group"] = group  # one W&B group per Hydra sweep
+            if conf.get("name") is None:
+                kwargs["name"] = "-".join(str(x) for x in (cfg.get("variant"), f"seed{cfg.seed}", job) if x)
+            tags = [str(t) for t in (conf.get("tags") or [])]
+            if cfg.get("variant") and str(cfg.variant) not in tags:
+                kwargs["tags"] = [*tags, str(cfg.variant)]
             os.environ.setdefault("WANDB_SILENT", "true")
             Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
         loggers.append(instantiate(conf, **kwargs))
     return loggers
+
+
+def sweep_identity() -> tuple[str | None, str | None]:
+    """(sweep name, job number) under a Hydra multirun, else (None, None)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return Path(hc.sweep.dir).name, f"job{hc.job.num}"
+    except Exception:  # not under Hydra
+        pass
+    return None, None
 
 
 def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callback]:
