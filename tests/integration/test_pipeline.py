@@ -54,6 +54,7 @@ def test_train_writes_results_and_checkpoints(trained, data_dir):
     assert res["num_queries"] > 0 and res["num_database"] > 0
     assert read(run / "results_untrained.json")["split"] == "test"
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "pictures" / "test_retrievals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "untrained" in proc.stdout and "trained" in proc.stdout  # the side-by-side table
     centroids = list((data_dir / "centroids").glob("resnet18-layer3-random42_city_8_desc_cen.hdf5"))
     assert centroids, "cluster.auto wrote the centroid file under the name encoding backbone, dataset, K"
