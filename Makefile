@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## create .venv from pyproject.toml (torch, lightning, hydra, faiss-cpu, ...)
 
 train: $(STAMP) ## the main job on the synthetic city: generate, cluster, untrained test, train, test
-	$(PY) train.py experiment=city_baseline $(ARGS)
+	$(PY) train.py experiment=city_main $(ARGS)
 
 test: $(STAMP) ## the test suite (CPU, no network)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -1,4 +1,4 @@
-"""k-means centroids for NetVLAD: python cluster.py [data=...] [backbone=...] [head.num_clusters=K]."""
+"""k-means centroids for NetVLAD: python cluster.py [data=...] [backbone=...] [model.num_clusters=K]."""
 
 import hydra
 from omegaconf import DictConfig

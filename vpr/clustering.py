@@ -69,7 +69,7 @@ def kmeans(descriptors: np.ndarray, num_clusters: int, iterations: int = 100, se
     if n < num_clusters:
         raise ConfigError(
             f"only {n} descriptors for {num_clusters} clusters: raise cluster.images or "
-            "cluster.descriptors_per_image, or lower head.num_clusters"
+            "cluster.descriptors_per_image, or lower model.num_clusters"
         )
     km = faiss.Kmeans(d, num_clusters, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10**7)
     km.train(np.ascontiguousarray(descriptors, dtype=np.float32))

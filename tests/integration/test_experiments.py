@@ -22,7 +22,7 @@ def tiny_overrides(name: str, data_dir: Path, out: Path) -> list[str]:
         "data.image_size=[48,64]",
         "data.num_workers=0",
         "data.eval_batch_size=64",
-        "head.num_clusters=8",
+        "model.num_clusters=8",
         "cluster.auto=true",
         "cluster.images=20",
         "cluster.descriptors_per_image=10",
@@ -65,5 +65,16 @@ def test_experiment_trains_one_batch(name, data_dir, tmp_path):
                            f"guidance.suppress={list(cfg.guidance.suppress)}"],
             )
     assert cfg.variant
+    run_training(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("head", ["gem", "max", "avg"])
+def test_pooling_heads_train_without_centroids(head, data_dir, tmp_path):
+    from vpr.training import run_training
+
+    overrides = [*tiny_overrides("city_baseline", data_dir, tmp_path), f"head={head}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=overrides)
     run_training(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

@@ -20,7 +20,7 @@ def common(data_dir: Path, tmp: Path) -> list[str]:
         "data.image_size=[48,64]",
         "data.num_workers=0",
         "data.eval_batch_size=16",
-        "head.num_clusters=8",
+        "model.num_clusters=8",
         "cluster.images=20",
         "cluster.descriptors_per_image=10",
         "mining.refresh_every_queries=8",
@@ -36,7 +36,7 @@ def trained(data_dir, tmp_path_factory):
     """One training run (cluster.auto) shared by the tests of this module."""
     tmp = tmp_path_factory.mktemp("train")
     run = tmp / "outputs" / "train" / "runs" / "run1"  # where ckpt_path=last looks
-    proc = run_script("train.py", *common(data_dir, tmp), "logger=csv", f"hydra.run.dir={run}", tmp=tmp)
+    proc = run_script("train.py", *common(data_dir, tmp), "logger=csv", "test_untrained=true", f"hydra.run.dir={run}", tmp=tmp)
     return tmp, run, proc
 
 
@@ -99,7 +99,7 @@ def test_resume_from_last_continues_with_state(trained, data_dir):
 def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_path):
     run_script(
         "cluster.py", "experiment=city_baseline", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
-        f"paths.centroids_dir={tmp_path}/c", "head.num_clusters=4", "cluster.images=10",
+        f"paths.centroids_dir={tmp_path}/c", "model.num_clusters=4", "cluster.images=10",
         "cluster.descriptors_per_image=5", "data.image_size=[48,64]", f"hydra.run.dir={tmp_path}/run", tmp=tmp_path,
     )
     import h5py
