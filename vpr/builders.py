@@ -162,7 +162,9 @@ def _overrides() -> list[str]:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path", "trainer."))]
+        # what cluster.py needs: data, backbone, head, seed; not the training-only settings
+        skip = ("ckpt_path", "trainer", "cluster.auto", "logger", "callbacks", "test_", "optimizer", "scheduler")
+        return [o for o in HydraConfig.get().overrides.task if not o.startswith(skip)]
     except Exception:  # not under Hydra (tests calling the functions directly)
         return []
 
