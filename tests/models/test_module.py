@@ -70,3 +70,21 @@ def test_mask_changes_descriptor_only_when_it_weights_aggregation():
             assert delta > 1e-2, delta
         else:
             assert delta < 1e-5, delta
+
+
+def test_init_weights_loads_matching_tensors_and_keeps_the_new_module(tmp_path):
+    from vpr.models.attention.base import Identity
+    from vpr.models.attention.crn import CRN
+    from vpr.training import load_matching_weights
+
+    torch.manual_seed(1)
+    trained = PlaceRecognitionModule(TinyBackbone(), Identity(8), NetVLAD(4, 8), TripletMarginLoss(0.1))
+    torch.save({"state_dict": trained.state_dict()}, tmp_path / "baseline.ckpt")
+    torch.manual_seed(2)
+    crn = PlaceRecognitionModule(TinyBackbone(), CRN(8), NetVLAD(4, 8), TripletMarginLoss(0.1))
+    crn_before = {k: v.clone() for k, v in crn.attention.state_dict().items()}
+    load_matching_weights(crn, str(tmp_path / "baseline.ckpt"))
+    for k, v in trained.state_dict().items():
+        assert torch.equal(crn.state_dict()[k], v), k
+    for k, v in crn.attention.state_dict().items():
+        assert torch.equal(v, crn_before[k]), k

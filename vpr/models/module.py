@@ -209,7 +209,12 @@ class PlaceRecognitionModule(L.LightningModule):
                 },
                 sync_dist=False,
             )
-        self.log("train/epoch_seconds", time.perf_counter() - self._epoch_start)
+        seconds = time.perf_counter() - self._epoch_start
+        self.log("train/epoch_seconds", seconds)
+        left = (self.trainer.max_epochs or 0) - self.current_epoch - 1
+        if left > 0 and self.trainer.is_global_zero:
+            log.info("epoch %d took %.1f min; about %.0f min for the %d epochs left", self.current_epoch,
+                     seconds / 60, left * seconds / 60, left)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
