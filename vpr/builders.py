@@ -138,6 +138,7 @@ def init_netvlad(cfg: DictConfig, module, datamodule) -> None:
         log.info("centroid file %s missing and cluster.auto=true: clustering now", path)
         cluster_and_save(cfg, module.backbone, datamodule, path)
     check_fingerprint(path, module.backbone)
+    check_image_size(path, datamodule.image_size)
     alpha = module.head.init_from_file(path)
     log.info("NetVLAD initialised from %s (alpha %.2f)", path, alpha)
 
@@ -155,6 +156,20 @@ def check_fingerprint(path: Path, backbone: nn.Module) -> None:
             f"centroid file {path} was computed with other backbone weights (fingerprint {float(stored):.6g}, "
             f"this backbone {now:.6g}): the seed or backbone settings differ from cluster.py's. Re-run cluster.py "
             "with the training settings, or delete the file and use cluster.auto=true."
+        )
+
+
+def check_image_size(path: Path, image_size) -> None:
+    """Centroids sampled at another image size still initialise NetVLAD, but say so: it is not the recipe."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        stored = f.attrs.get("image_size")
+    if stored is not None and [int(x) for x in stored] != [int(x) for x in image_size]:
+        log.warning(
+            "centroid file %s was sampled from %s images, this run uses %s: re-run cluster.py (overwrite=true) "
+            "for centroids of this size",
+            path, [int(x) for x in stored], list(image_size),
         )
 
 
