@@ -50,7 +50,30 @@ def _reduce(pair_losses: torch.Tensor, anchor: torch.Tensor, positive: torch.Ten
     return pair_losses.mean()
 
 
-class TripletMarginLoss(nn.Module):
+class _TupleLoss(nn.Module):
+    """A loss with one term per (query, negative) pair (``pair_losses``), averaged over all pairs."""
+
+    def pair_losses(
+        self,
+        anchor: torch.Tensor,
+        positive: torch.Tensor,
+        negatives: torch.Tensor,
+        neg_to_query: torch.Tensor,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        anchor: torch.Tensor,
+        positive: torch.Tensor,
+        negatives: torch.Tensor,
+        neg_to_query: torch.Tensor,
+    ) -> torch.Tensor:
+        """anchor, positive: (B, D); negatives: (N, D); neg_to_query: (N,) long -> scalar."""
+        return _reduce(self.pair_losses(anchor, positive, negatives, neg_to_query), anchor, positive)
+
+
+class TripletMarginLoss(_TupleLoss):
     """mean over (q, n) pairs of max(0, d(q, p) + margin - d(q, n)).
 
     Args:
@@ -77,21 +100,11 @@ class TripletMarginLoss(nn.Module):
         d_qn = euclidean_distance(anchor[neg_to_query], negatives, self.eps)
         return torch.relu(d_qp + self.margin - d_qn)
 
-    def forward(
-        self,
-        anchor: torch.Tensor,
-        positive: torch.Tensor,
-        negatives: torch.Tensor,
-        neg_to_query: torch.Tensor,
-    ) -> torch.Tensor:
-        """anchor, positive: (B, D); negatives: (N, D); neg_to_query: (N,) long -> scalar."""
-        return _reduce(self.pair_losses(anchor, positive, negatives, neg_to_query), anchor, positive)
-
     def extra_repr(self) -> str:
         return f"margin={self.margin}"
 
 
-class SharpenedTripletMarginLoss(nn.Module):
+class SharpenedTripletMarginLoss(_TupleLoss):
     """Sharpened triplet marginal loss (sTML), method.md section 6.
 
     version 1: max(0, d(q, p) + margin - d(q, n) + margin_pn - d(p, n))
@@ -132,16 +145,6 @@ class SharpenedTripletMarginLoss(nn.Module):
         d_qp = euclidean_distance(anchor, positive, self.eps)[neg_to_query]
         d_qn = euclidean_distance(anchor[neg_to_query], negatives, self.eps)
         return torch.relu(d_qp + self.margin - d_qn + self.margin_pn - d_pn)
-
-    def forward(
-        self,
-        anchor: torch.Tensor,
-        positive: torch.Tensor,
-        negatives: torch.Tensor,
-        neg_to_query: torch.Tensor,
-    ) -> torch.Tensor:
-        """anchor, positive: (B, D); negatives: (N, D); neg_to_query: (N,) long -> scalar."""
-        return _reduce(self.pair_losses(anchor, positive, negatives, neg_to_query), anchor, positive)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, margin_pn={self.margin_pn}, version={self.version}"
