@@ -41,6 +41,23 @@ def _explicit_overrides() -> list[str]:
         return []
 
 
+def fit_pca(module, dm, dim: int) -> None:
+    """PCA-whitening to ``dim`` fitted on the training database's descriptors, applied before the search."""
+    from vpr.data.dataset import ImageDataset
+    from vpr.eval.pca import PCAWhitening
+
+    split = dm.train_split
+    if dim >= min(split.num_db, module.head.out_dim):
+        raise ConfigError(
+            f"pca_dim={dim} must be below the number of training database images ({split.num_db}) and the "
+            f"descriptor size ({module.head.out_dim})"
+        )
+    desc = module.encode_dataset(ImageDataset(split.db_paths, dm.transform), "PCA: training database").cpu().numpy()
+    pca = PCAWhitening(whiten=True).fit(desc, dim)
+    module.descriptor_transform = pca.transform
+    log.info("PCA-whitening %d -> %d fitted on %d training database descriptors", desc.shape[1], dim, len(desc))
+
+
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     single_log_stream()
     if cfg.split not in ("train", "val", "test"):
@@ -71,6 +88,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     else:
         dm.setup("fit")  # clustering (cluster.auto) reads the training split
         init_netvlad(cfg, module, dm)
+    if cfg.get("pca_dim"):
+        fit_pca(module, dm, int(cfg.pca_dim))
     trainer = L.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,
@@ -82,6 +101,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, datamodule=dm, verbose=False)
     results = dict(module.results["test"])
     results["checkpoint"] = ckpt_path
+    if cfg.get("pca_dim"):
+        results["pca_dim"] = int(cfg.pca_dim)
     out_dir = Path(cfg.paths.output_dir)
     write_json_atomic(out_dir / "results.json", results)
     label = "trained" if ckpt_path else "untrained"

@@ -73,6 +73,18 @@ def test_eval_reproduces_training_test_recall(trained, data_dir):
     assert read(out / "results.json")["recall_at"] == read(run / "results.json")["recall_at"]
 
 
+def test_eval_with_pca_whitening(trained, data_dir):
+    tmp, run, _ = trained
+    out = tmp / "eval_pca"
+    proc = run_script("eval.py", *common(data_dir, tmp)[:3], f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                      "pca_dim=16", f"hydra.run.dir={out}", tmp=tmp)
+    assert "PCA-whitening 2048 -> 16" in proc.stdout + proc.stderr
+    res = read(out / "results.json")
+    assert res["pca_dim"] == 16
+    r = [res["recall_at"][k] for k in ("1", "5", "10", "20")]
+    assert r == sorted(r) and 0 < r[-1] <= 1
+
+
 def test_eval_through_pittsburgh_reader_matches_synthetic(trained, data_dir, tiny_city):
     tmp, run, _ = trained
     ckpt = run / "checkpoints" / "last.ckpt"

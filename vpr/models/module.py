@@ -87,6 +87,8 @@ class PlaceRecognitionModule(L.LightningModule):
         self.aux_switch_epoch = aux_switch_epoch
         self.results: dict[str, dict] = {}
         self.predictions: dict[str, np.ndarray] = {}  # stage -> (num_q, max N) retrieved database indices
+        # Applied to evaluation descriptors before the search, e.g. PCA-whitening (eval.py pca_dim=...).
+        self.descriptor_transform: Callable[[np.ndarray], np.ndarray] | None = None
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._epoch_start = 0.0
 
@@ -273,6 +275,8 @@ class PlaceRecognitionModule(L.LightningModule):
     def _finish_eval(self, stage: str) -> None:
         split = getattr(self.trainer.datamodule, f"{stage}_split")
         desc = self._collect(split.num_db + split.num_q)
+        if self.descriptor_transform is not None:
+            desc = self.descriptor_transform(desc)
         _, predictions = knn_search(desc[: split.num_db], desc[split.num_db :], k=max(self.recall_at))
         recalls = recall_at_n(predictions, split.eval_positives(), self.recall_at)
         self.predictions[stage] = predictions
