@@ -173,13 +173,18 @@ def check_image_size(path: Path, image_size) -> None:
         )
 
 
-def _overrides() -> list[str]:
+def command_line_overrides() -> list[str]:
+    """The overrides this Hydra run was given on the command line ([] when not run by Hydra, e.g. in tests)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        # what cluster.py needs: data, backbone, head, seed; not the training-only settings
-        skip = ("ckpt_path", "trainer", "cluster.auto", "logger", "callbacks", "test_", "optimizer", "scheduler")
-        return [o for o in HydraConfig.get().overrides.task if not o.startswith(skip)]
-    except Exception:  # not under Hydra (tests calling the functions directly)
+        return list(HydraConfig.get().overrides.task)
+    except Exception:
         return []
+
+
+def _overrides() -> list[str]:
+    # what cluster.py needs: data, backbone, head, seed; not the training-only settings
+    skip = ("ckpt_path", "trainer", "cluster.auto", "logger", "callbacks", "test_", "optimizer", "scheduler")
+    return [o for o in command_line_overrides() if not o.startswith(skip)]
 

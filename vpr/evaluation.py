@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vpr.builders import build_datamodule, build_module, init_netvlad
+from vpr.builders import build_datamodule, build_module, command_line_overrides, init_netvlad
 from vpr.errors import ConfigError
 from vpr.eval.results import format_table
 from vpr.io import write_json_atomic
@@ -30,15 +30,6 @@ def load_checkpoint_config(path: str) -> tuple[dict, dict | None]:
     if "state_dict" not in state:
         raise ConfigError(f"ckpt_path={path} has no state_dict: not a Lightning checkpoint of train.py")
     return state, state.get("vpr_config")
-
-
-def _explicit_overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except Exception:
-        return []
 
 
 def fit_pca(module, dm, dim: int) -> None:
@@ -73,7 +64,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
                 if key in stored:
                     cfg[key] = stored[key]
             cfg.backbone.pretrained = False  # the checkpoint holds the weights: nothing to download
-            if not any(o.startswith("data.image_size") for o in _explicit_overrides()):
+            if not any(o.startswith("data.image_size") for o in command_line_overrides()):
                 cfg.data.image_size = stored["data"]["image_size"]
         else:
             log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)

@@ -1,13 +1,9 @@
-"""The ``results.json`` file and the recall tables printed at the end of a run."""
+"""The recall tables printed at the end of a run (results.json is written by vpr.io.write_json_atomic)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-from vpr.io import write_json_atomic
-
-__all__ = ["format_table", "write_json_atomic"]
 
 
 def format_table(columns: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
