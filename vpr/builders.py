@@ -84,12 +84,22 @@ def mining_margin(cfg: DictConfig) -> float:
     return margin
 
 
-def build_datamodule(cfg: DictConfig):
-    mining = OmegaConf.to_container(cfg.mining, resolve=True)
-    mining["margin"] = mining_margin(cfg)
-    guidance = cfg.get("guidance") or {}
-    guidance = OmegaConf.to_container(guidance, resolve=True) if guidance.get("source") else None
-    return instantiate(cfg.data, mining=mining, seed=cfg.seed, guidance=guidance, _recursive_=True)
+def build_datamodule(cfg: DictConfig, data_cfg: DictConfig | None = None, with_training: bool = True):
+    """The data module of ``cfg.data`` (or of ``data_cfg``, a test set's); ``eval.spatial_nms`` overrides the data's.
+
+    Without training (a test set) neither mining nor semantic guidance is set up.
+    """
+    data_cfg = cfg.data if data_cfg is None else data_cfg
+    kwargs: dict[str, Any] = {"seed": cfg.seed}
+    if with_training:
+        kwargs["mining"] = OmegaConf.to_container(cfg.mining, resolve=True)
+        kwargs["mining"]["margin"] = mining_margin(cfg)
+        guidance = cfg.get("guidance") or {}
+        kwargs["guidance"] = OmegaConf.to_container(guidance, resolve=True) if guidance.get("source") else None
+    nms = (cfg.get("eval") or {}).get("spatial_nms")
+    if nms is not None:
+        kwargs["spatial_nms"] = bool(nms)
+    return instantiate(data_cfg, **kwargs, _recursive_=True)
 
 
 def build_module(cfg: DictConfig, with_training: bool = True):

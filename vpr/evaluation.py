@@ -10,10 +10,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vpr.builders import build_datamodule, build_module, command_line_overrides, init_netvlad
+from vpr.builders import build_datamodule, build_module, command_line_overrides, init_netvlad, uses_netvlad
 from vpr.errors import ConfigError
 from vpr.eval.results import format_table
 from vpr.io import write_json_atomic
+from vpr.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 from vpr.training import resolve_ckpt_path, single_log_stream
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,22 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         else:
             log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
     L.seed_everything(int(cfg.seed), workers=True)
+    sets = resolve_test_sets(cfg, shared_data_overrides(cfg, command_line_overrides()))
     dm = build_datamodule(cfg)
-    dm.splits["test"] = dict(cfg.data.splits)[cfg.split]
-    dm.prepare_data()
-    dm.setup("test")  # a missing dataset fails here, before any network is built
+    if not sets:
+        own = dict(cfg.data.splits).get(cfg.split)
+        if own is None:
+            have = [k for k, v in dict(cfg.data.splits).items() if v is not None]
+            raise ConfigError(f"split={cfg.split}: dataset {cfg.data.name} has no {cfg.split} split (it has {have})")
+        dm.splits["test"] = own
+        dm.prepare_data()
+        dm.setup("test")  # a missing dataset fails here, before any network is built
+    prepared = prepare_test_sets(cfg, sets, cfg.split)  # so do the test sets'
     module = build_module(cfg, with_training=False)
     if state is not None:
         module.load_state_dict(state["state_dict"])
-    else:
+    elif uses_netvlad(cfg):
+        dm.prepare_data()
         dm.setup("fit")  # clustering (cluster.auto) reads the training split
         init_netvlad(cfg, module, dm)
     if cfg.get("pca_dim"):
@@ -89,12 +98,17 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
         default_root_dir=cfg.paths.output_dir,
     )
+    out_dir = Path(cfg.paths.output_dir)
+    if prepared:
+        label = "trained" if ckpt_path else "untrained"
+        record = {"checkpoint": ckpt_path, **({"pca_dim": int(cfg.pca_dim)} if cfg.get("pca_dim") else {})}
+        return run_test_sets(prepared, module, trainer, out_dir, record=record,
+                             title=f"Recall (%) of the {label} network" + (f" ({ckpt_path})" if ckpt_path else ""))
     trainer.test(module, datamodule=dm, verbose=False)
     results = dict(module.results["test"])
     results["checkpoint"] = ckpt_path
     if cfg.get("pca_dim"):
         results["pca_dim"] = int(cfg.pca_dim)
-    out_dir = Path(cfg.paths.output_dir)
     write_json_atomic(out_dir / "results.json", results)
     label = "trained" if ckpt_path else "untrained"
     print("\n" + format_table({label: results}, title="Recall (%)") + f"\n\nresults: {out_dir / 'results.json'}\n")

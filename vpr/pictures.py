@@ -57,8 +57,8 @@ def save_retrieval_pictures(module, datamodule, stage: str, path: Path, num_quer
     out = save_retrieval_figure(
         path,
         queries=[_rgb(split.q_paths[q], size) for q in chosen],
-        retrieved=[[_rgb(split.db_paths[i], size) for i in predictions[q, :top_k]] for q in chosen],
-        correct=[[bool(np.isin(i, positives[q])) for i in predictions[q, :top_k]] for q in chosen],
+        retrieved=[[_rgb(split.db_paths[i], size) for i in predictions[q, :top_k] if i >= 0] for q in chosen],
+        correct=[[bool(np.isin(i, positives[q])) for i in predictions[q, :top_k] if i >= 0] for q in chosen],
         masks=masks if any(m is not None for m in masks) else None,
         targets=targets if source is not None else None,
         titles=[f"query {q}" for q in chosen],

@@ -12,11 +12,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vpr.builders import build_datamodule, build_module, init_netvlad, mining_margin
+from vpr.builders import build_datamodule, build_module, command_line_overrides, init_netvlad, mining_margin
 from vpr.errors import ConfigError
 from vpr.eval.results import format_table
 from vpr.io import write_json_atomic, write_text_atomic
 from vpr.pictures import save_retrieval_pictures
+from vpr.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
+    # Test sets are read now: a missing one fails before the training, not after it.
+    test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared_data_overrides(cfg, command_line_overrides())))
     module = build_module(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
     if ckpt_path is None and cfg.get("init_weights"):
@@ -210,4 +213,11 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         for lg in trainer.loggers:
             if picture is not None and hasattr(lg, "log_image"):
                 lg.log_image(key="test/retrievals", images=[str(picture)])
+    if test_sets and cfg.get("test_after_training", True) and not trainer.interrupted:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results["test_sets"] = run_test_sets(test_sets, module, trainer, out_dir, ckpt_path=best or None,
+                                             title="Test recall (%) of the trained network on the test sets")
+        for lg in trainer.loggers:
+            lg.log_metrics({f"test_sets/{label}/R@{n}": r for label, res in results["test_sets"].items()
+                            for n, r in res["recall_at"].items()})
     return results

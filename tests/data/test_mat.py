@@ -13,19 +13,22 @@ import scipy.io
 from vpr.data import mat as mat_module
 from vpr.data.mat import DbStruct, dbstruct_from_loadmat, load_dbstruct, save_dbstruct
 
-# The field order of the original Pittsburgh files, written out by hand (not imported from the module).
+# The field order of the real NetVLAD dataset specs (pitts30k_train.mat, ...), written out by hand.
 PITTS_FIELD_ORDER = (
     "whichSet",
-    "dbImage",
+    "dbImageFns",
     "utmDb",
-    "qImage",
+    "qImageFns",
     "utmQ",
-    "numDb",
-    "numQ",
+    "numImages",
+    "numQueries",
     "posDistThr",
     "posDistSqThr",
     "nonTrivPosDistSqThr",
 )
+# The names older files (and the PyTorch baseline's variables) use for four of them.
+OLD_NAMES = {"dbImageFns": "dbImage", "qImageFns": "qImage", "numImages": "numDb", "numQueries": "numQ"}
+OLD_FIELD_ORDER = tuple(OLD_NAMES.get(f, f) for f in PITTS_FIELD_ORDER)
 
 DB_PATHS = ["000/000000_pitch1_yaw1.jpg", "000/000000_pitch1_yaw2.jpg", "001/001234_pitch2_yaw12.jpg"]
 Q_PATHS = ["000/000007_pitch1_yaw3.jpg", "003/003001_pitch1_yaw11.jpg"]
@@ -37,28 +40,32 @@ def _example() -> DbStruct:
     return DbStruct("train", DB_PATHS, UTM_DB, Q_PATHS, UTM_Q, 25.0, 625.0, 100.0)
 
 
-def _matlab_like_record(fields: tuple[str, ...] = PITTS_FIELD_ORDER, num_db: float = 3.0) -> np.ndarray:
+def _matlab_like_record(fields: tuple[str, ...] = PITTS_FIELD_ORDER, num_db: float = 3.0,
+                        extra: dict | None = None) -> np.ndarray:
     """A dbStruct built the way MATLAB's own files load: a 1x1 structured array of 1x1-wrapped fields,
-    N x 1 object cells whose entries are 1-element char arrays, 2 x N double coordinates."""
+    N x 1 object cells whose entries are 1-element char arrays, 2 x N double coordinates. ``fields`` are
+    the names to write, real or old (each old name stands for the real field at the same position)."""
     values = {
         "whichSet": np.array(["train"]),
-        "dbImage": np.empty((3, 1), dtype=object),
+        "dbImageFns": np.empty((3, 1), dtype=object),
         "utmDb": np.array([[584100.25, 584100.25, 585001.0], [4477200.5, 4477200.5, 4478002.75]]),
-        "qImage": np.empty((2, 1), dtype=object),
+        "qImageFns": np.empty((2, 1), dtype=object),
         "utmQ": np.array([[584103.0, 585010.5], [4477190.0, 4478000.0]]),
-        "numDb": np.array([[num_db]]),
-        "numQ": np.array([[2.0]]),
+        "numImages": np.array([[num_db]]),
+        "numQueries": np.array([[2.0]]),
         "posDistThr": np.array([[25.0]]),
         "posDistSqThr": np.array([[625.0]]),
         "nonTrivPosDistSqThr": np.array([[100.0]]),
     }
     for i, p in enumerate(DB_PATHS):
-        values["dbImage"][i, 0] = np.array([p])
+        values["dbImageFns"][i, 0] = np.array([p])
     for i, p in enumerate(Q_PATHS):
-        values["qImage"][i, 0] = np.array([p])
+        values["qImageFns"][i, 0] = np.array([p])
+    real_of = {OLD_NAMES.get(f, f): f for f in PITTS_FIELD_ORDER}
+    values.update(extra or {})
     record = np.empty((1, 1), dtype=[(name, object) for name in fields])
     for name in fields:
-        record[0, 0][name] = values[name]
+        record[0, 0][name] = values[real_of.get(name, name)]
     return record
 
 
@@ -88,12 +95,13 @@ def test_saved_layout_matches_matlab(tmp_path: Path) -> None:
     assert record.shape == (1, 1)
     assert record.dtype.names == PITTS_FIELD_ORDER
     rec = record[0, 0]
-    assert rec["dbImage"].shape == (3, 1)  # N x 1 cell
-    assert str(rec["dbImage"][2, 0][0]) == DB_PATHS[2]
-    assert rec["utmDb"].shape == (2, 3)  # 2 x numDb: first row eastings
+    assert rec["dbImageFns"].shape == (3, 1)  # N x 1 cell
+    assert str(rec["dbImageFns"][2, 0][0]) == DB_PATHS[2]
+    assert rec["utmDb"].shape == (2, 3)  # 2 x numImages: first row eastings
     np.testing.assert_array_equal(rec["utmDb"][0], UTM_DB[:, 0])
     np.testing.assert_array_equal(rec["utmQ"][1], UTM_Q[:, 1])
-    assert rec["numDb"].item() == 3 and rec["numQ"].item() == 2
+    assert rec["numImages"].item() == 3 and rec["numQueries"].item() == 2
+    assert rec["numImages"].dtype == np.float64 and rec["posDistThr"].shape == (1, 1)  # MATLAB doubles
     assert str(rec["whichSet"][0]) == "train"
 
 
@@ -139,7 +147,7 @@ def test_empty_query_list_round_trips(tmp_path: Path) -> None:
     assert got.q_image == [] and got.utm_q.shape == (0, 2) and got.num_q == 0
 
 
-def _write_v73(path: Path, *, with_struct: bool = True, drop: str | None = None) -> None:
+def _write_v73(path: Path, *, with_struct: bool = True, drop: str | None = None, old_names: bool = False) -> None:
     """A MATLAB v7.3-style file: 512-byte MATLAB header (userblock), dims reversed, cells as references."""
     with h5py.File(path, "w", userblock_size=512) as f:
         refs = f.create_group("#refs#")
@@ -158,14 +166,15 @@ def _write_v73(path: Path, *, with_struct: bool = True, drop: str | None = None)
                     ref_arr[0, i] = char(refs, f"{name}{i}", text).ref
                 g.create_dataset(name, data=ref_arr).attrs["MATLAB_class"] = np.bytes_("cell")
 
+            n = (lambda real: OLD_NAMES.get(real, real)) if old_names else (lambda real: real)
             fields = {
                 "whichSet": lambda: char(g, "whichSet", "train"),
-                "dbImage": lambda: cell("dbImage", DB_PATHS),
+                n("dbImageFns"): lambda: cell(n("dbImageFns"), DB_PATHS),
                 "utmDb": lambda: g.create_dataset("utmDb", data=UTM_DB),  # 2 x N in MATLAB -> (N, 2) here
-                "qImage": lambda: cell("qImage", Q_PATHS),
+                n("qImageFns"): lambda: cell(n("qImageFns"), Q_PATHS),
                 "utmQ": lambda: g.create_dataset("utmQ", data=UTM_Q),
-                "numDb": lambda: g.create_dataset("numDb", data=np.array([[3.0]])),
-                "numQ": lambda: g.create_dataset("numQ", data=np.array([[2.0]])),
+                n("numImages"): lambda: g.create_dataset(n("numImages"), data=np.array([[3.0]])),
+                n("numQueries"): lambda: g.create_dataset(n("numQueries"), data=np.array([[2.0]])),
                 "posDistThr": lambda: g.create_dataset("posDistThr", data=np.array([[25.0]])),
                 "posDistSqThr": lambda: g.create_dataset("posDistSqThr", data=np.array([[625.0]])),
                 "nonTrivPosDistSqThr": lambda: g.create_dataset("nonTrivPosDistSqThr", data=np.array([[100.0]])),
@@ -179,9 +188,10 @@ def _write_v73(path: Path, *, with_struct: bool = True, drop: str | None = None)
         fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
 
 
-def test_reads_v73_hdf5(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old_names", [False, True])
+def test_reads_v73_hdf5(tmp_path: Path, old_names: bool) -> None:
     path = tmp_path / "v73.mat"
-    _write_v73(path)
+    _write_v73(path, old_names=old_names)
     _assert_is_example(load_dbstruct(path))
 
 
@@ -215,7 +225,7 @@ def test_no_dbstruct(tmp_path: Path) -> None:
         load_dbstruct(path)
 
 
-@pytest.mark.parametrize("missing", ["utmQ", "whichSet", "nonTrivPosDistSqThr"])
+@pytest.mark.parametrize("missing", ["utmQ", "whichSet", "posDistThr", "dbImageFns", "qImageFns"])
 def test_missing_field_names_file_and_field(tmp_path: Path, missing: str) -> None:
     fields = tuple(f for f in PITTS_FIELD_ORDER if f != missing)
     full = _matlab_like_record()
@@ -231,7 +241,7 @@ def test_missing_field_names_file_and_field(tmp_path: Path, missing: str) -> Non
 def test_inconsistent_counts_in_file(tmp_path: Path) -> None:
     path = tmp_path / "badcount.mat"
     scipy.io.savemat(str(path), {"dbStruct": _matlab_like_record(num_db=4.0)})
-    with pytest.raises(ValueError, match=r"badcount\.mat.*numDb = 4 but dbImage lists 3"):
+    with pytest.raises(ValueError, match=r"badcount\.mat.*numImages = 4 but dbImageFns lists 3"):
         load_dbstruct(path)
 
 
@@ -282,3 +292,135 @@ def test_save_is_reproducible(tmp_path: Path) -> None:
     a = (tmp_path / "a.mat").read_bytes()
     assert a == (tmp_path / "b.mat").read_bytes()  # no creation time in the header
     assert a.startswith(b"MATLAB 5.0 MAT-file") and a[126:128] in (b"IM", b"MI")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files as the NetVLAD dataset specs hold them, written with scipy.io.savemat from the format's description
+# (a struct `dbStruct`; cells N x 1 of char; utmDb/utmQ 2 x N double; counts and thresholds 1 x 1 double).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _cell(items: list[str]) -> np.ndarray:
+    c = np.empty((len(items), 1), dtype=object)
+    for i, text in enumerate(items):
+        c[i, 0] = text
+    return c
+
+
+def _spec(names: dict[str, str] | None = None, drop: tuple[str, ...] = (), **changes) -> dict:
+    """The dbStruct fields in the real files' order; ``names`` renames fields, ``changes`` replaces values."""
+    fields = {
+        "whichSet": "train",
+        "dbImageFns": _cell(DB_PATHS),
+        "utmDb": UTM_DB.T.copy(),
+        "qImageFns": _cell(Q_PATHS),
+        "utmQ": UTM_Q.T.copy(),
+        "numImages": np.array([[3.0]]),
+        "numQueries": np.array([[2.0]]),
+        "posDistThr": np.array([[25.0]]),
+        "posDistSqThr": np.array([[625.0]]),
+        "nonTrivPosDistSqThr": np.array([[100.0]]),
+    }
+    fields.update(changes)
+    return {(names or {}).get(k, k): v for k, v in fields.items() if k not in drop}
+
+
+def _savemat(path: Path, struct: dict) -> Path:
+    scipy.io.savemat(str(path), {"dbStruct": struct})
+    return path
+
+
+def test_reads_real_field_names(tmp_path: Path) -> None:
+    path = _savemat(tmp_path / "pitts30k_train.mat", _spec())
+    assert scipy.io.loadmat(str(path))["dbStruct"].dtype.names == PITTS_FIELD_ORDER  # the file is as specified
+    s = load_dbstruct(path)
+    _assert_is_example(s)
+    assert s.db_time_stamp is None and s.q_time_stamp is None
+
+
+def test_reads_old_field_names(tmp_path: Path) -> None:
+    path = _savemat(tmp_path / "old.mat", _spec(names=OLD_NAMES))
+    assert scipy.io.loadmat(str(path))["dbStruct"].dtype.names == OLD_FIELD_ORDER
+    _assert_is_example(load_dbstruct(path))
+
+
+def test_reads_old_names_through_every_loadmat_nesting(tmp_path: Path) -> None:
+    path = tmp_path / "old_like.mat"
+    scipy.io.savemat(str(path), {"dbStruct": _matlab_like_record(OLD_FIELD_ORDER)})
+    for options in ({}, {"squeeze_me": True}, {"simplify_cells": True}, {"struct_as_record": False}):
+        _assert_is_example(dbstruct_from_loadmat(scipy.io.loadmat(str(path), **options)["dbStruct"], path))
+
+
+def test_reads_tokyo247_style_file(tmp_path: Path) -> None:
+    # One test split, no training radius, database listed as .jpg.
+    db = ["03814/381408_W_000.jpg", "03814/381408_W_030.jpg"]
+    q = ["00001.jpg"]
+    path = _savemat(
+        tmp_path / "tokyo247.mat",
+        _spec(drop=("nonTrivPosDistSqThr",), whichSet="test", dbImageFns=_cell(db), qImageFns=_cell(q),
+              utmDb=np.array([[381408.5, 381408.5], [3950000.25, 3950000.25]]), utmQ=np.array([[381410.0], [3950001.0]]),
+              numImages=np.array([[2.0]]), numQueries=np.array([[1.0]])),
+    )
+    s = load_dbstruct(path)
+    assert s.which_set == "test" and s.db_image == db and s.q_image == q
+    np.testing.assert_array_equal(s.utm_db, [[381408.5, 3950000.25], [381408.5, 3950000.25]])
+    np.testing.assert_array_equal(s.utm_q, [[381410.0, 3950001.0]])
+    assert s.pos_dist_thr == 25.0 and s.pos_dist_sq_thr == 625.0
+    assert s.non_triv_pos_dist_sq_thr is None
+
+
+def test_reads_tokyotm_time_stamps(tmp_path: Path) -> None:
+    path = _savemat(tmp_path / "tokyoTM_train.mat",
+                    {**_spec(), "dbTimeStamp": np.array([[200907.0, 201102.0, 200907.0]]),
+                     "qTimeStamp": np.array([[201102.0], [200907.0]])})
+    s = load_dbstruct(path)
+    np.testing.assert_array_equal(s.db_time_stamp, [200907, 201102, 200907])
+    np.testing.assert_array_equal(s.q_time_stamp, [201102, 200907])
+
+
+def test_reads_v73_without_optional_fields(tmp_path: Path) -> None:
+    path = tmp_path / "v73_tokyo.mat"
+    _write_v73(path, drop="nonTrivPosDistSqThr")
+    s = load_dbstruct(path)
+    assert s.db_image == DB_PATHS and s.non_triv_pos_dist_sq_thr is None
+
+
+def test_missing_field_names_both_spellings(tmp_path: Path) -> None:
+    path = _savemat(tmp_path / "nodb.mat", _spec(drop=("dbImageFns",)))
+    with pytest.raises(ValueError, match=r"nodb\.mat.*no field `dbImageFns` \(or the older `dbImage`\)"):
+        load_dbstruct(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"numQueries": np.array([[7.0]])}, r"numQueries = 7 but qImageFns lists 2"),
+        ({"posDistSqThr": np.array([[100.0]])}, r"posDistSqThr = 100 is not posDistThr\^2 = 625"),
+        ({"posDistThr": np.array([[-1.0]])}, r"posDistThr = -1"),
+        ({"utmQ": np.array([[1.0, np.nan], [2.0, 3.0]])}, r"utmQ has 1 images without finite coordinates.*image 2"),
+        ({"utmDb": np.zeros((3, 3))}, r"utmDb has shape \(3, 3\) but dbImageFns lists 3"),
+        ({"dbImageFns": np.array([[1.0, 2.0, 3.0]])}, r"dbImageFns should be a cell array of char"),
+        ({"numImages": np.array([[1.0, 2.0]])}, r"numImages should be a scalar"),
+    ],
+)
+def test_malformed_fields_name_file_and_field(tmp_path: Path, changes: dict, message: str) -> None:
+    path = _savemat(tmp_path / "bad.mat", _spec(**changes))
+    with pytest.raises(ValueError, match=r"bad\.mat.*" + message):
+        load_dbstruct(path)
+
+
+def test_time_stamps_of_wrong_length(tmp_path: Path) -> None:
+    path = _savemat(tmp_path / "badtime.mat", {**_spec(), "dbTimeStamp": np.array([[1.0, 2.0]]),
+                                               "qTimeStamp": np.array([[1.0, 2.0]])})
+    with pytest.raises(ValueError, match=r"badtime\.mat.*dbTimeStamp has shape \(1, 2\) but dbImageFns lists 3"):
+        load_dbstruct(path)
+
+
+def test_writer_uses_real_names_and_optional_fields(tmp_path: Path) -> None:
+    s = DbStruct("test", DB_PATHS, UTM_DB, Q_PATHS, UTM_Q, 25.0, 625.0, None,
+                 db_time_stamp=[1, 2, 3], q_time_stamp=[4, 5])
+    save_dbstruct(tmp_path / "t.mat", s)
+    rec = scipy.io.loadmat(str(tmp_path / "t.mat"))["dbStruct"]
+    names = [f for f in PITTS_FIELD_ORDER if f != "nonTrivPosDistSqThr"] + ["dbTimeStamp", "qTimeStamp"]
+    assert rec.dtype.names == tuple(names)
+    assert load_dbstruct(tmp_path / "t.mat") == s

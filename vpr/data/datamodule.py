@@ -20,8 +20,9 @@ from vpr.data.dataset import (
     ImageDataset,
     PlaceSplit,
     load_folder_split,
+    DataError,
     load_image,
-    load_pittsburgh_split,
+    load_mat_split,
 )
 from vpr.data.guidance import GuidanceTargets, build_label_source
 from vpr.data.mining import HardNegativeMiner, MinedBatchSampler, MiningStats, Triplet
@@ -89,10 +90,16 @@ class PlaceDataModule(L.LightningDataModule):
     """Train/val/test splits of one dataset and the offline-mined training tuples.
 
     Args:
-        layout: ``pittsburgh`` (``.mat`` split files; the synthetic city too) or ``folder`` (``@east@north@`` names).
+        layout: ``pittsburgh`` (NetVLAD ``.mat`` split files: Pittsburgh, Tokyo 24/7, Tokyo Time Machine, the
+            synthetic city) or ``folder`` (``@east@north@`` names).
         root: dataset folder.
-        name: split-file prefix (``pitts30k``, ``pitts250k``, ``city``).
-        splits: which split names serve as train/val/test.
+        name: dataset name (``pitts30k``, ``pitts250k``, ``tokyo247``, ``tokyoTM``, ``city``).
+        splits: which split names serve as train/val/test; None where the dataset has no such split (Tokyo 24/7
+            has only a test split).
+        split_file: the split's file under ``root/datasets/`` (``{name}`` and ``{split}`` filled in).
+        db_dir / query_dir: database and query image folders, relative to ``root`` or absolute.
+        spatial_nms: evaluate with spatial non-maximum suppression (one database image per place in the
+            ranking); nms_group_size: consecutive database images forming one place (None: same position).
         image_size: (height, width) every image is resized to.
         batch_size: training tuples per step (each = query, positive, up to negatives_per_query negatives).
         eval_batch_size: images per step for validation, test and the mining cache.
@@ -121,6 +128,11 @@ class PlaceDataModule(L.LightningDataModule):
         seed: int = 0,
         prepare: Callable[[], Any] | None = None,
         guidance: Mapping[str, Any] | None = None,
+        split_file: str = "{name}_{split}.mat",
+        db_dir: str = "",
+        query_dir: str = "queries_real",
+        spatial_nms: bool = False,
+        nms_group_size: int | None = None,
     ):
         super().__init__()
         if layout not in ("pittsburgh", "folder"):
@@ -129,6 +141,11 @@ class PlaceDataModule(L.LightningDataModule):
         self.name = name
         self.layout = layout
         self.splits = {"train": "train", "val": "val", "test": "test", **dict(splits or {})}
+        self.split_file = str(split_file)
+        self.db_dir = str(db_dir or "")
+        self.query_dir = str(query_dir or "")
+        self.spatial_nms = bool(spatial_nms)
+        self.nms_group_size = nms_group_size
         self.image_size = tuple(int(s) for s in image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
@@ -154,13 +171,32 @@ class PlaceDataModule(L.LightningDataModule):
 
     def load_split(self, role: str) -> PlaceSplit:
         """The split playing ``role`` (train/val/test), read once."""
-        split = self.splits[role]
+        split = self.splits.get(role)
+        if split is None:
+            have = [r for r, s in self.splits.items() if s is not None]
+            hint = (
+                " It is an evaluation-only dataset: train on another (data=pittsburgh, data=tokyotm) and test on "
+                f"this one with test_sets=[...] or eval.py data=..." if have == ["test"] else ""
+            )
+            raise DataError(f"dataset {self.name} has no {role} split (data.splits.{role} is null; it has {have}).{hint}")
         if split not in self._loaded:
             if self.layout == "pittsburgh":
-                s = load_pittsburgh_split(self.root, self.name, split, self.eval_radius_m, self.train_radius_m)
+                s = load_mat_split(
+                    self.root,
+                    self.name,
+                    split,
+                    split_file=self.split_file,
+                    db_dir=self.db_dir,
+                    query_dir=self.query_dir,
+                    eval_radius_m=self.eval_radius_m,
+                    train_radius_m=self.train_radius_m,
+                    spatial_nms=self.spatial_nms,
+                    nms_group_size=self.nms_group_size,
+                )
             else:
                 s = load_folder_split(
-                    self.root, split, self.name, self.eval_radius_m or 25.0, self.train_radius_m or 10.0
+                    self.root, split, self.name, self.eval_radius_m or 25.0, self.train_radius_m or 10.0,
+                    spatial_nms=self.spatial_nms,
                 )
             log.info("loaded %s", s.describe())
             self._loaded[split] = s

@@ -1,16 +1,20 @@
 """Place-recognition splits (database + queries with UTM positions) and the image datasets built on them.
 
 A :class:`PlaceSplit` is everything a split's `.mat` file says, resolved to image paths on disk, plus the
-ground truth derived from the UTM positions (see :mod:`vpr.data.ground_truth`). Two on-disk layouts read into it:
+ground truth derived from the UTM positions (see :mod:`vpr.data.ground_truth`) and how the split is evaluated
+(spatial non-maximum suppression, images of the query's own capture time left out). Two on-disk layouts read
+into it:
 
-- Pittsburgh (also written by the synthetic city): ``root/datasets/<name>_<split>.mat`` holding ``dbStruct``,
-  database images under ``root``, queries under ``root/queries_real``.
+- NetVLAD dataset specs (Pittsburgh 30k/250k, Tokyo 24/7, Tokyo Time Machine, the synthetic city): one
+  ``dbStruct`` .mat file per split under ``root/datasets/``; database images under ``root/<db_dir>``, queries
+  under ``root/<query_dir>`` (Pittsburgh: the root itself and ``queries_real/``).
 - Folder layout of the deep-visual-geo-localization benchmark: ``root/<split>/database/*.jpg`` and
   ``root/<split>/queries/*.jpg`` with file names ``@<utm_east>@<utm_north>@...@.jpg``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +27,39 @@ from torch.utils.data import Dataset
 from vpr.data.ground_truth import positives_within
 from vpr.data.mat import load_dbstruct
 
-PITTSBURGH_HELP = (
-    "Pittsburgh 30k/250k: the images (Pittsburgh 250k, Torii et al., CVPR 2013) are granted on request by their "
-    "authors; the split files (netvlad_v100_datasets.tar.gz, Arandjelovic et al., CVPR 2016) come from the NetVLAD "
-    "project page and unpack into <root>/datasets/. To run without them, generate the synthetic city: "
-    "`python -m vpr.data.synthetic --out DIR --preset default` and use data=synthetic."
+log = logging.getLogger(__name__)
+
+DATASET_HELP = {
+    "pitts": (
+        "Pittsburgh 30k/250k: the images (Pittsburgh 250k, Torii et al., CVPR 2013) are granted on request by "
+        "their authors; the split files (netvlad_v100_datasets.tar.gz, Arandjelovic et al., CVPR 2016) come from "
+        "the NetVLAD project page and unpack into <root>/datasets/."
+    ),
+    "tokyo247": (
+        "Tokyo 24/7 (Torii et al., CVPR 2015): database images database_gsv_vga/ and queries 247query_subset_v2/ "
+        "from its authors; the split file tokyo247.mat is in the NetVLAD project page's datasets archive."
+    ),
+    "tokyoTM": (
+        "Tokyo Time Machine (Arandjelovic et al., CVPR 2016): images from its authors on request; the split files "
+        "tokyoTM_train.mat and tokyoTM_val.mat are in the NetVLAD project page's datasets archive."
+    ),
+}
+#: The environment variable each data config reads its root from.
+ROOT_ENV = {"pitts": "VPR_PITTSBURGH_ROOT", "tokyo247": "VPR_TOKYO247_ROOT", "tokyoTM": "VPR_TOKYOTM_ROOT"}
+CITY_HINT = (
+    "To run without downloads, generate the synthetic city: `python -m vpr.data.synthetic --out DIR --preset "
+    "default` and use data=synthetic."
 )
+
+
+def _by_prefix(table: dict[str, str], name: str) -> str | None:
+    return next((text for prefix, text in table.items() if str(name).startswith(prefix)), None)
+
+
+def dataset_help(name: str) -> str:
+    """Where the files of dataset ``name`` come from, and the offline alternative."""
+    text = _by_prefix(DATASET_HELP, name)
+    return f"{text} {CITY_HINT}" if text else CITY_HINT
 
 
 class DataError(RuntimeError):
@@ -46,6 +77,13 @@ class PlaceSplit:
         db_utm: (num_db, 2) easting, northing. q_utm: (num_q, 2).
         eval_radius_m: a database image within this distance is a true match (25 m).
         train_radius_m: a "non-trivial positive" for training lies within this distance (10 m).
+        db_time / q_time: capture time of each image, or None. When given (Tokyo Time Machine, whose queries
+            are cut from the database's own panoramas), a query's training positives and its ranked database
+            leave out the images of its own capture time.
+        spatial_nms: rank places, not images: of database images of one place (see :meth:`nms_groups`) only
+            the best ranked is kept (Tokyo 24/7's protocol).
+        nms_group_size: with spatial_nms, consecutive runs of this many database images form one place (Tokyo
+            24/7: the 12 cutouts of a panorama); None groups images by identical position instead.
     """
 
     dataset: str
@@ -56,7 +94,17 @@ class PlaceSplit:
     q_utm: np.ndarray
     eval_radius_m: float = 25.0
     train_radius_m: float = 10.0
+    db_time: np.ndarray | None = None
+    q_time: np.ndarray | None = None
+    spatial_nms: bool = False
+    nms_group_size: int | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.db_time is None) != (self.q_time is None):
+            raise ValueError(f"{self.dataset}/{self.split}: capture times given for only one of database/queries")
+        if self.nms_group_size is not None and int(self.nms_group_size) < 1:
+            raise ValueError(f"nms_group_size must be >= 1, got {self.nms_group_size}")
 
     @property
     def num_db(self) -> int:
@@ -72,59 +120,95 @@ class PlaceSplit:
         return list(self.db_paths) + list(self.q_paths)
 
     def eval_positives(self) -> list[np.ndarray]:
-        """Per query, the database indices within ``eval_radius_m``, nearest first."""
+        """Per query, the database indices within ``eval_radius_m``, nearest first (own capture time left out)."""
         key = ("eval", self.eval_radius_m)
         if key not in self._cache:
-            self._cache[key] = positives_within(self.db_utm, self.q_utm, self.eval_radius_m)
+            self._cache[key] = self._other_times(positives_within(self.db_utm, self.q_utm, self.eval_radius_m))
         return self._cache[key]
 
     def train_positives(self) -> list[np.ndarray]:
-        """Per query, the database indices within ``train_radius_m`` (non-trivial positives), nearest first."""
+        """Per query, the database indices within ``train_radius_m`` (non-trivial positives), nearest first.
+
+        With capture times, images taken at the query's own time are not positives (they are the query's own
+        panorama: nothing to learn from them).
+        """
         key = ("train", self.train_radius_m)
         if key not in self._cache:
-            self._cache[key] = positives_within(self.db_utm, self.q_utm, self.train_radius_m)
+            self._cache[key] = self._other_times(positives_within(self.db_utm, self.q_utm, self.train_radius_m))
         return self._cache[key]
+
+    def _other_times(self, positives: list[np.ndarray]) -> list[np.ndarray]:
+        if self.db_time is None:
+            return positives
+        return [p[self.db_time[p] != self.q_time[q]] for q, p in enumerate(positives)]
+
+    def nms_groups(self) -> np.ndarray | None:
+        """(num_db,) place id of every database image when ``spatial_nms`` is on, else None."""
+        if not self.spatial_nms:
+            return None
+        if self.nms_group_size is not None:
+            return np.arange(self.num_db, dtype=np.int64) // int(self.nms_group_size)
+        return np.unique(np.asarray(self.db_utm), axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
     def describe(self) -> str:
         return f"{self.dataset}/{self.split}: {self.num_db} database, {self.num_q} queries"
 
 
-def load_pittsburgh_split(
-    root: str | Path,
+def load_mat_split(
+    root: str | Path | None,
     name: str,
     split: str,
+    *,
+    split_file: str = "{name}_{split}.mat",
+    db_dir: str = "",
+    query_dir: str = "queries_real",
     eval_radius_m: float | None = None,
     train_radius_m: float | None = None,
+    spatial_nms: bool = False,
+    nms_group_size: int | None = None,
     check_images: bool = True,
 ) -> PlaceSplit:
-    """Read ``root/datasets/<name>_<split>.mat`` and resolve its image paths.
+    """Read ``root/datasets/<split_file>`` (a NetVLAD dataset spec) and resolve its image paths.
 
-    Radii default to the file's ``posDistThr`` (25 m) and ``sqrt(nonTrivPosDistSqThr)`` (10 m).
+    Args:
+        split_file: file name under ``root/datasets/``; ``{name}`` and ``{split}`` are filled in.
+        db_dir / query_dir: folders of the database and query images, relative to ``root`` (or absolute).
+            Where the files on disk carry another image extension than the .mat lists (Tokyo 24/7's database:
+            .jpg listed, .png on disk), the one on disk is used.
+        eval_radius_m / train_radius_m: default to the file's ``posDistThr`` (25 m) and
+            ``sqrt(nonTrivPosDistSqThr)`` (10 m; 10 m too when the file has none, as Tokyo 24/7).
     """
     if root is None or str(root) in ("", "None", "???"):
-        raise DataError(
-            "data.root is not set: point it at the dataset folder (data.root=/path/to/pittsburgh or the "
-            f"VPR_PITTSBURGH_ROOT environment variable). {PITTSBURGH_HELP}"
-        )
+        env = _by_prefix(ROOT_ENV, name)
+        where = f"data.root=/path/to/dataset or the {env} environment variable" if env else "data.root=/path/to/dataset"
+        raise DataError(f"data.root is not set for {name}: point it at the dataset folder ({where}). {dataset_help(name)}")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"dataset root {root} does not exist (setting data.root). {PITTSBURGH_HELP}")
-    mat_path = root / "datasets" / f"{name}_{split}.mat"
+        raise DataError(f"dataset root {root} does not exist (setting data.root). {dataset_help(name)}")
+    try:
+        file_name = split_file.format(name=name, split=split)
+    except (KeyError, IndexError) as e:
+        raise DataError(f"data.split_file={split_file!r} may only use {{name}} and {{split}} ({e})") from None
+    mat_path = root / "datasets" / file_name
     if not mat_path.is_file():
         found = sorted(p.name for p in (root / "datasets").glob("*.mat")) if (root / "datasets").is_dir() else []
         hint = f" Files there: {', '.join(found)}." if found else ""
         raise DataError(
-            f"split file {mat_path} not found (settings data.root={root}, data.name={name}, split={split}).{hint} "
-            f"{PITTSBURGH_HELP}"
+            f"split file {mat_path} not found (settings data.root={root}, data.name={name}, split={split}, "
+            f"data.split_file={split_file}).{hint} {dataset_help(name)}"
         )
     try:
         s = load_dbstruct(mat_path)
     except ValueError as e:  # malformed file: the message names the file and the field
         raise DataError(str(e)) from None
-    db_paths = [root / p for p in s.db_image]
-    q_paths = [root / "queries_real" / p for p in s.q_image]
-    if check_images:
-        _check_exists(db_paths[:1] + db_paths[-1:] + q_paths[:1] + q_paths[-1:], mat_path)
+    db_paths = _image_paths(root / db_dir, s.db_image, mat_path, "data.db_dir", check_images)
+    q_paths = _image_paths(root / query_dir, s.q_image, mat_path, "data.query_dir", check_images)
+    if train_radius_m is None:
+        if s.non_triv_pos_dist_sq_thr is None:
+            train_radius_m = 10.0
+            log.info("%s has no nonTrivPosDistSqThr: training positives within 10 m", mat_path.name)
+        else:
+            train_radius_m = float(np.sqrt(s.non_triv_pos_dist_sq_thr))
     return PlaceSplit(
         dataset=name,
         split=split,
@@ -133,10 +217,46 @@ def load_pittsburgh_split(
         db_utm=np.asarray(s.utm_db, dtype=np.float64),
         q_utm=np.asarray(s.utm_q, dtype=np.float64),
         eval_radius_m=float(eval_radius_m if eval_radius_m is not None else s.pos_dist_thr),
-        train_radius_m=float(
-            train_radius_m if train_radius_m is not None else np.sqrt(s.non_triv_pos_dist_sq_thr)
-        ),
+        train_radius_m=float(train_radius_m),
+        db_time=None if s.db_time_stamp is None or s.q_time_stamp is None else s.db_time_stamp,
+        q_time=None if s.db_time_stamp is None or s.q_time_stamp is None else s.q_time_stamp,
+        spatial_nms=bool(spatial_nms),
+        nms_group_size=None if nms_group_size is None else int(nms_group_size),
     )
+
+
+IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
+
+
+def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: str, check: bool) -> list[Path]:
+    """``folder / name`` for every listed image; checked on the first and last one.
+
+    When the listed file is missing but one with another image extension is there (Tokyo 24/7's database
+    is listed as .jpg and unpacks as .png), every path takes the extension found on disk.
+    """
+    paths = [folder / n for n in names]
+    if not check or not paths:
+        return paths
+    first, last = paths[0], paths[-1]
+    if not first.is_file():
+        found = next((ext for ext in IMAGE_EXTENSIONS if first.with_suffix(ext).is_file()), None)
+        if found is None:
+            raise DataError(
+                f"image {first} listed in {mat_path} is missing (nor is it there as "
+                f"{'/'.join(e for e in IMAGE_EXTENSIONS if e.islower())}): the images must sit under "
+                f"{folder} exactly as the .mat lists them; if they were unpacked elsewhere, set {setting} "
+                "(relative to data.root, or absolute)"
+            )
+        log.info("%s lists %s images; reading the %s files found in %s", mat_path.name, first.suffix or "(none)",
+                 found, folder)
+        paths = [p.with_suffix(found) for p in paths]
+        last = paths[-1]
+    if not last.is_file():
+        raise DataError(
+            f"image {last} listed in {mat_path} is missing while {paths[0].name} is there: the image folder "
+            f"{folder} is incomplete (re-extract it, or fix {setting})"
+        )
+    return paths
 
 
 def parse_utm_filename(path: Path) -> tuple[float, float]:
@@ -152,7 +272,12 @@ def parse_utm_filename(path: Path) -> tuple[float, float]:
 
 
 def load_folder_split(
-    root: str | Path, split: str, name: str = "folder", eval_radius_m: float = 25.0, train_radius_m: float = 10.0
+    root: str | Path,
+    split: str,
+    name: str = "folder",
+    eval_radius_m: float = 25.0,
+    train_radius_m: float = 10.0,
+    spatial_nms: bool = False,
 ) -> PlaceSplit:
     """Read ``root/<split>/{database,queries}/*`` whose names carry UTM coordinates."""
     base = Path(root).expanduser() / split
@@ -174,16 +299,8 @@ def load_folder_split(
         q_utm=np.array([parse_utm_filename(p) for p in q_paths], dtype=np.float64),
         eval_radius_m=eval_radius_m,
         train_radius_m=train_radius_m,
+        spatial_nms=spatial_nms,
     )
-
-
-def _check_exists(paths: Sequence[Path], mat_path: Path) -> None:
-    for p in paths:
-        if not p.is_file():
-            raise DataError(
-                f"image {p} listed in {mat_path} is missing: the images must sit under data.root exactly as "
-                "the .mat lists them (database images under the root, queries under queries_real/)"
-            )
 
 
 def load_image(path: Path) -> Image.Image:

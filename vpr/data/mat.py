@@ -1,23 +1,30 @@
-"""Read and write Pittsburgh-style ``dbStruct`` .mat files.
+"""Read and write the ``dbStruct`` .mat files of the NetVLAD dataset specifications.
 
-The NetVLAD data protocol (Pittsburgh 30k/250k, Tokyo 24/7) describes each split with one MATLAB struct
-``dbStruct`` holding ten fields, in this order::
+Pittsburgh 30k/250k, Tokyo 24/7 and Tokyo Time Machine describe each split with one MATLAB struct
+``dbStruct``. The real files name its fields, in this order::
 
-    whichSet, dbImage, utmDb, qImage, utmQ, numDb, numQ, posDistThr, posDistSqThr, nonTrivPosDistSqThr
+    whichSet, dbImageFns, utmDb, qImageFns, utmQ, numImages, numQueries, posDistThr, posDistSqThr,
+    nonTrivPosDistSqThr
 
-``dbImage``/``qImage`` are N x 1 cell arrays of char (image paths relative to the dataset root, resp.
-``root/queries_real``), ``utmDb``/``utmQ`` are 2 x N double (UTM easting; northing in metres).
+``dbImageFns``/``qImageFns`` are N x 1 cell arrays of char (image paths relative to the database / query
+image folder), ``utmDb``/``utmQ`` are 2 x N double (UTM easting; northing in metres), the counts and
+thresholds 1 x 1 double. Tokyo 24/7 lacks ``nonTrivPosDistSqThr``; Tokyo Time Machine adds ``dbTimeStamp``
+and ``qTimeStamp`` (one number per image: when its panorama was captured).
 
-The real files are MATLAB v5 (read by :func:`scipy.io.loadmat`). MATLAB v7.3 files are HDF5 and are read
-with h5py. :func:`load_dbstruct` accepts the layouts loadmat produces with any of its nesting options, so
-it reads files written by MATLAB as well as those written by :func:`save_dbstruct`.
+Older files written by this project (and some third-party converters) use ``dbImage``, ``qImage``,
+``numDb`` and ``numQ`` instead: the variable names a popular PyTorch reader gives the fields while reading
+them by position. They are accepted too, field by field.
+
+MATLAB v5 files (the real ones) are read with :func:`scipy.io.loadmat`, MATLAB v7.3 files (HDF5) with h5py.
+Whatever the layout, a problem ends in a ``ValueError`` naming the file and the field.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,40 +34,57 @@ import scipy.io
 
 from vpr.io import atomic_path
 
-__all__ = ["DBSTRUCT_FIELDS", "DbStruct", "load_dbstruct", "save_dbstruct"]
+__all__ = ["DBSTRUCT_FIELDS", "LEGACY_FIELD_NAMES", "DbStruct", "load_dbstruct", "save_dbstruct"]
 
-#: The ten dbStruct field names in the order the original files store them.
+#: The ten dbStruct field names of the real files, in the order they store them.
 DBSTRUCT_FIELDS: tuple[str, ...] = (
     "whichSet",
-    "dbImage",
+    "dbImageFns",
     "utmDb",
-    "qImage",
+    "qImageFns",
     "utmQ",
-    "numDb",
-    "numQ",
+    "numImages",
+    "numQueries",
     "posDistThr",
     "posDistSqThr",
     "nonTrivPosDistSqThr",
 )
 
+#: Older names accepted for four of them (files written before the real names were adopted).
+LEGACY_FIELD_NAMES: dict[str, str] = {
+    "dbImageFns": "dbImage",
+    "qImageFns": "qImage",
+    "numImages": "numDb",
+    "numQueries": "numQ",
+}
+
+#: Fields a file must hold; the others are optional (the counts and posDistSqThr follow from the rest, Tokyo
+#: 24/7 has no training radius) but are checked against the rest when present.
+REQUIRED_FIELDS: tuple[str, ...] = ("whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "posDistThr")
+
+#: Optional per-image capture times (Tokyo Time Machine).
+TIMESTAMP_FIELDS: tuple[str, ...] = ("dbTimeStamp", "qTimeStamp")
+
 _HEADER_TEXT_BYTES = 116  # MATLAB v5: 116 bytes of text, then subsystem offset, version and endianness
-_HEADER_TEXT = b"MATLAB 5.0 MAT-file, Platform: posix, written by vpr.data.mat (Pittsburgh dbStruct)"
+_HEADER_TEXT = b"MATLAB 5.0 MAT-file, Platform: posix, written by vpr.data.mat (NetVLAD dbStruct)"
 _RESAVE_HINT = "re-save it in MATLAB with `save(path, 'dbStruct', '-v7')`"
 
 
 @dataclass(frozen=True)
 class DbStruct:
-    """One split of a Pittsburgh-style place-recognition dataset.
+    """One split of a NetVLAD-style place-recognition dataset.
 
     Attributes:
         which_set: split name ("train", "val" or "test").
-        db_image: database image paths relative to the dataset root, length num_db.
+        db_image: database image paths (``dbImageFns``), relative to the database image folder.
         utm_db: (num_db, 2) float64 [easting, northing] in metres (read-only array).
-        q_image: query image paths relative to ``root/queries_real``, length num_q.
+        q_image: query image paths (``qImageFns``), relative to the query image folder.
         utm_q: (num_q, 2) float64 [easting, northing] in metres (read-only array).
         pos_dist_thr: evaluation positive radius in metres (25).
         pos_dist_sq_thr: its square (625).
-        non_triv_pos_dist_sq_thr: squared radius of training ("non-trivial") positives (100 -> 10 m).
+        non_triv_pos_dist_sq_thr: squared radius of training ("non-trivial") positives (100 -> 10 m), or None
+            when the file has none (Tokyo 24/7, an evaluation-only set).
+        db_time_stamp / q_time_stamp: (num_db,) / (num_q,) capture times, or None (all but Tokyo Time Machine).
     """
 
     which_set: str
@@ -70,7 +94,9 @@ class DbStruct:
     utm_q: np.ndarray
     pos_dist_thr: float = 25.0
     pos_dist_sq_thr: float = 625.0
-    non_triv_pos_dist_sq_thr: float = 100.0
+    non_triv_pos_dist_sq_thr: float | None = 100.0
+    db_time_stamp: np.ndarray | None = None
+    q_time_stamp: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Normalise types once so that every consumer sees list[str] and read-only (N, 2) float64 arrays.
@@ -89,8 +115,18 @@ class DbStruct:
                 )
             utm.setflags(write=False)
             object.__setattr__(self, attr, utm)
+        for attr, names in (("db_time_stamp", self.db_image), ("q_time_stamp", self.q_image)):
+            stamps = getattr(self, attr)
+            if stamps is None:
+                continue
+            stamps = np.array(stamps).reshape(-1)
+            if stamps.shape != (len(names),):
+                raise ValueError(f"DbStruct.{attr} holds {stamps.size} values for {len(names)} images")
+            stamps.setflags(write=False)
+            object.__setattr__(self, attr, stamps)
         for attr in ("pos_dist_thr", "pos_dist_sq_thr", "non_triv_pos_dist_sq_thr"):
-            object.__setattr__(self, attr, float(getattr(self, attr)))
+            value = getattr(self, attr)
+            object.__setattr__(self, attr, None if value is None else float(value))
 
     @property
     def num_db(self) -> int:
@@ -104,6 +140,10 @@ class DbStruct:
         # Arrays make the generated dataclass __eq__ ambiguous; compare field by field instead.
         if not isinstance(other, DbStruct):
             return NotImplemented
+
+        def same_optional(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+            return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
         return (
             self.which_set == other.which_set
             and self.db_image == other.db_image
@@ -113,6 +153,8 @@ class DbStruct:
             and self.pos_dist_thr == other.pos_dist_thr
             and self.pos_dist_sq_thr == other.pos_dist_sq_thr
             and self.non_triv_pos_dist_sq_thr == other.non_triv_pos_dist_sq_thr
+            and same_optional(self.db_time_stamp, other.db_time_stamp)
+            and same_optional(self.q_time_stamp, other.q_time_stamp)
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable-looking contents (lists, arrays): unhashable
@@ -124,7 +166,7 @@ class DbStruct:
 
 
 def load_dbstruct(path: str | os.PathLike) -> DbStruct:
-    """Load the ``dbStruct`` of a Pittsburgh-style split file (MATLAB v5 or v7.3/HDF5).
+    """Load the ``dbStruct`` of a split file (MATLAB v5 or v7.3/HDF5).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -162,55 +204,71 @@ def dbstruct_from_loadmat(obj: Any, path: str | os.PathLike = "<memory>") -> DbS
     ``chars_as_strings=False`` (char arrays). ``path`` only serves the error messages.
     """
     path = Path(path)
-    fields = _struct_fields(obj, path)
+    return _build(_struct_fields(obj, path), path, _Decoder(_to_str, _to_str_list, lambda x: _peel_numeric(x)))
 
-    def get(name: str) -> Any:
-        if name not in fields:
+
+@dataclass(frozen=True)
+class _Decoder:
+    """How one file format turns a raw field into text, a list of texts, or a numeric array."""
+
+    text: Callable[[Any, Path, str], str]
+    texts: Callable[[Any, Path, str], list[str]]
+    numbers: Callable[[Any], Any]
+
+
+def _resolve_names(fields: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The raw fields under their real names, taking the older name where the real one is absent."""
+    resolved: dict[str, Any] = {}
+    for name in (*DBSTRUCT_FIELDS, *TIMESTAMP_FIELDS):
+        legacy = LEGACY_FIELD_NAMES.get(name)
+        if name in fields:
+            resolved[name] = fields[name]
+        elif legacy is not None and legacy in fields:
+            resolved[name] = fields[legacy]
+        elif name in REQUIRED_FIELDS:
+            also = f" (or the older `{legacy}`)" if legacy else ""
             raise ValueError(
-                f"{path}: dbStruct has no field `{name}` (fields present: {sorted(fields)}); a Pittsburgh "
-                f"dbStruct needs {list(DBSTRUCT_FIELDS)}"
+                f"{path}: dbStruct has no field `{name}`{also} (fields present: {sorted(fields)}); a NetVLAD "
+                f"dataset spec needs {list(REQUIRED_FIELDS)} and may hold "
+                f"{[f for f in DBSTRUCT_FIELDS if f not in REQUIRED_FIELDS] + list(TIMESTAMP_FIELDS)}"
             )
-        return fields[name]
-
-    for name in DBSTRUCT_FIELDS:
-        get(name)  # fail on the first missing field, in the file's field order
-    db_image = _to_str_list(get("dbImage"), path, "dbImage")
-    q_image = _to_str_list(get("qImage"), path, "qImage")
-    return _assemble(
-        path,
-        which_set=_to_str(get("whichSet"), path, "whichSet"),
-        db_image=db_image,
-        utm_db=_to_utm(get("utmDb"), len(db_image), path, "utmDb", "dbImage"),
-        q_image=q_image,
-        utm_q=_to_utm(get("utmQ"), len(q_image), path, "utmQ", "qImage"),
-        num_db=_to_float(get("numDb"), path, "numDb"),
-        num_q=_to_float(get("numQ"), path, "numQ"),
-        pos_dist_thr=_to_float(get("posDistThr"), path, "posDistThr"),
-        pos_dist_sq_thr=_to_float(get("posDistSqThr"), path, "posDistSqThr"),
-        non_triv=_to_float(get("nonTrivPosDistSqThr"), path, "nonTrivPosDistSqThr"),
-    )
+    return resolved
 
 
-def _assemble(
-    path: Path,
-    *,
-    which_set: str,
-    db_image: list[str],
-    utm_db: np.ndarray,
-    q_image: list[str],
-    utm_q: np.ndarray,
-    num_db: float,
-    num_q: float,
-    pos_dist_thr: float,
-    pos_dist_sq_thr: float,
-    non_triv: float,
-) -> DbStruct:
-    for name, count, listed, cell in (("numDb", num_db, len(db_image), "dbImage"),
-                                      ("numQ", num_q, len(q_image), "qImage")):
-        if count != listed:
+def _build(fields: Mapping[str, Any], path: Path, decode: _Decoder) -> DbStruct:
+    raw = _resolve_names(fields, path)
+
+    def number(name: str) -> float | None:
+        return _to_float(decode.numbers(raw[name]), path, name) if name in raw else None
+
+    db_image = decode.texts(raw["dbImageFns"], path, "dbImageFns")
+    q_image = decode.texts(raw["qImageFns"], path, "qImageFns")
+    for name, listed, cell in (("numImages", len(db_image), "dbImageFns"), ("numQueries", len(q_image), "qImageFns")):
+        count = number(name)
+        if count is not None and count != listed:
             raise ValueError(f"{path}: dbStruct.{name} = {count:g} but {cell} lists {listed} images")
+    pos_dist_thr = number("posDistThr")
+    if not (pos_dist_thr > 0 and math.isfinite(pos_dist_thr)):
+        raise ValueError(f"{path}: dbStruct.posDistThr = {pos_dist_thr:g}; expected a positive radius in metres (25)")
+    pos_dist_sq_thr = number("posDistSqThr")
+    if pos_dist_sq_thr is None:
+        pos_dist_sq_thr = pos_dist_thr**2
+    elif not math.isclose(pos_dist_sq_thr, pos_dist_thr**2, rel_tol=1e-6):
+        raise ValueError(
+            f"{path}: dbStruct.posDistSqThr = {pos_dist_sq_thr:g} is not posDistThr^2 = {pos_dist_thr**2:g}"
+        )
+    non_triv = number("nonTrivPosDistSqThr")
+    if non_triv is not None and not (non_triv > 0 and math.isfinite(non_triv)):
+        raise ValueError(f"{path}: dbStruct.nonTrivPosDistSqThr = {non_triv:g}; expected a positive squared radius")
+    utm_db = _to_utm(decode.numbers(raw["utmDb"]), len(db_image), path, "utmDb", "dbImageFns")
+    utm_q = _to_utm(decode.numbers(raw["utmQ"]), len(q_image), path, "utmQ", "qImageFns")
+    stamps = {
+        name: _to_stamps(decode.numbers(raw[name]), n, path, name, cell)
+        for name, n, cell in (("dbTimeStamp", len(db_image), "dbImageFns"), ("qTimeStamp", len(q_image), "qImageFns"))
+        if name in raw
+    }
     return DbStruct(
-        which_set=which_set,
+        which_set=decode.text(raw["whichSet"], path, "whichSet"),
         db_image=db_image,
         utm_db=utm_db,
         q_image=q_image,
@@ -218,6 +276,8 @@ def _assemble(
         pos_dist_thr=pos_dist_thr,
         pos_dist_sq_thr=pos_dist_sq_thr,
         non_triv_pos_dist_sq_thr=non_triv,
+        db_time_stamp=stamps.get("dbTimeStamp"),
+        q_time_stamp=stamps.get("qTimeStamp"),
     )
 
 
@@ -226,6 +286,10 @@ def _peel(x: Any) -> Any:
     while isinstance(x, np.ndarray) and x.dtype == object and x.size == 1:
         x = x.reshape(-1)[0]
     return x
+
+
+def _peel_numeric(x: Any) -> Any:
+    return x if isinstance(x, list) else _peel(x)  # simplify_cells gives plain lists for some matrices
 
 
 def _struct_fields(obj: Any, path: Path) -> dict[str, Any]:
@@ -286,11 +350,15 @@ def _to_str_list(x: Any, path: Path, field: str) -> list[str]:
     )
 
 
-def _to_float(x: Any, path: Path, field: str) -> float:
+def _as_float_array(x: Any, path: Path, field: str, expected: str) -> np.ndarray:
     try:
-        arr = np.asarray(_peel(x), dtype=np.float64)
+        return np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: dbStruct.{field} should be a number, got {_describe(x)}") from err
+        raise ValueError(f"{path}: dbStruct.{field} should be {expected}, got {_describe(x)}") from err
+
+
+def _to_float(x: Any, path: Path, field: str) -> float:
+    arr = _as_float_array(x, path, field, "a number")
     if arr.size != 1:
         raise ValueError(f"{path}: dbStruct.{field} should be a scalar, got shape {arr.shape}")
     return float(arr.reshape(-1)[0])
@@ -298,22 +366,37 @@ def _to_float(x: Any, path: Path, field: str) -> float:
 
 def _to_utm(x: Any, n: int, path: Path, field: str, cell: str) -> np.ndarray:
     """MATLAB stores coordinates as 2 x N; return (N, 2). (N, 2) is accepted too (N == 2 reads as 2 x N)."""
-    try:
-        arr = np.asarray(_peel(x) if not isinstance(x, list) else x, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: dbStruct.{field} should be a 2 x N double matrix, got {_describe(x)}") from err
+    arr = _as_float_array(x, path, field, "a 2 x N double matrix")
     if arr.size == 0 and n == 0:
         return np.zeros((0, 2))
     if arr.ndim == 2 and arr.shape == (2, n):
-        return arr.T.copy()
-    if arr.ndim == 2 and arr.shape == (n, 2):
-        return arr.copy()
-    if arr.ndim == 1 and arr.shape == (2,) and n == 1:  # squeeze_me on a 2 x 1 matrix
-        return arr.reshape(1, 2)
-    raise ValueError(
-        f"{path}: dbStruct.{field} has shape {arr.shape} but {cell} lists {n} images; expected 2 x {n} "
-        f"(rows easting, northing)"
-    )
+        out = arr.T.copy()
+    elif arr.ndim == 2 and arr.shape == (n, 2):
+        out = arr.copy()
+    elif arr.ndim == 1 and arr.shape == (2,) and n == 1:  # squeeze_me on a 2 x 1 matrix
+        out = arr.reshape(1, 2)
+    else:
+        raise ValueError(
+            f"{path}: dbStruct.{field} has shape {arr.shape} but {cell} lists {n} images; expected 2 x {n} "
+            f"(rows easting, northing)"
+        )
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"{path}: dbStruct.{field} has {bad.size} images without finite coordinates (NaN or Inf; first: "
+            f"image {bad[0] + 1} in MATLAB's 1-based numbering); every image needs an easting and a northing"
+        )
+    return out
+
+
+def _to_stamps(x: Any, n: int, path: Path, field: str, cell: str) -> np.ndarray:
+    """One capture time per image, as stored (1 x N or N x 1)."""
+    arr = np.asarray(x)
+    if arr.dtype == object or arr.dtype.kind not in "uif":
+        raise ValueError(f"{path}: dbStruct.{field} should be numeric (one capture time per image), got {_describe(x)}")
+    if arr.size != n or (arr.ndim == 2 and min(arr.shape) > 1):
+        raise ValueError(f"{path}: dbStruct.{field} has shape {arr.shape} but {cell} lists {n} images")
+    return arr.reshape(-1).copy()
 
 
 def _describe(x: Any) -> str:
@@ -349,27 +432,8 @@ def _load_v73(path: Path) -> DbStruct:
             group = f["dbStruct"]
             if not isinstance(group, h5py.Group):
                 raise ValueError(f"{path}: `dbStruct` is not a MATLAB struct in this v7.3 file; {_RESAVE_HINT}")
-            for name in DBSTRUCT_FIELDS:
-                if name not in group:
-                    raise ValueError(
-                        f"{path}: dbStruct has no field `{name}` (fields present: {sorted(group.keys())}); a "
-                        f"Pittsburgh dbStruct needs {list(DBSTRUCT_FIELDS)}"
-                    )
-            db_image = _h5_str_list(f, group["dbImage"], path, "dbImage")
-            q_image = _h5_str_list(f, group["qImage"], path, "qImage")
-            return _assemble(
-                path,
-                which_set=_h5_str(group["whichSet"], path, "whichSet"),
-                db_image=db_image,
-                utm_db=_to_utm(_h5_numeric(group["utmDb"]), len(db_image), path, "utmDb", "dbImage"),
-                q_image=q_image,
-                utm_q=_to_utm(_h5_numeric(group["utmQ"]), len(q_image), path, "utmQ", "qImage"),
-                num_db=_to_float(_h5_numeric(group["numDb"]), path, "numDb"),
-                num_q=_to_float(_h5_numeric(group["numQ"]), path, "numQ"),
-                pos_dist_thr=_to_float(_h5_numeric(group["posDistThr"]), path, "posDistThr"),
-                pos_dist_sq_thr=_to_float(_h5_numeric(group["posDistSqThr"]), path, "posDistSqThr"),
-                non_triv=_to_float(_h5_numeric(group["nonTrivPosDistSqThr"]), path, "nonTrivPosDistSqThr"),
-            )
+            decode = _Decoder(_h5_str, lambda ds, p, field: _h5_str_list(f, ds, p, field), _h5_numeric)
+            return _build({name: group[name] for name in group.keys()}, path, decode)
     except ValueError:
         raise
     except Exception as err:  # unexpected v7.3 layouts (sparse, objects, ...): say how to get a v5 file
@@ -429,10 +493,12 @@ def _cell_column(items: Sequence[str]) -> np.ndarray:
 
 
 def save_dbstruct(path: str | os.PathLike, s: DbStruct) -> None:
-    """Write ``s`` as a MATLAB v5 file holding the struct ``dbStruct`` (fields in the original order).
+    """Write ``s`` as a MATLAB v5 file holding the struct ``dbStruct`` with the real files' field names.
 
-    The file is written to a temporary file in the same folder and moved into place with ``os.replace``,
-    so readers never see a half-written file. Parent folders are created.
+    The ten fields come in the real files' order (``nonTrivPosDistSqThr`` left out when ``s`` has none),
+    then ``dbTimeStamp``/``qTimeStamp`` when ``s`` has them. The file is written to a temporary file in the
+    same folder and moved into place with ``os.replace``, so readers never see a half-written file. Parent
+    folders are created.
     """
     path = Path(path)
     if not isinstance(s, DbStruct):
@@ -440,19 +506,23 @@ def save_dbstruct(path: str | os.PathLike, s: DbStruct) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     values: dict[str, Any] = {
         "whichSet": s.which_set,
-        "dbImage": _cell_column(s.db_image),
-        "utmDb": np.ascontiguousarray(s.utm_db.T, dtype=np.float64),  # 2 x numDb, as in MATLAB
-        "qImage": _cell_column(s.q_image),
+        "dbImageFns": _cell_column(s.db_image),
+        "utmDb": np.ascontiguousarray(s.utm_db.T, dtype=np.float64),  # 2 x numImages, as in MATLAB
+        "qImageFns": _cell_column(s.q_image),
         "utmQ": np.ascontiguousarray(s.utm_q.T, dtype=np.float64),
-        "numDb": np.array([[float(s.num_db)]]),  # MATLAB's default numeric class is double
-        "numQ": np.array([[float(s.num_q)]]),
+        "numImages": np.array([[float(s.num_db)]]),  # MATLAB's default numeric class is double
+        "numQueries": np.array([[float(s.num_q)]]),
         "posDistThr": np.array([[s.pos_dist_thr]]),
         "posDistSqThr": np.array([[s.pos_dist_sq_thr]]),
-        "nonTrivPosDistSqThr": np.array([[s.non_triv_pos_dist_sq_thr]]),
     }
-    record = np.empty((1, 1), dtype=[(name, object) for name in DBSTRUCT_FIELDS])
-    for name in DBSTRUCT_FIELDS:
-        record[0, 0][name] = values[name]
+    if s.non_triv_pos_dist_sq_thr is not None:
+        values["nonTrivPosDistSqThr"] = np.array([[s.non_triv_pos_dist_sq_thr]])
+    for name, stamps in (("dbTimeStamp", s.db_time_stamp), ("qTimeStamp", s.q_time_stamp)):
+        if stamps is not None:
+            values[name] = np.asarray(stamps).reshape(1, -1)
+    record = np.empty((1, 1), dtype=[(name, object) for name in values])
+    for name, value in values.items():
+        record[0, 0][name] = value
 
     buffer = io.BytesIO()
     scipy.io.savemat(buffer, {"dbStruct": record}, format="5", oned_as="column")

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vpr.eval.recall import recall_at_n
-from vpr.eval.search import knn_search
+from vpr.eval.ranking import rank_split
 from vpr.models.attention.deattention import deattention_loss
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class PlaceRecognitionModule(L.LightningModule):
         desc = self._collect(split.num_db + split.num_q)
         if self.descriptor_transform is not None:
             desc = self.descriptor_transform(desc)
-        _, predictions = knn_search(desc[: split.num_db], desc[split.num_db :], k=max(self.recall_at))
+        predictions = rank_split(split, desc[: split.num_db], desc[split.num_db :], k=max(self.recall_at))
         recalls = recall_at_n(predictions, split.eval_positives(), self.recall_at)
         self.predictions[stage] = predictions
         self.results[stage] = {
@@ -286,6 +286,8 @@ class PlaceRecognitionModule(L.LightningModule):
             "num_queries": split.num_q,
             "num_database": split.num_db,
             "recall_at": {str(n): r for n, r in recalls.items()},
+            "spatial_nms": split.spatial_nms,
+            "own_capture_time_excluded": split.db_time is not None,
         }
         prefix = "val" if stage == "val" else "test"
         for n, r in recalls.items():

@@ -1,0 +1,188 @@
+"""Several test sets in one command: ``test_sets=[pitts30k,tokyo247]`` on eval.py and train.py.
+
+Each entry names a data config (``configs/data/<name>.yaml``), composed on its own: its root, split file,
+image folders and evaluation protocol come from that config (roots from ``data.root`` there or from the
+environment variable it names), never from the run's own ``data``. An entry may also be a mapping that names
+the config under ``data`` and overrides some of its settings, e.g.
+``test_sets=[pitts30k,{data:tokyo247,root:/datasets/tokyo}]``; ``label`` names its column (default: the
+config name). ``data.image_size``, ``data.eval_batch_size`` and ``data.num_workers`` given on the command line
+apply to every set.
+
+Results: ``results_<label>.json`` per set (the shape of results.json), ``results_sets.json`` (all of them) and
+``results_sets.md`` (the table, one column per set) in the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vpr.errors import ConfigError
+from vpr.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SHARED_DATA_SETTINGS = ("image_size", "eval_batch_size", "num_workers")
+ENTRY_KEYS_NOT_DATA = ("data", "label")
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """One test set: the column label and its composed, resolved data config."""
+
+    label: str
+    data: DictConfig
+
+
+@contextmanager
+def _hydra_config_dir() -> Iterator[None]:
+    """Hydra's compose API: the running app's (train.py/eval.py) or, outside one, the project's configs."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        yield
+
+
+def available_data_configs() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+
+
+def compose_data_config(choice: str, cfg: DictConfig) -> DictConfig:
+    """``configs/data/<choice>.yaml`` composed alone, resolved with the run's paths."""
+    from hydra import compose
+    from hydra.errors import HydraException
+
+    if not (CONFIG_DIR / "data" / f"{choice}.yaml").is_file():
+        raise ConfigError(
+            f"test_sets: no data config '{choice}' (configs/data/{choice}.yaml); choose from "
+            f"{available_data_configs()}"
+        )
+    try:
+        with _hydra_config_dir():
+            composed = compose(config_name="base", overrides=[f"data={choice}"])
+    except HydraException as e:
+        raise ConfigError(f"test_sets: data config '{choice}' could not be composed: {e}") from None
+    # Interpolations such as ${paths.data_dir} follow the run's own paths (e.g. paths.data_dir=... given).
+    paths = {k: v for k, v in OmegaConf.to_container(cfg.paths, resolve=False).items() if k != "output_dir"}
+    scratch = OmegaConf.create({"paths": paths, "data": OmegaConf.to_container(composed.data, resolve=False)})
+    return OmegaConf.create(OmegaConf.to_container(scratch, resolve=True)["data"])
+
+
+def resolve_test_sets(cfg: DictConfig, shared_overrides: Mapping[str, Any] | None = None) -> list[TestSet]:
+    """The ``test_sets`` entries of ``cfg`` as composed data configs, in order, with unique labels.
+
+    ``shared_overrides``: data settings (of :data:`SHARED_DATA_SETTINGS`) the command line gave for every set.
+    """
+    entries = cfg.get("test_sets") or []
+    if isinstance(entries, str):
+        entries = [entries]
+    out: list[TestSet] = []
+    for entry in entries:
+        entry = OmegaConf.to_container(entry, resolve=True) if OmegaConf.is_config(entry) else entry
+        if isinstance(entry, str):
+            choice, label, extra = entry, entry, {}
+        elif isinstance(entry, Mapping) and isinstance(entry.get("data"), str):
+            choice = entry["data"]
+            label = str(entry.get("label") or choice)
+            extra = {k: v for k, v in entry.items() if k not in ENTRY_KEYS_NOT_DATA}
+        else:
+            raise ConfigError(
+                f"test_sets entry {entry!r}: give a data config name (test_sets=[pitts30k,tokyo247]) or a mapping "
+                "naming one under 'data' (test_sets=[{data:tokyo247,root:/path/to/tokyo}])"
+            )
+        data = compose_data_config(choice, cfg)
+        unknown = sorted(set(extra) - set(data.keys()))
+        if unknown:
+            raise ConfigError(f"test_sets entry '{label}': {unknown} are not settings of data={choice} "
+                              f"(settings: {sorted(data.keys())})")
+        data = OmegaConf.merge(data, dict(shared_overrides or {}), extra)
+        if any(t.label == label for t in out):
+            raise ConfigError(f"test_sets: the label '{label}' is used twice; give one entry a label "
+                              f"({{data:{choice},label:other_name}})")
+        out.append(TestSet(label=label, data=data))
+    return out
+
+
+def shared_data_overrides(cfg: DictConfig, command_line: list[str]) -> dict[str, Any]:
+    """The data settings of :data:`SHARED_DATA_SETTINGS` that the command line set (they apply to every set)."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in command_line if "=" in o}
+    return {k: OmegaConf.to_container(cfg.data, resolve=True)[k] for k in SHARED_DATA_SETTINGS
+            if f"data.{k}" in given and k in cfg.data}
+
+
+def format_sets_table(results: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
+    """Markdown table: one column per test set, a row per Recall@N, then the split and its sizes."""
+    labels = list(results)
+    ns = sorted({n for r in results.values() for n in r["recall_at"]}, key=int)
+
+    def row(name: str, cell) -> str:
+        return f"| {name} | " + " | ".join(cell(results[c]) for c in labels) + " |"
+
+    lines = [f"{title}\n"] if title else []
+    lines += ["| Recall (%) | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    lines += [row(f"R@{n}", lambda r, n=n: f"{100 * r['recall_at'][n]:.1f}" if n in r["recall_at"] else "")
+              for n in ns]
+    lines.append(row("split", lambda r: f"{r['dataset']}/{r['split']}"))
+    lines.append(row("queries / database", lambda r: f"{r['num_queries']} / {r['num_database']}"))
+    lines.append(row("spatial NMS", lambda r: "yes" if r.get("spatial_nms") else "no"))
+    return "\n".join(lines)
+
+
+def safe_label(label: str) -> str:
+    """The label as a file-name part."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def prepare_test_sets(cfg: DictConfig, sets: list[TestSet], split: str = "test") -> list[tuple[TestSet, Any]]:
+    """A data module per set with its ``split`` read and checked: a missing dataset fails before any work."""
+    from vpr.builders import build_datamodule
+
+    prepared = []
+    for ts in sets:
+        splits = dict(ts.data.get("splits") or {})
+        if splits.get(split) is None:
+            have = [k for k, v in splits.items() if v is not None]
+            raise ConfigError(f"test_sets entry '{ts.label}': dataset {ts.data.name} has no {split} split "
+                              f"(it has {have}); choose split=test")
+        dm = build_datamodule(cfg, data_cfg=ts.data, with_training=False)
+        dm.splits["test"] = splits[split]
+        dm.prepare_data()
+        dm.setup("test")
+        log.info("test set %s: %s", ts.label, dm.test_split.describe())
+        prepared.append((ts, dm))
+    return prepared
+
+
+def run_test_sets(prepared: list[tuple[TestSet, Any]], module, trainer, out_dir: Path, *,
+                  ckpt_path: str | None = None, record: Mapping[str, Any] | None = None,
+                  title: str = "") -> dict[str, dict[str, Any]]:
+    """Test ``module`` on every prepared set; rank zero writes the files and prints the table.
+
+    ``ckpt_path`` is loaded by Lightning before each test (None: the module's weights as they are); ``record``
+    is added to every set's results (e.g. the checkpoint the weights came from).
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for ts, dm in prepared:
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False)
+        results[ts.label] = {**module.results["test"], "test_set": ts.label, "checkpoint": ckpt_path,
+                             **dict(record or {})}
+    if trainer.is_global_zero and results:
+        for label, res in results.items():
+            write_json_atomic(Path(out_dir) / f"results_{safe_label(label)}.json", res)
+        write_json_atomic(Path(out_dir) / "results_sets.json", results)
+        table = format_sets_table(results, title)
+        write_text_atomic(Path(out_dir) / "results_sets.md", table + "\n")
+        print("\n" + table + f"\n\nresults: {Path(out_dir) / 'results_sets.json'}\n", flush=True)
+    return results
