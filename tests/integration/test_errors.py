@@ -43,3 +43,44 @@ def test_missing_centroid_file_names_the_command(data_dir, tmp_path):
 def test_unknown_config_choice(tmp_path):
     proc = run_script("train.py", "attention=nonexistent", f"hydra.run.dir={tmp_path}/r", tmp=tmp_path, check=False)
     assert_clean_failure(proc, "attention/nonexistent", "Available options")
+
+
+def test_malformed_split_file_names_file_and_field(tmp_path):
+    from tests.data.spec_files import pittsburgh_like
+
+    ds = pittsburgh_like(tmp_path / "root", num_places=2)
+    import scipy.io
+
+    mat = tmp_path / "root" / "datasets" / "pitts30k_test.mat"
+    record = scipy.io.loadmat(str(mat))["dbStruct"]
+    fields = [f for f in record.dtype.names if f != "utmQ"]
+    scipy.io.savemat(str(mat), {"dbStruct": {f: record[0, 0][f] for f in fields}})
+    proc = run_script("eval.py", "data=pitts30k", f"data.root={ds.root}", "head=gem", f"hydra.run.dir={tmp_path}/r",
+                      tmp=tmp_path, check=False)
+    assert_clean_failure(proc, "error:", "pitts30k_test.mat", "`utmQ`")
+    assert sum(line.startswith("error:") for line in proc.stderr.splitlines()) == 1
+
+
+def test_training_on_an_evaluation_only_dataset(tmp_path):
+    from tests.data.spec_files import tokyo247_like
+
+    ds = tokyo247_like(tmp_path / "tokyo", num_places=2)
+    proc = run_script("train.py", "data=tokyo247", f"data.root={ds.root}", "logger=none",
+                      f"hydra.run.dir={tmp_path}/r", tmp=tmp_path, check=False)
+    assert_clean_failure(proc, "tokyo247 has no train split", "evaluation-only", "test_sets")
+
+
+def test_unknown_test_set(tmp_path):
+    proc = run_script("eval.py", "test_sets=[pitts30k,tokio247]", f"hydra.run.dir={tmp_path}/r", tmp=tmp_path,
+                      check=False)
+    assert_clean_failure(proc, "no data config 'tokio247'", "tokyo247")
+
+
+def test_missing_test_set_fails_before_training(data_dir, tmp_path):
+    proc = run_script(
+        "train.py", "experiment=city_baseline", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
+        f"test_sets=[{{data:tokyo247,root:'{tmp_path}/no_tokyo'}}]", "logger=none", f"hydra.run.dir={tmp_path}/r",
+        tmp=tmp_path, check=False,
+    )
+    assert_clean_failure(proc, "no_tokyo", "does not exist")
+    assert "cache pass" not in proc.stdout + proc.stderr  # nothing was trained

@@ -17,10 +17,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vpr.data.dataset import (
+    DataError,
     ImageDataset,
     PlaceSplit,
     load_folder_split,
-    DataError,
     load_image,
     load_mat_split,
 )
@@ -176,7 +176,7 @@ class PlaceDataModule(L.LightningDataModule):
             have = [r for r, s in self.splits.items() if s is not None]
             hint = (
                 " It is an evaluation-only dataset: train on another (data=pittsburgh, data=tokyotm) and test on "
-                f"this one with test_sets=[...] or eval.py data=..." if have == ["test"] else ""
+                "this one with test_sets=[...] or eval.py data=..." if have == ["test"] else ""
             )
             raise DataError(f"dataset {self.name} has no {role} split (data.splits.{role} is null; it has {have}).{hint}")
         if split not in self._loaded:

@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from vpr.eval.recall import recall_at_n
 from vpr.eval.ranking import rank_split
+from vpr.eval.recall import recall_at_n
 from vpr.models.attention.deattention import deattention_loss
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,94 @@
+"""Splits read from NetVLAD dataset specs on disk: image folders, Tokyo's .jpg/.png, capture times, messages."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from tests.data.spec_files import pittsburgh_like, tokyo247_like, write_v5
+from vpr.data.datamodule import PlaceDataModule
+from vpr.data.dataset import DataError, load_mat_split
+
+
+def test_pittsburgh_layout(tmp_path: Path) -> None:
+    ds = pittsburgh_like(tmp_path, num_places=2)
+    s = load_mat_split(tmp_path, "pitts30k", "test")
+    assert s.db_paths == [tmp_path / n for n in ds.db_names]
+    assert s.q_paths == [tmp_path / "queries_real" / n for n in ds.q_names]
+    np.testing.assert_array_equal(s.db_utm, ds.utm_db)
+    assert (s.eval_radius_m, s.train_radius_m) == (25.0, 10.0)
+    assert s.db_time is None and not s.spatial_nms
+
+
+def test_tokyo_png_on_disk_and_no_training_radius(tmp_path: Path) -> None:
+    ds = tokyo247_like(tmp_path, num_places=2)
+    s = load_mat_split(tmp_path, "tokyo247", "test", split_file="tokyo247.mat", db_dir="database_gsv_vga",
+                       query_dir="247query_subset_v2", spatial_nms=True, nms_group_size=12)
+    assert ds.db_names[0].endswith(".jpg")
+    assert s.db_paths == [tmp_path / "database_gsv_vga" / Path(n).with_suffix(".png") for n in ds.db_names]
+    assert all(p.is_file() for p in s.db_paths + s.q_paths)
+    assert s.q_paths[0].suffix == ".jpg"
+    assert s.train_radius_m == 10.0  # the file has no nonTrivPosDistSqThr
+    np.testing.assert_array_equal(s.nms_groups(), np.repeat([0, 1], 12))
+
+
+def test_image_folders_are_settings(tmp_path: Path) -> None:
+    pittsburgh_like(tmp_path / "root", num_places=2)
+    shutil.move(tmp_path / "root" / "queries_real", tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"queries_real.*listed in .*pitts30k_test\.mat is missing.*data\.query_dir"):
+        load_mat_split(tmp_path / "root", "pitts30k", "test")
+    s = load_mat_split(tmp_path / "root", "pitts30k", "test", query_dir=str(tmp_path / "elsewhere"))
+    assert all(p.is_file() for p in s.q_paths)
+
+
+def test_incomplete_image_folder(tmp_path: Path) -> None:
+    ds = pittsburgh_like(tmp_path, num_places=2)
+    (tmp_path / ds.db_names[-1]).unlink()
+    with pytest.raises(DataError, match=r"incomplete"):
+        load_mat_split(tmp_path, "pitts30k", "test")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"numImages": np.array([[5.0]])}, r"pitts30k_test\.mat: dbStruct\.numImages = 5 but dbImageFns lists 6"),
+        ({"utmDb": np.zeros((2, 4))}, r"pitts30k_test\.mat: dbStruct\.utmDb has shape \(2, 4\)"),
+    ],
+)
+def test_malformed_spec_is_a_data_error(tmp_path: Path, change: dict, message: str) -> None:
+    pittsburgh_like(tmp_path, num_places=2)
+    mat = tmp_path / "datasets" / "pitts30k_test.mat"
+    record = scipy.io.loadmat(str(mat))["dbStruct"][0, 0]
+    write_v5(mat, {**{f: record[f] for f in record.dtype.names}, **change})
+    with pytest.raises(DataError, match=message):
+        load_mat_split(tmp_path, "pitts30k", "test")
+
+
+def test_capture_times_reach_the_split(tmp_path: Path) -> None:
+    pittsburgh_like(tmp_path, name="tokyoTM", split="train", num_places=2)
+    mat = tmp_path / "datasets" / "tokyoTM_train.mat"
+    record = scipy.io.loadmat(str(mat))["dbStruct"][0, 0]
+    times = {"dbTimeStamp": np.array([[2009.0, 2011.0, 2009.0, 2009.0, 2011.0, 2011.0]]),
+             "qTimeStamp": np.array([[2009.0, 2011.0]])}
+    write_v5(mat, {**{f: record[f] for f in record.dtype.names}, **times})
+    s = load_mat_split(tmp_path, "tokyoTM", "train")
+    np.testing.assert_array_equal(s.db_time, times["dbTimeStamp"][0])
+    np.testing.assert_array_equal(s.q_time, times["qTimeStamp"][0])
+    # query 0 (time 2009) at place 0 (database 0, 1, 2 within 10 m): only database 1 was taken at another time.
+    assert list(s.train_positives()[0]) == [1]
+    assert list(s.train_positives()[1]) == [3]
+
+
+def test_evaluation_only_datamodule(tmp_path: Path) -> None:
+    tokyo247_like(tmp_path, num_places=2)
+    dm = PlaceDataModule(str(tmp_path), "tokyo247", splits={"train": None, "val": None, "test": "test"},
+                         split_file="tokyo247.mat", db_dir="database_gsv_vga", query_dir="247query_subset_v2",
+                         num_workers=0)
+    dm.setup("test")
+    assert dm.test_split.num_db == 24
+    with pytest.raises(DataError, match=r"tokyo247 has no train split.*evaluation-only"):
+        dm.setup("fit")
