@@ -55,7 +55,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split}: choose val or test")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, "train")
-    state = None
+    state, trained_size = None, None
     if ckpt_path is not None:
         state, stored = load_checkpoint_config(ckpt_path)
         if stored is not None:
@@ -65,12 +65,13 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
                 if key in stored:
                     cfg[key] = stored[key]
             cfg.backbone.pretrained = False  # the checkpoint holds the weights: nothing to download
+            trained_size = stored["data"]["image_size"]
             if not any(o.startswith("data.image_size") for o in command_line_overrides()):
-                cfg.data.image_size = stored["data"]["image_size"]
+                cfg.data.image_size = trained_size
         else:
             log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
     L.seed_everything(int(cfg.seed), workers=True)
-    sets = resolve_test_sets(cfg, shared_data_overrides(cfg, command_line_overrides()))
+    sets = resolve_test_sets(cfg, shared_data_overrides(cfg, command_line_overrides(), trained_size))
     dm = build_datamodule(cfg)
     if not sets:
         own = dict(cfg.data.splits).get(cfg.split)

@@ -6,7 +6,8 @@ environment variable it names), never from the run's own ``data``. An entry may 
 the config under ``data`` and overrides some of its settings, e.g.
 ``test_sets=[pitts30k,{data:tokyo247,root:/datasets/tokyo}]``; ``label`` names its column (default: the
 config name). ``data.image_size``, ``data.eval_batch_size`` and ``data.num_workers`` given on the command line
-apply to every set.
+apply to every set. The image size is, in this order: the entry's ``image_size``, the command line's, the one the
+network was trained at (train.py; eval.py with a checkpoint), the set's config.
 
 Results: ``results_<label>.json`` per set (the shape of results.json), ``results_sets.json`` (all of them) and
 ``results_sets.md`` (the table, one column per set) in the run folder.
@@ -115,11 +116,15 @@ def resolve_test_sets(cfg: DictConfig, shared_overrides: Mapping[str, Any] | Non
     return out
 
 
-def shared_data_overrides(cfg: DictConfig, command_line: list[str]) -> dict[str, Any]:
-    """The data settings of :data:`SHARED_DATA_SETTINGS` that the command line set (they apply to every set)."""
+def shared_data_overrides(cfg: DictConfig, command_line: list[str], trained_image_size=None) -> dict[str, Any]:
+    """Data settings for every set: those of :data:`SHARED_DATA_SETTINGS` the command line set, and the image
+    size the network was trained at (``trained_image_size``, when known) unless the command line set one."""
     given = {o.split("=", 1)[0].lstrip("+~") for o in command_line if "=" in o}
-    return {k: OmegaConf.to_container(cfg.data, resolve=True)[k] for k in SHARED_DATA_SETTINGS
-            if f"data.{k}" in given and k in cfg.data}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    out = {k: data[k] for k in SHARED_DATA_SETTINGS if f"data.{k}" in given and k in data}
+    if trained_image_size is not None and "image_size" not in out:
+        out["image_size"] = [int(x) for x in trained_image_size]
+    return out
 
 
 def format_sets_table(results: Mapping[str, Mapping[str, Any]], title: str = "") -> str:

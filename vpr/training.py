@@ -172,7 +172,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     dm.prepare_data()
     dm.setup("fit")
     # Test sets are read now: a missing one fails before the training, not after it.
-    test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared_data_overrides(cfg, command_line_overrides())))
+    shared = shared_data_overrides(cfg, command_line_overrides(), trained_image_size=cfg.data.image_size)
+    test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared))
     module = build_module(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
     if ckpt_path is None and cfg.get("init_weights"):

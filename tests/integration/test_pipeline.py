@@ -34,9 +34,13 @@ def common(data_dir: Path, tmp: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
     """One training run (cluster.auto) shared by the tests of this module."""
+    from tests.data.spec_files import tokyo247_like
+
     tmp = tmp_path_factory.mktemp("train")
+    tokyo = tokyo247_like(tmp / "tokyo", num_places=3).root
     run = tmp / "outputs" / "train" / "runs" / "run1"  # where ckpt_path=last looks
-    proc = run_script("train.py", *common(data_dir, tmp), "logger=csv", "test_untrained=true", f"hydra.run.dir={run}", tmp=tmp)
+    proc = run_script("train.py", *common(data_dir, tmp), "logger=csv", "test_untrained=true",
+                      f"test_sets=[{{data:tokyo247,root:'{tokyo}'}}]", f"hydra.run.dir={run}", tmp=tmp)
     return tmp, run, proc
 
 
@@ -71,6 +75,21 @@ def test_eval_reproduces_training_test_recall(trained, data_dir):
     ckpt = read(run / "results.json")["checkpoint"]
     run_script("eval.py", *common(data_dir, tmp)[:3], f"ckpt_path={ckpt}", f"hydra.run.dir={out}", tmp=tmp)
     assert read(out / "results.json")["recall_at"] == read(run / "results.json")["recall_at"]
+
+
+def test_train_tests_on_the_test_sets_too(trained, data_dir):
+    tmp, run, proc = trained
+    res = read(run / "results_tokyo247.json")
+    assert res["dataset"] == "tokyo247" and res["spatial_nms"] is True and res["num_database"] == 36
+    assert res["checkpoint"] == read(run / "results.json")["checkpoint"]  # the best checkpoint, as the own test
+    assert read(run / "results_sets.json") == {"tokyo247": res}
+    assert "| spatial NMS | yes |" in proc.stdout
+    # eval.py on the same checkpoint and set reproduces it
+    out = tmp / "eval_sets"
+    tokyo = tmp / "tokyo"
+    run_script("eval.py", f"ckpt_path={res['checkpoint']}", f"test_sets=[{{data:tokyo247,root:'{tokyo}'}}]",
+               "data.num_workers=0", f"hydra.run.dir={out}", tmp=tmp)  # the trained size: 48 x 64
+    assert read(out / "results_tokyo247.json")["recall_at"] == res["recall_at"]
 
 
 def test_eval_with_pca_whitening(trained, data_dir):
