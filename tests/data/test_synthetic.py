@@ -89,6 +89,14 @@ def test_layout_and_mat_files(tiny_city: Path, structs: dict) -> None:
     assert len(set(all_names)) == len(all_names)  # no two images share a file
 
 
+def test_mat_files_carry_the_real_field_names(tiny_city: Path) -> None:
+    import scipy.io
+
+    record = scipy.io.loadmat(str(tiny_city / "datasets" / "city_train.mat"))["dbStruct"]
+    assert record.dtype.names == ("whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages", "numQueries",
+                                  "posDistThr", "posDistSqThr", "nonTrivPosDistSqThr")
+
+
 def test_every_image_and_label_map_exists_with_the_right_size(tiny_city: Path, structs: dict) -> None:
     for s in structs.values():
         paths = [tiny_city / p for p in s.db_image] + [tiny_city / "queries_real" / q for q in s.q_image]
