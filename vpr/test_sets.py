@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vpr.data.dataset import DataError
 from vpr.errors import ConfigError
 from vpr.io import write_json_atomic, write_text_atomic
 
@@ -36,9 +37,10 @@ ENTRY_KEYS_NOT_DATA = ("data", "label")
 
 @dataclass(frozen=True)
 class TestSet:
-    """One test set: the column label and its composed, resolved data config."""
+    """One test set: the column label, the data config it was composed from and that config, resolved."""
 
     label: str
+    choice: str
     data: DictConfig
 
 
@@ -112,7 +114,7 @@ def resolve_test_sets(cfg: DictConfig, shared_overrides: Mapping[str, Any] | Non
         if any(t.label == label for t in out):
             raise ConfigError(f"test_sets: the label '{label}' is used twice; give one entry a label "
                               f"({{data:{choice},label:other_name}})")
-        out.append(TestSet(label=label, data=data))
+        out.append(TestSet(label=label, choice=choice, data=data))
     return out
 
 
@@ -163,8 +165,16 @@ def prepare_test_sets(cfg: DictConfig, sets: list[TestSet], split: str = "test")
                               f"(it has {have}); choose split=test")
         dm = build_datamodule(cfg, data_cfg=ts.data, with_training=False)
         dm.splits["test"] = splits[split]
-        dm.prepare_data()
-        dm.setup("test")
+        try:
+            dm.prepare_data()
+            dm.setup("test")
+        except DataError as e:
+            hint = ""
+            if ts.data.get("root") in (None, ""):
+                hint = (f" The run's data.root does not apply to test sets: give this one its own, "
+                        f"test_sets=[{{data:{ts.choice},root:/path/to/it}}], or set the environment variable "
+                        f"configs/data/{ts.choice}.yaml names.")
+            raise DataError(f"test set '{ts.label}': {e}{hint}") from None
         log.info("test set %s: %s", ts.label, dm.test_split.describe())
         prepared.append((ts, dm))
     return prepared
