@@ -1,4 +1,4 @@
-"""Tests for vpr/data/synthetic.py: the procedural city in Pittsburgh's layout."""
+"""Tests for vpr/data/synthetic/: the procedural city generator."""
 
 from __future__ import annotations
 
@@ -266,7 +266,7 @@ def test_interrupted_generation_leaves_no_manifest(tmp_path: Path, monkeypatch: 
     def crash(*args, **kwargs):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(synthetic, "save_dbstruct", crash)
+    monkeypatch.setattr(synthetic.writer, "save_dbstruct", crash)  # looked up in the writer module
     with pytest.raises(RuntimeError, match="killed"):
         generate_city(root, cfg, seed=1, progress=False, workers=1)  # another seed: must regenerate
     assert not (root / "city.json").exists()  # the half-written city does not look complete

@@ -1,0 +1,235 @@
+"""The synthetic city on disk: planning the districts and cameras, rendering the images (optionally in worker
+processes), the dbStruct files, ``classes.json`` and the manifest (written last), and :func:`generate_city`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vpr.data.mat import DbStruct, save_dbstruct
+from vpr.data.synthetic.config import (
+    CLASSES,
+    DATASET_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PRESETS,
+    SPLITS,
+    UTM_ORIGIN_M,
+    CityConfig,
+    get_preset,
+)
+from vpr.data.synthetic.render import _sensor, render_view
+from vpr.data.synthetic.textures import TextureBank, build_textures
+from vpr.data.synthetic.world import District, _make_district, draw_lighting
+from vpr.io import write_text_atomic
+
+
+@dataclass
+class _Plan:
+    districts: list[District]
+    db_poses: list[np.ndarray]  # per split (N, 3): x, y, yaw (local)
+    db_names: list[list[str]]
+    q_poses: list[np.ndarray]
+    q_names: list[list[str]]
+
+
+def _image_name(index: int, yaw_index: int) -> str:
+    # Pittsburgh style: folder = index // 1000, "<index:06d>_pitch1_yaw<k>.jpg"
+    return f"{index // 1000:03d}/{index:06d}_pitch1_yaw{yaw_index}.jpg"
+
+
+def _plan_city(cfg: CityConfig, seed: int, textures: TextureBank) -> _Plan:
+    districts, db_poses, db_names, q_poses, q_names = [], [], [], [], []
+    x_offset = 0.0
+    place_base = query_base = 0
+    for split_idx, split in enumerate(SPLITS):
+        rng = np.random.default_rng([seed, split_idx, 101])
+        n_db, n_q = cfg.split_counts(split)
+        n_places = -(-n_db // cfg.db_headings)
+        origin = (UTM_ORIGIN_M[0] + x_offset, UTM_ORIGIN_M[1])
+        district = _make_district(cfg, textures, rng, n_places, origin)
+        districts.append(district)
+        x_offset += district.width_m + cfg.district_gap_m
+
+        base_yaw = district.place_dir + math.radians(cfg.heading_offset_deg)
+        poses, names = [], []
+        for p in range(n_places):
+            for k in range(cfg.db_headings):
+                if len(poses) == n_db:
+                    break
+                yaw = base_yaw[p] + 2 * math.pi * k / cfg.db_headings
+                yaw += math.radians(rng.uniform(-1, 1) * cfg.db_heading_jitter_deg)
+                poses.append((*district.place_xy[p], yaw))
+                names.append(_image_name(place_base + p, k + 1))
+        db_poses.append(np.asarray(poses))
+        db_names.append(names)
+        place_base += n_places
+
+        # queries: near a database place, with another heading near one of its database headings
+        street_half = cfg.road_half_width_m + cfg.sidewalk_width_m
+        max_gt_m = 10.0 if split == "train" else 25.0  # non-trivial positive radius / evaluation radius
+        place_xy = district.place_xy
+        poses, names = [], []
+        for qi in range(n_q):
+            for _try in range(50):
+                p = int(rng.integers(n_places))
+                direction = district.place_dir[p]
+                along = np.array([math.cos(direction), math.sin(direction)])
+                normal = np.array([math.sin(direction), -math.cos(direction)])
+                centre = place_xy[p] - cfg.db_lateral_m * normal  # back onto the centre line
+                across = float(np.clip(rng.uniform(-1, 1) * cfg.query_offset_across_m,
+                                       -(street_half - 0.7), street_half - 0.7))
+                q = centre + rng.uniform(-1, 1) * cfg.query_offset_along_m * along + across * normal
+                if np.min(np.hypot(*(place_xy - q).T)) < max_gt_m - 0.5:
+                    break
+            k = int(rng.integers(cfg.db_headings))
+            yaw = base_yaw[p] + 2 * math.pi * k / cfg.db_headings
+            yaw += math.radians(rng.uniform(-1, 1) * cfg.query_yaw_jitter_deg)
+            poses.append((q[0], q[1], yaw))
+            names.append(_image_name(query_base + qi, k + 1))
+        q_poses.append(np.asarray(poses).reshape(-1, 3))
+        q_names.append(names)
+        query_base += n_q
+    return _Plan(districts, db_poses, db_names, q_poses, q_names)
+
+
+def _labels_path(image_path: Path) -> Path:
+    return image_path.with_name(image_path.stem + "_labels.png")
+
+
+def _render_task(state: dict[str, Any], task: tuple) -> None:
+    split_idx, kind, index, x, y, yaw, rel = task
+    cfg, seed = state["cfg"], state["seed"]
+    rng = np.random.default_rng([seed, split_idx, kind, index, 202])
+    lt = draw_lighting(cfg, rng, is_query=kind == 1)
+    rgb, labels = render_view(state["worlds"][split_idx], state["textures"], cfg, (x, y), yaw, lt, rng)
+    img = _sensor(rgb, lt, rng)
+    path = state["root"] / rel
+    Image.fromarray(img).save(path, format="JPEG", quality=lt.jpeg_quality)
+    Image.fromarray(labels).save(_labels_path(path), format="PNG")
+
+
+_WORKER_STATE: dict[str, Any] = {}  # per worker process only, set by the pool initializer
+
+
+def _worker_init(state: dict[str, Any]) -> None:
+    _WORKER_STATE.clear()
+    _WORKER_STATE.update(state)
+
+
+def _worker_run(tasks: list[tuple]) -> int:
+    for task in tasks:
+        _render_task(_WORKER_STATE, task)
+    return len(tasks)
+
+
+def _manifest(cfg: CityConfig, seed: int) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "generator": "vpr.data.synthetic", "seed": int(seed),
+            "config": dataclasses.asdict(cfg)}
+
+
+def _is_complete(root: Path, cfg: CityConfig, seed: int) -> bool:
+    try:
+        manifest = json.loads((root / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    expected = json.loads(json.dumps(_manifest(cfg, seed)))
+    same = all(manifest.get(k) == expected[k] for k in ("format_version", "seed", "config"))
+    return same and all((root / "datasets" / f"{DATASET_NAME}_{s}.mat").is_file() for s in SPLITS)
+
+
+def generate_city(
+    out_dir: str | os.PathLike,
+    preset: str | CityConfig = "default",
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+    force: bool = False,
+) -> Path:
+    """Generate the synthetic city under ``out_dir`` (idempotent) and return its root.
+
+    If ``out_dir/city.json`` already records the same format version, config and seed, nothing is done.
+    Otherwise (no manifest: a partial or foreign folder; or another config) the city is (re)written and the
+    manifest is written last. ``workers`` (default: up to 2 CPUs) does not change the output.
+    """
+    cfg = get_preset(preset) if isinstance(preset, str) else preset
+    if not isinstance(cfg, CityConfig):
+        raise TypeError(f"generate_city: preset must be a name in {PRESETS} or a CityConfig, got {type(cfg)}")
+    cfg.validate()
+    root = Path(out_dir)
+    if not force and _is_complete(root, cfg, seed):
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST_NAME).unlink(missing_ok=True)  # an interrupted run must not look complete
+
+    textures = build_textures(seed)
+    plan = _plan_city(cfg, seed, textures)
+    tasks = []
+    for split_idx in range(len(SPLITS)):
+        for kind, poses, names, prefix in ((0, plan.db_poses, plan.db_names, ""),
+                                           (1, plan.q_poses, plan.q_names, "queries_real/")):
+            for i, (pose, name) in enumerate(zip(poses[split_idx], names[split_idx])):
+                tasks.append((split_idx, kind, i, float(pose[0]), float(pose[1]), float(pose[2]), prefix + name))
+    for folder in sorted({str(Path(t[-1]).parent) for t in tasks}):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+
+    state = {"cfg": cfg, "seed": seed, "root": root, "textures": textures,
+             "worlds": [d.world for d in plan.districts]}
+    if workers is None:  # a pool costs more than it saves on a few images
+        workers = min(2, os.cpu_count() or 1) if len(tasks) >= 64 else 1
+    n_workers = max(1, int(workers))
+    _run_tasks(tasks, state, n_workers, progress)
+
+    for split_idx, split in enumerate(SPLITS):
+        origin = np.asarray(plan.districts[split_idx].world.origin_utm)
+        save_dbstruct(
+            root / "datasets" / f"{DATASET_NAME}_{split}.mat",
+            DbStruct(
+                which_set=split,
+                db_image=plan.db_names[split_idx],
+                utm_db=plan.db_poses[split_idx][:, :2] + origin,
+                q_image=plan.q_names[split_idx],
+                utm_q=plan.q_poses[split_idx][:, :2] + origin,
+                pos_dist_thr=25.0,
+                pos_dist_sq_thr=625.0,
+                non_triv_pos_dist_sq_thr=100.0,
+            ),
+        )
+    write_text_atomic(root / "classes.json", json.dumps({str(k): v for k, v in CLASSES.items()}, indent=1))
+    write_text_atomic(root / MANIFEST_NAME, json.dumps(_manifest(cfg, seed), indent=1))  # last: "complete"
+    return root
+
+
+ensure_city = generate_city
+
+
+def _run_tasks(tasks: list[tuple], state: dict[str, Any], n_workers: int, progress: bool) -> None:
+    from tqdm import tqdm
+
+    if n_workers <= 1:
+        with tqdm(total=len(tasks), desc="synthetic city", unit="img", disable=not progress, file=sys.stderr) as bar:
+            for task in tasks:
+                _render_task(state, task)
+                bar.update(1)
+        return
+    chunk = 16
+    chunks = [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)]
+    # fork: workers inherit the state without pickling or re-importing the caller's __main__ (train.py
+    # would import torch again). The pool is started before tqdm starts its monitor thread.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(n_workers, initializer=_worker_init, initargs=(state,)) as pool:
+        with tqdm(total=len(tasks), desc="synthetic city", unit="img", disable=not progress, file=sys.stderr) as bar:
+            for done in pool.imap_unordered(_worker_run, chunks):
+                bar.update(done)
