@@ -9,7 +9,7 @@ from vpr.errors import report_user_errors
 @hydra.main(version_base="1.3", config_path="configs", config_name="cluster")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    from vpr.clustering import run_clustering
+    from vpr.run.cluster import run_clustering
 
     run_clustering(cfg)
 

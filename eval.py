@@ -9,7 +9,7 @@ from vpr.errors import report_user_errors
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    from vpr.evaluation import run_evaluation
+    from vpr.run.evaluate import run_evaluation
 
     run_evaluation(cfg)
 

@@ -9,7 +9,7 @@ from vpr.errors import report_user_errors
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
-    from vpr.training import run_training
+    from vpr.run.train import run_training
 
     results = run_training(cfg)
     trained = results.get("trained")

@@ -1,4 +1,8 @@
-"""Errors the user fixes by changing a setting or a file, and the one-line reporting of them by the scripts."""
+"""The errors a user fixes by changing a setting or a file, and the scripts' one-line reporting of them.
+
+Every check on a setting or an input file raises one of these with a message that names the setting or the
+file and the fix; the scripts print it as one ``error:`` line (exit status 2) instead of a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from vpr.data.dataset import DataError
-
 
 class ConfigError(ValueError):
     """A wrong or inconsistent setting; the message names the setting and the fix."""
+
+
+class DataError(RuntimeError):
+    """A dataset problem the user must fix (missing file, malformed split, corrupt image)."""
 
 
 # What ends a script with one clear message instead of a traceback: errors whose message is written for the user.

@@ -6,7 +6,7 @@ negatives; a query with many negatives weighs more, as in the NetVLAD baseline).
 (N,) per-pair terms (e.g. to log the fraction of active triplets).
 
 Distances are plain (non-squared) Euclidean, with the square root guarded: d = sqrt(max(sum sq, eps)), so that
-identical vectors give zero, finite gradients instead of NaN (method.md sections 3 and 6).
+identical vectors give zero, finite gradients instead of NaN (docs/method.md sections 3 and 6).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class TripletMarginLoss(_TupleLoss):
     """mean over (q, n) pairs of max(0, d(q, p) + margin - d(q, n)).
 
     Args:
-        margin: m (seed: 0.1; the NetVLAD baseline uses sqrt(0.1) = 0.316).
+        margin: m (the paper's code: 0.1; the NetVLAD baseline uses sqrt(0.1) = 0.316).
         eps: guard under the square root.
     """
 
@@ -100,12 +100,17 @@ class TripletMarginLoss(_TupleLoss):
         d_qn = euclidean_distance(anchor[neg_to_query], negatives, self.eps)
         return torch.relu(d_qp + self.margin - d_qn)
 
+    @property
+    def mining_margin(self) -> float:
+        """Hard negatives are those with d(q, n) < d(q, p) + this: the loss's own margin."""
+        return float(self.margin)
+
     def extra_repr(self) -> str:
         return f"margin={self.margin}"
 
 
 class SharpenedTripletMarginLoss(_TupleLoss):
-    """Sharpened triplet marginal loss (sTML), method.md section 6.
+    """Sharpened triplet marginal loss (sTML), docs/method.md section 6.
 
     version 1: max(0, d(q, p) + margin - d(q, n) + margin_pn - d(p, n))
     version 2: max(0, margin_pn - d(p, n))
@@ -145,6 +150,11 @@ class SharpenedTripletMarginLoss(_TupleLoss):
         d_qp = euclidean_distance(anchor, positive, self.eps)[neg_to_query]
         d_qn = euclidean_distance(anchor[neg_to_query], negatives, self.eps)
         return torch.relu(d_qp + self.margin - d_qn + self.margin_pn - d_pn)
+
+    @property
+    def mining_margin(self) -> float:
+        """The mining margin of the paper's runs: margin + margin_pn for version 1 (1.5), margin for version 2."""
+        return float(self.margin + self.margin_pn) if self.version == 1 else float(self.margin)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, margin_pn={self.margin_pn}, version={self.version}"

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from vpr.eval.tables import markdown_table
 from vpr.io import write_text_atomic
 
 # The paper's order; anything else follows alphabetically.
@@ -338,12 +339,12 @@ def format_markdown(
         header.append("ΔR@1 vs baseline")
         align.append("---:")
     lines = [f"# {title}", ""] if title else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    cells = []
     for row in rows:
-        cells = [row.variant, *(_cell(row, n) for n in ns), str(row.runs), row.split]
+        cells.append([row.variant, *(_cell(row, n) for n in ns), str(row.runs), row.split])
         if baseline is not None:
-            cells.append(_delta_cell(row, baseline))
-        lines.append("| " + " | ".join(cells) + " |")
+            cells[-1].append(_delta_cell(row, baseline))
+    lines.append(markdown_table(header, cells, align))
     lines += ["", "Recall@N in %, mean ± sample std (ddof=1) over runs (seeds); '± –' means a single run."]
     if baseline is not None:
         lines.append(

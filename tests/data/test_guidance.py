@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vpr.data.dataset import DataError
 from vpr.data.guidance import GuidanceTargets, LabelSource, MaskDirLabels, SyntheticLabels, area_target
+from vpr.errors import DataError
 
 
 def test_area_target_hand_example():

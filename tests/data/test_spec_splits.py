@@ -11,7 +11,8 @@ import scipy.io
 
 from tests.data.spec_files import pittsburgh_like, tokyo247_like, write_v5
 from vpr.data.datamodule import PlaceDataModule
-from vpr.data.dataset import DataError, load_mat_split
+from vpr.data.dataset import load_mat_split
+from vpr.errors import DataError
 
 
 def test_pittsburgh_layout(tmp_path: Path) -> None:

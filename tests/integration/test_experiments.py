@@ -52,7 +52,7 @@ def test_every_experiment_is_listed():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_trains_one_batch(name, data_dir, tmp_path):
-    from vpr.training import run_training
+    from vpr.run.train import run_training
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose(config_name="train", overrides=tiny_overrides(name, data_dir, tmp_path))
@@ -71,7 +71,7 @@ def test_experiment_trains_one_batch(name, data_dir, tmp_path):
 
 @pytest.mark.parametrize("head", ["gem", "max", "avg"])
 def test_pooling_heads_train_without_centroids(head, data_dir, tmp_path):
-    from vpr.training import run_training
+    from vpr.run.train import run_training
 
     overrides = [*tiny_overrides("city_baseline", data_dir, tmp_path), f"head={head}"]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):

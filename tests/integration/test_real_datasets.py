@@ -36,8 +36,8 @@ def network():
     """The network eval.py builds from NETWORK (same seed, so the same random weights), built here in-process."""
     from hydra import compose, initialize_config_dir
 
-    from vpr.builders import build_module
-    from vpr.test_sets import CONFIG_DIR
+    from vpr.build import build_module
+    from vpr.run.test_sets import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="eval", overrides=[*NETWORK, "paths.output_dir=unused"])

@@ -73,9 +73,9 @@ def test_mask_changes_descriptor_only_when_it_weights_aggregation():
 
 
 def test_init_weights_loads_matching_tensors_and_keeps_the_new_module(tmp_path):
+    from vpr.checkpoints import load_matching_weights
     from vpr.models.attention.base import Identity
     from vpr.models.attention.crn import CRN
-    from vpr.training import load_matching_weights
 
     torch.manual_seed(1)
     trained = PlaceRecognitionModule(TinyBackbone(), Identity(8), NetVLAD(4, 8), TripletMarginLoss(0.1))

@@ -120,7 +120,7 @@ def test_zero_weight_removes_location():
 
 
 def test_positive_feature_mask_is_invisible_but_weights_are_not():
-    """Input L2-normalisation cancels any positive per-location scaling of the features (method.md sec. 5)."""
+    """Input L2-normalisation cancels any positive per-location scaling of the features (docs/method.md sec. 5)."""
     head = _head()
     x = torch.randn(B, D, H, W)
     mask = torch.rand(B, 1, H, W) + 0.05

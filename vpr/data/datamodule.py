@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vpr.data.dataset import (
-    DataError,
     ImageDataset,
     PlaceSplit,
     load_folder_split,
@@ -27,6 +26,7 @@ from vpr.data.dataset import (
 from vpr.data.guidance import GuidanceTargets, build_label_source
 from vpr.data.mining import HardNegativeMiner, MinedBatchSampler, MiningStats, Triplet
 from vpr.data.transforms import eval_transform
+from vpr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,33 @@ def collate_triplets(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def _read_mat_spec(dm: PlaceDataModule, split: str) -> PlaceSplit:
+    return load_mat_split(
+        dm.root,
+        dm.name,
+        split,
+        split_file=dm.split_file,
+        db_dir=dm.db_dir,
+        query_dir=dm.query_dir,
+        eval_radius_m=dm.eval_radius_m,
+        train_radius_m=dm.train_radius_m,
+        spatial_nms=dm.spatial_nms,
+        nms_group_size=dm.nms_group_size,
+    )
+
+
+def _read_folder(dm: PlaceDataModule, split: str) -> PlaceSplit:
+    return load_folder_split(dm.root, split, dm.name, dm.eval_radius_m or 25.0, dm.train_radius_m or 10.0,
+                             spatial_nms=dm.spatial_nms)
+
+
+#: On-disk formats by ``data.layout``: (data module, split name) -> PlaceSplit. A new format is one reader here.
+LAYOUTS: dict[str, Callable[[PlaceDataModule, str], PlaceSplit]] = {
+    "pittsburgh": _read_mat_spec,  # NetVLAD dataset specs: Pittsburgh, Tokyo 24/7, Tokyo Time Machine, the city
+    "folder": _read_folder,  # @east@north@ file names
+}
+
+
 class PlaceDataModule(L.LightningDataModule):
     """Train/val/test splits of one dataset and the offline-mined training tuples.
 
@@ -135,8 +162,8 @@ class PlaceDataModule(L.LightningDataModule):
         nms_group_size: int | None = None,
     ):
         super().__init__()
-        if layout not in ("pittsburgh", "folder"):
-            raise ValueError(f"data.layout must be 'pittsburgh' or 'folder', got {layout!r}")
+        if layout not in LAYOUTS:
+            raise ConfigError(f"data.layout={layout!r}: choose one of {sorted(LAYOUTS)}")
         self.root = root
         self.name = name
         self.layout = layout
@@ -180,24 +207,7 @@ class PlaceDataModule(L.LightningDataModule):
             )
             raise DataError(f"dataset {self.name} has no {role} split (data.splits.{role} is null; it has {have}).{hint}")
         if split not in self._loaded:
-            if self.layout == "pittsburgh":
-                s = load_mat_split(
-                    self.root,
-                    self.name,
-                    split,
-                    split_file=self.split_file,
-                    db_dir=self.db_dir,
-                    query_dir=self.query_dir,
-                    eval_radius_m=self.eval_radius_m,
-                    train_radius_m=self.train_radius_m,
-                    spatial_nms=self.spatial_nms,
-                    nms_group_size=self.nms_group_size,
-                )
-            else:
-                s = load_folder_split(
-                    self.root, split, self.name, self.eval_radius_m or 25.0, self.train_radius_m or 10.0,
-                    spatial_nms=self.spatial_nms,
-                )
+            s = LAYOUTS[self.layout](self, split)
             log.info("loaded %s", s.describe())
             self._loaded[split] = s
         return self._loaded[split]
@@ -254,7 +264,7 @@ class PlaceDataModule(L.LightningDataModule):
     # -- mining cache -----------------------------------------------------------------------------------------
     def _encode_for_mining(self, query_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.encoder is None:
-            raise RuntimeError("PlaceDataModule.encoder is not set: the LightningModule sets it in on_fit_start")
+            raise RuntimeError("PlaceDataModule.encoder is not set: the OfflineMining callback (vpr.callbacks) sets it at fit start")
         split = self.train_split
         paths = list(split.db_paths) + [split.q_paths[i] for i in query_ids]
         desc = self.encoder(ImageDataset(paths, self.transform), "mining cache")

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from vpr.data.ground_truth import positives_within
 from vpr.data.mat import load_dbstruct
+from vpr.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ def dataset_help(name: str) -> str:
     """Where the files of dataset ``name`` come from, and the offline alternative."""
     text = _by_prefix(DATASET_HELP, name)
     return f"{text} {CITY_HINT}" if text else CITY_HINT
-
-
-class DataError(RuntimeError):
-    """A dataset problem the user must fix (missing file, malformed split, corrupt image)."""
 
 
 @dataclass(frozen=True)

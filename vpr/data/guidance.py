@@ -2,7 +2,7 @@
 
 A label source gives a per-pixel class map for a training image; the classes of the suppressed groups
 (``person``, ``vehicle``, ``sky``) become 0, everything else 1, and the map is reduced to the feature grid by
-AREA averaging (the seed resized with bicubic interpolation, which overshoots outside [0, 1] and blurs small
+AREA averaging (the paper's code resized with bicubic interpolation, which overshoots outside [0, 1] and blurs small
 objects away). Targets are computed once per image, kept in memory, and cached on disk; never per step.
 
 Sources (config group ``guidance``):
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vpr.data.dataset import DataError
+from vpr.errors import DataError
 from vpr.io import atomic_path
 
 log = logging.getLogger(__name__)

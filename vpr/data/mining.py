@@ -2,7 +2,7 @@
 
 Every ``refresh_every_queries`` training queries, the descriptors of all database images and of the next
 queries are computed with the model being trained (eval mode, the full model: backbone, attention and head).
-For each of those queries, the miner then picks (method.md section 3):
+For each of those queries, the miner then picks (docs/method.md section 3):
 
 - the positive: of its non-trivial positives (within 10 m), the nearest in descriptor space;
 - the negatives: ``candidate_negatives`` database images sampled without replacement among those farther than

@@ -1,6 +1,6 @@
 """PCA (whitening) of global descriptors, e.g. 32768-d NetVLAD -> 4096-d, followed by L2 normalisation.
 
-Fit on training database descriptors (method.md section 2), then ``transform`` database and query descriptors
+Fit on training database descriptors (docs/method.md section 2), then ``transform`` database and query descriptors
 alike. With whitening, every kept component is divided by the square root of its variance, so the fitted data
 have identity covariance in the reduced space (before the final L2).
 

@@ -1,6 +1,6 @@
 """Exact k-nearest-neighbour search of query descriptors in a database (faiss ``IndexFlatL2``).
 
-Evaluation (method.md section 1) uses exact L2 search; a GPU index is used when faiss was built with GPU
+Evaluation (docs/method.md section 1) uses exact L2 search; a GPU index is used when faiss was built with GPU
 support and a GPU is visible.
 """
 

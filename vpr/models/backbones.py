@@ -5,10 +5,10 @@ output cell), and ``forward(x: (B, 3, H, W)) -> (B, C, H / stride, W / stride)``
 
 Which layers learn is a setting (``train_from``): every parameter before the named block is frozen
 (``requires_grad=False``), the named block and everything after it train. The NetVLAD baseline trains conv5 only,
-the paper trains from conv3 (method.md section 2).
+the paper trains from conv3 (docs/method.md section 2).
 
 Pretrained weights come from torchvision (ImageNet). There is no silent fallback to random weights: when the
-weights cannot be found or fetched, a RuntimeError says where to put the file (method.md: reproducibility
+weights cannot be found or fetched, a RuntimeError says where to put the file (docs/method.md: reproducibility
 depends on the weight source).
 """
 
@@ -128,8 +128,14 @@ class VGG16Backbone(nn.Module):
                     nn.init.zeros_(m.bias)
         # NetVLAD aggregates conv5_3 before the ReLU (negative responses carry information); no pool5.
         self.features = nn.Sequential(*list(features.children())[:_VGG16_CONV5_3_END])
+        self.pretrained = bool(pretrained)
         self.train_from = _normalise_train_from(train_from, tuple(_VGG16_BLOCK_START), "vgg16")
         self._freeze()
+
+    @property
+    def tag(self) -> str:
+        """Names the architecture in file names (centroid files): ``vgg16``."""
+        return "vgg16"
 
     def _freeze(self) -> None:
         if self.train_from == "all":
@@ -202,10 +208,16 @@ class ResNetBackbone(nn.Module):
         )
         self.depth = depth
         self.cut_at = cut_at
+        self.pretrained = bool(pretrained)
         self.out_channels: int = _RESNET_CHANNELS[depth][cut_at]
         self.stride: int = _RESNET_STRIDE[cut_at]
         self.train_from = _normalise_train_from(train_from, kept, f"resnet{depth} cut at {cut_at}")
         self._freeze()
+
+    @property
+    def tag(self) -> str:
+        """Names the architecture in file names (centroid files), e.g. ``resnet18-layer3``."""
+        return f"resnet{self.depth}-{self.cut_at}"
 
     def _frozen_stage_names(self) -> list[str]:
         names = list(self.stages.keys())

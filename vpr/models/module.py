@@ -1,7 +1,9 @@
 """The LightningModule: backbone -> attention slot -> head, trained on offline-mined tuples, scored by Recall@N.
 
-It never imports the data package. It hands the data module an encoder (``encode_dataset``) for the mining
-cache, and reads the evaluation ground truth from the data module's ``val_split`` / ``test_split``.
+It never imports the data package, nor does the data package import it: the OfflineMining callback
+(vpr/callbacks.py) hands the data module this module's encoder (``encode_dataset``) for the mining cache and
+its feature grid for semantic guidance. Evaluation reads the ground truth of the data module's ``val_split`` /
+``test_split``.
 """
 
 from __future__ import annotations
@@ -154,14 +156,6 @@ class PlaceRecognitionModule(L.LightningModule):
             out[r::world] = gathered[r, :n]
         return out
 
-    def on_fit_start(self) -> None:
-        dm = self.trainer.datamodule
-        if dm is None or not hasattr(dm, "encoder"):
-            raise RuntimeError("PlaceRecognitionModule trains with a data module that mines tuples (PlaceDataModule)")
-        dm.encoder = self.encode_dataset
-        if hasattr(dm, "set_feature_grid") and self.aux_weight > 0:
-            dm.set_feature_grid(self.feature_grid(dm.image_size))
-
     @torch.no_grad()
     def feature_grid(self, image_size: Sequence[int]) -> tuple[int, int]:
         """(h, w) of the backbone's feature map for (H, W) images."""
@@ -199,18 +193,6 @@ class PlaceRecognitionModule(L.LightningModule):
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
-        stats = getattr(self.trainer.datamodule, "last_mining_stats", None)
-        if stats is not None:
-            self.log_dict(
-                {
-                    "mining/skipped_queries": float(stats.skipped),
-                    "mining/negatives_per_query": stats.mean_negatives,
-                    "mining/cache_seconds": stats.encode_seconds,
-                    "mining/positive_distance": stats.mean_positive_distance,
-                    "mining/hardest_negative_distance": stats.mean_hardest_negative_distance,
-                },
-                sync_dist=False,
-            )
         seconds = time.perf_counter() - self._epoch_start
         self.log("train/epoch_seconds", seconds)
         left = (self.trainer.max_epochs or 0) - self.current_epoch - 1

@@ -31,7 +31,7 @@ def test_parameter_count() -> None:
 
 
 def test_channel_pooling_covers_every_column_of_a_non_square_map() -> None:
-    """The seed pools with a square H x H kernel and misses columns W > H; the mean must use all H x W."""
+    """The paper's code pools with a square H x H kernel and misses columns W > H; the mean must use all H x W."""
     torch.manual_seed(0)
     bam = BAM(C, R).eval()
     height, width = 3, 8

@@ -109,7 +109,7 @@ def test_gradients_reach_every_parameter(to_aggregation: bool, check_gradients) 
 
 def test_spatial_gate_only_matters_as_aggregation_weights(pool, change) -> None:
     """The spatial gate multiplied into the features is erased by NetVLAD's per-location L2 norm
-    (method.md section 5); passed as aggregation weights it changes the descriptor."""
+    (docs/method.md section 5); passed as aggregation weights it changes the descriptor."""
     torch.manual_seed(0)
     cbam = CBAM(C, R, spatial_to_aggregation=True).train()
     with torch.no_grad():

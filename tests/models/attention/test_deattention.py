@@ -106,7 +106,7 @@ def test_mask_ignores_feature_scale_when_input_normalised() -> None:
 
 
 def test_only_aggregation_mode_changes_a_netvlad_descriptor(pool, change) -> None:
-    """method.md section 5: NetVLAD L2-normalises every location, so the paper code's x * mask leaves the
+    """docs/method.md section 5: NetVLAD L2-normalises every location, so the paper code's x * mask leaves the
     descriptor unchanged to float precision; weighting the aggregation by the same mask changes it."""
     torch.manual_seed(0)
     module = DeAttention(C, apply="aggregation").train()

@@ -11,10 +11,10 @@ from vpr.models.attention.base import AttentionOutput, hidden_channels
 
 
 class BAM(nn.Module):
-    """out = (1 + sigmoid(Mc (+ or *) Ms)) * x (method.md section 4).
+    """out = (1 + sigmoid(Mc (+ or *) Ms)) * x (docs/method.md section 4).
 
     Channel branch Mc: (B, C, 1, 1): global average pool over the real H x W grid -> Linear C -> C/r ->
-    BatchNorm1d -> ReLU -> Linear C/r -> C. (The seed's copy pools with a square H x H kernel, which ignores
+    BatchNorm1d -> ReLU -> Linear C/r -> C. (The paper's code's copy pools with a square H x H kernel, which ignores
     columns of a non-square map; here the pooling is a mean over all H x W locations.)
 
     Spatial branch Ms: (B, 1, H, W): 1x1 conv C -> C/r + BN + ReLU, two 3x3 convs C/r -> C/r with dilation d

@@ -6,7 +6,7 @@ Every attention module maps a feature map x: (B, C, h, w) to an :class:`Attentio
 - ``weights``: (B, 1, h, w) per-location aggregation weights for the head, or None (uniform).
   NetVLAD L2-normalises every location before aggregating, so a positive per-location factor applied
   to the *features* is erased by that normalisation; a spatial mask only changes the descriptor when it
-  weights the aggregation (method.md section 5). That is why spatial modules can hand their mask here.
+  weights the aggregation (docs/method.md section 5). That is why spatial modules can hand their mask here.
 - ``mask``: (B, 1, h, w) the spatial mask to visualise or supervise (auxiliary loss), or None.
 """
 

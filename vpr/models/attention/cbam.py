@@ -9,7 +9,7 @@ from vpr.models.attention.base import AttentionOutput, hidden_channels
 
 
 class CBAM(nn.Module):
-    """Channel gate then spatial gate, both multiplicative, no residual (method.md section 4).
+    """Channel gate then spatial gate, both multiplicative, no residual (docs/method.md section 4).
 
     Channel gate: average-pool and max-pool over H x W, each through one shared MLP C -> C/r -> C (with
     biases), summed, sigmoid. Spatial gate: per location [max over C; mean over C] -> kxk conv 2 -> 1 (no
@@ -23,7 +23,7 @@ class CBAM(nn.Module):
         kernel_size: k of the spatial conv (odd).
         spatial_to_aggregation: False (the paper): features = x * Mc * Ms, weights None. NetVLAD
             L2-normalises each location, so the spatial factor Ms then has no effect on its descriptor
-            (method.md section 5). True: features = x * Mc and Ms is handed to the head as aggregation
+            (docs/method.md section 5). True: features = x * Mc and Ms is handed to the head as aggregation
             weights, so the spatial gate really changes the descriptor.
 
     Returns mask = Ms (B, 1, H, W) in both cases.

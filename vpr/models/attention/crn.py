@@ -13,7 +13,7 @@ CONTEXT_FILTERS: tuple[tuple[int, int], ...] = ((3, 32), (5, 32), (7, 20))
 
 
 class CRN(nn.Module):
-    """Per-location reweighting mask m (B, 1, H, W) for the head's aggregation (method.md section 4).
+    """Per-location reweighting mask m (B, 1, H, W) for the head's aggregation (docs/method.md section 4).
 
     x -> avg-pool 3x3 stride 2 (padding 1, so any size works, including 1x1) -> three parallel convs
     3x3 -> 32, 5x5 -> 32, 7x7 -> 20 (same padding) each + ReLU -> concat (84) -> 1x1 conv -> 1 + ReLU ->

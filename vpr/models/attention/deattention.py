@@ -1,4 +1,4 @@
-"""Semantic-guided de-attention (the paper's contribution, method.md section 5).
+"""Semantic-guided de-attention (the paper's contribution, docs/method.md section 5).
 
 A small head on the backbone's feature map predicts a mask in (0, 1) per location, trained with an
 auxiliary loss towards a target that is 0 on classes that do not identify a place (people, vehicles,
@@ -114,7 +114,7 @@ def deattention_target(labels: Tensor, suppressed: Sequence[int], grid: tuple[in
     labels: (B, Hi, Wi) integer class ids of each image pixel. suppressed: class ids whose regions should
     not count (target 0); every other class gives 1. grid: (h, w) of the feature map.
     Returns (B, 1, h, w) float: the fraction of kept pixels under each feature cell, by area averaging
-    (adaptive average pooling; the seed resizes with bicubic interpolation, which overshoots outside [0, 1]
+    (adaptive average pooling; the paper's code resizes with bicubic interpolation, which overshoots outside [0, 1]
     and ignores most pixels when shrinking).
     """
     if labels.dim() != 3:

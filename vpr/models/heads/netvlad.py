@@ -9,7 +9,7 @@ then each V[k] is L2-normalised over D (intra-normalisation), V is flattened clu
 L2-normalised as a whole. Output dimension K * D (32768 for K = 64, D = 512).
 
 Per-location weights matter: NetVLAD L2-normalises every location first, so multiplying the *features* by a
-positive mask changes nothing (method.md section 5); weighting the aggregation does.
+positive mask changes nothing (docs/method.md section 5); weighting the aggregation does.
 """
 
 from __future__ import annotations
@@ -135,8 +135,11 @@ class NetVLAD(nn.Module):
         eps: guard of every L2 normalisation.
 
     Until :meth:`init_from_centroids` (or :meth:`init_from_file`) runs, the parameters are random and
-    ``is_initialised`` is False; the flag is a buffer, so it survives checkpoints.
+    ``is_initialised`` is False; the flag is a buffer, so it survives checkpoints. ``needs_centroids`` tells the
+    runs to initialise it from a k-means file (cluster.py) before training.
     """
+
+    needs_centroids = True
 
     def __init__(
         self,

@@ -36,6 +36,8 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, eps: floa
 class AvgPool(nn.Module):
     """Global (weighted) average pooling + L2. ``dim``: input channels D (= out_dim)."""
 
+    needs_centroids = False
+
     def __init__(self, dim: int = 512, eps: float = 1e-12) -> None:
         super().__init__()
         self.dim = dim
@@ -50,6 +52,8 @@ class AvgPool(nn.Module):
 
 class MaxPool(nn.Module):
     """Global max pooling (MAC) + L2; weights multiply the features before the maximum."""
+
+    needs_centroids = False
 
     def __init__(self, dim: int = 512, eps: float = 1e-12) -> None:
         super().__init__()
@@ -74,6 +78,8 @@ class GeM(nn.Module):
         learn_p: make p a trainable parameter.
         eps: lower clamp of the features (GeM needs positive inputs) and guard of the normalisations.
     """
+
+    needs_centroids = False
 
     def __init__(self, dim: int = 512, p: float = 3.0, learn_p: bool = True, eps: float = 1e-6) -> None:
         super().__init__()

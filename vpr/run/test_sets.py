@@ -24,13 +24,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vpr.data.dataset import DataError
-from vpr.errors import ConfigError
+from vpr.build import build_datamodule
+from vpr.errors import ConfigError, DataError
+from vpr.eval.tables import format_sets_table
 from vpr.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SHARED_DATA_SETTINGS = ("image_size", "eval_batch_size", "num_workers")
 ENTRY_KEYS_NOT_DATA = ("data", "label")
 
@@ -129,24 +130,6 @@ def shared_data_overrides(cfg: DictConfig, command_line: list[str], trained_imag
     return out
 
 
-def format_sets_table(results: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
-    """Markdown table: one column per test set, a row per Recall@N, then the split and its sizes."""
-    labels = list(results)
-    ns = sorted({n for r in results.values() for n in r["recall_at"]}, key=int)
-
-    def row(name: str, cell) -> str:
-        return f"| {name} | " + " | ".join(cell(results[c]) for c in labels) + " |"
-
-    lines = [f"{title}\n"] if title else []
-    lines += ["| Recall (%) | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    lines += [row(f"R@{n}", lambda r, n=n: f"{100 * r['recall_at'][n]:.1f}" if n in r["recall_at"] else "")
-              for n in ns]
-    lines.append(row("split", lambda r: f"{r['dataset']}/{r['split']}"))
-    lines.append(row("queries / database", lambda r: f"{r['num_queries']} / {r['num_database']}"))
-    lines.append(row("spatial NMS", lambda r: "yes" if r.get("spatial_nms") else "no"))
-    return "\n".join(lines)
-
-
 def safe_label(label: str) -> str:
     """The label as a file-name part."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
@@ -154,8 +137,6 @@ def safe_label(label: str) -> str:
 
 def prepare_test_sets(cfg: DictConfig, sets: list[TestSet], split: str = "test") -> list[tuple[TestSet, Any]]:
     """A data module per set with its ``split`` read and checked: a missing dataset fails before any work."""
-    from vpr.builders import build_datamodule
-
     prepared = []
     for ts in sets:
         splits = dict(ts.data.get("splits") or {})

@@ -1,0 +1,76 @@
+"""Components added through config only: the classes below live in this test module, not under vpr/, and are
+selected by their ``_target_`` on the command line. Nothing in the wiring layer names them."""
+
+from __future__ import annotations
+
+import h5py
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from tests.conftest import ROOT
+from tests.integration.test_experiments import tiny_overrides
+from vpr.models.attention.base import AttentionOutput
+
+HERE = "tests.integration.test_extending"
+
+
+class ToyGate(nn.Module):
+    """A learnable per-location gate handed to the head as aggregation weights."""
+
+    def __init__(self, channels: int, hidden: int = 4) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> AttentionOutput:
+        gate = torch.sigmoid(self.score(x))
+        return AttentionOutput(features=x, weights=gate, mask=gate)
+
+
+class ToyCentroidHead(nn.Module):
+    """A head that needs k-means centroids: similarities of the pooled feature to K centroids."""
+
+    needs_centroids = True
+
+    def __init__(self, dim: int, num_clusters: int = 4) -> None:
+        super().__init__()
+        self.dim, self.num_clusters, self.out_dim = dim, num_clusters, num_clusters
+        self.centroids = nn.Parameter(torch.randn(num_clusters, dim))
+
+    def init_from_file(self, path) -> float:
+        with h5py.File(path, "r") as f:
+            self.centroids.data.copy_(torch.from_numpy(f["centroids"][...]))
+        return 1.0
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.normalize(x, dim=1)
+        pooled = x.mean(dim=(2, 3)) if weights is None else (x * weights).sum((2, 3)) / weights.sum((2, 3))
+        return F.normalize(pooled @ self.centroids.t(), dim=1)
+
+
+def train(overrides: list[str]) -> None:
+    from vpr.run.train import run_training
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=overrides)
+    run_training(cfg)
+
+
+def test_toy_attention_through_config_only(data_dir, tmp_path):
+    train([*tiny_overrides("city_baseline", data_dir, tmp_path), f"attention._target_={HERE}.ToyGate",
+           "+attention.hidden=3"])
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["vpr_config"]["attention"]["_target_"] == f"{HERE}.ToyGate"
+    assert state["state_dict"]["attention.score.0.weight"].shape[0] == 3
+
+
+def test_head_needing_centroids_gets_them_without_glue(data_dir, tmp_path):
+    train([*tiny_overrides("city_baseline", data_dir, tmp_path), "head=avg", f"head._target_={HERE}.ToyCentroidHead",
+           "+head.num_clusters=5", f"paths.centroids_dir={tmp_path}/centroids", "optimizer.lr=0.0"])
+    (path,) = (tmp_path / "centroids").glob("*.hdf5")
+    assert path.name == "resnet18-layer3-random42_city_5_desc_cen.hdf5"  # K asked of the head
+    with h5py.File(path) as f:
+        centroids = torch.from_numpy(f["centroids"][...])
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    torch.testing.assert_close(state["state_dict"]["head.centroids"], centroids)  # lr 0: as initialised

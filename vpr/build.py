@@ -1,0 +1,212 @@
+"""From the composed Hydra config to objects: the one path shared by train.py, eval.py and cluster.py.
+
+Network (backbone, attention slot, head) with seeded initialisation, data module, LightningModule, loggers,
+callbacks and the Trainer. Decisions that depend on a component are asked of the built component (a head's
+``needs_centroids``, a loss's ``mining_margin``, a backbone's ``tag``), not read from config text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from vpr.callbacks import OfflineMining
+from vpr.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """A context in which torch's global RNG is seeded, restored afterwards.
+
+    Model construction runs inside it, so the same seed gives the same random weights in cluster.py, train.py and
+    eval.py (k-means centroids of a randomly initialised backbone are only valid for those exact weights).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def build_network(cfg: DictConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(backbone, attention, head) with deterministic initialisation for ``cfg.seed``."""
+    with seeded(cfg.seed):
+        backbone = instantiate(cfg.backbone)
+        channels = int(backbone.out_channels)
+        attention = instantiate(cfg.attention, channels=channels)
+        head = instantiate(cfg.head, dim=channels)
+    return backbone, attention, head
+
+
+def mining_margin(cfg: DictConfig, loss: nn.Module | None = None) -> float:
+    """``mining.margin``, or when null the loss's own (``loss.mining_margin``: sTML's margin + margin_pn)."""
+    if cfg.mining.get("margin") is not None:
+        return float(cfg.mining.margin)
+    loss = instantiate(cfg.loss) if loss is None else loss
+    margin = getattr(loss, "mining_margin", None)
+    if margin is None:
+        raise ConfigError(
+            f"loss {type(loss).__name__} does not say which margin makes a negative hard (no mining_margin): "
+            "set mining.margin=..."
+        )
+    return float(margin)
+
+
+def build_datamodule(cfg: DictConfig, data_cfg: DictConfig | None = None, with_training: bool = True):
+    """The data module of ``cfg.data`` (or of ``data_cfg``, a test set's); ``eval.spatial_nms`` overrides the data's.
+
+    Without training (a test set) neither mining nor semantic guidance is set up.
+    """
+    data_cfg = cfg.data if data_cfg is None else data_cfg
+    kwargs: dict[str, Any] = {"seed": cfg.seed}
+    if with_training:
+        kwargs["mining"] = OmegaConf.to_container(cfg.mining, resolve=True)
+        kwargs["mining"]["margin"] = mining_margin(cfg)
+        guidance = cfg.get("guidance") or {}
+        kwargs["guidance"] = OmegaConf.to_container(guidance, resolve=True) if guidance.get("source") else None
+    nms = (cfg.get("eval") or {}).get("spatial_nms")
+    if nms is not None:
+        kwargs["spatial_nms"] = bool(nms)
+    return instantiate(data_cfg, **kwargs, _recursive_=True)
+
+
+def build_module(cfg: DictConfig, with_training: bool = True):
+    """The LightningModule; with training, also its optimizer and scheduler factories."""
+    from vpr.models.module import PlaceRecognitionModule
+
+    backbone, attention, head = build_network(cfg)
+    guidance = cfg.get("guidance") or {}
+    kwargs: dict[str, Any] = {}
+    if with_training:
+        kwargs["optimizer"] = instantiate(cfg.optimizer)
+        kwargs["scheduler"] = instantiate(cfg.scheduler) if cfg.get("scheduler") and "_target_" in cfg.scheduler else None
+    return PlaceRecognitionModule(
+        backbone=backbone,
+        attention=attention,
+        head=head,
+        loss=instantiate(cfg.loss),
+        lr_multipliers=cfg.model.get("lr_multipliers"),
+        recall_at=list(cfg.model.recall_at),
+        freeze_batchnorm=bool(cfg.model.get("freeze_batchnorm", False)),
+        encode_batch_size=int(cfg.data.eval_batch_size),
+        encode_workers=int(cfg.data.num_workers),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        aux_loss=str(guidance.get("loss", "mse")),
+        aux_weight=float(guidance.get("weight", 0.0)) if guidance.get("source") else 0.0,
+        aux_weight_after=guidance.get("weight_after"),
+        aux_switch_epoch=guidance.get("switch_epoch"),
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loggers, callbacks, Trainer
+# ---------------------------------------------------------------------------------------------------------
+
+
+def wandb_offline_default() -> bool:
+    """Offline unless an API key or a login is present (then W&B itself handles a lost network)."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
+def sweep_identity() -> tuple[str | None, str | None]:
+    """(sweep name, job number) under a Hydra multirun, else (None, None)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return Path(hc.sweep.dir).name, f"job{hc.job.num}"
+    except Exception:  # not under Hydra
+        pass
+    return None, None
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    loggers = []
+    for name, conf in (cfg.get("logger") or {}).items():
+        if conf is None or "_target_" not in conf:
+            continue
+        kwargs: dict[str, Any] = {}
+        if name == "wandb":
+            if conf.get("offline") is None:
+                kwargs["offline"] = wandb_offline_default()
+            group, job = sweep_identity()
+            if conf.get("group") is None and group:
+                kwargs["group"] = group  # one W&B group per Hydra sweep
+            if conf.get("name") is None:
+                kwargs["name"] = "-".join(str(x) for x in (cfg.get("variant"), f"seed{cfg.seed}", job) if x)
+            tags = [str(t) for t in (conf.get("tags") or [])]
+            if cfg.get("variant") and str(cfg.variant) not in tags:
+                kwargs["tags"] = [*tags, str(cfg.variant)]
+            os.environ.setdefault("WANDB_SILENT", "true")
+            Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(conf, **kwargs))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callback]:
+    """The configured callbacks (those that only feed a logger are left out when there is none) and OfflineMining."""
+    out: list[L.Callback] = []
+    for c in (cfg.get("callbacks") or {}).values():
+        if c is None or "_target_" not in c:
+            continue
+        if not with_logger and c._target_.endswith("LearningRateMonitor"):
+            continue
+        out.append(instantiate(c))
+    out.append(OfflineMining())
+    return out
+
+
+def build_trainer(cfg: DictConfig, training: bool = True) -> L.Trainer:
+    """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation."""
+    if training:
+        loggers = build_loggers(cfg)
+        return instantiate(cfg.trainer, logger=loggers or False,
+                           callbacks=build_callbacks(cfg, with_logger=bool(loggers)))
+    return L.Trainer(
+        accelerator=cfg.trainer.get("accelerator", "auto"),
+        devices=1,
+        precision=cfg.trainer.get("precision", "32-true"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=cfg.paths.output_dir,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def command_line_overrides() -> list[str]:
+    """The overrides this Hydra run was given on the command line ([] when not run by Hydra, e.g. in tests)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:
+        return []
+
+
+def cluster_command_overrides() -> str:
+    """The overrides of this run that cluster.py needs (data, backbone, head, seed), as one string."""
+    skip = ("ckpt_path", "trainer", "cluster.auto", "logger", "callbacks", "test_", "optimizer", "scheduler")
+    return " ".join(o for o in command_line_overrides() if not o.startswith(skip))

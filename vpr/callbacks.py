@@ -1,0 +1,45 @@
+"""The Lightning callback that wires offline hard-negative mining between the model and the data.
+
+The model and the data module never call each other: this callback hands the data module the model's
+encoder (descriptors of an image set, for the mining cache) and, when semantic guidance trains an attention
+mask, the model's feature grid (the size of the guidance targets); after every epoch it logs the last mining
+round's statistics. build.py adds it to every training run.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+
+from vpr.data.datamodule import PlaceDataModule
+from vpr.errors import ConfigError
+from vpr.models.module import PlaceRecognitionModule
+
+
+class OfflineMining(L.Callback):
+    """Connects :class:`PlaceRecognitionModule` and :class:`PlaceDataModule` for offline mining."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if not isinstance(dm, PlaceDataModule) or not isinstance(pl_module, PlaceRecognitionModule):
+            raise ConfigError(
+                "offline mining trains a PlaceRecognitionModule on a PlaceDataModule (data=... configs build one); "
+                f"got {type(pl_module).__name__} and {type(dm).__name__}"
+            )
+        dm.encoder = pl_module.encode_dataset
+        if pl_module.aux_weight > 0:
+            dm.set_feature_grid(pl_module.feature_grid(dm.image_size))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stats = trainer.datamodule.last_mining_stats
+        if stats is None:
+            return
+        pl_module.log_dict(
+            {
+                "mining/skipped_queries": float(stats.skipped),
+                "mining/negatives_per_query": stats.mean_negatives,
+                "mining/cache_seconds": stats.encode_seconds,
+                "mining/positive_distance": stats.mean_positive_distance,
+                "mining/hardest_negative_distance": stats.mean_hardest_negative_distance,
+            },
+            sync_dist=False,
+        )

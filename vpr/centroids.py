@@ -1,0 +1,220 @@
+"""The k-means file that initialises a NetVLAD head (docs/method.md section 2), from its name to ``init``.
+
+Local descriptors are sampled from the backbone's feature maps of random training database images
+(``descriptors_per_image`` random locations of each of ``images`` images, L2-normalised over channels), then
+clustered by faiss k-means. The HDF5 file holds datasets ``descriptors`` (N, D) and ``centroids`` (K, D) and,
+as attributes, what produced them (backbone tag, weights fingerprint, dataset, image size). Its name encodes
+backbone, dataset and K: ``<backbone tag>[-random<seed>]_<dataset>_<K>_desc_cen.hdf5``.
+
+Which heads need the file is the head's own answer (``head.needs_centroids``); nothing here reads config text
+to decide it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from vpr.data.dataset import ImageDataset
+from vpr.errors import ConfigError
+from vpr.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def needs_centroids(head: nn.Module) -> bool:
+    return bool(getattr(head, "needs_centroids", False))
+
+
+def backbone_file_tag(backbone: nn.Module, seed: int) -> str:
+    """The backbone's tag, plus ``-random<seed>`` for randomly initialised weights (valid for that seed only)."""
+    return backbone.tag + ("" if getattr(backbone, "pretrained", False) else f"-random{int(seed)}")
+
+
+def centroid_path(cfg: DictConfig, backbone: nn.Module, head: nn.Module) -> Path:
+    """``<centroids_dir>/<backbone>_<dataset>_<K>_desc_cen.hdf5`` unless ``cluster.file`` names one."""
+    if cfg.cluster.get("file"):
+        return Path(cfg.cluster.file)
+    name = f"{backbone_file_tag(backbone, cfg.seed)}_{cfg.data.name}_{int(head.num_clusters)}_desc_cen.hdf5"
+    return Path(cfg.paths.centroids_dir) / name
+
+
+def backbone_fingerprint(backbone: nn.Module) -> float:
+    """A number that changes with the weights: the sum of every parameter, in float64."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() for p in backbone.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Making the file
+# ---------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_local_descriptors(
+    backbone: nn.Module,
+    dataset: ImageDataset,
+    num_images: int,
+    per_image: int,
+    seed: int,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(min(num_images, len) * per_image, C) L2-normalised local descriptors, float32.
+
+    Each image contributes ``per_image`` distinct locations of its feature map (all of them when the map is
+    smaller, then the total is smaller).
+    """
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(dataset), size=min(num_images, len(dataset)), replace=False))
+    loader = DataLoader(Subset(dataset, chosen.tolist()), batch_size=batch_size, num_workers=num_workers)
+    was_training = backbone.training
+    backbone.eval().to(device)
+    out = []
+    for images, _ in tqdm(loader, desc="sampling local descriptors", dynamic_ncols=True):
+        fmap = F.normalize(backbone(images.to(device)).float(), dim=1)  # (B, C, h, w)
+        b, c, h, w = fmap.shape
+        flat = fmap.flatten(2).transpose(1, 2).cpu().numpy()  # (B, h*w, C)
+        take = min(per_image, h * w)
+        for i in range(b):
+            out.append(flat[i, rng.choice(h * w, size=take, replace=False)])
+    backbone.train(was_training)
+    return np.concatenate(out).astype(np.float32)
+
+
+def kmeans(descriptors: np.ndarray, num_clusters: int, iterations: int = 100, seed: int = 0) -> np.ndarray:
+    """faiss k-means: (N, D) -> (K, D) centroids."""
+    n, d = descriptors.shape
+    if n < num_clusters:
+        raise ConfigError(
+            f"only {n} descriptors for {num_clusters} clusters: raise cluster.images or "
+            "cluster.descriptors_per_image, or lower model.num_clusters"
+        )
+    km = faiss.Kmeans(d, num_clusters, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10**7)
+    km.train(np.ascontiguousarray(descriptors, dtype=np.float32))
+    return km.centroids.copy()
+
+
+def write_centroid_file(path: Path, descriptors: np.ndarray, centroids: np.ndarray, attrs: dict) -> None:
+    """Write the HDF5 file atomically: a temporary file in the same folder, then a rename."""
+    with atomic_path(path, suffix=".hdf5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("descriptors", data=descriptors)
+        f.create_dataset("centroids", data=centroids)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+
+
+def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, datamodule, path: Path) -> Path:
+    """Sample descriptors from the training database with ``backbone``, run k-means for ``head``, write ``path``."""
+    t0 = time.perf_counter()
+    split = datamodule.train_split
+    dataset = ImageDataset(split.db_paths, datamodule.transform)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    desc = sample_local_descriptors(
+        backbone,
+        dataset,
+        num_images=int(cfg.cluster.images),
+        per_image=int(cfg.cluster.descriptors_per_image),
+        seed=int(cfg.seed),
+        batch_size=int(cfg.data.eval_batch_size),
+        num_workers=int(cfg.data.num_workers),
+        device=device,
+    )
+    backbone.cpu()
+    k = int(head.num_clusters)
+    centroids = kmeans(desc, k, int(cfg.cluster.iterations), int(cfg.seed))
+    write_centroid_file(
+        path,
+        desc,
+        centroids,
+        {
+            "backbone": backbone_file_tag(backbone, cfg.seed),
+            "backbone_fingerprint": backbone_fingerprint(backbone),
+            "dataset": f"{split.dataset}/{split.split}",
+            "image_size": list(datamodule.image_size),
+            "num_clusters": k,
+        },
+    )
+    log.info("wrote %s: %d descriptors -> %d centroids in %.1f s", path, len(desc), len(centroids),
+             time.perf_counter() - t0)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Using the file
+# ---------------------------------------------------------------------------------------------------------
+
+
+def init_head(cfg: DictConfig, module, datamodule, missing_hint: str = "") -> None:
+    """Initialise the module's head from its centroid file when the head needs one; cluster first when
+    ``cluster.auto`` and the file is missing. ``missing_hint``: the cluster.py command line to suggest."""
+    if not needs_centroids(module.head):
+        return
+    path = centroid_path(cfg, module.backbone, module.head)
+    if not path.is_file():
+        if not cfg.cluster.get("auto", False):
+            raise ConfigError(
+                f"NetVLAD centroid file {path} not found. Create it with\n"
+                f"  python cluster.py {missing_hint}\n"
+                "(same data/backbone/head settings as training), or add cluster.auto=true to cluster first. "
+                "NetVLAD without centroid initialisation trains badly, so there is no random fallback."
+            )
+        log.info("centroid file %s missing and cluster.auto=true: clustering now", path)
+        cluster_and_save(cfg, module.backbone, module.head, datamodule, path)
+    attrs = _read_attributes(path)
+    check_fingerprint(path, attrs, module.backbone)
+    check_image_size(path, attrs, datamodule.image_size)
+    try:
+        alpha = module.head.init_from_file(path)
+    except ValueError as e:  # truncated or foreign file, other K or D: the message names the file and the fix
+        raise ConfigError(str(e)) from None
+    log.info("NetVLAD initialised from %s (alpha %.2f)", path, alpha)
+
+
+def _read_attributes(path: Path) -> dict[str, Any]:
+    try:
+        with h5py.File(path, "r") as f:
+            return dict(f.attrs)
+    except OSError as e:
+        raise ConfigError(
+            f"centroid file {path} is not a readable HDF5 file ({e}); delete it and re-run cluster.py "
+            "(or use cluster.auto=true)"
+        ) from None
+
+
+def check_fingerprint(path: Path, attrs: dict[str, Any], backbone: nn.Module) -> None:
+    stored = attrs.get("backbone_fingerprint")
+    if stored is None:
+        return
+    now = backbone_fingerprint(backbone)
+    if not math.isclose(float(stored), now, rel_tol=1e-6, abs_tol=1e-6):
+        raise ConfigError(
+            f"centroid file {path} was computed with other backbone weights (fingerprint {float(stored):.6g}, "
+            f"this backbone {now:.6g}): the seed or backbone settings differ from cluster.py's. Re-run cluster.py "
+            "with the training settings, or delete the file and use cluster.auto=true."
+        )
+
+
+def check_image_size(path: Path, attrs: dict[str, Any], image_size) -> None:
+    """Centroids sampled at another image size still initialise NetVLAD, but say so: it is not the recipe."""
+    stored = attrs.get("image_size")
+    if stored is not None and [int(x) for x in stored] != [int(x) for x in image_size]:
+        log.warning(
+            "centroid file %s was sampled from %s images, this run uses %s: re-run cluster.py (overwrite=true) "
+            "for centroids of this size",
+            path, [int(x) for x in stored], list(image_size),
+        )

@@ -1,0 +1,26 @@
+"""cluster.py's work: the k-means centroid file for the configured backbone, dataset and K."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from vpr.build import build_datamodule, build_network
+from vpr.centroids import centroid_path, cluster_and_save, needs_centroids
+from vpr.errors import ConfigError
+
+
+def run_clustering(cfg: DictConfig) -> Path:
+    backbone, _, head = build_network(cfg)
+    if not needs_centroids(head):
+        raise ConfigError(f"head={cfg.head.get('_target_')}: only a NetVLAD head needs centroids")
+    path = centroid_path(cfg, backbone, head)
+    if path.is_file() and not cfg.get("overwrite", False):
+        print(f"{path} exists (overwrite=true to recompute)")
+        return path
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    path = cluster_and_save(cfg, backbone, head, dm, path)
+    print(f"wrote {path}")
+    return path

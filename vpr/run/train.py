@@ -1,0 +1,123 @@
+"""train.py's work: build everything from the config, (cluster,) train with offline mining, test, report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vpr.build import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    cluster_command_overrides,
+    command_line_overrides,
+)
+from vpr.centroids import init_head
+from vpr.checkpoints import load_matching_weights, resolve_ckpt_path
+from vpr.errors import ConfigError
+from vpr.eval.tables import format_recall_table
+from vpr.io import write_json_atomic, write_text_atomic
+from vpr.run import single_log_stream
+from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
+from vpr.viz.pictures import save_retrieval_pictures
+
+log = logging.getLogger(__name__)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse inconsistent settings up front, naming what to change."""
+    if cfg.mining.negatives_per_query < 1:
+        raise ConfigError("mining.negatives_per_query must be >= 1")
+    if cfg.data.batch_size < 1:
+        raise ConfigError("data.batch_size (training tuples per step) must be >= 1")
+    if cfg.monitor.split("/")[0] != "val":
+        raise ConfigError(f"monitor={cfg.monitor}: choose a validation metric such as val/R@1 or val/R@5")
+    n = int(cfg.monitor.split("@")[-1]) if "@" in cfg.monitor else None
+    if n is not None and n not in list(cfg.model.recall_at):
+        raise ConfigError(f"monitor={cfg.monitor} but model.recall_at={list(cfg.model.recall_at)} does not list {n}")
+
+
+def print_budget(cfg: DictConfig, dm, module) -> None:
+    """What the run will cost, before it starts: images per epoch, cache passes, descriptor memory."""
+    split = dm.train_split
+    queries = len(dm.miner.trainable_queries)
+    rounds = -(-queries // int(cfg.mining.refresh_every_queries))
+    dim = int(module.head.out_dim)
+    per_tuple = 2 + int(cfg.mining.negatives_per_query)
+    cache_images = rounds * split.num_db + queries
+    cache_gb = (split.num_db + int(cfg.mining.refresh_every_queries)) * dim * 4 / 1e9
+    params = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    log.info(
+        "budget per epoch: %d training queries (%d dropped) in %d mining rounds; up to %d tuple images "
+        "(%d per tuple) and %d cache images; descriptor %d-d, cache %.2f GB float32; %.1fM parameters "
+        "(%.1fM trainable); mining margin %.3f",
+        queries, dm.miner.dropped_queries, rounds, queries * per_tuple, per_tuple, cache_images, dim, cache_gb,
+        params / 1e6, trainable / 1e6, dm.miner.margin,
+    )
+
+
+def run_training(cfg: DictConfig) -> dict[str, Any]:
+    """Train (and test) as configured; returns the test results (and the untrained ones when asked)."""
+    single_log_stream()
+    validate_config(cfg)
+    L.seed_everything(int(cfg.seed), workers=True)
+    torch.set_float32_matmul_precision("high")
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    # Test sets are read now: a missing one fails before the training, not after it.
+    shared = shared_data_overrides(cfg, command_line_overrides(), trained_image_size=cfg.data.image_size)
+    test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared))
+    module = build_module(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    if ckpt_path is None and cfg.get("init_weights"):
+        load_matching_weights(module, cfg.init_weights)
+    elif ckpt_path is None:
+        init_head(cfg, module, dm, cluster_command_overrides())  # a resumed run restores the head instead
+    print_budget(cfg, dm, module)
+
+    trainer = build_trainer(cfg)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    results: dict[str, Any] = {}
+    if cfg.get("test_untrained") and ckpt_path is None:
+        trainer.test(module, datamodule=dm, verbose=False)
+        results["untrained"] = module.results["test"]
+        if trainer.is_global_zero:
+            write_json_atomic(out_dir / "results_untrained.json", results["untrained"])
+
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if not cfg.get("test_after_training", True) or trainer.interrupted:
+        return results
+
+    best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
+    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    results["trained"] = {**module.results["test"], "checkpoint": best}
+    if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
+        write_json_atomic(out_dir / "results.json", results["trained"])
+        columns = {k: results[k] for k in ("untrained", "trained") if k in results}
+        table = format_recall_table(columns, title="Test recall (%)")
+        print("\n" + table + f"\n\nrun folder: {out_dir}\n", flush=True)
+        write_text_atomic(out_dir / "results.md", table + "\n")
+        picture = save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / "test_retrievals.png")
+        for lg in trainer.loggers:
+            if picture is not None and hasattr(lg, "log_image"):
+                lg.log_image(key="test/retrievals", images=[str(picture)])
+    if test_sets:
+        results["test_sets"] = run_test_sets(test_sets, module, trainer, out_dir, ckpt_path=best,
+                                             title="Test recall (%) of the trained network on the test sets")
+        for lg in trainer.loggers:
+            lg.log_metrics({f"test_sets/{label}/R@{n}": r for label, res in results["test_sets"].items()
+                            for n, r in res["recall_at"].items()})
+    return results
