@@ -8,7 +8,6 @@ def item(q, n_neg, value):
         "query": torch.full((3, 4, 4), value),
         "positive": torch.full((3, 4, 4), value + 0.1),
         "negatives": torch.full((n_neg, 3, 4, 4), value + 0.2),
-        "query_index": q,
         "target_query": torch.full((1, 2, 2), value),
         "target_positive": torch.full((1, 2, 2), value + 0.1),
         "target_negatives": torch.full((n_neg, 1, 2, 2), value + 0.2),
@@ -19,7 +18,6 @@ def test_collate_variable_negatives_and_target_order():
     b = collate_triplets([item(7, 2, 1.0), item(9, 3, 2.0)])
     assert b["query"].shape == (2, 3, 4, 4) and b["negatives"].shape == (5, 3, 4, 4)
     assert b["neg_to_query"].tolist() == [0, 0, 1, 1, 1]
-    assert b["query_index"].tolist() == [7, 9]
     # targets follow the model's image order: queries, positives, negatives
     firsts = b["targets"][:, 0, 0, 0].tolist()
     want = [1.0, 2.0, 1.1, 2.1, 1.2, 1.2, 2.2, 2.2, 2.2]

@@ -24,6 +24,16 @@ def test_area_target_is_not_bicubic():
     assert t[0, 0] == pytest.approx(15 / 16) and t.min() >= 0 and t.max() <= 1
 
 
+def test_area_target_non_square_grid_and_nothing_suppressed():
+    labels = np.zeros((4, 6), dtype=np.uint8)
+    labels[:, 3:] = 10  # right half sky
+    labels[0, 0] = 10
+    # 2x2 cells: the top-left one has 1 of 4 suppressed, the middle column is split, the right column is sky
+    want = np.array([[3 / 4, 1 / 2, 0.0], [1.0, 1 / 2, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(area_target(labels, [10], (2, 3)), want)
+    np.testing.assert_allclose(area_target(labels, [], (2, 3)), np.ones((2, 3)))
+
+
 def test_synthetic_groups_from_classes_json(tiny_city):
     src = SyntheticLabels(tiny_city)
     names = json.loads((tiny_city / "classes.json").read_text())

@@ -10,8 +10,6 @@ import torch
 from torch import nn
 
 from vpr.models.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ResNetBackbone,
     VGG16Backbone,
     build_backbone,
@@ -60,6 +58,8 @@ def offline(monkeypatch, tmp_path):
 
 
 def test_imagenet_constants():
+    from vpr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
     assert IMAGENET_MEAN == pytest.approx((0.485, 0.456, 0.406))
     assert IMAGENET_STD == pytest.approx((0.229, 0.224, 0.225))
 

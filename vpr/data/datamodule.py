@@ -51,7 +51,6 @@ class TripletDataset(Dataset):
             "query": load(self.split.q_paths[t.query]),
             "positive": load(self.split.db_paths[t.positive]),
             "negatives": torch.stack([load(self.split.db_paths[n]) for n in t.negatives]),
-            "query_index": t.query,
         }
         if self.targets is not None:
             item["target_query"] = self.targets[self.split.num_db + t.query]
@@ -64,7 +63,7 @@ def collate_triplets(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack tuples with variable negative counts.
 
     Returns: query (B, 3, H, W), positive (B, 3, H, W), negatives (N, 3, H, W) with N = sum of the counts,
-    neg_to_query (N,) the tuple each negative belongs to, query_index (B,).
+    neg_to_query (N,) the tuple each negative belongs to.
     """
     counts = [len(it["negatives"]) for it in items]
     batch = {
@@ -72,7 +71,6 @@ def collate_triplets(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "positive": torch.stack([it["positive"] for it in items]),
         "negatives": torch.cat([it["negatives"] for it in items]),
         "neg_to_query": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
-        "query_index": torch.tensor([it["query_index"] for it in items]),
     }
     if "target_query" in items[0]:
         # (B + B + N, 1, h, w) in the order the model sees the images: queries, positives, negatives.

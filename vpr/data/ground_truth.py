@@ -32,9 +32,3 @@ def positives_within(db_utm: np.ndarray, q_utm: np.ndarray, radius_m: float) -> 
         d = np.linalg.norm(db_utm[idx] - q, axis=1)
         out.append(idx[np.argsort(d, kind="stable")])
     return out
-
-
-def within_radius_mask(db_utm: np.ndarray, q_utm: np.ndarray, db_index: np.ndarray, radius_m: float) -> np.ndarray:
-    """For each query row and candidate database column of ``db_index`` (num_q, n): is it within ``radius_m``?"""
-    d = np.linalg.norm(db_utm[db_index] - q_utm[:, None, :], axis=-1)
-    return d <= radius_m

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torchvision import transforms as T
 
+# ImageNet statistics that torchvision's pretrained weights expect (RGB, images scaled to [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -22,10 +22,3 @@ def eval_transform(image_size: Sequence[int]) -> T.Compose:
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-
-
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """(…, 3, H, W) normalised -> [0, 1] RGB, for pictures."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
-    return (x * std + mean).clamp(0, 1)

@@ -22,10 +22,6 @@ import torch
 import torchvision
 from torch import nn
 
-# ImageNet statistics that torchvision's pretrained weights expect (RGB, images scaled to [0, 1]).
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
 # Seconds before a stalled weight download gives up: without it an offline machine behind a black-holing
 # firewall could hang for minutes instead of raising the helpful error below.
 DOWNLOAD_TIMEOUT_S: float = 30.0

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vpr.models.attention.deattention import DeAttention, _PaddedBranch, deattention_loss, deattention_target
+from vpr.models.attention.deattention import DeAttention, _PaddedBranch, deattention_loss
 
 C = 64
 SIZES = [(7, 9), (5, 5), (4, 4), (3, 3), (1, 1), (2, 5), (30, 40)]
@@ -156,44 +156,6 @@ def test_invalid_settings() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- target
-
-
-def test_target_is_the_fraction_of_kept_pixels_per_cell() -> None:
-    # classes 3 (person) and 4 (vehicle) are suppressed
-    # fmt: off
-    first = [[0, 0, 1, 1],
-             [3, 0, 1, 4],
-             [2, 2, 3, 3],
-             [2, 2, 3, 1]]
-    # fmt: on
-    second = [[3] * 4] * 2 + [[4] * 4] * 2  # all suppressed
-    labels = torch.tensor([first, second], dtype=torch.long)
-    target = deattention_target(labels, suppressed=[3, 4], grid=(2, 2))
-    expected = torch.tensor([[[[3 / 4, 3 / 4], [1.0, 1 / 4]]], [[[0.0, 0.0], [0.0, 0.0]]]])
-    torch.testing.assert_close(target, expected)
-
-
-def test_target_non_square_grid_and_uint8_labels() -> None:
-    labels = torch.zeros(1, 4, 6, dtype=torch.uint8)
-    labels[0, :, 3:] = 10  # right half sky
-    labels[0, 0, 0] = 10
-    target = deattention_target(labels, suppressed=(10,), grid=(2, 3))
-    # 2x2 cells: top-left has 1 of 4 suppressed, the middle column is split, the right column is sky
-    expected = torch.tensor([[[[3 / 4, 1 / 2, 0.0], [1.0, 1 / 2, 0.0]]]])
-    torch.testing.assert_close(target, expected)
-    assert target.dtype == torch.float32
-
-
-def test_target_nothing_suppressed_is_all_ones() -> None:
-    labels = torch.randint(0, 19, (2, 8, 8))
-    torch.testing.assert_close(deattention_target(labels, [], (4, 4)), torch.ones(2, 1, 4, 4))
-
-
-def test_target_bad_input() -> None:
-    with pytest.raises(ValueError, match="B, Hi, Wi"):
-        deattention_target(torch.zeros(4, 4, dtype=torch.long), [1], (2, 2))
-    with pytest.raises(ValueError, match="integer"):
-        deattention_target(torch.zeros(1, 4, 4), [1], (2, 2))
 
 
 # ------------------------------------------------------------------------------------------------ loss

@@ -7,7 +7,6 @@ sky) and 1 elsewhere. The target comes from a frozen segmentation network, only 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -108,38 +107,16 @@ class DeAttention(nn.Module):
         return AttentionOutput(features, None, mask)
 
 
-def deattention_target(labels: Tensor, suppressed: Sequence[int], grid: tuple[int, int]) -> Tensor:
-    """Target of the de-attention mask on the feature grid.
-
-    labels: (B, Hi, Wi) integer class ids of each image pixel. suppressed: class ids whose regions should
-    not count (target 0); every other class gives 1. grid: (h, w) of the feature map.
-    Returns (B, 1, h, w) float: the fraction of kept pixels under each feature cell, by area averaging
-    (adaptive average pooling; the paper's code resizes with bicubic interpolation, which overshoots outside [0, 1]
-    and ignores most pixels when shrinking).
-    """
-    if labels.dim() != 3:
-        raise ValueError(
-            f"deattention_target: labels must be (B, Hi, Wi) class ids, got shape {tuple(labels.shape)}."
-        )
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"deattention_target: labels must hold integer class ids, got dtype {labels.dtype}.")
-    if len(grid) != 2 or min(grid) < 1:
-        raise ValueError(f"deattention_target: grid must be (h, w) with h, w >= 1, got {grid}.")
-    suppressed_ids = torch.as_tensor(list(suppressed), dtype=torch.long, device=labels.device)
-    kept = (~torch.isin(labels.long(), suppressed_ids)).float()[:, None]  # (B, 1, Hi, Wi)
-    return F.adaptive_avg_pool2d(kept, output_size=tuple(grid))
-
-
 def deattention_loss(mask: Tensor, target: Tensor, kind: Literal["mse", "bce"] = "mse") -> Tensor:
     """Auxiliary de-attention loss, a mean over every location of every image.
 
-    mask: (B, 1, h, w) in (0, 1); target: (B, 1, h, w) in [0, 1] (see :func:`deattention_target`).
+    mask: (B, 1, h, w) in (0, 1); target: (B, 1, h, w) in [0, 1] (see :func:`vpr.data.guidance.area_target`).
     kind: "mse" (the paper) or "bce". Returns a scalar.
     """
     if mask.shape != target.shape:
         raise ValueError(
             f"deattention_loss: mask {tuple(mask.shape)} and target {tuple(target.shape)} differ; build the "
-            "target with deattention_target(labels, suppressed, grid=mask.shape[-2:])."
+            "target on the mask's grid (vpr.data.guidance.area_target(labels, suppressed, grid=mask.shape[-2:]))."
         )
     if kind == "mse":
         return F.mse_loss(mask, target.to(mask.dtype))
