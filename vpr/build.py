@@ -16,14 +16,34 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from vpr.callbacks import OfflineMining
-from vpr.errors import ConfigError
+from vpr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+
+#: What a component's constructor raises when a setting is wrong: reported as a ConfigError naming the group.
+SETTING_ERRORS = (ValueError, TypeError, KeyError, RuntimeError, OSError, ImportError, AttributeError)
+
+
+def instantiate_setting(group: str, conf: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose failures from a wrong setting end as a :class:`ConfigError` naming the
+    config group, its target and the constructor's own message (not Hydra's wrapped repr)."""
+    try:
+        return instantiate(conf, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, (ConfigError, DataError)):
+            raise cause from e
+        if not isinstance(cause, SETTING_ERRORS):
+            raise
+        target = conf.get("_target_") if hasattr(conf, "get") else None
+        raise ConfigError(f"{group} ({target}): {cause}") from e
 
 
 @contextmanager
@@ -41,10 +61,10 @@ def seeded(seed: int) -> Iterator[None]:
 def build_network(cfg: DictConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(backbone, attention, head) with deterministic initialisation for ``cfg.seed``."""
     with seeded(cfg.seed):
-        backbone = instantiate(cfg.backbone)
+        backbone = instantiate_setting("backbone", cfg.backbone)
         channels = int(backbone.out_channels)
-        attention = instantiate(cfg.attention, channels=channels)
-        head = instantiate(cfg.head, dim=channels)
+        attention = instantiate_setting("attention", cfg.attention, channels=channels)
+        head = instantiate_setting("head", cfg.head, dim=channels)
     return backbone, attention, head
 
 
@@ -52,7 +72,7 @@ def mining_margin(cfg: DictConfig, loss: nn.Module | None = None) -> float:
     """``mining.margin``, or when null the loss's own (``loss.mining_margin``: sTML's margin + margin_pn)."""
     if cfg.mining.get("margin") is not None:
         return float(cfg.mining.margin)
-    loss = instantiate(cfg.loss) if loss is None else loss
+    loss = instantiate_setting("loss", cfg.loss) if loss is None else loss
     margin = getattr(loss, "mining_margin", None)
     if margin is None:
         raise ConfigError(
@@ -77,7 +97,7 @@ def build_datamodule(cfg: DictConfig, data_cfg: DictConfig | None = None, with_t
     nms = (cfg.get("eval") or {}).get("spatial_nms")
     if nms is not None:
         kwargs["spatial_nms"] = bool(nms)
-    return instantiate(data_cfg, **kwargs, _recursive_=True)
+    return instantiate_setting("data", data_cfg, **kwargs, _recursive_=True)
 
 
 def build_module(cfg: DictConfig, with_training: bool = True):
@@ -88,13 +108,14 @@ def build_module(cfg: DictConfig, with_training: bool = True):
     guidance = cfg.get("guidance") or {}
     kwargs: dict[str, Any] = {}
     if with_training:
-        kwargs["optimizer"] = instantiate(cfg.optimizer)
-        kwargs["scheduler"] = instantiate(cfg.scheduler) if cfg.get("scheduler") and "_target_" in cfg.scheduler else None
+        kwargs["optimizer"] = instantiate_setting("optimizer", cfg.optimizer)
+        scheduler = cfg.get("scheduler")
+        kwargs["scheduler"] = instantiate_setting("scheduler", scheduler) if scheduler and "_target_" in scheduler else None
     return PlaceRecognitionModule(
         backbone=backbone,
         attention=attention,
         head=head,
-        loss=instantiate(cfg.loss),
+        loss=instantiate_setting("loss", cfg.loss),
         lr_multipliers=cfg.model.get("lr_multipliers"),
         recall_at=list(cfg.model.recall_at),
         freeze_batchnorm=bool(cfg.model.get("freeze_batchnorm", False)),
@@ -157,19 +178,19 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
                 kwargs["tags"] = [*tags, str(cfg.variant)]
             os.environ.setdefault("WANDB_SILENT", "true")
             Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-        loggers.append(instantiate(conf, **kwargs))
+        loggers.append(instantiate_setting(f"logger.{name}", conf, **kwargs))
     return loggers
 
 
 def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callback]:
     """The configured callbacks (those that only feed a logger are left out when there is none) and OfflineMining."""
     out: list[L.Callback] = []
-    for c in (cfg.get("callbacks") or {}).values():
+    for name, c in (cfg.get("callbacks") or {}).items():
         if c is None or "_target_" not in c:
             continue
         if not with_logger and c._target_.endswith("LearningRateMonitor"):
             continue
-        out.append(instantiate(c))
+        out.append(instantiate_setting(f"callbacks.{name}", c))
     out.append(OfflineMining())
     return out
 
@@ -178,8 +199,8 @@ def build_trainer(cfg: DictConfig, training: bool = True) -> L.Trainer:
     """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation."""
     if training:
         loggers = build_loggers(cfg)
-        return instantiate(cfg.trainer, logger=loggers or False,
-                           callbacks=build_callbacks(cfg, with_logger=bool(loggers)))
+        return instantiate_setting("trainer", cfg.trainer, logger=loggers or False,
+                                   callbacks=build_callbacks(cfg, with_logger=bool(loggers)))
     return L.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,

@@ -84,3 +84,21 @@ def test_missing_test_set_fails_before_training(data_dir, tmp_path):
     )
     assert_clean_failure(proc, "no_tokyo", "does not exist")
     assert "cache pass" not in proc.stdout + proc.stderr  # nothing was trained
+
+
+def test_wrong_component_setting_names_the_group(tmp_path):
+    from tests.data.spec_files import pittsburgh_like
+
+    ds = pittsburgh_like(tmp_path / "root", num_places=2)
+    proc = run_script("eval.py", "backbone=resnet18", "backbone.pretrained=false", "head.version=v9",
+                      f"hydra.run.dir={tmp_path}/r", "data=pitts30k", f"data.root={ds.root}", tmp=tmp_path, check=False)
+    assert_clean_failure(proc, "error: head (vpr.models.heads.netvlad.NetVLAD)", "version='v9'")
+    assert "Error in call to target" not in proc.stderr
+
+
+def test_malformed_numbers_are_named(data_dir, tmp_path):
+    for setting, name in (("data.batch_size=abc", "data.batch_size='abc'"),
+                          ("mining.refresh_every_queries=0", "mining.refresh_every_queries=0")):
+        proc = run_script("train.py", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}", setting, "logger=none",
+                          f"hydra.run.dir={tmp_path}/r", tmp=tmp_path, check=False)
+        assert_clean_failure(proc, f"error: {name}: must be a whole number >= 1")

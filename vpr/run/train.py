@@ -29,12 +29,29 @@ from vpr.viz.pictures import save_retrieval_pictures
 log = logging.getLogger(__name__)
 
 
+WHOLE_NUMBERS = {  # setting: (smallest allowed value, what it counts)
+    "data.batch_size": (1, "training tuples per step"),
+    "data.eval_batch_size": (1, "images per evaluation step"),
+    "data.num_workers": (0, "DataLoader worker processes"),
+    "mining.negatives_per_query": (1, "hard negatives kept per query"),
+    "mining.candidate_negatives": (1, "negatives sampled per query before the hardest are kept"),
+    "mining.refresh_every_queries": (1, "training queries between two mining cache passes"),
+    "trainer.max_epochs": (1, "epochs"),
+}
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Refuse inconsistent settings up front, naming what to change."""
-    if cfg.mining.negatives_per_query < 1:
-        raise ConfigError("mining.negatives_per_query must be >= 1")
-    if cfg.data.batch_size < 1:
-        raise ConfigError("data.batch_size (training tuples per step) must be >= 1")
+    for key, (smallest, meaning) in WHOLE_NUMBERS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        try:
+            ok = int(value) == float(value) and int(value) >= smallest
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: must be a whole number >= {smallest} ({meaning})")
     if cfg.monitor.split("/")[0] != "val":
         raise ConfigError(f"monitor={cfg.monitor}: choose a validation metric such as val/R@1 or val/R@5")
     n = int(cfg.monitor.split("@")[-1]) if "@" in cfg.monitor else None
