@@ -8,6 +8,7 @@ command line says.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +23,104 @@ log = logging.getLogger(__name__)
 MODEL_KEYS = ("backbone", "attention", "head", "loss", "model", "seed")
 
 
-def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str = "train") -> str | None:
-    """``last``: the newest ``last.ckpt`` under ``<log_dir>/<task_name>``; a path must exist."""
+#: What makes two training runs "the same experiment" for ``ckpt_path=last``.
+RUN_IDENTITY = ("variant", "seed", "backbone", "attention", "head", "loss", "data.name", "data.image_size")
+
+
+def _identity(cfg: Any) -> dict[str, Any]:
+    cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
+    out = {}
+    for key in RUN_IDENTITY:
+        value = OmegaConf.select(cfg, key)
+        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return out
+
+
+def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str = "train",
+                      same_run_as: DictConfig | None = None) -> str | None:
+    """``last``: the newest ``last.ckpt`` under ``<log_dir>/<task_name>`` (with ``same_run_as``: of a run whose
+    saved config.yaml has the same experiment settings, :data:`RUN_IDENTITY`); a path must exist."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
-        found = sorted(Path(log_dir, task_name).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(Path(log_dir, task_name).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
         if not found:
             raise ConfigError(f"ckpt_path=last: no last.ckpt under {Path(log_dir, task_name)}; train first or give a path")
-        log.info("resuming from %s", found[-1])
-        return str(found[-1])
+        if same_run_as is not None:
+            want = _identity(same_run_as)
+            matching = [p for p in found if _saved_identity(p) == want]
+            if not matching:
+                raise ConfigError(
+                    f"ckpt_path=last: none of the {len(found)} last.ckpt under {Path(log_dir, task_name)} comes from a "
+                    f"run with these settings ({', '.join(RUN_IDENTITY)}); the newest is {found[0]}. Give the "
+                    "checkpoint's path (ckpt_path=...) to resume it anyway."
+                )
+            found = matching
+        log.info("ckpt_path=last: %s", found[0])
+        return str(found[0])
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
 
 
-def read_checkpoint(path: str) -> tuple[dict[str, Any], dict | None]:
-    """(the checkpoint, its stored run config or None)."""
+def _saved_identity(ckpt: Path) -> dict[str, Any] | None:
+    """The identity of the run that wrote ``<run>/checkpoints/last.ckpt``, from ``<run>/config.yaml``."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        return _identity(OmegaConf.load(ckpt.parent.parent / "config.yaml"))
+    except Exception:  # no or unreadable config.yaml: not a run of train.py
+        return None
+
+
+#: Where a stored config's ``_target_`` may point: the project's own components. Anything else is refused, so a
+#: checkpoint cannot make eval.py build (and run) an arbitrary callable.
+TRUSTED_TARGET_PREFIXES = ("vpr.",)
+
+
+def load_weights_only(path: str, setting: str = "ckpt_path") -> dict[str, Any]:
+    """``torch.load`` that accepts tensors, numbers, strings and containers only, never code.
+
+    A file holding anything else (a pickled callable, a class instance) is refused with a ConfigError, before any
+    of it runs; so is a truncated or foreign file.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{setting}={path} holds Python objects other than tensors and numbers ({first}). The checkpoints of "
+            "train.py never do: refusing to load it, since unpickling such a file can run code."
+        ) from None
+    except Exception as e:  # truncated, empty, not a torch file
+        raise ConfigError(f"{setting}={path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or "state_dict" not in state:
-        raise ConfigError(f"ckpt_path={path} has no state_dict: not a Lightning checkpoint of train.py")
-    return state, state.get("vpr_config")
+        raise ConfigError(f"{setting}={path} has no state_dict: not a Lightning checkpoint of train.py")
+    return state
+
+
+def check_stored_targets(stored: Any, path: str, where: str = "vpr_config") -> None:
+    """Every ``_target_`` in a stored config must name one of the project's components."""
+    if isinstance(stored, dict):
+        target = stored.get("_target_")
+        if target is not None and not str(target).startswith(TRUSTED_TARGET_PREFIXES):
+            raise ConfigError(
+                f"checkpoint {path}: its stored config asks to build {target!r} ({where}._target_), which is not "
+                f"a component of this project ({', '.join(TRUSTED_TARGET_PREFIXES)}*); refusing to build it"
+            )
+        for key, value in stored.items():
+            check_stored_targets(value, path, f"{where}.{key}")
+    elif isinstance(stored, (list, tuple)):
+        for i, value in enumerate(stored):
+            check_stored_targets(value, path, f"{where}[{i}]")
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, Any], dict | None]:
+    """(the checkpoint, its stored run config or None), loaded as weights only; the network part of the stored
+    config may only name the project's components."""
+    state = load_weights_only(path)
+    stored = state.get("vpr_config")
+    if stored is not None:
+        check_stored_targets({k: stored.get(k) for k in MODEL_KEYS}, path)
+    return state, stored
 
 
 def with_stored_network(cfg: DictConfig, stored: dict, image_size_given: bool) -> DictConfig:
@@ -66,7 +141,7 @@ def load_matching_weights(module: torch.nn.Module, path: str) -> None:
     """Load the parameters of checkpoint ``path`` whose names and shapes match ``module``'s (``init_weights``)."""
     if not Path(path).is_file():
         raise ConfigError(f"init_weights={path}: no such checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    state = load_weights_only(path, "init_weights")["state_dict"]
     own = module.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("head.") for k in matching):

@@ -17,6 +17,7 @@ from scipy.spatial.distance import cdist
 
 from vpr.data import synthetic
 from vpr.data.mat import load_dbstruct
+from vpr.errors import DataError
 from vpr.data.synthetic import (
     CityConfig,
     build_textures,
@@ -230,9 +231,10 @@ def test_objects_are_occluded_by_nearer_facades(textures) -> None:
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     cfg = _small()
     a = generate_city(tmp_path / "a", cfg, seed=3, progress=False, workers=1)
-    # b starts as an interrupted run (stale file, no manifest): it must be regenerated, with 2 workers
+    # b starts as an interrupted run (its marker, a stale file, no manifest): it must be regenerated, with 2 workers
     (tmp_path / "b" / "000").mkdir(parents=True)
     (tmp_path / "b" / "000" / "000000_pitch1_yaw1.jpg").write_bytes(b"partial")
+    (tmp_path / "b" / synthetic.writer.MARKER_NAME).write_text("{}")
     b = generate_city(tmp_path / "b", cfg, seed=3, progress=False, workers=2)
     digest_a, digest_b = _digest_tree(a), _digest_tree(b)
     assert digest_a == digest_b
@@ -270,6 +272,34 @@ def test_interrupted_generation_leaves_no_manifest(tmp_path: Path, monkeypatch: 
     with pytest.raises(RuntimeError, match="killed"):
         generate_city(root, cfg, seed=1, progress=False, workers=1)  # another seed: must regenerate
     assert not (root / "city.json").exists()  # the half-written city does not look complete
+
+
+def test_interrupted_generation_is_resumed_by_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _small()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(synthetic.writer, "save_dbstruct", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            generate_city(tmp_path / "c", cfg, seed=0, progress=False, workers=1)
+    assert (tmp_path / "c" / synthetic.writer.MARKER_NAME).exists()  # the folder says it is ours
+    root = generate_city(tmp_path / "c", cfg, seed=0, progress=False, workers=1)
+    assert (root / "city.json").exists() and not (root / synthetic.writer.MARKER_NAME).exists()
+
+
+def test_refuses_a_folder_of_other_files_and_touches_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "pittsburgh"
+    (root / "000").mkdir(parents=True)
+    (root / "000" / "000000_pitch1_yaw1.jpg").write_bytes(b"a real image")
+    (root / "notes.txt").write_text("mine")
+    before = _digest_tree(root)
+    with pytest.raises(DataError, match=r"refusing to write the synthetic city into .*pittsburgh.*notes\.txt"):
+        generate_city(root, _small(), seed=0, progress=False, workers=1)
+    assert _digest_tree(root) == before and sorted(p.name for p in root.iterdir()) == ["000", "notes.txt"]
+    assert synthetic.main(["--out", str(root), "--preset", "tiny", "--quiet"]) == 2
+    assert _digest_tree(root) == before
 
 
 def test_cli_is_idempotent_on_an_existing_city(tiny_city: Path) -> None:

@@ -102,3 +102,23 @@ def test_malformed_numbers_are_named(data_dir, tmp_path):
         proc = run_script("train.py", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}", setting, "logger=none",
                           f"hydra.run.dir={tmp_path}/r", tmp=tmp_path, check=False)
         assert_clean_failure(proc, f"error: {name}: must be a whole number >= 1")
+
+
+def test_synthetic_city_is_not_written_into_a_users_folder(tmp_path):
+    import hashlib
+
+    folder = tmp_path / "my_pittsburgh"
+    (folder / "datasets").mkdir(parents=True)
+    (folder / "datasets" / "pitts30k_train.mat").write_bytes(b"not really a mat file")
+    (folder / "000").mkdir()
+    (folder / "000" / "000000_pitch1_yaw1.jpg").write_bytes(b"\xff\xd8 an image")
+
+    def digest():
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = digest()
+    proc = run_script("train.py", "data=synthetic", f"data.root={folder}", "logger=none", f"hydra.run.dir={tmp_path}/r",
+                      tmp=tmp_path, check=False)
+    assert_clean_failure(proc, "refusing to write the synthetic city into", "my_pittsburgh", "data=pitts30k")
+    assert digest() == before

@@ -171,7 +171,7 @@ def run_test_sets(prepared: list[tuple[TestSet, Any]], module, trainer, out_dir:
     """
     results: dict[str, dict[str, Any]] = {}
     for ts, dm in prepared:
-        trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False)
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)
         results[ts.label] = {**module.results["test"], "test_set": ts.label, "checkpoint": ckpt_path,
                              **dict(record or {})}
     if trainer.is_global_zero and results:

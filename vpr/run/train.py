@@ -18,7 +18,7 @@ from vpr.build import (
     command_line_overrides,
 )
 from vpr.centroids import init_head
-from vpr.checkpoints import load_matching_weights, resolve_ckpt_path
+from vpr.checkpoints import load_matching_weights, read_checkpoint, resolve_ckpt_path
 from vpr.errors import ConfigError
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
@@ -96,7 +96,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_image_size=cfg.data.image_size)
     test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared))
     module = build_module(cfg)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
+    if ckpt_path is not None:
+        read_checkpoint(ckpt_path)  # refuses a file that is not plain weights before Lightning opens it
     if ckpt_path is None and cfg.get("init_weights"):
         load_matching_weights(module, cfg.init_weights)
     elif ckpt_path is None:
@@ -114,12 +116,12 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             write_json_atomic(out_dir / "results_untrained.json", results["untrained"])
 
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     if not cfg.get("test_after_training", True) or trainer.interrupted:
         return results
 
     best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
-    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)
     results["trained"] = {**module.results["test"], "checkpoint": best}
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         write_json_atomic(out_dir / "results.json", results["trained"])

@@ -11,6 +11,7 @@ from pathlib import Path
 from vpr.data.synthetic.config import PRESETS
 from vpr.data.synthetic.preview import make_preview
 from vpr.data.synthetic.writer import generate_city
+from vpr.errors import DataError
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -28,8 +29,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--preview", type=Path, default=None, help="also write a contact-sheet PNG here")
     args = parser.parse_args(list(argv) if argv is not None else None)
     start = time.perf_counter()
-    root = generate_city(args.out, args.preset, seed=args.seed, progress=not args.quiet, workers=args.workers,
-                         force=args.force)
+    try:
+        root = generate_city(args.out, args.preset, seed=args.seed, progress=not args.quiet, workers=args.workers,
+                             force=args.force)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"synthetic city ({args.preset}, seed {args.seed}) ready at {root} in "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     if args.preview is not None:

@@ -32,6 +32,7 @@ from vpr.data.synthetic.config import (
 from vpr.data.synthetic.render import _sensor, render_view
 from vpr.data.synthetic.textures import TextureBank, build_textures
 from vpr.data.synthetic.world import District, _make_district, draw_lighting
+from vpr.errors import DataError
 from vpr.io import write_text_atomic
 
 
@@ -149,6 +150,32 @@ def _is_complete(root: Path, cfg: CityConfig, seed: int) -> bool:
     return same and all((root / "datasets" / f"{DATASET_NAME}_{s}.mat").is_file() for s in SPLITS)
 
 
+#: Written first and removed last: a folder holding it is a generation of this module that was interrupted.
+MARKER_NAME = "city.generating"
+
+
+def _check_ownership(root: Path) -> None:
+    """Refuse to write into a folder that holds files but no city of this generator (nor an interrupted one)."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DataError(f"the synthetic city's folder {root} is a file; point data.root (or --out) at a folder")
+    entries = sorted(p.name for p in root.iterdir())
+    if not entries or MARKER_NAME in entries:
+        return
+    try:
+        ours = json.loads((root / MANIFEST_NAME).read_text()).get("generator") == "vpr.data.synthetic"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise DataError(
+            f"refusing to write the synthetic city into {root}: it holds other files ({shown}) and no city of "
+            f"this generator ({MANIFEST_NAME}). Nothing was written. Point data.root (or paths.data_dir, or --out) "
+            "at an empty or new folder; to read a real dataset there use its data config (e.g. data=pitts30k)."
+        )
+
+
 def generate_city(
     out_dir: str | os.PathLike,
     preset: str | CityConfig = "default",
@@ -160,8 +187,10 @@ def generate_city(
     """Generate the synthetic city under ``out_dir`` (idempotent) and return its root.
 
     If ``out_dir/city.json`` already records the same format version, config and seed, nothing is done.
-    Otherwise (no manifest: a partial or foreign folder; or another config) the city is (re)written and the
-    manifest is written last. ``workers`` (default: up to 2 CPUs) does not change the output.
+    Otherwise (an interrupted generation, or another config) the city is (re)written: a marker file first, the
+    manifest last. A folder that holds other files and no city of this generator is refused with a
+    :class:`~vpr.errors.DataError` and left untouched. ``workers`` (default: up to 2 CPUs) does not change the
+    output.
     """
     cfg = get_preset(preset) if isinstance(preset, str) else preset
     if not isinstance(cfg, CityConfig):
@@ -170,7 +199,9 @@ def generate_city(
     root = Path(out_dir)
     if not force and _is_complete(root, cfg, seed):
         return root
+    _check_ownership(root)
     root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / MARKER_NAME, json.dumps(_manifest(cfg, seed), indent=1))
     (root / MANIFEST_NAME).unlink(missing_ok=True)  # an interrupted run must not look complete
 
     textures = build_textures(seed)
@@ -208,6 +239,7 @@ def generate_city(
         )
     write_text_atomic(root / "classes.json", json.dumps({str(k): v for k, v in CLASSES.items()}, indent=1))
     write_text_atomic(root / MANIFEST_NAME, json.dumps(_manifest(cfg, seed), indent=1))  # last: "complete"
+    (root / MARKER_NAME).unlink(missing_ok=True)
     return root
 
 

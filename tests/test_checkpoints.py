@@ -1,0 +1,49 @@
+"""ckpt_path resolution: ``last`` picks the newest run of the same experiment settings and says so."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from vpr.checkpoints import resolve_ckpt_path
+from vpr.errors import ConfigError
+
+
+def run(log_dir: Path, name: str, variant: str, seed: int, mtime: int) -> Path:
+    folder = log_dir / "train" / "runs" / name
+    (folder / "checkpoints").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"variant": variant, "seed": seed, "backbone": {"name": "resnet18"},
+                                     "attention": {}, "head": {"k": 8}, "loss": {}, "data": {"name": "city",
+                                     "image_size": [48, 64]}}), folder / "config.yaml")
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"")
+    os.utime(ckpt, (mtime, mtime))
+    return ckpt
+
+
+def current(variant: str, seed: int = 1):
+    return OmegaConf.create({"variant": variant, "seed": seed, "backbone": {"name": "resnet18"}, "attention": {},
+                             "head": {"k": 8}, "loss": {}, "data": {"name": "city", "image_size": [48, 64]}})
+
+
+def test_last_picks_the_newest_run_of_the_same_settings(tmp_path):
+    old_se = run(tmp_path, "a", "se", 1, 1000)
+    run(tmp_path, "b", "baseline", 1, 2000)
+    newer_se = run(tmp_path, "c", "se", 1, 3000)
+    run(tmp_path, "d", "se", 2, 4000)  # other seed: another run
+    assert resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("se")) == str(newer_se)
+    os.utime(old_se, (5000, 5000))
+    assert resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("se")) == str(old_se)
+    # without settings to match (eval.py): the newest of all
+    assert resolve_ckpt_path("last", str(tmp_path), "train").endswith("a/checkpoints/last.ckpt")
+
+
+def test_last_refuses_when_no_run_matches(tmp_path):
+    run(tmp_path, "b", "baseline", 1, 2000)
+    with pytest.raises(ConfigError, match=r"none of the 1 last.ckpt.*newest is .*b/checkpoints/last.ckpt"):
+        resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("crn"))
+    with pytest.raises(ConfigError, match="no last.ckpt"):
+        resolve_ckpt_path("last", str(tmp_path / "empty"), "train")
