@@ -17,7 +17,6 @@ from scipy.spatial.distance import cdist
 
 from vpr.data import synthetic
 from vpr.data.mat import load_dbstruct
-from vpr.errors import DataError
 from vpr.data.synthetic import (
     CityConfig,
     build_textures,
@@ -27,6 +26,7 @@ from vpr.data.synthetic import (
     raycast_facades,
     render_view,
 )
+from vpr.errors import DataError
 
 SPLITS = ("train", "val", "test")
 NAME_RE = re.compile(r"^(\d{3})/(\d{6})_pitch1_yaw(\d+)\.jpg$")
