@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from vpr.checkpoints import resolve_ckpt_path
@@ -19,7 +20,7 @@ def run(log_dir: Path, name: str, variant: str, seed: int, mtime: int) -> Path:
                                      "attention": {}, "head": {"k": 8}, "loss": {}, "data": {"name": "city",
                                      "image_size": [48, 64]}}), folder / "config.yaml")
     ckpt = folder / "checkpoints" / "last.ckpt"
-    ckpt.write_bytes(b"")
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 0}, ckpt)
     os.utime(ckpt, (mtime, mtime))
     return ckpt
 
@@ -47,3 +48,12 @@ def test_last_refuses_when_no_run_matches(tmp_path):
         resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("crn"))
     with pytest.raises(ConfigError, match="no last.ckpt"):
         resolve_ckpt_path("last", str(tmp_path / "empty"), "train")
+
+
+def test_last_skips_an_unreadable_checkpoint_for_the_newest_intact_one(tmp_path):
+    ckpt = run(tmp_path, "a", "se", 1, 1000)
+    best = ckpt.parent / "epoch003.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "epoch": 3}, best)
+    os.utime(best, (900, 900))
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # a kill in the middle of a non-atomic write
+    assert resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("se")) == str(best)

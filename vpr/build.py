@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vpr.callbacks import OfflineMining
+from vpr.callbacks import AtomicCheckpointIO, OfflineMining
 from vpr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,8 @@ def build_trainer(cfg: DictConfig, training: bool = True) -> L.Trainer:
     if training:
         loggers = build_loggers(cfg)
         return instantiate_setting("trainer", cfg.trainer, logger=loggers or False,
-                                   callbacks=build_callbacks(cfg, with_logger=bool(loggers)))
+                                   callbacks=build_callbacks(cfg, with_logger=bool(loggers)),
+                                   plugins=[AtomicCheckpointIO()])
     return L.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,

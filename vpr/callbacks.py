@@ -1,4 +1,5 @@
-"""The Lightning callback that wires offline hard-negative mining between the model and the data.
+"""The Lightning callback that wires offline hard-negative mining between the model and the data, and the
+checkpoint writer that never leaves half a file.
 
 The model and the data module never call each other: this callback hands the data module the model's
 encoder (descriptors of an image set, for the mining cache) and, when semantic guidance trains an attention
@@ -8,10 +9,16 @@ round's statistics. build.py adds it to every training run.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vpr.data.datamodule import PlaceDataModule
 from vpr.errors import ConfigError
+from vpr.io import atomic_path
 from vpr.models.module import PlaceRecognitionModule
 
 
@@ -43,3 +50,17 @@ class OfflineMining(L.Callback):
             },
             sync_dist=False,
         )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside the target, flushed to disk, then renamed over it.
+
+    A kill during a save leaves the previous checkpoint intact (and at worst a hidden ``.*.tmp`` file in the
+    checkpoint folder, never a truncated ``last.ckpt``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())

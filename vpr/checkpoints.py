@@ -56,11 +56,31 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str = "tra
                     "checkpoint's path (ckpt_path=...) to resume it anyway."
                 )
             found = matching
-        log.info("ckpt_path=last: %s", found[0])
-        return str(found[0])
+        chosen = _newest_intact(found)
+        log.info("ckpt_path=last: %s", chosen)
+        return str(chosen)
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
+
+
+def _newest_intact(last_files: list[Path]) -> Path:
+    """The first readable checkpoint: each run's last.ckpt, then its other checkpoints, newest first."""
+    skipped = []
+    for last in last_files:
+        others = sorted((p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime,
+                        reverse=True)
+        for candidate in (last, *others):
+            try:
+                load_weights_only(str(candidate))
+            except ConfigError as e:
+                log.warning("ckpt_path=last: skipping %s: %s", candidate, e)
+                skipped.append(str(candidate))
+                continue
+            if skipped:
+                log.warning("ckpt_path=last: %s is unreadable; resuming from %s instead", skipped[0], candidate)
+            return candidate
+    raise ConfigError(f"ckpt_path=last: no readable checkpoint among {skipped}; give a path (ckpt_path=...)")
 
 
 def _saved_identity(ckpt: Path) -> dict[str, Any] | None:

@@ -116,13 +116,19 @@ def test_eval_through_pittsburgh_reader_matches_synthetic(trained, data_dir, tin
 
 
 def test_resume_from_last_continues_with_state(trained, data_dir):
+    import shutil
+
     tmp, run, _ = trained
+    logs = tmp / "resume_logs"  # a copy: the resumed run writes its checkpoints into the resumed run's folder
+    shutil.copytree(run, logs / "train" / "runs" / "run1")
     out = tmp / "resumed"
     run_script(
-        "train.py", *common(data_dir, tmp), "trainer.max_epochs=2", "ckpt_path=last", "logger=none",
-        "test_untrained=false", f"hydra.run.dir={out}", tmp=tmp,
+        "train.py", *(o for o in common(data_dir, tmp) if not o.startswith("paths.log_dir")), f"paths.log_dir={logs}",
+        "trainer.max_epochs=2", "ckpt_path=last",
+        "logger=none", "test_untrained=false", f"hydra.run.dir={out}", tmp=tmp,
     )
-    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(logs / "train" / "runs" / "run1" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
     assert ckpt["epoch"] == 1  # started from epoch 0's checkpoint, trained one more epoch
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 2
 

@@ -293,7 +293,10 @@ class PlaceDataModule(L.LightningDataModule):
             on_round=self._record_stats,
         )
         if trainer is not None:
-            sampler.set_epoch(trainer.current_epoch)
+            # The epoch about to run. Lightning creates (and prefetches from) this loader before it calls
+            # set_epoch; after a resume from an end-of-epoch checkpoint trainer.current_epoch still names the
+            # finished epoch, so the first mining round would use its query order and seed.
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         return DataLoader(
             TripletDataset(self.train_split, self.transform, self.targets),
             batch_sampler=sampler,

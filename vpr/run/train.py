@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,29 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
     )
 
 
+def continue_in_run_folder(cfg: DictConfig, ckpt_path: str) -> None:
+    """A resumed run writes its checkpoints where the resumed one did, so it keeps its best score and last.ckpt
+    (this session's logs and results go to its own run folder)."""
+    folder = str(Path(ckpt_path).resolve().parent)
+    for name in ("checkpoint", "last_checkpoint"):
+        if (cfg.get("callbacks") or {}).get(name) is not None:
+            cfg.callbacks[name].dirpath = folder
+    log.info("resuming %s: checkpoints continue in %s", ckpt_path, folder)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, not after the first epoch, when checkpoints cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test."):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"checkpoint folder {folder} is not writable ({e.strerror}); set paths.log_dir (or "
+            "callbacks.checkpoint.dirpath) to a folder you can write"
+        ) from None
+
+
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as configured; returns the test results (and the untrained ones when asked)."""
     single_log_stream()
@@ -99,6 +123,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
     if ckpt_path is not None:
         read_checkpoint(ckpt_path)  # refuses a file that is not plain weights before Lightning opens it
+        continue_in_run_folder(cfg, ckpt_path)
+    check_writable(Path(cfg.callbacks.checkpoint.dirpath) if cfg.get("callbacks", {}).get("checkpoint") else out_dir)
     if ckpt_path is None and cfg.get("init_weights"):
         load_matching_weights(module, cfg.init_weights)
     elif ckpt_path is None:

@@ -1,0 +1,66 @@
+"""Kill and resume: a run killed with SIGKILL in the middle of an epoch and resumed with ``ckpt_path=last``
+ends with exactly the test recall of the same run left alone (deterministic mode), having lost at most the
+epoch it was in; the resumed run keeps writing checkpoints in the killed run's folder."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tests.conftest import ROOT, run_script, script_env
+
+SETTINGS = [
+    "experiment=city_baseline", "data.prepare.preset=tiny", "data.image_size=[48,64]", "data.num_workers=0",
+    "data.eval_batch_size=16", "model.num_clusters=8", "cluster.images=20", "cluster.descriptors_per_image=10",
+    "mining.refresh_every_queries=8", "mining.candidate_negatives=20", "mining.negatives_per_query=2",
+    "trainer.accelerator=cpu", "trainer.max_epochs=2", "trainer.deterministic=true", "logger=none",
+]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tmp_path):
+    common = [*SETTINGS, f"paths.data_dir={data_dir}"]
+    run_script("train.py", *common, f"paths.log_dir={tmp_path}/a", f"hydra.run.dir={tmp_path}/a/train/runs/r",
+               tmp=tmp_path)
+    uninterrupted = json.loads((tmp_path / "a" / "train" / "runs" / "r" / "results.json").read_text())
+
+    first = tmp_path / "b" / "train" / "runs" / "first"
+    log_file = tmp_path / "first.log"
+    with open(log_file, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *common, f"paths.log_dir={tmp_path}/b", f"hydra.run.dir={first}"],
+            cwd=tmp_path, env=script_env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 300
+        while "epoch 1 round 2" not in log_file.read_text():  # the middle of the second epoch
+            assert proc.poll() is None, log_file.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached epoch 1 round 2"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (first / "results.json").exists(), "killed before the end"
+    saved = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 0, "last.ckpt is the end of the epoch before the kill: only the killed epoch is lost"
+
+    second = tmp_path / "b" / "train" / "runs" / "second"
+    proc = run_script("train.py", *common, f"paths.log_dir={tmp_path}/b", "ckpt_path=last", f"hydra.run.dir={second}",
+                      tmp=tmp_path)
+    assert f"ckpt_path=last: {first / 'checkpoints' / 'last.ckpt'}" in proc.stdout + proc.stderr
+    resumed = json.loads((second / "results.json").read_text())
+    assert resumed["recall_at"] == uninterrupted["recall_at"]
+    # more than the (coarse) recall: the final weights are the same numbers
+    want = torch.load(tmp_path / "a" / "train" / "runs" / "r" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)["state_dict"]
+    got = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert want.keys() == got.keys()
+    different = [k for k in want if not torch.equal(want[k], got[k])]
+    assert not different, f"{len(different)} tensors differ from the uninterrupted run's, e.g. {different[:3]}"
+    # checkpoints continued in the killed run's folder: its last.ckpt is now the final epoch, the best one is there
+    assert torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
+    assert Path(resumed["checkpoint"]).parent == first / "checkpoints"
+    assert not (second / "checkpoints").exists()
