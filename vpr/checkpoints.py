@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +106,12 @@ def load_weights_only(path: str, setting: str = "ckpt_path") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a pickle at all (text, another format): torch's weights-only reader stopped at once
+            raise ConfigError(f"{setting}={path} is not a readable checkpoint (not a torch-saved file)") from None
         raise ConfigError(
-            f"{setting}={path} holds Python objects other than tensors and numbers ({first}). The checkpoints of "
-            "train.py never do: refusing to load it, since unpickling such a file can run code."
+            f"{setting}={path} holds Python objects other than tensors and numbers (it refers to {found.group(1)}). "
+            "The checkpoints of train.py never do: refusing to load it, since unpickling such a file can run code."
         ) from None
     except Exception as e:  # truncated, empty, not a torch file
         raise ConfigError(f"{setting}={path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
