@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+from tests.data.spec_files import write_v73
 from vpr.data import mat as mat_module
 from vpr.data.mat import DbStruct, dbstruct_from_loadmat, load_dbstruct, save_dbstruct
 
@@ -148,42 +149,12 @@ def test_empty_query_list_round_trips(tmp_path: Path) -> None:
 
 
 def _write_v73(path: Path, *, with_struct: bool = True, drop: str | None = None, old_names: bool = False) -> None:
-    """A MATLAB v7.3-style file: 512-byte MATLAB header (userblock), dims reversed, cells as references."""
+    """A MATLAB v7.3-style file (see tests/data/spec_files.py): the example's fields, or no struct at all."""
+    if with_struct:
+        write_v73(path, {k: v for k, v in _spec(names=OLD_NAMES if old_names else None).items() if k != drop})
+        return
     with h5py.File(path, "w", userblock_size=512) as f:
-        refs = f.create_group("#refs#")
-        if with_struct:
-            g = f.create_group("dbStruct")
-            g.attrs["MATLAB_class"] = np.bytes_("struct")
-
-            def char(parent, name: str, text: str):
-                ds = parent.create_dataset(name, data=np.array([[ord(c)] for c in text], dtype=np.uint16))
-                ds.attrs["MATLAB_class"] = np.bytes_("char")
-                return ds
-
-            def cell(name: str, items: list[str]) -> None:
-                ref_arr = np.empty((1, len(items)), dtype=h5py.ref_dtype)  # MATLAB N x 1 -> HDF5 (1, N)
-                for i, text in enumerate(items):
-                    ref_arr[0, i] = char(refs, f"{name}{i}", text).ref
-                g.create_dataset(name, data=ref_arr).attrs["MATLAB_class"] = np.bytes_("cell")
-
-            n = (lambda real: OLD_NAMES.get(real, real)) if old_names else (lambda real: real)
-            fields = {
-                "whichSet": lambda: char(g, "whichSet", "train"),
-                n("dbImageFns"): lambda: cell(n("dbImageFns"), DB_PATHS),
-                "utmDb": lambda: g.create_dataset("utmDb", data=UTM_DB),  # 2 x N in MATLAB -> (N, 2) here
-                n("qImageFns"): lambda: cell(n("qImageFns"), Q_PATHS),
-                "utmQ": lambda: g.create_dataset("utmQ", data=UTM_Q),
-                n("numImages"): lambda: g.create_dataset(n("numImages"), data=np.array([[3.0]])),
-                n("numQueries"): lambda: g.create_dataset(n("numQueries"), data=np.array([[2.0]])),
-                "posDistThr": lambda: g.create_dataset("posDistThr", data=np.array([[25.0]])),
-                "posDistSqThr": lambda: g.create_dataset("posDistSqThr", data=np.array([[625.0]])),
-                "nonTrivPosDistSqThr": lambda: g.create_dataset("nonTrivPosDistSqThr", data=np.array([[100.0]])),
-            }
-            for name, make in fields.items():
-                if name != drop:
-                    make()
-        else:
-            f.create_dataset("somethingElse", data=np.zeros((2, 2)))
+        f.create_dataset("somethingElse", data=np.zeros((2, 2)))
     with open(path, "r+b") as fh:
         fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
 
