@@ -25,6 +25,18 @@ class DataError(RuntimeError):
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
 
 
+def user_message(e: BaseException) -> str:
+    """The error's own message. An error raised in a DataLoader worker comes back re-raised with the worker's
+    traceback as its text ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): keep
+    only the original message, its last line."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last.split(": ", 1)[-1]
+    return text
+
+
 def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a script's task function: user errors print ``error: <message>`` and exit with status 2."""
 
@@ -34,7 +46,7 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(*args, **kwargs)
         except USER_ERRORS as e:
             logging.getLogger("vpr").debug("user error", exc_info=True)
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {user_message(e)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper

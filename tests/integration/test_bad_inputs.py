@@ -121,6 +121,12 @@ CASES = {
                                lambda u: ["pitts30k_test.mat", "not a readable MATLAB"], lambda u: _text_spec(u)),
     "image missing": Case("eval.py", lambda u: pitts(u, u["broken"]), lambda u: ["is missing", "data.db_dir"],
                           lambda u: _missing_image(u)),
+    "corrupt image read in a worker": Case("eval.py", lambda u: ["data=pitts30k", f"data.root={u['broken']}",
+                                                                 "backbone=resnet18", "backbone.pretrained=false",
+                                                                 "head=gem", "data.num_workers=2",
+                                                                 "data.image_size=[48,64]"],
+                                           lambda u: ["is corrupt or not an image", "000000_pitch1_yaw2.jpg"],
+                                           lambda u: _corrupt_image(u)),
     "queries unpacked elsewhere": Case("eval.py", lambda u: [*pitts(u), "data.query_dir=queries"],
                                        lambda u: ["queries", "data.query_dir"]),
     "evaluation-only set has no val": Case("eval.py", lambda u: ["data=tokyo247", f"data.root={u['tokyo']}", *NET,
@@ -211,6 +217,14 @@ def _text_spec(u: dict) -> None:
     root = u["case"] / "pitts"
     shutil.copytree(u["pitts"], root)
     (root / "datasets" / "pitts30k_test.mat").write_text("this is not MATLAB\n" * 20)
+    u["broken"] = root
+
+
+def _corrupt_image(u: dict) -> None:
+    root = u["case"] / "pitts"
+    shutil.copytree(u["pitts"], root)
+    image = root / "000" / "000000_pitch1_yaw2.jpg"
+    image.write_bytes(image.read_bytes()[:200])  # a truncated download
     u["broken"] = root
 
 

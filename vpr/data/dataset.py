@@ -226,7 +226,7 @@ IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
 
 
 def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: str, check: bool) -> list[Path]:
-    """``folder / name`` for every listed image; checked on the first and last one.
+    """``folder / name`` for every listed image, each checked to exist (before any training or evaluation).
 
     When the listed file is missing but one with another image extension is there (Tokyo 24/7's database
     is listed as .jpg and unpacks as .png), every path takes the extension found on disk.
@@ -234,7 +234,7 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
     paths = [folder / n for n in names]
     if not check or not paths:
         return paths
-    first, last = paths[0], paths[-1]
+    first = paths[0]
     if not first.is_file():
         found = next((ext for ext in IMAGE_EXTENSIONS if first.with_suffix(ext).is_file()), None)
         if found is None:
@@ -247,11 +247,12 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
         log.info("%s lists %s images; reading the %s files found in %s", mat_path.name, first.suffix or "(none)",
                  found, folder)
         paths = [p.with_suffix(found) for p in paths]
-        last = paths[-1]
-    if not last.is_file():
+    missing = [p for p in paths if not p.is_file()]  # one stat per image: 0.3 s per 100k images here (warm cache)
+    if missing:
+        shown = ", ".join(str(p.relative_to(folder)) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise DataError(
-            f"image {last} listed in {mat_path} is missing while {paths[0].name} is there: the image folder "
-            f"{folder} is incomplete (re-extract it, or fix {setting})"
+            f"{len(missing)} of the {len(paths)} images listed in {mat_path} are missing under {folder} ({shown}) "
+            f"while {paths[0].name} is there: the image folder is incomplete (re-extract it, or fix {setting})"
         )
     return paths
 
