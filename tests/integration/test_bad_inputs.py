@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import scipy.io
 import torch
@@ -117,6 +118,11 @@ CASES = {
     "coordinates of the wrong shape": Case("eval.py", lambda u: pitts(u, u["broken"]),
                                            lambda u: ["pitts30k_test.mat", "utmQ has shape (2, 2)"],
                                            lambda u: _broken_spec(u, change={"utmQ": [[0.0, 1.0], [2.0, 3.0]]})),
+    "split without queries": Case("eval.py", lambda u: pitts(u, u["broken"]),
+                                  lambda u: ["pitts30k_test.mat", "0 queries"],
+                                  lambda u: _broken_spec(u, change={"qImageFns": np.empty((0, 1), dtype=object),
+                                                                    "utmQ": np.zeros((2, 0)),
+                                                                    "numQueries": [[0.0]]})),
     "split file is text": Case("eval.py", lambda u: pitts(u, u["broken"]),
                                lambda u: ["pitts30k_test.mat", "not a readable MATLAB"], lambda u: _text_spec(u)),
     "image missing": Case("eval.py", lambda u: pitts(u, u["broken"]), lambda u: ["is missing", "data.db_dir"],

@@ -198,6 +198,9 @@ def load_mat_split(
         s = load_dbstruct(mat_path)
     except ValueError as e:  # malformed file: the message names the file and the field
         raise DataError(str(e)) from None
+    if s.num_db == 0 or s.num_q == 0:
+        raise DataError(f"{mat_path}: the {split} split lists {s.num_db} database images and {s.num_q} queries; "
+                        "a split needs both (wrong file, or data.splits names the wrong split)")
     db_paths = _image_paths(root / db_dir, s.db_image, mat_path, "data.db_dir", check_images)
     q_paths = _image_paths(root / query_dir, s.q_image, mat_path, "data.query_dir", check_images)
     if train_radius_m is None:
