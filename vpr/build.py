@@ -100,6 +100,11 @@ def build_datamodule(cfg: DictConfig, data_cfg: DictConfig | None = None, with_t
     return instantiate_setting("data", data_cfg, **kwargs, _recursive_=True)
 
 
+def guided(cfg: DictConfig, attention: nn.Module) -> bool:
+    """Semantic guidance applies when it is configured and the attention module's mask asks for it."""
+    return bool((cfg.get("guidance") or {}).get("source")) and bool(getattr(attention, "supervised_mask", False))
+
+
 def build_module(cfg: DictConfig, with_training: bool = True):
     """The LightningModule; with training, also its optimizer and scheduler factories."""
     from vpr.models.module import PlaceRecognitionModule
@@ -123,7 +128,7 @@ def build_module(cfg: DictConfig, with_training: bool = True):
         encode_workers=int(cfg.data.num_workers),
         run_config=OmegaConf.to_container(cfg, resolve=True),
         aux_loss=str(guidance.get("loss", "mse")),
-        aux_weight=float(guidance.get("weight", 0.0)) if guidance.get("source") else 0.0,
+        aux_weight=float(guidance.get("weight", 0.0)) if guided(cfg, attention) else 0.0,
         aux_weight_after=guidance.get("weight_after"),
         aux_switch_epoch=guidance.get("switch_epoch"),
         **kwargs,

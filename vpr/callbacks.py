@@ -9,6 +9,7 @@ round's statistics. build.py adds it to every training run.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -20,6 +21,8 @@ from vpr.data.datamodule import PlaceDataModule
 from vpr.errors import ConfigError
 from vpr.io import atomic_path
 from vpr.models.module import PlaceRecognitionModule
+
+log = logging.getLogger(__name__)
 
 
 class OfflineMining(L.Callback):
@@ -35,6 +38,9 @@ class OfflineMining(L.Callback):
         dm.encoder = pl_module.encode_dataset
         if pl_module.aux_weight > 0:
             dm.set_feature_grid(pl_module.feature_grid(dm.image_size))
+        elif getattr(pl_module.attention, "supervised_mask", False):
+            log.warning("%s trains without semantic guidance (guidance=none): its mask has no target and no "
+                        "auxiliary loss", type(pl_module.attention).__name__)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stats = trainer.datamodule.last_mining_stats

@@ -78,3 +78,28 @@ def test_pooling_heads_train_without_centroids(head, data_dir, tmp_path):
         cfg = compose(config_name="train", overrides=overrides)
     run_training(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_deattention_is_guided_by_default(data_dir, tmp_path):
+    """The design card's command: attention=deattention loss=stml trains the guided mask (auxiliary loss logged)."""
+    import csv
+
+    from vpr.run.train import run_training
+
+    overrides = [o for o in tiny_overrides("city_baseline", data_dir, tmp_path) if not o.startswith("logger")]
+    overrides += ["attention=deattention", "loss=stml", "backbone=resnet18", "backbone.pretrained=false", "logger=csv"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=overrides)
+    assert cfg.guidance.source == "auto"
+    run_training(cfg)
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    aux = [float(r["train/aux_loss"]) for r in rows if r.get("train/aux_loss")]
+    assert aux and all(a > 0 for a in aux), "the auxiliary loss was logged"
+    # guidance=none says otherwise: no auxiliary loss
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=[*overrides, "guidance=none",
+                                                      f"paths.output_dir={tmp_path / 'unguided'}"])
+    run_training(cfg)
+    (metrics,) = (tmp_path / "unguided").rglob("metrics.csv")
+    assert "train/aux_loss" not in metrics.read_text()

@@ -258,6 +258,9 @@ class PlaceDataModule(L.LightningDataModule):
         source = build_label_source(g["source"], self.root, g.get("mask_dir"), g.get("class_groups"))
         self.targets = GuidanceTargets(source, g.get("suppress", ["person", "vehicle"]), split.image_paths, grid,
                                        g.get("cache_dir"))
+        log.info("semantic guidance (guidance.source=%s): %s; suppressed: %s (class ids %s); %s loss x %s on the "
+                 "%dx%d feature grid", g["source"], source.describe(), ", ".join(self.targets.suppress),
+                 self.targets.suppressed_ids, g.get("loss", "mse"), g.get("weight"), grid[0], grid[1])
 
     # -- mining cache -----------------------------------------------------------------------------------------
     def _encode_for_mining(self, query_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

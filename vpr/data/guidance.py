@@ -55,9 +55,15 @@ class LabelSource:
     def labels(self, image_path: Path) -> np.ndarray:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        return type(self).__name__
+
 
 class SyntheticLabels(LabelSource):
     """The synthetic city's ``<stem>_labels.png`` next to each image; names from ``<root>/classes.json``."""
+
+    def describe(self) -> str:
+        return "the synthetic city's label maps"
 
     name = "synthetic"
 
@@ -86,6 +92,9 @@ class SyntheticLabels(LabelSource):
 class MaskDirLabels(LabelSource):
     """Label maps precomputed by any model under ``mask_dir/<image path relative to data root>.png``."""
 
+    def describe(self) -> str:
+        return "label maps under guidance.mask_dir"
+
     name = "mask_dir"
 
     def __init__(self, mask_dir: str | Path, data_root: str | Path, class_groups: Mapping[str, Sequence[int]] | None):
@@ -113,6 +122,9 @@ class MaskDirLabels(LabelSource):
 
 class TorchvisionLabels(LabelSource):
     """DeepLabV3-MobileNetV3-Large (Pascal VOC classes) from torchvision, run once per image."""
+
+    def describe(self) -> str:
+        return "torchvision's DeepLabV3-MobileNetV3 (Pascal VOC classes)"
 
     name = "torchvision"
 
@@ -210,10 +222,15 @@ class GuidanceTargets:
 
 def build_label_source(kind: str, data_root: str | Path, mask_dir: str | None = None,
                        class_groups: Mapping[str, Sequence[int]] | None = None) -> LabelSource:
+    if kind == "auto":  # the city's own labels, else mask_dir's, else torchvision's model
+        if (Path(str(data_root)) / "classes.json").is_file():
+            kind = "synthetic"
+        else:
+            kind = "mask_dir" if mask_dir else "torchvision"
     if kind == "synthetic":
         return SyntheticLabels(data_root)
     if kind == "mask_dir":
         return MaskDirLabels(mask_dir, data_root, class_groups)
     if kind == "torchvision":
         return TorchvisionLabels("cuda" if torch.cuda.is_available() else "cpu")
-    raise DataError(f"guidance.source={kind!r}: choose synthetic, mask_dir or torchvision")
+    raise DataError(f"guidance.source={kind!r}: choose auto, synthetic, mask_dir or torchvision")

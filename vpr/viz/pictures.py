@@ -36,7 +36,7 @@ def save_retrieval_pictures(module, datamodule, stage: str, path: Path, num_quer
     size = datamodule.image_size
     masks, targets = [], []
     source = None
-    if datamodule.guidance is not None:
+    if datamodule.guidance is not None and module.aux_weight > 0:
         try:
             source = build_label_source(datamodule.guidance["source"], datamodule.root, datamodule.guidance.get("mask_dir"),
                                         datamodule.guidance.get("class_groups"))

@@ -81,6 +81,11 @@ class Combined(nn.Module):
             )
         self.stages = nn.ModuleList(modules)
 
+    @property
+    def supervised_mask(self) -> bool:
+        """True when its mask (the first stage's that has one) comes from a module the guidance supervises."""
+        return any(getattr(stage, "supervised_mask", False) for stage in self.stages)
+
     def forward(self, x: Tensor) -> AttentionOutput:
         """x: (B, C, h, w) -> AttentionOutput(features (B, C, h, w), weights, mask)."""
         features = x

@@ -59,6 +59,9 @@ class DeAttention(nn.Module):
     Parameters: sum over branches (k, n) of (C*k*k*n + n + 2*n) + (84 + 1) + 2.
     """
 
+    #: The mask is trained to match the semantic guidance target (the auxiliary loss needs guidance).
+    supervised_mask = True
+
     def __init__(
         self,
         channels: int,
