@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vpr.callbacks import AtomicCheckpointIO, OfflineMining
+from vpr.callbacks import AtomicCheckpointIO, OfflineMining, RecordRunIds
 from vpr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 SETTING_ERRORS = (ValueError, TypeError, KeyError, RuntimeError, OSError, ImportError, AttributeError)
 
 
-def instantiate_setting(group: str, conf: Any, **kwargs: Any) -> Any:
+def instantiate_setting(group: str, conf: Any, /, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` whose failures from a wrong setting end as a :class:`ConfigError` naming the
     config group, its target and the constructor's own message (not Hydra's wrapped repr)."""
     try:
@@ -164,7 +164,8 @@ def sweep_identity() -> tuple[str | None, str | None]:
     return None, None
 
 
-def build_loggers(cfg: DictConfig) -> list[Any]:
+def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
+    """The configured loggers; ``wandb_id`` continues that W&B run (a resumed training)."""
     loggers = []
     for name, conf in (cfg.get("logger") or {}).items():
         if conf is None or "_target_" not in conf:
@@ -181,6 +182,8 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
             tags = [str(t) for t in (conf.get("tags") or [])]
             if cfg.get("variant") and str(cfg.variant) not in tags:
                 kwargs["tags"] = [*tags, str(cfg.variant)]
+            if wandb_id:
+                kwargs.update(id=str(wandb_id), resume="allow")
             os.environ.setdefault("WANDB_SILENT", "true")
             Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
         loggers.append(instantiate_setting(f"logger.{name}", conf, **kwargs))
@@ -196,14 +199,24 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
         if not with_logger and c._target_.endswith("LearningRateMonitor"):
             continue
         out.append(instantiate_setting(f"callbacks.{name}", c))
-    out.append(OfflineMining())
+    out += [OfflineMining(), RecordRunIds()]
     return out
 
 
-def build_trainer(cfg: DictConfig, training: bool = True) -> L.Trainer:
+def finish_loggers(trainer: L.Trainer, failed: bool) -> None:
+    """End the W&B run of this job (a Hydra multirun starts the next job's own run), marked failed if it was."""
+    if not any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None = None) -> L.Trainer:
     """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation."""
     if training:
-        loggers = build_loggers(cfg)
+        loggers = build_loggers(cfg, wandb_id)
         return instantiate_setting("trainer", cfg.trainer, logger=loggers or False,
                                    callbacks=build_callbacks(cfg, with_logger=bool(loggers)),
                                    plugins=[AtomicCheckpointIO()])

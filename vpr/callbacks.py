@@ -70,3 +70,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
+
+
+#: Where a checkpoint keeps the W&B run id, so that a resumed training continues the same run.
+WANDB_ID_KEY = "wandb_run_id"
+
+
+class RecordRunIds(L.Callback):
+    """Stores the W&B run id in every checkpoint."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        for lg in trainer.loggers:
+            if type(lg).__name__ == "WandbLogger" and lg.version:
+                checkpoint[WANDB_ID_KEY] = str(lg.version)

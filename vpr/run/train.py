@@ -17,7 +17,9 @@ from vpr.build import (
     build_trainer,
     cluster_command_overrides,
     command_line_overrides,
+    finish_loggers,
 )
+from vpr.callbacks import WANDB_ID_KEY
 from vpr.centroids import init_head
 from vpr.checkpoints import load_matching_weights, read_checkpoint, resolve_ckpt_path
 from vpr.errors import ConfigError
@@ -121,8 +123,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared))
     module = build_module(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
+    wandb_id = None
     if ckpt_path is not None:
-        read_checkpoint(ckpt_path)  # refuses a file that is not plain weights before Lightning opens it
+        state, _ = read_checkpoint(ckpt_path)  # refuses a file that is not plain weights before Lightning opens it
+        wandb_id = state.get(WANDB_ID_KEY)  # the W&B run the resumed training continues
         continue_in_run_folder(cfg, ckpt_path)
     check_writable(Path(cfg.callbacks.checkpoint.dirpath) if cfg.get("callbacks", {}).get("checkpoint") else out_dir)
     if ckpt_path is None and cfg.get("init_weights"):
@@ -131,7 +135,18 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         init_head(cfg, module, dm, cluster_command_overrides())  # a resumed run restores the head instead
     print_budget(cfg, dm, module)
 
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, wandb_id=wandb_id)
+    failed = True
+    try:
+        results = train_and_test(cfg, trainer, dm, module, ckpt_path, test_sets, out_dir)
+        failed = False
+        return results
+    finally:
+        finish_loggers(trainer, failed)  # each job of a sweep is its own W&B run, closed here, also on failure
+
+
+def train_and_test(cfg: DictConfig, trainer: L.Trainer, dm, module, ckpt_path: str | None, test_sets,
+                   out_dir: Path) -> dict[str, Any]:
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
