@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from vpr.data.dataset import ImageDataset
 from vpr.errors import ConfigError
 from vpr.io import atomic_path
+from vpr.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def sample_local_descriptors(
     was_training = backbone.training
     backbone.eval().to(device)
     out = []
-    for images, _ in tqdm(loader, desc="sampling local descriptors", dynamic_ncols=True):
+    for images, _ in progress(loader, desc="sampling local descriptors"):
         fmap = F.normalize(backbone(images.to(device)).float(), dim=1)  # (B, C, h, w)
         b, c, h, w = fmap.shape
         flat = fmap.flatten(2).transpose(1, 2).cpu().numpy()  # (B, h*w, C)

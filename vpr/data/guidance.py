@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from vpr.errors import DataError
 from vpr.io import atomic_path
+from vpr.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class GuidanceTargets:
             if table.shape == (len(self.paths), *self.grid):
                 return torch.from_numpy(table)
         table = np.empty((len(self.paths), *self.grid), dtype=np.float32)
-        for i, p in enumerate(tqdm(self.paths, desc="guidance targets", leave=False, dynamic_ncols=True)):
+        for i, p in enumerate(progress(self.paths, desc="guidance targets", leave=False)):
             table[i] = area_target(self.source.labels(p), self.suppressed_ids, self.grid)
         if cache is not None:
             with atomic_path(cache, suffix=".npy") as tmp:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from vpr.eval.ranking import rank_split
 from vpr.eval.recall import recall_at_n
 from vpr.models.attention.deattention import deattention_loss
+from vpr.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class PlaceRecognitionModule(L.LightningModule):
         parts = []
         ctx = self._trainer.precision_plugin.forward_context() if self._trainer else torch.autocast("cpu", enabled=False)
         with ctx:
-            for images, _ in tqdm(loader, desc=desc, leave=False, disable=rank != 0, dynamic_ncols=True):
+            for images, _ in progress(loader, desc=desc, leave=False, disable=rank != 0):
                 parts.append(self(images.to(self.device, non_blocking=True)).float())
         local = torch.cat(parts) if parts else torch.zeros(0, self.head.out_dim, device=self.device)
         if world > 1:

@@ -246,11 +246,11 @@ def generate_city(
 ensure_city = generate_city
 
 
-def _run_tasks(tasks: list[tuple], state: dict[str, Any], n_workers: int, progress: bool) -> None:
-    from tqdm import tqdm
+def _run_tasks(tasks: list[tuple], state: dict[str, Any], n_workers: int, show: bool) -> None:
+    from vpr.progress import progress as progress_bar
 
     if n_workers <= 1:
-        with tqdm(total=len(tasks), desc="synthetic city", unit="img", disable=not progress, file=sys.stderr) as bar:
+        with progress_bar(total=len(tasks), desc="synthetic city", unit="img", disable=not show, file=sys.stderr) as bar:
             for task in tasks:
                 _render_task(state, task)
                 bar.update(1)
@@ -262,6 +262,6 @@ def _run_tasks(tasks: list[tuple], state: dict[str, Any], n_workers: int, progre
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
     with ctx.Pool(n_workers, initializer=_worker_init, initargs=(state,)) as pool:
-        with tqdm(total=len(tasks), desc="synthetic city", unit="img", disable=not progress, file=sys.stderr) as bar:
+        with progress_bar(total=len(tasks), desc="synthetic city", unit="img", disable=not show, file=sys.stderr) as bar:
             for done in pool.imap_unordered(_worker_run, chunks):
                 bar.update(done)
