@@ -155,6 +155,7 @@ def with_stored_network(cfg: DictConfig, stored: dict, image_size_given: bool) -
         if key in stored:
             cfg[key] = stored[key]
     cfg.backbone.pretrained = False
+    cfg.backbone.weights_path = None
     if not image_size_given:
         cfg.data.image_size = stored["data"]["image_size"]
     return cfg

@@ -7,6 +7,7 @@ import socket
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from vpr.models.backbones import (
@@ -227,3 +228,18 @@ def test_vgg16_pretrained_takes_features_from_cached_file(offline):
     loaded = VGG16Backbone(pretrained=True)
     assert torch.equal(loaded.features[28].weight, state["features.28.weight"])
     assert torch.equal(loaded.features[0].bias, state["features.0.bias"])
+
+
+def test_weights_from_a_local_file(tmp_path):
+    """backbone.weights_path: torchvision's state dict from a file (a machine without internet), no download."""
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    net = build_backbone("resnet18", pretrained=True, cut_at="layer3", weights_path=str(tmp_path / "resnet18-f37072fd.pth"))
+    torch.testing.assert_close(net.stages["conv1"][0].weight, reference.conv1.weight)
+    torch.testing.assert_close(net.stages["layer3"][0].conv1.weight, reference.layer3[0].conv1.weight)
+    assert net.pretrained and net.tag == "resnet18-layer3"
+    with pytest.raises(ValueError, match=r"backbone.weights_path=.*nothing.pth: no such file"):
+        build_backbone("resnet18", weights_path=str(tmp_path / "nothing.pth"))
+    with pytest.raises(ValueError, match=r"does not fit torchvision's resnet50"):
+        build_backbone("resnet50", weights_path=str(tmp_path / "resnet18-f37072fd.pth"))

@@ -69,12 +69,37 @@ def load_torchvision_weights(
             f"Pretrained weights {weights} could not be downloaded or loaded ({type(err).__name__}: {err}).\n"
             f"torchvision caches them in {cache_dir} (torch.hub.get_dir()/checkpoints; set TORCH_HOME to move "
             f"it).\nFix: on a machine with internet access download {weights.url} and copy it to "
-            f"{cached_file} (keep the file name), then run again.\n"
+            f"{cached_file} (keep the file name), or anywhere and give backbone.weights_path=<file>, then run "
+            "again.\n"
             "Or set pretrained=false (e.g. `backbone.pretrained=false`) to train from random initialisation, "
             "which gives far lower recall than ImageNet weights."
         ) from err
     finally:
         socket.setdefaulttimeout(previous_timeout)
+
+
+def load_weights_file(path: str | os.PathLike, what: str) -> dict:
+    """A state dict saved with ``torch.save`` (a torchvision ``.pth``, or a dict holding ``state_dict``), loaded as
+    tensors only. ValueError naming ``backbone.weights_path`` when the file is missing or is not such a file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"backbone.weights_path={path}: no such file (the {what} weights to start from)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"backbone.weights_path={path}: not a torch state dict ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"backbone.weights_path={path}: expected a state dict of tensors (torchvision's {what} .pth)")
+    return state
+
+
+def _load_into(module: nn.Module, state: dict, path: str | os.PathLike, what: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())
+        raise ValueError(f"backbone.weights_path={path} does not fit torchvision's {what}: {detail[:400]}") from None
 
 
 def _normalise_train_from(train_from: str | int, stages: tuple[str, ...], kind: str) -> str:
@@ -102,6 +127,8 @@ class VGG16Backbone(nn.Module):
 
     Args:
         pretrained: load torchvision ImageNet weights (``VGG16_Weights.IMAGENET1K_V1``); RuntimeError if unavailable.
+        weights_path: load them from this file instead (torchvision's ``vgg16-397923af.pth`` copied to a machine
+            without internet, or any VGG16 state dict with ``features.*`` keys).
         train_from: first block that trains: ``conv1``..``conv5`` (``conv5``: the NetVLAD baseline, conv5_1..conv5_3;
             ``conv3``: the paper), ``all`` (= conv1) or ``none``. An int n means ``conv{n}``.
     """
@@ -109,14 +136,17 @@ class VGG16Backbone(nn.Module):
     out_channels: int = 512
     stride: int = 16
 
-    def __init__(self, pretrained: bool = True, train_from: str | int = "conv5") -> None:
+    def __init__(self, pretrained: bool = True, train_from: str | int = "conv5",
+                 weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
         # make_layers builds only the conv part: no 100M-parameter classifier is allocated for nothing.
         features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=False)
-        if pretrained:
-            state = load_torchvision_weights(torchvision.models.VGG16_Weights.IMAGENET1K_V1)
+        if weights_path or pretrained:
+            state = (load_weights_file(weights_path, "vgg16") if weights_path
+                     else load_torchvision_weights(torchvision.models.VGG16_Weights.IMAGENET1K_V1))
             prefix = "features."
-            features.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+            _load_into(features, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)},
+                       weights_path or "torchvision", "vgg16 features")
         else:
             for m in features.modules():  # torchvision's VGG initialisation
                 if isinstance(m, nn.Conv2d):
@@ -124,7 +154,7 @@ class VGG16Backbone(nn.Module):
                     nn.init.zeros_(m.bias)
         # NetVLAD aggregates conv5_3 before the ReLU (negative responses carry information); no pool5.
         self.features = nn.Sequential(*list(features.children())[:_VGG16_CONV5_3_END])
-        self.pretrained = bool(pretrained)
+        self.pretrained = bool(pretrained or weights_path)
         self.train_from = _normalise_train_from(train_from, tuple(_VGG16_BLOCK_START), "vgg16")
         self._freeze()
 
@@ -173,6 +203,7 @@ class ResNetBackbone(nn.Module):
         cut_at: str = "layer3",
         train_from: str | int = "layer3",
         weights_version: str = "IMAGENET1K_V1",
+        weights_path: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if depth not in _RESNET_CHANNELS:
@@ -194,7 +225,9 @@ class ResNetBackbone(nn.Module):
             if depth == 18
             else torchvision.models.resnet50(weights=None)
         )
-        if weights is not None:
+        if weights_path:
+            _load_into(net, load_weights_file(weights_path, f"resnet{depth}"), weights_path, f"resnet{depth}")
+        elif weights is not None:
             net.load_state_dict(load_torchvision_weights(weights))
 
         kept = _RESNET_STAGES[: _RESNET_STAGES.index(cut_at) + 1]
@@ -204,7 +237,7 @@ class ResNetBackbone(nn.Module):
         )
         self.depth = depth
         self.cut_at = cut_at
-        self.pretrained = bool(pretrained)
+        self.pretrained = bool(pretrained or weights_path)
         self.out_channels: int = _RESNET_CHANNELS[depth][cut_at]
         self.stride: int = _RESNET_STRIDE[cut_at]
         self.train_from = _normalise_train_from(train_from, kept, f"resnet{depth} cut at {cut_at}")
@@ -251,6 +284,7 @@ def build_backbone(
     train_from: str | int | None = None,
     cut_at: str = "layer3",
     weights_version: str = "IMAGENET1K_V1",
+    weights_path: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Build a backbone by name: ``vgg16``, ``resnet18`` or ``resnet50``.
 
@@ -261,10 +295,13 @@ def build_backbone(
             (the NetVLAD baseline), ``cut_at`` for the ResNets (only the last kept stage trains).
         cut_at: ResNets only: ``layer3`` or ``layer4``.
         weights_version: ResNets only: torchvision weights name.
+        weights_path: the pretrained weights from a local file (a machine without internet), instead of
+            torchvision's download.
     """
     key = name.lower()
     if key == "vgg16":
-        return VGG16Backbone(pretrained=pretrained, train_from="conv5" if train_from is None else train_from)
+        return VGG16Backbone(pretrained=pretrained, train_from="conv5" if train_from is None else train_from,
+                             weights_path=weights_path)
     if key in ("resnet18", "resnet50"):
         return ResNetBackbone(
             depth=int(key[len("resnet") :]),
@@ -272,5 +309,6 @@ def build_backbone(
             cut_at=cut_at,
             train_from=cut_at if train_from is None else train_from,
             weights_version=weights_version,
+            weights_path=weights_path,
         )
     raise ValueError(f"Unknown backbone name={name!r}; choose one of 'vgg16', 'resnet18', 'resnet50'.")
