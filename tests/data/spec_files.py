@@ -47,6 +47,26 @@ def _cell(items: list[str]) -> np.ndarray:
     return c
 
 
+def spec_fields(which_set: str, db_names: list[str], utm_db: np.ndarray, q_names: list[str], utm_q: np.ndarray,
+                non_triv_sq: float | None = None) -> dict:
+    """The dbStruct fields in the real files' order: N x 1 cells, 2 x N UTM, 1 x 1 doubles (no training radius
+    when ``non_triv_sq`` is None, as in Tokyo 24/7)."""
+    fields = {
+        "whichSet": which_set,
+        "dbImageFns": _cell(db_names),
+        "utmDb": np.asarray(utm_db).T.copy(),
+        "qImageFns": _cell(q_names),
+        "utmQ": np.asarray(utm_q).T.copy(),
+        "numImages": np.array([[float(len(db_names))]]),
+        "numQueries": np.array([[float(len(q_names))]]),
+        "posDistThr": np.array([[25.0]]),
+        "posDistSqThr": np.array([[625.0]]),
+    }
+    if non_triv_sq is not None:
+        fields["nonTrivPosDistSqThr"] = np.array([[float(non_triv_sq)]])
+    return fields
+
+
 def write_v5(path: Path, fields: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(str(path), {"dbStruct": fields})
@@ -105,18 +125,7 @@ def pittsburgh_like(root: Path, *, name: str = "pitts30k", split: str = "test", 
         utm_q.append(centres[p] + [0.0, 4.0])
         _write_image(root / "queries_real" / q_names[-1], textures[p], rng)
     utm_db, utm_q = np.array(utm_db), np.array(utm_q)
-    fields = {
-        "whichSet": split,
-        "dbImageFns": _cell(db_names),
-        "utmDb": utm_db.T.copy(),
-        "qImageFns": _cell(q_names),
-        "utmQ": utm_q.T.copy(),
-        "numImages": np.array([[float(len(db_names))]]),
-        "numQueries": np.array([[float(len(q_names))]]),
-        "posDistThr": np.array([[25.0]]),
-        "posDistSqThr": np.array([[625.0]]),
-        "nonTrivPosDistSqThr": np.array([[100.0]]),
-    }
+    fields = spec_fields(split, db_names, utm_db, q_names, utm_q, non_triv_sq=100.0)
     path = root / "datasets" / f"{name}_{split}.mat"
     if fmt == "v5":
         write_v5(path, fields)
@@ -147,16 +156,6 @@ def tokyo247_like(root: Path, *, num_places: int = 5, seed: int = 1) -> SpecData
         utm_q.append(centres[p] + [0.0, 8.0])
         _write_image(root / "247query_subset_v2" / q_names[-1], textures[p], rng)
     utm_db, utm_q = np.array(utm_db), np.array(utm_q)
-    write_v5(root / "datasets" / "tokyo247.mat", {
-        "whichSet": "test",
-        "dbImageFns": _cell(db_names),
-        "utmDb": utm_db.T.copy(),
-        "qImageFns": _cell(q_names),
-        "utmQ": utm_q.T.copy(),
-        "numImages": np.array([[float(len(db_names))]]),
-        "numQueries": np.array([[float(len(q_names))]]),
-        "posDistThr": np.array([[25.0]]),
-        "posDistSqThr": np.array([[625.0]]),
-    })
+    write_v5(root / "datasets" / "tokyo247.mat", spec_fields("test", db_names, utm_db, q_names, utm_q))
     return SpecDataset(root, db_names, q_names, utm_db, utm_q, root / "database_gsv_vga",
                        root / "247query_subset_v2", db_suffix_on_disk=".png")
