@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -199,6 +200,11 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
         if not with_logger and c._target_.endswith("LearningRateMonitor"):
             continue
         out.append(instantiate_setting(f"callbacks.{name}", c))
+    every = cfg.get("checkpoint_every_n_steps")
+    if every and cfg.get("callbacks", {}).get("last_checkpoint") is not None:
+        # Lightning wants one trigger per ModelCheckpoint: a second one writes the same last.ckpt between epochs.
+        out.append(ModelCheckpoint(dirpath=cfg.callbacks.last_checkpoint.dirpath, filename="last", monitor=None,
+                                   save_top_k=1, every_n_train_steps=int(every), enable_version_counter=False))
     out += [OfflineMining(), RecordRunIds()]
     return out
 

@@ -43,6 +43,7 @@ class OfflineMining(L.Callback):
                         "auxiliary loss", type(pl_module.attention).__name__)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log.info("epoch %d trained: global step %d", trainer.current_epoch, trainer.global_step)
         stats = trainer.datamodule.last_mining_stats
         if stats is None:
             return

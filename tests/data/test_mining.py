@@ -171,3 +171,75 @@ def test_lightning_sets_the_epoch_through_batch_sampler_sampler():
     loader = DataLoader(list(range(10)), batch_sampler=sampler, collate_fn=lambda x: x)
     _set_sampler_epoch(loader, 3)
     assert sampler.epoch == 3
+
+
+class DriftingEncoder(CountingEncoder):
+    """Descriptors that change with every training step, like a model being trained between cache passes."""
+
+    def __init__(self, split):
+        super().__init__(split)
+        rng = np.random.default_rng(7)
+        self.dq, self.ddb = rng.normal(size=self.q.shape), rng.normal(size=self.db.shape)
+        self.trained = 0
+
+    def __call__(self, query_ids):
+        self.calls.append(np.asarray(query_ids).copy())
+        q = unit(self.q + 0.3 * self.trained * self.dq).astype(np.float32)
+        db = unit(self.db + 0.3 * self.trained * self.ddb).astype(np.float32)
+        return torch.from_numpy(q[query_ids]), torch.from_numpy(db)
+
+
+def train_loop(sampler, enc, start=0, stop=None):
+    """Consume batches the way Lightning does: the next batch is fetched before the current one trains."""
+    enc.trained, out = start, []
+    it = iter(sampler)
+    cur = next(it, None)
+    while cur is not None:
+        nxt = next(it, None)
+        out.append(cur)
+        enc.trained += 1
+        if enc.trained == stop:
+            return out, sampler.position_state(stop)
+        cur = nxt
+    return out, None
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3, 5, 6])
+def test_resume_within_an_epoch_continues_batch_for_batch(stop, tmp_path):
+    split = make_split()
+
+    def sampler():
+        miner = HardNegativeMiner(split, candidate_negatives=40, margin=0.3, negatives_per_query=3)
+        enc = DriftingEncoder(split)
+        s = MinedBatchSampler(miner, enc, batch_size=3, refresh_every_queries=9, seed=5)
+        s.set_epoch(2)
+        return s, enc
+
+    s_full, enc = sampler()
+    full, _ = train_loop(s_full, enc)
+    assert len(enc.calls) == 3 and len(full) > stop  # three rounds of at most three batches
+    s, enc = sampler()
+    head, position = train_loop(s, enc, stop=stop)
+    assert position is not None and position["epoch"] == 2
+    torch.save(position, tmp_path / "p.pt")  # a checkpoint holds it and loads it back with weights_only=True
+    position = torch.load(tmp_path / "p.pt", weights_only=True)
+
+    s2, enc2 = sampler()
+    s2.resume_from(position)
+    tail, _ = train_loop(s2, enc2, start=stop)
+    assert head + tail == full
+    assert np.array_equal(s2.miner.remembered, s_full.miner.remembered)
+    # the interrupted round is taken from the checkpoint, not re-encoded with the resumed model
+    assert len(enc2.calls) == 2 - position["round"]
+
+
+def test_position_of_a_finished_epoch_is_none_and_a_resume_for_another_epoch_is_ignored():
+    split = make_split()
+    miner = HardNegativeMiner(split, candidate_negatives=10_000, margin=1.5)
+    s = MinedBatchSampler(miner, CountingEncoder(split), batch_size=4, refresh_every_queries=10, seed=3)
+    batches = list(s)
+    assert s.position_state(len(batches)) is None
+    mid = s.position_state(2)
+    s.set_epoch(1)
+    s.resume_from(mid)  # recorded in epoch 0: epoch 1 starts afresh
+    assert sum(len(b) for b in s) == len(miner.trainable_queries)

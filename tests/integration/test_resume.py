@@ -5,12 +5,14 @@ epoch it was in; the resumed run keeps writing checkpoints in the killed run's f
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import ROOT, run_script, script_env
@@ -23,8 +25,11 @@ SETTINGS = [
 ]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tmp_path):
+@pytest.mark.parametrize("every_n_steps", [None, 1], ids=["epoch-checkpoints", "step-checkpoints"])
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tmp_path, every_n_steps):
     common = [*SETTINGS, f"paths.data_dir={data_dir}"]
+    if every_n_steps:
+        common.append(f"checkpoint_every_n_steps={every_n_steps}")
     run_script("train.py", *common, f"paths.log_dir={tmp_path}/a", f"hydra.run.dir={tmp_path}/a/train/runs/r",
                tmp=tmp_path)
     uninterrupted = json.loads((tmp_path / "a" / "train" / "runs" / "r" / "results.json").read_text())
@@ -45,7 +50,15 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tm
         proc.wait()
     assert not (first / "results.json").exists(), "killed before the end"
     saved = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["epoch"] == 0, "last.ckpt is the end of the epoch before the kill: only the killed epoch is lost"
+    killed_log = log_file.read_text()
+    steps_epoch0 = int(re.search(r"epoch 0 trained: global step (\d+)", killed_log).group(1))
+    if every_n_steps is None:
+        assert saved["epoch"] == 0, "last.ckpt is the end of the epoch before the kill: only the killed epoch is lost"
+        assert saved["global_step"] == steps_epoch0
+    else:
+        # in the second round of epoch 1: past the first round's steps, and holding the round being trained
+        assert saved["epoch"] == 1 and saved["global_step"] > steps_epoch0, saved["global_step"]
+        assert saved["PlaceDataModule"]["round"]["epoch"] == 1
 
     second = tmp_path / "b" / "train" / "runs" / "second"
     proc = run_script("train.py", *common, f"paths.log_dir={tmp_path}/b", "ckpt_path=last", f"hydra.run.dir={second}",

@@ -186,6 +186,8 @@ class PlaceDataModule(L.LightningDataModule):
         self.last_mining_stats: MiningStats | None = None
         self._loaded: dict[str, PlaceSplit] = {}
         self._pending_miner_state: dict | None = None
+        self._pending_round: dict | None = None
+        self._sampler: MinedBatchSampler | None = None
         self.guidance = dict(guidance) if guidance and guidance.get("source") else None
         self.targets: GuidanceTargets | None = None
 
@@ -300,6 +302,10 @@ class PlaceDataModule(L.LightningDataModule):
             # set_epoch; after a resume from an end-of-epoch checkpoint trainer.current_epoch still names the
             # finished epoch, so the first mining round would use its query order and seed.
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        if self._pending_round is not None:
+            sampler.resume_from(self._pending_round)  # used only if that epoch is the one about to run
+            self._pending_round = None
+        self._sampler = sampler
         return DataLoader(
             TripletDataset(self.train_split, self.transform, self.targets),
             batch_sampler=sampler,
@@ -321,15 +327,25 @@ class PlaceDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_split)
 
-    # -- checkpoint state: the remembered negatives ------------------------------------------------------------
+    # -- checkpoint state: the remembered negatives and the position within the epoch --------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"miner": self.miner.state_dict()} if self.miner is not None else {}
+        if self.miner is None:
+            return {}
+        state: dict[str, Any] = {"miner": self.miner.state_dict()}
+        trainer = self.trainer
+        if self._sampler is not None and trainer is not None and trainer.state.fn == "fit":
+            # Batches trained so far in this epoch (a checkpoint written after a training step counts that step).
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            position = self._sampler.position_state(done)
+            if position is not None:
+                state["round"] = position
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_round = state_dict.get("round")
         if "miner" not in state_dict:
             return
         if self.miner is not None:
             self.miner.load_state_dict(state_dict["miner"])
         else:
             self._pending_miner_state = state_dict["miner"]
-

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -230,6 +232,9 @@ class MinedBatchSampler:
     truncated to equal length so that ranks stay in step.
 
     It has no ``__len__``: skipped queries make a round's size known only after mining.
+
+    It remembers this epoch's latest rounds, so that a checkpoint written between two steps can hold the round
+    being trained (:meth:`position_state`) and a resumed run continue it batch for batch (:meth:`resume_from`).
     """
 
     def __init__(
@@ -256,6 +261,8 @@ class MinedBatchSampler:
         self.world_size = world_size
         self.on_round = on_round
         self.epoch = 0
+        self._records: deque[_RoundRecord] = deque(maxlen=8)  # this epoch's latest rounds (checkpoint positions)
+        self._resume: dict[str, Any] | None = None
         # Lightning calls set_epoch on ``batch_sampler.sampler`` (not on the batch sampler) every epoch.
         self.sampler = _EpochRelay(self)
 
@@ -270,10 +277,32 @@ class MinedBatchSampler:
         step = self.refresh_every_queries
         return [order[i : i + step] for i in range(0, len(order), step)]
 
+    def _my_batches(self, triplets: list[Triplet]) -> list[list[Triplet]]:
+        """This rank's batches of a round's (shuffled, all-rank) tuples."""
+        per_rank = len(triplets) // self.world_size
+        mine = triplets[self.rank :: self.world_size][:per_rank]
+        return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+
     def __iter__(self) -> Iterator[list[Triplet]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         rounds = self.rounds()
-        for r, query_ids in enumerate(rounds):
+        self._records.clear()
+        first_round, batches_before = 0, 0
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] == self.epoch:
+            # The interrupted round exactly as it was mined; the model is never asked to re-encode it.
+            record = _RoundRecord.from_state(resume)
+            generator.set_state(record.generator_state)
+            self.miner.load_state_dict({"remembered": record.remembered})
+            batches = self._my_batches(record.triplets)
+            log.info("epoch %d: resuming in mining round %d/%d after %d of its %d batches", self.epoch,
+                     record.index + 1, len(rounds), resume["offset"], len(batches))
+            record.first_batch = int(resume["batches_done"]) - int(resume["offset"])
+            self._records.append(record)
+            yield from batches[int(resume["offset"]) :]
+            first_round, batches_before = record.index + 1, record.first_batch + len(batches)
+        for r in range(first_round, len(rounds)):
+            query_ids = rounds[r]
             t0 = time.perf_counter()
             q_desc, db_desc = self.encode(query_ids)
             encode_seconds = time.perf_counter() - t0
@@ -284,10 +313,72 @@ class MinedBatchSampler:
             if self.on_round is not None:
                 self.on_round(stats)
             del q_desc, db_desc
-            order = torch.randperm(len(triplets), generator=generator).tolist() if self.shuffle else None
-            if order is not None:
+            if self.shuffle:
+                order = torch.randperm(len(triplets), generator=generator).tolist()
                 triplets = [triplets[i] for i in order]
-            per_rank = len(triplets) // self.world_size
-            mine = triplets[self.rank :: self.world_size][:per_rank]
-            for i in range(0, len(mine), self.batch_size):
-                yield mine[i : i + self.batch_size]
+            self._records.append(_RoundRecord(self.epoch, r, len(rounds), batches_before, triplets,
+                                              generator.get_state(), self.miner.remembered.copy()))
+            batches = self._my_batches(triplets)
+            batches_before += len(batches)
+            yield from batches
+
+    # -- the position within an epoch, for checkpoints written between its steps ----------------------------------
+    def position_state(self, batches_done: int) -> dict[str, Any] | None:
+        """What a checkpoint needs to continue this epoch after its first ``batches_done`` batches.
+
+        The loader asks for batches ahead of training (prefetching), so the round those batches belong to may
+        not be the last one mined. None when the epoch is complete (the next one starts afresh) or the round is
+        no longer remembered.
+        """
+        for record in reversed(self._records):
+            n = len(self._my_batches(record.triplets))
+            if record.first_batch <= batches_done <= record.first_batch + n:
+                if batches_done == record.first_batch + n and record.index == record.num_rounds - 1:
+                    return None  # the epoch is complete
+                return {**record.state(), "offset": batches_done - record.first_batch, "batches_done": batches_done}
+        if self._records:
+            log.warning("the checkpoint at batch %d of epoch %d does not hold its mining round (rounds shorter than "
+                        "the loader's prefetching); resuming from it restarts the epoch", batches_done, self.epoch)
+        return None
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """Continue, at the next iteration of epoch ``state['epoch']``, where :meth:`position_state` left off."""
+        self._resume = state
+
+
+@dataclass
+class _RoundRecord:
+    """One mining round as trained: its tuples (all ranks', shuffled), the sampling generator and the miner's
+    memory right after it. Checkpoints store it as tensors (they load with ``weights_only=True``)."""
+
+    epoch: int
+    index: int
+    num_rounds: int
+    first_batch: int  # this rank's batches of the epoch before this round
+    triplets: list[Triplet]
+    generator_state: torch.Tensor
+    remembered: np.ndarray
+
+    def state(self) -> dict[str, Any]:
+        t = self.triplets
+        return {
+            "epoch": self.epoch,
+            "round": self.index,
+            "num_rounds": self.num_rounds,
+            "queries": torch.tensor([x.query for x in t], dtype=torch.int64),
+            "positives": torch.tensor([x.positive for x in t], dtype=torch.int64),
+            "negative_counts": torch.tensor([len(x.negatives) for x in t], dtype=torch.int64),
+            "negatives": torch.tensor([n for x in t for n in x.negatives], dtype=torch.int64),
+            "generator_state": self.generator_state.clone(),
+            "remembered": torch.from_numpy(self.remembered.copy()),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _RoundRecord:
+        negatives = state["negatives"].tolist()
+        triplets, at = [], 0
+        for q, p, c in zip(state["queries"].tolist(), state["positives"].tolist(), state["negative_counts"].tolist()):
+            triplets.append(Triplet(int(q), int(p), tuple(int(n) for n in negatives[at : at + c])))
+            at += c
+        return cls(int(state["epoch"]), int(state["round"]), int(state["num_rounds"]), 0, triplets,
+                   state["generator_state"], np.asarray(state["remembered"]).astype(np.int64))

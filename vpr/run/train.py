@@ -40,6 +40,7 @@ WHOLE_NUMBERS = {  # setting: (smallest allowed value, what it counts)
     "mining.candidate_negatives": (1, "negatives sampled per query before the hardest are kept"),
     "mining.refresh_every_queries": (1, "training queries between two mining cache passes"),
     "trainer.max_epochs": (1, "epochs"),
+    "checkpoint_every_n_steps": (1, "training steps between two last.ckpt writes within an epoch; null: none"),
 }
 
 
