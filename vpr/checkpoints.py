@@ -173,3 +173,15 @@ def load_matching_weights(module: torch.nn.Module, path: str) -> None:
     module.load_state_dict(matching, strict=False)
     skipped = sorted({k.split(".")[0] for k in own if k not in matching})
     log.info("init_weights: %d tensors from %s; kept their initialisation: %s", len(matching), path, skipped or "none")
+
+
+def load_network_weights(module: torch.nn.Module, state: dict, ckpt_path: str) -> None:
+    """Load a checkpoint's ``state_dict`` strictly; a mismatch names the checkpoint and the offending keys."""
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as e:  # missing / unexpected keys, other shapes: the message lists them
+        detail = " ".join(str(e).split())
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: its weights do not fit the network its stored config (or the command line) "
+            f"builds: {detail[:600]}{' ...' if len(detail) > 600 else ''}"
+        ) from None

@@ -17,7 +17,7 @@ from vpr.build import (
     command_line_overrides,
 )
 from vpr.centroids import init_head, needs_centroids
-from vpr.checkpoints import read_checkpoint, resolve_ckpt_path, with_stored_network
+from vpr.checkpoints import load_network_weights, read_checkpoint, resolve_ckpt_path, with_stored_network
 from vpr.data.dataset import ImageDataset
 from vpr.errors import ConfigError
 from vpr.eval.pca import PCAWhitening
@@ -71,14 +71,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     prepared = prepare_test_sets(cfg, sets, cfg.split)  # so do the test sets'
     module = build_module(cfg, with_training=False)
     if state is not None:
-        try:
-            module.load_state_dict(state["state_dict"])
-        except RuntimeError as e:  # missing / unexpected keys, other shapes: the message lists them
-            detail = " ".join(str(e).split())
-            raise ConfigError(
-                f"ckpt_path={ckpt_path}: its weights do not fit the network its stored config (or the command line) "
-                f"builds: {detail[:600]}{' ...' if len(detail) > 600 else ''}"
-            ) from None
+        load_network_weights(module, state, ckpt_path)
     elif needs_centroids(module.head):
         dm.prepare_data()
         dm.setup("fit")  # clustering (cluster.auto) reads the training split

@@ -1,0 +1,165 @@
+"""retrieve.py on two folders of one's own images: the files read back with h5py / csv / json, the ranking checked
+against a brute-force search of the written descriptors, PCA fitted once and reused, bad settings refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import run_script
+from tests.test_checkpoint_compat import FIXTURE
+
+TOP_K = 5
+
+
+def random_checkpoint(path):
+    """A checkpoint of the recorded layout (ResNet-18 + SE + NetVLAD K=8, 48x64) with He-initialised convolutions
+    and identity BatchNorm: random, but with descriptors far enough apart for rankings to mean something."""
+    spec = json.loads(FIXTURE.read_text())
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in spec["state_dict_shapes"].items():
+        dtype = getattr(torch, spec["state_dict_dtypes"][name])
+        if not dtype.is_floating_point:
+            t = torch.zeros(shape)
+        elif len(shape) == 4:
+            t = torch.randn(shape, generator=g) * math.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
+        elif name.endswith("running_var") or (name.endswith(".weight") and len(shape) == 1):
+            t = torch.ones(shape)
+        elif name.endswith(("running_mean", "bias")):
+            t = torch.zeros(shape)
+        else:
+            t = torch.randn(shape, generator=g)
+        state[name] = t.to(dtype)
+    torch.save({"epoch": 0, "global_step": 1, "state_dict": state, "vpr_config": spec["vpr_config"]}, path)
+
+
+@pytest.fixture(scope="module")
+def folders(data_dir, tmp_path_factory):
+    """database/ (two subfolders) and queries/ (real queries plus two byte-for-byte copies of database images)."""
+    root = tmp_path_factory.mktemp("mine")
+    city = data_dir / "city_tiny_seed0"
+    db_images = sorted(city.glob("000/*.jpg"))[:24]
+    for i, f in enumerate(db_images):
+        sub = root / "images" / "db" / ("north" if i % 2 else "south")
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, sub / f.name)
+    q = root / "images" / "query"
+    q.mkdir(parents=True)
+    for f in sorted(city.glob("queries_real/000/*.jpg"))[:4]:
+        shutil.copy(f, q / f.name)
+    shutil.copy(db_images[3], q / "copy_of_db3.jpg")  # db_images[3] went to db/north
+    shutil.copy(db_images[10], q / "copy_of_db10.png")  # a .png name holding a JPEG: PIL reads the content
+    random_checkpoint(root / "model.ckpt")
+    return root, db_images
+
+
+def h5_descriptors(path):
+    """Walk the HDF5 file as hloc does: every group that holds a `global_descriptor` dataset is an image."""
+    out = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Group) and "global_descriptor" in obj:
+            out[name] = np.asarray(obj["global_descriptor"], dtype=np.float64)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return out
+
+
+def retrieve(root, out, *extra):
+    return run_script("retrieve.py", f"ckpt_path={root / 'model.ckpt'}", f"database={root / 'images' / 'db'}",
+                      f"queries={root / 'images' / 'query'}", f"top_k={TOP_K}", "data.num_workers=0",
+                      f"hydra.run.dir={out}", *extra, tmp=root)
+
+
+def test_retrieve_writes_hloc_files_whose_ranking_is_the_brute_force_one(folders, tmp_path):
+    root, db_images = folders
+    out = tmp_path / "run"
+    retrieve(root, out)
+
+    feats = h5_descriptors(out / "global-feats.h5")
+    db_names = sorted(n for n in feats if n.startswith("db/"))
+    q_names = sorted(n for n in feats if n.startswith("query/"))
+    assert len(db_names) == 24 and len(q_names) == 6 and len(feats) == 30  # names relative to images/
+    assert "db/north/" + db_images[3].name in db_names
+    assert {len(v) for v in feats.values()} == {feats[db_names[0]].shape[0]}  # one D for all, 1-D arrays
+
+    db = np.stack([feats[n] for n in db_names])
+    # the descriptors belong to their images: a copied file has its original's descriptor, others differ
+    np.testing.assert_allclose(feats["query/copy_of_db3.jpg"], feats["db/north/" + db_images[3].name], atol=1e-5)
+    assert np.abs(feats["query/copy_of_db3.jpg"] - feats["db/south/" + db_images[4].name]).max() > 1e-3
+
+    with open(out / "retrievals.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ranked = json.loads((out / "retrievals.json").read_text())
+    pairs = [line.split() for line in (out / f"pairs-top{TOP_K}.txt").read_text().splitlines()]
+    assert sorted(ranked) == q_names and len(rows) == len(pairs) == 6 * TOP_K
+    for q in q_names:
+        # brute force in float64 over every database descriptor written
+        d = np.sqrt(((db - feats[q]) ** 2).sum(1))
+        mine = [r for r in rows if r["query"] == q]
+        assert [int(r["rank"]) for r in mine] == list(range(1, TOP_K + 1))
+        got = [r["database"] for r in mine]
+        assert [p[1] for p in pairs if p[0] == q] == got
+        assert [e["database"] for e in ranked[q]] == got
+        # top-1 is the brute-force nearest (up to float32 ties), distances are the L2 ones, ascending
+        assert d[db_names.index(got[0])] <= d.min() + 1e-6
+        np.testing.assert_allclose([float(r["distance"]) for r in mine], [d[db_names.index(g)] for g in got],
+                                   rtol=1e-3, atol=1e-6)
+        assert sorted(d)[TOP_K - 1] + 1e-6 >= max(d[db_names.index(g)] for g in got)
+    assert ranked["query/copy_of_db3.jpg"][0]["database"] == "db/north/" + db_images[3].name
+    assert ranked["query/copy_of_db10.png"][0]["database"] == "db/south/" + db_images[10].name
+
+
+def test_pca_fitted_once_is_reused_from_its_file(folders, tmp_path):
+    root, _ = folders
+    retrieve(root, tmp_path / "raw")
+    retrieve(root, tmp_path / "fit", "pca_dim=8")
+    retrieve(root, tmp_path / "reuse", f"pca_file={tmp_path / 'fit' / 'pca.npz'}")
+    raw = h5_descriptors(tmp_path / "raw" / "global-feats.h5")
+    fitted = h5_descriptors(tmp_path / "fit" / "global-feats.h5")
+    reused = h5_descriptors(tmp_path / "reuse" / "global-feats.h5")
+    assert {v.shape for v in fitted.values()} == {(8,)}
+    with np.load(tmp_path / "fit" / "pca.npz") as pca:
+        mean, comps, var, eps = pca["mean"], pca["components"], pca["explained_variance"], float(pca["eps"])
+    for name, x in raw.items():
+        # PCA-whitening by its formula: project the centred descriptor, divide by the component's std, L2
+        y = (comps @ (x - mean)) / np.sqrt(var + eps)
+        np.testing.assert_allclose(fitted[name], y / np.linalg.norm(y), atol=1e-4)
+        np.testing.assert_allclose(reused[name], fitted[name], atol=1e-6)
+    # the whitened database has (close to) identity covariance before the final L2: the fit used the database
+    db = np.stack([(comps @ (raw[n] - mean)) / np.sqrt(var + eps) for n in raw if n.startswith("db/")])
+    np.testing.assert_allclose(np.cov(db.T), np.eye(8), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "overrides, names",
+    [
+        (["database=nowhere"], "database=nowhere"),
+        (["queries=empty"], "queries=empty"),
+        (["ckpt_path=null"], "ckpt_path"),
+        (["top_k=0"], "top_k"),
+        (["pca_file=missing.npz"], "pca_file=missing.npz"),
+        (["pca_dim=8", "pca_file=x.npz"], "pca_file"),
+    ],
+    ids=["missing-database", "empty-queries", "no-checkpoint", "top-k-zero", "missing-pca-file", "both-pca"],
+)
+def test_bad_settings_end_with_one_error_line(folders, tmp_path, overrides, names):
+    root, _ = folders
+    (root / "empty").mkdir(exist_ok=True)
+    proc = run_script("retrieve.py", f"ckpt_path={root / 'model.ckpt'}", f"database={root / 'images' / 'db'}",
+                      f"queries={root / 'images' / 'query'}", f"hydra.run.dir={tmp_path / 'run'}", *overrides,
+                      tmp=root, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-2000:]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and names in errors[0], output[-2000:]
+    assert "Traceback" not in output

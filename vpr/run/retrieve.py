@@ -1,0 +1,149 @@
+"""retrieve.py's work: the top-k database images of each query image, for folders of one's own images.
+
+No coordinates are needed: this is what a trained VPR model is for in a localisation pipeline (retrieve
+candidates, then match local features). The outputs follow hloc's file layout (vpr/eval/exports.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from vpr.build import build_module, command_line_overrides
+from vpr.checkpoints import load_network_weights, read_checkpoint, resolve_ckpt_path, with_stored_network
+from vpr.data.dataset import ImageDataset
+from vpr.data.transforms import eval_transform
+from vpr.errors import ConfigError
+from vpr.eval.exports import write_global_features, write_pairs, write_rankings
+from vpr.eval.pca import PCAWhitening
+from vpr.eval.search import knn_search
+from vpr.io import write_json_atomic
+from vpr.run import single_log_stream
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: Any, setting: str) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted by path."""
+    if folder in (None, ""):
+        raise ConfigError(f"{setting}=DIR is required: the folder of {setting} images")
+    path = Path(str(folder)).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{setting}={folder}: no such folder")
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise ConfigError(f"{setting}={folder}: no images in it or its subfolders ({' '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def image_names(files: list[Path], root: Path, setting: str) -> list[str]:
+    names = []
+    for f in files:
+        try:
+            names.append(f.resolve().relative_to(root).as_posix())
+        except ValueError:
+            raise ConfigError(f"image_root={root}: {setting} image {f} is not inside it") from None
+    return names
+
+
+def load_pca_file(path: Any, input_dim: int, setting: str = "pca_file") -> PCAWhitening:
+    """A saved PCA-whitening, checked against the descriptor size it will be applied to."""
+    try:
+        pca = PCAWhitening.load(str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{setting}={path}: no such file; fit one with eval.py pca_dim=N pca_file={path}") from None
+    except (ValueError, OSError, KeyError) as e:
+        raise ConfigError(f"{setting}={path}: not a PCA file saved by this project ({e})") from None
+    if pca.input_dim != input_dim:
+        raise ConfigError(f"{setting}={path}: fitted on {pca.input_dim}-d descriptors, this network gives {input_dim}-d")
+    return pca
+
+
+def whole_number(cfg: DictConfig, key: str, smallest: int) -> int | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    try:
+        ok = int(value) == float(value) and int(value) >= smallest
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: must be a whole number >= {smallest}")
+    return int(value)
+
+
+def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
+    single_log_stream()
+    top_k = whole_number(cfg, "top_k", 1)
+    pca_dim = whole_number(cfg, "pca_dim", 1)
+    if pca_dim and cfg.get("pca_file"):
+        raise ConfigError("give pca_file=PATH (use a saved PCA) or pca_dim=N (fit one on this database), not both")
+    if not cfg.get("ckpt_path"):
+        raise ConfigError("ckpt_path=PATH is required: a checkpoint written by train.py (or ckpt_path=last)")
+    db_files, q_files = list_images(cfg.get("database"), "database"), list_images(cfg.get("queries"), "queries")
+    if cfg.get("image_root"):
+        root = Path(str(cfg.image_root)).expanduser().resolve()
+    else:
+        root = Path(os.path.commonpath([Path(str(cfg.database)).resolve(), Path(str(cfg.queries)).resolve()]))
+    db_names, q_names = image_names(db_files, root, "database"), image_names(q_files, root, "queries")
+
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, "train")
+    state, stored = read_checkpoint(ckpt_path)
+    if stored is not None:
+        size_given = any(o.startswith("data.image_size") for o in command_line_overrides())
+        cfg = with_stored_network(cfg, stored, size_given)
+    else:
+        log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
+    L.seed_everything(int(cfg.seed), workers=True)
+    module = build_module(cfg, with_training=False)
+    load_network_weights(module, state, ckpt_path)
+    module.to("cuda" if torch.cuda.is_available() else "cpu")
+    size = tuple(int(s) for s in cfg.data.image_size)
+    transform = eval_transform(size)
+    log.info("retrieval with %s: %d database and %d query images at %dx%d, names relative to %s", ckpt_path,
+             len(db_files), len(q_files), size[0], size[1], root)
+    db = module.encode_dataset(ImageDataset(db_files, transform), "database").cpu().numpy()
+    queries = module.encode_dataset(ImageDataset(q_files, transform), "queries").cpu().numpy()
+
+    out_dir = Path(cfg.paths.output_dir)
+    pca_note = None
+    if cfg.get("pca_file"):
+        pca = load_pca_file(cfg.pca_file, db.shape[1])
+        pca_note = str(cfg.pca_file)
+    elif pca_dim:
+        if pca_dim >= min(len(db), db.shape[1]):
+            raise ConfigError(f"pca_dim={pca_dim} must be below the number of database images ({len(db)}) and the "
+                              f"descriptor size ({db.shape[1]})")
+        pca = PCAWhitening(whiten=True).fit(db, pca_dim)
+        pca.save(out_dir / "pca.npz")
+        pca_note = str(out_dir / "pca.npz")
+    else:
+        pca = None
+    if pca is not None:
+        db, queries = pca.transform(db).astype(np.float32), pca.transform(queries).astype(np.float32)
+        log.info("PCA-whitening to %d dimensions (%s)", db.shape[1], pca_note)
+
+    distances, indices = knn_search(db, queries, top_k, squared=False)
+    written = write_rankings(out_dir, q_names, db_names, indices, distances)
+    # A name in both sets is one file (names are paths under one root): its descriptor is stored once.
+    in_db = set(db_names)
+    own = [i for i, n in enumerate(q_names) if n not in in_db]
+    written.append(write_global_features(out_dir / "global-feats.h5", db_names + [q_names[i] for i in own],
+                                         np.concatenate([db, queries[own]])))
+    written.append(write_pairs(out_dir / f"pairs-top{indices.shape[1]}.txt", q_names, db_names, indices))
+    summary = {"checkpoint": ckpt_path, "image_root": str(root), "num_database": len(db_names),
+               "num_queries": len(q_names), "top_k": int(indices.shape[1]), "descriptor_dim": int(db.shape[1]),
+               "pca_file": pca_note, "image_size": list(size)}
+    write_json_atomic(out_dir / "retrieve.json", summary)
+    print(f"\n{len(q_names)} queries x top {indices.shape[1]} of {len(db_names)} database images:\n"
+          + "\n".join(f"  {p}" for p in written) + "\n", flush=True)
+    return summary
