@@ -8,6 +8,7 @@ The test rebuilds the file with random tensors of those shapes and evaluates it 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -30,6 +31,28 @@ def old_layout_checkpoint(path: Path) -> dict:
             state[name] = torch.zeros(shape, dtype=dtype)
     torch.save({"epoch": 0, "global_step": 10, "state_dict": state, "vpr_config": spec["vpr_config"]}, path)
     return spec
+
+
+def random_checkpoint(path):
+    """A checkpoint of the recorded layout (ResNet-18 + SE + NetVLAD K=8, 48x64) with He-initialised convolutions
+    and identity BatchNorm: random, but with descriptors far enough apart for rankings to mean something."""
+    spec = json.loads(FIXTURE.read_text())
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in spec["state_dict_shapes"].items():
+        dtype = getattr(torch, spec["state_dict_dtypes"][name])
+        if not dtype.is_floating_point:
+            t = torch.zeros(shape)
+        elif len(shape) == 4:
+            t = torch.randn(shape, generator=g) * math.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
+        elif name.endswith("running_var") or (name.endswith(".weight") and len(shape) == 1):
+            t = torch.ones(shape)
+        elif name.endswith(("running_mean", "bias")):
+            t = torch.zeros(shape)
+        else:
+            t = torch.randn(shape, generator=g)
+        state[name] = t.to(dtype)
+    torch.save({"epoch": 0, "global_step": 1, "state_dict": state, "vpr_config": spec["vpr_config"]}, path)
 
 
 def test_checkpoint_of_the_previous_layout_evaluates(data_dir, tmp_path):

@@ -5,40 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import run_script
-from tests.test_checkpoint_compat import FIXTURE
+from tests.test_checkpoint_compat import random_checkpoint
 
 TOP_K = 5
-
-
-def random_checkpoint(path):
-    """A checkpoint of the recorded layout (ResNet-18 + SE + NetVLAD K=8, 48x64) with He-initialised convolutions
-    and identity BatchNorm: random, but with descriptors far enough apart for rankings to mean something."""
-    spec = json.loads(FIXTURE.read_text())
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for name, shape in spec["state_dict_shapes"].items():
-        dtype = getattr(torch, spec["state_dict_dtypes"][name])
-        if not dtype.is_floating_point:
-            t = torch.zeros(shape)
-        elif len(shape) == 4:
-            t = torch.randn(shape, generator=g) * math.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
-        elif name.endswith("running_var") or (name.endswith(".weight") and len(shape) == 1):
-            t = torch.ones(shape)
-        elif name.endswith(("running_mean", "bias")):
-            t = torch.zeros(shape)
-        else:
-            t = torch.randn(shape, generator=g)
-        state[name] = t.to(dtype)
-    torch.save({"epoch": 0, "global_step": 1, "state_dict": state, "vpr_config": spec["vpr_config"]}, path)
 
 
 @pytest.fixture(scope="module")

@@ -86,3 +86,31 @@ def pair_distances(db: np.ndarray, queries: np.ndarray, indices: np.ndarray, chu
         d = np.sqrt((diff * diff).sum(-1))
         out[s : s + chunk] = np.where(idx >= 0, d, np.nan)
     return out
+
+
+def write_split_predictions(out_dir: Path, split, predictions: np.ndarray, distances: np.ndarray,
+                            stem: str = "predictions") -> list[Path]:
+    """Per-query predictions of an evaluated split (a :class:`vpr.data.dataset.PlaceSplit`): each query's ranked
+    database images with distances and whether each lies within the evaluation radius. Names are relative to the
+    folder holding all the split's images."""
+    paths = [os.fspath(p) for p in (*split.db_paths, *split.q_paths)]
+    root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    rel = lambda p: Path(os.path.relpath(os.fspath(p), root)).as_posix()  # noqa: E731
+    positives = split.eval_positives()
+    correct = np.stack([np.isin(predictions[q], positives[q]) & (predictions[q] >= 0) for q in range(len(predictions))])
+    return write_rankings(out_dir, [rel(p) for p in split.q_paths], [rel(p) for p in split.db_paths], predictions,
+                          distances, correct=correct, stem=stem)
+
+
+def worst_failures(predictions: np.ndarray, distances: np.ndarray, positives: Sequence[np.ndarray],
+                   n: int) -> list[int]:
+    """The ``n`` queries whose top-1 is wrong, worst first: the true match ranked lowest (or not retrieved at
+    all), then the most confident mistakes (smallest top-1 distance)."""
+    failed = []
+    for q, row in enumerate(predictions):
+        hits = np.flatnonzero(np.isin(row, positives[q]) & (row >= 0))
+        if len(hits) and hits[0] == 0:
+            continue
+        first_hit = int(hits[0]) if len(hits) else len(row)
+        failed.append((-first_hit, float(distances[q, 0]), q))
+    return [q for *_, q in sorted(failed)[:n]]

@@ -11,10 +11,12 @@ instead of the D x D covariance.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
 
+from vpr.errors import ConfigError
 from vpr.io import atomic_path
 
 # Above this many bytes for the float64 copy of the training matrix, fit in float32 to halve the memory.
@@ -154,6 +156,19 @@ class PCAWhitening:
     def _require_fitted(self) -> None:
         if self.components is None:
             raise RuntimeError("PCAWhitening is not fitted: call fit(descriptors, dim) or load(path) first.")
+
+
+def load_pca_file(path: Any, input_dim: int, setting: str = "pca_file") -> PCAWhitening:
+    """A saved PCA-whitening, checked against the descriptor size it will be applied to."""
+    try:
+        pca = PCAWhitening.load(str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{setting}={path}: no such file; fit one with eval.py pca_dim=N pca_file={path}") from None
+    except (ValueError, OSError, KeyError) as e:
+        raise ConfigError(f"{setting}={path}: not a PCA file saved by this project ({e})") from None
+    if pca.input_dim != input_dim:
+        raise ConfigError(f"{setting}={path}: fitted on {pca.input_dim}-d descriptors, this network gives {input_dim}-d")
+    return pca
 
 
 def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:

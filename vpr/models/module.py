@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vpr.eval.exports import pair_distances
 from vpr.eval.ranking import rank_split
 from vpr.eval.recall import recall_at_n
 from vpr.models.attention.deattention import deattention_loss
@@ -89,6 +90,7 @@ class PlaceRecognitionModule(L.LightningModule):
         self.aux_switch_epoch = aux_switch_epoch
         self.results: dict[str, dict] = {}
         self.predictions: dict[str, np.ndarray] = {}  # stage -> (num_q, max N) retrieved database indices
+        self.prediction_distances: dict[str, np.ndarray] = {}  # "test" -> L2 distances of those (num_q, max N)
         # Applied to evaluation descriptors before the search, e.g. PCA-whitening (eval.py pca_dim=...).
         self.descriptor_transform: Callable[[np.ndarray], np.ndarray] | None = None
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -262,6 +264,8 @@ class PlaceRecognitionModule(L.LightningModule):
         predictions = rank_split(split, desc[: split.num_db], desc[split.num_db :], k=max(self.recall_at))
         recalls = recall_at_n(predictions, split.eval_positives(), self.recall_at)
         self.predictions[stage] = predictions
+        if stage == "test":  # for the per-query predictions file (validation does not need them)
+            self.prediction_distances[stage] = pair_distances(desc[: split.num_db], desc[split.num_db :], predictions)
         self.results[stage] = {
             "dataset": split.dataset,
             "split": split.split,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vpr.build import (
     build_datamodule,
@@ -20,27 +20,59 @@ from vpr.centroids import init_head, needs_centroids
 from vpr.checkpoints import load_network_weights, read_checkpoint, resolve_ckpt_path, with_stored_network
 from vpr.data.dataset import ImageDataset
 from vpr.errors import ConfigError
-from vpr.eval.pca import PCAWhitening
+from vpr.eval.pca import PCAWhitening, load_pca_file
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic
-from vpr.run import single_log_stream
+from vpr.run import save_predictions, single_log_stream
 from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 
 log = logging.getLogger(__name__)
 
 
-def fit_pca(module, dm, dim: int) -> None:
-    """PCA-whitening to ``dim`` fitted on the training database's descriptors, applied before the search."""
-    split = dm.train_split
+def pca_source(cfg: DictConfig, dm, shared: dict[str, Any]):
+    """The data module whose training database PCA is fitted on: ``pca_data`` (a data config name, or a mapping
+    like a test_sets entry) or, by default, the run's own dataset."""
+    if not cfg.get("pca_data"):
+        return dm
+    scratch = cfg.copy()
+    OmegaConf.set_struct(scratch, False)
+    scratch.test_sets = [cfg.pca_data]
+    (ts,) = resolve_test_sets(scratch, shared)
+    source = build_datamodule(cfg, data_cfg=ts.data, with_training=False)
+    source.prepare_data()
+    return source
+
+
+def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, Any]:
+    """PCA-whitening before the search: read from ``pca_file``, or fitted to ``pca_dim`` on a training database
+    (and saved to ``pca_file`` when given, never over an existing file). Returns what results.json records."""
+    dim, path = cfg.get("pca_dim"), cfg.get("pca_file")
+    if not dim and not path:
+        return {}
+    if not dim:
+        pca = load_pca_file(path, module.head.out_dim)
+        module.descriptor_transform = pca.transform
+        log.info("PCA-whitening %d -> %d read from %s", pca.input_dim, pca.dim, path)
+        return {"pca_dim": pca.dim, "pca_file": str(path)}
+    dim = int(dim)
+    if path and Path(str(path)).exists():
+        raise ConfigError(f"pca_file={path} exists: give only pca_file={path} to use it, or another path to save a new fit")
+    source = pca_source(cfg, dm, shared)
+    split = source.train_split
     if dim >= min(split.num_db, module.head.out_dim):
         raise ConfigError(
-            f"pca_dim={dim} must be below the number of training database images ({split.num_db}) and the "
-            f"descriptor size ({module.head.out_dim})"
+            f"pca_dim={dim} must be below the number of training database images of {split.dataset} ({split.num_db}) "
+            f"and the descriptor size ({module.head.out_dim})"
         )
-    desc = module.encode_dataset(ImageDataset(split.db_paths, dm.transform), "PCA: training database").cpu().numpy()
-    pca = PCAWhitening(whiten=True).fit(desc, dim)
+    desc = module.encode_dataset(ImageDataset(split.db_paths, source.transform), "PCA: training database")
+    pca = PCAWhitening(whiten=True).fit(desc.cpu().numpy(), dim)
     module.descriptor_transform = pca.transform
-    log.info("PCA-whitening %d -> %d fitted on %d training database descriptors", desc.shape[1], dim, len(desc))
+    log.info("PCA-whitening %d -> %d fitted on the %d training database images of %s", pca.input_dim, dim,
+             split.num_db, split.dataset)
+    if path:
+        pca.save(str(path))
+        log.info("PCA saved to %s (reuse it with pca_file=%s)", path, path)
+    return {"pca_dim": dim, "pca_fitted_on": split.dataset, **({"pca_file": str(path)} if path else {})}
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
@@ -58,7 +90,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         else:
             log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
     L.seed_everything(int(cfg.seed), workers=True)
-    sets = resolve_test_sets(cfg, shared_data_overrides(cfg, command_line_overrides(), trained_size))
+    shared = shared_data_overrides(cfg, command_line_overrides(), trained_size)
+    sets = resolve_test_sets(cfg, shared)
     dm = build_datamodule(cfg)
     if not sets:
         own = dict(cfg.data.splits).get(cfg.split)
@@ -76,17 +109,16 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         dm.prepare_data()
         dm.setup("fit")  # clustering (cluster.auto) reads the training split
         init_head(cfg, module, dm, cluster_command_overrides())
-    if cfg.get("pca_dim"):
-        fit_pca(module, dm, int(cfg.pca_dim))
+    extra = setup_pca(cfg, module, dm, shared)
     trainer = build_trainer(cfg, training=False)
     out_dir = Path(cfg.paths.output_dir)
     label = "trained" if ckpt_path else "untrained"
-    extra = {"pca_dim": int(cfg.pca_dim)} if cfg.get("pca_dim") else {}
     if prepared:
         return run_test_sets(prepared, module, trainer, out_dir, record={"checkpoint": ckpt_path, **extra},
                              title=f"Recall (%) of the {label} network" + (f" ({ckpt_path})" if ckpt_path else ""))
     trainer.test(module, datamodule=dm, verbose=False)
     results = {**module.results["test"], "checkpoint": ckpt_path, **extra}
     write_json_atomic(out_dir / "results.json", results)
+    save_predictions(module, dm, out_dir)
     print("\n" + format_recall_table({label: results}, title="Recall (%)") + f"\n\nresults: {out_dir / 'results.json'}\n")
     return results

@@ -22,7 +22,7 @@ from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import eval_transform
 from vpr.errors import ConfigError
 from vpr.eval.exports import write_global_features, write_pairs, write_rankings
-from vpr.eval.pca import PCAWhitening
+from vpr.eval.pca import PCAWhitening, load_pca_file
 from vpr.eval.search import knn_search
 from vpr.io import write_json_atomic
 from vpr.run import single_log_stream
@@ -53,19 +53,6 @@ def image_names(files: list[Path], root: Path, setting: str) -> list[str]:
         except ValueError:
             raise ConfigError(f"image_root={root}: {setting} image {f} is not inside it") from None
     return names
-
-
-def load_pca_file(path: Any, input_dim: int, setting: str = "pca_file") -> PCAWhitening:
-    """A saved PCA-whitening, checked against the descriptor size it will be applied to."""
-    try:
-        pca = PCAWhitening.load(str(path))
-    except FileNotFoundError:
-        raise ConfigError(f"{setting}={path}: no such file; fit one with eval.py pca_dim=N pca_file={path}") from None
-    except (ValueError, OSError, KeyError) as e:
-        raise ConfigError(f"{setting}={path}: not a PCA file saved by this project ({e})") from None
-    if pca.input_dim != input_dim:
-        raise ConfigError(f"{setting}={path}: fitted on {pca.input_dim}-d descriptors, this network gives {input_dim}-d")
-    return pca
 
 
 def whole_number(cfg: DictConfig, key: str, smallest: int) -> int | None:

@@ -28,6 +28,7 @@ from vpr.build import build_datamodule
 from vpr.errors import ConfigError, DataError
 from vpr.eval.tables import format_sets_table
 from vpr.io import write_json_atomic, write_text_atomic
+from vpr.run import save_predictions
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,8 @@ def run_test_sets(prepared: list[tuple[TestSet, Any]], module, trainer, out_dir:
         trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)
         results[ts.label] = {**module.results["test"], "test_set": ts.label, "checkpoint": ckpt_path,
                              **dict(record or {})}
+        if trainer.is_global_zero:
+            save_predictions(module, dm, Path(out_dir), suffix=f"_{safe_label(ts.label)}")
     if trainer.is_global_zero and results:
         for label, res in results.items():
             write_json_atomic(Path(out_dir) / f"results_{safe_label(label)}.json", res)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,10 @@ def _rgb(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def save_retrieval_pictures(module, datamodule, stage: str, path: Path, num_queries: int = 4, top_k: int = 5) -> Path | None:
-    """A PNG of ``num_queries`` evenly spread queries of the ``stage`` split (after ``trainer.test``/validate).
+def save_retrieval_pictures(module, datamodule, stage: str, path: Path, num_queries: int = 4, top_k: int = 5,
+                            queries: Sequence[int] | None = None, caption: str = "query") -> Path | None:
+    """A PNG of ``num_queries`` evenly spread queries (or the given ``queries``) of the ``stage`` split (after
+    ``trainer.test``/validate).
 
     Retrievals are framed green when within the evaluation radius (25 m), red otherwise. The mask is the
     attention module's spatial mask (de-attention, CRN, CBAM, BAM), the target the semantic guidance's.
@@ -31,7 +34,12 @@ def save_retrieval_pictures(module, datamodule, stage: str, path: Path, num_quer
     if predictions is None:
         return None
     split = getattr(datamodule, f"{stage}_split")
-    chosen = np.linspace(0, split.num_q - 1, num=min(num_queries, split.num_q)).round().astype(int)
+    if queries is None:
+        chosen = np.linspace(0, split.num_q - 1, num=min(num_queries, split.num_q)).round().astype(int)
+    else:
+        chosen = np.asarray(list(queries), dtype=int)
+    if len(chosen) == 0:
+        return None
     positives = split.eval_positives()
     size = datamodule.image_size
     masks, targets = [], []
@@ -61,7 +69,7 @@ def save_retrieval_pictures(module, datamodule, stage: str, path: Path, num_quer
         correct=[[bool(np.isin(i, positives[q])) for i in predictions[q, :top_k] if i >= 0] for q in chosen],
         masks=masks if any(m is not None for m in masks) else None,
         targets=targets if source is not None else None,
-        titles=[f"query {q}" for q in chosen],
+        titles=[f"{caption} {q}" for q in chosen],
     )
     log.info("retrieval pictures: %s", out)
     return out
