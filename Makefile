@@ -14,10 +14,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,cpu,slurm]'
 	@touch $(STAMP)
 
-setup: $(STAMP) ## create .venv from pyproject.toml (torch, lightning, hydra, faiss-cpu, ...)
+setup: $(STAMP) ## create .venv from pyproject.toml (torch, lightning, hydra, faiss-cpu, submitit, ...)
 
 train: $(STAMP) ## the main job on the synthetic city: generate, cluster, untrained test, train, test
 	$(PY) train.py experiment=city_main $(ARGS)

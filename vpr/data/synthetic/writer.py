@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import multiprocessing
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,8 @@ from vpr.data.synthetic.textures import TextureBank, build_textures
 from vpr.data.synthetic.world import District, _make_district, draw_lighting
 from vpr.errors import DataError
 from vpr.io import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,6 +131,9 @@ _WORKER_STATE: dict[str, Any] = {}  # per worker process only, set by the pool i
 
 
 def _worker_init(state: dict[str, Any]) -> None:
+    # A forked worker inherits its parent's signal handlers: under a job manager that ignores SIGTERM (submitit
+    # does, to handle preemption), the pool could never stop its workers.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER_STATE.clear()
     _WORKER_STATE.update(state)
 
@@ -152,6 +161,28 @@ def _is_complete(root: Path, cfg: CityConfig, seed: int) -> bool:
 
 #: Written first and removed last: a folder holding it is a generation of this module that was interrupted.
 MARKER_NAME = "city.generating"
+#: Held (flock) while a process generates: parallel jobs of a sweep on a fresh machine wait for one generator.
+LOCK_NAME = ".city.lock"
+
+
+@contextmanager
+def _generation_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``root/.city.lock`` (POSIX ``flock``; no lock where the platform has none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one generator at a time is the user's affair
+        yield
+        return
+    with open(root / LOCK_NAME, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is generating the synthetic city in %s: waiting for it", root)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _check_ownership(root: Path) -> None:
@@ -160,7 +191,7 @@ def _check_ownership(root: Path) -> None:
         return
     if not root.is_dir():
         raise DataError(f"the synthetic city's folder {root} is a file; point data.root (or --out) at a folder")
-    entries = sorted(p.name for p in root.iterdir())
+    entries = sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME)
     if not entries or MARKER_NAME in entries:
         return
     try:
@@ -201,6 +232,14 @@ def generate_city(
         return root
     _check_ownership(root)
     root.mkdir(parents=True, exist_ok=True)
+    with _generation_lock(root):
+        if not force and _is_complete(root, cfg, seed):
+            return root  # another process (a parallel job of the same sweep) generated it meanwhile
+        _generate_into(root, cfg, seed, progress, workers)
+    return root
+
+
+def _generate_into(root: Path, cfg: CityConfig, seed: int, progress: bool, workers: int | None) -> None:
     write_text_atomic(root / MARKER_NAME, json.dumps(_manifest(cfg, seed), indent=1))
     (root / MANIFEST_NAME).unlink(missing_ok=True)  # an interrupted run must not look complete
 
@@ -240,7 +279,6 @@ def generate_city(
     write_text_atomic(root / "classes.json", json.dumps({str(k): v for k, v in CLASSES.items()}, indent=1))
     write_text_atomic(root / MANIFEST_NAME, json.dumps(_manifest(cfg, seed), indent=1))  # last: "complete"
     (root / MARKER_NAME).unlink(missing_ok=True)
-    return root
 
 
 ensure_city = generate_city
@@ -261,7 +299,14 @@ def _run_tasks(tasks: list[tuple], state: dict[str, Any], n_workers: int, show: 
     # would import torch again). The pool is started before tqdm starts its monitor thread.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
-    with ctx.Pool(n_workers, initializer=_worker_init, initargs=(state,)) as pool:
+    pool = ctx.Pool(n_workers, initializer=_worker_init, initargs=(state,))
+    try:
         with progress_bar(total=len(tasks), desc="synthetic city", unit="img", disable=not show, file=sys.stderr) as bar:
             for done in pool.imap_unordered(_worker_run, chunks):
                 bar.update(done)
+        pool.close()  # workers finish and exit on their own
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
