@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faiss
 import h5py
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader, Subset
 
 from vpr.data.dataset import ImageDataset
 from vpr.errors import ConfigError
+from vpr.eval.search import import_faiss
 from vpr.io import atomic_path
 from vpr.progress import progress
 
@@ -104,7 +104,7 @@ def kmeans(descriptors: np.ndarray, num_clusters: int, iterations: int = 100, se
             f"only {n} descriptors for {num_clusters} clusters: raise cluster.images or "
             "cluster.descriptors_per_image, or lower model.num_clusters"
         )
-    km = faiss.Kmeans(d, num_clusters, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10**7)
+    km = import_faiss().Kmeans(d, num_clusters, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10**7)
     km.train(np.ascontiguousarray(descriptors, dtype=np.float32))
     return km.centroids.copy()
 

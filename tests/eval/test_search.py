@@ -55,3 +55,36 @@ def test_use_gpu_true_without_gpu_raises():
     db, queries = _data()
     with pytest.raises(RuntimeError, match="faiss-gpu"):
         knn_search(db, queries, k=1, use_gpu=True)
+
+
+def test_a_gpu_index_that_fails_falls_back_to_the_cpu_with_a_warning(monkeypatch):
+    import faiss
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", broken, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    rng = np.random.default_rng(0)
+    db, q = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(5, 8)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="searching on the CPU"):
+        _, idx = knn_search(db, q, 3, use_gpu="auto")
+    brute = np.argsort(((q[:, None] - db[None]) ** 2).sum(-1), axis=1)[:, :3]
+    assert np.array_equal(idx, brute)
+
+
+def test_missing_faiss_names_the_extra_to_install(monkeypatch):
+    import builtins
+
+    from vpr.errors import ConfigError
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[cpu\]'"):
+        knn_search(np.zeros((3, 2), np.float32), np.zeros((1, 2), np.float32), 1)

@@ -1,18 +1,40 @@
 """Exact k-nearest-neighbour search of query descriptors in a database (faiss ``IndexFlatL2``).
 
 Evaluation (docs/method.md section 1) uses exact L2 search; a GPU index is used when faiss was built with GPU
-support and a GPU is visible.
+support and a GPU is visible. faiss is an optional dependency of the package (the ``[cpu]`` or ``[gpu]`` extra,
+or conda's faiss-gpu): it is imported when first needed, and a GPU build that cannot use its GPU falls back to
+the CPU index with one warning.
 """
 
 from __future__ import annotations
 
-import faiss
+import warnings
+from types import ModuleType
+
 import numpy as np
+
+from vpr.errors import ConfigError
+
+
+def import_faiss() -> ModuleType:
+    """The faiss module, or a clear error saying how to install it."""
+    try:
+        import faiss
+    except ImportError as e:
+        raise ConfigError(
+            f"faiss cannot be imported ({e}): install it with pip install -e '.[cpu]' (CPU), pip install -e '.[gpu]' "
+            "(faiss-gpu-cu12, CUDA 12) or conda install -c pytorch faiss-gpu"
+        ) from None
+    return faiss
 
 
 def faiss_has_gpu() -> bool:
     """True when this faiss build has GPU support and sees at least one GPU."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    faiss = import_faiss()
+    try:
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # a GPU build whose CUDA runtime does not load
+        return False
 
 
 def _as_float32_matrix(x: np.ndarray, name: str) -> np.ndarray:
@@ -63,10 +85,15 @@ def knn_search(
             "Install faiss-gpu or set use_gpu to 'auto'/False."
         )
 
+    faiss = import_faiss()
     index = faiss.IndexFlatL2(db.shape[1])
     if use_gpu:
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
+        try:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        except Exception as e:  # e.g. out of GPU memory, or a CUDA runtime that does not match faiss-gpu's
+            warnings.warn(f"faiss GPU search failed ({e}); searching on the CPU instead", RuntimeWarning,
+                          stacklevel=2)
+            index = faiss.IndexFlatL2(db.shape[1])
     index.add(db)
     distances, indices = index.search(queries, k)
     if not squared:
