@@ -23,3 +23,29 @@ def test_a_log_file_gets_a_few_lines_not_one_per_update():
 
 def test_a_terminal_keeps_a_live_bar():
     assert progress(range(1), file=Terminal()).mininterval < 1
+
+
+def test_lightning_bar_into_a_log_file_redraws_by_time_not_by_step():
+    from vpr.callbacks import LogFileProgressBar
+
+    now = [0.0]
+    bar = LogFileProgressBar(interval_s=30.0, clock=lambda: now[0])
+    drawn = []
+    for step in range(1, 1001):  # 1000 steps of 0.125 s (exact in binary): 125 s
+        now[0] = step * 0.125
+        if bar._should_update(step, 1000):
+            drawn.append(step)
+    # the first step, then every 240 steps (30 s), and the last one
+    assert drawn == [1, 241, 481, 721, 961, 1000]
+
+
+def test_training_into_a_pipe_gets_the_log_file_bar():
+    from omegaconf import OmegaConf
+
+    from vpr.build import build_callbacks
+    from vpr.callbacks import LogFileProgressBar
+
+    cfg = OmegaConf.create({"callbacks": {}, "trainer": {"enable_progress_bar": True}})
+    assert any(isinstance(c, LogFileProgressBar) for c in build_callbacks(cfg))  # pytest captures stdout
+    cfg.trainer.enable_progress_bar = False
+    assert not any(isinstance(c, LogFileProgressBar) for c in build_callbacks(cfg))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +23,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vpr.callbacks import AtomicCheckpointIO, OfflineMining, RecordRunIds
+from vpr.callbacks import AtomicCheckpointIO, LogFileProgressBar, OfflineMining, RecordRunIds
 from vpr.errors import ConfigError, DataError
+from vpr.progress import interactive
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,8 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
         # Lightning wants one trigger per ModelCheckpoint: a second one writes the same last.ckpt between epochs.
         out.append(ModelCheckpoint(dirpath=cfg.callbacks.last_checkpoint.dirpath, filename="last", monitor=None,
                                    save_top_k=1, every_n_train_steps=int(every), enable_version_counter=False))
+    if cfg.get("trainer", {}).get("enable_progress_bar", True) and not interactive(sys.stdout):
+        out.append(LogFileProgressBar())
     out += [OfflineMining(), RecordRunIds()]
     return out
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vpr.data.datamodule import PlaceDataModule
 from vpr.errors import ConfigError
 from vpr.io import atomic_path
 from vpr.models.module import PlaceRecognitionModule
+from vpr.progress import LOG_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +88,23 @@ class RecordRunIds(L.Callback):
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger" and lg.version:
                 checkpoint[WANDB_ID_KEY] = str(lg.version)
+
+
+class LogFileProgressBar(TQDMProgressBar):
+    """Lightning's bars for output that is not a terminal (CI, SLURM logs, ``| tee``): redrawn at most every
+    ``interval_s`` seconds and at the end of each loop, instead of at every step (each redraw is a line there)."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.interval_s = float(interval_s)
+        self._clock = clock
+        self._last_draw = -float("inf")
+
+    def _should_update(self, current: int, total: int) -> bool:
+        if not self.is_enabled:
+            return False
+        now = self._clock()
+        if current == total or current <= 1 or now - self._last_draw >= self.interval_s:
+            self._last_draw = now
+            return True
+        return False
