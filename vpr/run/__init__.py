@@ -38,3 +38,32 @@ def save_predictions(module, dm, out_dir: Path, suffix: str = "", worst: int = 6
                                 queries=failures, caption="failed query")
     except Exception as e:  # a picture is a bonus: never fail the run for it
         log.warning("no picture of the worst failures: %s", e)
+
+
+def log_test_results(loggers, columns: dict, out_dir: Path) -> None:
+    """For loggers that take tables and images (W&B): the test table (a row per N, a column per network), the
+    Recall@N curves and the run's pictures."""
+    media = [lg for lg in loggers if hasattr(lg, "log_table") and hasattr(lg, "log_image")]
+    if not media or not columns:
+        return
+    from vpr.report import Run, plot_recall_curves
+
+    names = list(columns)
+    ns = sorted({int(n) for res in columns.values() for n in res["recall_at"]})
+    data = [[n, *(100.0 * columns[c]["recall_at"].get(str(n), float("nan")) for c in names)] for n in ns]
+    curves = []
+    try:
+        runs = [Run(c, None, columns[c]["dataset"], columns[c]["split"],
+                    {int(n): float(r) for n, r in columns[c]["recall_at"].items()}, out_dir) for c in names]
+        curves = [str(plot_recall_curves(runs, out_dir / "pictures" / "test_recall_curves.png"))]
+    except Exception as e:  # a picture is a bonus
+        log.warning("no Recall@N curve picture: %s", e)
+    pictures = {key: out_dir / "pictures" / f"{name}.png"
+                for key, name in (("test/retrievals", "test_retrievals"), ("test/worst_failures", "worst_failures"))}
+    for lg in media:
+        lg.log_table(key="test/recall_table", columns=["N", *(f"{c} R@N (%)" for c in names)], data=data)
+        if curves:
+            lg.log_image(key="test/recall_curves", images=curves)
+        for key, path in pictures.items():
+            if path.is_file():
+                lg.log_image(key=key, images=[str(path)])

@@ -25,7 +25,7 @@ from vpr.checkpoints import load_matching_weights, read_checkpoint, resolve_ckpt
 from vpr.errors import ConfigError
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
-from vpr.run import save_predictions, single_log_stream
+from vpr.run import log_test_results, save_predictions, single_log_stream
 from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 from vpr.viz.pictures import save_retrieval_pictures
 
@@ -171,11 +171,9 @@ def train_and_test(cfg: DictConfig, trainer: L.Trainer, dm, module, ckpt_path: s
         table = format_recall_table(columns, title="Test recall (%)")
         print("\n" + table + f"\n\nrun folder: {out_dir}\n", flush=True)
         write_text_atomic(out_dir / "results.md", table + "\n")
-        picture = save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / "test_retrievals.png")
+        save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / "test_retrievals.png")
         save_predictions(module, dm, out_dir)
-        for lg in trainer.loggers:
-            if picture is not None and hasattr(lg, "log_image"):
-                lg.log_image(key="test/retrievals", images=[str(picture)])
+        log_test_results(trainer.loggers, columns, out_dir)
     if test_sets:
         results["test_sets"] = run_test_sets(test_sets, module, trainer, out_dir, ckpt_path=best,
                                              title="Test recall (%) of the trained network on the test sets")
