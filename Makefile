@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export WANDB_SILENT := true
 
-.PHONY: help setup train test test-full lint format table city clean
+.PHONY: help setup train test test-full lint format table bench city clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ format: $(STAMP) ## ruff format
 
 table: $(STAMP) ## results table + Recall@N plot of a sweep: make table [DIR=outputs/train/multiruns/<date>] (default: latest)
 	$(PY) -m vpr.report $(or $(DIR),$(lastword $(sort $(wildcard outputs/train/multiruns/*)))) $(ARGS)
+
+bench: $(STAMP) ## speed of training step, encoding, search vs a naive reference: make bench [ARGS='--size paper']
+	$(PY) -m vpr.bench $(ARGS)
 
 city: $(STAMP) ## generate the default synthetic city under data/
 	$(PY) -m vpr.data.synthetic --out data/city_default_seed0 --preset default

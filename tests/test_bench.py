@@ -1,0 +1,40 @@
+"""make bench runs (at its tiny size): the table and the JSON exist, every ratio is the quotient it claims, and the
+naive NetVLAD it compares against computes the same descriptor as the project's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, script_env
+
+
+def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
+    env = {**script_env(tmp_path), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "vpr.bench", "--size", "tiny", "--repeats", "1", "--out",
+                           str(tmp_path / "b")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert "| measure | project | naive | project vs naive |" in proc.stdout
+    assert (tmp_path / "b" / "bench.md").read_text().strip() in proc.stdout
+    measures = {r["measure"]: r for r in result["rows"]}
+    assert {"training step: tuples/s", "encoding (mining cache, evaluation): images/s"} <= set(measures)
+    for r in result["rows"]:
+        assert r["project"] > 0 and r["naive"] > 0
+        rate = r["measure"].endswith("/s")
+        assert r["ratio"] == pytest.approx(r["project"] / r["naive"] if rate else r["naive"] / r["project"])
+    assert result["train_flops_per_step"] > 0 and result["device"].startswith("CPU")
+
+
+def test_naive_netvlad_equals_the_project_head():
+    from vpr.bench import naive_netvlad
+    from vpr.models.heads.netvlad import NetVLAD
+
+    torch.manual_seed(0)
+    head = NetVLAD(num_clusters=5, dim=16)
+    x = torch.randn(3, 16, 4, 6)
+    torch.testing.assert_close(naive_netvlad(head, x), head(x), atol=1e-5, rtol=1e-4)

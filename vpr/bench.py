@@ -1,0 +1,319 @@
+"""Speed and memory of the project's training step, encoding pass (mining cache and evaluation) and search, each
+against a naive reference doing the same work in the same process, with the ratios:
+
+    python -m vpr.bench [--size tiny|city|paper] [--repeats N] [--out DIR]      (make bench)
+
+The naive reference is how the public NetVLAD codes compute: fp32, NetVLAD as a loop over clusters with a
+per-cluster residual tensor, one triplet-loss call per (query, negative) pair, and a full distance matrix sorted
+in numpy for the search. The project's path: the same network and loss as training (vectorised NetVLAD, one
+loss call per batch), and on GPUs bf16 autocast (fp16 where bf16 is missing), channels_last and cudnn benchmark;
+faiss for the search. Both start from the same weights; random images, so disk and decoding are not measured.
+
+Sizes: ``tiny`` (seconds, a smoke run for the tests), ``city`` (the city_main recipe: ResNet-18 to layer3, 120x160,
+K=32, 4 tuples of 1 + 1 + 5), ``paper`` (the paper's: VGG16 to conv5_3 with conv3-conv5 trained, 480x640, K=64,
+4 tuples of 1 + 1 + 10). Default: ``paper`` on a GPU, ``city`` on a CPU. FLOPs come from
+``torch.utils.flop_counter``; on GPUs the achieved TFLOP/s is set against the device's dense bf16 peak.
+Output: a markdown table on stdout, ``bench.md`` and ``bench.json`` in the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, from the vendors' data sheets (SXM parts).
+DENSE_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+
+
+@dataclass(frozen=True)
+class Size:
+    overrides: tuple[str, ...]
+    tuples: int  # per training step
+    negatives: int  # per tuple
+    encode_images: int  # per encoding batch
+    search_db: int
+    search_queries: int
+
+
+SIZES = {
+    "tiny": Size(("experiment=city_baseline", "data.image_size=[48,64]", "model.num_clusters=8"), 2, 2, 8, 2000, 200),
+    "city": Size(("experiment=city_main",), 4, 5, 32, 10000, 1000),
+    "paper": Size(("experiment=paper_baseline",), 4, 10, 32, 10000, 1000),
+}
+
+
+# -- the naive reference -------------------------------------------------------------------------------------
+def naive_netvlad(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """NetVLAD the way the public codes wrote it: a loop over clusters, each with its (B, D, N) residual."""
+    b, d = x.shape[:2]
+    x = F.normalize(x, p=2, dim=1)
+    soft = F.softmax(head.conv(x).view(b, head.num_clusters, -1), dim=1)
+    flat = x.view(b, d, -1)
+    vlad = torch.zeros(b, head.num_clusters, d, dtype=x.dtype, device=x.device)
+    for k in range(head.num_clusters):
+        residual = flat - head.centroids[k].view(1, d, 1)
+        vlad[:, k] = (residual * soft[:, k : k + 1]).sum(dim=-1)
+    vlad = F.normalize(vlad, p=2, dim=2)
+    return F.normalize(vlad.view(b, -1), p=2, dim=1)
+
+
+def naive_pair_loss(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, neg_to_query: torch.Tensor,
+                    margin: float) -> torch.Tensor:
+    """One triplet-loss call per (query, negative) pair, averaged."""
+    losses = [F.triplet_margin_loss(q[i : i + 1], p[i : i + 1], n[j : j + 1], margin=margin, p=2)
+              for j, i in enumerate(neg_to_query.tolist())]
+    return torch.stack(losses).mean()
+
+
+# -- measuring -------------------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], repeats: int, device: torch.device, warmup: int = 1) -> tuple[float, float]:
+    """(seconds per call, peak bytes of device memory during the timed calls; 0 on the CPU)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    seconds = (time.perf_counter() - t0) / repeats
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return seconds, float(peak)
+
+
+def count_flops(fn: Callable[[], Any]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def project_precision(device: torch.device) -> Iterator[None]:
+    dtype = autocast_dtype(device)
+    with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+        yield
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in DENSE_BF16_PEAK.items() if k in name), None)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# -- the network -------------------------------------------------------------------------------------------------
+def compose(size: Size):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    config_dir = Path(__file__).resolve().parent.parent / "configs"
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return hydra_compose("train", overrides=[*size.overrides, "backbone.pretrained=false", "logger=none",
+                                                      "paths.output_dir=outputs/bench"])
+
+
+def build(cfg) -> tuple[nn.Module, nn.Module]:
+    """(the project's module, the loss) from the composed config, NetVLAD initialised from random centroids."""
+    from vpr.build import build_module
+
+    module = build_module(cfg, with_training=False)
+    if hasattr(module.head, "centroids"):
+        with torch.no_grad():
+            module.head.centroids.copy_(F.normalize(torch.randn_like(module.head.centroids), dim=1))
+    return module, module.loss
+
+
+def run(size_name: str, repeats: int, device: torch.device) -> dict[str, Any]:
+    size = SIZES[size_name]
+    cfg = compose(size)
+    torch.manual_seed(0)
+    module, loss_fn = build(cfg)
+    naive = copy.deepcopy(module)
+    module.to(device)
+    naive.to(device)
+    h, w = (int(s) for s in cfg.data.image_size)
+    gen = torch.Generator().manual_seed(0)
+    b, per = size.tuples, size.negatives
+    n_images = b * (2 + per)
+    images = torch.rand(n_images, 3, h, w, generator=gen).to(device)
+    neg_to_query = torch.arange(b).repeat_interleave(per).to(device)
+    margin = float(getattr(loss_fn, "margin", 0.1))
+    channels_last = device.type == "cuda"
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    project_images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    params = [p for p in module.parameters() if p.requires_grad]
+    naive_params = [p for p in naive.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    naive_opt = torch.optim.SGD(naive_params, lr=1e-4, momentum=0.9)
+
+    def project_step() -> None:
+        module.train()
+        with project_precision(device):
+            desc, _ = module.describe(project_images)
+            loss = loss_fn(desc[:b], desc[b : 2 * b], desc[2 * b :], neg_to_query)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def naive_describe(x: torch.Tensor) -> torch.Tensor:
+        att = naive.attention(naive.backbone(x))
+        return naive_netvlad(naive.head, att.features if att.weights is None else att.features * att.weights)
+
+    def naive_step() -> None:
+        naive.train()
+        desc = naive_describe(images)
+        loss = naive_pair_loss(desc[:b], desc[b : 2 * b], desc[2 * b :], neg_to_query, margin)
+        naive_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        naive_opt.step()
+
+    enc = torch.rand(size.encode_images, 3, h, w, generator=gen).to(device)
+    enc_project = enc.contiguous(memory_format=torch.channels_last) if channels_last else enc
+
+    @torch.no_grad()
+    def project_encode() -> None:
+        module.eval()
+        with project_precision(device):
+            module(enc_project).float()
+
+    @torch.no_grad()
+    def naive_encode() -> None:
+        naive.eval()
+        naive_describe(enc)
+
+    out: dict[str, Any] = {"size": size_name, "device": device_name(device), "image_size": [h, w],
+                           "descriptor_dim": int(module.head.out_dim), "tuples_per_step": b,
+                           "negatives_per_tuple": per, "encode_batch": size.encode_images, "repeats": repeats,
+                           "precision": str(autocast_dtype(device) or torch.float32).replace("torch.", "")}
+    rows = []
+    s_p, m_p = timed(project_step, repeats, device)
+    s_n, m_n = timed(naive_step, repeats, device)
+    flops = count_flops(project_step)
+    rows.append(("training step: tuples/s", b / s_p, b / s_n))
+    rows.append(("training step: images/s", n_images / s_p, n_images / s_n))
+    if device.type == "cuda":
+        rows.append(("training step: peak device memory (GB)", m_p / 1e9, m_n / 1e9))
+    out["train_flops_per_step"] = flops
+    out["train_tflops_per_s"] = flops / s_p / 1e12
+    peak = peak_flops(device)
+    if peak:
+        out["train_fraction_of_dense_bf16_peak"] = flops / s_p / peak
+    s_p, m_p = timed(project_encode, repeats, device)
+    s_n, m_n = timed(naive_encode, repeats, device)
+    rows.append(("encoding (mining cache, evaluation): images/s", size.encode_images / s_p, size.encode_images / s_n))
+    if device.type == "cuda":
+        rows.append(("encoding: peak device memory (GB)", m_p / 1e9, m_n / 1e9))
+    s_p, s_n = search_seconds(size.search_db, size.search_queries, int(module.head.out_dim), device)
+    rows.append((f"kNN search + Recall@N, {size.search_queries} x {size.search_db}: seconds", s_p, s_n))
+    out["rows"] = [{"measure": m, "project": p, "naive": n, "ratio": ratio(m, p, n)} for m, p, n in rows]
+    out["process_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return out
+
+
+def search_seconds(num_db: int, num_q: int, dim: int, device: torch.device) -> tuple[float, float]:
+    """faiss search + Recall@N against a full numpy distance matrix, argsort and a loop, on the same descriptors."""
+    from vpr.eval.recall import recall_at_n
+    from vpr.eval.search import knn_search
+
+    rng = np.random.default_rng(0)
+    dim = min(dim, 4096)  # the search's cost is linear in D; keep the naive matrix in memory on small machines
+    db = rng.standard_normal((num_db, dim), dtype=np.float32)
+    q = db[rng.integers(0, num_db, num_q)] + 0.5 * rng.standard_normal((num_q, dim), dtype=np.float32)
+    positives = [np.array([i]) for i in rng.integers(0, num_db, num_q)]
+    t0 = time.perf_counter()
+    _, idx = knn_search(db, q, 20)
+    recall_at_n(idx, positives, [1, 5, 10, 20])
+    project = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    d = (q**2).sum(1)[:, None] + (db**2).sum(1)[None] - 2 * q @ db.T
+    order = np.argsort(d, axis=1)[:, :20]
+    [any(int(i) in set(p.tolist()) for i in row[:n]) for n in (1, 5, 10, 20) for row, p in zip(order, positives)]
+    return project, time.perf_counter() - t0
+
+
+def ratio(measure: str, project: float, naive: float) -> float | None:
+    """How many times better the project is: a rate's quotient, a time's or memory's inverse quotient."""
+    if not project or not naive:
+        return None
+    return project / naive if measure.split(":")[-1].strip().endswith("/s") else naive / project
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"Benchmark `{result['size']}` on {result['device']} ({result['precision']}; images "
+             f"{result['image_size'][0]}x{result['image_size'][1]}, descriptor {result['descriptor_dim']}-d, "
+             f"{result['tuples_per_step']} tuples of 1 + 1 + {result['negatives_per_tuple']} per step)", "",
+             "| measure | project | naive | project vs naive |", "|---|---:|---:|---:|"]
+    for r in result["rows"]:
+        x = f"{r['ratio']:.2f}x" if r["ratio"] else "–"
+        lines.append(f"| {r['measure']} | {r['project']:.3g} | {r['naive']:.3g} | {x} |")
+    lines.append("")
+    lines.append(f"Training step: {result['train_flops_per_step'] / 1e9:.1f} GFLOP, "
+                 f"{result['train_tflops_per_s']:.3f} TFLOP/s achieved"
+                 + (f", {100 * result['train_fraction_of_dense_bf16_peak']:.0f}% of the dense bf16 peak"
+                    if "train_fraction_of_dense_bf16_peak" in result else "")
+                 + f". Process peak RSS {result['process_peak_rss_gb']:.1f} GB.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vpr.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default=None, help="default: paper on a GPU, city on a CPU")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measure (after one warm-up)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--out", type=Path, default=None, help="default outputs/bench/<time>")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    size = args.size or ("paper" if device.type == "cuda" else "city")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    result = run(size, args.repeats, device)
+    out = args.out or Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    from vpr.io import write_json_atomic, write_text_atomic
+
+    table = markdown(result)
+    write_json_atomic(out / "bench.json", result)
+    write_text_atomic(out / "bench.md", table + "\n")
+    print(table + f"\n\nwritten: {out / 'bench.md'}, {out / 'bench.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
