@@ -38,3 +38,12 @@ def test_naive_netvlad_equals_the_project_head():
     head = NetVLAD(num_clusters=5, dim=16)
     x = torch.randn(3, 16, 4, 6)
     torch.testing.assert_close(naive_netvlad(head, x), head(x), atol=1e-5, rtol=1e-4)
+
+
+def test_mining_benchmark_small_size():
+    from vpr.bench import mining_benchmark
+
+    r = mining_benchmark(num_db=3000, num_queries=100, dim=256, cache_dtype=torch.float16, device=torch.device("cpu"))
+    assert r["cache_gb"] == pytest.approx(3000 * 256 * 2 / 1e9)  # float16: 2 bytes per value
+    assert r["num_queries"] == 100 and r["tuples"] == 100  # every query keeps its negatives at this margin
+    assert r["mine_seconds"] > 0 and r["process_peak_rss_gb"] > 0

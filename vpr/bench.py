@@ -2,6 +2,7 @@
 against a naive reference doing the same work in the same process, with the ratios:
 
     python -m vpr.bench [--size tiny|city|paper] [--repeats N] [--out DIR]      (make bench)
+    python -m vpr.bench --mining [--cache-dtype float16|float32]   (one mining round at Pitts250k's size)
 
 The naive reference is how the public NetVLAD codes compute: fp32, NetVLAD as a loop over clusters with a
 per-cluster residual tensor, one triplet-loss call per (query, negative) pair, and a full distance matrix sorted
@@ -268,6 +269,61 @@ def search_seconds(num_db: int, num_q: int, dim: int, device: torch.device) -> t
     return project, time.perf_counter() - t0
 
 
+def mining_benchmark(num_db: int, num_queries: int, dim: int, cache_dtype: torch.dtype,
+                     device: torch.device) -> dict[str, Any]:
+    """One mining round at Pitts250k's size on synthetic descriptors: the cache (``num_db`` x ``dim``, stored as
+    ``cache_dtype``) built block by block on ``device``, then ``num_queries`` queries mined against it with the
+    project's miner (1000 sampled candidates, 10 negatives, a margin wide enough that every query keeps 10).
+    Reports seconds and peak memory."""
+    from vpr.data.dataset import PlaceSplit
+    from vpr.data.mining import HardNegativeMiner
+
+    rng = np.random.default_rng(0)
+    side = int(np.ceil(np.sqrt(num_db)))
+    db_utm = np.stack(np.divmod(np.arange(num_db), side), 1).astype(np.float64) * 8.0  # a grid, 8 m apart
+    anchor = rng.integers(0, num_db, num_queries)
+    q_utm = db_utm[anchor] + rng.uniform(-3, 3, (num_queries, 2))
+    split = PlaceSplit("synthetic", "train", [Path(f"db{i}") for i in range(num_db)],
+                       [Path(f"q{i}") for i in range(num_queries)], db_utm, q_utm)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    gen = torch.Generator(device=device).manual_seed(0)
+    db = torch.empty(num_db, dim, dtype=cache_dtype, device=device)
+    for s in range(0, num_db, 4096):  # unit rows, like NetVLAD descriptors
+        block = torch.randn(min(4096, num_db - s), dim, generator=gen, device=device)
+        db[s : s + len(block)] = F.normalize(block, dim=1).to(cache_dtype)
+    q = F.normalize(db[torch.as_tensor(anchor, device=device)].float()
+                    + (0.5 / dim**0.5) * torch.randn(num_queries, dim, generator=gen, device=device), dim=1)
+    synchronize(device)
+    build_seconds = time.perf_counter() - t0
+    # random descriptors are all about sqrt(2) apart: a wide margin makes negatives "hard" as in a real round
+    miner = HardNegativeMiner(split, negatives_per_query=10, candidate_negatives=1000, margin=1.5)
+    ids = miner.trainable_queries
+    t0 = time.perf_counter()
+    triplets, stats = miner.mine(ids, q[torch.as_tensor(ids, device=device)], db, torch.Generator().manual_seed(0))
+    synchronize(device)
+    mine_seconds = time.perf_counter() - t0
+    out = {"device": device_name(device), "num_database": num_db, "num_queries": int(len(ids)), "dim": dim,
+           "cache_dtype": str(cache_dtype).replace("torch.", ""), "cache_gb": db.numel() * db.element_size() / 1e9,
+           "cache_build_seconds": build_seconds, "mine_seconds": mine_seconds, "tuples": len(triplets),
+           "process_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+           "peak_rss_increase_gb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1e6}
+    if device.type == "cuda":
+        out["peak_device_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    return out
+
+
+def mining_markdown(r: dict[str, Any]) -> str:
+    memory = (f"peak device memory {r['peak_device_memory_gb']:.2f} GB" if "peak_device_memory_gb" in r else
+              f"process peak RSS {r['process_peak_rss_gb']:.1f} GB (+{r['peak_rss_increase_gb']:.1f} GB during the round)")
+    return (f"Mining round on {r['device']}: {r['num_database']} database descriptors of {r['dim']}-d "
+            f"in {r['cache_dtype']} ({r['cache_gb']:.1f} GB), {r['num_queries']} queries: the round mined "
+            f"{r['tuples']} tuples in {r['mine_seconds']:.1f} s (cache filled in {r['cache_build_seconds']:.1f} s); "
+            f"{memory}.")
+
+
 def ratio(measure: str, project: float, naive: float) -> float | None:
     """How many times better the project is: a rate's quotient, a time's or memory's inverse quotient."""
     if not project or not naive:
@@ -298,16 +354,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measure (after one warm-up)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--out", type=Path, default=None, help="default outputs/bench/<time>")
+    parser.add_argument("--mining", action="store_true",
+                        help="instead: one mining round at Pitts250k's size on synthetic descriptors")
+    parser.add_argument("--mining-db", type=int, default=91_464, help="database descriptors (Pitts250k train)")
+    parser.add_argument("--mining-queries", type=int, default=1000, help="queries of the round")
+    parser.add_argument("--mining-dim", type=int, default=32_768, help="descriptor size (VGG16 NetVLAD K=64)")
+    parser.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     size = args.size or ("paper" if device.type == "cuda" else "city")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    result = run(size, args.repeats, device)
     out = args.out or Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     from vpr.io import write_json_atomic, write_text_atomic
 
+    if args.mining:
+        result = mining_benchmark(args.mining_db, args.mining_queries, args.mining_dim,
+                                  getattr(torch, args.cache_dtype), device)
+        table = mining_markdown(result)
+        write_json_atomic(out / "mining.json", result)
+        write_text_atomic(out / "mining.md", table + "\n")
+        print(table + f"\n\nwritten: {out / 'mining.md'}, {out / 'mining.json'}", flush=True)
+        return 0
+    result = run(size, args.repeats, device)
     table = markdown(result)
     write_json_atomic(out / "bench.json", result)
     write_text_atomic(out / "bench.md", table + "\n")

@@ -134,6 +134,7 @@ def build_module(cfg: DictConfig, with_training: bool = True):
         aux_weight=float(guidance.get("weight", 0.0)) if guided(cfg, attention) else 0.0,
         aux_weight_after=guidance.get("weight_after"),
         aux_switch_epoch=guidance.get("switch_epoch"),
+        channels_last=cfg.model.get("channels_last", "auto"),
         **kwargs,
     )
 
@@ -227,6 +228,11 @@ def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None =
     """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation."""
     if training:
         loggers = build_loggers(cfg, wandb_id)
+        precision = str(cfg.trainer.get("precision", "32-true"))
+        if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            log.warning("trainer.precision=%s: this GPU has no bfloat16; training in 16-mixed instead", precision)
+            cfg = cfg.copy()
+            cfg.trainer.precision = "16-mixed"
         return instantiate_setting("trainer", cfg.trainer, logger=loggers or False,
                                    callbacks=build_callbacks(cfg, with_logger=bool(loggers)),
                                    plugins=[AtomicCheckpointIO()])

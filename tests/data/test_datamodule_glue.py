@@ -33,7 +33,7 @@ def test_mining_cache_encodes_the_whole_database_and_the_rounds_queries(dm):
     split = dm.train_split
     seen = {}
 
-    def encoder(dataset, desc):
+    def encoder(dataset, desc, dtype=torch.float32):
         seen["paths"] = list(dataset.paths)
         return torch.tensor([[float(identity_of(split, p))] for p in dataset.paths])
 
@@ -68,7 +68,7 @@ def test_loader_yields_mined_tuples_of_this_split(dm, monkeypatch):
     split = dm.train_split
     monkeypatch.setattr(dm_module, "load_image", lambda path: path)
     dm.transform = lambda path: torch.full((3, 2, 2), float(identity_of(split, path)))
-    dm.encoder = lambda dataset, desc: torch.randn(len(dataset), 8, generator=torch.Generator().manual_seed(0))
+    dm.encoder = lambda dataset, desc, dtype=torch.float32: torch.randn(len(dataset), 8, generator=torch.Generator().manual_seed(0))
     batches = list(dm.train_dataloader())
     assert batches, "no tuple was mined"
     nd = split.num_db
@@ -79,3 +79,16 @@ def test_loader_yields_mined_tuples_of_this_split(dm, monkeypatch):
             assert np.hypot(*(split.db_utm[p] - split.q_utm[q])) <= 10.0
         for n, owner in zip(b["negatives"][:, 0, 0, 0].tolist(), b["neg_to_query"].tolist()):
             assert np.hypot(*(split.db_utm[int(n)] - split.q_utm[queries[owner]])) > 25.0
+
+
+def test_float16_cache_setting_reaches_the_encoder(dm):
+    seen = {}
+
+    def encoder(dataset, desc, dtype=torch.float32):
+        seen["dtype"] = dtype
+        return torch.zeros(len(dataset), 4, dtype=dtype)
+
+    dm.encoder = encoder
+    dm.cache_dtype = torch.float16
+    q_desc, db_desc = dm._encode_for_mining(np.array([0, 1]))
+    assert seen["dtype"] == torch.float16 and db_desc.dtype == torch.float16

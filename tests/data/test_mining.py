@@ -243,3 +243,23 @@ def test_position_of_a_finished_epoch_is_none_and_a_resume_for_another_epoch_is_
     s.set_epoch(1)
     s.resume_from(mid)  # recorded in epoch 0: epoch 1 starts afresh
     assert sum(len(b) for b in s) == len(miner.trainable_queries)
+
+
+def test_float16_cache_mines_the_tuples_of_the_float32_cache():
+    """Descriptors stored in float16 (the Pitts250k setting) give the same positives and negatives as float32 when
+    no two distances are closer than float16's rounding; distances themselves are computed in float32."""
+    split = make_split(num_db=300, num_q=60, seed=4)
+    q, db = descriptors(split, dim=64, seed=5)
+    # round to float16 first: both caches then hold the same numbers, and only the arithmetic path differs
+    q16, db16 = torch.from_numpy(q).half(), torch.from_numpy(db).half()
+    a = HardNegativeMiner(split, candidate_negatives=200, margin=0.5, chunk_queries=16)
+    b = HardNegativeMiner(split, candidate_negatives=200, margin=0.5, chunk_queries=16, chunk_database=70)
+    ids = a.trainable_queries
+    ta, sa = a.mine(ids, q16[ids].float(), db16.float(), torch.Generator().manual_seed(0))
+    tb, sb = b.mine(ids, q16[ids], db16, torch.Generator().manual_seed(0))
+    assert ta == tb and len(ta) > 20
+    assert sa.mean_positive_distance == pytest.approx(sb.mean_positive_distance, rel=1e-6)
+    # and the float32 distances of the blockwise path equal a plain float64 computation
+    d = b._distances(q16[ids[:5]].float(), db16, (db16.float() ** 2).sum(1))
+    want = np.sqrt(((q16[ids[:5]].double().numpy()[:, None] - db16.double().numpy()[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(d.numpy(), want, atol=1e-5)

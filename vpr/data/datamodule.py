@@ -30,8 +30,9 @@ from vpr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-DatasetEncoder = Callable[[Dataset, str], torch.Tensor]
-"""(dataset of (image, index) items, description for the progress bar) -> (len(dataset), D) descriptors."""
+DatasetEncoder = Callable[..., torch.Tensor]
+"""(dataset of (image, index) items, description for the progress bar, dtype=...) -> (len(dataset), D)
+descriptors of that dtype."""
 
 
 class TripletDataset(Dataset):
@@ -176,6 +177,10 @@ class PlaceDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)
         self.mining = dict(mining or {})
+        cache_dtype = str(self.mining.get("cache_dtype") or "float32")
+        if cache_dtype not in ("float32", "float16"):
+            raise ConfigError(f"mining.cache_dtype={cache_dtype}: choose float32 or float16")
+        self.cache_dtype = getattr(torch, cache_dtype)
         self.eval_radius_m = eval_radius_m
         self.train_radius_m = train_radius_m
         self.seed = int(seed)
@@ -238,7 +243,7 @@ class PlaceDataModule(L.LightningDataModule):
     def _build_miner(self) -> None:
         if self.miner is not None:
             return
-        kwargs = {k: v for k, v in self.mining.items() if k not in ("refresh_every_queries",)}
+        kwargs = {k: v for k, v in self.mining.items() if k not in ("refresh_every_queries", "cache_dtype")}
         self.miner = HardNegativeMiner(self.train_split, **kwargs)
         log.info(
             "training queries: %d usable, %d dropped (no database image within %.1f m)",
@@ -270,7 +275,7 @@ class PlaceDataModule(L.LightningDataModule):
             raise RuntimeError("PlaceDataModule.encoder is not set: the OfflineMining callback (vpr.callbacks) sets it at fit start")
         split = self.train_split
         paths = list(split.db_paths) + [split.q_paths[i] for i in query_ids]
-        desc = self.encoder(ImageDataset(paths, self.transform), "mining cache")
+        desc = self.encoder(ImageDataset(paths, self.transform), "mining cache", dtype=self.cache_dtype)
         return desc[split.num_db :], desc[: split.num_db]
 
     def _record_stats(self, stats: MiningStats) -> None:

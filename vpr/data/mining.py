@@ -74,6 +74,7 @@ class HardNegativeMiner:
         margin: a negative is hard if d(q, n) < d(q, p) + margin (Euclidean distance of descriptors).
         negative_radius_m: database images farther than this are negatives (default: the split's 25 m).
         chunk_queries: queries per distance-matrix chunk (bounds memory at chunk x num_db floats).
+        chunk_database: database rows converted to float32 at a time when the cache is float16.
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class HardNegativeMiner:
         margin: float = 0.1,
         negative_radius_m: float | None = None,
         chunk_queries: int = 256,
+        chunk_database: int = 8192,
     ):
         if negatives_per_query < 1 or candidate_negatives < 1:
             raise ValueError("mining.negatives_per_query and mining.candidate_negatives must be >= 1")
@@ -93,6 +95,7 @@ class HardNegativeMiner:
         self.margin = float(margin)
         self.negative_radius_m = float(negative_radius_m if negative_radius_m is not None else split.eval_radius_m)
         self.chunk_queries = int(chunk_queries)
+        self.chunk_database = int(chunk_database)
         positives = split.train_positives()
         self.trainable_queries = np.array([i for i, p in enumerate(positives) if len(p) > 0], dtype=np.int64)
         self.dropped_queries = split.num_q - len(self.trainable_queries)
@@ -119,6 +122,15 @@ class HardNegativeMiner:
         self.remembered = rem.astype(np.int64)
 
     # -- mining -----------------------------------------------------------------------------------------------
+    def _distances(self, q: torch.Tensor, db_desc: torch.Tensor, db_sq: torch.Tensor) -> torch.Tensor:
+        """(R, num_db) float32 Euclidean distances. A float16 cache is multiplied in float32 blocks of
+        ``chunk_database`` rows, so no float32 copy of the whole cache is ever made."""
+        if db_desc.dtype == torch.float32:
+            prod = q @ db_desc.T
+        else:
+            prod = torch.cat([q @ b.float().T for b in db_desc.split(self.chunk_database)], dim=1)
+        return ((q * q).sum(1, keepdim=True) + db_sq[None, :] - 2.0 * prod).clamp_min_(0).sqrt_()
+
     @torch.no_grad()
     def mine(
         self,
@@ -142,8 +154,10 @@ class HardNegativeMiner:
                 f"{len(query_ids)} queries / {self.split.num_db} database images"
             )
         device = db_desc.device
-        db_desc = db_desc.float()
-        db_sq = (db_desc * db_desc).sum(1)
+        if db_desc.dtype == torch.float32:
+            db_sq = (db_desc * db_desc).sum(1)
+        else:  # a float16 cache: squared norms in float32, block by block
+            db_sq = torch.cat([(b.float() * b.float()).sum(1) for b in db_desc.split(self.chunk_database)])
         db_utm = torch.tensor(np.asarray(self.split.db_utm), dtype=torch.float64, device=device)
         triplets: list[Triplet] = []
         stats = MiningStats(queries=len(query_ids))
@@ -151,7 +165,7 @@ class HardNegativeMiner:
         for start in range(0, len(query_ids), self.chunk_queries):
             ids = query_ids[start : start + self.chunk_queries]
             q = q_desc[start : start + self.chunk_queries].to(device).float()
-            dist = ((q * q).sum(1, keepdim=True) + db_sq[None, :] - 2.0 * q @ db_desc.T).clamp_min_(0).sqrt_()
+            dist = self._distances(q, db_desc, db_sq)
 
             # Positive: nearest (in descriptor space) of the non-trivial positives.
             pos_lists = [self._positives[i] for i in ids]

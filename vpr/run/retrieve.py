@@ -94,6 +94,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, with_training=False)
     load_network_weights(module, state, ckpt_path)
     module.to("cuda" if torch.cuda.is_available() else "cpu")
+    module.apply_memory_format()
     size = tuple(int(s) for s in cfg.data.image_size)
     transform = eval_transform(size)
     log.info("retrieval with %s: %d database and %d query images at %dx%d, names relative to %s", ckpt_path,

@@ -71,15 +71,16 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
     dim = int(module.head.out_dim)
     per_tuple = 2 + int(cfg.mining.negatives_per_query)
     cache_images = rounds * split.num_db + queries
-    cache_gb = (split.num_db + int(cfg.mining.refresh_every_queries)) * dim * 4 / 1e9
+    cache_dtype = str(cfg.mining.get("cache_dtype") or "float32")
+    cache_gb = (split.num_db + int(cfg.mining.refresh_every_queries)) * dim * (2 if cache_dtype == "float16" else 4) / 1e9
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info(
         "budget per epoch: %d training queries (%d dropped) in %d mining rounds; up to %d tuple images "
-        "(%d per tuple) and %d cache images; descriptor %d-d, cache %.2f GB float32; %.1fM parameters "
+        "(%d per tuple) and %d cache images; descriptor %d-d, cache %.2f GB %s; %.1fM parameters "
         "(%.1fM trainable); mining margin %.3f",
         queries, dm.miner.dropped_queries, rounds, queries * per_tuple, per_tuple, cache_images, dim, cache_gb,
-        params / 1e6, trainable / 1e6, dm.miner.margin,
+        cache_dtype, params / 1e6, trainable / 1e6, dm.miner.margin,
     )
 
 

@@ -1,0 +1,42 @@
+"""The GPU code path's memory format (channels-last weights and images) computes the same descriptors and the
+same gradients as the plain path (run here on the CPU in float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import ROOT
+
+
+def build(channels_last: bool):
+    from vpr.build import build_module
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=city_baseline", "attention=deattention", "guidance=none",
+                                          "model.num_clusters=8", "logger=none", "paths.output_dir=.",
+                                          f"model.channels_last={str(channels_last).lower()}"])
+    module = build_module(cfg, with_training=False)
+    module.apply_memory_format()
+    return module
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_channels_last_gives_the_plain_descriptors_and_gradients(train):
+    plain, fast = build(False), build(True)
+    conv = next(m for m in fast.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    images = torch.rand(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    plain.train(train)
+    fast.train(train)
+    d0, m0 = plain.describe(images)
+    d1, m1 = fast.describe(images)
+    torch.testing.assert_close(d1, d0, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(m1, m0, atol=1e-5, rtol=1e-4)
+    if train:
+        d0.sum().backward()
+        d1.sum().backward()
+        for (name, p0), (_, p1) in zip(plain.named_parameters(), fast.named_parameters()):
+            if p0.grad is not None:
+                torch.testing.assert_close(p1.grad, p0.grad, atol=1e-4, rtol=1e-3, msg=name)
