@@ -154,10 +154,8 @@ class HardNegativeMiner:
                 f"{len(query_ids)} queries / {self.split.num_db} database images"
             )
         device = db_desc.device
-        if db_desc.dtype == torch.float32:
-            db_sq = (db_desc * db_desc).sum(1)
-        else:  # a float16 cache: squared norms in float32, block by block
-            db_sq = torch.cat([(b.float() * b.float()).sum(1) for b in db_desc.split(self.chunk_database)])
+        # Squared norms block by block (in float32): the whole cache squared at once would double its memory.
+        db_sq = torch.cat([b.float().square().sum(1) for b in db_desc.split(self.chunk_database)])
         db_utm = torch.tensor(np.asarray(self.split.db_utm), dtype=torch.float64, device=device)
         triplets: list[Triplet] = []
         stats = MiningStats(queries=len(query_ids))
