@@ -263,3 +263,54 @@ def test_float16_cache_mines_the_tuples_of_the_float32_cache():
     d = b._distances(q16[ids[:5]].float(), db16, (db16.float() ** 2).sum(1))
     want = np.sqrt(((q16[ids[:5]].double().numpy()[:, None] - db16.double().numpy()[None]) ** 2).sum(-1))
     np.testing.assert_allclose(d.numpy(), want, atol=1e-5)
+
+
+def test_partial_mining_equals_brute_force_on_the_cached_subset():
+    split = make_split(num_db=120, num_q=30, seed=2)
+    q, db = descriptors(split, dim=16, seed=3)
+    miner = HardNegativeMiner(split, candidate_negatives=10_000, margin=0.4, negatives_per_query=4)
+    ids = miner.trainable_queries
+    rng = np.random.default_rng(0)
+    subset = np.unique(np.concatenate([rng.choice(120, 40, replace=False), *(miner._positives[i] for i in ids)]))
+    triplets, _ = miner.mine(ids, torch.from_numpy(q[ids]), torch.from_numpy(db[subset]),
+                             torch.Generator().manual_seed(0), db_index=subset)
+    got = {t.query: t for t in triplets}
+    for qid in ids:
+        # plain loops over the subset only, in global database indices
+        dist = {int(i): float(np.sqrt(((q[qid] - db[i]) ** 2).sum())) for i in subset}
+        metres = {i: float(np.hypot(*(split.db_utm[i] - split.q_utm[qid]))) for i in dist}
+        p = min((i for i in dist if metres[i] <= 10.0), key=dist.get)
+        negs = sorted((i for i in dist if metres[i] > 25.0), key=dist.get)[:4]
+        hard = [i for i in negs if dist[i] < dist[p] + 0.4]
+        if not hard:
+            assert qid not in got
+            continue
+        assert got[qid].positive == p and list(got[qid].negatives) == hard
+
+
+def test_partial_mining_rounds_cache_a_subset_with_the_positives_and_remembered_negatives():
+    split = make_split(num_db=120, num_q=30, seed=2)
+    miner = HardNegativeMiner(split, candidate_negatives=50, margin=1.5, negatives_per_query=3)
+    calls = []
+
+    class SubsetEncoder(CountingEncoder):
+        def __call__(self, query_ids, db_index=None):
+            calls.append((np.asarray(query_ids).copy(), np.asarray(db_index).copy(), miner.remembered.copy()))
+            return torch.from_numpy(self.q[query_ids]), torch.from_numpy(self.db[db_index])
+
+    sampler = MinedBatchSampler(miner, SubsetEncoder(split), batch_size=4, refresh_every_queries=10, seed=1,
+                                database_subset=25)
+    for epoch in range(2):  # the second epoch brings remembered negatives into the subsets
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+    assert len(calls) == 6
+    for query_ids, db_index, remembered in calls:
+        assert len(db_index) >= 25 and len(db_index) < split.num_db and np.all(np.diff(db_index) > 0)
+        for qid in query_ids:
+            assert set(miner._positives[qid]) <= set(db_index)
+            assert set(remembered[qid][remembered[qid] >= 0]) <= set(db_index)
+    # tuples are in whole-split indices, drawn from the round's subset
+    last_subset = set(calls[-1][1])
+    last_round = set(calls[-1][0])
+    for t in (t for b in batches for t in b if t.query in last_round):
+        assert t.positive in last_subset and set(t.negatives) <= last_subset

@@ -243,7 +243,8 @@ class PlaceDataModule(L.LightningDataModule):
     def _build_miner(self) -> None:
         if self.miner is not None:
             return
-        kwargs = {k: v for k, v in self.mining.items() if k not in ("refresh_every_queries", "cache_dtype")}
+        kwargs = {k: v for k, v in self.mining.items()
+                  if k not in ("refresh_every_queries", "cache_dtype", "database_subset")}
         self.miner = HardNegativeMiner(self.train_split, **kwargs)
         log.info(
             "training queries: %d usable, %d dropped (no database image within %.1f m)",
@@ -270,13 +271,15 @@ class PlaceDataModule(L.LightningDataModule):
                  self.targets.suppressed_ids, g.get("loss", "mse"), g.get("weight"), grid[0], grid[1])
 
     # -- mining cache -----------------------------------------------------------------------------------------
-    def _encode_for_mining(self, query_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_for_mining(self, query_ids: np.ndarray,
+                           db_index: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.encoder is None:
             raise RuntimeError("PlaceDataModule.encoder is not set: the OfflineMining callback (vpr.callbacks) sets it at fit start")
         split = self.train_split
-        paths = list(split.db_paths) + [split.q_paths[i] for i in query_ids]
+        db_paths = list(split.db_paths) if db_index is None else [split.db_paths[i] for i in db_index]
+        paths = db_paths + [split.q_paths[i] for i in query_ids]
         desc = self.encoder(ImageDataset(paths, self.transform), "mining cache", dtype=self.cache_dtype)
-        return desc[split.num_db :], desc[: split.num_db]
+        return desc[len(db_paths) :], desc[: len(db_paths)]
 
     def _record_stats(self, stats: MiningStats) -> None:
         self.last_mining_stats = stats
@@ -301,6 +304,7 @@ class PlaceDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
             on_round=self._record_stats,
+            database_subset=self.mining.get("database_subset"),
         )
         if trainer is not None:
             # The epoch about to run. Lightning creates (and prefetches from) this loader before it calls

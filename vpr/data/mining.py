@@ -122,6 +122,14 @@ class HardNegativeMiner:
         self.remembered = rem.astype(np.int64)
 
     # -- mining -----------------------------------------------------------------------------------------------
+    def round_subset(self, query_ids: Sequence[int], size: int, generator: torch.Generator) -> np.ndarray:
+        """The database images a partial-mining round caches: ``size`` drawn uniformly at random, plus every
+        non-trivial positive and remembered negative of the round's queries (sorted, unique)."""
+        drawn = torch.randperm(self.split.num_db, generator=generator)[: int(size)].numpy()
+        ids = np.asarray(query_ids, dtype=np.int64)
+        rem = self.remembered[ids]
+        return np.unique(np.concatenate([drawn, *(self._positives[i] for i in ids), rem[rem >= 0]]).astype(np.int64))
+
     def _distances(self, q: torch.Tensor, db_desc: torch.Tensor, db_sq: torch.Tensor) -> torch.Tensor:
         """(R, num_db) float32 Euclidean distances. A float16 cache is multiplied in float32 blocks of
         ``chunk_database`` rows, so no float32 copy of the whole cache is ever made."""
@@ -138,25 +146,36 @@ class HardNegativeMiner:
         q_desc: torch.Tensor,
         db_desc: torch.Tensor,
         generator: torch.Generator,
+        db_index: np.ndarray | None = None,
     ) -> tuple[list[Triplet], MiningStats]:
         """Mine tuples for ``query_ids`` (split query indices).
 
         Args:
             q_desc: (R, D) descriptors of those queries, in the same order.
-            db_desc: (num_db, D) descriptors of the whole database.
+            db_desc: (num_db, D) descriptors of the whole database, or (S, D) of the database images
+                ``db_index`` (partial mining: a subset that must hold every positive and remembered negative of
+                these queries, see :meth:`round_subset`).
             generator: CPU generator for the negative sampling (seeded by the caller for repeatability).
+        Returns tuples in database indices of the whole split.
         """
         t0 = time.perf_counter()
         query_ids = np.asarray(query_ids, dtype=np.int64)
-        if q_desc.shape[0] != len(query_ids) or db_desc.shape[0] != self.split.num_db:
+        num_cached = self.split.num_db if db_index is None else len(db_index)
+        if q_desc.shape[0] != len(query_ids) or db_desc.shape[0] != num_cached:
             raise ValueError(
                 f"descriptor counts {tuple(q_desc.shape)}/{tuple(db_desc.shape)} do not match "
-                f"{len(query_ids)} queries / {self.split.num_db} database images"
+                f"{len(query_ids)} queries / {num_cached} database images"
             )
+        # Column of each database image in db_desc (-1: not cached this round).
+        column = np.arange(self.split.num_db) if db_index is None else np.full(self.split.num_db, -1, np.int64)
+        if db_index is not None:
+            db_index = np.asarray(db_index, dtype=np.int64)
+            column[db_index] = np.arange(len(db_index))
+        to_global = np.arange(self.split.num_db) if db_index is None else db_index
         device = db_desc.device
         # Squared norms block by block (in float32): the whole cache squared at once would double its memory.
         db_sq = torch.cat([b.float().square().sum(1) for b in db_desc.split(self.chunk_database)])
-        db_utm = torch.tensor(np.asarray(self.split.db_utm), dtype=torch.float64, device=device)
+        db_utm = torch.tensor(np.asarray(self.split.db_utm)[to_global], dtype=torch.float64, device=device)
         triplets: list[Triplet] = []
         stats = MiningStats(queries=len(query_ids))
         dp_sum = dn_sum = n_sum = 0.0
@@ -166,7 +185,9 @@ class HardNegativeMiner:
             dist = self._distances(q, db_desc, db_sq)
 
             # Positive: nearest (in descriptor space) of the non-trivial positives.
-            pos_lists = [self._positives[i] for i in ids]
+            pos_lists = [column[self._positives[i]] for i in ids]
+            if any((p < 0).any() for p in pos_lists):
+                raise ValueError("partial mining: the cached database subset misses a positive of a round query")
             width = max(len(p) for p in pos_lists)
             pos_idx = np.zeros((len(ids), width), dtype=np.int64)
             pos_ok = np.zeros((len(ids), width), dtype=bool)
@@ -187,7 +208,11 @@ class HardNegativeMiner:
             key_val, sampled = keys.topk(n_sample, dim=1, largest=False)
             candidate = torch.zeros_like(is_neg)
             candidate.scatter_(1, sampled, torch.isfinite(key_val))
-            rem = torch.from_numpy(self.remembered[ids]).to(device)
+            rem_global = self.remembered[ids]
+            rem_cols = np.where(rem_global >= 0, column[np.maximum(rem_global, 0)], -1)
+            if ((rem_global >= 0) & (rem_cols < 0)).any():
+                raise ValueError("partial mining: the cached database subset misses a remembered negative")
+            rem = torch.from_numpy(rem_cols).to(device)
             rows, slots = (rem >= 0).nonzero(as_tuple=True)
             candidate[rows, rem[rows, slots]] = True
             candidate &= is_neg
@@ -199,13 +224,13 @@ class HardNegativeMiner:
 
             positive, d_p, d_n, neg, hard = (t.cpu() for t in (positive, d_p, d_n, neg, hard))
             for r, qid in enumerate(ids):
-                chosen = neg[r][hard[r]].numpy()
+                chosen = to_global[neg[r][hard[r]].numpy()]
                 self.remembered[qid] = -1
                 if len(chosen) == 0:
                     stats.skipped += 1
                     continue
                 self.remembered[qid, : len(chosen)] = chosen
-                triplets.append(Triplet(int(qid), int(positive[r]), tuple(int(n) for n in chosen)))
+                triplets.append(Triplet(int(qid), int(to_global[int(positive[r])]), tuple(int(n) for n in chosen)))
                 dp_sum += float(d_p[r])
                 dn_sum += float(d_n[r, 0])
                 n_sum += len(chosen)
@@ -228,8 +253,9 @@ class _EpochRelay:
         self._owner.set_epoch(epoch)
 
 
-Encoder = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
-"""Maps training query indices to (query descriptors (R, D), database descriptors (num_db, D))."""
+Encoder = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""Maps training query indices (and, for partial mining, the database indices to cache) to (query descriptors
+(R, D), database descriptors (num_db or len(db_index), D))."""
 
 
 class MinedBatchSampler:
@@ -260,9 +286,13 @@ class MinedBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         on_round: Callable[[MiningStats], None] | None = None,
+        database_subset: int | None = None,
     ):
         if batch_size < 1 or refresh_every_queries < 1:
             raise ValueError("data.batch_size and mining.refresh_every_queries must be >= 1")
+        if database_subset is not None and int(database_subset) < 1:
+            raise ValueError("mining.database_subset must be null (the whole database) or >= 1")
+        self.database_subset = None if database_subset is None else int(database_subset)
         self.miner = miner
         self.encode = encode
         self.batch_size = int(batch_size)
@@ -316,11 +346,16 @@ class MinedBatchSampler:
         for r in range(first_round, len(rounds)):
             query_ids = rounds[r]
             t0 = time.perf_counter()
-            q_desc, db_desc = self.encode(query_ids)
+            db_index = None
+            if self.database_subset is not None and self.database_subset < self.miner.split.num_db:
+                db_index = self.miner.round_subset(query_ids, self.database_subset, generator)
+                q_desc, db_desc = self.encode(query_ids, db_index)
+            else:
+                q_desc, db_desc = self.encode(query_ids)
             encode_seconds = time.perf_counter() - t0
-            triplets, stats = self.miner.mine(query_ids, q_desc, db_desc, generator)
+            triplets, stats = self.miner.mine(query_ids, q_desc, db_desc, generator, db_index=db_index)
             stats.encode_seconds = encode_seconds
-            stats.images_encoded = len(query_ids) + self.miner.split.num_db
+            stats.images_encoded = len(query_ids) + (self.miner.split.num_db if db_index is None else len(db_index))
             log.info("epoch %d round %d/%d %s", self.epoch, r + 1, len(rounds), stats.line())
             if self.on_round is not None:
                 self.on_round(stats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ WHOLE_NUMBERS = {  # setting: (smallest allowed value, what it counts)
     "mining.refresh_every_queries": (1, "training queries between two mining cache passes"),
     "trainer.max_epochs": (1, "epochs"),
     "checkpoint_every_n_steps": (1, "training steps between two last.ckpt writes within an epoch; null: none"),
+    "mining.database_subset": (1, "database images cached per mining round; null: all"),
 }
 
 
@@ -70,9 +72,12 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
     rounds = -(-queries // int(cfg.mining.refresh_every_queries))
     dim = int(module.head.out_dim)
     per_tuple = 2 + int(cfg.mining.negatives_per_query)
-    cache_images = rounds * split.num_db + queries
+    subset = cfg.mining.get("database_subset")
+    cached_db = min(int(subset), split.num_db) if subset else split.num_db  # partial mining: plus positives
+    cache_images = rounds * cached_db + queries
     cache_dtype = str(cfg.mining.get("cache_dtype") or "float32")
-    cache_gb = (split.num_db + int(cfg.mining.refresh_every_queries)) * dim * (2 if cache_dtype == "float16" else 4) / 1e9
+    cache_bytes = mining_cache_bytes(cached_db, int(cfg.mining.refresh_every_queries), dim, cache_dtype)
+    cache_gb = cache_bytes / 1e9
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info(
@@ -82,6 +87,37 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
         queries, dm.miner.dropped_queries, rounds, queries * per_tuple, per_tuple, cache_images, dim, cache_gb,
         cache_dtype, params / 1e6, trainable / 1e6, dm.miner.margin,
     )
+    where = free_memory(cfg)
+    if where is not None:
+        check_cache_fits(cache_bytes, *where)
+
+
+def mining_cache_bytes(cached_db: int, round_queries: int, dim: int, dtype: str) -> int:
+    """Memory of one mining round's descriptors: the cached database images and the round's queries."""
+    return (cached_db + round_queries) * dim * (2 if dtype == "float16" else 4)
+
+
+def free_memory(cfg: DictConfig) -> tuple[float, str] | None:
+    """(free bytes, where) of the device the mining cache will live on: the GPU when training on one, else RAM."""
+    if str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return float(torch.cuda.mem_get_info()[0]), "free GPU memory"
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "available RAM"
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_cache_fits(cache_bytes: float, free_bytes: float, where: str) -> None:
+    """Refuse before training when the mining cache alone cannot fit (the model needs memory too)."""
+    if cache_bytes > free_bytes:
+        raise ConfigError(
+            f"the mining cache needs {cache_bytes / 1e9:.1f} GB but there are {free_bytes / 1e9:.1f} GB of {where}: "
+            "set mining.cache_dtype=float16 (half), mining.database_subset=N (cache N random database images per "
+            "round), a smaller mining.refresh_every_queries, or fewer NetVLAD clusters (model.num_clusters)"
+        )
+    if cache_bytes > 0.5 * free_bytes:
+        log.warning("the mining cache (%.1f GB) takes more than half of the %.1f GB of %s", cache_bytes / 1e9,
+                    free_bytes / 1e9, where)
 
 
 def continue_in_run_folder(cfg: DictConfig, ckpt_path: str) -> None:
