@@ -307,3 +307,24 @@ def test_untrained_table(tmp_path: Path, capsys):
     before = out.split("Before training")[1]
     # untrained R@1 10, 30: mean 20, std sqrt(200) = 14.1
     assert table_rows(before)["baseline"][0] == "20.0 ± 14.1"
+
+
+def test_mask_auc_column_mean_and_std_by_hand(tmp_path: Path):
+
+
+    for i, (variant, auc) in enumerate([("baseline", None), ("deattention", 0.70), ("deattention", 0.80),
+                                        ("deattention", 0.90)]):
+        d = write_run(tmp_path, f"{i}_", variant, i, {1: 0.5, 5: 0.7, 10: 0.8})
+        if auc is not None:
+            data = json.loads((d / "results.json").read_text())
+            data["mask"] = {"auc": auc, "mask_on_suppressed": 0.3, "mask_on_static": 0.8}
+            (d / "results.json").write_text(json.dumps(data))
+    md = format_markdown(summarise(collect_runs(tmp_path)))
+    assert "mask AUC" in header(md)
+    # mean 0.8, sample std sqrt(((0.1)^2 + 0 + (0.1)^2) / 2) = 0.1
+    assert cell(md, "deattention", "mask AUC") == "0.800 ± 0.100"
+    assert cell(md, "baseline", "mask AUC") == "–"
+    # no run measured a mask: no column
+    other = tmp_path / "plain"
+    write_run(other, "0_", "baseline", 1, {1: 0.5, 5: 0.7, 10: 0.8})
+    assert "mask AUC" not in header(format_markdown(summarise(collect_runs(other))))

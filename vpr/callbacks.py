@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -108,3 +109,62 @@ class LogFileProgressBar(TQDMProgressBar):
             self._last_draw = now
             return True
         return False
+
+
+class MaskQuality(L.Callback):
+    """How well a supervised attention mask (de-attention) separates the suppressed classes from the static scene
+    (vpr/eval/masks.py), measured on up to ``images`` evenly spread images of the split after every validation
+    (logged as ``mask/auc``, ``mask/on_suppressed``, ``mask/on_static``) and after the test (kept in the test
+    results, hence in results.json). Nothing happens without a supervised mask or without semantic guidance."""
+
+    def __init__(self, images: int = 64):
+        self.images = int(images)
+        self._targets: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+
+    @staticmethod
+    def applies(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        dm = trainer.datamodule
+        return (isinstance(dm, PlaceDataModule) and dm.guidance is not None and
+                bool(getattr(getattr(pl_module, "attention", None), "supervised_mask", False)))
+
+    @torch.no_grad()
+    def measure(self, pl_module: PlaceRecognitionModule, dm: PlaceDataModule, split) -> dict[str, float]:
+        from vpr.data.dataset import load_image
+        from vpr.data.guidance import area_target, build_label_source
+        from vpr.eval.masks import mask_quality
+
+        paths = list(split.image_paths)
+        chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, num=min(self.images, len(paths))).round().astype(int)]
+        g = dm.guidance
+        source = build_label_source(g["source"], dm.root, g.get("mask_dir"), g.get("class_groups"))
+        suppressed = sorted({i for group in g.get("suppress", ["person", "vehicle"]) for i in source.group_ids(group)})
+        was_training = pl_module.training
+        pl_module.eval()
+        masks, targets = [], []
+        for start in range(0, len(chosen), dm.eval_batch_size):
+            batch = chosen[start : start + dm.eval_batch_size]
+            x = torch.stack([dm.transform(load_image(p)) for p in batch]).to(pl_module.device)
+            _, mask = pl_module.describe(x)
+            grid = tuple(int(s) for s in mask.shape[-2:])
+            masks.append(mask[:, 0].float().cpu().numpy())
+            for p in batch:
+                key = (str(p), grid)
+                if key not in self._targets:
+                    self._targets[key] = area_target(source.labels(p), suppressed, grid)
+                targets.append(self._targets[key])
+        pl_module.train(was_training)
+        return mask_quality(np.concatenate(masks), np.stack(targets))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.applies(trainer, pl_module):
+            return
+        q = self.measure(pl_module, trainer.datamodule, trainer.datamodule.val_split)
+        pl_module.log_dict({"mask/auc": q["auc"], "mask/on_suppressed": q["mask_on_suppressed"],
+                            "mask/on_static": q["mask_on_static"]}, rank_zero_only=True)
+        log.info("mask on the validation images: AUC %.3f, mean %.3f on suppressed classes, %.3f on the static scene",
+                 q["auc"], q["mask_on_suppressed"], q["mask_on_static"])
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or not self.applies(trainer, pl_module) or "test" not in pl_module.results:
+            return
+        pl_module.results["test"]["mask"] = self.measure(pl_module, trainer.datamodule, trainer.datamodule.test_split)

@@ -64,6 +64,7 @@ class Run:
     recall_at: dict[int, float]
     path: Path
     untrained: Run | None = None  # the same job's results_untrained.json, when it wrote one
+    mask_auc: float | None = None  # the supervised attention mask's ROC-AUC (results.json "mask"), when measured
 
     @property
     def split_label(self) -> str:
@@ -83,6 +84,7 @@ class Row:
     count: dict[int, int]  # runs that reported each N
     seeds: tuple[int | None, ...]
     paths: tuple[Path, ...]
+    mask_auc: tuple[float, ...] = ()  # of the runs that measured their mask
 
 
 @dataclass
@@ -186,8 +188,12 @@ def _read_run(run_dir: Path) -> Run:
     fallback_dataset = _plain(data_cfg.get("name")) or "?"
 
     def load(path: Path, untrained: Run | None) -> Run:
-        dataset, split, recall = _parse_results(_load_json(path), path)
-        return Run(variant, seed, dataset or fallback_dataset, split, recall, run_dir, untrained)
+        data = _load_json(path)
+        dataset, split, recall = _parse_results(data, path)
+        mask = data.get("mask") if isinstance(data.get("mask"), dict) else {}
+        auc = mask.get("auc")
+        auc = float(auc) if isinstance(auc, (int, float)) and math.isfinite(auc) else None
+        return Run(variant, seed, dataset or fallback_dataset, split, recall, run_dir, untrained, auc)
 
     untrained_path = run_dir / "results_untrained.json"
     untrained = None
@@ -284,6 +290,7 @@ def summarise(runs: Sequence[Run]) -> list[Row]:
                 count=count,
                 seeds=tuple(run.seed for run in group),
                 paths=tuple(run.path for run in group),
+                mask_auc=tuple(run.mask_auc for run in group if run.mask_auc is not None),
             )
         )
     return rows
@@ -304,6 +311,14 @@ def _cell(row: Row, n: int) -> str:
     if row.count[n] < row.runs:
         text += f" ({row.count[n]} of {row.runs} runs)"
     return text
+
+
+def _mask_cell(row: Row) -> str:
+    if not row.mask_auc:
+        return "–"
+    values = np.array(row.mask_auc)
+    std = f"{values.std(ddof=1):.3f}" if len(values) > 1 else "–"
+    return f"{values.mean():.3f} ± {std}" + (f" ({len(values)} of {row.runs} runs)" if len(values) < row.runs else "")
 
 
 def _delta_cell(row: Row, baseline: Row | None) -> str:
@@ -338,18 +353,29 @@ def format_markdown(
     if baseline is not None:
         header.append("ΔR@1 vs baseline")
         align.append("---:")
+    with_mask = any(row.mask_auc for row in rows)
+    if with_mask:
+        header.append("mask AUC")
+        align.append("---:")
     lines = [f"# {title}", ""] if title else []
     cells = []
     for row in rows:
         cells.append([row.variant, *(_cell(row, n) for n in ns), str(row.runs), row.split])
         if baseline is not None:
             cells[-1].append(_delta_cell(row, baseline))
+        if with_mask:
+            cells[-1].append(_mask_cell(row))
     lines.append(markdown_table(header, cells, align))
     lines += ["", "Recall@N in %, mean ± sample std (ddof=1) over runs (seeds); '± –' means a single run."]
     if baseline is not None:
         lines.append(
             "ΔR@1: mean R@1 minus the baseline's, in points; 'beyond x' when |Δ| exceeds x = std of the variant "
             "+ std of the baseline, 'within x' otherwise."
+        )
+    if with_mask:
+        lines.append(
+            "mask AUC: ROC-AUC of the de-attention mask against the suppressed classes on the test images "
+            "(1: every suppressed cell masked below every static one; 0.5: a mask that learned nothing), mean ± std."
         )
     mixed = [row for row in rows if row.split == "mixed"]
     for row in mixed:
