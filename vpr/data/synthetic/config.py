@@ -6,6 +6,7 @@ on-disk format version live here, so that every other module of the package read
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,22 @@ class CityConfig:
     vehicles_per_image: float = 1.2
     object_min_distance_m: float = 3.0
     object_max_distance_m: float = 40.0
+    # How much of the queries' views dynamic objects cover (database images keep the settings above):
+    # "medium" uses them as they are; "low" / "high" scale the queries' object counts and distances
+    # (QUERY_OCCLUSION). Presets name it: "default-occlusion-high".
+    query_occlusion: str = "medium"
+
+    def query_objects(self) -> CityConfig:
+        """This config with the queries' object settings (counts and distances scaled by ``query_occlusion``)."""
+        count, distance = QUERY_OCCLUSION[self.query_occlusion]
+        if (count, distance) == (1.0, 1.0):
+            return self
+        return dataclasses.replace(
+            self,
+            persons_per_image=self.persons_per_image * count,
+            vehicles_per_image=self.vehicles_per_image * count,
+            object_max_distance_m=max(self.object_min_distance_m + 1.0, self.object_max_distance_m * distance),
+        )
 
     def split_counts(self, split: str) -> tuple[int, int]:
         """(num_db, num_q) of a split."""
@@ -145,11 +162,23 @@ class CityConfig:
         need(0 < self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
         need(0 < self.query_jpeg_quality_min <= self.jpeg_quality, "query_jpeg_quality_min", "must be in 1..jpeg_quality")
         need(self.object_min_distance_m < self.object_max_distance_m, "object_min_distance_m", "must be < max")
+        need(self.query_occlusion in QUERY_OCCLUSION, "query_occlusion", f"must be one of {sorted(QUERY_OCCLUSION)}")
+
+
+#: Query occlusion level -> (factor on the queries' person and vehicle counts, factor on their farthest distance:
+#: nearer objects cover more of the view).
+QUERY_OCCLUSION: dict[str, tuple[float, float]] = {"low": (0.3, 1.0), "medium": (1.0, 1.0), "high": (3.0, 0.5)}
 
 
 def get_preset(name: str) -> CityConfig:
     """The named preset: "tiny" (tests, seconds), "default" (``make train``, < 60 s on 2 cores),
-    "large" (640x480 at Pittsburgh 30k's sizes, for GPU benchmarks)."""
+    "large" (640x480 at Pittsburgh 30k's sizes, for GPU benchmarks); "<preset>-occlusion-low|high" is that preset
+    with fewer / more dynamic objects in the queries (the database images are the same)."""
+    base, _, level = name.partition("-occlusion-")
+    if level:
+        if level not in QUERY_OCCLUSION or base not in _SIZES:
+            raise ValueError(f"unknown synthetic city preset {name!r}; choose one of {PRESETS}")
+        return dataclasses.replace(get_preset(base), query_occlusion=level)
     if name == "tiny":
         return CityConfig(
             image_width_px=64,
@@ -178,4 +207,5 @@ def get_preset(name: str) -> CityConfig:
     raise ValueError(f"unknown synthetic city preset {name!r}; choose one of {PRESETS}")
 
 
-PRESETS: tuple[str, ...] = ("tiny", "default", "large")
+_SIZES: tuple[str, ...] = ("tiny", "default", "large")
+PRESETS: tuple[str, ...] = _SIZES + tuple(f"{b}-occlusion-{lv}" for b in _SIZES for lv in ("low", "high"))

@@ -120,7 +120,8 @@ def _render_task(state: dict[str, Any], task: tuple) -> None:
     cfg, seed = state["cfg"], state["seed"]
     rng = np.random.default_rng([seed, split_idx, kind, index, 202])
     lt = draw_lighting(cfg, rng, is_query=kind == 1)
-    rgb, labels = render_view(state["worlds"][split_idx], state["textures"], cfg, (x, y), yaw, lt, rng)
+    view_cfg = cfg.query_objects() if kind == 1 else cfg
+    rgb, labels = render_view(state["worlds"][split_idx], state["textures"], view_cfg, (x, y), yaw, lt, rng)
     img = _sensor(rgb, lt, rng)
     path = state["root"] / rel
     Image.fromarray(img).save(path, format="JPEG", quality=lt.jpeg_quality)
@@ -149,12 +150,18 @@ def _manifest(cfg: CityConfig, seed: int) -> dict[str, Any]:
             "config": dataclasses.asdict(cfg)}
 
 
+#: CityConfig fields newer than some cities on disk, with the value those cities were rendered with.
+FIELDS_ADDED_LATER: dict[str, Any] = {"query_occlusion": "medium"}
+
+
 def _is_complete(root: Path, cfg: CityConfig, seed: int) -> bool:
     try:
         manifest = json.loads((root / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return False
     expected = json.loads(json.dumps(_manifest(cfg, seed)))
+    if isinstance(manifest.get("config"), dict):  # settings added later, whose defaults render what cities did before
+        manifest["config"] = {**FIELDS_ADDED_LATER, **manifest["config"]}
     same = all(manifest.get(k) == expected[k] for k in ("format_version", "seed", "config"))
     return same and all((root / "datasets" / f"{DATASET_NAME}_{s}.mat").is_file() for s in SPLITS)
 
