@@ -328,3 +328,21 @@ def test_mask_auc_column_mean_and_std_by_hand(tmp_path: Path):
     other = tmp_path / "plain"
     write_run(other, "0_", "baseline", 1, {1: 0.5, 5: 0.7, 10: 0.8})
     assert "mask AUC" not in header(format_markdown(summarise(collect_runs(other))))
+
+
+def test_runs_at_several_occlusion_levels_get_a_row_each_and_a_plot(tmp_path: Path):
+    plan = [("baseline", "default-occlusion-low", 0.60), ("baseline", "default", 0.50),
+            ("baseline", "default-occlusion-high", 0.30), ("deattention", "default-occlusion-low", 0.62),
+            ("deattention", "default", 0.55), ("deattention", "default-occlusion-high", 0.40)]
+    for i, (variant, preset, r1) in enumerate(plan):
+        d = write_run(tmp_path, f"{i}_", variant, 1, {1: r1, 5: 0.8, 10: 0.9})
+        config = (d / "config.yaml").read_text().replace("  name: city\n", f"  name: city\n  prepare:\n    preset: {preset}\n")
+        (d / "config.yaml").write_text(config)
+    md = format_markdown(summarise(collect_runs(tmp_path)))
+    assert header(md)[:2] == ["variant", "occlusion"]
+    lines = [line for line in md.splitlines() if line.startswith("| deattention")]
+    assert [line.split("|")[2].strip() for line in lines] == ["low", "medium", "high"]
+    # each level's difference is to the baseline at the same level: +2.0, +5.0, +10.0 points
+    assert ["+2.0", "+5.0", "+10.0"] == [line.split("|")[-2].strip().split()[0] for line in lines]
+    assert main([str(tmp_path), "--out", str(tmp_path / "r.md")]) == 0
+    assert (tmp_path / "recall_vs_occlusion.png").stat().st_size > 1000

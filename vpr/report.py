@@ -65,6 +65,7 @@ class Run:
     path: Path
     untrained: Run | None = None  # the same job's results_untrained.json, when it wrote one
     mask_auc: float | None = None  # the supervised attention mask's ROC-AUC (results.json "mask"), when measured
+    occlusion: str | None = None  # the synthetic city's query occlusion level (low / medium / high); None: not the city
 
     @property
     def split_label(self) -> str:
@@ -85,6 +86,7 @@ class Row:
     seeds: tuple[int | None, ...]
     paths: tuple[Path, ...]
     mask_auc: tuple[float, ...] = ()  # of the runs that measured their mask
+    occlusion: str | None = None
 
 
 @dataclass
@@ -186,6 +188,9 @@ def _read_run(run_dir: Path) -> Run:
     )
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     fallback_dataset = _plain(data_cfg.get("name")) or "?"
+    prepare = data_cfg.get("prepare") if isinstance(data_cfg.get("prepare"), dict) else {}
+    preset = _plain(prepare.get("preset"))
+    occlusion = (preset.partition("-occlusion-")[2] or "medium") if preset else None
 
     def load(path: Path, untrained: Run | None) -> Run:
         data = _load_json(path)
@@ -193,7 +198,7 @@ def _read_run(run_dir: Path) -> Run:
         mask = data.get("mask") if isinstance(data.get("mask"), dict) else {}
         auc = mask.get("auc")
         auc = float(auc) if isinstance(auc, (int, float)) and math.isfinite(auc) else None
-        return Run(variant, seed, dataset or fallback_dataset, split, recall, run_dir, untrained, auc)
+        return Run(variant, seed, dataset or fallback_dataset, split, recall, run_dir, untrained, auc, occlusion)
 
     untrained_path = run_dir / "results_untrained.json"
     untrained = None
@@ -263,14 +268,23 @@ def variant_sort_key(variant: str) -> tuple[int, str]:
     return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
 
 
+OCCLUSION_ORDER: tuple[str, ...] = ("low", "medium", "high")
+
+
+def _occlusion_key(level: str | None) -> tuple[int, str]:
+    return (OCCLUSION_ORDER.index(level), "") if level in OCCLUSION_ORDER else (len(OCCLUSION_ORDER), str(level))
+
+
 def summarise(runs: Sequence[Run]) -> list[Row]:
-    """One row per variant, in :data:`VARIANT_ORDER` then alphabetically. Recalls in percent, std with ddof=1."""
-    by_variant: dict[str, list[Run]] = {}
+    """One row per variant (and per occlusion level of the city, when runs differ in it), in
+    :data:`VARIANT_ORDER` then alphabetically, levels low to high. Recalls in percent, std with ddof=1."""
+    by_variant: dict[tuple[str, str | None], list[Run]] = {}
     for run in runs:
-        by_variant.setdefault(run.variant, []).append(run)
+        by_variant.setdefault((run.variant, run.occlusion), []).append(run)
     rows = []
-    for variant in sorted(by_variant, key=variant_sort_key):
-        group = by_variant[variant]
+    for key in sorted(by_variant, key=lambda k: (variant_sort_key(k[0]), _occlusion_key(k[1]))):
+        variant, occlusion = key
+        group = by_variant[key]
         ns = sorted({n for run in group for n in run.recall_at})
         mean, std, count = {}, {}, {}
         for n in ns:
@@ -291,6 +305,7 @@ def summarise(runs: Sequence[Run]) -> list[Row]:
                 seeds=tuple(run.seed for run in group),
                 paths=tuple(run.path for run in group),
                 mask_auc=tuple(run.mask_auc for run in group if run.mask_auc is not None),
+                occlusion=occlusion,
             )
         )
     return rows
@@ -323,7 +338,7 @@ def _mask_cell(row: Row) -> str:
 
 def _delta_cell(row: Row, baseline: Row | None) -> str:
     if baseline is None or row is baseline:
-        return "–"
+        return "–"  # the baseline itself, or no baseline at this occlusion level
     if 1 not in row.count or 1 not in baseline.count:
         return "n/a (no R@1)"
     if row.split == "mixed" or row.split != baseline.split:
@@ -347,9 +362,11 @@ def format_markdown(
     if not rows:
         raise ValueError("format_markdown: no rows to show; summarise() a non-empty list of runs first.")
     ns = recall_columns(rows)
-    baseline = next((row for row in rows if row.variant == "baseline"), None)
-    header = ["variant", *(f"R@{n}" for n in ns), "runs", "split"]
-    align = ["---", *("---:" for _ in ns), "---:", "---"]
+    baselines = {row.occlusion: row for row in rows if row.variant == "baseline"}
+    baseline = next(iter(baselines.values()), None)
+    by_level = len({row.occlusion for row in rows}) > 1
+    header = ["variant", *(["occlusion"] if by_level else []), *(f"R@{n}" for n in ns), "runs", "split"]
+    align = ["---", *(["---"] if by_level else []), *("---:" for _ in ns), "---:", "---"]
     if baseline is not None:
         header.append("ΔR@1 vs baseline")
         align.append("---:")
@@ -360,9 +377,10 @@ def format_markdown(
     lines = [f"# {title}", ""] if title else []
     cells = []
     for row in rows:
-        cells.append([row.variant, *(_cell(row, n) for n in ns), str(row.runs), row.split])
+        cells.append([row.variant, *([str(row.occlusion or "–")] if by_level else []), *(_cell(row, n) for n in ns),
+                      str(row.runs), row.split])
         if baseline is not None:
-            cells[-1].append(_delta_cell(row, baseline))
+            cells[-1].append(_delta_cell(row, baselines.get(row.occlusion)))
         if with_mask:
             cells[-1].append(_mask_cell(row))
     lines.append(markdown_table(header, cells, align))
@@ -423,7 +441,8 @@ def plot_recall_curves(
         all_ns.update(ns)
         mean = np.array([row.mean_pct[n] for n in ns])
         std = np.nan_to_num(np.array([row.std_pct[n] for n in ns]), nan=0.0)  # one run: no band
-        (line,) = ax.plot(ns, mean, marker="o", label=f"{row.variant} (n={row.runs})")
+        label = row.variant + (f", occlusion {row.occlusion}" if row.occlusion and len({r.occlusion for r in rows}) > 1 else "")
+        (line,) = ax.plot(ns, mean, marker="o", label=f"{label} (n={row.runs})")
         ax.fill_between(ns, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     if len(all_ns) > 1:
         ax.set_xscale("log")
@@ -438,6 +457,34 @@ def plot_recall_curves(
     ax.set_title(
         title or f"Recall@N on {', '.join(splits)}" + (" (mixed splits!)" if len(splits) > 1 else "")
     )
+    return save_figure_atomic(fig, path)
+
+
+def plot_recall_vs_occlusion(rows: Sequence[Row], path: str | os.PathLike, n: int = 1) -> Path:
+    """R@n (mean ± std over seeds) of each variant against the city's query occlusion level, as PNG."""
+    from matplotlib.figure import Figure
+
+    from vpr.viz.retrievals import save_figure_atomic
+
+    levels = sorted({row.occlusion for row in rows if row.occlusion}, key=_occlusion_key)
+    if len(levels) < 2:
+        raise ValueError("plot_recall_vs_occlusion: the runs cover fewer than two occlusion levels")
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for variant in sorted({row.variant for row in rows}, key=variant_sort_key):
+        mine = {row.occlusion: row for row in rows if row.variant == variant and n in row.count}
+        xs = [i for i, level in enumerate(levels) if level in mine]
+        if not xs:
+            continue
+        ys = [mine[levels[i]].mean_pct[n] for i in xs]
+        err = [np.nan_to_num(mine[levels[i]].std_pct[n]) for i in xs]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=variant)
+    ax.set_xticks(range(len(levels)), levels)
+    ax.set_xlabel("query occlusion (people and vehicles in the query views)")
+    ax.set_ylabel(f"Recall@{n} (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Recall@{n} against occlusion, mean ± std over seeds")
     return save_figure_atomic(fig, path)
 
 
@@ -523,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_plot:
         plot_path = plot_recall_curves(rows, args.plot or root / "recall_curves.png")
         print(f"plot: {plot_path}")
+        if len({row.occlusion for row in rows if row.occlusion}) > 1:
+            print(f"plot: {plot_recall_vs_occlusion(rows, root / 'recall_vs_occlusion.png')}")
     return 0
 
 
