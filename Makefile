@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export WANDB_SILENT := true
 
-.PHONY: help setup train test test-full lint format table bench city clean
+.PHONY: help setup train test test-full lint format table bench evidence city clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,12 @@ format: $(STAMP) ## ruff format
 
 table: $(STAMP) ## results table + Recall@N plot of a sweep: make table [DIR=outputs/train/multiruns/<date>] (default: latest)
 	$(PY) -m vpr.report $(or $(DIR),$(lastword $(sort $(wildcard outputs/train/multiruns/*)))) $(ARGS)
+
+EVIDENCE_VARIANTS := city_baseline,city_baseline_stml,city_deattention,city_deattention_features,city_deattention_stml
+EVIDENCE_LEVELS := default-occlusion-low,default,default-occlusion-high
+evidence: $(STAMP) ## does de-attention help? 5 variants x 3 seeds x 3 occlusion levels on the city, then the table
+	$(PY) train.py -m experiment=$(EVIDENCE_VARIANTS) seed=1,2,3 data.prepare.preset=$(EVIDENCE_LEVELS) logger=csv $(ARGS)
+	$(MAKE) table
 
 bench: $(STAMP) ## speed of training step, encoding, search vs a naive reference: make bench [ARGS='--size paper']
 	$(PY) -m vpr.bench $(ARGS)

@@ -38,11 +38,13 @@ from vpr.io import write_text_atomic
 # The paper's order; anything else follows alphabetically.
 VARIANT_ORDER: tuple[str, ...] = (
     "baseline",
+    "baseline_stml",
     "crn",
     "bam",
     "cbam",
     "se",
     "deattention",
+    "deattention_features",
     "deattention_se",
     "deattention_stml",
 )
