@@ -104,7 +104,8 @@ def load_weights_only(path: str, setting: str = "ckpt_path") -> dict[str, Any]:
     of it runs; so is a truncated or foreign file.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found is None:  # not a pickle at all (text, another format): torch's weights-only reader stopped at once
@@ -117,7 +118,49 @@ def load_weights_only(path: str, setting: str = "ckpt_path") -> dict[str, Any]:
         raise ConfigError(f"{setting}={path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ConfigError(f"{setting}={path} has no state_dict: not a Lightning checkpoint of train.py")
+    if baseline_layout(state["state_dict"]):
+        state = {**state, "state_dict": from_baseline_layout(state["state_dict"], f"{setting}={path}")}
+        log.info("%s=%s: a checkpoint of the NetVLAD baseline's layout (encoder.* -> backbone.features.*, pool.* -> "
+                 "head.*); the network comes from the command line's settings (VGG16 + NetVLAD by default)", setting,
+                 path)
     return state
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """numpy scalars and dtypes: the public NetVLAD codes save their recalls and best score as numpy float64.
+    Rebuilding them runs no code of the file's choosing."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n[0].isupper()]
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
+def baseline_layout(state_dict: dict[str, Any]) -> bool:
+    """True for the NetVLAD baseline's (pytorch-NetVlad) keys: ``encoder.<i>.*`` and ``pool.*``, with or without
+    DataParallel's ``.module``."""
+    keys = list(state_dict)
+    return bool(keys) and all(k.startswith(("encoder.", "pool.")) for k in keys) and any(
+        k.startswith("pool.") for k in keys)
+
+
+def from_baseline_layout(state_dict: dict[str, Any], where: str) -> dict[str, Any]:
+    """The baseline's state dict in this project's names: ``encoder.<i>`` is VGG16 ``features[<i>]`` (the project's
+    ``backbone.features.<i>``), ``pool.conv`` / ``pool.centroids`` are NetVLAD's (``head.*``)."""
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        plain = key.replace("encoder.module.", "encoder.", 1).replace("pool.module.", "pool.", 1)
+        if plain.startswith("encoder."):
+            out["backbone.features." + plain[len("encoder."):]] = value
+        elif plain in ("pool.conv.weight", "pool.conv.bias", "pool.centroids"):
+            out["head." + plain[len("pool."):]] = value
+        else:
+            raise ConfigError(f"{where}: key {key!r} is not part of the NetVLAD baseline's layout (encoder.<i>.*, "
+                              "pool.conv.weight, pool.conv.bias, pool.centroids)")
+    if "head.centroids" not in out or "head.conv.weight" not in out:
+        raise ConfigError(f"{where}: the NetVLAD baseline's layout needs pool.conv.weight and pool.centroids")
+    out["head.initialised"] = torch.tensor(True)  # the centroids come from the file, not from k-means
+    return out
 
 
 def check_stored_targets(stored: Any, path: str, where: str = "vpr_config") -> None:
@@ -144,6 +187,15 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict | None]:
     if stored is not None:
         check_stored_targets({k: stored.get(k) for k in MODEL_KEYS}, path)
     return state, stored
+
+
+def without_pretrained(cfg: DictConfig) -> DictConfig:
+    """``cfg`` whose backbone is not loaded with pretrained weights: a checkpoint provides every weight."""
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.backbone.pretrained = False
+    cfg.backbone.weights_path = None
+    return cfg
 
 
 def with_stored_network(cfg: DictConfig, stored: dict, image_size_given: bool) -> DictConfig:

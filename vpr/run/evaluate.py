@@ -17,7 +17,13 @@ from vpr.build import (
     command_line_overrides,
 )
 from vpr.centroids import init_head, needs_centroids
-from vpr.checkpoints import load_network_weights, read_checkpoint, resolve_ckpt_path, with_stored_network
+from vpr.checkpoints import (
+    load_network_weights,
+    read_checkpoint,
+    resolve_ckpt_path,
+    with_stored_network,
+    without_pretrained,
+)
 from vpr.data.dataset import ImageDataset
 from vpr.errors import ConfigError
 from vpr.eval.pca import PCAWhitening, load_pca_file
@@ -89,6 +95,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
             trained_size = stored["data"]["image_size"]
         else:
             log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
+        cfg = without_pretrained(cfg)  # every weight comes from the checkpoint
     L.seed_everything(int(cfg.seed), workers=True)
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_size)
     sets = resolve_test_sets(cfg, shared)

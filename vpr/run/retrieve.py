@@ -17,7 +17,13 @@ import torch
 from omegaconf import DictConfig
 
 from vpr.build import build_module, command_line_overrides
-from vpr.checkpoints import load_network_weights, read_checkpoint, resolve_ckpt_path, with_stored_network
+from vpr.checkpoints import (
+    load_network_weights,
+    read_checkpoint,
+    resolve_ckpt_path,
+    with_stored_network,
+    without_pretrained,
+)
 from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import eval_transform
 from vpr.errors import ConfigError
@@ -90,6 +96,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
         cfg = with_stored_network(cfg, stored, size_given)
     else:
         log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
+        cfg = without_pretrained(cfg)  # every weight comes from the checkpoint
     L.seed_everything(int(cfg.seed), workers=True)
     module = build_module(cfg, with_training=False)
     load_network_weights(module, state, ckpt_path)

@@ -1,0 +1,110 @@
+"""Checkpoints of the NetVLAD baseline (pytorch-NetVlad's layout: ``encoder.<i>.*`` = VGG16 ``features[<i>]`` up
+to conv5_3, ``pool.conv.weight``, ``pool.centroids``, numpy scalars beside them, optionally DataParallel's
+``.module``) load as weights only, give the descriptor of the project's network holding the same tensors, evaluate
+through eval.py and start a training through init_weights; a file that does not fit is refused clearly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import ROOT, run_script
+
+K = 8
+NETWORK = ["backbone=vgg16", "backbone.pretrained=false", "attention=none", "head=netvlad", f"model.num_clusters={K}"]
+
+
+def baseline_file(path, parallel=False, mutate=None):
+    """Written as the baseline's main.py does: torch.save of a dict with numpy scalars; the encoder is
+    torchvision's VGG16 ``features[:-2]`` (keys ``<i>.weight``), the pool NetVLAD (K x 512, no bias: vladv2=False)."""
+    g = torch.Generator().manual_seed(0)
+    encoder = torchvision.models.vgg16(weights=None).features[:-2].state_dict()
+    prefix, pool = ("encoder.module.", "pool.module.") if parallel else ("encoder.", "pool.")
+    sd = {prefix + k: torch.randn(v.shape, generator=g) * (2.0 / max(1, v[0].numel())) ** 0.5 for k, v in encoder.items()}
+    sd[pool + "conv.weight"] = torch.randn(K, 512, 1, 1, generator=g)
+    sd[pool + "centroids"] = torch.randn(K, 512, generator=g)
+    if mutate:
+        mutate(sd)
+    torch.save({"epoch": 5, "state_dict": sd, "recalls": {1: np.float64(0.5), 5: np.float64(0.7)},
+                "best_score": np.float64(0.7), "optimizer": {"state": {}, "param_groups": []}, "parallel": parallel},
+               path)
+    return sd
+
+
+def project_network():
+    from vpr.build import build_module
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=[*NETWORK, "paths.output_dir=."])
+    return build_module(cfg, with_training=False).eval()
+
+
+def native_copy(sd, parallel=False):
+    """The project's network holding the file's tensors, copied by layer order (not by name)."""
+    module = project_network()
+    convs = [m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    prefix, pool = ("encoder.module.", "pool.module.") if parallel else ("encoder.", "pool.")
+    indices = sorted({int(k.split(".")[-2]) for k in sd if k.startswith(prefix)})
+    assert len(convs) == len(indices) == 13
+    with torch.no_grad():
+        for conv, i in zip(convs, indices):
+            conv.weight.copy_(sd[f"{prefix}{i}.weight"])
+            conv.bias.copy_(sd[f"{prefix}{i}.bias"])
+        module.head.conv.weight.copy_(sd[pool + "conv.weight"])
+        module.head.centroids.copy_(sd[pool + "centroids"])
+    return module
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["single-gpu", "data-parallel"])
+def test_baseline_file_gives_the_descriptor_of_the_same_tensors(tmp_path, parallel):
+    from vpr.checkpoints import load_weights_only
+
+    sd = baseline_file(tmp_path / "checkpoint.pth.tar", parallel=parallel)
+    state = load_weights_only(str(tmp_path / "checkpoint.pth.tar"))
+    loaded = project_network()
+    loaded.load_state_dict(state["state_dict"])  # strict: every key of the project's network is in the file
+    native = native_copy(sd, parallel)
+    images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), native(images))
+
+
+def test_baseline_file_evaluates_like_the_native_checkpoint_and_starts_a_training(data_dir, tmp_path):
+    sd = baseline_file(tmp_path / "checkpoint.pth.tar")
+    torch.save({"state_dict": native_copy(sd).state_dict()}, tmp_path / "native.ckpt")
+    common = [*NETWORK, "data.prepare.preset=tiny", f"paths.data_dir={data_dir}", "data.num_workers=0",
+              "data.image_size=[48,64]"]
+    results = {}
+    for name in ("checkpoint.pth.tar", "native.ckpt"):
+        run_script("eval.py", *common, f"ckpt_path={tmp_path / name}", f"hydra.run.dir={tmp_path / name}.run",
+                   tmp=tmp_path)
+        results[name] = json.loads((tmp_path / f"{name}.run" / "results.json").read_text())["recall_at"]
+    assert results["checkpoint.pth.tar"] == results["native.ckpt"]
+    proc = run_script("train.py", "experiment=city_baseline", *common, f"init_weights={tmp_path / 'checkpoint.pth.tar'}",
+                      "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "logger=none", "test_after_training=false",
+                      "mining.refresh_every_queries=8", f"hydra.run.dir={tmp_path / 'train'}", tmp=tmp_path)
+    assert "NetVLAD baseline's layout" in proc.stdout + proc.stderr
+    assert (tmp_path / "train" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    "mutate, says",
+    [
+        (lambda sd: sd.__setitem__("pool.centroids", torch.randn(K, 256)), "centroids"),
+        (lambda sd: sd.__setitem__("pool.extra", torch.zeros(1)), "pool.extra"),
+    ],
+    ids=["wrong-shape", "foreign-key"],
+)
+def test_a_baseline_file_that_does_not_fit_is_refused(data_dir, tmp_path, mutate, says):
+    baseline_file(tmp_path / "bad.pth.tar", mutate=mutate)
+    proc = run_script("eval.py", *NETWORK, "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
+                      f"ckpt_path={tmp_path / 'bad.pth.tar'}", f"hydra.run.dir={tmp_path / 'run'}", tmp=tmp_path,
+                      check=False)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and says in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
