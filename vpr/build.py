@@ -61,6 +61,20 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "") -> int | None:
+    """The setting ``key`` as an int >= ``smallest`` (None when unset); anything else is a ConfigError naming it."""
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return None
+    try:
+        ok = int(value) == float(value) and int(value) >= smallest
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: must be a whole number >= {smallest}" + (f" ({meaning})" if meaning else ""))
+    return int(value)
+
+
 def build_network(cfg: DictConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(backbone, attention, head) with deterministic initialisation for ``cfg.seed``."""
     with seeded(cfg.seed):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from vpr.build import build_module, command_line_overrides
+from vpr.build import build_module, command_line_overrides, whole_number
 from vpr.checkpoints import (
     load_network_weights,
     read_checkpoint,
@@ -59,19 +59,6 @@ def image_names(files: list[Path], root: Path, setting: str) -> list[str]:
         except ValueError:
             raise ConfigError(f"image_root={root}: {setting} image {f} is not inside it") from None
     return names
-
-
-def whole_number(cfg: DictConfig, key: str, smallest: int) -> int | None:
-    value = cfg.get(key)
-    if value is None:
-        return None
-    try:
-        ok = int(value) == float(value) and int(value) >= smallest
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: must be a whole number >= {smallest}")
-    return int(value)
 
 
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:

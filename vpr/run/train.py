@@ -19,6 +19,7 @@ from vpr.build import (
     cluster_command_overrides,
     command_line_overrides,
     finish_loggers,
+    whole_number,
 )
 from vpr.callbacks import WANDB_ID_KEY
 from vpr.centroids import init_head
@@ -49,15 +50,7 @@ WHOLE_NUMBERS = {  # setting: (smallest allowed value, what it counts)
 def validate_config(cfg: DictConfig) -> None:
     """Refuse inconsistent settings up front, naming what to change."""
     for key, (smallest, meaning) in WHOLE_NUMBERS.items():
-        value = OmegaConf.select(cfg, key)
-        if value is None:
-            continue
-        try:
-            ok = int(value) == float(value) and int(value) >= smallest
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"{key}={value!r}: must be a whole number >= {smallest} ({meaning})")
+        whole_number(cfg, key, smallest, meaning)
     if cfg.monitor.split("/")[0] != "val":
         raise ConfigError(f"monitor={cfg.monitor}: choose a validation metric such as val/R@1 or val/R@5")
     n = int(cfg.monitor.split("@")[-1]) if "@" in cfg.monitor else None
