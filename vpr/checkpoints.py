@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vpr import released
 from vpr.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,14 @@ def _saved_identity(ckpt: Path) -> dict[str, Any] | None:
 TRUSTED_TARGET_PREFIXES = ("vpr.",)
 
 
-def load_weights_only(path: str, setting: str = "ckpt_path") -> dict[str, Any]:
+def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = "auto") -> dict[str, Any]:
     """``torch.load`` that accepts tensors, numbers, strings and containers only, never code.
 
     A file holding anything else (a pickled callable, a class instance) is refused with a ConfigError, before any
-    of it runs; so is a truncated or foreign file.
+    of it runs; so is a truncated or foreign file. A checkpoint of the NetVLAD baseline or of the paper code
+    (:mod:`vpr.released`) comes back with its ``state_dict`` in this project's names and ``released`` (what was
+    converted, and the network settings that reproduce its forward pass). ``ckpt_format`` (auto, lightning,
+    netvlad_baseline, paper) refuses a file of another layout.
     """
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
@@ -116,13 +120,28 @@ def load_weights_only(path: str, setting: str = "ckpt_path") -> dict[str, Any]:
         ) from None
     except Exception as e:  # truncated, empty, not a torch file
         raise ConfigError(f"{setting}={path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise ConfigError(f"{setting}={path} has no state_dict: not a Lightning checkpoint of train.py")
-    if baseline_layout(state["state_dict"]):
-        state = {**state, "state_dict": from_baseline_layout(state["state_dict"], f"{setting}={path}")}
-        log.info("%s=%s: a checkpoint of the NetVLAD baseline's layout (encoder.* -> backbone.features.*, pool.* -> "
-                 "head.*); the network comes from the command line's settings (VGG16 + NetVLAD by default)", setting,
-                 path)
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise ConfigError(f"{setting}={path} has no state_dict: neither a checkpoint of train.py nor one of the NetVLAD "
+                          "baseline or the paper code")
+    layout = released.detect(state["state_dict"])
+    if ckpt_format not in released.FORMATS:
+        raise ConfigError(f"ckpt_format={ckpt_format}: choose one of {', '.join(released.FORMATS)}")
+    if ckpt_format == "lightning" and layout is not None:
+        raise ConfigError(f"{setting}={path} is in {layout}'s layout, not a checkpoint of train.py: "
+                          f"use ckpt_format=auto (or {layout})")
+    if ckpt_format in ("netvlad_baseline", "paper") and layout is None:
+        raise ConfigError(f"{setting}={path}: ckpt_format={ckpt_format}, but its state_dict has no encoder.* and pool.* "
+                          "keys (the layout of the NetVLAD baseline and the paper code)")
+    if ckpt_format == "netvlad_baseline" and layout == "paper":
+        raise ConfigError(f"{setting}={path}: ckpt_format=netvlad_baseline, but it holds attention modules of the paper "
+                          "code: use ckpt_format=paper (or auto)")
+    if layout is not None:
+        converted = released.convert(state["state_dict"], f"{setting}={path}")
+        state = {**state, "state_dict": converted.network, "released": converted}
+        log.info("%s=%s: a checkpoint in %s", setting, path, converted.describe())
+        if converted.dropped:
+            log.info("%s=%s: %d tensors of layers that code builds but never runs are not loaded (%s, ...)", setting,
+                     path, len(converted.dropped), converted.dropped[0])
     return state
 
 
@@ -134,33 +153,6 @@ def _numpy_scalar_globals() -> list[Any]:
     core = getattr(np, "_core", None) or np.core
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n[0].isupper()]
     return [core.multiarray.scalar, np.dtype, *dtypes]
-
-
-def baseline_layout(state_dict: dict[str, Any]) -> bool:
-    """True for the NetVLAD baseline's (pytorch-NetVlad) keys: ``encoder.<i>.*`` and ``pool.*``, with or without
-    DataParallel's ``.module``."""
-    keys = list(state_dict)
-    return bool(keys) and all(k.startswith(("encoder.", "pool.")) for k in keys) and any(
-        k.startswith("pool.") for k in keys)
-
-
-def from_baseline_layout(state_dict: dict[str, Any], where: str) -> dict[str, Any]:
-    """The baseline's state dict in this project's names: ``encoder.<i>`` is VGG16 ``features[<i>]`` (the project's
-    ``backbone.features.<i>``), ``pool.conv`` / ``pool.centroids`` are NetVLAD's (``head.*``)."""
-    out: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        plain = key.replace("encoder.module.", "encoder.", 1).replace("pool.module.", "pool.", 1)
-        if plain.startswith("encoder."):
-            out["backbone.features." + plain[len("encoder."):]] = value
-        elif plain in ("pool.conv.weight", "pool.conv.bias", "pool.centroids"):
-            out["head." + plain[len("pool."):]] = value
-        else:
-            raise ConfigError(f"{where}: key {key!r} is not part of the NetVLAD baseline's layout (encoder.<i>.*, "
-                              "pool.conv.weight, pool.conv.bias, pool.centroids)")
-    if "head.centroids" not in out or "head.conv.weight" not in out:
-        raise ConfigError(f"{where}: the NetVLAD baseline's layout needs pool.conv.weight and pool.centroids")
-    out["head.initialised"] = torch.tensor(True)  # the centroids come from the file, not from k-means
-    return out
 
 
 def check_stored_targets(stored: Any, path: str, where: str = "vpr_config") -> None:
@@ -179,10 +171,10 @@ def check_stored_targets(stored: Any, path: str, where: str = "vpr_config") -> N
             check_stored_targets(value, path, f"{where}[{i}]")
 
 
-def read_checkpoint(path: str) -> tuple[dict[str, Any], dict | None]:
+def read_checkpoint(path: str, ckpt_format: str = "auto") -> tuple[dict[str, Any], dict | None]:
     """(the checkpoint, its stored run config or None), loaded as weights only; the network part of the stored
     config may only name the project's components."""
-    state = load_weights_only(path)
+    state = load_weights_only(path, ckpt_format=ckpt_format)
     stored = state.get("vpr_config")
     if stored is not None:
         check_stored_targets({k: stored.get(k) for k in MODEL_KEYS}, path)
@@ -213,11 +205,63 @@ def with_stored_network(cfg: DictConfig, stored: dict, image_size_given: bool) -
     return cfg
 
 
+def network_from_checkpoint(cfg: DictConfig, state: dict, stored: dict | None, ckpt_path: str,
+                            overrides: list[str]) -> DictConfig:
+    """``cfg`` whose network is the checkpoint's: its stored config (train.py), the settings that reproduce a
+    released file's code (:mod:`vpr.released`), or else the command line's; never pretrained weights."""
+    if stored is not None:
+        size_given = any(o.startswith("data.image_size") for o in overrides)
+        return with_stored_network(cfg, stored, size_given)
+    if state.get("released") is not None:
+        cfg = with_released_network(cfg, state["released"], overrides)
+    else:
+        log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
+    return without_pretrained(cfg)
+
+
+def with_released_network(cfg: DictConfig, converted: released.Converted, overrides: list[str]) -> DictConfig:
+    """``cfg`` with the network of a released checkpoint: NetVLAD's K and version from its tensors, and (for the
+    paper code's files) the attention that reproduces that code's forward pass, unless the command line chose an
+    attention itself (``attention=...``: the file's attention tensors then go to the modules of the same class)."""
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.model.num_clusters = converted.head_settings["num_clusters"]
+    if "version" in cfg.head:
+        cfg.head.version = converted.head_settings["version"]
+    chose_attention = any(o.lstrip("+~").startswith("attention") for o in overrides)
+    if converted.attention_config is not None and not chose_attention:
+        cfg.attention = converted.attention_config
+        log.info("the file's attention is built with the settings that reproduce its code's forward pass: %s",
+                 OmegaConf.to_yaml(cfg.attention).strip().replace("\n", "; "))
+    elif converted.layout == "netvlad_baseline" and not chose_attention:
+        cfg.attention = {"_target_": "vpr.models.attention.base.Identity"}
+    return cfg
+
+
+def _with_released_attention(module: torch.nn.Module, state: dict, where: str, strict: bool) -> dict[str, Any]:
+    """The checkpoint's state dict plus, for a paper code file, its attention tensors under ``module``'s names."""
+    converted = state.get("released")
+    weights = dict(state["state_dict"])
+    if converted is None or not converted.attention:
+        return weights
+    placed, missing = released.place_attention(converted, module)
+    if missing and strict:
+        raise ConfigError(f"{where}: holds the paper code's {', '.join(missing)} module(s), but this network's attention "
+                          f"({type(module.attention).__name__}) has no such module; leave attention= out so that the "
+                          "file's own is built")
+    if missing:
+        log.info("%s: the paper code's %s module(s) have no counterpart in this network's attention: not loaded", where,
+                 ", ".join(missing))
+    weights.update(placed)
+    return weights
+
+
 def load_matching_weights(module: torch.nn.Module, path: str) -> None:
     """Load the parameters of checkpoint ``path`` whose names and shapes match ``module``'s (``init_weights``)."""
     if not Path(path).is_file():
         raise ConfigError(f"init_weights={path}: no such checkpoint file")
-    state = load_weights_only(path, "init_weights")["state_dict"]
+    state = _with_released_attention(module, load_weights_only(path, "init_weights"), f"init_weights={path}",
+                                     strict=False)
     own = module.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("head.") for k in matching):
@@ -229,8 +273,9 @@ def load_matching_weights(module: torch.nn.Module, path: str) -> None:
 
 def load_network_weights(module: torch.nn.Module, state: dict, ckpt_path: str) -> None:
     """Load a checkpoint's ``state_dict`` strictly; a mismatch names the checkpoint and the offending keys."""
+    weights = _with_released_attention(module, state, f"ckpt_path={ckpt_path}", strict=True)
     try:
-        module.load_state_dict(state["state_dict"])
+        module.load_state_dict(weights)
     except RuntimeError as e:  # missing / unexpected keys, other shapes: the message lists them
         detail = " ".join(str(e).split())
         raise ConfigError(

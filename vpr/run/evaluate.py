@@ -19,10 +19,9 @@ from vpr.build import (
 from vpr.centroids import init_head, needs_centroids
 from vpr.checkpoints import (
     load_network_weights,
+    network_from_checkpoint,
     read_checkpoint,
     resolve_ckpt_path,
-    with_stored_network,
-    without_pretrained,
 )
 from vpr.data.dataset import ImageDataset
 from vpr.errors import ConfigError
@@ -88,14 +87,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, "train")
     state, trained_size = None, None
     if ckpt_path is not None:
-        state, stored = read_checkpoint(ckpt_path)
+        state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"))
+        cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, command_line_overrides())
         if stored is not None:
-            size_given = any(o.startswith("data.image_size") for o in command_line_overrides())
-            cfg = with_stored_network(cfg, stored, size_given)
             trained_size = stored["data"]["image_size"]
-        else:
-            log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
-        cfg = without_pretrained(cfg)  # every weight comes from the checkpoint
     L.seed_everything(int(cfg.seed), workers=True)
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_size)
     sets = resolve_test_sets(cfg, shared)

@@ -19,10 +19,9 @@ from omegaconf import DictConfig
 from vpr.build import build_module, command_line_overrides, whole_number
 from vpr.checkpoints import (
     load_network_weights,
+    network_from_checkpoint,
     read_checkpoint,
     resolve_ckpt_path,
-    with_stored_network,
-    without_pretrained,
 )
 from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import eval_transform
@@ -68,7 +67,8 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     if pca_dim and cfg.get("pca_file"):
         raise ConfigError("give pca_file=PATH (use a saved PCA) or pca_dim=N (fit one on this database), not both")
     if not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path=PATH is required: a checkpoint written by train.py (or ckpt_path=last)")
+        raise ConfigError("ckpt_path=PATH is required: a checkpoint written by train.py (or ckpt_path=last), or a "
+                          "released one of the NetVLAD baseline or the paper code")
     db_files, q_files = list_images(cfg.get("database"), "database"), list_images(cfg.get("queries"), "queries")
     if cfg.get("image_root"):
         root = Path(str(cfg.image_root)).expanduser().resolve()
@@ -77,13 +77,8 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     db_names, q_names = image_names(db_files, root, "database"), image_names(q_files, root, "queries")
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, "train")
-    state, stored = read_checkpoint(ckpt_path)
-    if stored is not None:
-        size_given = any(o.startswith("data.image_size") for o in command_line_overrides())
-        cfg = with_stored_network(cfg, stored, size_given)
-    else:
-        log.warning("%s stores no vpr config: the network is built from the command line's settings", ckpt_path)
-        cfg = without_pretrained(cfg)  # every weight comes from the checkpoint
+    state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"))
+    cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, command_line_overrides())
     L.seed_everything(int(cfg.seed), workers=True)
     module = build_module(cfg, with_training=False)
     load_network_weights(module, state, ckpt_path)

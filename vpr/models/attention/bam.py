@@ -29,6 +29,10 @@ class BAM(nn.Module):
         reduction: r.
         dilation: d of the two 3x3 convs.
         combine: "sum" (the paper, default) broadcasts Mc + Ms; "product" (the official code) Mc * Ms.
+        channel_pool: "mean" (default) averages Mc's input over all H x W locations; "square" reproduces the
+            paper code's copy, which average-pools with an H x H window and stride H and so sees only the first
+            H columns (its Linear layer then only works for H <= W < 2H, the case of every VGG16 map of a
+            landscape image; other shapes are refused). Used to reproduce that code's released checkpoints.
 
     Returns features (B, C, H, W), weights None, mask = sigmoid(Ms) (B, 1, H, W) for visualisation.
     Note: BatchNorm1d in the channel branch needs a batch of at least 2 in training mode.
@@ -40,6 +44,7 @@ class BAM(nn.Module):
         reduction: int = 16,
         dilation: int = 4,
         combine: Literal["sum", "product"] = "sum",
+        channel_pool: Literal["mean", "square"] = "mean",
     ) -> None:
         super().__init__()
         hidden = hidden_channels(channels, reduction, "BAM (vpr/models/attention/bam.py)")
@@ -48,10 +53,16 @@ class BAM(nn.Module):
                 f"BAM (vpr/models/attention/bam.py): combine must be 'sum' (paper) or 'product' "
                 f"(official code), got {combine!r}."
             )
+        if channel_pool not in ("mean", "square"):
+            raise ValueError(
+                f"BAM (vpr/models/attention/bam.py): channel_pool must be 'mean' (every location) or 'square' "
+                f"(the paper code's H x H window), got {channel_pool!r}."
+            )
         if dilation < 1:
             raise ValueError(f"BAM (vpr/models/attention/bam.py): dilation must be >= 1, got {dilation}.")
         self.channels = channels
         self.combine = combine
+        self.channel_pool = channel_pool
         self.channel_mlp = nn.Sequential(
             nn.Linear(channels, hidden),
             nn.BatchNorm1d(hidden),
@@ -74,6 +85,14 @@ class BAM(nn.Module):
 
     def channel_attention(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> Mc: (B, C, 1, 1) logits."""
+        if self.channel_pool == "square":
+            height, width = x.shape[-2:]
+            if not height <= width < 2 * height:
+                raise ValueError(
+                    f"BAM channel_pool='square' (the paper code's H x H pooling) needs H <= W < 2H, the feature map "
+                    f"is {height} x {width}; use channel_pool='mean' or a landscape image size."
+                )
+            return self.channel_mlp(x[..., :height].mean(dim=(2, 3)))[:, :, None, None]
         pooled = x.mean(dim=(2, 3))  # mean over every one of the H x W locations, square or not
         return self.channel_mlp(pooled)[:, :, None, None]
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpr.models.attention.base import AttentionOutput
+from vpr.models.attention.deattention import DeAttention
 
 # (kernel size, output channels) of the three parallel context filters of the paper.
 CONTEXT_FILTERS: tuple[tuple[int, int], ...] = ((3, 32), (5, 32), (7, 20))
@@ -57,3 +58,26 @@ class CRN(nn.Module):
         low_res = F.relu(self.accumulate(context))
         m = F.interpolate(low_res, size=(height, width), mode="bilinear", align_corners=False)
         return AttentionOutput(x, m, m)
+
+
+class PaperCRN(DeAttention):
+    """The paper code's "CRN" row, which is not Kim et al.'s CRN: the de-attention mask head without guidance.
+
+    x is L2-normalised over channels, the mask comes from the same three branches (3x3 -> 32, 5x5 -> 32,
+    7x7 -> 20, each conv -> ReLU -> BatchNorm, reflect padding) and 1x1 conv -> ReLU -> BatchNorm -> sigmoid, and
+    the features become normalise(x) * mask; there is no pooling before the branches and no upsampling. With a
+    NetVLAD head this leaves the descriptor unchanged (every location is L2-normalised again), which is what that
+    code evaluated. It exists to load and evaluate that code's released CRN checkpoints (``attention=crn_paper``);
+    the mask is not supervised.
+    """
+
+    supervised_mask = False
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, version=1, apply="features", normalize_input=True)
+
+    def forward(self, x: Tensor) -> AttentionOutput:
+        """x: (B, C, H, W) -> AttentionOutput(normalise(x) * mask, None, mask (B, 1, H, W))."""
+        normalised = F.normalize(x, p=2, dim=1)
+        mask = self.compute_mask(x)
+        return AttentionOutput(normalised * mask, None, mask)
