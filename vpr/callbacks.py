@@ -130,13 +130,13 @@ class MaskQuality(L.Callback):
     @torch.no_grad()
     def measure(self, pl_module: PlaceRecognitionModule, dm: PlaceDataModule, split) -> dict[str, float]:
         from vpr.data.dataset import load_image
-        from vpr.data.guidance import area_target, build_label_source
+        from vpr.data.guidance import area_target
         from vpr.eval.masks import mask_quality
 
         paths = list(split.image_paths)
         chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, num=min(self.images, len(paths))).round().astype(int)]
         g = dm.guidance
-        source = build_label_source(g["source"], dm.root, g.get("mask_dir"), g.get("class_groups"))
+        source = dm.label_source()
         suppressed = sorted({i for group in g.get("suppress", ["person", "vehicle"]) for i in source.group_ids(group)})
         was_training = pl_module.training
         pl_module.eval()

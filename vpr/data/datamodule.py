@@ -194,6 +194,7 @@ class PlaceDataModule(L.LightningDataModule):
         self._pending_round: dict | None = None
         self._sampler: MinedBatchSampler | None = None
         self.guidance = dict(guidance) if guidance and guidance.get("source") else None
+        self._label_source = None
         self.targets: GuidanceTargets | None = None
 
     # -- splits -----------------------------------------------------------------------------------------------
@@ -257,13 +258,19 @@ class PlaceDataModule(L.LightningDataModule):
             self._pending_miner_state = None
 
     # -- semantic guidance ------------------------------------------------------------------------------------
+    def label_source(self):
+        """The guidance's label source, built once (a segmentation network is loaded once per run)."""
+        if self._label_source is None:
+            self._label_source = build_label_source(self.guidance, self.root)
+        return self._label_source
+
     def set_feature_grid(self, grid: tuple[int, int]) -> None:
         """Called by the model once it knows its feature grid: builds the guidance targets (once)."""
         if self.guidance is None or (self.targets is not None and self.targets.grid == tuple(grid)):
             return
         g = self.guidance
         split = self.train_split
-        source = build_label_source(g["source"], self.root, g.get("mask_dir"), g.get("class_groups"))
+        source = self.label_source()
         self.targets = GuidanceTargets(source, g.get("suppress", ["person", "vehicle"]), split.image_paths, grid,
                                        g.get("cache_dir"))
         log.info("semantic guidance (guidance.source=%s): %s; suppressed: %s (class ids %s); %s loss x %s on the "

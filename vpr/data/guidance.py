@@ -12,6 +12,11 @@ Sources (config group ``guidance``):
   ids (default: Cityscapes train ids: person 11, rider 12; car..bicycle 13-18; sky 10).
 - ``torchvision``: a torchvision segmentation network (DeepLabV3-MobileNetV3, Pascal VOC classes) run once per
   image; its weights are downloaded on first use (a clear error offline). VOC has no sky class.
+- ``deeplab_cityscapes``: the paper's own guidance network, DeepLabV3+ MobileNetV2 trained on Cityscapes (19 train
+  ids, sky included), from its released weight file ``guidance.weights`` (:mod:`vpr.models.deeplab`).
+- ``torchscript``: any segmentation network exported to TorchScript (``guidance.model``; a ``.pt2`` file of
+  ``torch.export`` also works), with ``class_groups`` naming the label ids of each group. Such a file is a program:
+  load only files you trust.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -48,6 +54,10 @@ class LabelSource:
     """Per-pixel class ids of a training image and the ids of each suppressible group."""
 
     name = "base"
+
+    def cache_key(self) -> str:
+        """What distinguishes this source's targets in the disk cache (the weights file for a network)."""
+        return self.name
 
     def group_ids(self, group: str) -> list[int]:
         raise NotImplementedError
@@ -163,6 +173,135 @@ class TorchvisionLabels(LabelSource):
         return out.argmax(1)[0].cpu().numpy().astype(np.uint8)
 
 
+def _file_identity(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+class _NetworkLabels(LabelSource):
+    """A segmentation network run once per image on RGB in [0, 1] normalised by ``mean`` / ``std``: the arg-max
+    class of every pixel, at the image's own size."""
+
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def labels(self, image_path: Path) -> np.ndarray:
+        try:
+            image = Image.open(image_path).convert("RGB")
+        except Exception as e:  # unreadable / corrupt image
+            raise DataError(f"guidance.source={self.name}: cannot read image {image_path} ({type(e).__name__}: {e})") from None
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        out = self.logits(((x - mean) / std).to(self.device))
+        if out.ndim != 4 or out.shape[0] != 1:
+            raise DataError(f"guidance.source={self.name}: the network returned shape {tuple(out.shape)} for one image; "
+                            "expected class scores (1, classes, h, w)")
+        if out.shape[-2:] != x.shape[-2:]:
+            out = F.interpolate(out.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out.argmax(1)[0].to(torch.int32).cpu().numpy()
+
+
+class DeepLabCityscapesLabels(_NetworkLabels):
+    """The paper's guidance network: DeepLabV3+ MobileNetV2 (output stride 16) on the 19 Cityscapes train ids, from
+    its released weights (``guidance.weights``; see :func:`vpr.models.deeplab.load_deeplab_cityscapes`)."""
+
+    name = "deeplab_cityscapes"
+
+    def __init__(self, weights: str | Path | None, class_groups: Mapping[str, Sequence[int]] | None = None,
+                 device: str = "cpu"):
+        from vpr.models.deeplab import CITYSCAPES_MEAN, CITYSCAPES_STD, WEIGHTS_FILE, load_deeplab_cityscapes
+
+        super().__init__(device)
+        if not weights:
+            raise DataError(f"guidance=deeplab_cityscapes needs guidance.weights=PATH: the paper's {WEIGHTS_FILE} "
+                            "(from its weight_semantic_guidance archive)")
+        self.weights = Path(str(weights)).expanduser()
+        self.model = load_deeplab_cityscapes(self.weights).to(device)
+        self.mean, self.std = CITYSCAPES_MEAN, CITYSCAPES_STD
+        self.groups = {k: [int(i) for i in v] for k, v in (class_groups or CITYSCAPES_GROUPS).items()}
+
+    def describe(self) -> str:
+        return f"DeepLabV3+ MobileNetV2 on Cityscapes ({self.weights})"
+
+    def cache_key(self) -> str:
+        return f"{self.name}:{_file_identity(self.weights)}"
+
+    def group_ids(self, group: str) -> list[int]:
+        if group not in self.groups:
+            raise DataError(f"guidance.suppress: group {group!r} not in guidance.class_groups {sorted(self.groups)}")
+        return self.groups[group]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class TorchScriptLabels(_NetworkLabels):
+    """Any segmentation network exported with ``torch.jit.save`` (``guidance.model``): called on a normalised
+    (1, 3, H, W) batch, it returns class scores (1, classes, h, w) (or a dict holding them under ``out``);
+    ``class_groups`` names the class ids of every group."""
+
+    name = "torchscript"
+
+    def __init__(self, model: str | Path | None, class_groups: Mapping[str, Sequence[int]] | None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, device: str = "cpu"):
+        super().__init__(device)
+        if not model:
+            raise DataError("guidance=torchscript needs guidance.model=PATH: a segmentation network saved with "
+                            "torch.jit.save")
+        self.path = Path(str(model)).expanduser()
+        if not self.path.is_file():
+            raise DataError(f"guidance.model={self.path}: no such file (a segmentation network saved with "
+                            "torch.jit.save)")
+        try:
+            if self.path.suffix == ".pt2":  # a torch.export program
+                self.model = torch.export.load(str(self.path)).module()
+            else:
+                with warnings.catch_warnings():  # TorchScript is deprecated for export, loading still works
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self.model = torch.jit.load(str(self.path), map_location=device).eval()
+        except Exception as e:
+            raise DataError(f"guidance.model={self.path} is not a TorchScript (or torch.export .pt2) file "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); export the network with "
+                            "torch.jit.save") from None
+        if not class_groups:
+            raise DataError("guidance=torchscript needs guidance.class_groups: the class ids of each group, e.g. "
+                            "{person: [11, 12], vehicle: [13, 14, 15, 16, 17, 18], sky: [10]}")
+        self.groups = {k: [int(i) for i in v] for k, v in class_groups.items()}
+        if mean is not None:
+            self.mean = tuple(float(v) for v in mean)
+        if std is not None:
+            self.std = tuple(float(v) for v in std)
+
+    def describe(self) -> str:
+        return f"the TorchScript network {self.path}"
+
+    def cache_key(self) -> str:
+        return f"{self.name}:{_file_identity(self.path)}:{self.mean}:{self.std}"
+
+    def group_ids(self, group: str) -> list[int]:
+        if group not in self.groups:
+            raise DataError(f"guidance.suppress: group {group!r} not in guidance.class_groups {sorted(self.groups)}")
+        return self.groups[group]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(out, dict):
+            if "out" not in out:
+                raise DataError(f"guidance.model={self.path} returned a dict without 'out' (keys {sorted(out)})")
+            out = out["out"]
+        if not torch.is_tensor(out):
+            raise DataError(f"guidance.model={self.path} returned {type(out).__name__}, not a tensor of class scores")
+        return out
+
+
 class GuidanceTargets:
     """Targets of a list of images on the feature grid: computed once, cached in memory and on disk.
 
@@ -193,7 +332,7 @@ class GuidanceTargets:
     def _cache_file(self) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = json.dumps([self.source.name, self.suppressed_ids, self.grid, [str(p) for p in self.paths]])
+        key = json.dumps([self.source.cache_key(), self.suppressed_ids, self.grid, [str(p) for p in self.paths]])
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return self.cache_dir / f"guidance_{self.source.name}_{self.grid[0]}x{self.grid[1]}_{digest}.npy"
 
@@ -220,8 +359,11 @@ class GuidanceTargets:
         return self.table[index][None]
 
 
-def build_label_source(kind: str, data_root: str | Path, mask_dir: str | None = None,
-                       class_groups: Mapping[str, Sequence[int]] | None = None) -> LabelSource:
+def build_label_source(guidance: Mapping, data_root: str | Path) -> LabelSource:
+    """The label source a ``guidance`` config asks for (``source`` and the settings of that source)."""
+    kind = guidance.get("source")
+    mask_dir, class_groups = guidance.get("mask_dir"), guidance.get("class_groups")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "auto":  # the city's own labels, else mask_dir's, else torchvision's model
         if (Path(str(data_root)) / "classes.json").is_file():
             kind = "synthetic"
@@ -232,5 +374,10 @@ def build_label_source(kind: str, data_root: str | Path, mask_dir: str | None = 
     if kind == "mask_dir":
         return MaskDirLabels(mask_dir, data_root, class_groups)
     if kind == "torchvision":
-        return TorchvisionLabels("cuda" if torch.cuda.is_available() else "cpu")
-    raise DataError(f"guidance.source={kind!r}: choose auto, synthetic, mask_dir or torchvision")
+        return TorchvisionLabels(device)
+    if kind == "deeplab_cityscapes":
+        return DeepLabCityscapesLabels(guidance.get("weights"), class_groups, device)
+    if kind == "torchscript":
+        return TorchScriptLabels(guidance.get("model"), class_groups, guidance.get("mean"), guidance.get("std"), device)
+    raise DataError(f"guidance.source={kind!r}: choose auto, synthetic, mask_dir, torchvision, deeplab_cityscapes or "
+                    "torchscript")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vpr.data.guidance import area_target, build_label_source
+from vpr.data.guidance import area_target
 from vpr.viz.retrievals import save_retrieval_figure
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ def save_retrieval_pictures(module, datamodule, stage: str, path: Path, num_quer
     source = None
     if datamodule.guidance is not None and module.aux_weight > 0:
         try:
-            source = build_label_source(datamodule.guidance["source"], datamodule.root, datamodule.guidance.get("mask_dir"),
-                                        datamodule.guidance.get("class_groups"))
+            source = datamodule.label_source()
             suppressed = sorted({i for g in datamodule.guidance.get("suppress", []) for i in source.group_ids(g)})
         except Exception as e:  # pictures are a bonus: never fail the run for them
             log.warning("no semantic targets in the pictures: %s", e)
