@@ -9,9 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
 from tests.models.test_deeplab import random_state, save_checkpoint
 from vpr.data.guidance import GuidanceTargets, build_label_source
 from vpr.errors import ConfigError, DataError
@@ -56,9 +58,13 @@ def deeplab_file(path, winner):
     (0, ["person", "vehicle", "sky"], 1.0),  # road is never suppressed
 ], ids=["sky-kept", "sky-suppressed", "rider", "train", "road"])
 def test_deeplab_cityscapes_targets_follow_the_cityscapes_classes(tiny_city, tmp_path, winner, suppress, expected):
+    """Cityscapes train ids (sky 10, person 11, rider 12, car 13 ... bicycle 18) through guidance=deeplab_cityscapes."""
     deeplab_file(tmp_path / "best_deeplabv3plus_mobilenet_cityscapes_os16.pth", winner)
-    guidance = {"source": "deeplab_cityscapes", "weights": str(tmp_path / "best_deeplabv3plus_mobilenet_cityscapes_os16.pth"),
-                "class_groups": {"person": [11, 12], "vehicle": [13, 14, 15, 16, 17, 18], "sky": [10]}}
+    weights = tmp_path / "best_deeplabv3plus_mobilenet_cityscapes_os16.pth"
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["attention=deattention", "guidance=deeplab_cityscapes",
+                                          f"guidance.weights={weights}"])
+    guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
     source = build_label_source(guidance, tiny_city)
     paths = city_images(tiny_city, 2)
     labels = source.labels(paths[0])
@@ -134,7 +140,7 @@ def test_torchscript_settings_are_checked(tiny_city, tmp_path):
     with pytest.raises(DataError, match="missing.pt: no such file"):
         build_label_source({"source": "torchscript", "model": str(tmp_path / "missing.pt")}, tiny_city)
     (tmp_path / "junk.pt").write_text("not a network")
-    with pytest.raises(DataError, match="junk.pt is not a TorchScript file"):
+    with pytest.raises(DataError, match="junk.pt is not a TorchScript"):
         build_label_source({"source": "torchscript", "model": str(tmp_path / "junk.pt"),
                             "class_groups": {"person": [1]}}, tiny_city)
     with pytest.raises(DataError, match="class_groups"):
