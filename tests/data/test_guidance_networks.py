@@ -159,3 +159,9 @@ def test_missing_deeplab_weights_is_one_error_line(data_dir, tmp_path):
     assert proc.returncode == 2 and len(errors) == 1, out[-3000:]
     assert str(missing) in errors[0] and "weight_semantic_guidance" in errors[0]
     assert "Traceback" not in out
+
+
+def test_default_cityscapes_groups_are_the_train_ids():
+    from vpr.data.guidance import CITYSCAPES_GROUPS
+
+    assert CITYSCAPES_GROUPS == {"person": [11, 12], "vehicle": [13, 14, 15, 16, 17, 18], "sky": [10]}
