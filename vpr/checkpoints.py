@@ -98,6 +98,25 @@ def _saved_identity(ckpt: Path) -> dict[str, Any] | None:
 TRUSTED_TARGET_PREFIXES = ("vpr.",)
 
 
+def read_weights_only(path: str | Path, where: str, what: str = "checkpoint", advice: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` with numpy scalars allowed; whatever goes wrong is one ConfigError
+    that starts with ``where`` (the setting and file) and ends with ``advice``. A file holding Python objects other
+    than tensors, numbers and containers is refused before any of it runs."""
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a pickle at all (text, another format): torch's weights-only reader stopped at once
+            raise ConfigError(f"{where} is not a readable {what} (not a torch-saved file).{advice}") from None
+        raise ConfigError(
+            f"{where} holds Python objects other than tensors and numbers (it refers to {found.group(1)}): refusing "
+            f"to load it, since unpickling such a file can run code.{advice}"
+        ) from None
+    except Exception as e:  # truncated, empty, not a torch file
+        raise ConfigError(f"{where} is not a readable {what} ({type(e).__name__}: {e}).{advice}") from None
+
+
 def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = "auto") -> dict[str, Any]:
     """``torch.load`` that accepts tensors, numbers, strings and containers only, never code.
 
@@ -107,19 +126,8 @@ def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = 
     converted, and the network settings that reproduce its forward pass). ``ckpt_format`` (auto, lightning,
     netvlad_baseline, paper) refuses a file of another layout.
     """
-    try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found is None:  # not a pickle at all (text, another format): torch's weights-only reader stopped at once
-            raise ConfigError(f"{setting}={path} is not a readable checkpoint (not a torch-saved file)") from None
-        raise ConfigError(
-            f"{setting}={path} holds Python objects other than tensors and numbers (it refers to {found.group(1)}). "
-            "The checkpoints of train.py never do: refusing to load it, since unpickling such a file can run code."
-        ) from None
-    except Exception as e:  # truncated, empty, not a torch file
-        raise ConfigError(f"{setting}={path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    state = read_weights_only(path, f"{setting}={path}", "checkpoint",
+                              " The checkpoints of train.py never do.")
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
         raise ConfigError(f"{setting}={path} has no state_dict: neither a checkpoint of train.py nor one of the NetVLAD "
                           "baseline or the paper code")

@@ -69,6 +69,20 @@ class LabelSource:
         return type(self).__name__
 
 
+class GroupedLabels(LabelSource):
+    """A label source whose groups are given as class ids (``guidance.class_groups``)."""
+
+    groups: dict[str, list[int]]
+
+    def set_groups(self, class_groups: Mapping[str, Sequence[int]]) -> None:
+        self.groups = {k: [int(i) for i in v] for k, v in class_groups.items()}
+
+    def group_ids(self, group: str) -> list[int]:
+        if group not in self.groups:
+            raise DataError(f"guidance.suppress: group {group!r} not in guidance.class_groups {sorted(self.groups)}")
+        return self.groups[group]
+
+
 class SyntheticLabels(LabelSource):
     """The synthetic city's ``<stem>_labels.png`` next to each image; names from ``<root>/classes.json``."""
 
@@ -99,7 +113,7 @@ class SyntheticLabels(LabelSource):
         return np.asarray(Image.open(path))
 
 
-class MaskDirLabels(LabelSource):
+class MaskDirLabels(GroupedLabels):
     """Label maps precomputed by any model under ``mask_dir/<image path relative to data root>.png``."""
 
     def describe(self) -> str:
@@ -115,12 +129,7 @@ class MaskDirLabels(LabelSource):
                 "training image, same relative path as the image, suffix .png)"
             )
         self.data_root = Path(data_root)
-        self.groups = {k: [int(i) for i in v] for k, v in (class_groups or CITYSCAPES_GROUPS).items()}
-
-    def group_ids(self, group: str) -> list[int]:
-        if group not in self.groups:
-            raise DataError(f"guidance.suppress: group {group!r} not in guidance.class_groups {sorted(self.groups)}")
-        return self.groups[group]
+        self.set_groups(class_groups or CITYSCAPES_GROUPS)
 
     def labels(self, image_path: Path) -> np.ndarray:
         rel = image_path.relative_to(self.data_root)
@@ -178,7 +187,7 @@ def _file_identity(path: Path) -> str:
     return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
-class _NetworkLabels(LabelSource):
+class _NetworkLabels(GroupedLabels):
     """A segmentation network run once per image on RGB in [0, 1] normalised by ``mean`` / ``std``: the arg-max
     class of every pixel, at the image's own size."""
 
@@ -226,18 +235,13 @@ class DeepLabCityscapesLabels(_NetworkLabels):
         self.weights = Path(str(weights)).expanduser()
         self.model = load_deeplab_cityscapes(self.weights).to(device)
         self.mean, self.std = CITYSCAPES_MEAN, CITYSCAPES_STD
-        self.groups = {k: [int(i) for i in v] for k, v in (class_groups or CITYSCAPES_GROUPS).items()}
+        self.set_groups(class_groups or CITYSCAPES_GROUPS)
 
     def describe(self) -> str:
         return f"DeepLabV3+ MobileNetV2 on Cityscapes ({self.weights})"
 
     def cache_key(self) -> str:
         return f"{self.name}:{_file_identity(self.weights)}"
-
-    def group_ids(self, group: str) -> list[int]:
-        if group not in self.groups:
-            raise DataError(f"guidance.suppress: group {group!r} not in guidance.class_groups {sorted(self.groups)}")
-        return self.groups[group]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -274,7 +278,7 @@ class TorchScriptLabels(_NetworkLabels):
         if not class_groups:
             raise DataError("guidance=torchscript needs guidance.class_groups: the class ids of each group, e.g. "
                             "{person: [11, 12], vehicle: [13, 14, 15, 16, 17, 18], sky: [10]}")
-        self.groups = {k: [int(i) for i in v] for k, v in class_groups.items()}
+        self.set_groups(class_groups)
         if mean is not None:
             self.mean = tuple(float(v) for v in mean)
         if std is not None:
@@ -285,11 +289,6 @@ class TorchScriptLabels(_NetworkLabels):
 
     def cache_key(self) -> str:
         return f"{self.name}:{_file_identity(self.path)}:{self.mean}:{self.std}"
-
-    def group_ids(self, group: str) -> list[int]:
-        if group not in self.groups:
-            raise DataError(f"guidance.suppress: group {group!r} not in guidance.class_groups {sorted(self.groups)}")
-        return self.groups[group]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)

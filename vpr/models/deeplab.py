@@ -31,8 +31,6 @@ Inputs are RGB in [0, 1] normalised with :data:`CITYSCAPES_MEAN` / :data:`CITYSC
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vpr.checkpoints import _numpy_scalar_globals
+from vpr.checkpoints import read_weights_only
 from vpr.errors import ConfigError
 
 #: The normalisation the segmentation network was trained and run with: ImageNet mean / std on RGB in [0, 1]
@@ -234,19 +232,7 @@ def load_deeplab_cityscapes(path: str | Path, num_classes: int = 19,
            f"(DeepLabV3+ MobileNetV2, Cityscapes, {num_classes} classes, output stride {output_stride})")
     if not Path(path).is_file():
         raise ConfigError(f"{where}: no such file; {fix}")
-    try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found is None:
-            raise ConfigError(f"{where} is not a readable torch file; {fix}") from None
-        raise ConfigError(
-            f"{where} holds Python objects other than tensors and numbers (it refers to {found.group(1)}); refusing "
-            f"to load it, since unpickling such a file can run code. {fix[0].upper() + fix[1:]}"
-        ) from None
-    except Exception as e:  # empty, truncated, not a torch file
-        raise ConfigError(f"{where} is not a readable torch file ({type(e).__name__}: {e}); {fix}") from None
+    loaded = read_weights_only(path, where, "torch file", f" {fix[0].upper() + fix[1:]}.")
 
     state = loaded.get("model_state", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
