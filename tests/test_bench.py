@@ -47,3 +47,20 @@ def test_mining_benchmark_small_size():
     assert r["cache_gb"] == pytest.approx(3000 * 256 * 2 / 1e9)  # float16: 2 bytes per value
     assert r["num_queries"] == 100 and r["tuples"] == 100  # every query keeps its negatives at this margin
     assert r["mine_seconds"] > 0 and r["process_peak_rss_gb"] > 0
+
+
+def test_bench_compile_rows_compare_with_the_eager_rows_of_the_same_run(tmp_path):
+    from vpr.bench import main
+
+    assert main(["--size", "tiny", "--repeats", "1", "--compile", "--compile-backend", "aot_eager",
+                 "--out", str(tmp_path / "b")]) == 0
+    result = json.loads((tmp_path / "b" / "bench.json").read_text())
+    eager = {r["measure"]: r["project"] for r in result["rows"]}
+    compiled = {r["measure"]: r for r in result["compile"]}
+    assert compiled["training step: tuples/s"]["eager"] == eager["training step: tuples/s"]
+    assert compiled["encoding: images/s"]["eager"] == eager["encoding (mining cache, evaluation): images/s"]
+    for r in compiled.values():
+        assert r["compiled"] > 0
+        if r["eager"]:
+            assert r["ratio"] == pytest.approx(r["compiled"] / r["eager"])
+    assert "| measure | eager | compiled | compiled vs eager |" in (tmp_path / "b" / "bench.md").read_text()

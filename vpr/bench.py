@@ -159,7 +159,8 @@ def build(cfg) -> tuple[nn.Module, nn.Module]:
     return module, module.loss
 
 
-def run(size_name: str, repeats: int, device: torch.device) -> dict[str, Any]:
+def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool | str = False,
+        compile_backend: str = "inductor") -> dict[str, Any]:
     size = SIZES[size_name]
     cfg = compose(size)
     torch.manual_seed(0)
@@ -244,6 +245,12 @@ def run(size_name: str, repeats: int, device: torch.device) -> dict[str, Any]:
     s_p, s_n = search_seconds(size.search_db, size.search_queries, int(module.head.out_dim), device)
     rows.append((f"kNN search + Recall@N, {size.search_queries} x {size.search_db}: seconds", s_p, s_n))
     out["rows"] = [{"measure": m, "project": p, "naive": n, "ratio": ratio(m, p, n)} for m, p, n in rows]
+    if compile_mode is not False:
+        eager = {m: p for m, p, _ in rows}
+        module.compile_backend = compile_backend
+        out["compile"] = compile_rows(module, compile_mode, project_step, project_encode, b, size.encode_images,
+                                      repeats, device, eager["training step: tuples/s"],
+                                      eager["encoding (mining cache, evaluation): images/s"])
     out["process_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return out
 
@@ -324,6 +331,29 @@ def mining_markdown(r: dict[str, Any]) -> str:
             f"{memory}.")
 
 
+def compile_rows(module: nn.Module, mode: bool | str, step: Callable[[], None], encode: Callable[[], None],
+                 tuples: int, encode_images: int, repeats: int, device: torch.device, eager_tuples_per_s: float,
+                 eager_images_per_s: float) -> list[dict[str, Any]]:
+    """The project's training step and encoding pass again after ``model.compile`` (the same module, compiled in
+    place): does torch.compile pay off on this device? The first, untimed call of each includes the compilation,
+    whose time is reported too."""
+    module.compile_mode = mode
+    module.apply_memory_format()  # channels-last is already set; this compiles
+    t0 = time.perf_counter()
+    step()
+    encode()
+    synchronize(device)
+    compile_s = time.perf_counter() - t0
+    s_step, _ = timed(step, repeats, device)
+    s_enc, _ = timed(encode, repeats, device)
+    return [{"measure": "compilation (first training step + encoding call): seconds", "eager": None,
+             "compiled": compile_s, "ratio": None},
+            {"measure": "training step: tuples/s", "eager": eager_tuples_per_s, "compiled": tuples / s_step,
+             "ratio": tuples / s_step / eager_tuples_per_s},
+            {"measure": "encoding: images/s", "eager": eager_images_per_s, "compiled": encode_images / s_enc,
+             "ratio": encode_images / s_enc / eager_images_per_s}]
+
+
 def ratio(measure: str, project: float, naive: float) -> float | None:
     """How many times better the project is: a rate's quotient, a time's or memory's inverse quotient."""
     if not project or not naive:
@@ -345,6 +375,13 @@ def markdown(result: dict[str, Any]) -> str:
                  + (f", {100 * result['train_fraction_of_dense_bf16_peak']:.0f}% of the dense bf16 peak"
                     if "train_fraction_of_dense_bf16_peak" in result else "")
                  + f". Process peak RSS {result['process_peak_rss_gb']:.1f} GB.")
+    if result.get("compile"):
+        lines += ["", f"`model.compile={result['compile_mode']}` (same run, same module compiled in place):", "",
+                  "| measure | eager | compiled | compiled vs eager |", "|---|---:|---:|---:|"]
+        for r in result["compile"]:
+            eager = f"{r['eager']:.3g}" if r["eager"] else "–"
+            x = f"{r['ratio']:.2f}x" if r["ratio"] else "–"
+            lines.append(f"| {r['measure']} | {eager} | {r['compiled']:.3g} | {x} |")
     return "\n".join(lines)
 
 
@@ -360,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mining-queries", type=int, default=1000, help="queries of the round")
     parser.add_argument("--mining-dim", type=int, default=32_768, help="descriptor size (VGG16 NetVLAD K=64)")
     parser.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="also time the training step and encoding after torch.compile (model.compile=MODE: "
+                             "default, reduce-overhead, max-autotune) and print compiled vs eager")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -377,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(out / "mining.md", table + "\n")
         print(table + f"\n\nwritten: {out / 'mining.md'}, {out / 'mining.json'}", flush=True)
         return 0
-    result = run(size, args.repeats, device)
+    result = run(size, args.repeats, device, compile_mode=args.compile if args.compile else False,
+                 compile_backend=args.compile_backend)
+    result["compile_mode"] = args.compile
     table = markdown(result)
     write_json_atomic(out / "bench.json", result)
     write_text_atomic(out / "bench.md", table + "\n")

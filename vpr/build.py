@@ -149,6 +149,8 @@ def build_module(cfg: DictConfig, with_training: bool = True):
         aux_weight_after=guidance.get("weight_after"),
         aux_switch_epoch=guidance.get("switch_epoch"),
         channels_last=cfg.model.get("channels_last", "auto"),
+        compile=cfg.model.get("compile", False),
+        compile_backend=str(cfg.model.get("compile_backend", "inductor")),
         **kwargs,
     )
 

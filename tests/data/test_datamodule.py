@@ -24,3 +24,20 @@ def test_collate_variable_negatives_and_target_order():
     assert [round(v, 4) for v in firsts] == want
     images = torch.cat([b["query"], b["positive"], b["negatives"]])[:, 0, 0, 0]
     assert torch.allclose(images, b["targets"][:, 0, 0, 0])
+
+
+def test_persistent_workers_setting():
+    import pytest
+
+    from vpr.data.datamodule import PlaceDataModule
+    from vpr.errors import ConfigError
+
+    def kwargs(persistent, workers):
+        return PlaceDataModule(None, "city", num_workers=workers, persistent_workers=persistent)._loader_kwargs()
+
+    assert kwargs(True, 2)["persistent_workers"] is True
+    assert kwargs(True, 0)["persistent_workers"] is False  # DataLoader refuses persistent workers without workers
+    assert kwargs(False, 2)["persistent_workers"] is False
+    assert kwargs("auto", 2)["persistent_workers"] is torch.cuda.is_available()
+    with pytest.raises(ConfigError, match="data.persistent_workers"):
+        kwargs("yes", 2)

@@ -40,3 +40,42 @@ def test_channels_last_gives_the_plain_descriptors_and_gradients(train):
         for (name, p0), (_, p1) in zip(plain.named_parameters(), fast.named_parameters()):
             if p0.grad is not None:
                 torch.testing.assert_close(p1.grad, p0.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def build_compiled(backend: str):
+    from vpr.build import build_module
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=city_baseline", "attention=deattention", "guidance=none",
+                                          "model.num_clusters=8", "logger=none", "paths.output_dir=.",
+                                          "model.compile=true", f"model.compile_backend={backend}"])
+    return build_module(cfg, with_training=False)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_network_gives_the_plain_descriptors_and_keeps_its_keys(backend):
+    plain = build(False)
+    fast = build_compiled(backend)
+    fast.load_state_dict(plain.state_dict())
+    fast.apply_memory_format()
+    fast.apply_memory_format()  # compiles once
+    assert fast.backbone._compiled_call_impl is not None and plain.backbone._compiled_call_impl is None
+    assert list(fast.state_dict()) == list(plain.state_dict())  # checkpoints load either way
+    plain.eval()
+    fast.eval()
+    images = torch.rand(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        d0, m0 = plain.describe(images)
+        d1, m1 = fast.describe(images)
+    torch.testing.assert_close(d1, d0, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(m1, m0, atol=1e-5, rtol=1e-4)
+
+
+def test_compile_setting_is_checked():
+    from vpr.build import build_module
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=city_baseline", "model.num_clusters=8", "logger=none",
+                                          "paths.output_dir=.", "model.compile=''"])
+    with pytest.raises(ValueError, match="model.compile"):
+        build_module(cfg, with_training=False)

@@ -130,6 +130,8 @@ class PlaceDataModule(L.LightningDataModule):
         batch_size: training tuples per step (each = query, positive, up to negatives_per_query negatives).
         eval_batch_size: images per step for validation, test and the mining cache.
         num_workers: DataLoader workers.
+        persistent_workers: keep the workers of the training and evaluation loaders alive between epochs
+            (``auto``: on CUDA machines, where re-spawning them each epoch idles the GPU; needs num_workers > 0).
         mining: keyword arguments of :class:`HardNegativeMiner` plus ``refresh_every_queries``.
         eval_radius_m / train_radius_m: override the split files' 25 m / 10 m.
         seed: shuffling and negative sampling.
@@ -148,6 +150,7 @@ class PlaceDataModule(L.LightningDataModule):
         batch_size: int = 4,
         eval_batch_size: int = 16,
         num_workers: int = 4,
+        persistent_workers: bool | str = "auto",
         mining: Mapping[str, Any] | None = None,
         eval_radius_m: float | None = None,
         train_radius_m: float | None = None,
@@ -176,6 +179,9 @@ class PlaceDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)
+        if persistent_workers not in (True, False, "auto"):
+            raise ConfigError(f"data.persistent_workers={persistent_workers!r}: choose auto, true or false")
+        self.persistent_workers = persistent_workers
         self.mining = dict(mining or {})
         cache_dtype = str(self.mining.get("cache_dtype") or "float32")
         if cache_dtype not in ("float32", "float16"):
@@ -293,10 +299,11 @@ class PlaceDataModule(L.LightningDataModule):
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict[str, Any]:
+        persistent = torch.cuda.is_available() if self.persistent_workers == "auto" else self.persistent_workers
         return {
             "num_workers": self.num_workers,
             "pin_memory": torch.cuda.is_available(),
-            "persistent_workers": False,
+            "persistent_workers": bool(persistent) and self.num_workers > 0,
         }
 
     def train_dataloader(self) -> DataLoader:

@@ -50,6 +50,10 @@ class PlaceRecognitionModule(L.LightningModule):
             ``aux_switch_epoch`` on (the paper's 0.1 for 4 epochs, then 0.001).
         channels_last: ``auto`` (on CUDA devices), True or False: weights and images in the channels-last memory
             format, which tensor-core convolutions prefer. The numbers are the same as without.
+        compile: False, True (torch.compile's default mode) or a mode name (``reduce-overhead``,
+            ``max-autotune``, ...): compile the backbone, the attention and the head in place once the module is
+            on its device. State-dict keys stay the same, so checkpoints load either way.
+        compile_backend: torch.compile's backend (``inductor``; ``aot_eager`` compiles quickly, for debugging).
     """
 
     def __init__(
@@ -71,11 +75,19 @@ class PlaceRecognitionModule(L.LightningModule):
         aux_weight_after: float | None = None,
         aux_switch_epoch: int | None = None,
         channels_last: bool | str = "auto",
+        compile: bool | str = False,
+        compile_backend: str = "inductor",
     ):
         super().__init__()
         if channels_last not in (True, False, "auto"):
             raise ValueError(f"model.channels_last={channels_last!r}: choose auto, true or false")
+        if not isinstance(compile, (bool, str)) or compile in ("", "true", "false"):
+            raise ValueError(f"model.compile={compile!r}: choose false, true or a torch.compile mode "
+                             "(default, reduce-overhead, max-autotune)")
         self.channels_last_setting = channels_last
+        self.compile_mode = compile
+        self.compile_backend = str(compile_backend)
+        self._compiled = False
         self.backbone = backbone
         self.attention = attention
         self.head = head
@@ -111,9 +123,17 @@ class PlaceRecognitionModule(L.LightningModule):
 
     def apply_memory_format(self) -> None:
         """Weights to channels-last when it is on (once the module is on its device); parameters stay the same
-        objects, so optimizers keep them."""
+        objects, so optimizers keep them. Then ``model.compile``, once: each of backbone, attention and head is
+        compiled in place (``nn.Module.compile``), which keeps parameter names and objects."""
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+        if self.compile_mode is not False and not self._compiled:
+            mode = None if self.compile_mode in (True, "default") else str(self.compile_mode)
+            for part in (self.backbone, self.attention, self.head):
+                part.compile(mode=mode, backend=self.compile_backend)
+            self._compiled = True
+            log.info("model.compile: backbone, attention and head compiled (mode %s, backend %s); the first steps "
+                     "include the compilation", mode or "default", self.compile_backend)
 
     def on_fit_start(self) -> None:
         self.apply_memory_format()
