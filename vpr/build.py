@@ -240,8 +240,30 @@ def finish_loggers(trainer: L.Trainer, failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
-def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None = None) -> L.Trainer:
-    """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation."""
+def batchnorm_trains(module: nn.Module) -> bool:
+    """Whether some BatchNorm layer computes batch statistics in training mode (the frozen stages of a backbone and
+    ``model.freeze_batchnorm`` keep theirs in eval mode); the module's mode is restored."""
+    was_training = module.training
+    module.train()
+    found = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
+    module.train(was_training)
+    return found
+
+
+def resolve_sync_batchnorm(setting: Any, module: nn.Module | None, cuda: bool) -> bool:
+    """``trainer.sync_batchnorm``: true/false as given; ``auto`` = on CUDA, when some BatchNorm layer trains (then
+    each rank's batch of a few tuples alone would give noisy statistics). SyncBatchNorm needs CUDA."""
+    if setting in (True, False):
+        return bool(setting)
+    if setting != "auto":
+        raise ConfigError(f"trainer.sync_batchnorm={setting!r}: choose auto, true or false")
+    return bool(cuda and module is not None and batchnorm_trains(module))
+
+
+def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None = None,
+                  module: nn.Module | None = None) -> L.Trainer:
+    """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation.
+    ``module`` (training) decides ``trainer.sync_batchnorm=auto``."""
     if training:
         loggers = build_loggers(cfg, wandb_id)
         precision = str(cfg.trainer.get("precision", "32-true"))
@@ -249,6 +271,14 @@ def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None =
             log.warning("trainer.precision=%s: this GPU has no bfloat16; training in 16-mixed instead", precision)
             cfg = cfg.copy()
             cfg.trainer.precision = "16-mixed"
+        if "sync_batchnorm" in cfg.trainer:
+            setting = cfg.trainer.sync_batchnorm
+            sync = resolve_sync_batchnorm(setting, module, torch.cuda.is_available())
+            if setting == "auto":
+                log.info("trainer.sync_batchnorm=auto: %s", "SyncBatchNorm (BatchNorm layers train, on CUDA)" if sync
+                         else "off (no BatchNorm layer trains, or no CUDA)")
+            cfg = cfg.copy()
+            cfg.trainer.sync_batchnorm = sync
         return instantiate_setting("trainer", cfg.trainer, logger=loggers or False,
                                    callbacks=build_callbacks(cfg, with_logger=bool(loggers)),
                                    plugins=[AtomicCheckpointIO()])

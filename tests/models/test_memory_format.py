@@ -79,3 +79,49 @@ def test_compile_setting_is_checked():
                                           "paths.output_dir=.", "model.compile=''"])
     with pytest.raises(ValueError, match="model.compile"):
         build_module(cfg, with_training=False)
+
+
+def test_sync_batchnorm_auto_follows_the_batchnorm_layers_that_train():
+    from vpr.build import resolve_sync_batchnorm
+    from vpr.errors import ConfigError
+
+    def network(bn_frozen: bool):
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+        if bn_frozen:  # a module that keeps its BatchNorm in eval mode, as frozen stages do
+            plain_train = net.train
+
+            def train(mode=True):
+                plain_train(mode)
+                net[1].eval()
+                return net
+
+            net.train = train
+        return net
+
+    vgg_like = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    assert resolve_sync_batchnorm("auto", network(False), cuda=True) is True
+    assert resolve_sync_batchnorm("auto", network(False), cuda=False) is False  # SyncBatchNorm needs CUDA
+    assert resolve_sync_batchnorm("auto", network(True), cuda=True) is False
+    assert resolve_sync_batchnorm("auto", vgg_like, cuda=True) is False
+    assert resolve_sync_batchnorm(True, vgg_like, cuda=False) is True
+    net = network(False).eval()
+    resolve_sync_batchnorm("auto", net, cuda=True)
+    assert not net.training  # the mode is restored
+    with pytest.raises(ConfigError, match="trainer.sync_batchnorm"):
+        resolve_sync_batchnorm("yes", net, cuda=True)
+
+
+def test_sync_batchnorm_auto_on_the_projects_networks():
+    """The city recipe keeps the ResNet's BatchNorms in eval mode (model.freeze_batchnorm); without it they train,
+    and the de-attention head's own BatchNorms train either way."""
+    from vpr.build import batchnorm_trains, build_module
+
+    def module(*overrides):
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("train", overrides=["experiment=city_baseline", "model.num_clusters=8", "logger=none",
+                                              "paths.output_dir=.", *overrides])
+        return build_module(cfg, with_training=False)
+
+    assert not batchnorm_trains(module())
+    assert batchnorm_trains(module("model.freeze_batchnorm=false"))
+    assert batchnorm_trains(module("attention=deattention", "guidance=none"))

@@ -166,7 +166,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         init_head(cfg, module, dm, cluster_command_overrides())  # a resumed run restores the head instead
     print_budget(cfg, dm, module)
 
-    trainer = build_trainer(cfg, wandb_id=wandb_id)
+    trainer = build_trainer(cfg, wandb_id=wandb_id, module=module)
     failed = True
     try:
         results = train_and_test(cfg, trainer, dm, module, ckpt_path, test_sets, out_dir)
