@@ -248,6 +248,7 @@ def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool |
     if compile_mode is not False:
         eager = {m: p for m, p, _ in rows}
         module.compile_backend = compile_backend
+        out["compile_mode"] = compile_mode
         out["compile"] = compile_rows(module, compile_mode, project_step, project_encode, b, size.encode_images,
                                       repeats, device, eager["training step: tuples/s"],
                                       eager["encoding (mining cache, evaluation): images/s"])
@@ -420,7 +421,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = run(size, args.repeats, device, compile_mode=args.compile if args.compile else False,
                  compile_backend=args.compile_backend)
-    result["compile_mode"] = args.compile
     table = markdown(result)
     write_json_atomic(out / "bench.json", result)
     write_text_atomic(out / "bench.md", table + "\n")

@@ -271,17 +271,16 @@ def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None =
             log.warning("trainer.precision=%s: this GPU has no bfloat16; training in 16-mixed instead", precision)
             cfg = cfg.copy()
             cfg.trainer.precision = "16-mixed"
+        extra: dict[str, Any] = {}
         if "sync_batchnorm" in cfg.trainer:
             setting = cfg.trainer.sync_batchnorm
-            sync = resolve_sync_batchnorm(setting, module, torch.cuda.is_available())
+            extra["sync_batchnorm"] = resolve_sync_batchnorm(setting, module, torch.cuda.is_available())
             if setting == "auto":
-                log.info("trainer.sync_batchnorm=auto: %s", "SyncBatchNorm (BatchNorm layers train, on CUDA)" if sync
-                         else "off (no BatchNorm layer trains, or no CUDA)")
-            cfg = cfg.copy()
-            cfg.trainer.sync_batchnorm = sync
+                log.info("trainer.sync_batchnorm=auto: %s", "SyncBatchNorm (BatchNorm layers train, on CUDA)"
+                         if extra["sync_batchnorm"] else "off (no BatchNorm layer trains, or no CUDA)")
         return instantiate_setting("trainer", cfg.trainer, logger=loggers or False,
                                    callbacks=build_callbacks(cfg, with_logger=bool(loggers)),
-                                   plugins=[AtomicCheckpointIO()])
+                                   plugins=[AtomicCheckpointIO()], **extra)
     return L.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,

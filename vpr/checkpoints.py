@@ -8,8 +8,6 @@ command line says.
 from __future__ import annotations
 
 import logging
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vpr import released
 from vpr.errors import ConfigError
+from vpr.io import read_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -98,25 +97,6 @@ def _saved_identity(ckpt: Path) -> dict[str, Any] | None:
 TRUSTED_TARGET_PREFIXES = ("vpr.",)
 
 
-def read_weights_only(path: str | Path, where: str, what: str = "checkpoint", advice: str = "") -> Any:
-    """``torch.load(path, weights_only=True)`` with numpy scalars allowed; whatever goes wrong is one ConfigError
-    that starts with ``where`` (the setting and file) and ends with ``advice``. A file holding Python objects other
-    than tensors, numbers and containers is refused before any of it runs."""
-    try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found is None:  # not a pickle at all (text, another format): torch's weights-only reader stopped at once
-            raise ConfigError(f"{where} is not a readable {what} (not a torch-saved file).{advice}") from None
-        raise ConfigError(
-            f"{where} holds Python objects other than tensors and numbers (it refers to {found.group(1)}): refusing "
-            f"to load it, since unpickling such a file can run code.{advice}"
-        ) from None
-    except Exception as e:  # truncated, empty, not a torch file
-        raise ConfigError(f"{where} is not a readable {what} ({type(e).__name__}: {e}).{advice}") from None
-
-
 def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = "auto") -> dict[str, Any]:
     """``torch.load`` that accepts tensors, numbers, strings and containers only, never code.
 
@@ -151,16 +131,6 @@ def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = 
             log.info("%s=%s: %d tensors of layers that code builds but never runs are not loaded (%s, ...)", setting,
                      path, len(converted.dropped), converted.dropped[0])
     return state
-
-
-def _numpy_scalar_globals() -> list[Any]:
-    """numpy scalars and dtypes: the public NetVLAD codes save their recalls and best score as numpy float64.
-    Rebuilding them runs no code of the file's choosing."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n[0].isupper()]
-    return [core.multiarray.scalar, np.dtype, *dtypes]
 
 
 def check_stored_targets(stored: Any, path: str, where: str = "vpr_config") -> None:

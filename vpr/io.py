@@ -1,17 +1,22 @@
 """Atomic file writes: write to a temporary file in the target folder, then rename it into place.
 
-Readers never see half a file, and an interrupted run leaves the previous version intact.
+Readers never see half a file, and an interrupted run leaves the previous version intact. Also the one reader of
+torch files users bring (checkpoints, released weights): weights only, never code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from vpr.errors import ConfigError
 
 
 @contextmanager
@@ -51,3 +56,34 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """numpy scalars and dtypes: the public NetVLAD codes save their recalls and best score as numpy float64.
+    Rebuilding them runs no code of the file's choosing."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n[0].isupper()]
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
+def read_weights_only(path: str | Path, where: str, what: str = "checkpoint", advice: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` with numpy scalars allowed; whatever goes wrong is one ConfigError
+    that starts with ``where`` (the setting and file) and ends with ``advice``. A file holding Python objects other
+    than tensors, numbers and containers is refused before any of it runs."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a pickle at all (text, another format): torch's weights-only reader stopped at once
+            raise ConfigError(f"{where} is not a readable {what} (not a torch-saved file).{advice}") from None
+        raise ConfigError(
+            f"{where} holds Python objects other than tensors and numbers (it refers to {found.group(1)}): refusing "
+            f"to load it, since unpickling such a file can run code.{advice}"
+        ) from None
+    except Exception as e:  # truncated, empty, not a torch file
+        raise ConfigError(f"{where} is not a readable {what} ({type(e).__name__}: {e}).{advice}") from None

@@ -125,3 +125,19 @@ def test_sync_batchnorm_auto_on_the_projects_networks():
     assert not batchnorm_trains(module())
     assert batchnorm_trains(module("model.freeze_batchnorm=false"))
     assert batchnorm_trains(module("attention=deattention", "guidance=none"))
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_build_trainer_passes_the_resolved_sync_batchnorm(monkeypatch, tmp_path, cuda):
+    """strategy=ddp's sync_batchnorm=auto reaches Lightning as the resolved bool (SyncBatchNorm layer sync or none)."""
+    import vpr.build as build
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=city_baseline", "model.num_clusters=8", "logger=none",
+                                          f"paths.output_dir={tmp_path}", "strategy=ddp", "trainer=cpu",
+                                          "model.freeze_batchnorm=false"])
+    module = build.build_module(cfg, with_training=False)
+    monkeypatch.setattr(build, "resolve_sync_batchnorm",
+                        lambda setting, m, _cuda, real=build.resolve_sync_batchnorm: real(setting, m, cuda))
+    trainer = build.build_trainer(cfg, module=module)
+    assert (trainer.strategy._layer_sync is not None) is cuda

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vpr.checkpoints import read_weights_only
 from vpr.errors import ConfigError
+from vpr.io import read_weights_only
 
 #: The normalisation the segmentation network was trained and run with: ImageNet mean / std on RGB in [0, 1]
 #: (the segmentation code's Normalize transforms, and the paper's image transform, whose output it fed unchanged).
