@@ -71,13 +71,14 @@ def test_compiled_network_gives_the_plain_descriptors_and_keeps_its_keys(backend
     torch.testing.assert_close(m1, m0, atol=1e-5, rtol=1e-4)
 
 
-def test_compile_setting_is_checked():
+@pytest.mark.parametrize("value", ["''", "max-autotun", "yes"])
+def test_compile_setting_is_checked(value):
     from vpr.build import build_module
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=city_baseline", "model.num_clusters=8", "logger=none",
-                                          "paths.output_dir=.", "model.compile=''"])
-    with pytest.raises(ValueError, match="model.compile"):
+                                          "paths.output_dir=.", f"model.compile={value}"])
+    with pytest.raises(ValueError, match="model.compile=.*choose false, true or a torch.compile mode"):
         build_module(cfg, with_training=False)
 
 

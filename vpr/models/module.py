@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vpr.errors import ConfigError
 from vpr.eval.exports import pair_distances
 from vpr.eval.ranking import rank_split
 from vpr.eval.recall import recall_at_n
@@ -26,6 +27,9 @@ from vpr.models.attention.deattention import deattention_loss
 from vpr.progress import progress
 
 log = logging.getLogger(__name__)
+
+#: torch.compile's modes (``model.compile=<mode>``).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class PlaceRecognitionModule(L.LightningModule):
@@ -80,10 +84,10 @@ class PlaceRecognitionModule(L.LightningModule):
     ):
         super().__init__()
         if channels_last not in (True, False, "auto"):
-            raise ValueError(f"model.channels_last={channels_last!r}: choose auto, true or false")
-        if not isinstance(compile, (bool, str)) or compile in ("", "true", "false"):
-            raise ValueError(f"model.compile={compile!r}: choose false, true or a torch.compile mode "
-                             "(default, reduce-overhead, max-autotune)")
+            raise ConfigError(f"model.channels_last={channels_last!r}: choose auto, true or false")
+        if compile not in (True, False, *COMPILE_MODES):
+            raise ConfigError(f"model.compile={compile!r}: choose false, true or a torch.compile mode "
+                             f"({', '.join(COMPILE_MODES)})")
         self.channels_last_setting = channels_last
         self.compile_mode = compile
         self.compile_backend = str(compile_backend)
@@ -101,7 +105,7 @@ class PlaceRecognitionModule(L.LightningModule):
         self.encode_workers = int(encode_workers)
         self.run_config = run_config
         if aux_loss not in ("mse", "bce"):
-            raise ValueError(f"guidance.loss={aux_loss!r}: choose mse or bce")
+            raise ConfigError(f"guidance.loss={aux_loss!r}: choose mse or bce")
         self.aux_loss = aux_loss
         self.aux_weight = float(aux_weight)
         self.aux_weight_after = aux_weight_after
