@@ -103,3 +103,18 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path):
     run_training(cfg)
     (metrics,) = (tmp_path / "unguided").rglob("metrics.csv")
     assert "train/aux_loss" not in metrics.read_text()
+
+
+@pytest.mark.parametrize(("script", "overrides", "expected"), [
+    ("train", ["experiment=city_se", "seed=3"], "7_se_seed3"),
+    ("train", ["seed=1"], "7_train_seed1"),       # no experiment: no variant
+    ("eval", ["seed=2"], "7_eval_seed2"),         # eval.py with a checkpoint: its variant is not known yet
+    ("eval", ["experiment=city_baseline", "seed=2"], "7_baseline_seed2"),
+])
+def test_sweep_job_folders_are_named_by_variant_or_task(script, overrides, expected):
+    import vpr  # noqa: F401  (registers the vpr.first_set resolver, as the scripts' imports do)
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(script, overrides=overrides, return_hydra_config=True)
+    cfg.hydra.job.num = 7
+    assert cfg.hydra.sweep.subdir == expected

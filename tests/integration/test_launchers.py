@@ -33,7 +33,7 @@ def test_two_job_sweep_with_the_local_submitit_launcher(tmp_path):
                f"ckpt_path={tmp_path / 'model.ckpt'}", "data.prepare.preset=tiny", f"paths.data_dir={tmp_path / 'data'}",
                "data.num_workers=0", f"hydra.sweep.dir={sweep}", tmp=tmp_path)
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name for p in jobs] == ["0_None_seed1", "1_None_seed2"]  # no variant: eval.py runs
+    assert [p.name for p in jobs] == ["0_eval_seed1", "1_eval_seed2"]  # no variant: named by the task
     results = [json.loads((p / "results.json").read_text()) for p in jobs]
     assert results[0]["recall_at"] == results[1]["recall_at"]  # same checkpoint, same network
     assert len([p for p in (sweep / ".submitit").iterdir() if p.name != "%j"]) == 2  # two submitit jobs
