@@ -50,3 +50,25 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             raise SystemExit(2) from None
 
     return wrapper
+
+
+# Launchers of hydra-submitit-launcher (the [slurm] extra): without it Hydra only says it cannot load the config.
+PLUGIN_LAUNCHERS = {"slurm", "submitit_slurm", "submitit_local"}
+
+
+def require_launcher_plugin(argv: list[str]) -> None:
+    """Before Hydra starts: a ``hydra/launcher=`` choice whose plugin is not installed ends with one ``error:`` line
+    naming the install command (exit status 2)."""
+    import importlib.util
+
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value in PLUGIN_LAUNCHERS:
+            try:  # the namespace package hydra_plugins itself is missing when no Hydra plugin is installed
+                found = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+            except ImportError:
+                found = False
+            if not found:
+                print(f"error: hydra/launcher={value} needs hydra-submitit-launcher, which is not installed: "
+                      "pip install -e '.[slurm]' (or pip install hydra-submitit-launcher)", file=sys.stderr)
+                raise SystemExit(2)
