@@ -64,3 +64,14 @@ def test_bench_compile_rows_compare_with_the_eager_rows_of_the_same_run(tmp_path
         if r["eager"]:
             assert r["ratio"] == pytest.approx(r["compiled"] / r["eager"])
     assert "| measure | eager | compiled | compiled vs eager |" in (tmp_path / "b" / "bench.md").read_text()
+
+
+@pytest.mark.parametrize(("name", "peak"), [
+    ("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12),
+    ("NVIDIA GeForce RTX 4090", None),
+])
+def test_dense_peak_by_device_name(name, peak):
+    from vpr.bench import peak_flops_of
+
+    assert peak_flops_of(name) == peak  # data-sheet dense bf16 figures, written out by hand

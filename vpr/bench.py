@@ -38,7 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 #: Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, from the vendors' data sheets (SXM parts).
-DENSE_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+#: The first fragment found in the name wins: the PCIe H100 before the SXM one, L40S before L4.
+DENSE_BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
+                   "L40S": 362e12, "L40": 181e12, "A10G": 70e12, "L4": 121e12}
 
 
 @dataclass(frozen=True)
@@ -88,18 +90,21 @@ def synchronize(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], Any], repeats: int, device: torch.device, warmup: int = 1) -> tuple[float, float]:
-    """(seconds per call, peak bytes of device memory during the timed calls; 0 on the CPU)."""
+    """(seconds per call, peak bytes of device memory the timed calls added to what was allocated before them:
+    the models and anything else resident do not count; 0 on the CPU)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
+    resident = 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
     synchronize(device)
     seconds = (time.perf_counter() - t0) / repeats
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    peak = torch.cuda.max_memory_allocated(device) - resident if device.type == "cuda" else 0
     return seconds, float(peak)
 
 
@@ -127,7 +132,11 @@ def project_precision(device: torch.device) -> Iterator[None]:
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
+    return peak_flops_of(torch.cuda.get_device_name(device))
+
+
+def peak_flops_of(name: str) -> float | None:
+    """Dense bf16 peak of a device called ``name`` (torch.cuda.get_device_name), None when not in the table."""
     return next((v for k, v in DENSE_BF16_PEAK.items() if k in name), None)
 
 
@@ -226,12 +235,15 @@ def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool |
                            "precision": str(autocast_dtype(device) or torch.float32).replace("torch.", "")}
     rows = []
     s_p, m_p = timed(project_step, repeats, device)
+    opt.zero_grad(set_to_none=True)  # the project's gradients are not resident while the naive step is measured
     s_n, m_n = timed(naive_step, repeats, device)
+    naive_opt.zero_grad(set_to_none=True)
     flops = count_flops(project_step)
+    opt.zero_grad(set_to_none=True)
     rows.append(("training step: tuples/s", b / s_p, b / s_n))
     rows.append(("training step: images/s", n_images / s_p, n_images / s_n))
     if device.type == "cuda":
-        rows.append(("training step: peak device memory (GB)", m_p / 1e9, m_n / 1e9))
+        rows.append(("training step: peak device memory beyond the resident models (GB)", m_p / 1e9, m_n / 1e9))
     out["train_flops_per_step"] = flops
     out["train_tflops_per_s"] = flops / s_p / 1e12
     peak = peak_flops(device)
@@ -241,7 +253,7 @@ def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool |
     s_n, m_n = timed(naive_encode, repeats, device)
     rows.append(("encoding (mining cache, evaluation): images/s", size.encode_images / s_p, size.encode_images / s_n))
     if device.type == "cuda":
-        rows.append(("encoding: peak device memory (GB)", m_p / 1e9, m_n / 1e9))
+        rows.append(("encoding: peak device memory beyond the resident models (GB)", m_p / 1e9, m_n / 1e9))
     s_p, s_n = search_seconds(size.search_db, size.search_queries, int(module.head.out_dim), device)
     rows.append((f"kNN search + Recall@N, {size.search_queries} x {size.search_db}: seconds", s_p, s_n))
     out["rows"] = [{"measure": m, "project": p, "naive": n, "ratio": ratio(m, p, n)} for m, p, n in rows]

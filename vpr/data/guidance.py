@@ -266,7 +266,7 @@ class TorchScriptLabels(_NetworkLabels):
                             "torch.jit.save)")
         try:
             if self.path.suffix == ".pt2":  # a torch.export program
-                self.model = torch.export.load(str(self.path)).module()
+                self.model = torch.export.load(str(self.path)).module().to(device)  # saved on any device
             else:
                 with warnings.catch_warnings():  # TorchScript is deprecated for export, loading still works
                     warnings.simplefilter("ignore", FutureWarning)
