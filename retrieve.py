@@ -1,11 +1,9 @@
 """Top-k database images for each query image, from two folders: python retrieve.py ckpt_path=PATH database=DIR queries=DIR."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from vpr.errors import report_user_errors, require_launcher_plugin
+from vpr.errors import launch, report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="retrieve")
@@ -17,5 +15,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    require_launcher_plugin(sys.argv[1:])
-    main()
+    launch(main)

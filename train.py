@@ -1,11 +1,9 @@
 """Train a place-recognition model: python train.py [experiment=city_baseline] [group=option] [key=value]."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from vpr.errors import report_user_errors, require_launcher_plugin
+from vpr.errors import launch, report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -19,5 +17,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    require_launcher_plugin(sys.argv[1:])
-    main()
+    launch(main)

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vpr.data.dataset import ImageDataset
+from vpr.devices import work_device
 from vpr.errors import ConfigError
 from vpr.eval.search import import_faiss
 from vpr.io import atomic_path
@@ -123,7 +124,7 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
     t0 = time.perf_counter()
     split = datamodule.train_split
     dataset = ImageDataset(split.db_paths, datamodule.transform)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = work_device(cfg.trainer)
     desc = sample_local_descriptors(
         backbone,
         dataset,

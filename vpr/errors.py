@@ -56,6 +56,13 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
 PLUGIN_LAUNCHERS = {"slurm", "submitit_slurm", "submitit_local"}
 
 
+def launch(main: Callable[[], Any]) -> Any:
+    """A script's entry point: check the command line for what Hydra would only fail on obscurely, then ``main()``
+    (the ``@hydra.main`` function)."""
+    require_launcher_plugin(sys.argv[1:])
+    return main()
+
+
 def require_launcher_plugin(argv: list[str]) -> None:
     """Before Hydra starts: a ``hydra/launcher=`` choice whose plugin is not installed ends with one ``error:`` line
     naming the install command (exit status 2)."""

@@ -24,6 +24,7 @@ from vpr.checkpoints import (
     resolve_ckpt_path,
 )
 from vpr.data.dataset import ImageDataset
+from vpr.devices import work_device
 from vpr.errors import ConfigError
 from vpr.eval.pca import PCAWhitening, load_pca_file
 from vpr.eval.tables import format_recall_table
@@ -69,6 +70,8 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
             f"pca_dim={dim} must be below the number of training database images of {split.dataset} ({split.num_db}) "
             f"and the descriptor size ({module.head.out_dim})"
         )
+    module.to(work_device(cfg.trainer))  # before any Trainer: on the GPU when there is one, not the CPU
+    module.apply_memory_format()
     desc = module.encode_dataset(ImageDataset(split.db_paths, source.transform), "PCA: training database")
     pca = PCAWhitening(whiten=True).fit(desc.cpu().numpy(), dim)
     module.descriptor_transform = pca.transform

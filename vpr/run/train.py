@@ -24,6 +24,7 @@ from vpr.build import (
 from vpr.callbacks import WANDB_ID_KEY
 from vpr.centroids import init_head
 from vpr.checkpoints import load_matching_weights, read_checkpoint, resolve_ckpt_path
+from vpr.devices import work_device
 from vpr.errors import ConfigError
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
@@ -92,8 +93,9 @@ def mining_cache_bytes(cached_db: int, round_queries: int, dim: int, dtype: str)
 
 def free_memory(cfg: DictConfig) -> tuple[float, str] | None:
     """(free bytes, where) of the device the mining cache will live on: the GPU when training on one, else RAM."""
-    if str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return float(torch.cuda.mem_get_info()[0]), "free GPU memory"
+    device = work_device(cfg.trainer)
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0]), f"free memory of GPU {device.index}"
     try:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "available RAM"
     except (ValueError, OSError, AttributeError):

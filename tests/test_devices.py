@@ -1,0 +1,43 @@
+"""The device a process works on before Lightning places the network: its own GPU under DDP, the CPU when the
+trainer is told so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vpr.devices import local_rank, work_device
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, 0), ({"LOCAL_RANK": "1"}, 1), ({"SLURM_LOCALID": "3"}, 3), ({"LOCAL_RANK": "2", "SLURM_LOCALID": "0"}, 2),
+])
+def test_local_rank_from_the_launchers_variables(monkeypatch, env, expected):
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert local_rank() == expected
+
+
+@pytest.mark.parametrize(("accelerator", "rank", "expected"), [
+    ("auto", None, "cuda:0"), ("gpu", "1", "cuda:1"), ("cuda", "1", "cuda:1"), ("cpu", "1", "cpu"),
+])
+def test_each_rank_works_on_its_own_gpu(two_gpus, monkeypatch, accelerator, rank, expected):
+    if rank is not None:
+        monkeypatch.setenv("LOCAL_RANK", rank)
+    assert work_device({"accelerator": accelerator}) == torch.device(expected)
+
+
+def test_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert work_device({"accelerator": "gpu"}) == torch.device("cpu")
+    assert work_device(None) == torch.device("cpu")

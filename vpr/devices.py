@@ -1,0 +1,31 @@
+"""Which device a process works on before Lightning places the network (k-means sampling, PCA fitting, the mining
+cache's budget): this rank's GPU when CUDA is there and the trainer may use it, else the CPU."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+#: trainer.accelerator values that may put the network on a CUDA GPU.
+CUDA_ACCELERATORS = ("gpu", "cuda", "auto")
+
+
+def local_rank() -> int:
+    """This process's index on its node: torchrun's and Lightning's LOCAL_RANK, SLURM's SLURM_LOCALID, else 0."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def work_device(trainer_cfg: Mapping[str, Any] | None = None) -> torch.device:
+    """``cuda:<local rank>`` when CUDA is available and ``trainer.accelerator`` allows a GPU, else ``cpu``. Under
+    DDP each rank thus uses its own GPU (not every rank GPU 0)."""
+    accelerator = str((trainer_cfg or {}).get("accelerator", "auto"))
+    if accelerator in CUDA_ACCELERATORS and torch.cuda.is_available():
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return torch.device("cpu")
