@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from vpr.data.dataset import ImageDataset
 from vpr.devices import work_device
 from vpr.errors import ConfigError
-from vpr.eval.search import import_faiss
+from vpr.eval.search import faiss_or_none
 from vpr.io import atomic_path
 from vpr.progress import progress
 
@@ -97,17 +97,56 @@ def sample_local_descriptors(
     return np.concatenate(out).astype(np.float32)
 
 
-def kmeans(descriptors: np.ndarray, num_clusters: int, iterations: int = 100, seed: int = 0) -> np.ndarray:
-    """faiss k-means: (N, D) -> (K, D) centroids."""
+def kmeans(descriptors: np.ndarray, num_clusters: int, iterations: int = 100, seed: int = 0,
+           device: str | torch.device = "cpu") -> np.ndarray:
+    """k-means: (N, D) -> (K, D) centroids; faiss's, or without faiss the same algorithm in torch on ``device``."""
     n, d = descriptors.shape
     if n < num_clusters:
         raise ConfigError(
             f"only {n} descriptors for {num_clusters} clusters: raise cluster.images or "
             "cluster.descriptors_per_image, or lower model.num_clusters"
         )
-    km = import_faiss().Kmeans(d, num_clusters, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10**7)
-    km.train(np.ascontiguousarray(descriptors, dtype=np.float32))
+    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    faiss = faiss_or_none()
+    if faiss is None:
+        log.warning("faiss is not installed: k-means in torch instead (pip install -e '.[cpu]' for faiss)")
+        return torch_kmeans(descriptors, num_clusters, iterations, seed, device)
+    km = faiss.Kmeans(d, num_clusters, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10**7)
+    km.train(descriptors)
     return km.centroids.copy()
+
+
+def torch_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, device: str | torch.device = "cpu",
+                 chunk: int = 65536) -> np.ndarray:
+    """Lloyd's k-means as faiss runs it: K distinct points drawn at random as the start, ``iterations`` rounds of
+    nearest-centroid assignment and mean update; an emptied cluster restarts at the point farthest from its
+    centroid. float32 on ``device``, points assigned in chunks. (N, D) -> (K, D)."""
+    points = torch.from_numpy(x).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    centroids = points[torch.randperm(len(points), generator=gen)[:k].to(points.device)].clone()
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        for _ in range(iterations):
+            c_sq = centroids.square().sum(1)
+            sums, counts, dist = torch.zeros_like(centroids), torch.zeros_like(c_sq), []
+            for part in points.split(chunk):
+                d = part.square().sum(1, keepdim=True) - 2.0 * (part @ centroids.T) + c_sq
+                best, which = d.min(dim=1)
+                member = torch.nn.functional.one_hot(which, k).to(part.dtype)  # a product, not atomics: repeatable
+                sums += member.T @ part
+                counts += member.sum(0)
+                dist.append(best)
+            nearest = torch.cat(dist)
+            new = sums / counts.clamp_min(1).unsqueeze(1)
+            for j in torch.nonzero(counts == 0).flatten().tolist():  # empty: restart at the worst-served point
+                far = int(nearest.argmax())
+                new[j] = points[far]
+                nearest[far] = -1.0
+            centroids = new
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    return centroids.cpu().numpy()
 
 
 def write_centroid_file(path: Path, descriptors: np.ndarray, centroids: np.ndarray, attrs: dict) -> None:
@@ -137,7 +176,7 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
     )
     backbone.cpu()
     k = int(head.num_clusters)
-    centroids = kmeans(desc, k, int(cfg.cluster.iterations), int(cfg.seed))
+    centroids = kmeans(desc, k, int(cfg.cluster.iterations), int(cfg.seed), device)
     write_centroid_file(
         path,
         desc,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from vpr.eval.search import faiss_has_gpu, knn_search
+from vpr.eval.search import faiss_has_gpu, knn_search, torch_knn_search
 
 
 def _data(seed: int = 0, num_db: int = 60, num_q: int = 15, dim: int = 16):
@@ -73,18 +74,43 @@ def test_a_gpu_index_that_fails_falls_back_to_the_cpu_with_a_warning(monkeypatch
     assert np.array_equal(idx, brute)
 
 
-def test_missing_faiss_names_the_extra_to_install(monkeypatch):
+@pytest.fixture
+def no_faiss(monkeypatch):
+    """As if faiss were not installed."""
     import builtins
-
-    from vpr.errors import ConfigError
 
     real_import = builtins.__import__
 
-    def no_faiss(name, *args, **kwargs):
+    def importer(name, *args, **kwargs):
         if name == "faiss":
             raise ImportError("No module named 'faiss'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_faiss)
-    with pytest.raises(ConfigError, match=r"pip install -e '\.\[cpu\]'"):
-        knn_search(np.zeros((3, 2), np.float32), np.zeros((1, 2), np.float32), 1)
+    monkeypatch.setattr(builtins, "__import__", importer)
+
+
+def test_without_faiss_the_torch_search_gives_the_brute_force_neighbours(no_faiss):
+    db, queries = _data(seed=3, num_db=300, num_q=40, dim=24)
+    brute = ((queries[:, None, :].astype(np.float64) - db[None, :, :]) ** 2).sum(-1)
+    expected = np.argsort(brute, axis=1)[:, :9]
+    with pytest.warns(RuntimeWarning, match=r"faiss is not installed.*pip install -e '\.\[cpu\]'"):
+        distances, indices = knn_search(db, queries, k=9)
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_allclose(distances, np.take_along_axis(brute, expected, 1), rtol=1e-4)
+    assert indices.dtype == np.int64 and distances.dtype == np.float32
+    with pytest.warns(RuntimeWarning):
+        plain, _ = knn_search(db, queries, k=9, squared=False)
+    np.testing.assert_allclose(plain, np.sqrt(np.take_along_axis(brute, expected, 1)), rtol=1e-4)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no GPU"):
+            knn_search(db, queries, k=1, use_gpu=True)
+
+
+def test_torch_search_in_chunks_equals_one_block():
+    db, queries = _data(seed=4, num_db=50, num_q=33, dim=8)
+    whole = torch_knn_search(db, queries, 5, torch.device("cpu"))
+    chunked = torch_knn_search(db, queries, 5, torch.device("cpu"), chunk_elements=50 * 4)  # 4 queries at a time
+    np.testing.assert_array_equal(whole[1], chunked[1])
+    np.testing.assert_allclose(whole[0], chunked[0], rtol=1e-6)  # BLAS blocks a 4-row product differently
+    faiss_d, faiss_i = knn_search(db, queries, 5, use_gpu=False)
+    np.testing.assert_array_equal(whole[1], faiss_i)

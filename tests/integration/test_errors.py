@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import ROOT, run_script, script_env
+from tests.conftest import run_script, run_script_hiding
 
 
 def assert_clean_failure(proc, *fragments):
@@ -129,24 +126,10 @@ def test_synthetic_city_is_not_written_into_a_users_folder(tmp_path):
     assert digest() == before
 
 
-HIDE_SUBMITIT = """
-import importlib.abc, runpy, sys
-class Hide(importlib.abc.MetaPathFinder):  # as if hydra-submitit-launcher (and hydra_plugins) were not installed
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "hydra_plugins":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, Hide())
-script = sys.argv[1]
-sys.argv = sys.argv[1:]
-runpy.run_path(script, run_name="__main__")
-"""
-
-
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
 @pytest.mark.parametrize("launcher", ["slurm", "submitit_local"])
 def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", HIDE_SUBMITIT, str(ROOT / script), "-m", f"hydra/launcher={launcher}",
-                           "seed=1,2"], cwd=tmp_path, env=script_env(tmp_path), capture_output=True, text=True,
-                          timeout=120)
+    proc = run_script_hiding("hydra_plugins", script, "-m", f"hydra/launcher={launcher}", "seed=1,2", tmp=tmp_path,
+                             check=False)
     assert_clean_failure(proc, f"hydra/launcher={launcher}", "pip install -e '.[slurm]'")
     assert not (tmp_path / "outputs").exists()  # stopped before Hydra made a sweep folder

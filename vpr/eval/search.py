@@ -1,9 +1,10 @@
-"""Exact k-nearest-neighbour search of query descriptors in a database (faiss ``IndexFlatL2``).
+"""Exact k-nearest-neighbour search of query descriptors in a database (faiss ``IndexFlatL2``, or torch).
 
 Evaluation (docs/method.md section 1) uses exact L2 search; a GPU index is used when faiss was built with GPU
 support and a GPU is visible. faiss is an optional dependency of the package (the ``[cpu]`` or ``[gpu]`` extra,
 or conda's faiss-gpu): it is imported when first needed, and a GPU build that cannot use its GPU falls back to
-the CPU index with one warning.
+the CPU index with one warning. Without faiss the same exact search runs in torch (on the GPU when there is one),
+with one warning: the same neighbours, up to the order of exact ties.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import warnings
 from types import ModuleType
 
 import numpy as np
+import torch
 
 from vpr.errors import ConfigError
 
@@ -28,9 +30,20 @@ def import_faiss() -> ModuleType:
     return faiss
 
 
+def faiss_or_none() -> ModuleType | None:
+    """The faiss module, or None when it is not installed (the torch search is used instead)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
 def faiss_has_gpu() -> bool:
-    """True when this faiss build has GPU support and sees at least one GPU."""
-    faiss = import_faiss()
+    """True when faiss is installed, has GPU support and sees at least one GPU."""
+    faiss = faiss_or_none()
+    if faiss is None:
+        return False
     try:
         return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     except Exception:  # a GPU build whose CUDA runtime does not load
@@ -57,7 +70,8 @@ def knn_search(
         db: (Nd, D) database descriptors.
         queries: (Nq, D) query descriptors.
         k: neighbours per query; clipped to Nd.
-        use_gpu: ``"auto"`` (GPU when available), True (require a GPU faiss) or False.
+        use_gpu: ``"auto"`` (GPU when available), True (require a GPU faiss, or a GPU for the torch search) or
+            False.
         squared: return squared L2 distances (faiss's native output) or, if False, plain L2 distances.
 
     Returns:
@@ -75,10 +89,18 @@ def knn_search(
         raise ValueError(f"knn_search: k must be >= 1, got {k}.")
     k = min(int(k), db.shape[0])
 
+    if use_gpu not in (True, False, "auto"):
+        raise ValueError(f"knn_search: use_gpu must be True, False or 'auto', got {use_gpu!r}.")
+    if faiss_or_none() is None:
+        if use_gpu is True and not torch.cuda.is_available():
+            raise RuntimeError("knn_search: use_gpu=True but no GPU is visible (and faiss is not installed).")
+        warnings.warn("faiss is not installed: exact search in torch instead (pip install -e '.[cpu]' for faiss)",
+                      RuntimeWarning, stacklevel=2)
+        device = torch.device("cuda" if use_gpu is not False and torch.cuda.is_available() else "cpu")
+        distances, indices = torch_knn_search(db, queries, k, device)
+        return (distances if squared else np.sqrt(np.maximum(distances, 0.0))), indices
     if use_gpu == "auto":
         use_gpu = faiss_has_gpu()
-    elif use_gpu not in (True, False):
-        raise ValueError(f"knn_search: use_gpu must be True, False or 'auto', got {use_gpu!r}.")
     elif use_gpu and not faiss_has_gpu():
         raise RuntimeError(
             "knn_search: use_gpu=True but this faiss has no GPU support or sees no GPU (faiss-cpu installed?). "
@@ -100,3 +122,28 @@ def knn_search(
         # Rounding can make faiss's ||q||^2 - 2 q.x + ||x||^2 slightly negative for identical vectors.
         distances = np.sqrt(np.maximum(distances, 0.0))
     return distances, indices.astype(np.int64, copy=False)
+
+
+def torch_knn_search(db: np.ndarray, queries: np.ndarray, k: int, device: torch.device,
+                     chunk_elements: int = 2**26) -> tuple[np.ndarray, np.ndarray]:
+    """Exact squared-L2 k-NN in torch, as IndexFlatL2 computes it (||q||^2 - 2 q.x + ||x||^2 in float32), the
+    queries in chunks of at most ``chunk_elements`` distances (256 MB). db: (Nd, D), queries: (Nq, D) float32;
+    1 <= k <= Nd. Returns numpy (Nq, k) distances ascending and int64 indices."""
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # no TF32 in the distances (training turns it on)
+    try:
+        x = torch.from_numpy(db).to(device)
+        x_sq = x.square().sum(1)
+        step = max(1, chunk_elements // len(db))
+        dist, idx = [], []
+        for start in range(0, len(queries), step):
+            q = torch.from_numpy(queries[start : start + step]).to(device)
+            d = (q.square().sum(1, keepdim=True) - 2.0 * (q @ x.T) + x_sq).clamp_min_(0.0)
+            values, order = torch.topk(d, k, dim=1, largest=False, sorted=True)
+            dist.append(values.cpu())
+            idx.append(order.cpu())
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    if not dist:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return torch.cat(dist).numpy(), torch.cat(idx).numpy().astype(np.int64, copy=False)
