@@ -41,3 +41,18 @@ def test_persistent_workers_setting():
     assert kwargs("auto", 2)["persistent_workers"] is torch.cuda.is_available()
     with pytest.raises(ConfigError, match="data.persistent_workers"):
         kwargs("yes", 2)
+
+
+def test_pinned_memory_follows_the_trainers_device(monkeypatch):
+    """On a GPU machine a trainer=cpu run pins nothing (no CUDA context); a CUDA trainer pins and keeps workers."""
+    from types import SimpleNamespace
+
+    from vpr.data.datamodule import PlaceDataModule
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    dm = PlaceDataModule(None, "city", num_workers=2, persistent_workers="auto")
+    assert dm._loader_kwargs()["pin_memory"] is True  # no trainer attached yet: CUDA's presence decides
+    for device, expected in (("cpu", False), ("cuda", True)):
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        kwargs = dm._loader_kwargs()
+        assert kwargs["pin_memory"] is expected and kwargs["persistent_workers"] is expected

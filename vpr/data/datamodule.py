@@ -298,11 +298,18 @@ class PlaceDataModule(L.LightningDataModule):
         self.last_mining_stats = stats
 
     # -- loaders ----------------------------------------------------------------------------------------------
+    def _on_cuda(self) -> bool:
+        """Whether batches go to a CUDA device: the attached trainer's root device, else CUDA's presence."""
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
     def _loader_kwargs(self) -> dict[str, Any]:
-        persistent = torch.cuda.is_available() if self.persistent_workers == "auto" else self.persistent_workers
+        cuda = self._on_cuda()
+        persistent = cuda if self.persistent_workers == "auto" else self.persistent_workers
         return {
             "num_workers": self.num_workers,
-            "pin_memory": torch.cuda.is_available(),
+            "pin_memory": cuda,  # not with trainer=cpu on a GPU machine: no CUDA context for nothing
             "persistent_workers": bool(persistent) and self.num_workers > 0,
         }
 
