@@ -260,6 +260,21 @@ def resolve_sync_batchnorm(setting: Any, module: nn.Module | None, cuda: bool) -
     return bool(cuda and module is not None and batchnorm_trains(module))
 
 
+def check_deterministic(setting: Any, module: nn.Module | None, cuda: bool) -> None:
+    """``trainer.deterministic=true`` makes torch stop at the first op without a deterministic kernel: on CUDA,
+    refuse it before any work when the network has such a layer (it marks itself ``cuda_backward_deterministic =
+    False``: reflection padding, bilinear upsampling), naming the layer and the fix."""
+    if setting is not True or not cuda or module is None:
+        return
+    layers = sorted({type(m).__name__ for m in module.modules() if getattr(m, "cuda_backward_deterministic", True) is False})
+    if layers:
+        raise ConfigError(
+            f"trainer.deterministic=true: {', '.join(layers)} (this attention module) has no deterministic CUDA "
+            "backward in torch (reflection padding, bilinear upsampling); use trainer.deterministic=warn (the "
+            "default: deterministic kernels wherever torch has them) or train on the CPU"
+        )
+
+
 def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None = None,
                   module: nn.Module | None = None) -> L.Trainer:
     """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation.

@@ -16,6 +16,7 @@ from vpr.build import (
     build_datamodule,
     build_module,
     build_trainer,
+    check_deterministic,
     cluster_command_overrides,
     command_line_overrides,
     finish_loggers,
@@ -155,6 +156,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_image_size=cfg.data.image_size)
     test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared))
     module = build_module(cfg)
+    check_deterministic(cfg.trainer.get("deterministic"), module, work_device(cfg.trainer).type == "cuda")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
     wandb_id = None
     if ckpt_path is not None:

@@ -31,6 +31,9 @@ class CRN(nn.Module):
     Parameters: sum over filters (k, n) of (C*k*k*n + n) + (84 + 1).
     """
 
+    #: torch has no deterministic CUDA backward for bilinear upsampling (vpr.build checks trainer.deterministic=true)
+    cuda_backward_deterministic = False
+
     def __init__(self, channels: int, initial_weight: float = 1.0, init_std: float = 1e-3) -> None:
         super().__init__()
         if channels < 1:

@@ -26,6 +26,9 @@ class _PaddedBranch(nn.Module):
     (e.g. 1x1 or 3x3 with the 7x7 branch) it falls back to replicate padding, which works for any size.
     """
 
+    #: torch has no deterministic CUDA backward for reflection padding (vpr.build checks trainer.deterministic=true)
+    cuda_backward_deterministic = False
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
         self.pad = kernel_size // 2
