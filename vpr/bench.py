@@ -255,7 +255,11 @@ def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool |
     if device.type == "cuda":
         rows.append(("encoding: peak device memory beyond the resident models (GB)", m_p / 1e9, m_n / 1e9))
     s_p, s_n = search_seconds(size.search_db, size.search_queries, int(module.head.out_dim), device)
-    rows.append((f"kNN search + Recall@N, {size.search_queries} x {size.search_db}: seconds", s_p, s_n))
+    from vpr.eval.search import faiss_or_none
+
+    backend = "faiss" if faiss_or_none() is not None else "torch"  # the project searches with faiss, else torch
+    out["search_backend"] = backend
+    rows.append((f"kNN search ({backend}) + Recall@N, {size.search_queries} x {size.search_db}: seconds", s_p, s_n))
     out["rows"] = [{"measure": m, "project": p, "naive": n, "ratio": ratio(m, p, n)} for m, p, n in rows]
     if compile_mode is not False:
         eager = {m: p for m, p, _ in rows}
