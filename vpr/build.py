@@ -287,6 +287,10 @@ def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None =
             cfg = cfg.copy()
             cfg.trainer.precision = "16-mixed"
         extra: dict[str, Any] = {}
+        if cfg.model.get("compile", False) not in (False, None):
+            # validation and test under no_grad like the mining cache pass: one compiled graph for all three
+            # (under inference_mode torch.compile guards on the tensors' dispatch keys and compiles again)
+            extra["inference_mode"] = False
         if "sync_batchnorm" in cfg.trainer:
             setting = cfg.trainer.sync_batchnorm
             extra["sync_batchnorm"] = resolve_sync_batchnorm(setting, module, torch.cuda.is_available())

@@ -142,3 +142,16 @@ def test_build_trainer_passes_the_resolved_sync_batchnorm(monkeypatch, tmp_path,
                         lambda setting, m, _cuda, real=build.resolve_sync_batchnorm: real(setting, m, cuda))
     trainer = build.build_trainer(cfg, module=module)
     assert (trainer.strategy._layer_sync is not None) is cuda
+
+
+@pytest.mark.parametrize("compile_setting", ["false", "true"])
+def test_compiled_runs_evaluate_under_no_grad(tmp_path, compile_setting):
+    """model.compile: validation and test run under no_grad like the mining cache (one compiled graph for all)."""
+    import vpr.build as build
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=city_baseline", "model.num_clusters=8", "logger=none",
+                                          f"paths.output_dir={tmp_path}", "trainer=cpu",
+                                          f"model.compile={compile_setting}"])
+    trainer = build.build_trainer(cfg, module=build.build_module(cfg, with_training=False))
+    assert trainer._evaluation_loop.inference_mode is (compile_setting == "false")
