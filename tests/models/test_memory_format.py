@@ -154,4 +154,4 @@ def test_compiled_runs_evaluate_under_no_grad(tmp_path, compile_setting):
                                           f"paths.output_dir={tmp_path}", "trainer=cpu",
                                           f"model.compile={compile_setting}"])
     trainer = build.build_trainer(cfg, module=build.build_module(cfg, with_training=False))
-    assert trainer._evaluation_loop.inference_mode is (compile_setting == "false")
+    assert trainer.test_loop.inference_mode is trainer.validate_loop.inference_mode is (compile_setting == "false")
