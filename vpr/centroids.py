@@ -4,7 +4,9 @@ Local descriptors are sampled from the backbone's feature maps of random trainin
 (``descriptors_per_image`` random locations of each of ``images`` images, L2-normalised over channels), then
 clustered by faiss k-means. The HDF5 file holds datasets ``descriptors`` (N, D) and ``centroids`` (K, D) and,
 as attributes, what produced them (backbone tag, weights fingerprint, dataset, image size). Its name encodes
-backbone, dataset and K: ``<backbone tag>[-random<seed>]_<dataset>_<K>_desc_cen.hdf5``.
+backbone, dataset, K and image size: ``<backbone tag>[-random<seed>]_<dataset>_<K>_<H>x<W>_desc_cen.hdf5``, the
+dataset being ``data.tag`` when the data config sets one (the synthetic city: its preset and seed), else
+``data.name``: two recipes or two cities never share a file.
 
 Which heads need the file is the head's own answer (``head.needs_centroids``); nothing here reads config text
 to decide it.
@@ -46,11 +48,23 @@ def backbone_file_tag(backbone: nn.Module, seed: int) -> str:
 
 
 def centroid_path(cfg: DictConfig, backbone: nn.Module, head: nn.Module) -> Path:
-    """``<centroids_dir>/<backbone>_<dataset>_<K>_desc_cen.hdf5`` unless ``cluster.file`` names one."""
+    """``<centroids_dir>/<backbone>_<dataset>_<K>_<H>x<W>_desc_cen.hdf5`` unless ``cluster.file`` names one."""
     if cfg.cluster.get("file"):
         return Path(cfg.cluster.file)
-    name = f"{backbone_file_tag(backbone, cfg.seed)}_{cfg.data.name}_{int(head.num_clusters)}_desc_cen.hdf5"
+    dataset = cfg.data.get("tag") or cfg.data.name
+    height, width = (int(s) for s in cfg.data.image_size)
+    name = (f"{backbone_file_tag(backbone, cfg.seed)}_{dataset}_{int(head.num_clusters)}_{height}x{width}"
+            "_desc_cen.hdf5")
     return Path(cfg.paths.centroids_dir) / name
+
+
+def readable_centroid_file(path: Path) -> bool:
+    """Whether ``path`` opens as HDF5 with a ``centroids`` dataset (a killed write or a foreign file does not)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "centroids" in f
+    except OSError:
+        return False
 
 
 def backbone_fingerprint(backbone: nn.Module) -> float:
@@ -205,8 +219,13 @@ def init_head(cfg: DictConfig, module, datamodule, missing_hint: str = "") -> No
     if not needs_centroids(module.head):
         return
     path = centroid_path(cfg, module.backbone, module.head)
+    auto = bool(cfg.cluster.get("auto", False))
+    if auto and path.is_file() and not readable_centroid_file(path):
+        log.warning("centroid file %s is unreadable (interrupted or foreign) and cluster.auto=true: clustering "
+                    "again", path)
+        cluster_and_save(cfg, module.backbone, module.head, datamodule, path)
     if not path.is_file():
-        if not cfg.cluster.get("auto", False):
+        if not auto:
             raise ConfigError(
                 f"NetVLAD centroid file {path} not found. Create it with\n"
                 f"  python cluster.py {missing_hint}\n"
@@ -231,8 +250,8 @@ def _read_attributes(path: Path) -> dict[str, Any]:
             return dict(f.attrs)
     except OSError as e:
         raise ConfigError(
-            f"centroid file {path} is not a readable HDF5 file ({e}); delete it and re-run cluster.py "
-            "(or use cluster.auto=true)"
+            f"centroid file {path} is not a readable HDF5 file ({e}); run cluster.py with overwrite=true and the "
+            "training's settings, or delete it"
         ) from None
 
 

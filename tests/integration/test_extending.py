@@ -69,7 +69,7 @@ def test_head_needing_centroids_gets_them_without_glue(data_dir, tmp_path):
     train([*tiny_overrides("city_baseline", data_dir, tmp_path), "head=avg", f"head._target_={HERE}.ToyCentroidHead",
            "+head.num_clusters=5", f"paths.centroids_dir={tmp_path}/centroids", "optimizer.lr=0.0"])
     (path,) = (tmp_path / "centroids").glob("*.hdf5")
-    assert path.name == "resnet18-layer3-random42_city_5_desc_cen.hdf5"  # K asked of the head
+    assert path.name == "resnet18-layer3-random42_city-tiny-seed0_5_48x64_desc_cen.hdf5"  # K asked of the head
     with h5py.File(path) as f:
         centroids = torch.from_numpy(f["centroids"][...])
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

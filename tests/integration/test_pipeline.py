@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
 
 
 def common(data_dir: Path, tmp: Path) -> list[str]:
@@ -60,8 +60,8 @@ def test_train_writes_results_and_checkpoints(trained, data_dir):
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "pictures" / "test_retrievals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "untrained" in proc.stdout and "trained" in proc.stdout  # the side-by-side table
-    centroids = list((data_dir / "centroids").glob("resnet18-layer3-random42_city_8_desc_cen.hdf5"))
-    assert centroids, "cluster.auto wrote the centroid file under the name encoding backbone, dataset, K"
+    centroids = list((data_dir / "centroids").glob("resnet18-layer3-random42_city-tiny-seed0_8_48x64_desc_cen.hdf5"))
+    assert centroids, "cluster.auto wrote the centroid file under the name encoding backbone, city, K, size"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert "vpr_config" in ckpt
     remembered = ckpt["PlaceDataModule"]["miner"]["remembered"]
@@ -142,6 +142,42 @@ def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_pa
     import h5py
 
     (path,) = (tmp_path / "c").glob("*.hdf5")
-    assert path.name == "resnet18-layer3-random42_city_4_desc_cen.hdf5"
+    assert path.name == "resnet18-layer3-random42_city-tiny-seed0_4_48x64_desc_cen.hdf5"
     with h5py.File(path) as f:
         assert f["centroids"].shape == (4, 256) and f["descriptors"].shape == (50, 256)
+
+
+def test_centroid_files_of_other_recipes_and_cities_have_other_names(tmp_path):
+    """city_baseline (96x128) and city_main (120x160), or the tiny and default cities, never share a file."""
+    from hydra import compose, initialize_config_dir
+
+    from vpr.build import build_network
+    from vpr.centroids import centroid_path
+
+    def name(*overrides):
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("train", overrides=[*overrides, "logger=none", f"paths.data_dir={tmp_path}"])
+        backbone, _, head = build_network(cfg)
+        return centroid_path(cfg, backbone, head).name
+
+    baseline, main = name("experiment=city_baseline"), name("experiment=city_main")
+    tiny = name("experiment=city_baseline", "data.prepare.preset=tiny")
+    assert len({baseline, main, tiny}) == 3
+    assert baseline == "resnet18-layer3-random42_city-default-seed0_32_96x128_desc_cen.hdf5"
+    assert name("experiment=paper_baseline", "data=pitts30k", "data.root=/x", "backbone.pretrained=false") == \
+        "vgg16-random42_pitts30k_64_480x640_desc_cen.hdf5"
+
+
+def test_an_unreadable_centroid_file_is_computed_again(data_dir, tmp_path):
+    args = ["experiment=city_baseline", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
+            f"paths.centroids_dir={tmp_path}/c", "model.num_clusters=4", "cluster.images=10",
+            "cluster.descriptors_per_image=5", "data.image_size=[48,64]", f"hydra.run.dir={tmp_path}/run"]
+    path = tmp_path / "c" / "resnet18-layer3-random42_city-tiny-seed0_4_48x64_desc_cen.hdf5"
+    path.parent.mkdir()
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)  # the signature of a write killed at its start
+    proc = run_script("cluster.py", *args, tmp=tmp_path)
+    assert "unreadable" in proc.stdout
+    import h5py
+
+    with h5py.File(path) as f:
+        assert f["centroids"].shape == (4, 256)

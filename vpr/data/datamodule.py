@@ -162,8 +162,10 @@ class PlaceDataModule(L.LightningDataModule):
         query_dir: str = "queries_real",
         spatial_nms: bool = False,
         nms_group_size: int | None = None,
+        tag: str | None = None,
     ):
         super().__init__()
+        self.tag = tag or name  # names the files derived from this data (centroids)
         if layout not in LAYOUTS:
             raise ConfigError(f"data.layout={layout!r}: choose one of {sorted(LAYOUTS)}")
         self.root = root

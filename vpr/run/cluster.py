@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vpr.build import build_datamodule, build_network
-from vpr.centroids import centroid_path, cluster_and_save, needs_centroids
+from vpr.centroids import centroid_path, cluster_and_save, needs_centroids, readable_centroid_file
 from vpr.errors import ConfigError
 
 
@@ -17,8 +17,10 @@ def run_clustering(cfg: DictConfig) -> Path:
         raise ConfigError(f"head={cfg.head.get('_target_')}: only a NetVLAD head needs centroids")
     path = centroid_path(cfg, backbone, head)
     if path.is_file() and not cfg.get("overwrite", False):
-        print(f"{path} exists (overwrite=true to recompute)")
-        return path
+        if readable_centroid_file(path):
+            print(f"{path} exists (overwrite=true to recompute)")
+            return path
+        print(f"{path} exists but is unreadable (an interrupted or foreign file): computing it again")
     dm = build_datamodule(cfg)
     dm.prepare_data()
     path = cluster_and_save(cfg, backbone, head, dm, path)
