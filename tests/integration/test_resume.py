@@ -64,6 +64,12 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tm
     proc = run_script("train.py", *common, f"paths.log_dir={tmp_path}/b", "ckpt_path=last", f"hydra.run.dir={second}",
                       tmp=tmp_path)
     assert f"ckpt_path=last: {first / 'checkpoints' / 'last.ckpt'}" in proc.stdout + proc.stderr
+    if every_n_steps:  # the resumed epoch's time is its rest, not measured from an unset start
+        rest = re.search(r"epoch 1: its rest after the (\d+) batches trained before the resume took ([\d.]+) min",
+                         proc.stdout + proc.stderr)
+        assert rest and int(rest.group(1)) > 0 and float(rest.group(2)) < 5, (proc.stdout + proc.stderr)[-3000:]
+    else:
+        assert re.search(r"epoch 1 took [\d.]+ min", proc.stdout + proc.stderr)
     resumed = json.loads((second / "results.json").read_text())
     assert resumed["recall_at"] == uninterrupted["recall_at"]
     # more than the (coarse) recall: the final weights are the same numbers

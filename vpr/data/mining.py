@@ -305,6 +305,7 @@ class MinedBatchSampler:
         self.epoch = 0
         self._records: deque[_RoundRecord] = deque(maxlen=8)  # this epoch's latest rounds (checkpoint positions)
         self._resume: dict[str, Any] | None = None
+        self.resumed_after = 0  # batches of the current epoch trained before a resume (0: a whole epoch)
         # Lightning calls set_epoch on ``batch_sampler.sampler`` (not on the batch sampler) every epoch.
         self.sampler = _EpochRelay(self)
 
@@ -331,7 +332,9 @@ class MinedBatchSampler:
         self._records.clear()
         first_round, batches_before = 0, 0
         resume, self._resume = self._resume, None
+        self.resumed_after = 0
         if resume is not None and resume["epoch"] == self.epoch:
+            self.resumed_after = int(resume["batches_done"])
             # The interrupted round exactly as it was mined; the model is never asked to re-encode it.
             record = _RoundRecord.from_state(resume)
             generator.set_state(record.generator_state)

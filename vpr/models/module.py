@@ -245,16 +245,32 @@ class PlaceRecognitionModule(L.LightningModule):
         self.log("train/negatives_per_query", n.shape[0] / b, on_step=False, on_epoch=True, batch_size=b)
         return loss
 
+    def on_train_start(self) -> None:
+        # A run resumed inside an epoch may not see on_train_epoch_start for it (Lightning skips the hook then).
+        self._start_epoch_clock()
+
     def on_train_epoch_start(self) -> None:
+        self._start_epoch_clock()
+
+    def _start_epoch_clock(self) -> None:
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
         seconds = time.perf_counter() - self._epoch_start
-        self.log("train/epoch_seconds", seconds)
+        if not self.trainer.is_global_zero:
+            return
+        # batches of this epoch trained before a resume from a step checkpoint (the mined batch sampler continues
+        # the round itself): the clock then timed only the rest of the epoch
+        sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        resumed_after = int(getattr(sampler, "resumed_after", 0) or 0)
+        if resumed_after:  # no per-epoch time to log or extrapolate
+            log.info("epoch %d: its rest after the %d batches trained before the resume took %.1f min",
+                     self.current_epoch, resumed_after, seconds / 60)
+            return
+        self.log("train/epoch_seconds", seconds, rank_zero_only=True)
         left = (self.trainer.max_epochs or 0) - self.current_epoch - 1
-        if left > 0 and self.trainer.is_global_zero:
-            log.info("epoch %d took %.1f min; about %.0f min for the %d epochs left", self.current_epoch,
-                     seconds / 60, left * seconds / 60, left)
+        log.info("epoch %d took %.1f min%s", self.current_epoch, seconds / 60,
+                 f"; about {left * seconds / 60:.0f} min for the {left} epochs left" if left > 0 else "")
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
