@@ -61,6 +61,17 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def check_common_settings(cfg: DictConfig) -> None:
+    """Settings every script reads, checked before any work: the seed, and a GPU trainer on a machine without one."""
+    whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining")
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu) but this machine has no CUDA GPU that "
+                          "torch can use: leave out trainer=gpu (the default trainer picks the device), or use "
+                          "trainer=cpu")
+
+
 def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "") -> int | None:
     """The setting ``key`` as an int >= ``smallest`` (None when unset); anything else is a ConfigError naming it."""
     value = OmegaConf.select(cfg, key)
@@ -122,6 +133,19 @@ def guided(cfg: DictConfig, attention: nn.Module) -> bool:
     return bool((cfg.get("guidance") or {}).get("source")) and bool(getattr(attention, "supervised_mask", False))
 
 
+def check_optimizer_settings(cfg: DictConfig, optimizer_factory: Any, scheduler_factory: Any) -> None:
+    """The optimizer and scheduler are built inside Lightning's fit; build them once on a probe parameter now, so
+    that a refused setting (optimizer.lr=-1, a scheduler's bad argument) ends before any work as an error line."""
+    probe = [torch.nn.Parameter(torch.zeros(1))]
+    for group, make in (("optimizer", lambda: optimizer_factory(probe)),
+                        ("scheduler", lambda: scheduler_factory(optimizer_factory(probe)) if scheduler_factory else None)):
+        try:
+            make()
+        except SETTING_ERRORS as e:
+            target = (cfg.get(group) or {}).get("_target_")
+            raise ConfigError(f"{group} ({target}): {e}") from None
+
+
 def build_module(cfg: DictConfig, with_training: bool = True):
     """The LightningModule; with training, also its optimizer and scheduler factories."""
     from vpr.models.module import PlaceRecognitionModule
@@ -133,6 +157,7 @@ def build_module(cfg: DictConfig, with_training: bool = True):
         kwargs["optimizer"] = instantiate_setting("optimizer", cfg.optimizer)
         scheduler = cfg.get("scheduler")
         kwargs["scheduler"] = instantiate_setting("scheduler", scheduler) if scheduler and "_target_" in scheduler else None
+        check_optimizer_settings(cfg, kwargs["optimizer"], kwargs["scheduler"])
     return PlaceRecognitionModule(
         backbone=backbone,
         attention=attention,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -78,4 +79,9 @@ def require_launcher_plugin(argv: list[str]) -> None:
             if not found:
                 print(f"error: hydra/launcher={value} needs hydra-submitit-launcher, which is not installed: "
                       "pip install -e '.[slurm]' (or pip install hydra-submitit-launcher)", file=sys.stderr)
+                raise SystemExit(2)
+            if value != "submitit_local" and not shutil.which("srun"):
+                print(f"error: hydra/launcher={value} submits SLURM jobs, but this machine has no SLURM (no srun on "
+                      "the PATH): run the sweep on the cluster's login node, or use hydra/launcher=submitit_local "
+                      "(parallel processes here) or no launcher", file=sys.stderr)
                 raise SystemExit(2)

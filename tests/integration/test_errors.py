@@ -133,3 +133,37 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
                              check=False)
     assert_clean_failure(proc, f"hydra/launcher={launcher}", "pip install -e '.[slurm]'")
     assert not (tmp_path / "outputs").exists()  # stopped before Hydra made a sweep folder
+
+
+@pytest.mark.parametrize(("script", "setting", "fragments"), [
+    ("train.py", "seed=abc", ["error: seed='abc': must be a whole number >= 0"]),
+    ("eval.py", "seed=-1", ["error: seed=-1: must be a whole number >= 0"]),
+    ("train.py", "optimizer.lr=-1", ["error: optimizer (torch.optim.SGD): Invalid learning rate: -1"]),
+    ("train.py", "model.num_clusters=0", ["error: head (vpr.models.heads.netvlad.NetVLAD)", "model.num_clusters"]),
+])
+def test_settings_refused_before_any_work(data_dir, tmp_path, script, setting, fragments):
+    proc = run_script(script, "experiment=city_baseline", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
+                      "logger=none", setting, f"hydra.run.dir={tmp_path}/r", tmp=tmp_path, check=False)
+    assert_clean_failure(proc, *fragments)
+    assert "cache pass" not in proc.stdout + proc.stderr and "k-means" not in proc.stdout + proc.stderr
+
+
+def test_folder_layout_without_a_root(tmp_path):
+    proc = run_script("eval.py", "experiment=city_baseline", "data=folder", f"hydra.run.dir={tmp_path}/r", tmp=tmp_path,
+                      check=False)
+    assert_clean_failure(proc, "error: data.root is not set for folder (data=folder)")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA GPU is present")
+def test_gpu_trainer_without_a_gpu_says_what_to_drop(data_dir, tmp_path):
+    proc = run_script("train.py", "experiment=city_baseline", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
+                      "trainer=gpu", "logger=none", f"hydra.run.dir={tmp_path}/r", tmp=tmp_path, check=False)
+    assert_clean_failure(proc, "error: trainer.accelerator=gpu (trainer=gpu)", "leave out trainer=gpu")
+
+
+@pytest.mark.skipif(__import__("shutil").which("srun") is not None, reason="this machine has SLURM")
+def test_slurm_launcher_off_a_cluster(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = run_script("train.py", "-m", "hydra/launcher=slurm", "seed=1,2", tmp=tmp_path, check=False)
+    assert_clean_failure(proc, "error: hydra/launcher=slurm submits SLURM jobs", "hydra/launcher=submitit_local")
+    assert not (tmp_path / "outputs").exists()

@@ -261,10 +261,13 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
 
 
 def parse_utm_filename(path: Path) -> tuple[float, float]:
-    """``@<east>@<north>@...@.jpg`` -> (east, north)."""
+    """``@<east>@<north>@...@.jpg`` -> (east, north), finite numbers."""
     parts = path.name.split("@")
     try:
-        return float(parts[1]), float(parts[2])
+        east, north = float(parts[1]), float(parts[2])
+        if not (np.isfinite(east) and np.isfinite(north)):
+            raise ValueError("not finite")
+        return east, north
     except (IndexError, ValueError):
         raise DataError(
             f"{path}: file name does not carry UTM coordinates as '@<east>@<north>@...@.jpg' "
@@ -281,6 +284,9 @@ def load_folder_split(
     spatial_nms: bool = False,
 ) -> PlaceSplit:
     """Read ``root/<split>/{database,queries}/*`` whose names carry UTM coordinates."""
+    if root is None or str(root) in ("", "None"):
+        raise DataError(f"data.root is not set for {name} (data=folder): point it at the folder holding "
+                        f"<split>/database/ and <split>/queries/, e.g. data.root=/data/{name}")
     base = Path(root).expanduser() / split
     if not (base / "database").is_dir() or not (base / "queries").is_dir():
         raise DataError(

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from vpr.build import build_datamodule, build_network
+from vpr.build import build_datamodule, build_network, check_common_settings
 from vpr.centroids import centroid_path, cluster_and_save, needs_centroids, readable_centroid_file
 from vpr.errors import ConfigError
 
 
 def run_clustering(cfg: DictConfig) -> Path:
+    check_common_settings(cfg)
     backbone, _, head = build_network(cfg)
     if not needs_centroids(head):
         raise ConfigError(f"head={cfg.head.get('_target_')}: only a NetVLAD head needs centroids")

@@ -13,6 +13,7 @@ from vpr.build import (
     build_datamodule,
     build_module,
     build_trainer,
+    check_common_settings,
     cluster_command_overrides,
     command_line_overrides,
 )
@@ -85,6 +86,7 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     single_log_stream()
+    check_common_settings(cfg)
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split}: choose val or test")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, "train")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from vpr.build import build_module, command_line_overrides, whole_number
+from vpr.build import build_module, check_common_settings, command_line_overrides, whole_number
 from vpr.checkpoints import (
     load_network_weights,
     network_from_checkpoint,
@@ -62,6 +62,7 @@ def image_names(files: list[Path], root: Path, setting: str) -> list[str]:
 
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     single_log_stream()
+    check_common_settings(cfg)
     top_k = whole_number(cfg, "top_k", 1)
     pca_dim = whole_number(cfg, "pca_dim", 1)
     if pca_dim and cfg.get("pca_file"):

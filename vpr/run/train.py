@@ -16,6 +16,7 @@ from vpr.build import (
     build_datamodule,
     build_module,
     build_trainer,
+    check_common_settings,
     check_deterministic,
     cluster_command_overrides,
     command_line_overrides,
@@ -51,6 +52,7 @@ WHOLE_NUMBERS = {  # setting: (smallest allowed value, what it counts)
 
 def validate_config(cfg: DictConfig) -> None:
     """Refuse inconsistent settings up front, naming what to change."""
+    check_common_settings(cfg)
     for key, (smallest, meaning) in WHOLE_NUMBERS.items():
         whole_number(cfg, key, smallest, meaning)
     if cfg.monitor.split("/")[0] != "val":

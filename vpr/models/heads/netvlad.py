@@ -152,6 +152,9 @@ class NetVLAD(nn.Module):
         super().__init__()
         if version not in _VERSIONS:
             raise ValueError(f"Unknown NetVLAD version={version!r}; choose 'v1' or 'v2'.")
+        if not isinstance(num_clusters, int) or num_clusters < 2:
+            raise ValueError(f"num_clusters={num_clusters!r} (model.num_clusters): NetVLAD needs at least 2 clusters "
+                             "(its initialisation compares each descriptor's two nearest centroids)")
         self.num_clusters = num_clusters
         self.dim = dim
         self.normalize_input = normalize_input
