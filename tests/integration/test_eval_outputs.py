@@ -76,3 +76,21 @@ def test_pca_fitted_saved_and_reused(data_dir, checkpoint, tmp_path):
     proc = evaluate(data_dir, checkpoint, tmp_path / "again", tmp_path, "pca_dim=4", f"pca_file={pca}", check=False)
     assert proc.returncode == 2 and f"pca_file={pca} exists" in proc.stderr + proc.stdout
     assert pca.read_bytes() == before
+
+
+def test_eval_writes_what_train_writes(data_dir, checkpoint, tmp_path):
+    """config.yaml (with the checkpoint's network and variant), results.md, the retrieval pictures; the checkpoint
+    named by its absolute path wherever the command ran."""
+    import os
+
+    import yaml
+
+    out = tmp_path / "run"
+    evaluate(data_dir, os.path.relpath(checkpoint, tmp_path), out, tmp_path)  # relative to where it runs
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["attention"]["_target_"] == "vpr.models.attention.se.SE"  # the checkpoint's network
+    results = json.loads((out / "results.json").read_text())
+    md = (out / "results.md").read_text()
+    assert f"{100 * results['recall_at']['1']:.1f}" in md and "R@1" in md
+    assert (out / "pictures" / "test_retrievals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["checkpoint"] == str(checkpoint)

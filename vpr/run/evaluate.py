@@ -29,9 +29,10 @@ from vpr.devices import work_device
 from vpr.errors import ConfigError
 from vpr.eval.pca import PCAWhitening, load_pca_file
 from vpr.eval.tables import format_recall_table
-from vpr.io import write_json_atomic
+from vpr.io import write_json_atomic, write_text_atomic
 from vpr.run import save_predictions, single_log_stream
 from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
+from vpr.viz.pictures import save_retrieval_pictures
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,15 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, "train")
     state, trained_size = None, None
     if ckpt_path is not None:
+        ckpt_path = str(Path(ckpt_path).resolve())  # results.json names the file wherever the command ran
         state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"))
         cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, command_line_overrides())
         if stored is not None:
             trained_size = stored["data"]["image_size"]
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the settings this evaluation ran with, the checkpoint's network included (variant: the row of a table)
+    write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(int(cfg.seed), workers=True)
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_size)
     sets = resolve_test_sets(cfg, shared)
@@ -118,7 +124,6 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         init_head(cfg, module, dm, cluster_command_overrides())
     extra = setup_pca(cfg, module, dm, shared)
     trainer = build_trainer(cfg, training=False)
-    out_dir = Path(cfg.paths.output_dir)
     label = "trained" if ckpt_path else "untrained"
     if prepared:
         return run_test_sets(prepared, module, trainer, out_dir, record={"checkpoint": ckpt_path, **extra},
@@ -126,6 +131,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, datamodule=dm, verbose=False)
     results = {**module.results["test"], "checkpoint": ckpt_path, **extra}
     write_json_atomic(out_dir / "results.json", results)
+    table = format_recall_table({label: results}, title="Recall (%)")
+    write_text_atomic(out_dir / "results.md", table + "\n")
+    save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / "test_retrievals.png")
     save_predictions(module, dm, out_dir)
-    print("\n" + format_recall_table({label: results}, title="Recall (%)") + f"\n\nresults: {out_dir / 'results.json'}\n")
+    print("\n" + table + f"\n\nresults: {out_dir / 'results.json'}\n")
     return results
