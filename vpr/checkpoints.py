@@ -60,6 +60,9 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str = "tra
         chosen = _newest_intact(found)
         log.info("ckpt_path=last: %s", chosen)
         return str(chosen)
+    if Path(ckpt_path).is_dir():
+        raise ConfigError(f"ckpt_path={ckpt_path} is a folder: give a checkpoint file in it (e.g. "
+                          f"{Path(ckpt_path) / 'last.ckpt'}), or ckpt_path=last for the newest run's")
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
@@ -75,11 +78,11 @@ def _newest_intact(last_files: list[Path]) -> Path:
             try:
                 load_weights_only(str(candidate))
             except ConfigError as e:
-                log.warning("ckpt_path=last: skipping %s: %s", candidate, e)
+                log.warning("ckpt_path=last: skipping %s (%s)", candidate, str(e).split(": ", 1)[-1])
                 skipped.append(str(candidate))
                 continue
             if skipped:
-                log.warning("ckpt_path=last: %s is unreadable; resuming from %s instead", skipped[0], candidate)
+                log.warning("ckpt_path=last: %s is unreadable; taking %s instead", skipped[0], candidate)
             return candidate
     raise ConfigError(f"ckpt_path=last: no readable checkpoint among {skipped}; give a path (ckpt_path=...)")
 

@@ -70,8 +70,8 @@ def _numpy_scalar_globals() -> list[Any]:
 
 def read_weights_only(path: str | Path, where: str, what: str = "checkpoint", advice: str = "") -> Any:
     """``torch.load(path, weights_only=True)`` with numpy scalars allowed; whatever goes wrong is one ConfigError
-    that starts with ``where`` (the setting and file) and ends with ``advice``. A file holding Python objects other
-    than tensors, numbers and containers is refused before any of it runs."""
+    that starts with ``where`` (the setting and file). A file holding Python objects other than tensors, numbers and
+    containers is refused before any of it runs (``advice`` ends that message)."""
     import torch
 
     try:
@@ -80,10 +80,13 @@ def read_weights_only(path: str | Path, where: str, what: str = "checkpoint", ad
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found is None:  # not a pickle at all (text, another format): torch's weights-only reader stopped at once
-            raise ConfigError(f"{where} is not a readable {what} (not a torch-saved file).{advice}") from None
+            raise ConfigError(f"{where} is not a readable {what}: not a file saved by torch") from None
         raise ConfigError(
             f"{where} holds Python objects other than tensors and numbers (it refers to {found.group(1)}): refusing "
             f"to load it, since unpickling such a file can run code.{advice}"
         ) from None
     except Exception as e:  # truncated, empty, not a torch file
-        raise ConfigError(f"{where} is not a readable {what} ({type(e).__name__}: {e}).{advice}") from None
+        reason = (str(e).strip().splitlines() or [""])[0]
+        reason = reason if len(reason) <= 120 else reason[:117] + "..."
+        raise ConfigError(f"{where} is not a readable {what}: truncated (an interrupted copy or download?) or not "
+                          f"saved by torch ({type(e).__name__}{': ' + reason if reason else ''})") from None
