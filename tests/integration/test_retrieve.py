@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
 from tests.test_checkpoint_compat import random_checkpoint
 
 TOP_K = 5
@@ -139,3 +139,21 @@ def test_bad_settings_end_with_one_error_line(folders, tmp_path, overrides, name
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and names in errors[0], output[-2000:]
     assert "Traceback" not in output
+
+
+def test_label_maps_beside_photos_are_left_out(tmp_path):
+    """The synthetic city keeps `<photo>_labels.png` beside each photo: retrieve.yaml's exclude leaves them out."""
+    from omegaconf import OmegaConf
+
+    from vpr.errors import ConfigError
+    from vpr.run.retrieve import list_images
+
+    for name in ("000/a.jpg", "000/a_labels.png", "001/b.png", "001/b_labels.png", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    exclude = OmegaConf.load(ROOT / "configs" / "retrieve.yaml").exclude
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, "database", exclude)] == \
+        ["000/a.jpg", "001/b.png"]
+    assert len(list_images(tmp_path, "database")) == 4  # nothing left out without patterns
+    with pytest.raises(ConfigError, match="is a file"):
+        list_images(tmp_path / "000" / "a.jpg", "database")

@@ -6,8 +6,10 @@ candidates, then match local features). The outputs follow hloc's file layout (v
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +39,18 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def list_images(folder: Any, setting: str) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted by path."""
+def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[Path]:
+    """Every image file under ``folder`` (recursively) whose name matches none of the ``exclude`` patterns (shell
+    wildcards), sorted by path."""
     if folder in (None, ""):
         raise ConfigError(f"{setting}=DIR is required: the folder of {setting} images")
     path = Path(str(folder)).expanduser()
+    if path.is_file():
+        raise ConfigError(f"{setting}={folder} is a file: give the folder holding the {setting} images")
     if not path.is_dir():
         raise ConfigError(f"{setting}={folder}: no such folder")
-    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                   and not any(fnmatch.fnmatch(f.name, pattern) for pattern in exclude))
     if not files:
         raise ConfigError(f"{setting}={folder}: no images in it or its subfolders ({' '.join(IMAGE_SUFFIXES)})")
     return files
@@ -70,7 +76,9 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path=PATH is required: a checkpoint written by train.py (or ckpt_path=last), or a "
                           "released one of the NetVLAD baseline or the paper code")
-    db_files, q_files = list_images(cfg.get("database"), "database"), list_images(cfg.get("queries"), "queries")
+    exclude = [str(p) for p in (cfg.get("exclude") or [])]
+    db_files = list_images(cfg.get("database"), "database", exclude)
+    q_files = list_images(cfg.get("queries"), "queries", exclude)
     if cfg.get("image_root"):
         root = Path(str(cfg.image_root)).expanduser().resolve()
     else:
