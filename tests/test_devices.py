@@ -41,3 +41,14 @@ def test_cpu_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert work_device({"accelerator": "gpu"}) == torch.device("cpu")
     assert work_device(None) == torch.device("cpu")
+
+
+def test_loader_workers_at_most_one_per_cpu(monkeypatch):
+    import vpr.devices as devices
+    from vpr.data.datamodule import PlaceDataModule
+
+    monkeypatch.setattr(devices, "cpu_count", lambda: 2)
+    assert [devices.loader_workers(n) for n in (0, 1, 2, 8)] == [0, 1, 2, 2]
+    assert PlaceDataModule(None, "city", num_workers=8).num_workers == 2  # data=pitts30k's 8 on a 2-CPU machine
+    monkeypatch.setattr(devices, "cpu_count", lambda: 16)
+    assert PlaceDataModule(None, "city", num_workers=8).num_workers == 8

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from vpr.callbacks import AtomicCheckpointIO, LogFileProgressBar, OfflineMining, RecordRunIds
+from vpr.devices import loader_workers
 from vpr.errors import ConfigError, DataError
 from vpr.progress import interactive
 
@@ -167,7 +168,7 @@ def build_module(cfg: DictConfig, with_training: bool = True):
         recall_at=list(cfg.model.recall_at),
         freeze_batchnorm=bool(cfg.model.get("freeze_batchnorm", False)),
         encode_batch_size=int(cfg.data.eval_batch_size),
-        encode_workers=int(cfg.data.num_workers),
+        encode_workers=loader_workers(int(cfg.data.num_workers)),
         run_config=OmegaConf.to_container(cfg, resolve=True),
         aux_loss=str(guidance.get("loss", "mse")),
         aux_weight=float(guidance.get("weight", 0.0)) if guided(cfg, attention) else 0.0,

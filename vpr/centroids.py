@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vpr.data.dataset import ImageDataset
-from vpr.devices import work_device
+from vpr.devices import loader_workers, work_device
 from vpr.errors import ConfigError
 from vpr.eval.search import faiss_or_none
 from vpr.io import atomic_path
@@ -185,7 +185,7 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
         per_image=int(cfg.cluster.descriptors_per_image),
         seed=int(cfg.seed),
         batch_size=int(cfg.data.eval_batch_size),
-        num_workers=int(cfg.data.num_workers),
+        num_workers=loader_workers(int(cfg.data.num_workers)),
         device=device,
     )
     backbone.cpu()

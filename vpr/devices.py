@@ -29,3 +29,17 @@ def work_device(trainer_cfg: Mapping[str, Any] | None = None) -> torch.device:
     if accelerator in CUDA_ACCELERATORS and torch.cuda.is_available():
         return torch.device("cuda", local_rank() % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader workers: ``data.num_workers``, at most one per CPU of this process (more only contend, and torch
+    warns about each loader)."""
+    return max(0, min(int(requested), cpu_count()))

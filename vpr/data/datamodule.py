@@ -26,6 +26,7 @@ from vpr.data.dataset import (
 from vpr.data.guidance import GuidanceTargets, build_label_source
 from vpr.data.mining import HardNegativeMiner, MinedBatchSampler, MiningStats, Triplet
 from vpr.data.transforms import eval_transform
+from vpr.devices import loader_workers
 from vpr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,10 @@ class PlaceDataModule(L.LightningDataModule):
         self.image_size = tuple(int(s) for s in image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
-        self.num_workers = int(num_workers)
+        self.num_workers = loader_workers(num_workers)
+        if self.num_workers < int(num_workers):
+            log.info("data.num_workers=%d: this machine gives %d CPUs to the run; using %d loader workers",
+                     int(num_workers), self.num_workers, self.num_workers)
         if persistent_workers not in (True, False, "auto"):
             raise ConfigError(f"data.persistent_workers={persistent_workers!r}: choose auto, true or false")
         self.persistent_workers = persistent_workers
