@@ -220,6 +220,10 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
         if name == "wandb":
             if conf.get("offline") is None:
                 kwargs["offline"] = wandb_offline_default()
+            if kwargs.get("offline", conf.get("offline")):
+                log.info("W&B runs offline (no API key or login, or WANDB_MODE=offline): the run is kept in %s; upload "
+                         "it with: wandb sync %s", Path(cfg.paths.output_dir) / "wandb",
+                         Path(cfg.paths.output_dir) / "wandb" / "offline-run-*")
             group, job = sweep_identity()
             if conf.get("group") is None and group:
                 kwargs["group"] = group  # one W&B group per Hydra sweep

@@ -9,15 +9,35 @@ Each reads the composed config top to bottom: build the pieces (:mod:`vpr.build`
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
+#: Messages of the libraries that say nothing about a run of this project: an advertisement, a warning about the
+#: frozen (eval-mode) BatchNorms and backbone stages that the recipes freeze on purpose, one about the checkpoint
+#: folder a resumed run continues in (README: by design), and a deprecation inside Lightning itself.
+QUIET_WARNINGS = (r"Found \d+ module\(s\) in eval mode", r"Checkpoint directory .* exists and is not empty",
+                  r".*LeafSpec.* is deprecated")
+QUIET_LOG_PREFIXES = ("💡 Tip:",)
+
+
+class _DropLibraryChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(QUIET_LOG_PREFIXES)
+
+
 def single_log_stream() -> None:
-    """Lightning logs through its own console handler and Hydra's root handler: keep only Hydra's (console + file)."""
+    """Lightning logs through its own console handler and Hydra's root handler: keep only Hydra's (console + file),
+    without the libraries' chatter listed above (a script's process only)."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).handlers.clear()
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLibraryChatter) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLibraryChatter())
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def save_predictions(module, dm, out_dir: Path, suffix: str = "", worst: int = 6) -> None:

@@ -75,14 +75,18 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
     cache_dtype = str(cfg.mining.get("cache_dtype") or "float32")
     cache_bytes = mining_cache_bytes(cached_db, int(cfg.mining.refresh_every_queries), dim, cache_dtype)
     cache_gb = cache_bytes / 1e9
-    params = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    def millions(part) -> str:
+        total = sum(p.numel() for p in part.parameters())
+        trainable = sum(p.numel() for p in part.parameters() if p.requires_grad)
+        return f"{total / 1e6:.2f}M ({trainable / 1e6:.2f}M trained)"
+
     log.info(
         "budget per epoch: %d training queries (%d dropped) in %d mining rounds; up to %d tuple images "
-        "(%d per tuple) and %d cache images; descriptor %d-d, cache %.2f GB %s; %.1fM parameters "
-        "(%.1fM trainable); mining margin %.3f",
+        "(%d per tuple) and %d cache images; descriptor %d-d, cache %.2f GB %s; parameters %s: backbone %s, "
+        "attention %s, head %s; mining margin %.3f",
         queries, dm.miner.dropped_queries, rounds, queries * per_tuple, per_tuple, cache_images, dim, cache_gb,
-        cache_dtype, params / 1e6, trainable / 1e6, dm.miner.margin,
+        cache_dtype, millions(module), millions(module.backbone), millions(module.attention), millions(module.head),
+        dm.miner.margin,
     )
     where = free_memory(cfg)
     if where is not None:
