@@ -65,6 +65,14 @@ def seeded(seed: int) -> Iterator[None]:
 def check_common_settings(cfg: DictConfig) -> None:
     """Settings every script reads, checked before any work: the seed, and a GPU trainer on a machine without one."""
     whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining")
+    size = OmegaConf.select(cfg, "data.image_size")
+    try:
+        ok = size is not None and len(size) == 2 and all(int(v) == float(v) and int(v) >= 16 for v in size)
+    except (TypeError, ValueError):
+        ok = False
+    if size is not None and not ok:
+        raise ConfigError(f"data.image_size={OmegaConf.to_container(size) if OmegaConf.is_config(size) else size!r}: "
+                          "give [height, width] in pixels, e.g. data.image_size=[480,640]")
     trainer = cfg.get("trainer") or {}
     accelerator = str(trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():

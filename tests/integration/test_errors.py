@@ -167,3 +167,10 @@ def test_slurm_launcher_off_a_cluster(tmp_path):
     proc = run_script("train.py", "-m", "hydra/launcher=slurm", "seed=1,2", tmp=tmp_path, check=False)
     assert_clean_failure(proc, "error: hydra/launcher=slurm submits SLURM jobs", "hydra/launcher=submitit_local")
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("size", ["abc", "[480]", "[480,abc]", "[0,640]"])
+def test_image_size_named_with_the_form_it_takes(tmp_path, size):
+    proc = run_script("eval.py", "experiment=city_baseline", f"data.image_size={size}", f"hydra.run.dir={tmp_path}/r",
+                      tmp=tmp_path, check=False)
+    assert_clean_failure(proc, "error: data.image_size=", "[height, width]")

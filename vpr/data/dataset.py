@@ -242,7 +242,7 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
         found = next((ext for ext in IMAGE_EXTENSIONS if first.with_suffix(ext).is_file()), None)
         if found is None:
             raise DataError(
-                f"image {first} listed in {mat_path} is missing (nor is it there as "
+                f"image {first} listed in {mat_path} is missing (under any of the extensions "
                 f"{'/'.join(e for e in IMAGE_EXTENSIONS if e.islower())}): the images must sit under "
                 f"{folder} exactly as the .mat lists them; if they were unpacked elsewhere, set {setting} "
                 "(relative to data.root, or absolute)"
