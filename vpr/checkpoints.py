@@ -181,6 +181,8 @@ def with_stored_network(cfg: DictConfig, stored: dict, image_size_given: bool) -
             cfg[key] = stored[key]
     cfg.backbone.pretrained = False
     cfg.backbone.weights_path = None
+    if cfg.get("variant") is None and stored.get("variant"):
+        cfg.variant = stored["variant"]  # the row of a results table that evaluates several checkpoints
     if not image_size_given:
         cfg.data.image_size = stored["data"]["image_size"]
     return cfg

@@ -89,6 +89,7 @@ def test_eval_writes_what_train_writes(data_dir, checkpoint, tmp_path):
     evaluate(data_dir, os.path.relpath(checkpoint, tmp_path), out, tmp_path)  # relative to where it runs
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["attention"]["_target_"] == "vpr.models.attention.se.SE"  # the checkpoint's network
+    assert cfg["variant"] == "baseline" and cfg["seed"] == 42  # its training run's, written by hand in the fixture
     results = json.loads((out / "results.json").read_text())
     md = (out / "results.md").read_text()
     assert f"{100 * results['recall_at']['1']:.1f}" in md and "R@1" in md
