@@ -220,7 +220,8 @@ def init_head(cfg: DictConfig, module, datamodule, missing_hint: str = "") -> No
         return
     path = centroid_path(cfg, module.backbone, module.head)
     auto = bool(cfg.cluster.get("auto", False))
-    if auto and path.is_file() and not readable_centroid_file(path):
+    # only the project's own cache file is replaced; a file named by cluster.file is the user's
+    if auto and not cfg.cluster.get("file") and path.is_file() and not readable_centroid_file(path):
         log.warning("centroid file %s is unreadable (interrupted or foreign) and cluster.auto=true: clustering "
                     "again", path)
         cluster_and_save(cfg, module.backbone, module.head, datamodule, path)
