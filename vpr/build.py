@@ -244,7 +244,11 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
                 kwargs.update(id=str(wandb_id), resume="allow")
             os.environ.setdefault("WANDB_SILENT", "true")
             Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-        loggers.append(instantiate_setting(f"logger.{name}", conf, **kwargs))
+        logger = instantiate_setting(f"logger.{name}", conf, **kwargs)
+        if name == "wandb" and getattr(logger, "_wandb_init", {}).get("anonymous", "") is None:
+            # Lightning passes anonymous=None, which wandb (0.19+) answers with a deprecation warning on every run
+            logger._wandb_init.pop("anonymous")
+        loggers.append(logger)
     return loggers
 
 

@@ -81,7 +81,10 @@ def test_each_sweep_job_is_its_own_run(data_dir, tmp_path):
 
 def test_resumed_training_continues_its_run(data_dir, tmp_path):
     first, second = tmp_path / "logs" / "train" / "runs" / "first", tmp_path / "logs" / "train" / "runs" / "second"
-    run_script("train.py", *base(data_dir), f"paths.log_dir={tmp_path}/logs", f"hydra.run.dir={first}", tmp=tmp_path)
+    proc = run_script("train.py", *base(data_dir), f"paths.log_dir={tmp_path}/logs", f"hydra.run.dir={first}",
+                      tmp=tmp_path)
+    assert f"upload it with: wandb sync {first / 'wandb' / 'offline-run-*'}" in proc.stdout + proc.stderr
+    assert "anonymous setting" not in proc.stdout + proc.stderr  # no library warning about Lightning's arguments
     saved = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     (run_id,) = offline_runs(first)
     assert saved["wandb_run_id"] == run_id
