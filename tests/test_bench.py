@@ -28,6 +28,12 @@ def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
         rate = r["measure"].endswith("/s")
         assert r["ratio"] == pytest.approx(r["project"] / r["naive"] if rate else r["naive"] / r["project"])
     assert result["train_flops_per_step"] > 0 and result["device"].startswith("CPU")
+    rate = result["image_loading_images_per_s"]
+    step = measures["training step: images/s"]["project"]
+    import math
+
+    n = math.ceil(step / rate)  # loader processes the training step needs at these speeds
+    assert rate > 0 and f"about {n} loader process{'es' if n != 1 else ''} feed the training step" in proc.stdout
 
 
 def test_naive_netvlad_equals_the_project_head():

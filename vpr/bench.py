@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import math
 import platform
 import resource
 import sys
@@ -268,8 +269,39 @@ def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool |
         out["compile"] = compile_rows(module, compile_mode, project_step, project_encode, b, size.encode_images,
                                       repeats, device, eager["training step: tuples/s"],
                                       eager["encoding (mining cache, evaluation): images/s"])
+    out["image_loading_images_per_s"] = loading_rate(h, w, repeats)
     out["process_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return out
+
+
+def loading_rate(height: int, width: int, repeats: int, count: int = 24) -> float:
+    """Images/s one loader process reads: JPEG decode, resize and normalisation (the project's ImageDataset and
+    eval transform) of ``count`` photo-like JPEGs of ``height`` x ``width`` (smooth colour fields plus grain,
+    quality 90), written to a temporary folder. The network rows above use tensors already in memory."""
+    import tempfile
+
+    from PIL import Image
+
+    from vpr.data.dataset import ImageDataset
+    from vpr.data.transforms import eval_transform
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for i in range(count):
+            coarse = Image.fromarray(rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8))
+            smooth = np.asarray(coarse.resize((width, height), Image.BILINEAR), dtype=np.int16)
+            grain = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
+            path = Path(folder) / f"{i:03d}.jpg"
+            Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(path, quality=90)
+            paths.append(path)
+        dataset = ImageDataset(paths, eval_transform((height, width)))
+        dataset[0]  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(max(1, repeats)):
+            for i in range(len(dataset)):
+                dataset[i]
+        return max(1, repeats) * len(dataset) / (time.perf_counter() - t0)
 
 
 def search_seconds(num_db: int, num_q: int, dim: int, device: torch.device) -> tuple[float, float]:
@@ -392,6 +424,16 @@ def markdown(result: dict[str, Any]) -> str:
                  + (f", {100 * result['train_fraction_of_dense_bf16_peak']:.0f}% of the dense bf16 peak"
                     if "train_fraction_of_dense_bf16_peak" in result else "")
                  + f". Process peak RSS {result['process_peak_rss_gb']:.1f} GB.")
+    if result.get("image_loading_images_per_s"):
+        rate = result["image_loading_images_per_s"]
+        step = next(r["project"] for r in result["rows"] if r["measure"] == "training step: images/s")
+        encode = next(r["project"] for r in result["rows"] if r["measure"].startswith("encoding (mining"))
+        def workers(n: int) -> str:
+            return f"{n} loader process{'es' if n != 1 else ''}"
+
+        lines.append(f"Image loading (JPEG decode, resize, normalisation; one loader process): {rate:.0f} images/s: "
+                     f"about {workers(math.ceil(step / rate))} feed the training step and "
+                     f"{workers(math.ceil(encode / rate))} the encoding pass at the speeds above (data.num_workers).")
     if result.get("compile"):
         lines += ["", f"`model.compile={result['compile_mode']}` (same run, same module compiled in place):", "",
                   "| measure | eager | compiled | compiled vs eager |", "|---|---:|---:|---:|"]
