@@ -15,20 +15,26 @@ def _correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
     return (rng.normal(size=(n, d)) @ mixing.T + rng.normal(size=d) * 5).astype(np.float32)
 
 
+# numpy is fitted with numpy, a torch tensor where it lies (eval.py on a GPU): both must hold what PCA means
+FIT_INPUTS = {"numpy": lambda x: x, "torch": torch.from_numpy}
+
+
+@pytest.mark.parametrize("given", sorted(FIT_INPUTS))
 @pytest.mark.parametrize(("n", "d", "dim"), [(200, 12, 6), (30, 80, 10)])  # N > D and N < D (Gram) branches
-def test_whitening_gives_identity_covariance(n, d, dim):
+def test_whitening_gives_identity_covariance(n, d, dim, given):
     x = _correlated(n, d)
-    pca = PCAWhitening().fit(x, dim)
+    pca = PCAWhitening().fit(FIT_INPUTS[given](x), dim)
     y = pca.transform(x, normalize=False).astype(np.float64)
     np.testing.assert_allclose(y.mean(axis=0), np.zeros(dim), atol=1e-4)
     np.testing.assert_allclose(np.cov(y, rowvar=False), np.eye(dim), atol=1e-3)
     np.testing.assert_allclose(pca.components @ pca.components.T, np.eye(dim), atol=1e-8)
 
 
+@pytest.mark.parametrize("given", sorted(FIT_INPUTS))
 @pytest.mark.parametrize(("n", "d"), [(200, 12), (30, 80)])
-def test_variances_and_subspace_match_numpy(n, d):
+def test_variances_and_subspace_match_numpy(n, d, given):
     x = _correlated(n, d, seed=1).astype(np.float64)
-    pca = PCAWhitening(whiten=False).fit(x, 5)
+    pca = PCAWhitening(whiten=False).fit(FIT_INPUTS[given](x), 5)
     covariance = np.cov(x, rowvar=False)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     np.testing.assert_allclose(pca.explained_variance, eigenvalues[::-1][:5], rtol=1e-6)
@@ -72,3 +78,16 @@ def test_errors(tmp_path):
         pca.transform(x[:, :20])
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         PCAWhitening.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("given", sorted(FIT_INPUTS))
+def test_float32_products_above_the_memory_limit(monkeypatch, given):
+    """Large training sets are multiplied in float32 (no float64 copy); the result stays PCA within float32."""
+    import vpr.eval.pca as pca_module
+
+    x = _correlated(40, 60, seed=2)
+    exact = PCAWhitening(whiten=False).fit(x.astype(np.float64), 5)
+    monkeypatch.setattr(pca_module, "_FLOAT64_LIMIT_BYTES", 0)
+    approx = PCAWhitening(whiten=False).fit(FIT_INPUTS[given](x), 5)
+    np.testing.assert_allclose(approx.explained_variance, exact.explained_variance, rtol=1e-4)
+    np.testing.assert_allclose(np.abs(approx.components @ exact.components.T), np.eye(5), atol=1e-4)

@@ -56,7 +56,10 @@ class PCAWhitening:
         return int(self.components.shape[1])
 
     def fit(self, x: np.ndarray | torch.Tensor, dim: int) -> PCAWhitening:
-        """x: (N, D) training descriptors; dim: kept components, 1 <= dim <= min(N - 1, D)."""
+        """x: (N, D) training descriptors; dim: kept components, 1 <= dim <= min(N - 1, D). A torch tensor is
+        fitted where it lies (the GPU, for eval.py on a GPU machine), numpy on the CPU; the same computation."""
+        if isinstance(x, torch.Tensor):
+            return self._fit_torch(x.detach(), dim)
         x = _to_numpy(x)
         if x.ndim != 2:
             raise ValueError(f"PCA fit expects (N, D) descriptors, got shape {x.shape}.")
@@ -85,6 +88,42 @@ class PCAWhitening:
         self.mean = mean
         self.components = components
         self.explained_variance = squared_singular / (n - 1)
+        return self
+
+    def _fit_torch(self, x: torch.Tensor, dim: int) -> PCAWhitening:
+        """:meth:`fit` in torch on ``x``'s device: Gram or covariance matrix and its eigen-decomposition in float64
+        (the products in float32 when a float64 copy would exceed the limit), TF32 off."""
+        if x.ndim != 2:
+            raise ValueError(f"PCA fit expects (N, D) descriptors, got shape {tuple(x.shape)}.")
+        n, d = x.shape
+        if not 1 <= dim <= min(n - 1, d):
+            raise ValueError(
+                f"PCA dim={dim} is impossible with {n} training descriptors of dimension {d}: it must be between "
+                f"1 and min(N - 1, D) = {min(n - 1, d)}. Use more training descriptors or a smaller dim."
+            )
+        dtype = torch.float64 if n * d * 8 <= _FLOAT64_LIMIT_BYTES else torch.float32
+        precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        try:
+            mean = x.sum(dim=0, dtype=torch.float64) / n
+            centred = x.to(dtype) - mean.to(dtype)
+            if n < d:
+                eigenvalues, u = torch.linalg.eigh((centred @ centred.T).double())
+                order = torch.argsort(eigenvalues, descending=True)[:dim]
+                singular = eigenvalues[order].clamp_min(0.0).sqrt()
+                components = (centred.T @ u[:, order].to(dtype)).double().T
+                components /= singular.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+                squared_singular = singular**2
+            else:
+                eigenvalues, v = torch.linalg.eigh((centred.T @ centred).double())
+                order = torch.argsort(eigenvalues, descending=True)[:dim]
+                components = v[:, order].T
+                squared_singular = eigenvalues[order].clamp_min(0.0)
+        finally:
+            torch.set_float32_matmul_precision(precision)
+        self.mean = mean.cpu().numpy()
+        self.components = components.cpu().numpy()
+        self.explained_variance = squared_singular.cpu().numpy() / (n - 1)
         return self
 
     def _projection(self) -> np.ndarray:

@@ -75,7 +75,7 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
     module.to(work_device(cfg.trainer))  # before any Trainer: on the GPU when there is one, not the CPU
     module.apply_memory_format()
     desc = module.encode_dataset(ImageDataset(split.db_paths, source.transform), "PCA: training database")
-    pca = PCAWhitening(whiten=True).fit(desc.cpu().numpy(), dim)
+    pca = PCAWhitening(whiten=True).fit(desc, dim)  # on the device the descriptors are on
     module.descriptor_transform = pca.transform
     log.info("PCA-whitening %d -> %d fitted on the %d training database images of %s", pca.input_dim, dim,
              split.num_db, split.dataset)
