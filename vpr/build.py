@@ -62,8 +62,9 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def check_common_settings(cfg: DictConfig) -> None:
-    """Settings every script reads, checked before any work: the seed, and a GPU trainer on a machine without one."""
+def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
+    """Settings every script reads, checked before any work: the seed, the image size and, for the scripts that run
+    a Lightning Trainer (``trainer``), a GPU trainer on a machine without one."""
     whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining")
     size = OmegaConf.select(cfg, "data.image_size")
     try:
@@ -73,12 +74,11 @@ def check_common_settings(cfg: DictConfig) -> None:
     if size is not None and not ok:
         raise ConfigError(f"data.image_size={OmegaConf.to_container(size) if OmegaConf.is_config(size) else size!r}: "
                           "give [height, width] in pixels, e.g. data.image_size=[480,640]")
-    trainer = cfg.get("trainer") or {}
-    accelerator = str(trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu) but this machine has no CUDA GPU that "
-                          "torch can use: leave out trainer=gpu (the default trainer picks the device), or use "
-                          "trainer=cpu")
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    if trainer and accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu, which the paper_* experiments choose) but "
+                          "this machine has no CUDA GPU that torch can use: add trainer=default (it picks the "
+                          "device) or trainer=cpu, or leave out trainer=gpu")
 
 
 def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "") -> int | None:

@@ -12,7 +12,7 @@ from vpr.errors import ConfigError
 
 
 def run_clustering(cfg: DictConfig) -> Path:
-    check_common_settings(cfg)
+    check_common_settings(cfg, trainer=False)  # k-means runs on the GPU if there is one, else the CPU
     backbone, _, head = build_network(cfg)
     if not needs_centroids(head):
         raise ConfigError(f"head={cfg.head.get('_target_')}: only a NetVLAD head needs centroids")

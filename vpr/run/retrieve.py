@@ -68,7 +68,7 @@ def image_names(files: list[Path], root: Path, setting: str) -> list[str]:
 
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     single_log_stream()
-    check_common_settings(cfg)
+    check_common_settings(cfg, trainer=False)  # no Trainer: the GPU if there is one, else the CPU
     top_k = whole_number(cfg, "top_k", 1)
     pca_dim = whole_number(cfg, "pca_dim", 1)
     if pca_dim and cfg.get("pca_file"):
