@@ -27,6 +27,21 @@ def tiny_city(data_dir) -> Path:
     return data_dir / "city_tiny_seed0"
 
 
+@pytest.fixture
+def no_faiss(monkeypatch):
+    """As if faiss were not installed: ``import faiss`` raises ImportError in this test."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def importer(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importer)
+
+
 def script_env(tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

@@ -58,17 +58,7 @@ def test_chunked_assignment_and_seed_repeatability():
     np.testing.assert_array_equal(torch_kmeans(x, 5, iterations=10, seed=7), a)
 
 
-def test_without_faiss_kmeans_runs_in_torch(monkeypatch, caplog):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def importer(name, *args, **kwargs):
-        if name == "faiss":
-            raise ImportError("No module named 'faiss'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", importer)
+def test_without_faiss_kmeans_runs_in_torch(no_faiss, caplog):
     x = blobs(4)
     with caplog.at_level(logging.WARNING, logger="vpr.centroids"):
         c = kmeans(x, 5, iterations=50, seed=4)

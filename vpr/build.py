@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from vpr.callbacks import AtomicCheckpointIO, LogFileProgressBar, OfflineMining, RecordRunIds
+from vpr.data.transforms import checked_image_size
 from vpr.devices import loader_workers
 from vpr.errors import ConfigError, DataError
 from vpr.progress import interactive
@@ -67,13 +68,11 @@ def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
     a Lightning Trainer (``trainer``), a GPU trainer on a machine without one."""
     whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining")
     size = OmegaConf.select(cfg, "data.image_size")
-    try:
-        ok = size is not None and len(size) == 2 and all(int(v) == float(v) and int(v) >= 16 for v in size)
-    except (TypeError, ValueError):
-        ok = False
-    if size is not None and not ok:
-        raise ConfigError(f"data.image_size={OmegaConf.to_container(size) if OmegaConf.is_config(size) else size!r}: "
-                          "give [height, width] in pixels, e.g. data.image_size=[480,640]")
+    if size is not None:
+        try:
+            checked_image_size(OmegaConf.to_container(size) if OmegaConf.is_config(size) else size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
     if trainer and accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu, which the paper_* experiments choose) but "

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vpr.data.dataset import ImageDataset
-from vpr.devices import loader_workers, work_device
+from vpr.devices import full_float32_matmul, loader_workers, work_device
 from vpr.errors import ConfigError
 from vpr.eval.search import faiss_or_none
 from vpr.io import atomic_path
@@ -138,9 +138,7 @@ def torch_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, device: str 
     points = torch.from_numpy(x).to(device)
     gen = torch.Generator().manual_seed(seed)
     centroids = points[torch.randperm(len(points), generator=gen)[:k].to(points.device)].clone()
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
+    with full_float32_matmul():
         for _ in range(iterations):
             c_sq = centroids.square().sum(1)
             sums, counts, dist = torch.zeros_like(centroids), torch.zeros_like(c_sq), []
@@ -158,8 +156,6 @@ def torch_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, device: str 
                 new[j] = points[far]
                 nearest[far] = -1.0
             centroids = new
-    finally:
-        torch.set_float32_matmul_precision(precision)
     return centroids.cpu().numpy()
 
 

@@ -3,8 +3,9 @@ cache's budget): this rank's GPU when CUDA is there and the trainer may use it, 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -43,3 +44,14 @@ def loader_workers(requested: int) -> int:
     """DataLoader workers: ``data.num_workers``, at most one per CPU of this process (more only contend, and torch
     warns about each loader)."""
     return max(0, min(int(requested), cpu_count()))
+
+
+@contextlib.contextmanager
+def full_float32_matmul() -> Iterator[None]:
+    """float32 products without TF32 inside (exact search, k-means, PCA: training turns TF32 on), restored after."""
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)

@@ -74,21 +74,6 @@ def test_a_gpu_index_that_fails_falls_back_to_the_cpu_with_a_warning(monkeypatch
     assert np.array_equal(idx, brute)
 
 
-@pytest.fixture
-def no_faiss(monkeypatch):
-    """As if faiss were not installed."""
-    import builtins
-
-    real_import = builtins.__import__
-
-    def importer(name, *args, **kwargs):
-        if name == "faiss":
-            raise ImportError("No module named 'faiss'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", importer)
-
-
 def test_without_faiss_the_torch_search_gives_the_brute_force_neighbours(no_faiss):
     db, queries = _data(seed=3, num_db=300, num_q=40, dim=24)
     brute = ((queries[:, None, :].astype(np.float64) - db[None, :, :]) ** 2).sum(-1)

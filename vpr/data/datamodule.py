@@ -166,7 +166,7 @@ class PlaceDataModule(L.LightningDataModule):
         tag: str | None = None,
     ):
         super().__init__()
-        self.tag = tag or name  # names the files derived from this data (centroids)
+        del tag  # data.tag names the files derived from this data (read from the config by vpr.centroids)
         if layout not in LAYOUTS:
             raise ConfigError(f"data.layout={layout!r}: choose one of {sorted(LAYOUTS)}")
         self.root = root

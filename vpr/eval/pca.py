@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vpr.devices import full_float32_matmul
 from vpr.errors import ConfigError
 from vpr.io import atomic_path
 
@@ -56,43 +57,12 @@ class PCAWhitening:
         return int(self.components.shape[1])
 
     def fit(self, x: np.ndarray | torch.Tensor, dim: int) -> PCAWhitening:
-        """x: (N, D) training descriptors; dim: kept components, 1 <= dim <= min(N - 1, D). A torch tensor is
-        fitted where it lies (the GPU, for eval.py on a GPU machine), numpy on the CPU; the same computation."""
-        if isinstance(x, torch.Tensor):
-            return self._fit_torch(x.detach(), dim)
-        x = _to_numpy(x)
-        if x.ndim != 2:
-            raise ValueError(f"PCA fit expects (N, D) descriptors, got shape {x.shape}.")
-        n, d = x.shape
-        if not 1 <= dim <= min(n - 1, d):
-            raise ValueError(
-                f"PCA dim={dim} is impossible with {n} training descriptors of dimension {d}: it must be between "
-                f"1 and min(N - 1, D) = {min(n - 1, d)}. Use more training descriptors or a smaller dim."
-            )
-        dtype = np.float64 if n * d * 8 <= _FLOAT64_LIMIT_BYTES else np.float32
-        mean = x.mean(axis=0, dtype=np.float64)
-        centred = x.astype(dtype) - mean.astype(dtype)
-        if n < d:
-            # X = U S V^T: the eigenvectors of X X^T (N x N) are U, and V = X^T U / S.
-            eigenvalues, u = np.linalg.eigh((centred @ centred.T).astype(np.float64))
-            order = np.argsort(eigenvalues)[::-1][:dim]
-            singular = np.sqrt(np.maximum(eigenvalues[order], 0.0))
-            components = (centred.T @ u[:, order].astype(dtype)).astype(np.float64).T
-            components /= np.maximum(singular, np.finfo(np.float64).tiny)[:, None]
-            squared_singular = singular**2
-        else:
-            eigenvalues, v = np.linalg.eigh((centred.T @ centred).astype(np.float64))
-            order = np.argsort(eigenvalues)[::-1][:dim]
-            components = v[:, order].T
-            squared_singular = np.maximum(eigenvalues[order], 0.0)
-        self.mean = mean
-        self.components = components
-        self.explained_variance = squared_singular / (n - 1)
-        return self
+        """x: (N, D) training descriptors; dim: kept components, 1 <= dim <= min(N - 1, D).
 
-    def _fit_torch(self, x: torch.Tensor, dim: int) -> PCAWhitening:
-        """:meth:`fit` in torch on ``x``'s device: Gram or covariance matrix and its eigen-decomposition in float64
-        (the products in float32 when a float64 copy would exceed the limit), TF32 off."""
+        Computed in torch where ``x`` lies (a CUDA tensor: on the GPU, for eval.py on a GPU machine; numpy: on the
+        CPU, without a copy): the Gram (N < D) or covariance matrix and its eigen-decomposition in float64, the
+        products in float32 when a float64 copy of ``x`` would exceed the limit, TF32 off."""
+        x = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
         if x.ndim != 2:
             raise ValueError(f"PCA fit expects (N, D) descriptors, got shape {tuple(x.shape)}.")
         n, d = x.shape
@@ -102,12 +72,11 @@ class PCAWhitening:
                 f"1 and min(N - 1, D) = {min(n - 1, d)}. Use more training descriptors or a smaller dim."
             )
         dtype = torch.float64 if n * d * 8 <= _FLOAT64_LIMIT_BYTES else torch.float32
-        precision = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("highest")
-        try:
+        with full_float32_matmul():
             mean = x.sum(dim=0, dtype=torch.float64) / n
             centred = x.to(dtype) - mean.to(dtype)
             if n < d:
+                # X = U S V^T: the eigenvectors of X X^T (N x N) are U, and V = X^T U / S.
                 eigenvalues, u = torch.linalg.eigh((centred @ centred.T).double())
                 order = torch.argsort(eigenvalues, descending=True)[:dim]
                 singular = eigenvalues[order].clamp_min(0.0).sqrt()
@@ -119,8 +88,6 @@ class PCAWhitening:
                 order = torch.argsort(eigenvalues, descending=True)[:dim]
                 components = v[:, order].T
                 squared_singular = eigenvalues[order].clamp_min(0.0)
-        finally:
-            torch.set_float32_matmul_precision(precision)
         self.mean = mean.cpu().numpy()
         self.components = components.cpu().numpy()
         self.explained_variance = squared_singular.cpu().numpy() / (n - 1)
@@ -208,9 +175,3 @@ def load_pca_file(path: Any, input_dim: int, setting: str = "pca_file") -> PCAWh
     if pca.input_dim != input_dim:
         raise ConfigError(f"{setting}={path}: fitted on {pca.input_dim}-d descriptors, this network gives {input_dim}-d")
     return pca
-
-
-def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)

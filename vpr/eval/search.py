@@ -15,6 +15,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from vpr.devices import full_float32_matmul
 from vpr.errors import ConfigError
 
 
@@ -129,9 +130,7 @@ def torch_knn_search(db: np.ndarray, queries: np.ndarray, k: int, device: torch.
     """Exact squared-L2 k-NN in torch, as IndexFlatL2 computes it (||q||^2 - 2 q.x + ||x||^2 in float32), the
     queries in chunks of at most ``chunk_elements`` distances (256 MB). db: (Nd, D), queries: (Nq, D) float32;
     1 <= k <= Nd. Returns numpy (Nq, k) distances ascending and int64 indices."""
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # no TF32 in the distances (training turns it on)
-    try:
+    with full_float32_matmul():
         x = torch.from_numpy(db).to(device)
         x_sq = x.square().sum(1)
         step = max(1, chunk_elements // len(db))
@@ -142,8 +141,6 @@ def torch_knn_search(db: np.ndarray, queries: np.ndarray, k: int, device: torch.
             values, order = torch.topk(d, k, dim=1, largest=False, sorted=True)
             dist.append(values.cpu())
             idx.append(order.cpu())
-    finally:
-        torch.set_float32_matmul_precision(precision)
     if not dist:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     return torch.cat(dist).numpy(), torch.cat(idx).numpy().astype(np.int64, copy=False)
