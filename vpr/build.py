@@ -141,12 +141,53 @@ def guided(cfg: DictConfig, attention: nn.Module) -> bool:
     return bool((cfg.get("guidance") or {}).get("source")) and bool(getattr(attention, "supervised_mask", False))
 
 
+def _text_for_a_number(group: str, conf: Any) -> str | None:
+    """The first ``group.key='text'`` whose constructor parameter is annotated as a number (torch checks few of its
+    arguments: StepLR takes ``gamma='abc'`` and fails only at the step that uses it)."""
+    import typing
+
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(str(conf.get("_target_")))
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+    except Exception:  # an unresolvable target or annotations are reported by the construction itself
+        return None
+    numbers = {int, float, bool}
+    for key, value in conf.items():
+        hint = hints.get(str(key))
+        kinds = set(typing.get_args(hint)) or {hint}
+        if isinstance(value, str) and kinds & numbers and str not in kinds:
+            kind = " or ".join(sorted(k.__name__ for k in kinds & numbers))
+            return f"{group}.{key}={value!r}: must be a {kind}"
+    return None
+
+
 def check_optimizer_settings(cfg: DictConfig, optimizer_factory: Any, scheduler_factory: Any) -> None:
-    """The optimizer and scheduler are built inside Lightning's fit; build them once on a probe parameter now, so
-    that a refused setting (optimizer.lr=-1, a scheduler's bad argument) ends before any work as an error line."""
-    probe = [torch.nn.Parameter(torch.zeros(1))]
-    for group, make in (("optimizer", lambda: optimizer_factory(probe)),
-                        ("scheduler", lambda: scheduler_factory(optimizer_factory(probe)) if scheduler_factory else None)):
+    """The optimizer and scheduler are built inside Lightning's fit; build them once on a probe parameter now and
+    step them through the run's epochs, so that a refused setting (optimizer.lr=-1, a scheduler's bad argument,
+    text where a number belongs) ends before any work as an error line."""
+    for group in ("optimizer", "scheduler"):
+        conf = cfg.get(group)
+        if conf and "_target_" in conf and (message := _text_for_a_number(group, conf)):
+            raise ConfigError(message)
+    probe = torch.nn.Parameter(torch.zeros(1))
+    epochs = int(cfg.get("trainer", {}).get("max_epochs") or 1)
+
+    def optimizer():
+        return optimizer_factory([probe])
+
+    def stepped_scheduler():
+        if scheduler_factory is None:
+            return
+        opt = optimizer()
+        scheduler = scheduler_factory(opt)
+        probe.grad = torch.zeros_like(probe)
+        for _ in range(min(epochs, 1000)):
+            opt.step()
+            scheduler.step()
+
+    for group, make in (("optimizer", optimizer), ("scheduler", stepped_scheduler)):
         try:
             make()
         except SETTING_ERRORS as e:

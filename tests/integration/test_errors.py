@@ -139,6 +139,7 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
     ("train.py", "seed=abc", ["error: seed='abc': must be a whole number >= 0"]),
     ("eval.py", "seed=-1", ["error: seed=-1: must be a whole number >= 0"]),
     ("train.py", "optimizer.lr=-1", ["error: optimizer (torch.optim.SGD): Invalid learning rate: -1"]),
+    ("train.py", "scheduler.gamma=abc", ["error: scheduler.gamma='abc': must be a float"]),
     ("train.py", "model.num_clusters=0", ["error: head (vpr.models.heads.netvlad.NetVLAD)", "model.num_clusters"]),
 ])
 def test_settings_refused_before_any_work(data_dir, tmp_path, script, setting, fragments):

@@ -1,0 +1,67 @@
+"""The optimizer and scheduler settings are checked before any work: built on a probe and stepped through the
+run's epochs, so a setting that torch accepts at construction but fails on later is refused up front."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from vpr.build import check_optimizer_settings, instantiate_setting
+from vpr.errors import ConfigError
+
+
+def check(scheduler: dict | None, max_epochs: int = 30, **optimizer):
+    cfg = OmegaConf.create({
+        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3, "momentum": 0.9, **optimizer},
+        "scheduler": scheduler,
+        "trainer": {"max_epochs": max_epochs},
+    })
+    make_scheduler = instantiate_setting("scheduler", cfg.scheduler) if scheduler else None
+    check_optimizer_settings(cfg, instantiate_setting("optimizer", cfg.optimizer), make_scheduler)
+
+
+def step_lr(**kwargs):
+    return {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 5, "gamma": 0.5, **kwargs}
+
+
+def test_good_settings_pass():
+    check(step_lr())
+    check(None)
+
+
+def test_text_where_a_number_belongs_is_named():
+    # torch's StepLR stores gamma='abc' without looking at it; the first decay (epoch 5) would fail
+    with pytest.raises(ConfigError, match=r"^scheduler\.gamma='abc': must be a float$"):
+        check(step_lr(gamma="abc"))
+    with pytest.raises(ConfigError, match=r"^optimizer\.momentum='fast': must be a float$"):
+        check(None, momentum="fast")
+
+
+def test_a_failure_at_a_later_epoch_is_found_by_stepping():
+    # a list is not text, so only stepping finds it: at epoch 2, lr * [0.5] raises
+    with pytest.raises(ConfigError, match=r"^scheduler \(torch\.optim\.lr_scheduler\.StepLR\): "):
+        check(step_lr(step_size=2, gamma=[0.5]))
+    # ... and only if the run reaches that epoch
+    check(step_lr(step_size=2, gamma=[0.5]), max_epochs=1)
+
+
+def test_constructor_errors_name_the_target():
+    with pytest.raises(ConfigError, match=r"^optimizer \(torch\.optim\.SGD\): Invalid learning rate: -1"):
+        check(None, lr=-1)
+
+
+def test_adam_from_the_configs_honours_the_learning_rate_multipliers(tmp_path):
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import ROOT
+    from vpr.build import build_module
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=[
+            "optimizer=adam", "optimizer.lr=2e-5", "attention=crn", "model.lr_multipliers={attention: 10.0}",
+            "backbone=resnet18", "backbone.pretrained=false", "model.num_clusters=4", f"paths.output_dir={tmp_path}",
+        ])
+    optimizer = build_module(cfg).configure_optimizers()["optimizer"]
+    assert type(optimizer) is torch.optim.Adam
+    rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert rates == pytest.approx({"backbone": 2e-5, "attention": 2e-4, "head": 2e-5})
+    assert all(group["weight_decay"] == 0.0 for group in optimizer.param_groups)
