@@ -170,6 +170,12 @@ def write_centroid_file(path: Path, descriptors: np.ndarray, centroids: np.ndarr
 
 def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, datamodule, path: Path) -> Path:
     """Sample descriptors from the training database with ``backbone``, run k-means for ``head``, write ``path``."""
+    if datamodule.splits.get("train") is None:
+        raise ConfigError(
+            f"clustering NetVLAD centroids ({path.name}) needs a training split, and dataset {datamodule.name} has "
+            f"none (it is evaluation-only): cluster on the training dataset (python cluster.py data=<it> ...) and "
+            f"pass that file with cluster.file=<path>, or evaluate a checkpoint (ckpt_path=...)"
+        )
     t0 = time.perf_counter()
     split = datamodule.train_split
     dataset = ImageDataset(split.db_paths, datamodule.transform)

@@ -110,3 +110,30 @@ def test_eval_several_sets_in_one_command(datasets, network, tmp_path):
     assert header.split("|")[2:6] == [" v5 ", " v73 ", " old_names ", " tokyo247 "]
     assert "| R@20 |" in proc.stdout and "| spatial NMS | no | no | no | yes |" in proc.stdout
     assert (out / "results_sets.md").read_text().count("| R@") == 4
+
+
+def test_untrained_netvlad_on_an_evaluation_only_dataset(datasets, tmp_path):
+    """Tokyo 24/7 has only a test split: the untrained NetVLAD network is evaluated on it with centroids from
+    elsewhere (cluster.file), and without them the message says how to get them, instead of asking for a training
+    split that the evaluation does not need."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    centroids = tmp_path / "centroids.hdf5"  # the centroid file's datasets, written by hand: (K, D) and (N, D)
+    with h5py.File(centroids, "w") as f:
+        f.create_dataset("centroids", data=rng.standard_normal((8, 256)).astype(np.float32))
+        f.create_dataset("descriptors", data=rng.standard_normal((400, 256)).astype(np.float32))
+    netvlad = [s for s in NETWORK if s != "head=gem"] + ["head=netvlad", "model.num_clusters=8"]
+    root = datasets["tokyo247"].root
+    out = tmp_path / "run"
+    proc = run_script("eval.py", "data=tokyo247", f"data.root={root}", *netvlad, f"cluster.file={centroids}",
+                      f"hydra.run.dir={out}", tmp=tmp_path)
+    assert f"NetVLAD initialised from {centroids}" in proc.stdout + proc.stderr
+    assert json.loads((out / "results.json").read_text())["num_database"] == 60
+
+    proc = run_script("eval.py", "data=tokyo247", f"data.root={root}", *netvlad, "cluster.auto=true",
+                      f"cluster.file={tmp_path / 'none.hdf5'}", f"hydra.run.dir={tmp_path / 'r2'}", tmp=tmp_path,
+                      check=False)
+    err = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert "needs a training split, and dataset tokyo247 has none" in err and "cluster.file=<path>" in err

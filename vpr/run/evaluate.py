@@ -119,8 +119,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     if state is not None:
         load_network_weights(module, state, ckpt_path)
     elif needs_centroids(module.head):
-        dm.prepare_data()
-        dm.setup("fit")  # clustering (cluster.auto) reads the training split
+        dm.prepare_data()  # the training split is read only if cluster.auto has to cluster
         init_head(cfg, module, dm, cluster_command_overrides())
     extra = setup_pca(cfg, module, dm, shared)
     trainer = build_trainer(cfg, training=False)
