@@ -26,7 +26,7 @@ from torch import nn
 from vpr.callbacks import AtomicCheckpointIO, LogFileProgressBar, OfflineMining, RecordRunIds
 from vpr.data.transforms import checked_image_size
 from vpr.devices import loader_workers
-from vpr.errors import ConfigError, DataError
+from vpr.errors import ConfigError, DataError, missing_value_message
 from vpr.progress import interactive
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,8 @@ def build_datamodule(cfg: DictConfig, data_cfg: DictConfig | None = None, with_t
         kwargs["mining"] = OmegaConf.to_container(cfg.mining, resolve=True)
         kwargs["mining"]["margin"] = mining_margin(cfg)
         guidance = cfg.get("guidance") or {}
+        if guidance.get("source") and (missing := sorted(OmegaConf.missing_keys(guidance))):
+            raise ConfigError(missing_value_message(missing[0]))  # full keys: guidance.mask_dir
         kwargs["guidance"] = OmegaConf.to_container(guidance, resolve=True) if guidance.get("source") else None
     nms = (cfg.get("eval") or {}).get("spatial_nms")
     if nms is not None:

@@ -38,16 +38,53 @@ def user_message(e: BaseException) -> str:
     return text
 
 
+def missing_value_message(key: str) -> str:
+    """A ``???`` setting that no config or command line filled (OmegaConf's "Missing mandatory value"), as a fix."""
+    hint = ""
+    if key.endswith("guidance.mask_dir"):
+        hint = (" (the folder of precomputed label maps that guidance=mask_dir reads; or choose another source: "
+                "guidance=deeplab_cityscapes guidance.weights=<the paper's segmentation weights>, "
+                "guidance=torchvision, or guidance=none)")
+    return f"{key} must be set: the chosen configs leave it empty (???); add {key}=<value> to the command line{hint}"
+
+
+def find_user_error(e: BaseException) -> BaseException | None:
+    """The user error behind ``e``: itself, or one of the project's (or an unfilled ``???`` setting) that it was
+    raised from or while handling. A user error raised inside a loop Lightning runs can come back wrapped in, or
+    followed by, an error of Lightning's own cleanup (a DataLoader that failed while starting: "Please call
+    iter(combined_loader) first"). A FileNotFoundError deeper in the chain is not taken: code may have handled it."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(e, (*USER_ERRORS, MissingMandatoryValue)):
+        return e
+    seen = {id(e)}
+    e = e.__cause__ or e.__context__
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ConfigError, DataError, MissingMandatoryValue)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a script's task function: user errors print ``error: <message>`` and exit with status 2."""
+    from omegaconf.errors import MissingMandatoryValue
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
-        except USER_ERRORS as e:
+        except Exception as e:  # noqa: BLE001 - re-raised unless a user error is behind it
+            found = find_user_error(e)
+            if found is None:
+                raise
             logging.getLogger("vpr").debug("user error", exc_info=True)
-            print(f"error: {user_message(e)}", file=sys.stderr)
+            if isinstance(found, MissingMandatoryValue):
+                text = missing_value_message(found.full_key or str(found).split(":", 1)[-1].strip().splitlines()[0])
+            else:
+                text = user_message(found)
+            print(f"error: {text}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper

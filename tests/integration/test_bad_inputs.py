@@ -163,6 +163,12 @@ CASES = {
                                lambda u: ["mining.negatives_per_query=-1"]),
     "negative workers": Case("train.py", lambda u: [*city(u), "data.num_workers=-1"], lambda u: ["data.num_workers=-1"]),
     "zero epochs": Case("train.py", lambda u: [*city(u), "trainer.max_epochs=0"], lambda u: ["trainer.max_epochs=0"]),
+    "label-map folder not given": Case("train.py", lambda u: [*city(u), "attention=deattention", "guidance=mask_dir"],
+                                       lambda u: ["guidance.mask_dir must be set", "guidance=deeplab_cityscapes"]),
+    # the mining cache pass starts inside the training loader: Lightning's cleanup error must not hide the cause
+    "corrupt training image, loader workers": Case(
+        "train.py", lambda u: [*city(u), f"paths.data_dir={u['case']}/data", "data.num_workers=2", "head=gem"],
+        lambda u: ["is corrupt or not an image", "000000_pitch1_yaw1.jpg"], lambda u: _corrupt_city_image(u)),
     "monitor a training metric": Case("train.py", lambda u: [*city(u), "monitor=train/loss"],
                                       lambda u: ["monitor=train/loss", "validation metric"]),
     "monitor an N not computed": Case("train.py", lambda u: [*city(u), "monitor=val/R@3"],
@@ -234,6 +240,12 @@ def _corrupt_image(u: dict) -> None:
     image = root / "000" / "000000_pitch1_yaw2.jpg"
     image.write_bytes(image.read_bytes()[:200])  # a truncated download
     u["broken"] = root
+
+
+def _corrupt_city_image(u: dict) -> None:
+    shutil.copytree(u["data_dir"] / "city_tiny_seed0", u["case"] / "data" / "city_tiny_seed0")
+    image = u["case"] / "data" / "city_tiny_seed0" / "000" / "000000_pitch1_yaw1.jpg"  # a training database image
+    image.write_bytes(image.read_bytes()[:200])
 
 
 def _missing_image(u: dict) -> None:
