@@ -36,6 +36,21 @@ def baseline_file(path, parallel=False, mutate=None):
     return sd
 
 
+def as_saved_under_numpy1(path):
+    """The file as numpy < 2 writes it (the released files were): its numpy scalars pickled under the module name
+    ``numpy.core.multiarray`` (numpy 2 writes ``numpy._core.multiarray``). Every other byte is kept."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for info, data in entries:
+            if info.filename.endswith("/data.pkl"):
+                assert b"cnumpy._core.multiarray\nscalar\n" in data
+                data = data.replace(b"cnumpy._core.multiarray\nscalar\n", b"cnumpy.core.multiarray\nscalar\n")
+            z.writestr(info, data)
+
+
 def project_network():
     from vpr.build import build_module
 
@@ -60,11 +75,14 @@ def native_copy(sd, parallel=False):
     return module
 
 
-@pytest.mark.parametrize("parallel", [False, True], ids=["single-gpu", "data-parallel"])
-def test_baseline_file_gives_the_descriptor_of_the_same_tensors(tmp_path, parallel):
+@pytest.mark.parametrize(("parallel", "numpy1"), [(False, False), (True, False), (False, True)],
+                         ids=["single-gpu", "data-parallel", "saved-under-numpy1"])
+def test_baseline_file_gives_the_descriptor_of_the_same_tensors(tmp_path, parallel, numpy1):
     from vpr.checkpoints import load_weights_only
 
     sd = baseline_file(tmp_path / "checkpoint.pth.tar", parallel=parallel)
+    if numpy1:
+        as_saved_under_numpy1(tmp_path / "checkpoint.pth.tar")
     state = load_weights_only(str(tmp_path / "checkpoint.pth.tar"))
     loaded = project_network()
     loaded.load_state_dict(state["state_dict"])  # strict: every key of the project's network is in the file

@@ -60,12 +60,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def _numpy_scalar_globals() -> list[Any]:
     """numpy scalars and dtypes: the public NetVLAD codes save their recalls and best score as numpy float64.
-    Rebuilding them runs no code of the file's choosing."""
+    Rebuilding them runs no code of the file's choosing. Files saved under numpy < 2 (the released ones) name the
+    scalar's module ``numpy.core.multiarray``, numpy 2 ``numpy._core.multiarray``: both names are allowed."""
     import numpy as np
 
     core = getattr(np, "_core", None) or np.core
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n[0].isupper()]
-    return [core.multiarray.scalar, np.dtype, *dtypes]
+    scalar = core.multiarray.scalar
+    names = [(scalar, f"{module}.multiarray.scalar") for module in ("numpy.core", "numpy._core")]
+    return [*names, np.dtype, *dtypes]
 
 
 def read_weights_only(path: str | Path, where: str, what: str = "checkpoint", advice: str = "") -> Any:
