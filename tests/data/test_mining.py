@@ -314,3 +314,64 @@ def test_partial_mining_rounds_cache_a_subset_with_the_positives_and_remembered_
     last_round = set(calls[-1][0])
     for t in (t for b in batches for t in b if t.query in last_round):
         assert t.positive in last_subset and set(t.negatives) <= last_subset
+
+
+class FixedEncoder:
+    """Descriptors given by hand: each query on its own database image's descriptor, everything else far away."""
+
+    def __init__(self, split, q, db):
+        self.q, self.db = torch.tensor(q, dtype=torch.float32), torch.tensor(db, dtype=torch.float32)
+
+    def __call__(self, query_ids):
+        return self.q[np.asarray(query_ids)], self.db
+
+
+def street(num_db, num_q, spacing):
+    db = np.stack([np.arange(num_db) * spacing, np.zeros(num_db)], 1)
+    q = db[:num_q] + [1.0, 0.0]  # each query 1 m from database image i: its positive
+    return PlaceSplit("toy", "train", [f"db{i}" for i in range(num_db)], [f"q{i}" for i in range(num_q)], db, q)
+
+
+def test_an_epoch_without_any_tuple_says_why():
+    """An epoch that mines nothing would leave Lightning without a validation and fail on the monitor: it is one
+    DataError naming the cause instead."""
+    from vpr.errors import DataError
+
+    # 1. Negatives exist, but none is inside the margin: query i's descriptor is database image i's (d(q,p) = 0),
+    #    the other database images are orthogonal to it (d(q,n) = sqrt(2) > 0 + 0.1).
+    split = street(num_db=8, num_q=8, spacing=30.0)
+    eye = np.eye(8)
+    sampler = MinedBatchSampler(HardNegativeMiner(split, margin=0.1), FixedEncoder(split, eye, eye), batch_size=2)
+    with pytest.raises(DataError, match=r"epoch 0: .*none of the 8 training queries of toy/train had a negative with "
+                                        r"d\(q,n\) < d\(q,p\) \+ 0\.1"):
+        list(sampler)
+    # ... while a margin above sqrt(2) mines every query
+    sampler = MinedBatchSampler(HardNegativeMiner(split, margin=1.5), FixedEncoder(split, eye, eye), batch_size=2)
+    assert sum(len(b) for b in sampler) == 8
+
+    # 2. No negatives at all: every database image lies within 25 m of every query (a street of 8 m).
+    split = street(num_db=5, num_q=5, spacing=2.0)
+    eye = np.eye(5)
+    sampler = MinedBatchSampler(HardNegativeMiner(split), FixedEncoder(split, eye, eye), batch_size=2)
+    with pytest.raises(DataError, match=r"no database image of toy/train lies farther than 25 m"):
+        list(sampler)
+
+
+def test_queries_without_negatives_counted_by_a_loop():
+    split = make_split(num_db=30, num_q=30, seed=4)  # a 145 m street
+    miner = HardNegativeMiner(split, negative_radius_m=100.0)
+    expected = sum(
+        all(np.hypot(*(split.db_utm[i] - split.q_utm[q])) <= 100.0 for i in range(split.num_db))
+        for q in miner.trainable_queries
+    )
+    assert 0 < expected < len(miner.trainable_queries)  # the case has both kinds
+    assert miner.queries_without_negatives() == expected
+
+
+def test_a_split_without_positives_is_a_data_error():
+    from vpr.errors import DataError
+
+    split = street(num_db=4, num_q=4, spacing=30.0)
+    split.q_utm[:] += 500.0
+    with pytest.raises(DataError, match="no query has a database image within 10.0 m"):
+        HardNegativeMiner(split)

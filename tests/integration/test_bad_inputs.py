@@ -163,6 +163,9 @@ CASES = {
                                lambda u: ["mining.negatives_per_query=-1"]),
     "negative workers": Case("train.py", lambda u: [*city(u), "data.num_workers=-1"], lambda u: ["data.num_workers=-1"]),
     "zero epochs": Case("train.py", lambda u: [*city(u), "trainer.max_epochs=0"], lambda u: ["trainer.max_epochs=0"]),
+    # mined inside Lightning's loop: without the check, Lightning skipped validation and failed on the monitor
+    "an epoch without a tuple": Case("train.py", lambda u: [*city(u), "head=gem", "+mining.negative_radius_m=1e6"],
+                                     lambda u: ["epoch 0: no batch to train", "farther than 1e+06 m"]),
     "label-map folder not given": Case("train.py", lambda u: [*city(u), "attention=deattention", "guidance=mask_dir"],
                                        lambda u: ["guidance.mask_dir must be set", "guidance=deeplab_cityscapes"]),
     # the mining cache pass starts inside the training loader: Lightning's cleanup error must not hide the cause

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vpr.data.dataset import PlaceSplit
+from vpr.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,12 @@ class MiningStats:
 
     def line(self) -> str:
         rate = self.images_encoded / max(self.encode_seconds, 1e-9)
+        means = (f"{self.mean_negatives:.1f} negatives per query, d(q,p) {self.mean_positive_distance:.3f}, "
+                 f"hardest d(q,n) {self.mean_hardest_negative_distance:.3f}" if self.mined else "no tuple this round")
         return (
             f"cache pass: {self.images_encoded} images in {self.encode_seconds:.1f} s ({rate:.1f} img/s), "
             f"mining {self.mine_seconds:.2f} s; {self.mined}/{self.queries} queries with hard negatives "
-            f"({self.skipped} skipped), {self.mean_negatives:.1f} negatives per query, "
-            f"d(q,p) {self.mean_positive_distance:.3f}, hardest d(q,n) {self.mean_hardest_negative_distance:.3f}"
+            f"({self.skipped} skipped), {means}"
         )
 
 
@@ -100,13 +102,24 @@ class HardNegativeMiner:
         self.trainable_queries = np.array([i for i, p in enumerate(positives) if len(p) > 0], dtype=np.int64)
         self.dropped_queries = split.num_q - len(self.trainable_queries)
         if len(self.trainable_queries) == 0:
-            raise ValueError(
+            raise DataError(
                 f"{split.describe()}: no query has a database image within {split.train_radius_m} m "
-                "(data.train_radius_m); nothing to train on"
+                "(data.train_radius_m, the .mat file's posDistThr/nonTrivPosDistSqThr); nothing to train on: check "
+                "the split file's utmDb/utmQ positions (metres, easting and northing), or raise data.train_radius_m"
             )
         # Remembered negatives per query, -1 = empty slot. Lives in the main process, saved in checkpoints.
         self.remembered = np.full((split.num_q, self.negatives_per_query), -1, dtype=np.int64)
         self._positives = positives
+
+    def queries_without_negatives(self) -> int:
+        """Training queries with no database image farther than the negative radius: they can never get a tuple."""
+        db = np.asarray(self.split.db_utm, dtype=np.float64)
+        count = 0
+        for start in range(0, len(self.trainable_queries), 1024):
+            q = np.asarray(self.split.q_utm, dtype=np.float64)[self.trainable_queries[start : start + 1024]]
+            farthest = np.sqrt(((q[:, None, :] - db[None, :, :]) ** 2).sum(-1)).max(1)
+            count += int((farthest <= self.negative_radius_m).sum())
+        return count
 
     # -- checkpoint state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -330,7 +343,7 @@ class MinedBatchSampler:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         rounds = self.rounds()
         self._records.clear()
-        first_round, batches_before = 0, 0
+        first_round, batches_before, mined = 0, 0, 0
         resume, self._resume = self._resume, None
         self.resumed_after = 0
         if resume is not None and resume["epoch"] == self.epoch:
@@ -370,7 +383,30 @@ class MinedBatchSampler:
                                               generator.get_state(), self.miner.remembered.copy()))
             batches = self._my_batches(triplets)
             batches_before += len(batches)
+            mined += len(triplets)
             yield from batches
+        if batches_before == 0 and not self.resumed_after:
+            raise DataError(self._empty_epoch_message(len(rounds), mined))
+
+    def _empty_epoch_message(self, num_rounds: int, mined: int) -> str:
+        """Why an epoch had no batch to train (Lightning would go on without validating and fail on the monitor)."""
+        m = self.miner
+        head = f"epoch {self.epoch}: no batch to train in its {num_rounds} mining round(s)"
+        if mined:  # tuples, but fewer than the ranks
+            return (f"{head}: {mined} tuple(s) mined, fewer than the {self.world_size} processes; use fewer devices "
+                    "or more training data")
+        no_negatives = m.queries_without_negatives()
+        if no_negatives == len(m.trainable_queries):
+            return (f"{head}: no database image of {m.split.dataset}/{m.split.split} lies farther than {m.negative_radius_m:g} m "
+                    "(the negative radius) from any training query, so there are no negatives: check the split "
+                    "file's positions (utmDb/utmQ, metres)")
+        return (f"{head}: none of the {len(m.trainable_queries)} training queries of {m.split.dataset}/{m.split.split} had a "
+                f"negative with d(q,n) < d(q,p) + {m.margin:g} among its {m.candidate_negatives} candidates (the "
+                "cache pass lines above say so per round); the network already separates every training query's "
+                "negatives by the margin. On so little data, raise mining.margin or mining.candidate_negatives, or "
+                "add training places"
+                + (f" ({no_negatives} of the queries have no database image farther than {m.negative_radius_m:g} m)"
+                   if no_negatives else ""))
 
     # -- the position within an epoch, for checkpoints written between its steps ----------------------------------
     def position_state(self, batches_done: int) -> dict[str, Any] | None:
