@@ -157,3 +157,23 @@ def test_label_maps_beside_photos_are_left_out(tmp_path):
     assert len(list_images(tmp_path, "database")) == 4  # nothing left out without patterns
     with pytest.raises(ConfigError, match="is a file"):
         list_images(tmp_path / "000" / "a.jpg", "database")
+
+
+def test_a_released_file_is_run_at_the_pittsburgh_size(tmp_path):
+    """A released checkpoint stores no image size: its images are read at 480x640 (the size it was trained at), not
+    at the config's default (the city's), unless data.image_size is given."""
+    from PIL import Image
+
+    from tests.test_baseline_checkpoints import baseline_file
+
+    baseline_file(tmp_path / "checkpoint.pth.tar")
+    for folder, n in (("db", 2), ("query", 1)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            Image.new("RGB", (64, 48), (40 * i, 90, 160)).save(tmp_path / folder / f"{i}.jpg")
+    common = [f"ckpt_path={tmp_path / 'checkpoint.pth.tar'}", f"database={tmp_path / 'db'}",
+              f"queries={tmp_path / 'query'}", "top_k=1", "data.num_workers=0"]
+    run_script("retrieve.py", *common, f"hydra.run.dir={tmp_path / 'r1'}", tmp=tmp_path)
+    assert json.loads((tmp_path / "r1" / "retrieve.json").read_text())["image_size"] == [480, 640]
+    run_script("retrieve.py", *common, "data.image_size=[48,64]", f"hydra.run.dir={tmp_path / 'r2'}", tmp=tmp_path)
+    assert json.loads((tmp_path / "r2" / "retrieve.json").read_text())["image_size"] == [48, 64]

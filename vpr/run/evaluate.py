@@ -98,6 +98,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, command_line_overrides())
         if stored is not None:
             trained_size = stored["data"]["image_size"]
+    h, w = (int(x) for x in cfg.data.image_size)
+    log.info("images at %dx%d (%s)", h, w, "the checkpoint's training size" if trained_size is not None
+             and [h, w] == [int(x) for x in trained_size] else f"data.image_size of data={cfg.data.name}")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # the settings this evaluation ran with, the checkpoint's network included (variant: the row of a table)

@@ -36,6 +36,9 @@ from vpr.run import single_log_stream
 
 log = logging.getLogger(__name__)
 
+#: The released files (the NetVLAD baseline's, the paper code's) were trained on Pittsburgh's full 640x480 images.
+RELEASED_IMAGE_SIZE = (480, 640)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -87,7 +90,12 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, "train")
     state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"))
-    cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, command_line_overrides())
+    overrides = command_line_overrides()
+    cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, overrides)
+    if stored is None and state.get("released") is not None and not any(o.startswith("data.image_size") for o in overrides):
+        cfg.data.image_size = list(RELEASED_IMAGE_SIZE)
+        log.info("%s is a released file, which stores no image size: images at %dx%d, the Pittsburgh size it was "
+                 "trained at (data.image_size=[H,W] to change)", ckpt_path, *RELEASED_IMAGE_SIZE)
     L.seed_everything(int(cfg.seed), workers=True)
     module = build_module(cfg, with_training=False)
     load_network_weights(module, state, ckpt_path)
@@ -118,6 +126,13 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
         db, queries = pca.transform(db).astype(np.float32), pca.transform(queries).astype(np.float32)
         log.info("PCA-whitening to %d dimensions (%s)", db.shape[1], pca_note)
 
+    if top_k > len(db_names):
+        log.warning("top_k=%d but the database has %d images: every query ranks all of them (pairs-top%d.txt)",
+                    top_k, len(db_names), len(db_names))
+    spaced = [n for n in db_names + q_names if any(c.isspace() for c in n)]
+    if spaced:
+        log.warning("%d image names contain spaces (e.g. %r): hloc splits pairs-file lines on whitespace, so rename "
+                    "them (or use image_root) before giving pairs-top*.txt to hloc", len(spaced), spaced[0])
     distances, indices = knn_search(db, queries, top_k, squared=False)
     written = write_rankings(out_dir, q_names, db_names, indices, distances)
     # A name in both sets is one file (names are paths under one root): its descriptor is stored once.
