@@ -7,10 +7,12 @@ file and the fix; the scripts print it as one ``error:`` line (exit status 2) in
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 
@@ -97,8 +99,41 @@ PLUGIN_LAUNCHERS = {"slurm", "submitit_slurm", "submitit_local"}
 def launch(main: Callable[[], Any]) -> Any:
     """A script's entry point: check the command line for what Hydra would only fail on obscurely, then ``main()``
     (the ``@hydra.main`` function)."""
+    sys.argv[1:] = sweep_job_argv(sys.argv[1:], os.environ)
     require_launcher_plugin(sys.argv[1:])
     return main()
+
+
+#: Set by a sweep job before Lightning starts its other DDP processes: that job's overrides and folder (JSON).
+SWEEP_JOB_ENV = "VPR_SWEEP_JOB"
+#: What Lightning appends to the command line of the DDP processes it starts under Hydra.
+_LIGHTNING_HYDRA_ARGS = ("hydra.run.dir=", "hydra.job.name=", "hydra.output_subdir=")
+
+
+def export_sweep_job(environ: MutableMapping[str, str]) -> None:
+    """In a job of a Hydra multirun (``-m``): record the job's own overrides and folder for the DDP processes that
+    Lightning starts. Lightning re-runs the command line with ``-m`` and the sweep's lists, so each of its processes
+    would run the whole sweep again, in a sweep folder of its own; :func:`sweep_job_argv` turns that command line
+    back into this one job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    hc = HydraConfig.get()
+    environ[SWEEP_JOB_ENV] = json.dumps({"overrides": list(hc.overrides.task), "output_dir": hc.runtime.output_dir})
+
+
+def sweep_job_argv(argv: list[str], environ: Mapping[str, str]) -> list[str]:
+    """The command line of a DDP process (LOCAL_RANK > 0) that Lightning started from a sweep job: the job's own
+    overrides as a single run in the job's folder, with Lightning's own additions (job name, no .hydra folder).
+    Any other command line is returned as it is."""
+    job = environ.get(SWEEP_JOB_ENV)
+    if not job or environ.get("LOCAL_RANK", "0") == "0" or not {"-m", "--multirun"} & set(argv):
+        return argv
+    spec = json.loads(job)
+    lightning = [a for a in argv if a.startswith(_LIGHTNING_HYDRA_ARGS) and not a.startswith("hydra.run.dir=")]
+    return [*spec["overrides"], f"hydra.run.dir={spec['output_dir']}", *lightning]
 
 
 def require_launcher_plugin(argv: list[str]) -> None:

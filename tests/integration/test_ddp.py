@@ -25,3 +25,33 @@ def test_ddp_recall_equals_single_process(data_dir, tmp_path):
     single = json.loads((out / "results.json").read_text())
     assert ddp["recall_at"] == single["recall_at"]
     assert ddp["num_queries"] == single["num_queries"]
+
+
+@pytest.mark.ddp
+def test_ddp_job_of_a_sweep_runs_once_in_its_own_folder(data_dir, tmp_path):
+    """Lightning starts the other DDP process with the sweep's command line (-m and its lists): that process must
+    run this one job in the job's folder, not the sweep again in a sweep folder of its own."""
+    proc = run_script("train.py", "-m", *common(data_dir, tmp_path), "strategy=ddp", "trainer.devices=2",
+                      "logger=none", "test_untrained=false", "seed=1", tmp=tmp_path)
+    sweeps = sorted((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps
+    assert [p.name for p in sweeps[0].iterdir() if p.is_dir()] == ["0_baseline_seed1"]
+    job = sweeps[0] / "0_baseline_seed1"
+    assert json.loads((job / "results.json").read_text())["recall_at"]
+    assert (job / "train_ddp_process_1.log").is_file()  # the second process logged in the job's folder
+    assert proc.stdout.count("Launching 1 jobs locally") + proc.stderr.count("Launching 1 jobs locally") == 1
+
+
+def test_sweep_job_command_line_for_the_ddp_processes():
+    from vpr.errors import SWEEP_JOB_ENV, sweep_job_argv
+
+    lightning_argv = ["-m", "experiment=city_baseline", "seed=1,2", 'hydra.run.dir="outputs/train/runs/x"',
+                      "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    job = json.dumps({"overrides": ["experiment=city_baseline", "seed=2"], "output_dir": "/s/1_baseline_seed2"})
+    assert sweep_job_argv(lightning_argv, {SWEEP_JOB_ENV: job, "LOCAL_RANK": "1"}) == [
+        "experiment=city_baseline", "seed=2", "hydra.run.dir=/s/1_baseline_seed2",
+        "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    # rank 0 (the sweep itself), a single run, or no job recorded: unchanged
+    assert sweep_job_argv(lightning_argv, {SWEEP_JOB_ENV: job, "LOCAL_RANK": "0"}) == lightning_argv
+    assert sweep_job_argv(lightning_argv[1:], {SWEEP_JOB_ENV: job, "LOCAL_RANK": "1"}) == lightning_argv[1:]
+    assert sweep_job_argv(lightning_argv, {"LOCAL_RANK": "1"}) == lightning_argv

@@ -27,7 +27,7 @@ from vpr.callbacks import WANDB_ID_KEY
 from vpr.centroids import init_head
 from vpr.checkpoints import load_matching_weights, read_checkpoint, resolve_ckpt_path
 from vpr.devices import work_device
-from vpr.errors import ConfigError
+from vpr.errors import ConfigError, export_sweep_job
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
 from vpr.run import log_test_results, save_predictions, single_log_stream
@@ -154,6 +154,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    export_sweep_job(os.environ)  # DDP processes started by Lightning run this sweep job, not the whole sweep
 
     dm = build_datamodule(cfg)
     dm.prepare_data()
