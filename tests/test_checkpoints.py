@@ -13,21 +13,22 @@ from vpr.checkpoints import resolve_ckpt_path
 from vpr.errors import ConfigError
 
 
-def run(log_dir: Path, name: str, variant: str, seed: int, mtime: int) -> Path:
+def run(log_dir: Path, name: str, variant: str, seed: int, mtime: int, tag: str = "city-tiny-seed0") -> Path:
     folder = log_dir / "train" / "runs" / name
     (folder / "checkpoints").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"variant": variant, "seed": seed, "backbone": {"name": "resnet18"},
                                      "attention": {}, "head": {"k": 8}, "loss": {}, "data": {"name": "city",
-                                     "image_size": [48, 64]}}), folder / "config.yaml")
+                                     "tag": tag, "image_size": [48, 64]}}), folder / "config.yaml")
     ckpt = folder / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 0}, ckpt)
     os.utime(ckpt, (mtime, mtime))
     return ckpt
 
 
-def current(variant: str, seed: int = 1):
+def current(variant: str, seed: int = 1, tag: str = "city-tiny-seed0"):
     return OmegaConf.create({"variant": variant, "seed": seed, "backbone": {"name": "resnet18"}, "attention": {},
-                             "head": {"k": 8}, "loss": {}, "data": {"name": "city", "image_size": [48, 64]}})
+                             "head": {"k": 8}, "loss": {}, "data": {"name": "city", "tag": tag,
+                                                                     "image_size": [48, 64]}})
 
 
 def test_last_picks_the_newest_run_of_the_same_settings(tmp_path):
@@ -35,6 +36,7 @@ def test_last_picks_the_newest_run_of_the_same_settings(tmp_path):
     run(tmp_path, "b", "baseline", 1, 2000)
     newer_se = run(tmp_path, "c", "se", 1, 3000)
     run(tmp_path, "d", "se", 2, 4000)  # other seed: another run
+    run(tmp_path, "e", "se", 1, 4500, tag="city-default-seed0")  # another city (same data.name): another run
     assert resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("se")) == str(newer_se)
     os.utime(old_se, (5000, 5000))
     assert resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("se")) == str(old_se)

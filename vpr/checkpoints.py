@@ -25,7 +25,7 @@ MODEL_KEYS = ("backbone", "attention", "head", "loss", "model", "seed")
 
 
 #: What makes two training runs "the same experiment" for ``ckpt_path=last``.
-RUN_IDENTITY = ("variant", "seed", "backbone", "attention", "head", "loss", "data.name", "data.image_size")
+RUN_IDENTITY = ("variant", "seed", "backbone", "attention", "head", "loss", "data.name", "data.tag", "data.image_size")
 
 
 def _identity(cfg: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vpr.data.dataset import PlaceSplit
-from vpr.errors import DataError
+from vpr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class HardNegativeMiner:
     def load_state_dict(self, state: dict) -> None:
         rem = np.asarray(state["remembered"])
         if rem.shape != self.remembered.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint's remembered negatives have shape {rem.shape}, expected {self.remembered.shape}: "
                 "the checkpoint was trained on another split or with another mining.negatives_per_query"
             )
