@@ -29,9 +29,9 @@ def test_good_settings_pass():
 
 def test_text_where_a_number_belongs_is_named():
     # torch's StepLR stores gamma='abc' without looking at it; the first decay (epoch 5) would fail
-    with pytest.raises(ConfigError, match=r"^scheduler\.gamma='abc': must be a float$"):
+    with pytest.raises(ConfigError, match=r"^scheduler\.gamma='abc': must be a number$"):
         check(step_lr(gamma="abc"))
-    with pytest.raises(ConfigError, match=r"^optimizer\.momentum='fast': must be a float$"):
+    with pytest.raises(ConfigError, match=r"^optimizer\.momentum='fast': must be a number$"):
         check(None, momentum="fast")
 
 
@@ -65,3 +65,17 @@ def test_adam_from_the_configs_honours_the_learning_rate_multipliers(tmp_path):
     rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
     assert rates == pytest.approx({"backbone": 2e-5, "attention": 2e-4, "head": 2e-5})
     assert all(group["weight_decay"] == 0.0 for group in optimizer.param_groups)
+
+
+def test_text_for_a_number_is_named_in_any_component():
+    """The rule of instantiate_setting, for every group: a loss takes margin='abc' and would fail only in the first
+    training step; a whole number and a flag say so."""
+    from vpr.build import instantiate_setting
+
+    with pytest.raises(ConfigError, match=r"^loss\.margin='abc': must be a number$"):
+        instantiate_setting("loss", OmegaConf.create({"_target_": "vpr.losses.TripletMarginLoss", "margin": "abc"}))
+    with pytest.raises(ConfigError, match=r"^scheduler\.step_size='five': must be a whole number$"):
+        check(step_lr(step_size="five"))
+    with pytest.raises(ConfigError, match=r"^optimizer\.nesterov='yes': must be true or false$"):
+        check(None, nesterov="yes")
+    instantiate_setting("loss", OmegaConf.create({"_target_": "vpr.losses.TripletMarginLoss", "margin": 0.2}))

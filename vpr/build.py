@@ -39,6 +39,8 @@ SETTING_ERRORS = (ValueError, TypeError, KeyError, RuntimeError, OSError, Import
 def instantiate_setting(group: str, conf: Any, /, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` whose failures from a wrong setting end as a :class:`ConfigError` naming the
     config group, its target and the constructor's own message (not Hydra's wrapped repr)."""
+    if OmegaConf.is_dict(conf) and "_target_" in conf and (message := _text_for_a_number(group, conf)):
+        raise ConfigError(message)
     try:
         return instantiate(conf, **kwargs)
     except InstantiationException as e:
@@ -107,7 +109,11 @@ def build_network(cfg: DictConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
 def mining_margin(cfg: DictConfig, loss: nn.Module | None = None) -> float:
     """``mining.margin``, or when null the loss's own (``loss.mining_margin``: sTML's margin + margin_pn)."""
     if cfg.mining.get("margin") is not None:
-        return float(cfg.mining.margin)
+        try:
+            return float(cfg.mining.margin)
+        except ValueError:
+            raise ConfigError(f"mining.margin={cfg.mining.margin!r}: must be a number, or null for the loss's own "
+                              "margin") from None
     loss = instantiate_setting("loss", cfg.loss) if loss is None else loss
     margin = getattr(loss, "mining_margin", None)
     if margin is None:
@@ -144,8 +150,9 @@ def guided(cfg: DictConfig, attention: nn.Module) -> bool:
 
 
 def _text_for_a_number(group: str, conf: Any) -> str | None:
-    """The first ``group.key='text'`` whose constructor parameter is annotated as a number (torch checks few of its
-    arguments: StepLR takes ``gamma='abc'`` and fails only at the step that uses it)."""
+    """The first ``group.key='text'`` whose constructor parameter is annotated as a number. Constructors check few
+    of their arguments: torch's StepLR takes ``gamma='abc'`` and fails only at the step that uses it, a loss takes
+    ``margin='abc'`` and fails in the first training step."""
     import typing
 
     from hydra.utils import get_object
@@ -155,13 +162,18 @@ def _text_for_a_number(group: str, conf: Any) -> str | None:
         hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
     except Exception:  # an unresolvable target or annotations are reported by the construction itself
         return None
-    numbers = {int, float, bool}
-    for key, value in conf.items():
-        hint = hints.get(str(key))
+    for key, hint in hints.items():
         kinds = set(typing.get_args(hint)) or {hint}
-        if isinstance(value, str) and kinds & numbers and str not in kinds:
-            kind = " or ".join(sorted(k.__name__ for k in kinds & numbers))
-            return f"{group}.{key}={value!r}: must be a {kind}"
+        if key not in conf or str in kinds or not kinds & {int, float, bool}:
+            continue
+        try:
+            value = conf[key]
+        except Exception:  # an unresolvable value is reported by the construction itself
+            continue
+        if isinstance(value, str):
+            kind = "true or false" if kinds & {int, float, bool} == {bool} else (
+                "a whole number" if float not in kinds else "a number")
+            return f"{group}.{key}={value!r}: must be {kind}"
     return None
 
 
@@ -169,10 +181,6 @@ def check_optimizer_settings(cfg: DictConfig, optimizer_factory: Any, scheduler_
     """The optimizer and scheduler are built inside Lightning's fit; build them once on a probe parameter now and
     step them through the run's epochs, so that a refused setting (optimizer.lr=-1, a scheduler's bad argument,
     text where a number belongs) ends before any work as an error line."""
-    for group in ("optimizer", "scheduler"):
-        conf = cfg.get(group)
-        if conf and "_target_" in conf and (message := _text_for_a_number(group, conf)):
-            raise ConfigError(message)
     probe = torch.nn.Parameter(torch.zeros(1))
     epochs = int(cfg.get("trainer", {}).get("max_epochs") or 1)
 

@@ -139,7 +139,10 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
     ("train.py", "seed=abc", ["error: seed='abc': must be a whole number >= 0"]),
     ("eval.py", "seed=-1", ["error: seed=-1: must be a whole number >= 0"]),
     ("train.py", "optimizer.lr=-1", ["error: optimizer (torch.optim.SGD): Invalid learning rate: -1"]),
-    ("train.py", "scheduler.gamma=abc", ["error: scheduler.gamma='abc': must be a float"]),
+    ("train.py", "scheduler.gamma=abc", ["error: scheduler.gamma='abc': must be a number"]),
+    ("train.py", "optimizer.lr=abc", ["error: optimizer.lr='abc': must be a number"]),
+    ("train.py", "loss.margin=abc", ["error: loss.margin='abc': must be a number"]),
+    ("train.py", "mining.margin=abc", ["error: mining.margin='abc': must be a number, or null"]),
     ("train.py", "model.num_clusters=0", ["error: head (vpr.models.heads.netvlad.NetVLAD)", "model.num_clusters"]),
 ])
 def test_settings_refused_before_any_work(data_dir, tmp_path, script, setting, fragments):
