@@ -65,3 +65,15 @@ def test_checkpoint_of_the_previous_layout_evaluates(data_dir, tmp_path):
     assert all(0.0 <= r <= 1.0 for r in res["recall_at"].values())
     # the network was rebuilt from the stored config (SE attention, K=8), every tensor loaded strictly
     assert spec["vpr_config"]["attention"]["_target_"].endswith("SE")
+
+
+def test_eval_without_data_settings_uses_the_checkpoints_city(data_dir, tmp_path):
+    """The checkpoint was trained on the tiny city: eval.py with no data setting tests there (40 database images),
+    not on the default city; a data setting on the command line wins."""
+    random_checkpoint(tmp_path / "model.ckpt")
+    out = tmp_path / "run"
+    proc = run_script("eval.py", f"paths.data_dir={data_dir}", f"ckpt_path={tmp_path / 'model.ckpt'}",
+                      "data.num_workers=0", f"hydra.run.dir={out}", tmp=tmp_path)
+    assert json.loads((out / "results.json").read_text())["num_database"] == 40
+    assert "trained on the tiny city (seed 0): evaluating there" in proc.stdout + proc.stderr
+    assert not (data_dir / "city_default_seed0").exists()

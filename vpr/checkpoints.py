@@ -188,6 +188,26 @@ def with_stored_network(cfg: DictConfig, stored: dict, image_size_given: bool) -
     return cfg
 
 
+def with_checkpoint_city(cfg: DictConfig, stored: dict | None, overrides: list[str]) -> DictConfig:
+    """eval.py of a checkpoint trained on a synthetic city, with no data setting on the command line: the city it was
+    trained on (its preset and seed), not the default one. A real dataset's root is a path of the machine that
+    trained, so only the city is taken over."""
+    trained = (stored or {}).get("data") or {}
+    prepare = trained.get("prepare") or {}
+    chosen = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    which_data = ("data.root", "data.name", "data.tag", "data.prepare")  # and data=<another dataset>
+    if (any(k == "data" or k == d or k.startswith(d + ".") for k in chosen for d in which_data)
+            or trained.get("name") != cfg.data.get("name")
+            or not cfg.data.get("prepare") or "preset" not in prepare):
+        return cfg
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.prepare.preset, cfg.data.prepare.seed = prepare["preset"], prepare.get("seed", cfg.data.prepare.seed)
+    log.info("the checkpoint was trained on the %s city (seed %s): evaluating there (data.prepare.preset=... for "
+             "another)", cfg.data.prepare.preset, cfg.data.prepare.seed)
+    return cfg
+
+
 def network_from_checkpoint(cfg: DictConfig, state: dict, stored: dict | None, ckpt_path: str,
                             overrides: list[str]) -> DictConfig:
     """``cfg`` whose network is the checkpoint's: its stored config (train.py), the settings that reproduce a

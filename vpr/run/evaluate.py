@@ -23,6 +23,7 @@ from vpr.checkpoints import (
     network_from_checkpoint,
     read_checkpoint,
     resolve_ckpt_path,
+    with_checkpoint_city,
 )
 from vpr.data.dataset import ImageDataset
 from vpr.devices import work_device
@@ -96,6 +97,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = str(Path(ckpt_path).resolve())  # results.json names the file wherever the command ran
         state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"))
         cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, command_line_overrides())
+        cfg = with_checkpoint_city(cfg, stored, command_line_overrides())
         if stored is not None:
             trained_size = stored["data"]["image_size"]
     h, w = (int(x) for x in cfg.data.image_size)
