@@ -79,3 +79,48 @@ def test_text_for_a_number_is_named_in_any_component():
     with pytest.raises(ConfigError, match=r"^optimizer\.nesterov='yes': must be true or false$"):
         check(None, nesterov="yes")
     instantiate_setting("loss", OmegaConf.create({"_target_": "vpr.losses.TripletMarginLoss", "margin": 0.2}))
+
+
+def test_parameters_that_also_take_text_are_left_alone():
+    """Lightning's Trainer takes deterministic: bool | Literal["warn"] | None; channels-last takes "auto"."""
+    from vpr.build import _text_for_a_number
+
+    conf = OmegaConf.create({"_target_": "lightning.pytorch.Trainer", "deterministic": "warn", "precision": "bf16-mixed",
+                             "max_epochs": "abc"})
+    assert _text_for_a_number("trainer", conf) == "trainer.max_epochs='abc': must be a whole number"
+    del conf["max_epochs"]
+    assert _text_for_a_number("trainer", conf) is None
+
+
+def test_no_shipped_config_trips_the_number_check():
+    """Every option of every config group and every experiment, composed for train.py and eval.py: no value of the
+    project's own configs is mistaken for text where a number belongs (trainer.sync_batchnorm='auto' is replaced by
+    build_trainer before the Trainer sees it)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig
+
+    from tests.conftest import ROOT
+    from vpr.build import _text_for_a_number
+
+    configs = ROOT / "configs"
+    given = {"trainer": {"sync_batchnorm", "logger", "callbacks", "plugins"}}
+    found = []
+
+    def walk(node, path):
+        if "_target_" in node and (message := _text_for_a_number(path, node, given.get(path, set()))):
+            found.append(message)
+        for key in node:
+            value = node._get_node(key)
+            if isinstance(value, DictConfig) and not value._is_missing():
+                walk(value, f"{path}.{key}" if path else str(key))
+
+    overrides = [[f"experiment={p.stem}"] for p in sorted((configs / "experiment").glob("*.yaml"))]
+    for group in sorted(d.name for d in configs.iterdir() if d.is_dir()):
+        if group not in ("hydra", "experiment", "paths"):
+            overrides += [[f"{group}={p.stem}"] for p in sorted((configs / group).glob("*.yaml"))]
+    with initialize_config_dir(version_base="1.3", config_dir=str(configs)):
+        for chosen in overrides:
+            for script in ("train", "eval"):
+                walk(compose(script, overrides=[*chosen, "paths.output_dir=unused"]), "")
+    assert found == []
+    assert len(overrides) > 40

@@ -39,7 +39,7 @@ SETTING_ERRORS = (ValueError, TypeError, KeyError, RuntimeError, OSError, Import
 def instantiate_setting(group: str, conf: Any, /, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` whose failures from a wrong setting end as a :class:`ConfigError` naming the
     config group, its target and the constructor's own message (not Hydra's wrapped repr)."""
-    if OmegaConf.is_dict(conf) and "_target_" in conf and (message := _text_for_a_number(group, conf)):
+    if OmegaConf.is_dict(conf) and "_target_" in conf and (message := _text_for_a_number(group, conf, set(kwargs))):
         raise ConfigError(message)
     try:
         return instantiate(conf, **kwargs)
@@ -149,10 +149,10 @@ def guided(cfg: DictConfig, attention: nn.Module) -> bool:
     return bool((cfg.get("guidance") or {}).get("source")) and bool(getattr(attention, "supervised_mask", False))
 
 
-def _text_for_a_number(group: str, conf: Any) -> str | None:
+def _text_for_a_number(group: str, conf: Any, given: set[str] = frozenset()) -> str | None:
     """The first ``group.key='text'`` whose constructor parameter is annotated as a number. Constructors check few
     of their arguments: torch's StepLR takes ``gamma='abc'`` and fails only at the step that uses it, a loss takes
-    ``margin='abc'`` and fails in the first training step."""
+    ``margin='abc'`` and fails in the first training step. Keys in ``given`` are replaced by the caller's values."""
     import typing
 
     from hydra.utils import get_object
@@ -162,9 +162,11 @@ def _text_for_a_number(group: str, conf: Any) -> str | None:
         hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
     except Exception:  # an unresolvable target or annotations are reported by the construction itself
         return None
+    numeric = {int, float, bool, type(None), torch.Tensor}  # lr: float | Tensor
     for key, hint in hints.items():
         kinds = set(typing.get_args(hint)) or {hint}
-        if key not in conf or str in kinds or not kinds & {int, float, bool}:
+        # only parameters that take numbers and nothing else: not str, not Literal["warn"], not Any
+        if key not in conf or key in given or not kinds <= numeric or not kinds & {int, float, bool}:
             continue
         try:
             value = conf[key]

@@ -60,7 +60,7 @@ class OfflineMining(L.Callback):
                 "mining/positive_distance": stats.mean_positive_distance,
                 "mining/hardest_negative_distance": stats.mean_hardest_negative_distance,
             },
-            sync_dist=False,
+            sync_dist=True,  # every rank mined the same tuples: the mean is the value (and Lightning asks for it)
         )
 
 

@@ -235,14 +235,15 @@ class PlaceRecognitionModule(L.LightningModule):
         desc, mask = self.describe(images)
         q, p, n = desc[:b], desc[b : 2 * b], desc[2 * b :]
         loss = self.loss(q, p, n, batch["neg_to_query"])
-        self.log("train/metric_loss", loss, on_step=False, on_epoch=True, batch_size=b)
+        self.log("train/metric_loss", loss, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         weight = self.current_aux_weight()
         if weight > 0 and mask is not None and "targets" in batch:
             aux = deattention_loss(mask, batch["targets"].to(mask.dtype), kind=self.aux_loss)
-            self.log("train/aux_loss", aux, on_step=False, on_epoch=True, batch_size=b)
+            self.log("train/aux_loss", aux, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
             loss = loss + weight * aux
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
-        self.log("train/negatives_per_query", n.shape[0] / b, on_step=False, on_epoch=True, batch_size=b)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b, sync_dist=True)
+        self.log("train/negatives_per_query", n.shape[0] / b, on_step=False, on_epoch=True, batch_size=b,
+                 sync_dist=True)
         return loss
 
     def on_train_start(self) -> None:
@@ -257,20 +258,22 @@ class PlaceRecognitionModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         seconds = time.perf_counter() - self._epoch_start
-        if not self.trainer.is_global_zero:
-            return
         # batches of this epoch trained before a resume from a step checkpoint (the mined batch sampler continues
         # the round itself): the clock then timed only the rest of the epoch
         sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
         resumed_after = int(getattr(sampler, "resumed_after", 0) or 0)
         if resumed_after:  # no per-epoch time to log or extrapolate
+            if not self.trainer.is_global_zero:
+                return
             log.info("epoch %d: its rest after the %d batches trained before the resume took %.1f min",
                      self.current_epoch, resumed_after, seconds / 60)
             return
-        self.log("train/epoch_seconds", seconds, rank_zero_only=True)
+        self.log("train/epoch_seconds", seconds, sync_dist=True)  # every rank: a collective of all or none
+        if not self.trainer.is_global_zero:
+            return
         left = (self.trainer.max_epochs or 0) - self.current_epoch - 1
         log.info("epoch %d took %.1f min%s", self.current_epoch, seconds / 60,
-                 f"; about {left * seconds / 60:.0f} min for the {left} epochs left" if left > 0 else "")
+                 f"; about {left * seconds / 60:.0f} min for the {left} epoch{'s' if left > 1 else ''} left" if left > 0 else "")
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -9,6 +9,7 @@ Each reads the composed config top to bottom: build the pieces (:mod:`vpr.build`
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -17,9 +18,10 @@ log = logging.getLogger(__name__)
 
 #: Messages of the libraries that say nothing about a run of this project: an advertisement, a warning about the
 #: frozen (eval-mode) BatchNorms and backbone stages that the recipes freeze on purpose, one about the checkpoint
-#: folder a resumed run continues in (README: by design), and a deprecation inside Lightning itself.
+#: folder a resumed run continues in (README: by design), and two deprecations inside Lightning itself (its
+#: all_gather calls torch's deprecated torch.distributed.nn.functional.all_gather under DDP).
 QUIET_WARNINGS = (r"Found \d+ module\(s\) in eval mode", r"Checkpoint directory .* exists and is not empty",
-                  r".*LeafSpec.* is deprecated")
+                  r".*LeafSpec.* is deprecated", r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
 QUIET_LOG_PREFIXES = ("💡 Tip:",)
 
 
@@ -38,6 +40,18 @@ def single_log_stream() -> None:
         rank_zero.addFilter(_DropLibraryChatter())
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    if process_rank(os.environ) > 0:  # the other DDP processes log to their own file; the console is rank 0's
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.setLevel(logging.WARNING)
+
+
+def process_rank(environ) -> int:
+    """This process's global rank as the launchers set it (Lightning's DDP processes, torchrun, SLURM); 0 alone."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if environ.get(key, "").isdigit():
+            return int(environ[key])
+    return 0
 
 
 def save_predictions(module, dm, out_dir: Path, suffix: str = "", worst: int = 6) -> None:
