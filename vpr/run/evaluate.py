@@ -137,7 +137,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(out_dir / "results.json", results)
     table = format_recall_table({label: results}, title="Recall (%)")
     write_text_atomic(out_dir / "results.md", table + "\n")
-    save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / "test_retrievals.png")
+    save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / f"{cfg.split}_retrievals.png")
     save_predictions(module, dm, out_dir)
     print("\n" + table + f"\n\nresults: {out_dir / 'results.json'}\n")
     return results
