@@ -115,8 +115,12 @@ def test_baseline_file_evaluates_like_the_native_checkpoint_and_starts_a_trainin
     [
         (lambda sd: sd.__setitem__("pool.centroids", torch.randn(K, 256)), "centroids"),
         (lambda sd: sd.__setitem__("pool.extra", torch.zeros(1)), "pool.extra"),
+        (lambda sd: sd.pop("encoder.28.bias"), "missing from the file: encoder.28.bias (this network's "
+                                               "backbone.features.28.bias)"),
+        (lambda sd: sd.__setitem__("pool.conv.weight", torch.randn(K // 2, 512, 1, 1)),
+         "the file disagrees with itself: pool.conv.weight has shape (4, 512, 1, 1) and pool.centroids (8, 512)"),
     ],
-    ids=["wrong-shape", "foreign-key"],
+    ids=["wrong-shape", "foreign-key", "missing-key", "inconsistent-k"],
 )
 def test_a_baseline_file_that_does_not_fit_is_refused(data_dir, tmp_path, mutate, says):
     baseline_file(tmp_path / "bad.pth.tar", mutate=mutate)

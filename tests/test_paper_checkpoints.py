@@ -245,13 +245,17 @@ def test_data_parallel_keys_and_unused_layers(tmp_path):
 @pytest.mark.parametrize(
     "mutate, says",
     [
-        (lambda sd: sd.__setitem__("deattention.crn_conv1.0.weight", torch.zeros(32, 256, 3, 3)), "branches.0.conv"),
+        (lambda sd: sd.__setitem__("deattention.crn_conv1.0.weight", torch.zeros(32, 256, 3, 3)),
+         "deattention.crn_conv1.0.weight (this network's attention.stages.0.branches.0.conv.weight) has shape "
+         "(32, 256, 3, 3)"),
+        (lambda sd: sd.__setitem__("senet_attention.fc.0.bias", torch.zeros(4)),
+         "not in this network: senet_attention.fc.0.bias (this network's attention.stages.1.excitation.0.bias)"),
         (lambda sd: sd.__setitem__("deattention.crn_conv9.0.weight", torch.zeros(1)), "deattention.crn_conv9.0.weight"),
         (lambda sd: sd.__setitem__("ch_eca_attention.conv.weight", torch.zeros(1, 1, 3)), "ECA"),
         (lambda sd: sd.__setitem__("decoder.weight", torch.zeros(1)), "decoder"),
         (lambda sd: sd.pop("senet_attention.fc.2.weight"), "excitation.2.weight"),
     ],
-    ids=["wrong-shape", "foreign-layer", "module-not-built", "foreign-module", "missing-key"],
+    ids=["wrong-shape", "bias-the-network-lacks", "foreign-layer", "module-not-built", "foreign-module", "missing-key"],
 )
 def test_a_paper_file_that_does_not_fit_is_refused(tmp_path, mutate, says):
     from vpr.errors import ConfigError

@@ -277,11 +277,30 @@ def load_matching_weights(module: torch.nn.Module, path: str) -> None:
 def load_network_weights(module: torch.nn.Module, state: dict, ckpt_path: str) -> None:
     """Load a checkpoint's ``state_dict`` strictly; a mismatch names the checkpoint and the offending keys."""
     weights = _with_released_attention(module, state, f"ckpt_path={ckpt_path}", strict=True)
-    try:
-        module.load_state_dict(weights)
-    except RuntimeError as e:  # missing / unexpected keys, other shapes: the message lists them
-        detail = " ".join(str(e).split())
-        raise ConfigError(
-            f"ckpt_path={ckpt_path}: its weights do not fit the network its stored config (or the command line) "
-            f"builds: {detail[:600]}{' ...' if len(detail) > 600 else ''}"
-        ) from None
+    converted = state.get("released")
+    problems = weight_mismatches(module.state_dict(), weights, converted.origin if converted else {})
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise ConfigError(f"ckpt_path={ckpt_path}: its weights do not fit the network its stored config (or the "
+                          f"command line) builds: {shown}")
+    module.load_state_dict(weights)
+
+
+def weight_mismatches(own: dict[str, torch.Tensor], weights: dict[str, Any], origin: dict[str, str]) -> list[str]:
+    """What keeps ``weights`` from loading strictly into a network whose state dict is ``own``, each named by the
+    file's own key (``origin``: a released file's key of each converted name), the network's name beside it."""
+
+    def name(key: str) -> str:
+        return f"{origin[key]} (this network's {key})" if key in origin and origin[key] != key else key
+
+    problems = [f"{name(k)} has shape {tuple(v.shape)}, the network's is {tuple(own[k].shape)}"
+                for k, v in weights.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    def missing(key: str) -> str:  # in a released file's layout, as the file would name it (VGG16 features, NetVLAD)
+        for prefix, file_prefix in (("backbone.features.", "encoder."), ("head.", "pool.")):
+            if origin and key.startswith(prefix):
+                return f"{file_prefix}{key[len(prefix):]} (this network's {key})"
+        return key
+
+    problems += [f"missing from the file: {missing(k)}" for k in own if k not in weights]
+    problems += [f"not in this network: {name(k)}" for k in weights if k not in own]
+    return problems

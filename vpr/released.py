@@ -113,6 +113,8 @@ class Converted:
     attention_config: dict[str, Any] | None = None  # the attention that reproduces the file's forward pass
     head_settings: dict[str, Any] = field(default_factory=dict)  # num_clusters, version
     dropped: list[str] = field(default_factory=list)
+    #: the file's own key of each converted tensor (``network`` keys; ``attention`` as ``<module>/<key>``)
+    origin: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         if self.layout == "netvlad_baseline":
@@ -145,6 +147,7 @@ def convert(state_dict: dict[str, Any], where: str) -> Converted:
     network: dict[str, torch.Tensor] = {}
     modules: dict[str, dict[str, torch.Tensor]] = {}
     dropped: list[str] = []
+    origin: dict[str, str] = {}
     for key, value in state_dict.items():
         plain = _plain(key)
         top, _, rest = plain.partition(".")
@@ -152,11 +155,13 @@ def convert(state_dict: dict[str, Any], where: str) -> Converted:
             if not re.fullmatch(r"\d+\.(weight|bias)", rest):
                 raise ConfigError(f"{where}: key {key!r} is not a VGG16 features layer (encoder.<i>.weight|bias)")
             network["backbone.features." + rest] = value
+            origin["backbone.features." + rest] = key
         elif top == "pool":
             if rest not in ("conv.weight", "conv.bias", "centroids"):
                 raise ConfigError(f"{where}: key {key!r} is not part of NetVLAD (pool.conv.weight, pool.conv.bias, "
                                   "pool.centroids)")
             network["head." + rest] = value
+            origin["head." + rest] = key
         elif top in PAPER_MODULES:
             spec = PAPER_MODULES[top]
             if rest.startswith(spec.unused):
@@ -167,6 +172,7 @@ def convert(state_dict: dict[str, Any], where: str) -> Converted:
                 raise ConfigError(f"{where}: key {key!r} is not a parameter of the paper code's {top} module "
                                   f"(its layers: {', '.join(sorted(spec.layers))})")
             modules.setdefault(top, {})[f"{spec.layers[layer]}.{suffix}"] = value
+            origin[f"{top}/{spec.layers[layer]}.{suffix}"] = key
         elif top in _NOT_BUILT:
             raise ConfigError(f"{where}: holds {_NOT_BUILT[top]}, which this project does not build; it can evaluate "
                               f"the paper code's {', '.join(PAPER_MODULES)} checkpoints")
@@ -175,13 +181,17 @@ def convert(state_dict: dict[str, Any], where: str) -> Converted:
                               f"the paper code has (encoder, pool, {', '.join(PAPER_MODULES)})")
     if "head.centroids" not in network or "head.conv.weight" not in network:
         raise ConfigError(f"{where}: a NetVLAD checkpoint needs pool.conv.weight and pool.centroids")
-    centroids = network["head.centroids"]
+    centroids, conv = network["head.centroids"], network["head.conv.weight"]
     if centroids.ndim != 2:
         raise ConfigError(f"{where}: pool.centroids has shape {tuple(centroids.shape)}, expected (K, D)")
+    if conv.ndim != 4 or tuple(conv.shape[:2]) != tuple(centroids.shape):
+        raise ConfigError(f"{where}: the file disagrees with itself: pool.conv.weight has shape {tuple(conv.shape)} "
+                          f"and pool.centroids {tuple(centroids.shape)}, where NetVLAD needs (K, D, 1, 1) and (K, D)")
     network["head.initialised"] = torch.tensor(True)  # the centroids come from the file, not from k-means
     head = {"num_clusters": int(centroids.shape[0]), "version": "v2" if "head.conv.bias" in network else "v1"}
     ordered = {name: modules[name] for name in PAPER_MODULES if name in modules}
-    return Converted(layout, network, ordered, attention_config(ordered, where) if ordered else None, head, dropped)
+    return Converted(layout, network, ordered, attention_config(ordered, where) if ordered else None, head, dropped,
+                     origin)
 
 
 def attention_config(modules: dict[str, dict[str, torch.Tensor]], where: str) -> dict[str, Any]:
@@ -208,7 +218,8 @@ def attention_config(modules: dict[str, dict[str, torch.Tensor]], where: str) ->
 
 def place_attention(converted: Converted, module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The paper modules' tensors under the names ``module`` (a network with ``attention``) keeps them, each going
-    to the first attention stage of its class, in order; and the paper modules the network has no place for."""
+    to the first attention stage of its class, in order; and the paper modules the network has no place for.
+    ``converted.origin`` learns the file's key of each placed name."""
     import hydra.utils
 
     out: dict[str, torch.Tensor] = {}
@@ -224,4 +235,5 @@ def place_attention(converted: Converted, module: torch.nn.Module) -> tuple[dict
         taken.add(found)
         prefix = "attention." + (found + "." if found else "")
         out.update({prefix + k: v for k, v in tensors.items()})
+        converted.origin.update({prefix + k: converted.origin.get(f"{paper_name}/{k}", k) for k in tensors})
     return out, missing
