@@ -165,3 +165,19 @@ def test_default_cityscapes_groups_are_the_train_ids():
     from vpr.data.guidance import CITYSCAPES_GROUPS
 
     assert CITYSCAPES_GROUPS == {"person": [11, 12], "vehicle": [13, 14, 15, 16, 17, 18], "sky": [10]}
+
+
+def test_pictures_never_download_torchvisions_model(tmp_path, monkeypatch):
+    """eval.py's pictures ask for the label source without download: torchvision's weights must already be in the
+    torch cache, and nothing reaches for the network otherwise."""
+    import torch.hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(DataError, match="not downloaded for pictures"):
+        build_label_source({"source": "torchvision"}, tmp_path, download=False)
+    with pytest.raises(DataError, match="could not be loaded"):  # with download: the attempt (refused here)
+        build_label_source({"source": "torchvision"}, tmp_path)

@@ -270,10 +270,11 @@ class PlaceDataModule(L.LightningDataModule):
             self._pending_miner_state = None
 
     # -- semantic guidance ------------------------------------------------------------------------------------
-    def label_source(self):
-        """The guidance's label source, built once (a segmentation network is loaded once per run)."""
+    def label_source(self, download: bool = True):
+        """The guidance's label source, built once (a segmentation network is loaded once per run). Without
+        ``download`` (pictures, which are a bonus) torchvision's model is taken only from the torch cache."""
         if self._label_source is None:
-            self._label_source = build_label_source(self.guidance, self.root)
+            self._label_source = build_label_source(self.guidance, self.root, download=download)
         return self._label_source
 
     def set_feature_grid(self, grid: tuple[int, int]) -> None:

@@ -147,13 +147,17 @@ class TorchvisionLabels(LabelSource):
 
     name = "torchvision"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", download: bool = True):
         from torchvision.models.segmentation import (
             DeepLabV3_MobileNet_V3_Large_Weights,
             deeplabv3_mobilenet_v3_large,
         )
 
         weights = DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not download and not cached.is_file():
+            raise DataError(f"guidance=torchvision: its segmentation weights are not in {cached.parent} (not downloaded "
+                            "for pictures)")
         try:
             self.model = deeplabv3_mobilenet_v3_large(weights=weights).eval().to(device)
         except Exception as e:
@@ -358,8 +362,9 @@ class GuidanceTargets:
         return self.table[index][None]
 
 
-def build_label_source(guidance: Mapping, data_root: str | Path) -> LabelSource:
-    """The label source a ``guidance`` config asks for (``source`` and the settings of that source)."""
+def build_label_source(guidance: Mapping, data_root: str | Path, download: bool = True) -> LabelSource:
+    """The label source a ``guidance`` config asks for (``source`` and the settings of that source); without
+    ``download``, torchvision's model only from the torch cache."""
     kind = guidance.get("source")
     mask_dir, class_groups = guidance.get("mask_dir"), guidance.get("class_groups")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -373,7 +378,7 @@ def build_label_source(guidance: Mapping, data_root: str | Path) -> LabelSource:
     if kind == "mask_dir":
         return MaskDirLabels(mask_dir, data_root, class_groups)
     if kind == "torchvision":
-        return TorchvisionLabels(device)
+        return TorchvisionLabels(device, download=download)
     if kind == "deeplab_cityscapes":
         return DeepLabCityscapesLabels(guidance.get("weights"), class_groups, device)
     if kind == "torchscript":

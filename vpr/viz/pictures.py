@@ -46,7 +46,7 @@ def save_retrieval_pictures(module, datamodule, stage: str, path: Path, num_quer
     source = None
     if datamodule.guidance is not None and module.aux_weight > 0:
         try:
-            source = datamodule.label_source()
+            source = datamodule.label_source(download=False)  # eval.py must not reach the network for a picture
             suppressed = sorted({i for g in datamodule.guidance.get("suppress", []) for i in source.group_ids(g)})
         except Exception as e:  # pictures are a bonus: never fail the run for them
             log.warning("no semantic targets in the pictures: %s", e)
