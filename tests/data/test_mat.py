@@ -395,3 +395,14 @@ def test_writer_uses_real_names_and_optional_fields(tmp_path: Path) -> None:
     names = [f for f in PITTS_FIELD_ORDER if f != "nonTrivPosDistSqThr"] + ["dbTimeStamp", "qTimeStamp"]
     assert rec.dtype.names == tuple(names)
     assert load_dbstruct(tmp_path / "t.mat") == s
+
+
+def test_a_truncated_v73_file_is_called_truncated(tmp_path):
+    from tests.data.spec_files import pittsburgh_like
+    from vpr.data.mat import load_dbstruct
+
+    pittsburgh_like(tmp_path, fmt="v73", num_places=2)
+    mat = tmp_path / "datasets" / "pitts30k_test.mat"
+    mat.write_bytes(mat.read_bytes()[:4000])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"pitts30k_test\.mat: could not read .* truncated \(an interrupted copy"):
+        load_dbstruct(mat)

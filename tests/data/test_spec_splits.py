@@ -93,3 +93,33 @@ def test_evaluation_only_datamodule(tmp_path: Path) -> None:
     assert dm.test_split.num_db == 24
     with pytest.raises(DataError, match=r"tokyo247 has no train split.*evaluation-only"):
         dm.setup("fit")
+
+
+def test_a_file_whose_whichset_is_another_split_is_read_with_a_warning(tmp_path, caplog):
+    import logging
+
+    pittsburgh_like(tmp_path, split="train", num_places=2)
+    (tmp_path / "datasets" / "pitts30k_train.mat").rename(tmp_path / "datasets" / "pitts30k_test.mat")
+    with caplog.at_level(logging.WARNING, logger="vpr.data.dataset"):
+        load_mat_split(tmp_path, "pitts30k", "test")
+    assert "says whichSet='train' but is read as the test split" in caplog.text
+    caplog.clear()
+    pittsburgh_like(tmp_path / "right", split="test", num_places=2)
+    with caplog.at_level(logging.WARNING, logger="vpr.data.dataset"):
+        load_mat_split(tmp_path / "right", "pitts30k", "test")
+    assert "whichSet" not in caplog.text
+
+
+def test_a_root_one_level_too_deep_names_its_parent(tmp_path):
+    pittsburgh_like(tmp_path, num_places=2)
+    with pytest.raises(DataError, match=rf"set data.root={tmp_path} \(the folder holding datasets/\)"):
+        load_mat_split(tmp_path / "datasets", "pitts30k", "test")
+
+
+def test_images_in_a_sibling_folder_are_pointed_at(tmp_path):
+    """Tokyo 24/7's queries unpack as 247query_subset_v2 in some copies and 247query_v3 in others."""
+    tokyo247_like(tmp_path)
+    (tmp_path / "247query_subset_v2").rename(tmp_path / "247query_v3")
+    with pytest.raises(DataError, match=r"It is in .*247query_v3: set data\.query_dir=247query_v3"):
+        load_mat_split(tmp_path, "tokyo247", "test", split_file="tokyo247.mat", db_dir="database_gsv_vga",
+                       query_dir="247query_subset_v2")

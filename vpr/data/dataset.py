@@ -190,6 +190,8 @@ def load_mat_split(
     if not mat_path.is_file():
         found = sorted(p.name for p in (root / "datasets").glob("*.mat")) if (root / "datasets").is_dir() else []
         hint = f" Files there: {', '.join(found)}." if found else ""
+        if root.name == "datasets" and (root / file_name).is_file():  # data.root one level too deep
+            hint += f" {file_name} is in {root} itself: set data.root={root.parent} (the folder holding datasets/)."
         raise DataError(
             f"split file {mat_path} not found (settings data.root={root}, data.name={name}, split={split}, "
             f"data.split_file={split_file}).{hint} {dataset_help(name)}"
@@ -198,6 +200,9 @@ def load_mat_split(
         s = load_dbstruct(mat_path)
     except ValueError as e:  # malformed file: the message names the file and the field
         raise DataError(str(e)) from None
+    if s.which_set and split in ("train", "val", "test") and s.which_set.strip().lower() != split:
+        log.warning("%s says whichSet=%r but is read as the %s split (data.split_file / data.splits): is it the "
+                    "right file?", mat_path, s.which_set, split)
     if s.num_db == 0 or s.num_q == 0:
         raise DataError(f"{mat_path}: the {split} split lists {s.num_db} database images and {s.num_q} queries; "
                         "a split needs both (wrong file, or data.splits names the wrong split)")
@@ -245,7 +250,7 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
                 f"image {first} listed in {mat_path} is missing (under any of the extensions "
                 f"{'/'.join(e for e in IMAGE_EXTENSIONS if e.islower())}): the images must sit under "
                 f"{folder} exactly as the .mat lists them; if they were unpacked elsewhere, set {setting} "
-                "(relative to data.root, or absolute)"
+                f"(relative to data.root, or absolute){_sibling_holding(folder, first, setting)}"
             )
         log.info("%s lists %s images; reading the %s files found in %s", mat_path.name, first.suffix or "(none)",
                  found, folder)
@@ -258,6 +263,19 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
             f"while {paths[0].name} is there: the image folder is incomplete (re-extract it, or fix {setting})"
         )
     return paths
+
+
+def _sibling_holding(folder: Path, first: Path, setting: str) -> str:
+    """A folder beside ``folder`` in the same dataset root that holds the first listed image (Tokyo 24/7's queries
+    unpack as 247query_subset_v2 or 247query_v3), as a hint naming the setting; "" when there is none. Only inside
+    a root: the folders beside a root are other datasets (Pittsburgh 30k and 250k share image names)."""
+    if not folder.parent.is_dir() or not (folder.parent / "datasets").is_dir():
+        return ""
+    relative = first.relative_to(folder)
+    for sibling in sorted(d for d in folder.parent.iterdir() if d.is_dir() and d != folder):
+        if any((sibling / relative).with_suffix(ext).is_file() for ext in IMAGE_EXTENSIONS):
+            return f". It is in {sibling}: set {setting}={sibling.name}"
+    return ""
 
 
 def parse_utm_filename(path: Path) -> tuple[float, float]:
