@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: Settings that define the network: taken from the checkpoint, whatever the command line says.
 MODEL_KEYS = ("backbone", "attention", "head", "loss", "model", "seed")
+#: ... except these settings of ``model``, which say how to evaluate or run it: the command line's when given.
+EVALUATION_MODEL_KEYS = ("recall_at", "channels_last", "compile", "compile_backend")
 
 
 #: What makes two training runs "the same experiment" for ``ckpt_path=last``.
@@ -214,7 +216,11 @@ def network_from_checkpoint(cfg: DictConfig, state: dict, stored: dict | None, c
     released file's code (:mod:`vpr.released`), or else the command line's; never pretrained weights."""
     if stored is not None:
         size_given = any(o.startswith("data.image_size") for o in overrides)
-        return with_stored_network(cfg, stored, size_given)
+        network = with_stored_network(cfg, stored, size_given)
+        for key in EVALUATION_MODEL_KEYS:  # how to evaluate, not what the network is: the command line's
+            if any(o.lstrip("+~").split("=", 1)[0] == f"model.{key}" for o in overrides):
+                network.model[key] = cfg.model[key]
+        return network
     if state.get("released") is not None:
         cfg = with_released_network(cfg, state["released"], overrides)
     else:

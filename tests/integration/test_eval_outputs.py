@@ -95,3 +95,10 @@ def test_eval_writes_what_train_writes(data_dir, checkpoint, tmp_path):
     assert f"{100 * results['recall_at']['1']:.1f}" in md and "R@1" in md
     assert (out / "pictures" / "test_retrievals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert results["checkpoint"] == str(checkpoint)
+
+
+def test_a_recall_n_beyond_the_database_is_said_once(data_dir, checkpoint, tmp_path):
+    proc = evaluate(data_dir, checkpoint, tmp_path / "run", tmp_path, "model.recall_at=[1,5,40,100]")
+    out = proc.stdout + proc.stderr
+    assert out.count("model.recall_at [40, 100]: city/test") == 1 and "has only 40 database images" in out
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["recall_at"]["100"] == 1.0

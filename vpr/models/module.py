@@ -112,6 +112,7 @@ class PlaceRecognitionModule(L.LightningModule):
         self.aux_switch_epoch = aux_switch_epoch
         self.results: dict[str, dict] = {}
         self.predictions: dict[str, np.ndarray] = {}  # stage -> (num_q, max N) retrieved database indices
+        self._said_recall_sizes: set[str] = set()  # splits whose database is smaller than an N (said once)
         self.prediction_distances: dict[str, np.ndarray] = {}  # "test" -> L2 distances of those (num_q, max N)
         # Applied to evaluation descriptors before the search, e.g. PCA-whitening (eval.py pca_dim=...).
         self.descriptor_transform: Callable[[np.ndarray], np.ndarray] | None = None
@@ -334,6 +335,11 @@ class PlaceRecognitionModule(L.LightningModule):
         desc = self._collect(split.num_db + split.num_q)
         if self.descriptor_transform is not None:
             desc = self.descriptor_transform(desc)
+        too_big = [n for n in self.recall_at if n >= split.num_db]
+        if too_big and split.describe() not in self._said_recall_sizes:
+            self._said_recall_sizes.add(split.describe())
+            log.warning("model.recall_at %s: %s has only %d database images, so R@N there counts every query that "
+                        "has a true match at all", too_big, split.describe(), split.num_db)
         predictions = rank_split(split, desc[: split.num_db], desc[split.num_db :], k=max(self.recall_at))
         recalls = recall_at_n(predictions, split.eval_positives(), self.recall_at)
         self.predictions[stage] = predictions
