@@ -168,7 +168,7 @@ def test_gpu_trainer_without_a_gpu_says_what_to_drop(data_dir, tmp_path):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA GPU is present")
 def test_cluster_script_of_a_gpu_experiment_runs_on_the_cpu(data_dir, tmp_path):
     """cluster.py runs no Trainer: paper_baseline's trainer=gpu does not stop it on a CPU machine."""
-    proc = run_script("cluster.py", "experiment=paper_baseline", "backbone.pretrained=false", "data=synthetic", "data.name=city",
+    proc = run_script("cluster.py", "experiment=paper_baseline", "backbone.pretrained=false", "data=synthetic",
                       "data.prepare.preset=tiny", f"paths.data_dir={data_dir}", f"paths.centroids_dir={tmp_path}/c",
                       "data.image_size=[48,64]", "model.num_clusters=4", "cluster.images=5",
                       "cluster.descriptors_per_image=5", f"hydra.run.dir={tmp_path}/r", tmp=tmp_path)
