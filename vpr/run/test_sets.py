@@ -64,8 +64,10 @@ def available_data_configs() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
 
 
-def compose_data_config(choice: str, cfg: DictConfig) -> DictConfig:
-    """``configs/data/<choice>.yaml`` composed alone, resolved with the run's paths."""
+def compose_data_config(choice: str, cfg: DictConfig, *overlays: Mapping[str, Any], label: str = "") -> DictConfig:
+    """``configs/data/<choice>.yaml`` composed alone, with ``overlays`` (a test_sets entry's settings) merged in
+    before it is resolved with the run's paths: a setting that others derive from (a synthetic city's
+    ``prepare.preset`` names its ``root`` and ``tag``) carries into them."""
     from hydra import compose
     from hydra.errors import HydraException
 
@@ -79,9 +81,15 @@ def compose_data_config(choice: str, cfg: DictConfig) -> DictConfig:
             composed = compose(config_name="base", overrides=[f"data={choice}"])
     except HydraException as e:
         raise ConfigError(f"test_sets: data config '{choice}' could not be composed: {e}") from None
+    for overlay in overlays:
+        unknown = sorted(set(overlay) - set(composed.data.keys()))
+        if unknown:
+            raise ConfigError(f"test_sets entry '{label or choice}': {unknown} are not settings of data={choice} "
+                              f"(settings: {sorted(composed.data.keys())})")
     # Interpolations such as ${paths.data_dir} follow the run's own paths (e.g. paths.data_dir=... given).
     paths = {k: v for k, v in OmegaConf.to_container(cfg.paths, resolve=False).items() if k != "output_dir"}
-    scratch = OmegaConf.create({"paths": paths, "data": OmegaConf.to_container(composed.data, resolve=False)})
+    data = OmegaConf.merge(OmegaConf.to_container(composed.data, resolve=False), *(dict(o) for o in overlays))
+    scratch = OmegaConf.create({"paths": paths, "data": OmegaConf.to_container(data, resolve=False)})
     return OmegaConf.create(OmegaConf.to_container(scratch, resolve=True)["data"])
 
 
@@ -107,12 +115,7 @@ def resolve_test_sets(cfg: DictConfig, shared_overrides: Mapping[str, Any] | Non
                 f"test_sets entry {entry!r}: give a data config name (test_sets=[pitts30k,tokyo247]) or a mapping "
                 "naming one under 'data' (test_sets=[{data:tokyo247,root:/path/to/tokyo}])"
             )
-        data = compose_data_config(choice, cfg)
-        unknown = sorted(set(extra) - set(data.keys()))
-        if unknown:
-            raise ConfigError(f"test_sets entry '{label}': {unknown} are not settings of data={choice} "
-                              f"(settings: {sorted(data.keys())})")
-        data = OmegaConf.merge(data, dict(shared_overrides or {}), extra)
+        data = compose_data_config(choice, cfg, dict(shared_overrides or {}), extra, label=label)
         if any(t.label == label for t in out):
             raise ConfigError(f"test_sets: the label '{label}' is used twice; give one entry a label "
                               f"({{data:{choice},label:other_name}})")
