@@ -308,6 +308,15 @@ def test_cli_is_idempotent_on_an_existing_city(tiny_city: Path) -> None:
         synthetic.main(["--out", str(tiny_city), "--preset", "huge"])
 
 
+def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(tmp_path / "city"), "--preset", "tiny", "--seed", "-3"])
+    assert "'-3' is not a whole number >= 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"data.prepare.seed=-3"):
+        generate_city(tmp_path / "city", "tiny", seed=-3, progress=False)
+    assert not (tmp_path / "city").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Presets, config, preview
 # ---------------------------------------------------------------------------------------------------------

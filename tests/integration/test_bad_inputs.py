@@ -166,6 +166,10 @@ CASES = {
     # mined inside Lightning's loop: without the check, Lightning skipped validation and failed on the monitor
     "an epoch without a tuple": Case("train.py", lambda u: [*city(u), "head=gem", "+mining.negative_radius_m=1e6"],
                                      lambda u: ["epoch 0: no batch to train", "farther than 1e+06 m"]),
+    "unknown city preset": Case("train.py", lambda u: [*city(u), "data.prepare.preset=default-occlusion-hi"],
+                                lambda u: ["data.prepare.preset='default-occlusion-hi'", "default-occlusion-high"]),
+    "negative city seed": Case("train.py", lambda u: [*city(u), "data.prepare.seed=-3"],
+                               lambda u: ["data.prepare.seed=-3", "whole number >= 0"]),
     "label-map folder not given": Case("train.py", lambda u: [*city(u), "attention=deattention", "guidance=mask_dir"],
                                        lambda u: ["guidance.mask_dir must be set", "guidance=deeplab_cityscapes"]),
     # the mining cache pass starts inside the training loader: Lightning's cleanup error must not hide the cause

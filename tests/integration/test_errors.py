@@ -141,6 +141,8 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
     ("train.py", "optimizer.lr=-1", ["error: optimizer (torch.optim.SGD): Invalid learning rate: -1"]),
     ("train.py", "scheduler.gamma=abc", ["error: scheduler.gamma='abc': must be a number"]),
     ("train.py", "optimizer.lr=abc", ["error: optimizer.lr='abc': must be a number"]),
+    ("eval.py", "pca_dim=abc", ["error: pca_dim='abc': must be a whole number >= 1"]),
+    ("eval.py", "pca_dim=2.5", ["error: pca_dim=2.5: must be a whole number >= 1"]),
     ("train.py", "loss.margin=abc", ["error: loss.margin='abc': must be a number"]),
     ("train.py", "mining.margin=abc", ["error: mining.margin='abc': must be a number, or null"]),
     ("train.py", "model.num_clusters=0", ["error: head (vpr.models.heads.netvlad.NetVLAD)", "model.num_clusters"]),

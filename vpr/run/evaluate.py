@@ -16,6 +16,7 @@ from vpr.build import (
     check_common_settings,
     cluster_command_overrides,
     command_line_overrides,
+    whole_number,
 )
 from vpr.centroids import init_head, needs_centroids
 from vpr.checkpoints import (
@@ -55,7 +56,7 @@ def pca_source(cfg: DictConfig, dm, shared: dict[str, Any]):
 def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, Any]:
     """PCA-whitening before the search: read from ``pca_file``, or fitted to ``pca_dim`` on a training database
     (and saved to ``pca_file`` when given, never over an existing file). Returns what results.json records."""
-    dim, path = cfg.get("pca_dim"), cfg.get("pca_file")
+    dim, path = whole_number(cfg, "pca_dim", 1, "the PCA output dimension; null: no PCA"), cfg.get("pca_file")
     if not dim and not path:
         return {}
     if not dim:
@@ -89,6 +90,7 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     single_log_stream()
     check_common_settings(cfg)
+    whole_number(cfg, "pca_dim", 1, "the PCA output dimension; null: no PCA")  # before any work
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split}: choose val or test")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, "train")

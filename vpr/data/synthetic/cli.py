@@ -11,7 +11,13 @@ from pathlib import Path
 from vpr.data.synthetic.config import PRESETS
 from vpr.data.synthetic.preview import make_preview
 from vpr.data.synthetic.writer import generate_city
-from vpr.errors import DataError
+from vpr.errors import ConfigError, DataError
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -22,7 +28,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="output dataset root")
     parser.add_argument("--preset", default="default", choices=PRESETS)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0, help="a whole number >= 0 (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     parser.add_argument("--force", action="store_true", help="regenerate even if the city is complete")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -32,7 +38,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     try:
         root = generate_city(args.out, args.preset, seed=args.seed, progress=not args.quiet, workers=args.workers,
                              force=args.force)
-    except DataError as e:
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"synthetic city ({args.preset}, seed {args.seed}) ready at {root} in "

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vpr.errors import ConfigError
+
 #: Bump when the on-disk output of the same config + seed changes.
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -178,7 +180,7 @@ def get_preset(name: str) -> CityConfig:
     base, _, level = name.partition("-occlusion-")
     if level:
         if level not in QUERY_OCCLUSION or base not in _SIZES:
-            raise ValueError(f"unknown synthetic city preset {name!r}; choose one of {PRESETS}")
+            raise ConfigError(f"data.prepare.preset={name!r}: unknown synthetic city preset; choose one of {PRESETS}")
         return dataclasses.replace(get_preset(base), query_occlusion=level)
     if name == "tiny":
         return CityConfig(
@@ -208,7 +210,7 @@ def get_preset(name: str) -> CityConfig:
     if name == "bench":
         return dataclasses.replace(get_preset("large"), num_db_train=2000, num_q_train=1500, num_db_val=2000,
                                    num_q_val=1500, num_db_test=2000, num_q_test=1500)
-    raise ValueError(f"unknown synthetic city preset {name!r}; choose one of {PRESETS}")
+    raise ConfigError(f"data.prepare.preset={name!r}: unknown synthetic city preset; choose one of {PRESETS}")
 
 
 _SIZES: tuple[str, ...] = ("tiny", "default", "bench", "large")

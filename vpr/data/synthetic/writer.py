@@ -36,7 +36,7 @@ from vpr.data.synthetic.config import (
 from vpr.data.synthetic.render import _sensor, render_view
 from vpr.data.synthetic.textures import TextureBank, build_textures
 from vpr.data.synthetic.world import District, _make_district, draw_lighting
-from vpr.errors import DataError
+from vpr.errors import ConfigError, DataError
 from vpr.io import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,8 @@ def generate_city(
     if not isinstance(cfg, CityConfig):
         raise TypeError(f"generate_city: preset must be a name in {PRESETS} or a CityConfig, got {type(cfg)}")
     cfg.validate()
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"data.prepare.seed={seed!r}: the city's seed must be a whole number >= 0")
     root = Path(out_dir)
     if not force and _is_complete(root, cfg, seed):
         return root
