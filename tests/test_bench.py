@@ -33,7 +33,7 @@ def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
     import math
 
     n = math.ceil(step / rate)  # loader processes the training step needs at these speeds
-    assert rate > 0 and f"about {n} loader process{'es' if n != 1 else ''} feed the training step" in proc.stdout
+    assert rate > 0 and f"the training step needs about {n} loader process{'es' if n != 1 else ''} and" in proc.stdout
 
 
 def test_naive_netvlad_equals_the_project_head():
@@ -81,3 +81,27 @@ def test_dense_peak_by_device_name(name, peak):
     from vpr.bench import peak_flops_of
 
     assert peak_flops_of(name) == peak  # data-sheet dense bf16 figures, written out by hand
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--mining", "--mining-db", "0"], "--mining-db must be >= 1"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--mining", "--size", "tiny"], "--size sets the network benchmark"),
+])
+def test_bad_arguments_are_refused_by_the_parser(args, says, capsys):
+    from vpr.bench import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_is_refused(capsys, monkeypatch):
+    import torch
+
+    from vpr.bench import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        main(["--device", "cuda", "--size", "tiny"])
+    assert "this machine has no usable CUDA GPU" in capsys.readouterr().err

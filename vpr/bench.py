@@ -1,5 +1,5 @@
 """Speed and memory of the project's training step, encoding pass (mining cache and evaluation) and search, each
-against a naive reference doing the same work in the same process, with the ratios:
+against a naive reference doing the same work in the same process, with the ratios.
 
     python -m vpr.bench [--size tiny|city|paper] [--repeats N] [--out DIR]      (make bench)
     python -m vpr.bench --mining [--cache-dtype float16|float32]   (one mining round at Pitts250k's size)
@@ -255,12 +255,14 @@ def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool |
     rows.append(("encoding (mining cache, evaluation): images/s", size.encode_images / s_p, size.encode_images / s_n))
     if device.type == "cuda":
         rows.append(("encoding: peak device memory beyond the resident models (GB)", m_p / 1e9, m_n / 1e9))
-    s_p, s_n = search_seconds(size.search_db, size.search_queries, int(module.head.out_dim), device)
+    search_dim = min(int(module.head.out_dim), SEARCH_DIM_CAP)
+    s_p, s_n = search_seconds(size.search_db, size.search_queries, search_dim, device)
     from vpr.eval.search import faiss_or_none
 
     backend = "faiss" if faiss_or_none() is not None else "torch"  # the project searches with faiss, else torch
     out["search_backend"] = backend
-    rows.append((f"kNN search ({backend}) + Recall@N, {size.search_queries} x {size.search_db}: seconds", s_p, s_n))
+    rows.append((f"kNN search ({backend}) + Recall@N, {size.search_queries} x {size.search_db} ({search_dim}-d): "
+                 "seconds", s_p, s_n))
     out["rows"] = [{"measure": m, "project": p, "naive": n, "ratio": ratio(m, p, n)} for m, p, n in rows]
     if compile_mode is not False:
         eager = {m: p for m, p, _ in rows}
@@ -304,13 +306,17 @@ def loading_rate(height: int, width: int, repeats: int, count: int = 24) -> floa
         return max(1, repeats) * len(dataset) / (time.perf_counter() - t0)
 
 
+#: The search benchmark's descriptor size at most: its cost is linear in D, and the naive reference's full
+#: distance matrix must fit in a small machine's memory.
+SEARCH_DIM_CAP = 4096
+
+
 def search_seconds(num_db: int, num_q: int, dim: int, device: torch.device) -> tuple[float, float]:
     """faiss search + Recall@N against a full numpy distance matrix, argsort and a loop, on the same descriptors."""
     from vpr.eval.recall import recall_at_n
     from vpr.eval.search import knn_search
 
     rng = np.random.default_rng(0)
-    dim = min(dim, 4096)  # the search's cost is linear in D; keep the naive matrix in memory on small machines
     db = rng.standard_normal((num_db, dim), dtype=np.float32)
     q = db[rng.integers(0, num_db, num_q)] + 0.5 * rng.standard_normal((num_q, dim), dtype=np.float32)
     positives = [np.array([i]) for i in rng.integers(0, num_db, num_q)]
@@ -432,8 +438,8 @@ def markdown(result: dict[str, Any]) -> str:
             return f"{n} loader process{'es' if n != 1 else ''}"
 
         lines.append(f"Image loading (JPEG decode, resize, normalisation; one loader process): {rate:.0f} images/s: "
-                     f"about {workers(math.ceil(step / rate))} feed the training step and "
-                     f"{workers(math.ceil(encode / rate))} the encoding pass at the speeds above (data.num_workers).")
+                     f"the training step needs about {workers(math.ceil(step / rate))} and the encoding pass "
+                     f"{workers(math.ceil(encode / rate))} at the speeds above (data.num_workers).")
     if result.get("compile"):
         lines += ["", f"`model.compile={result['compile_mode']}` (same run, same module compiled in place):", "",
                   "| measure | eager | compiled | compiled vs eager |", "|---|---:|---:|---:|"]
@@ -455,17 +461,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mining-db", type=int, default=91_464, help="database descriptors (Pitts250k train)")
     parser.add_argument("--mining-queries", type=int, default=1000, help="queries of the round")
     parser.add_argument("--mining-dim", type=int, default=32_768, help="descriptor size (VGG16 NetVLAD K=64)")
-    parser.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16")
+    parser.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16",
+                        help="the mining cache's dtype for --mining (default float16)")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="also time the training step and encoding after torch.compile (model.compile=MODE: "
                              "default, reduce-overhead, max-autotune) and print compiled vs eager")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    try:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              "cpu" if args.device == "auto" else args.device)
+    except RuntimeError as e:
+        parser.error(f"--device {args.device}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this machine has no usable CUDA GPU (leave --device out: auto)")
     size = args.size or ("paper" if device.type == "cuda" else "city")
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    for name in ("repeats", "mining_db", "mining_queries", "mining_dim"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.mining and args.size:
+        parser.error("--size sets the network benchmark; --mining sizes its round with --mining-db/-queries/-dim")
     out = args.out or Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     from vpr.io import write_json_atomic, write_text_atomic
 
