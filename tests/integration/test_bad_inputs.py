@@ -170,6 +170,10 @@ CASES = {
                                 lambda u: ["data.prepare.preset='default-occlusion-hi'", "default-occlusion-high"]),
     "negative city seed": Case("train.py", lambda u: [*city(u), "data.prepare.seed=-3"],
                                lambda u: ["data.prepare.seed=-3", "whole number >= 0"]),
+    "cluster.file of another K": Case("cluster.py", lambda u: [*city(u), f"cluster.file={u['case']}/k4.hdf5"],
+                                      lambda u: ["holds centroids of shape (4, 256)", "num_clusters=32",
+                                                 "overwrite=true"],
+                                      lambda u: _centroid_file(u["case"] / "k4.hdf5", k=4, dim=256)),
     "label-map folder not given": Case("train.py", lambda u: [*city(u), "attention=deattention", "guidance=mask_dir"],
                                        lambda u: ["guidance.mask_dir must be set", "guidance=deeplab_cityscapes"]),
     # the mining cache pass starts inside the training loader: Lightning's cleanup error must not hide the cause
@@ -253,6 +257,16 @@ def _corrupt_city_image(u: dict) -> None:
     shutil.copytree(u["data_dir"] / "city_tiny_seed0", u["case"] / "data" / "city_tiny_seed0")
     image = u["case"] / "data" / "city_tiny_seed0" / "000" / "000000_pitch1_yaw1.jpg"  # a training database image
     image.write_bytes(image.read_bytes()[:200])
+
+
+def _centroid_file(path: Path, k: int, dim: int) -> None:
+    """A centroid file as its format says: datasets ``centroids`` (K, D) and ``descriptors`` (N, D)."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("centroids", data=rng.standard_normal((k, dim)).astype(np.float32))
+        f.create_dataset("descriptors", data=rng.standard_normal((10 * k, dim)).astype(np.float32))
 
 
 def _missing_image(u: dict) -> None:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from vpr.build import build_datamodule, build_network, check_common_settings
 from vpr.centroids import centroid_path, cluster_and_save, needs_centroids, readable_centroid_file
 from vpr.errors import ConfigError
+from vpr.models.heads.netvlad import load_centroid_file
 
 
 def run_clustering(cfg: DictConfig) -> Path:
@@ -19,6 +20,10 @@ def run_clustering(cfg: DictConfig) -> Path:
     path = centroid_path(cfg, backbone, head)
     if path.is_file() and not cfg.get("overwrite", False):
         if readable_centroid_file(path):
+            try:  # of this head's K and D: a file for another K would only fail in train.py or eval.py
+                load_centroid_file(path, head.num_clusters, head.dim)
+            except ValueError as e:
+                raise ConfigError(f"{e} (overwrite=true replaces the file)") from None
             print(f"{path} exists (overwrite=true to recompute)")
             return path
         if cfg.cluster.get("file"):  # the user's file: replaced only when asked
