@@ -111,6 +111,10 @@ class HardNegativeMiner:
         self.remembered = np.full((split.num_q, self.negatives_per_query), -1, dtype=np.int64)
         self._positives = positives
 
+    def mean_positives(self) -> float:
+        """Non-trivial positives per trainable query, on average (what partial mining caches beside its subset)."""
+        return float(np.mean([len(self._positives[q]) for q in self.trainable_queries]))
+
     def queries_without_negatives(self) -> int:
         """Training queries with no database image farther than the negative radius: they can never get a tuple."""
         db = np.asarray(self.split.db_utm, dtype=np.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -70,7 +71,8 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
     dim = int(module.head.out_dim)
     per_tuple = 2 + int(cfg.mining.negatives_per_query)
     subset = cfg.mining.get("database_subset")
-    cached_db = min(int(subset), split.num_db) if subset else split.num_db  # partial mining: plus positives
+    cached_db = cached_database_images(split.num_db, subset, min(int(cfg.mining.refresh_every_queries), queries),
+                                       dm.miner.mean_positives(), int(cfg.mining.negatives_per_query))
     cache_images = rounds * cached_db + queries
     cache_dtype = str(cfg.mining.get("cache_dtype") or "float32")
     cache_bytes = mining_cache_bytes(cached_db, int(cfg.mining.refresh_every_queries), dim, cache_dtype)
@@ -82,7 +84,7 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
 
     log.info(
         "budget per epoch: %d training queries (%d dropped) in %d mining rounds; up to %d tuple images "
-        "(%d per tuple) and %d cache images; descriptor %d-d, cache %.2f GB %s; parameters %s: backbone %s, "
+        "(%d per tuple) and about %d cache images; descriptor %d-d, cache %.2f GB %s; parameters %s: backbone %s, "
         "attention %s, head %s; mining margin %.3f",
         queries, dm.miner.dropped_queries, rounds, queries * per_tuple, per_tuple, cache_images, dim, cache_gb,
         cache_dtype, millions(module), millions(module.backbone), millions(module.attention), millions(module.head),
@@ -91,6 +93,17 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
     where = free_memory(cfg)
     if where is not None:
         check_cache_fits(cache_bytes, *where)
+
+
+def cached_database_images(num_db: int, subset: int | None, round_queries: int, mean_positives: float,
+                           negatives_per_query: int) -> int:
+    """Database images one mining round caches: all of them, or with partial mining the random subset plus the round
+    queries' positives (their mean count) and remembered negatives (a full memory): an estimate from above in
+    practice, since they overlap the subset and each other."""
+    if not subset:
+        return num_db
+    extra = math.ceil(round_queries * (mean_positives + negatives_per_query))
+    return min(int(subset) + extra, num_db)
 
 
 def mining_cache_bytes(cached_db: int, round_queries: int, dim: int, dtype: str) -> int:
