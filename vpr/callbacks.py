@@ -120,6 +120,7 @@ class MaskQuality(L.Callback):
     def __init__(self, images: int = 64):
         self.images = int(images)
         self._targets: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+        self._said_constant = False  # a mask that does not vary is said once per run
 
     @staticmethod
     def applies(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -153,7 +154,14 @@ class MaskQuality(L.Callback):
                     self._targets[key] = area_target(source.labels(p), suppressed, grid)
                 targets.append(self._targets[key])
         pl_module.train(was_training)
-        return mask_quality(np.concatenate(masks), np.stack(targets))
+        masks = np.concatenate(masks)
+        if float(np.ptp(masks)) == 0.0 and not self._said_constant:
+            self._said_constant = True
+            log.warning("the attention mask is the same number (%.4g) on every cell of every image: no gradient "
+                        "reaches its layers (a ReLU dead on every input?), so the mask and its auxiliary loss learn "
+                        "nothing; try another seed, a lower learning rate, or check the backbone's features",
+                        float(masks.flat[0]))
+        return mask_quality(masks, np.stack(targets))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self.applies(trainer, pl_module):

@@ -46,7 +46,7 @@ def missing_value_message(key: str) -> str:
     if key.endswith("guidance.mask_dir"):
         hint = (" (the folder of precomputed label maps that guidance=mask_dir reads; or choose another source: "
                 "guidance=deeplab_cityscapes guidance.weights=<the paper's segmentation weights>, "
-                "guidance=torchvision, or guidance=none)")
+                "guidance=torchvision, guidance=auto (on the synthetic city: its own label maps), or guidance=none)")
     return f"{key} must be set: the chosen configs leave it empty (???); add {key}=<value> to the command line{hint}"
 
 

@@ -35,3 +35,38 @@ def test_guided_deattention_run_measures_its_mask(data_dir, tmp_path):
     labels = [np.asarray(Image.open(p.with_name(p.stem + "_labels.png"))) for p in images]
     share = np.mean([np.isin(lab, [classes["person"], classes["vehicle"]]).mean() for lab in labels])
     assert share > 0.01 and abs(mask["suppressed_share"] - share) < 1e-6
+
+
+def test_a_constant_mask_is_said_once(tiny_city, caplog):
+    """A mask head whose ReLU died outputs one number everywhere: the measure says so (once), not only AUC 0.5."""
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from vpr.callbacks import MaskQuality
+
+    class Labels:  # the left half of every image is a person
+        def group_ids(self, group):
+            return [1]
+
+        def labels(self, path):
+            lab = np.zeros((48, 64), dtype=np.uint8)
+            lab[:, :32] = 1
+            return lab
+
+    class ConstantMask(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def describe(self, x):
+            return None, torch.full((x.shape[0], 1, 3, 4), 0.731)
+
+    dm = SimpleNamespace(guidance={"suppress": ["person"]}, label_source=Labels, eval_batch_size=8,
+                         transform=lambda image: torch.zeros(3, 48, 64))
+    split = SimpleNamespace(image_paths=sorted(tiny_city.glob("000/*_pitch1_yaw1.jpg"))[:10])
+    callback = MaskQuality(images=10)
+    with caplog.at_level(logging.WARNING, logger="vpr.callbacks"):
+        for _ in range(2):
+            quality = callback.measure(ConstantMask(), dm, split)
+    assert quality["auc"] == 0.5
+    assert caplog.text.count("the attention mask is the same number (0.731) on every cell") == 1
