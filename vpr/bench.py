@@ -381,7 +381,7 @@ def mining_markdown(r: dict[str, Any]) -> str:
     memory = (f"peak device memory {r['peak_device_memory_gb']:.2f} GB" if "peak_device_memory_gb" in r else
               f"process peak RSS {r['process_peak_rss_gb']:.1f} GB (+{r['peak_rss_increase_gb']:.1f} GB during the round)")
     return (f"Mining round on {r['device']}: {r['num_database']} database descriptors of {r['dim']}-d "
-            f"in {r['cache_dtype']} ({r['cache_gb']:.1f} GB), {r['num_queries']} queries: the round mined "
+            f"in {r['cache_dtype']} ({r['cache_gb']:.3g} GB), {r['num_queries']} queries: the round mined "
             f"{r['tuples']} tuples in {r['mine_seconds']:.1f} s (cache filled in {r['cache_build_seconds']:.1f} s); "
             f"{memory}.")
 

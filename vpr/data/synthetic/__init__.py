@@ -1,6 +1,6 @@
 """A procedural city written in Pittsburgh's on-disk layout, for tests, smoke runs and GPU benchmarks.
 
-``python -m vpr.data.synthetic --out DIR --preset tiny|default|large [--seed N]`` writes::
+``python -m vpr.data.synthetic --out DIR --preset tiny|default|bench|large[-occlusion-low|-occlusion-high] [--seed N]`` writes::
 
     DIR/000/000123_pitch1_yaw3.jpg            database image  (+ 000123_pitch1_yaw3_labels.png)
     DIR/queries_real/000/000045_pitch1_yaw2.jpg   query image  (+ ..._labels.png)
