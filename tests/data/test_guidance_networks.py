@@ -153,12 +153,14 @@ def test_missing_deeplab_weights_is_one_error_line(data_dir, tmp_path):
     missing = tmp_path / "best_deeplabv3plus_mobilenet_cityscapes_os16.pth"
     proc = run_script("train.py", "experiment=city_deattention", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
                       "guidance=deeplab_cityscapes", f"guidance.weights={missing}", "logger=none",
+                      f"cluster.file={tmp_path / 'centroids.hdf5'}",  # none yet: k-means would run first
                       "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}", tmp=tmp_path, check=False)
     out = proc.stdout + proc.stderr
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, out[-3000:]
     assert str(missing) in errors[0] and "weight_semantic_guidance" in errors[0]
     assert "Traceback" not in out
+    assert "clustering now" not in out and "budget per epoch" not in out  # refused before any of the run's work
 
 
 def test_default_cityscapes_groups_are_the_train_ids():

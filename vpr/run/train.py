@@ -177,6 +177,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared))
     module = build_module(cfg)
     check_deterministic(cfg.trainer.get("deterministic"), module, work_device(cfg.trainer).type == "cuda")
+    if dm.guidance is not None and module.aux_weight > 0:
+        dm.label_source()  # the segmentation model loads, or fails, now: not after clustering and a cache pass
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
     wandb_id = None
     if ckpt_path is not None:
