@@ -296,17 +296,17 @@ def weight_mismatches(own: dict[str, torch.Tensor], weights: dict[str, Any], ori
     """What keeps ``weights`` from loading strictly into a network whose state dict is ``own``, each named by the
     file's own key (``origin``: a released file's key of each converted name), the network's name beside it."""
 
-    def name(key: str) -> str:
+    def name(key: str) -> str:  # a key the file has
         return f"{origin[key]} (this network's {key})" if key in origin and origin[key] != key else key
 
-    problems = [f"{name(k)} has shape {tuple(v.shape)}, the network's is {tuple(own[k].shape)}"
-                for k, v in weights.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
-    def missing(key: str) -> str:  # in a released file's layout, as the file would name it (VGG16 features, NetVLAD)
+    def missing(key: str) -> str:  # a key the file lacks, as a released file would name it (VGG16 features, NetVLAD)
         for prefix, file_prefix in (("backbone.features.", "encoder."), ("head.", "pool.")):
             if origin and key.startswith(prefix):
                 return f"{file_prefix}{key[len(prefix):]} (this network's {key})"
         return key
 
+    problems = [f"{name(k)} has shape {tuple(v.shape)}, the network's is {tuple(own[k].shape)}"
+                for k, v in weights.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
     problems += [f"missing from the file: {missing(k)}" for k in own if k not in weights]
     problems += [f"not in this network: {name(k)}" for k in weights if k not in own]
     return problems
