@@ -108,12 +108,18 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path):
 @pytest.mark.parametrize(("script", "overrides", "expected"), [
     ("train", ["experiment=city_se", "seed=3"], "7_se_seed3"),
     ("train", ["seed=1"], "7_train_seed1"),       # no experiment: no variant
-    ("eval", ["seed=2"], "7_eval_seed2"),         # eval.py with a checkpoint: its variant is not known yet
+    ("eval", ["seed=2"], "7_eval_seed2"),         # eval.py without a checkpoint and without a variant: the task
     ("eval", ["experiment=city_baseline", "seed=2"], "7_baseline_seed2"),
+    ("eval", ["ckpt_path={run}/checkpoints/last.ckpt"], "7_crn_seed5"),  # the run that wrote the checkpoint
+    ("eval", ["ckpt_path={elsewhere}/model_best.pth.tar"], "7_eval_seed42"),  # a released file: no run config
 ])
-def test_sweep_job_folders_are_named_by_variant_or_task(script, overrides, expected):
-    import vpr  # noqa: F401  (registers the vpr.first_set resolver, as the scripts' imports do)
+def test_sweep_job_folders_are_named_by_variant_or_task(script, overrides, expected, tmp_path):
+    import vpr  # noqa: F401  (registers the vpr.job_name resolver, as the scripts' imports do)
 
+    run = tmp_path / "outputs" / "train" / "runs" / "x"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("variant: crn\nseed: 5\n")  # what train.py writes, reduced to these keys
+    overrides = [o.format(run=run, elsewhere=tmp_path) for o in overrides]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(script, overrides=overrides, return_hydra_config=True)
     cfg.hydra.job.num = 7
