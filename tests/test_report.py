@@ -307,6 +307,11 @@ def test_untrained_table(tmp_path: Path, capsys):
     before = out.split("Before training")[1]
     # untrained R@1 10, 30: mean 20, std sqrt(200) = 14.1
     assert table_rows(before)["baseline"][0] == "20.0 ± 14.1"
+    # a sweep that did not test the untrained network says so instead of printing nothing
+    plain = tmp_path / "plain"
+    write_run(plain, "0_", "baseline", 1, {1: 0.5, 5: 0.6, 10: 0.7})
+    assert main([str(plain), "--no-plot", "--untrained"]) == 0
+    assert "no job wrote results_untrained.json" in capsys.readouterr().out
 
 
 def test_mask_auc_column_mean_and_std_by_hand(tmp_path: Path):

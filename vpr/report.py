@@ -565,6 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             text += "\n" + format_markdown(
                 summarise(before), title="Before training (results_untrained.json)"
             )
+        else:
+            text += ("\nBefore training: no job wrote results_untrained.json (train.py writes it with "
+                     "test_untrained=true).\n")
     out = args.out or root / "results.md"
     write_text_atomic(out, text)
     print(text, end="")
