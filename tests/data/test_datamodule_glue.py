@@ -92,3 +92,21 @@ def test_float16_cache_setting_reaches_the_encoder(dm):
     dm.cache_dtype = torch.float16
     q_desc, db_desc = dm._encode_for_mining(np.array([0, 1]))
     assert seen["dtype"] == torch.float16 and db_desc.dtype == torch.float16
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_each_rank_evaluates_its_own_shard_and_the_shards_cover_the_split(dm, world):
+    """Under DDP the strategy installs no sampler (the mined batch sampler shards itself), so the evaluation loader
+    shards: rank r reads images r, r + world, ... (padded to equal length); together every image of the split."""
+    from types import SimpleNamespace
+
+    total = len(dm.test_split.image_paths)  # 12 database images and 4 queries
+    seen = []
+    for rank in range(world):
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank,
+                                     strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        indices = [int(i) for _, index in dm.test_dataloader() for i in index]
+        expected = [(rank + world * k) % total for k in range(-(-total // world))] if world > 1 else list(range(total))
+        assert indices == expected
+        seen += indices
+    assert set(seen) == set(range(total))

@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vpr.data.dataset import (
     ImageDataset,
@@ -351,10 +351,20 @@ class PlaceDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, split: PlaceSplit) -> DataLoader:
+        """The split's images in order; under DDP this rank's shard (every world_size-th image, padded to equal
+        length), since the strategy leaves samplers to the data module (the mined batch sampler shards itself).
+        The module gathers the shards and puts every descriptor back at its index."""
+        dataset = ImageDataset(split.image_paths, self.transform)
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                         shuffle=False)
         return DataLoader(
-            ImageDataset(split.image_paths, self.transform),
+            dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,
+            sampler=sampler,
             **self._loader_kwargs(),
         )
 
