@@ -66,7 +66,8 @@ def test_pca_fitted_saved_and_reused(data_dir, checkpoint, tmp_path):
     evaluate(data_dir, checkpoint, tmp_path / "fit", tmp_path, "pca_dim=8", f"pca_file={pca}")
     fitted = json.loads((tmp_path / "fit" / "results.json").read_text())
     assert fitted["pca_dim"] == 8 and fitted["pca_fitted_on"] == "city" and pca.is_file()
-    evaluate(data_dir, checkpoint, tmp_path / "reuse", tmp_path, f"pca_file={pca}")
+    proc = evaluate(data_dir, checkpoint, tmp_path / "reuse", tmp_path, f"pca_file={pca}")
+    assert "Recall (%) after PCA-whitening to 8 dimensions" in proc.stdout  # the table says what it measured
     reused = json.loads((tmp_path / "reuse" / "results.json").read_text())
     assert reused["recall_at"] == fitted["recall_at"] and reused["pca_dim"] == 8
     with open(tmp_path / "fit" / "predictions.csv") as a, open(tmp_path / "reuse" / "predictions.csv") as b:

@@ -80,18 +80,24 @@ def test_pooling_heads_train_without_centroids(head, data_dir, tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_deattention_is_guided_by_default(data_dir, tmp_path):
-    """The design card's command: attention=deattention loss=stml trains the guided mask (auxiliary loss logged)."""
+def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
+    """The design card's command: attention=deattention loss=stml trains the guided mask (auxiliary loss logged);
+    the log names the source, the classes and the weight schedule."""
     import csv
+    import logging
 
     from vpr.run.train import run_training
 
     overrides = [o for o in tiny_overrides("city_baseline", data_dir, tmp_path) if not o.startswith("logger")]
-    overrides += ["attention=deattention", "loss=stml", "backbone=resnet18", "backbone.pretrained=false", "logger=csv"]
+    overrides += ["attention=deattention", "loss=stml", "backbone=resnet18", "backbone.pretrained=false", "logger=csv",
+                  "++guidance.weight_after=0.001", "++guidance.switch_epoch=4"]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose(config_name="train", overrides=overrides)
     assert cfg.guidance.source == "auto"
-    run_training(cfg)
+    with caplog.at_level(logging.INFO, logger="vpr.data.datamodule"):
+        run_training(cfg)
+    assert "semantic guidance (guidance.source=auto)" in caplog.text
+    assert "mse loss x 0.1 (x 0.001 from epoch 4) on the" in caplog.text
     (metrics,) = tmp_path.rglob("metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
     aux = [float(r["train/aux_loss"]) for r in rows if r.get("train/aux_loss")]

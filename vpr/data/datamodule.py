@@ -286,9 +286,11 @@ class PlaceDataModule(L.LightningDataModule):
         source = self.label_source()
         self.targets = GuidanceTargets(source, g.get("suppress", ["person", "vehicle"]), split.image_paths, grid,
                                        g.get("cache_dir"))
-        log.info("semantic guidance (guidance.source=%s): %s; suppressed: %s (class ids %s); %s loss x %s on the "
+        schedule = (f" (x {g['weight_after']} from epoch {g['switch_epoch']})"
+                    if g.get("weight_after") is not None and g.get("switch_epoch") is not None else "")
+        log.info("semantic guidance (guidance.source=%s): %s; suppressed: %s (class ids %s); %s loss x %s%s on the "
                  "%dx%d feature grid", g["source"], source.describe(), ", ".join(self.targets.suppress),
-                 self.targets.suppressed_ids, g.get("loss", "mse"), g.get("weight"), grid[0], grid[1])
+                 self.targets.suppressed_ids, g.get("loss", "mse"), g.get("weight"), schedule, grid[0], grid[1])
 
     # -- mining cache -----------------------------------------------------------------------------------------
     def _encode_for_mining(self, query_ids: np.ndarray,

@@ -133,11 +133,13 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     label = "trained" if ckpt_path else "untrained"
     if prepared:
         return run_test_sets(prepared, module, trainer, out_dir, record={"checkpoint": ckpt_path, **extra},
-                             title=f"Recall (%) of the {label} network" + (f" ({ckpt_path})" if ckpt_path else ""))
+                             title=f"Recall (%) of the {label} network" + (f" ({ckpt_path})" if ckpt_path else "")
+                             + (f", PCA-whitened to {extra['pca_dim']} dimensions" if extra.get("pca_dim") else ""))
     trainer.test(module, datamodule=dm, verbose=False)
     results = {**module.results["test"], "checkpoint": ckpt_path, **extra}
     write_json_atomic(out_dir / "results.json", results)
-    table = format_recall_table({label: results}, title="Recall (%)")
+    pca = f" after PCA-whitening to {extra['pca_dim']} dimensions" if extra.get("pca_dim") else ""
+    table = format_recall_table({label: results}, title=f"Recall (%){pca}")
     write_text_atomic(out_dir / "results.md", table + "\n")
     save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / f"{cfg.split}_retrievals.png")
     save_predictions(module, dm, out_dir)
