@@ -30,6 +30,11 @@ EVALUATION_MODEL_KEYS = ("recall_at", "channels_last", "compile", "compile_backe
 RUN_IDENTITY = ("variant", "seed", "backbone", "attention", "head", "loss", "data.name", "data.tag", "data.image_size")
 
 
+def overridden_keys(overrides: list[str]) -> set[str]:
+    """The keys a command line's overrides set (``+``/``~``/``++`` prefixes dropped): {"data.image_size", "attention"}."""
+    return {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+
+
 def _identity(cfg: Any) -> dict[str, Any]:
     cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
     out = {}
@@ -196,7 +201,7 @@ def with_checkpoint_city(cfg: DictConfig, stored: dict | None, overrides: list[s
     trained, so only the city is taken over."""
     trained = (stored or {}).get("data") or {}
     prepare = trained.get("prepare") or {}
-    chosen = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    chosen = overridden_keys(overrides)
     which_data = ("data.root", "data.name", "data.tag", "data.prepare")  # and data=<another dataset>
     if (any(k == "data" or k == d or k.startswith(d + ".") for k in chosen for d in which_data)
             or trained.get("name") != cfg.data.get("name")
@@ -215,10 +220,10 @@ def network_from_checkpoint(cfg: DictConfig, state: dict, stored: dict | None, c
     """``cfg`` whose network is the checkpoint's: its stored config (train.py), the settings that reproduce a
     released file's code (:mod:`vpr.released`), or else the command line's; never pretrained weights."""
     if stored is not None:
-        size_given = any(o.startswith("data.image_size") for o in overrides)
+        size_given = "data.image_size" in overridden_keys(overrides)
         network = with_stored_network(cfg, stored, size_given)
         for key in EVALUATION_MODEL_KEYS:  # how to evaluate, not what the network is: the command line's
-            if any(o.lstrip("+~").split("=", 1)[0] == f"model.{key}" for o in overrides):
+            if f"model.{key}" in overridden_keys(overrides):
                 network.model[key] = cfg.model[key]
         return network
     if state.get("released") is not None:
@@ -237,7 +242,7 @@ def with_released_network(cfg: DictConfig, converted: released.Converted, overri
     cfg.model.num_clusters = converted.head_settings["num_clusters"]
     if "version" in cfg.head:
         cfg.head.version = converted.head_settings["version"]
-    chose_attention = any(o.lstrip("+~").startswith("attention") for o in overrides)
+    chose_attention = any(k == "attention" or k.startswith("attention.") for k in overridden_keys(overrides))
     if converted.attention_config is not None and not chose_attention:
         cfg.attention = converted.attention_config
         log.info("the file's attention is built with the settings that reproduce its code's forward pass: %s",

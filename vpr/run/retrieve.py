@@ -22,6 +22,7 @@ from vpr.build import build_module, check_common_settings, command_line_override
 from vpr.checkpoints import (
     load_network_weights,
     network_from_checkpoint,
+    overridden_keys,
     read_checkpoint,
     resolve_ckpt_path,
 )
@@ -92,7 +93,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"))
     overrides = command_line_overrides()
     cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, overrides)
-    if stored is None and state.get("released") is not None and not any(o.startswith("data.image_size") for o in overrides):
+    if stored is None and state.get("released") is not None and "data.image_size" not in overridden_keys(overrides):
         cfg.data.image_size = list(RELEASED_IMAGE_SIZE)
         log.info("%s is a released file, which stores no image size: images at %dx%d, the Pittsburgh size it was "
                  "trained at (data.image_size=[H,W] to change)", ckpt_path, *RELEASED_IMAGE_SIZE)

@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vpr.build import build_datamodule
+from vpr.checkpoints import overridden_keys
 from vpr.errors import ConfigError, DataError
 from vpr.eval.tables import format_sets_table
 from vpr.io import write_json_atomic, write_text_atomic
@@ -126,7 +127,7 @@ def resolve_test_sets(cfg: DictConfig, shared_overrides: Mapping[str, Any] | Non
 def shared_data_overrides(cfg: DictConfig, command_line: list[str], trained_image_size=None) -> dict[str, Any]:
     """Data settings for every set: those of :data:`SHARED_DATA_SETTINGS` the command line set, and the image
     size the network was trained at (``trained_image_size``, when known) unless the command line set one."""
-    given = {o.split("=", 1)[0].lstrip("+~") for o in command_line if "=" in o}
+    given = overridden_keys(command_line)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     out = {k: data[k] for k in SHARED_DATA_SETTINGS if f"data.{k}" in given and k in data}
     if trained_image_size is not None and "image_size" not in out:
