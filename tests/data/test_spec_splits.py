@@ -123,3 +123,34 @@ def test_images_in_a_sibling_folder_are_pointed_at(tmp_path):
     with pytest.raises(DataError, match=r"It is in .*247query_v3: set data\.query_dir=247query_v3"):
         load_mat_split(tmp_path, "tokyo247", "test", split_file="tokyo247.mat", db_dir="database_gsv_vga",
                        query_dir="247query_subset_v2")
+
+
+def test_tokyotm_training_positives_lie_more_than_a_metre_away(tmp_path: Path) -> None:
+    """NetVLAD's TokyoTM protocol: a non-trivial positive is at another capture time AND more than 1 m away."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from tests.conftest import ROOT
+
+    pittsburgh_like(tmp_path, name="tokyoTM", split="train", num_places=2)
+    mat = tmp_path / "datasets" / "tokyoTM_train.mat"
+    record = scipy.io.loadmat(str(mat))["dbStruct"][0, 0]
+    utm_q = record["utmQ"].astype(float)
+    utm_db = record["utmDb"].astype(float)  # 2 x 6: place 0 = database 0, 1, 2; query 0 is 4 m from database 0
+    utm_db[:, 0] = utm_q[:, 0] + [0.5, 0.0]  # 0.5 m from query 0: too close to be non-trivial
+    utm_db[:, 1] = utm_q[:, 0] + [0.0, 1.0]  # exactly 1 m: not more than 1 m, also out
+    utm_db[:, 2] = utm_q[:, 0] + [3.0, 0.0]  # 3 m: a positive
+    times = {"dbTimeStamp": np.array([[2011.0] * 6]), "qTimeStamp": np.array([[2009.0, 2009.0]]), "utmDb": utm_db}
+    write_v5(mat, {**{f: record[f] for f in record.dtype.names}, **times})
+    write_v5(mat.with_name("tokyoTM_val.mat"), {**{f: record[f] for f in record.dtype.names}, "whichSet": "val"})
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose("train", overrides=["data=tokyotm", f"data.root={tmp_path}", "data.num_workers=0",
+                                          "data.db_dir=''", "data.query_dir=queries_real"])
+    assert cfg.data.train_min_distance_m == 1
+    dm = instantiate(cfg.data, _convert_="object")
+    dm.setup("fit")
+    assert list(dm.train_split.train_positives()[0]) == [2]
+    # Without the bound (Pittsburgh's setting), all three are positives, nearest first.
+    s = load_mat_split(tmp_path, "tokyoTM", "train")
+    assert list(s.train_positives()[0]) == [0, 1, 2]

@@ -96,6 +96,7 @@ def _read_mat_spec(dm: PlaceDataModule, split: str) -> PlaceSplit:
         query_dir=dm.query_dir,
         eval_radius_m=dm.eval_radius_m,
         train_radius_m=dm.train_radius_m,
+        train_min_distance_m=dm.train_min_distance_m,
         spatial_nms=dm.spatial_nms,
         nms_group_size=dm.nms_group_size,
     )
@@ -103,7 +104,7 @@ def _read_mat_spec(dm: PlaceDataModule, split: str) -> PlaceSplit:
 
 def _read_folder(dm: PlaceDataModule, split: str) -> PlaceSplit:
     return load_folder_split(dm.root, split, dm.name, dm.eval_radius_m or 25.0, dm.train_radius_m or 10.0,
-                             spatial_nms=dm.spatial_nms)
+                             spatial_nms=dm.spatial_nms, train_min_distance_m=dm.train_min_distance_m)
 
 
 #: On-disk formats by ``data.layout``: (data module, split name) -> PlaceSplit. A new format is one reader here.
@@ -135,6 +136,7 @@ class PlaceDataModule(L.LightningDataModule):
             (``auto``: on CUDA machines, where re-spawning them each epoch idles the GPU; needs num_workers > 0).
         mining: keyword arguments of :class:`HardNegativeMiner` plus ``refresh_every_queries``.
         eval_radius_m / train_radius_m: override the split files' 25 m / 10 m.
+        train_min_distance_m: training positives lie farther than this (Tokyo Time Machine's protocol: 1 m).
         seed: shuffling and negative sampling.
         prepare: optional callable run once in ``prepare_data`` (the synthetic city generates itself there).
         guidance: semantic guidance for de-attention (``source``, ``suppress``, ``mask_dir``, ``class_groups``,
@@ -155,6 +157,7 @@ class PlaceDataModule(L.LightningDataModule):
         mining: Mapping[str, Any] | None = None,
         eval_radius_m: float | None = None,
         train_radius_m: float | None = None,
+        train_min_distance_m: float = 0.0,
         seed: int = 0,
         prepare: Callable[[], Any] | None = None,
         guidance: Mapping[str, Any] | None = None,
@@ -195,6 +198,9 @@ class PlaceDataModule(L.LightningDataModule):
         self.cache_dtype = getattr(torch, cache_dtype)
         self.eval_radius_m = eval_radius_m
         self.train_radius_m = train_radius_m
+        self.train_min_distance_m = float(train_min_distance_m)
+        if not self.train_min_distance_m >= 0:
+            raise ConfigError(f"data.train_min_distance_m={train_min_distance_m}: must be a distance >= 0 (metres)")
         self.seed = int(seed)
         self._prepare = prepare
         self.transform = eval_transform(self.image_size)
@@ -259,12 +265,11 @@ class PlaceDataModule(L.LightningDataModule):
         kwargs = {k: v for k, v in self.mining.items()
                   if k not in ("refresh_every_queries", "cache_dtype", "database_subset")}
         self.miner = HardNegativeMiner(self.train_split, **kwargs)
-        log.info(
-            "training queries: %d usable, %d dropped (no database image within %.1f m)",
-            len(self.miner.trainable_queries),
-            self.miner.dropped_queries,
-            self.train_split.train_radius_m,
-        )
+        split = self.train_split
+        within = (f"between {split.train_min_distance_m:g} and {split.train_radius_m:g} m"
+                  if split.train_min_distance_m > 0 else f"within {split.train_radius_m:.1f} m")
+        log.info("training queries: %d usable, %d dropped (no database image %s)",
+                 len(self.miner.trainable_queries), self.miner.dropped_queries, within)
         if self._pending_miner_state is not None:
             self.miner.load_state_dict(self._pending_miner_state)
             self._pending_miner_state = None

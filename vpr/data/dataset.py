@@ -74,6 +74,8 @@ class PlaceSplit:
         db_utm: (num_db, 2) easting, northing. q_utm: (num_q, 2).
         eval_radius_m: a database image within this distance is a true match (25 m).
         train_radius_m: a "non-trivial positive" for training lies within this distance (10 m).
+        train_min_distance_m: and farther than this (0: none). Tokyo Time Machine's protocol uses 1 m: a
+            database image closer than that shows the query's own spot from the query's own panorama position.
         db_time / q_time: capture time of each image, or None. When given (Tokyo Time Machine, whose queries
             are cut from the database's own panoramas), a query's training positives and its ranked database
             leave out the images of its own capture time.
@@ -91,6 +93,7 @@ class PlaceSplit:
     q_utm: np.ndarray
     eval_radius_m: float = 25.0
     train_radius_m: float = 10.0
+    train_min_distance_m: float = 0.0
     db_time: np.ndarray | None = None
     q_time: np.ndarray | None = None
     spatial_nms: bool = False
@@ -127,11 +130,15 @@ class PlaceSplit:
         """Per query, the database indices within ``train_radius_m`` (non-trivial positives), nearest first.
 
         With capture times, images taken at the query's own time are not positives (they are the query's own
-        panorama: nothing to learn from them).
+        panorama: nothing to learn from them). With ``train_min_distance_m``, neither are images that close.
         """
-        key = ("train", self.train_radius_m)
+        key = ("train", self.train_radius_m, self.train_min_distance_m)
         if key not in self._cache:
-            self._cache[key] = self._other_times(positives_within(self.db_utm, self.q_utm, self.train_radius_m))
+            positives = self._other_times(positives_within(self.db_utm, self.q_utm, self.train_radius_m))
+            if self.train_min_distance_m > 0:
+                positives = [p[np.linalg.norm(self.db_utm[p] - self.q_utm[q], axis=1) > self.train_min_distance_m]
+                             for q, p in enumerate(positives)]
+            self._cache[key] = positives
         return self._cache[key]
 
     def _other_times(self, positives: list[np.ndarray]) -> list[np.ndarray]:
@@ -161,6 +168,7 @@ def load_mat_split(
     query_dir: str = "queries_real",
     eval_radius_m: float | None = None,
     train_radius_m: float | None = None,
+    train_min_distance_m: float = 0.0,
     spatial_nms: bool = False,
     nms_group_size: int | None = None,
     check_images: bool = True,
@@ -174,6 +182,7 @@ def load_mat_split(
             .jpg listed, .png on disk), the one on disk is used.
         eval_radius_m / train_radius_m: default to the file's ``posDistThr`` (25 m) and
             ``sqrt(nonTrivPosDistSqThr)`` (10 m; 10 m too when the file has none, as Tokyo 24/7).
+        train_min_distance_m: training positives lie farther than this (Tokyo Time Machine: 1 m).
     """
     if root is None or str(root) in ("", "None", "???"):
         env = _by_prefix(ROOT_ENV, name)
@@ -223,6 +232,7 @@ def load_mat_split(
         q_utm=np.asarray(s.utm_q, dtype=np.float64),
         eval_radius_m=float(eval_radius_m if eval_radius_m is not None else s.pos_dist_thr),
         train_radius_m=float(train_radius_m),
+        train_min_distance_m=float(train_min_distance_m),
         db_time=None if s.db_time_stamp is None or s.q_time_stamp is None else s.db_time_stamp,
         q_time=None if s.db_time_stamp is None or s.q_time_stamp is None else s.q_time_stamp,
         spatial_nms=bool(spatial_nms),
@@ -300,6 +310,7 @@ def load_folder_split(
     eval_radius_m: float = 25.0,
     train_radius_m: float = 10.0,
     spatial_nms: bool = False,
+    train_min_distance_m: float = 0.0,
 ) -> PlaceSplit:
     """Read ``root/<split>/{database,queries}/*`` whose names carry UTM coordinates."""
     if root is None or str(root) in ("", "None"):
@@ -324,6 +335,7 @@ def load_folder_split(
         q_utm=np.array([parse_utm_filename(p) for p in q_paths], dtype=np.float64),
         eval_radius_m=eval_radius_m,
         train_radius_m=train_radius_m,
+        train_min_distance_m=float(train_min_distance_m),
         spatial_nms=spatial_nms,
     )
 
