@@ -90,3 +90,28 @@ def test_mask_dir_reads_relative_paths(tmp_path):
         src.labels(root / "000" / "b.jpg")
     with pytest.raises(DataError, match="mask_dir"):
         MaskDirLabels(tmp_path / "nope", root, None)
+
+
+def _mask_dir_targets(masks, root, image, cache):
+    return GuidanceTargets(MaskDirLabels(masks, root, None), ["person"], [image], (2, 2), cache_dir=cache)
+
+
+def test_a_mask_dir_of_other_labels_is_not_served_from_the_cache(tmp_path):
+    """Two label folders for the same image: each gets its own targets, and so does a label file rewritten in place."""
+    import os
+
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    image = root / "000" / "a.jpg"
+    image.parent.mkdir(parents=True)
+    folders = {}
+    for name, class_id in (("people", 11), ("road", 0)):  # 11: Cityscapes person (suppressed), 0: road (kept)
+        folders[name] = tmp_path / name
+        (folders[name] / "000").mkdir(parents=True)
+        Image.fromarray(np.full((4, 4), class_id, dtype=np.uint8)).save(folders[name] / "000" / "a.png")
+    assert _mask_dir_targets(folders["people"], root, image, cache)[0].tolist() == [[[0.0, 0.0], [0.0, 0.0]]]
+    assert _mask_dir_targets(folders["road"], root, image, cache)[0].tolist() == [[[1.0, 1.0], [1.0, 1.0]]]
+    # Labels of the first folder replaced in place by a road map (new contents, new time): recomputed.
+    label = folders["people"] / "000" / "a.png"
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(label)
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
+    assert _mask_dir_targets(folders["people"], root, image, cache)[0].tolist() == [[[1.0, 1.0], [1.0, 1.0]]]

@@ -278,8 +278,9 @@ class PlaceDataModule(L.LightningDataModule):
     def label_source(self, download: bool = True):
         """The guidance's label source, built once (a segmentation network is loaded once per run). Without
         ``download`` (pictures, which are a bonus) torchvision's model is taken only from the torch cache."""
-        if self._label_source is None:
-            self._label_source = build_label_source(self.guidance, self.root, download=download)
+        if self._label_source is None:  # a network runs on the run's device (its own GPU under DDP)
+            device = self.trainer.strategy.root_device if self.trainer is not None else None
+            self._label_source = build_label_source(self.guidance, self.root, download=download, device=device)
         return self._label_source
 
     def set_feature_grid(self, grid: tuple[int, int]) -> None:

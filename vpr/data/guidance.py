@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vpr.devices import work_device
 from vpr.errors import DataError
 from vpr.io import atomic_path
 from vpr.progress import progress
@@ -59,6 +60,11 @@ class LabelSource:
         """What distinguishes this source's targets in the disk cache (the weights file for a network)."""
         return self.name
 
+    def fingerprint(self, image_paths: Sequence[Path]) -> str:
+        """What the labels of these images are read from, as far as the disk cache must tell it apart (the label
+        files' sizes and times for sources that read files; nothing for a network, whose key names its weights)."""
+        return ""
+
     def group_ids(self, group: str) -> list[int]:
         raise NotImplementedError
 
@@ -81,6 +87,18 @@ class GroupedLabels(LabelSource):
         if group not in self.groups:
             raise DataError(f"guidance.suppress: group {group!r} not in guidance.class_groups {sorted(self.groups)}")
         return self.groups[group]
+
+
+def _files_identity(paths: Sequence[Path]) -> str:
+    """A digest of the size and modification time of every file (a missing one counts as missing)."""
+    digest = hashlib.sha1()
+    for path in paths:
+        try:
+            st = path.stat()
+            digest.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+        except OSError:
+            digest.update(b"missing;")
+    return digest.hexdigest()
 
 
 class SyntheticLabels(LabelSource):
@@ -106,8 +124,18 @@ class SyntheticLabels(LabelSource):
             raise DataError(f"guidance.suppress: unknown group {group!r}; choose from {sorted(SYNTHETIC_GROUPS)}")
         return [self.classes[n] for n in SYNTHETIC_GROUPS[group] if n in self.classes]
 
+    def cache_key(self) -> str:
+        return f"{self.name}:{self.root.resolve()}"
+
+    def fingerprint(self, image_paths: Sequence[Path]) -> str:
+        return _files_identity([self.root / "classes.json", *(self.label_file(p) for p in image_paths)])
+
+    @staticmethod
+    def label_file(image_path: Path) -> Path:
+        return image_path.with_name(image_path.stem + "_labels.png")
+
     def labels(self, image_path: Path) -> np.ndarray:
-        path = image_path.with_name(image_path.stem + "_labels.png")
+        path = self.label_file(image_path)
         if not path.is_file():
             raise DataError(f"label map {path} missing (guidance=synthetic); regenerate the city with --force")
         return np.asarray(Image.open(path))
@@ -131,9 +159,17 @@ class MaskDirLabels(GroupedLabels):
         self.data_root = Path(data_root)
         self.set_groups(class_groups or CITYSCAPES_GROUPS)
 
+    def cache_key(self) -> str:
+        return f"{self.name}:{self.mask_dir.resolve()}"
+
+    def fingerprint(self, image_paths: Sequence[Path]) -> str:
+        return _files_identity([self.label_file(p) for p in image_paths])
+
+    def label_file(self, image_path: Path) -> Path:
+        return (self.mask_dir / image_path.relative_to(self.data_root)).with_suffix(".png")
+
     def labels(self, image_path: Path) -> np.ndarray:
-        rel = image_path.relative_to(self.data_root)
-        path = (self.mask_dir / rel).with_suffix(".png")
+        path = self.label_file(image_path)
         if not path.is_file():
             raise DataError(f"label map {path} for {image_path} missing under guidance.mask_dir={self.mask_dir}")
         return np.asarray(Image.open(path))
@@ -335,7 +371,8 @@ class GuidanceTargets:
     def _cache_file(self) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = json.dumps([self.source.cache_key(), self.suppressed_ids, self.grid, [str(p) for p in self.paths]])
+        key = json.dumps([self.source.cache_key(), self.source.fingerprint(self.paths), self.suppressed_ids, self.grid,
+                          [str(p) for p in self.paths]])
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return self.cache_dir / f"guidance_{self.source.name}_{self.grid[0]}x{self.grid[1]}_{digest}.npy"
 
@@ -362,12 +399,14 @@ class GuidanceTargets:
         return self.table[index][None]
 
 
-def build_label_source(guidance: Mapping, data_root: str | Path, download: bool = True) -> LabelSource:
+def build_label_source(guidance: Mapping, data_root: str | Path, download: bool = True,
+                       device: str | torch.device | None = None) -> LabelSource:
     """The label source a ``guidance`` config asks for (``source`` and the settings of that source); without
-    ``download``, torchvision's model only from the torch cache."""
+    ``download``, torchvision's model only from the torch cache. A network runs on ``device`` (None: this
+    process's GPU when there is one)."""
     kind = guidance.get("source")
     mask_dir, class_groups = guidance.get("mask_dir"), guidance.get("class_groups")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device if device is not None else work_device()
     if kind == "auto":  # the city's own labels, else mask_dir's, else torchvision's model
         if (Path(str(data_root)) / "classes.json").is_file():
             kind = "synthetic"

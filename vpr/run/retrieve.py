@@ -15,7 +15,6 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from vpr.build import build_module, check_common_settings, command_line_overrides, whole_number
@@ -28,6 +27,7 @@ from vpr.checkpoints import (
 )
 from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import eval_transform
+from vpr.devices import work_device
 from vpr.errors import ConfigError
 from vpr.eval.exports import write_global_features, write_pairs, write_rankings
 from vpr.eval.pca import PCAWhitening, load_pca_file
@@ -100,7 +100,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     module = build_module(cfg, with_training=False)
     load_network_weights(module, state, ckpt_path)
-    module.to("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(work_device(cfg.get("trainer")))
     module.apply_memory_format()
     size = tuple(int(s) for s in cfg.data.image_size)
     transform = eval_transform(size)
