@@ -47,11 +47,18 @@ def loader_workers(requested: int) -> int:
 
 
 @contextlib.contextmanager
-def full_float32_matmul() -> Iterator[None]:
-    """float32 products without TF32 inside (exact search, k-means, PCA: training turns TF32 on), restored after."""
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+def float32_matmul_precision(precision: str) -> Iterator[None]:
+    """torch's float32 matmul precision set inside (``high``: TF32 on GPUs that have it), the previous one restored
+    after, also when the block fails."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(precision)
+        torch.set_float32_matmul_precision(before)
+
+
+def full_float32_matmul() -> contextlib.AbstractContextManager[None]:
+    """float32 products without TF32 inside (exact search, k-means, PCA, mining distances: training turns TF32
+    on), restored after."""
+    return float32_matmul_precision("highest")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import ROOT
@@ -76,8 +77,22 @@ def test_pooling_heads_train_without_centroids(head, data_dir, tmp_path):
     overrides = [*tiny_overrides("city_baseline", data_dir, tmp_path), f"head={head}"]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose(config_name="train", overrides=overrides)
+    assert torch.get_float32_matmul_precision() == "highest"  # torch's default
     run_training(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert torch.get_float32_matmul_precision() == "highest"  # the run's TF32 setting did not outlive it
+
+
+def test_a_failed_run_leaves_the_float32_precision_as_it_was(tmp_path):
+    from vpr.errors import DataError
+    from vpr.run.train import run_training
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=["data=pitts30k", f"data.root={tmp_path / 'absent'}",
+                                                      f"paths.output_dir={tmp_path / 'out'}", "logger=none"])
+    with pytest.raises(DataError, match="does not exist"):
+        run_training(cfg)
+    assert torch.get_float32_matmul_precision() == "highest"
 
 
 def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):

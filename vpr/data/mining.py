@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vpr.data.dataset import PlaceSplit
+from vpr.devices import full_float32_matmul
 from vpr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -148,12 +149,13 @@ class HardNegativeMiner:
         return np.unique(np.concatenate([drawn, *(self._positives[i] for i in ids), rem[rem >= 0]]).astype(np.int64))
 
     def _distances(self, q: torch.Tensor, db_desc: torch.Tensor, db_sq: torch.Tensor) -> torch.Tensor:
-        """(R, num_db) float32 Euclidean distances. A float16 cache is multiplied in float32 blocks of
+        """(R, num_db) float32 Euclidean distances (no TF32). A float16 cache is multiplied in float32 blocks of
         ``chunk_database`` rows, so no float32 copy of the whole cache is ever made."""
-        if db_desc.dtype == torch.float32:
-            prod = q @ db_desc.T
-        else:
-            prod = torch.cat([q @ b.float().T for b in db_desc.split(self.chunk_database)], dim=1)
+        with full_float32_matmul():  # exact products: TF32's would reorder near-ties of hard negatives
+            if db_desc.dtype == torch.float32:
+                prod = q @ db_desc.T
+            else:
+                prod = torch.cat([q @ b.float().T for b in db_desc.split(self.chunk_database)], dim=1)
         return ((q * q).sum(1, keepdim=True) + db_sq[None, :] - 2.0 * prod).clamp_min_(0).sqrt_()
 
     @torch.no_grad()

@@ -27,7 +27,7 @@ from vpr.build import (
 from vpr.callbacks import WANDB_ID_KEY
 from vpr.centroids import init_head
 from vpr.checkpoints import load_matching_weights, read_checkpoint, resolve_ckpt_path
-from vpr.devices import work_device
+from vpr.devices import float32_matmul_precision, work_device
 from vpr.errors import ConfigError, export_sweep_job
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
@@ -159,11 +159,16 @@ def check_writable(folder: Path) -> None:
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
-    """Train (and test) as configured; returns the test results (and the untrained ones when asked)."""
+    """Train (and test) as configured; returns the test results (and the untrained ones when asked). TF32
+    products are on for the run (the training's float32 work) and off again after it."""
+    with float32_matmul_precision("high"):
+        return _run_training(cfg)
+
+
+def _run_training(cfg: DictConfig) -> dict[str, Any]:
     single_log_stream()
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
-    torch.set_float32_matmul_precision("high")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
