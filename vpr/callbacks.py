@@ -49,18 +49,22 @@ class OfflineMining(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log.info("epoch %d trained: global step %d", trainer.current_epoch, trainer.global_step)
-        stats = trainer.datamodule.last_mining_stats
-        if stats is None:
+        epoch = trainer.datamodule.epoch_mining_stats(trainer.current_epoch)
+        if epoch is None:
             return
+        stats, rounds = epoch
         pl_module.log_dict(
             {
+                "mining/rounds": float(rounds),
                 "mining/skipped_queries": float(stats.skipped),
                 "mining/negatives_per_query": stats.mean_negatives,
                 "mining/cache_seconds": stats.encode_seconds,
                 "mining/positive_distance": stats.mean_positive_distance,
                 "mining/hardest_negative_distance": stats.mean_hardest_negative_distance,
             },
-            sync_dist=True,  # every rank mined the same tuples: the mean is the value (and Lightning asks for it)
+            # The epoch's rounds together: sums of counts and times, means weighted by mined queries. Every rank
+            # mined the same tuples: the mean over ranks is the value (and Lightning asks for it).
+            sync_dist=True,
         )
 
 

@@ -375,3 +375,22 @@ def test_a_split_without_positives_is_a_data_error():
     split.q_utm[:] += 500.0
     with pytest.raises(DataError, match="no query has a database image within 10.0 m"):
         HardNegativeMiner(split)
+
+
+def test_an_epochs_rounds_combine_into_the_epochs_counts_and_means():
+    """What is logged per epoch describes every round: counted here from the tuples the batches hold."""
+    from vpr.data.mining import MiningStats
+
+    split = make_split()
+    miner = HardNegativeMiner(split, candidate_negatives=10_000, margin=-0.3)  # below zero: some queries find no negative
+    rounds = []
+    sampler = MinedBatchSampler(miner, CountingEncoder(split), batch_size=4, refresh_every_queries=10, seed=3,
+                                on_round=rounds.append)
+    tuples = [t for b in sampler for t in b]
+    assert len(rounds) == 3
+    epoch = MiningStats.combine(rounds)
+    assert epoch.queries == len(miner.trainable_queries)
+    assert epoch.mined == len(tuples) and epoch.skipped == len(miner.trainable_queries) - len(tuples) > 0
+    assert epoch.mean_negatives == pytest.approx(np.mean([len(t.negatives) for t in tuples]))
+    assert epoch.images_encoded == sum(r.images_encoded for r in rounds) > rounds[0].images_encoded
+    assert MiningStats.combine([]).mined == 0 and MiningStats.combine([]).mean_negatives == 0.0

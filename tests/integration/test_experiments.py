@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -103,13 +104,15 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
 
     from vpr.run.train import run_training
 
-    overrides = [o for o in tiny_overrides("city_baseline", data_dir, tmp_path) if not o.startswith("logger")]
-    overrides += ["attention=deattention", "loss=stml", "backbone=resnet18", "backbone.pretrained=false", "logger=csv",
+    overrides = [o for o in tiny_overrides("city_baseline", data_dir, tmp_path)
+                 if not o.startswith(("logger", "+trainer.limit_train_batches", "mining.refresh_every_queries"))]
+    overrides += ["+trainer.limit_train_batches=3", "mining.refresh_every_queries=4",  # a round per batch
+                  "attention=deattention", "loss=stml", "backbone=resnet18", "backbone.pretrained=false", "logger=csv",
                   "++guidance.weight_after=0.001", "++guidance.switch_epoch=4"]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose(config_name="train", overrides=overrides)
     assert cfg.guidance.source == "auto"
-    with caplog.at_level(logging.INFO, logger="vpr.data.datamodule"):
+    with caplog.at_level(logging.INFO, logger="vpr.data"):
         run_training(cfg)
     assert "semantic guidance (guidance.source=auto)" in caplog.text
     assert "mse loss x 0.1 (x 0.001 from epoch 4) on the" in caplog.text
@@ -117,6 +120,11 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
     rows = list(csv.DictReader(metrics.open()))
     aux = [float(r["train/aux_loss"]) for r in rows if r.get("train/aux_loss")]
     assert aux and all(a > 0 for a in aux), "the auxiliary loss was logged"
+    # The epoch's mining metrics cover all its rounds (the log prints a line per round).
+    rounds = re.findall(r"epoch 0 round \d+/\d+ cache pass: (\d+) images .*\((\d+) skipped\)", caplog.text)
+    (epoch,) = [r for r in rows if r.get("mining/rounds")]
+    assert float(epoch["mining/rounds"]) == len(rounds) > 1
+    assert float(epoch["mining/skipped_queries"]) == sum(int(skipped) for _, skipped in rounds)
     # guidance=none says otherwise: no auxiliary loss
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose(config_name="train", overrides=[*overrides, "guidance=none",

@@ -206,7 +206,7 @@ class PlaceDataModule(L.LightningDataModule):
         self.transform = eval_transform(self.image_size)
         self.encoder: DatasetEncoder | None = None
         self.miner: HardNegativeMiner | None = None
-        self.last_mining_stats: MiningStats | None = None
+        self._mining_rounds: tuple[int, list[MiningStats]] = (-1, [])  # (epoch, its rounds so far)
         self._loaded: dict[str, PlaceSplit] = {}
         self._pending_miner_state: dict | None = None
         self._pending_round: dict | None = None
@@ -310,7 +310,16 @@ class PlaceDataModule(L.LightningDataModule):
         return desc[len(db_paths) :], desc[: len(db_paths)]
 
     def _record_stats(self, stats: MiningStats) -> None:
-        self.last_mining_stats = stats
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if epoch != self._mining_rounds[0]:
+            self._mining_rounds = (epoch, [])
+        self._mining_rounds[1].append(stats)
+
+    def epoch_mining_stats(self, epoch: int) -> tuple[MiningStats, int] | None:
+        """The mining rounds of ``epoch`` combined, and how many there were (None if none ran in this process:
+        a run resumed after the epoch's last round)."""
+        recorded, rounds = self._mining_rounds
+        return (MiningStats.combine(rounds), len(rounds)) if recorded == epoch and rounds else None
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def _on_cuda(self) -> bool:

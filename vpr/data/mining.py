@@ -66,6 +66,17 @@ class MiningStats:
             f"({self.skipped} skipped), {means}"
         )
 
+    @classmethod
+    def combine(cls, rounds: Sequence[MiningStats]) -> MiningStats:
+        """The rounds of an epoch as one: counts and times added, the means weighted by each round's mined
+        queries (a round without tuples weighs nothing)."""
+        total = cls(**{name: sum(getattr(r, name) for r in rounds)
+                       for name in ("queries", "mined", "skipped", "encode_seconds", "mine_seconds", "images_encoded")})
+        if total.mined:
+            for name in ("mean_negatives", "mean_positive_distance", "mean_hardest_negative_distance"):
+                setattr(total, name, sum(getattr(r, name) * r.mined for r in rounds) / total.mined)
+        return total
+
 
 class HardNegativeMiner:
     """Chooses positives and hard negatives for training queries from cached descriptors.
