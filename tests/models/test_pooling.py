@@ -86,3 +86,18 @@ def test_gem_all_zero_weights_stay_finite():
     x = torch.rand(1, 2, 1, 2, requires_grad=True)
     head(x, torch.zeros(1, 1, 1, 2)).sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(head.p.grad).all()
+
+
+@pytest.mark.parametrize("cls", [AvgPool, MaxPool, GeM])
+def test_bf16_autocast_pools_in_float32(cls):
+    """Under bf16 mixed precision (CPU autocast runs the GPU recipe's casts) a head given the backbone's bf16
+    features pools them in float32: the descriptor of those same values pooled in plain float32."""
+    torch.manual_seed(0)
+    head = cls(dim=64)
+    x = torch.rand(2, 64, 5, 6).to(torch.bfloat16)  # features as a backbone under autocast gives them
+    weights = torch.rand(2, 1, 5, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = head(x, weights)
+    plain = head(x.float(), weights)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, rtol=0, atol=1e-6)

@@ -6,6 +6,10 @@ All share the head interface: attribute ``out_dim`` (= D) and
 Per-location weights (e.g. an attention mask) weight the spatial average in :class:`AvgPool` and :class:`GeM`
 (a weighted mean, normalised by the sum of weights) and multiply the features before the maximum in
 :class:`MaxPool` (a location with weight 0 then offers a zero feature).
+
+Like NetVLAD, every head pools in float32 under mixed precision: descriptors are compared by distances whose
+differences are small, and a bf16 descriptor (8 bits of mantissa) would differ between the training's mining
+cache and an fp32 evaluation of the same checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +27,20 @@ def _check_weights(x: torch.Tensor, weights: torch.Tensor | None, head: str) -> 
         raise ValueError(
             f"{head} weights must have shape (B, 1, H, W) = {(b, 1, h, w)}, got {tuple(weights.shape)}."
         )
-    return weights.to(x.dtype)
+    return weights.float()
+
+
+class _Float32Head(nn.Module):
+    """A pooling head whose ``_pool(x, weights)`` runs in float32 with autocast off, whatever the input's dtype."""
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, D, H, W), weights: (B, 1, H, W) | None -> (B, D) float32, unit L2 norm."""
+        weights = _check_weights(x, weights, type(self).__name__)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._pool(x.float(), weights)
+
+    def _pool(self, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -33,7 +50,7 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, eps: floa
     return (values * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp_min(eps)
 
 
-class AvgPool(nn.Module):
+class AvgPool(_Float32Head):
     """Global (weighted) average pooling + L2. ``dim``: input channels D (= out_dim)."""
 
     needs_centroids = False
@@ -44,13 +61,11 @@ class AvgPool(nn.Module):
         self.out_dim = dim
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, D, H, W), weights: (B, 1, H, W) | None -> (B, D)."""
-        weights = _check_weights(x, weights, "AvgPool")
+    def _pool(self, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         return F.normalize(_weighted_mean(x, weights, self.eps), p=2, dim=1, eps=self.eps)
 
 
-class MaxPool(nn.Module):
+class MaxPool(_Float32Head):
     """Global max pooling (MAC) + L2; weights multiply the features before the maximum."""
 
     needs_centroids = False
@@ -61,15 +76,13 @@ class MaxPool(nn.Module):
         self.out_dim = dim
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, D, H, W), weights: (B, 1, H, W) | None -> (B, D)."""
-        weights = _check_weights(x, weights, "MaxPool")
+    def _pool(self, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         if weights is not None:
             x = x * weights
         return F.normalize(x.amax(dim=(2, 3)), p=2, dim=1, eps=self.eps)
 
 
-class GeM(nn.Module):
+class GeM(_Float32Head):
     """Generalised-mean pooling (Radenovic et al.): (mean_i max(x_i, eps)^p)^(1/p) per channel, then L2.
 
     Args:
@@ -92,10 +105,8 @@ class GeM(nn.Module):
         else:
             self.register_buffer("p", p_tensor)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, D, H, W), weights: (B, 1, H, W) | None -> (B, D)."""
-        weights = _check_weights(x, weights, "GeM")
-        p = self.p.to(x.dtype)
+    def _pool(self, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        p = self.p.float()
         pooled = _weighted_mean(x.clamp_min(self.eps).pow(p), weights, self.eps)
         # Clamp: all-zero weights would give 0^(1/p), whose gradient is infinite.
         pooled = pooled.clamp_min(self.eps).pow(1.0 / p)
