@@ -34,17 +34,6 @@ def write_global_features(path: str | os.PathLike, names: Sequence[str], descrip
     return Path(path)
 
 
-def read_global_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every ``global_descriptor`` in an hloc feature file, by image name (nested groups joined with ``/``)."""
-    import h5py
-
-    out: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name.rsplit("/", 1)[0], obj[()])
-                     if isinstance(obj, h5py.Dataset) and name.endswith("global_descriptor") else None)
-    return out
-
-
 def write_pairs(path: str | os.PathLike, query_names: Sequence[str], db_names: Sequence[str],
                 indices: np.ndarray) -> Path:
     """hloc's retrieval pairs: ``query database`` per line, each query's retrievals nearest first."""

@@ -41,10 +41,7 @@ class PCAWhitening:
         self.mean: np.ndarray | None = None
         self.components: np.ndarray | None = None
         self.explained_variance: np.ndarray | None = None
-
-    @property
-    def is_fitted(self) -> bool:
-        return self.components is not None
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def dim(self) -> int:
@@ -88,6 +85,7 @@ class PCAWhitening:
                 order = torch.argsort(eigenvalues, descending=True)[:dim]
                 components = v[:, order].T
                 squared_singular = eigenvalues[order].clamp_min(0.0)
+        self._on_device = {}
         self.mean = mean.cpu().numpy()
         self.components = components.cpu().numpy()
         self.explained_variance = squared_singular.cpu().numpy() / (n - 1)
@@ -102,22 +100,27 @@ class PCAWhitening:
 
     def transform(self, x: np.ndarray | torch.Tensor, normalize: bool = True) -> np.ndarray | torch.Tensor:
         """x: (N, D) -> (N, dim), L2-normalised rows unless ``normalize=False``; numpy in, numpy out (float32),
-        torch in, torch out (same device and dtype)."""
+        torch in, torch out (same device and dtype). Computed in float32 (TF32 off) where ``x`` lies: on the GPU
+        for descriptors encoded there, with no float64 copy of the matrix."""
         self._require_fitted()
         if x.shape[-1] != self.input_dim:
             raise ValueError(f"PCA was fitted on {self.input_dim}-d descriptors, got shape {tuple(x.shape)}.")
-        if isinstance(x, torch.Tensor):
-            mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device)
-            projection = torch.as_tensor(self._projection(), dtype=x.dtype, device=x.device)
-            out = (x - mean) @ projection
-            return torch.nn.functional.normalize(out, p=2, dim=-1) if normalize else out
-        out = (np.asarray(x, dtype=np.float64) - self.mean) @ self._projection()
+        if not isinstance(x, torch.Tensor):
+            return self.transform(torch.from_numpy(np.asarray(x, dtype=np.float32)), normalize).numpy()
+        mean, projection = self._float32_state(x.device)
+        with full_float32_matmul():
+            out = (x.float() - mean) @ projection
         if normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
-        return out.astype(np.float32)
+            out = torch.nn.functional.normalize(out, p=2, dim=-1)
+        return out.to(x.dtype)
 
-    def fit_transform(self, x: np.ndarray | torch.Tensor, dim: int, normalize: bool = True) -> np.ndarray:
-        return self.fit(x, dim).transform(x, normalize=normalize)
+    def _float32_state(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and the (D, dim) projection in float32 on ``device``, made once per device."""
+        key = str(device)
+        if self._on_device.get(key) is None:
+            self._on_device[key] = (torch.as_tensor(self.mean, dtype=torch.float32, device=device),
+                                    torch.as_tensor(self._projection(), dtype=torch.float32, device=device))
+        return self._on_device[key]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         self._require_fitted()
@@ -133,6 +136,7 @@ class PCAWhitening:
         missing = {"mean", "components", "explained_variance", "whiten", "eps"} - set(state)
         if missing:
             raise KeyError(f"PCA state is missing {sorted(missing)}.")
+        self._on_device = {}
         self.mean = np.asarray(state["mean"], dtype=np.float64)
         self.components = np.asarray(state["components"], dtype=np.float64)
         self.explained_variance = np.asarray(state["explained_variance"], dtype=np.float64)

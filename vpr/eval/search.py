@@ -109,16 +109,23 @@ def knn_search(
         )
 
     faiss = import_faiss()
-    index = faiss.IndexFlatL2(db.shape[1])
+    result = None
     if use_gpu:
+        # This process's GPU (its own under DDP, where every rank ranks the gathered split), not always GPU 0.
+        device = torch.cuda.current_device() if torch.cuda.is_available() else 0
         try:
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device, faiss.IndexFlatL2(db.shape[1]))
+            index.add(db)
+            result = index.search(queries, k)
         except Exception as e:  # e.g. out of GPU memory, or a CUDA runtime that does not match faiss-gpu's
             warnings.warn(f"faiss GPU search failed ({e}); searching on the CPU instead", RuntimeWarning,
                           stacklevel=2)
-            index = faiss.IndexFlatL2(db.shape[1])
-    index.add(db)
-    distances, indices = index.search(queries, k)
+        index = None  # the GPU index's memory goes back before any CPU search
+    if result is None:
+        index = faiss.IndexFlatL2(db.shape[1])
+        index.add(db)
+        result = index.search(queries, k)
+    distances, indices = result
     if not squared:
         # Rounding can make faiss's ||q||^2 - 2 q.x + ||x||^2 slightly negative for identical vectors.
         distances = np.sqrt(np.maximum(distances, 0.0))

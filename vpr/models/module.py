@@ -115,7 +115,8 @@ class PlaceRecognitionModule(L.LightningModule):
         self._said_recall_sizes: set[str] = set()  # splits whose database is smaller than an N (said once)
         self.prediction_distances: dict[str, np.ndarray] = {}  # "test" -> L2 distances of those (num_q, max N)
         # Applied to evaluation descriptors before the search, e.g. PCA-whitening (eval.py pca_dim=...).
-        self.descriptor_transform: Callable[[np.ndarray], np.ndarray] | None = None
+        # Applied to the evaluation descriptors (a (N, D) tensor on their device) before ranking: PCA-whitening.
+        self.descriptor_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._epoch_start = 0.0
 
@@ -313,28 +314,39 @@ class PlaceRecognitionModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._eval_outputs = []
 
-    def _collect(self, total: int) -> np.ndarray:
-        """Descriptors of the whole evaluation set in dataset order, gathered over ranks: (total, D)."""
-        desc = torch.cat([d for d, _ in self._eval_outputs])
-        index = torch.cat([i for _, i in self._eval_outputs]).to(desc.device)
-        self._eval_outputs = []
+    def _collect(self, total: int) -> torch.Tensor:
+        """Descriptors of the whole evaluation set in dataset order, gathered over ranks: (total, D), on the
+        device they were computed on. Each step's block is scattered into place and released, so the memory
+        peaks near twice the split's descriptors, not three times."""
+        outputs, self._eval_outputs = self._eval_outputs, []
         if self.trainer.world_size > 1:
             # DistributedSampler pads with repeated items; scattering by index makes duplicates harmless.
-            desc = self.all_gather(desc).flatten(0, 1)
-            index = self.all_gather(index).flatten(0, 1)
-        out = torch.zeros(total, desc.shape[1], dtype=desc.dtype, device=desc.device)
-        seen = torch.zeros(total, dtype=torch.bool, device=desc.device)
-        out[index] = desc
-        seen[index] = True
+            desc = torch.cat([d for d, _ in outputs])
+            index = torch.cat([i for _, i in outputs]).to(desc.device)
+            outputs = [(self.all_gather(desc).flatten(0, 1), self.all_gather(index).flatten(0, 1))]
+            del desc, index
+        first = outputs[0][0]
+        out = torch.zeros(total, first.shape[1], dtype=first.dtype, device=first.device)
+        seen = torch.zeros(total, dtype=torch.bool, device=first.device)
+        del first
+        while outputs:
+            desc, index = outputs.pop()
+            index = index.to(out.device)
+            out[index] = desc
+            seen[index] = True
+            del desc, index
         if not bool(seen.all()):
             raise RuntimeError(f"evaluation covered {int(seen.sum())} of {total} images")
-        return out.cpu().numpy()
+        return out
 
     def _finish_eval(self, stage: str) -> None:
         split = getattr(self.trainer.datamodule, f"{stage}_split")
         desc = self._collect(split.num_db + split.num_q)
-        if self.descriptor_transform is not None:
+        if self.descriptor_transform is not None:  # PCA on the descriptors' device, before the copy to the host
             desc = self.descriptor_transform(desc)
+        desc = desc.cpu().numpy()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the split's blocks back to the driver: faiss-gpu allocates outside torch
         too_big = [n for n in self.recall_at if n >= split.num_db]
         if too_big and split.describe() not in self._said_recall_sizes:
             self._said_recall_sizes.add(split.describe())
