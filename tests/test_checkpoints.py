@@ -59,3 +59,32 @@ def test_last_skips_an_unreadable_checkpoint_for_the_newest_intact_one(tmp_path)
     os.utime(best, (900, 900))
     ckpt.write_bytes(ckpt.read_bytes()[:100])  # a kill in the middle of a non-atomic write
     assert resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("se")) == str(best)
+
+
+def _stored(tmp_path: Path, **components) -> Path:
+    config = {"backbone": {"_target_": "vpr.models.backbones.build_backbone"}, "attention": {}, "head": {},
+              "loss": {}, "model": {}, "seed": 1, **components}
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "vpr_config": config}, path)
+    return path
+
+
+def test_a_stored_component_of_another_package_is_built_only_when_trusted(tmp_path):
+    from vpr.checkpoints import read_checkpoint
+
+    path = _stored(tmp_path, attention={"_target_": "myvpr.gates.Gate", "hidden": 3})
+    with pytest.raises(ConfigError, match=r"'myvpr\.gates\.Gate' \(vpr_config\.attention\._target_\).*"
+                                          r"trusted_targets=\[myvpr\]"):
+        read_checkpoint(str(path))
+    for trusted in (["myvpr"], ["myvpr."]):
+        assert read_checkpoint(str(path), trusted=trusted)[1]["attention"]["hidden"] == 3
+    with pytest.raises(ConfigError, match="myvprx"):  # a package, not a name prefix
+        read_checkpoint(str(_stored(tmp_path, head={"_target_": "myvprx.Head"})), trusted=["myvpr"])
+    with pytest.raises(ConfigError, match="trusted_targets=myvpr: a list"):
+        read_checkpoint(str(path), trusted="myvpr")
+
+
+def test_a_stored_loss_is_not_built_from_the_checkpoint_so_not_checked(tmp_path):
+    from vpr.checkpoints import read_checkpoint
+
+    assert read_checkpoint(str(_stored(tmp_path, loss={"_target_": "myvpr.losses.Contrastive"})))[1] is not None

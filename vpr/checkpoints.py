@@ -102,9 +102,23 @@ def _saved_identity(ckpt: Path) -> dict[str, Any] | None:
         return None
 
 
-#: Where a stored config's ``_target_`` may point: the project's own components. Anything else is refused, so a
-#: checkpoint cannot make eval.py build (and run) an arbitrary callable.
+#: Where a stored config's ``_target_`` may point: the project's own components, and the packages the setting
+#: ``trusted_targets`` names. Anything else is refused, so a checkpoint cannot make eval.py build (and run) an
+#: arbitrary callable.
 TRUSTED_TARGET_PREFIXES = ("vpr.",)
+
+#: The stored settings a checkpoint's network is built from. The loss is stored too but never built from a
+#: checkpoint (evaluation has none; a resumed run builds the command line's).
+BUILT_FROM_CHECKPOINT = tuple(k for k in MODEL_KEYS if k != "loss")
+
+
+def trusted_prefixes(trusted: Any) -> tuple[str, ...]:
+    """``vpr.`` and the packages of the ``trusted_targets`` setting (``[myvpr]`` or ``[myvpr.]``: its modules)."""
+    if trusted is None:
+        return TRUSTED_TARGET_PREFIXES
+    if isinstance(trusted, str) or not all(isinstance(t, str) and t.strip(". ") for t in trusted):
+        raise ConfigError(f"trusted_targets={trusted}: a list of package names, e.g. trusted_targets=[myvpr]")
+    return TRUSTED_TARGET_PREFIXES + tuple(t.strip().rstrip(".") + "." for t in trusted)
 
 
 def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = "auto") -> dict[str, Any]:
@@ -143,29 +157,35 @@ def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = 
     return state
 
 
-def check_stored_targets(stored: Any, path: str, where: str = "vpr_config") -> None:
-    """Every ``_target_`` in a stored config must name one of the project's components."""
+def check_stored_targets(stored: Any, path: str, where: str = "vpr_config",
+                         trusted: tuple[str, ...] = TRUSTED_TARGET_PREFIXES) -> None:
+    """Every ``_target_`` in a stored config must name one of the project's components (or a trusted package's)."""
     if isinstance(stored, dict):
         target = stored.get("_target_")
-        if target is not None and not str(target).startswith(TRUSTED_TARGET_PREFIXES):
+        if target is not None and not str(target).startswith(trusted):
+            package = str(target).split(".")[0]
             raise ConfigError(
                 f"checkpoint {path}: its stored config asks to build {target!r} ({where}._target_), which is not "
-                f"a component of this project ({', '.join(TRUSTED_TARGET_PREFIXES)}*); refusing to build it"
+                f"a component of this project or of a trusted package ({', '.join(t + '*' for t in trusted)}); "
+                f"refusing to build it. If {package} is your own code, trust it: trusted_targets=[{package}]"
             )
         for key, value in stored.items():
-            check_stored_targets(value, path, f"{where}.{key}")
+            check_stored_targets(value, path, f"{where}.{key}", trusted)
     elif isinstance(stored, (list, tuple)):
         for i, value in enumerate(stored):
-            check_stored_targets(value, path, f"{where}[{i}]")
+            check_stored_targets(value, path, f"{where}[{i}]", trusted)
 
 
-def read_checkpoint(path: str, ckpt_format: str = "auto") -> tuple[dict[str, Any], dict | None]:
+def read_checkpoint(path: str, ckpt_format: str = "auto",
+                    trusted: Any = None) -> tuple[dict[str, Any], dict | None]:
     """(the checkpoint, its stored run config or None), loaded as weights only; the network part of the stored
-    config may only name the project's components."""
+    config may only name the project's components and those of the packages in ``trusted`` (the
+    ``trusted_targets`` setting)."""
+    prefixes = trusted_prefixes(trusted)
     state = load_weights_only(path, ckpt_format=ckpt_format)
     stored = state.get("vpr_config")
     if stored is not None:
-        check_stored_targets({k: stored.get(k) for k in MODEL_KEYS}, path)
+        check_stored_targets({k: stored.get(k) for k in BUILT_FROM_CHECKPOINT}, path, trusted=prefixes)
     return state, stored
 
 

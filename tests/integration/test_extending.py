@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_script
+from tests.integration.test_errors import assert_clean_failure
 from tests.integration.test_experiments import tiny_overrides
 from vpr.models.attention.base import AttentionOutput
 
@@ -26,6 +27,13 @@ class ToyGate(nn.Module):
     def forward(self, x: torch.Tensor) -> AttentionOutput:
         gate = torch.sigmoid(self.score(x))
         return AttentionOutput(features=x, weights=gate, mask=gate)
+
+
+class PlainTensorGate(ToyGate):
+    """The natural mistake: returning the gated features themselves."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.score(x))
 
 
 class ToyCentroidHead(nn.Module):
@@ -63,6 +71,14 @@ def test_toy_attention_through_config_only(data_dir, tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["vpr_config"]["attention"]["_target_"] == f"{HERE}.ToyGate"
     assert state["state_dict"]["attention.score.0.weight"].shape[0] == 3
+    # eval.py builds it from the checkpoint once its package is trusted, and says how when it is not.
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    common = ["data.prepare.preset=tiny", f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "logger=none",
+              "data.num_workers=0"]
+    refused = run_script("eval.py", *common, f"hydra.run.dir={tmp_path}/refused", tmp=tmp_path, check=False)
+    assert_clean_failure(refused, f"'{HERE}.ToyGate' (vpr_config.attention._target_)", "trusted_targets=[tests]")
+    run_script("eval.py", *common, "trusted_targets=[tests]", f"hydra.run.dir={tmp_path}/trusted", tmp=tmp_path)
+    assert (tmp_path / "trusted" / "results.json").is_file()
 
 
 def test_head_needing_centroids_gets_them_without_glue(data_dir, tmp_path):
@@ -74,3 +90,14 @@ def test_head_needing_centroids_gets_them_without_glue(data_dir, tmp_path):
         centroids = torch.from_numpy(f["centroids"][...])
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     torch.testing.assert_close(state["state_dict"]["head.centroids"], centroids)  # lr 0: as initialised
+
+
+def test_an_attention_module_returning_a_plain_tensor_is_said_before_any_work(data_dir, tmp_path):
+    import pytest
+
+    from vpr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"attention \({HERE}\.PlainTensorGate\) returned Tensor: .*AttentionOutput"):
+        train([*tiny_overrides("city_baseline", data_dir, tmp_path), f"attention._target_={HERE}.PlainTensorGate",
+               f"paths.centroids_dir={tmp_path}/centroids"])
+    assert not (tmp_path / "centroids").exists()  # before k-means

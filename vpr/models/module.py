@@ -23,10 +23,23 @@ from vpr.errors import ConfigError
 from vpr.eval.exports import pair_distances
 from vpr.eval.ranking import rank_split
 from vpr.eval.recall import recall_at_n
+from vpr.models.attention.base import AttentionOutput
 from vpr.models.attention.deattention import deattention_loss
 from vpr.progress import progress
 
 log = logging.getLogger(__name__)
+
+
+def _attention_output(attention: nn.Module, out: Any) -> AttentionOutput:
+    """``out`` of ``attention``, refused with the fix when it is not an AttentionOutput."""
+    if not isinstance(out, AttentionOutput):
+        raise ConfigError(
+            f"attention ({type(attention).__module__}.{type(attention).__name__}) returned {type(out).__name__}: an "
+            "attention module returns vpr.models.attention.base.AttentionOutput(features, weights, mask), weights "
+            "and mask may be None (README, Extending)"
+        )
+    return out
+
 
 #: torch.compile's modes (``model.compile=<mode>``).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -155,8 +168,23 @@ class PlaceRecognitionModule(L.LightningModule):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
-        att = self.attention(features)
+        att = _attention_output(self.attention, self.attention(features))
         return self.head(att.features, att.weights), att.mask
+
+    @torch.no_grad()
+    def check_attention(self, image_size: Sequence[int]) -> None:
+        """One forward of the attention module on the feature grid of ``image_size`` (eval mode, zeros): a module
+        that returns something else than AttentionOutput is said now, not at the first cache pass."""
+        grid = self.feature_grid(image_size)
+        channels = getattr(self.backbone, "out_channels", None)
+        if channels is None:
+            return
+        was_training = self.attention.training
+        self.attention.eval()
+        try:
+            _attention_output(self.attention, self.attention(torch.zeros(1, int(channels), *grid, device=self.device)))
+        finally:
+            self.attention.train(was_training)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) -> descriptors (B, out_dim), L2-normalised."""

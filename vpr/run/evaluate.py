@@ -97,7 +97,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     state, trained_size = None, None
     if ckpt_path is not None:
         ckpt_path = str(Path(ckpt_path).resolve())  # results.json names the file wherever the command ran
-        state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"))
+        state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"), cfg.get("trusted_targets"))
         cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, command_line_overrides())
         cfg = with_checkpoint_city(cfg, stored, command_line_overrides())
         if stored is not None:

@@ -90,7 +90,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     db_names, q_names = image_names(db_files, root, "database"), image_names(q_files, root, "queries")
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, "train")
-    state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"))
+    state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"), cfg.get("trusted_targets"))
     overrides = command_line_overrides()
     cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, overrides)
     if stored is None and state.get("released") is not None and "data.image_size" not in overridden_keys(overrides):

@@ -181,13 +181,14 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_image_size=cfg.data.image_size)
     test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared))
     module = build_module(cfg)
+    module.check_attention(cfg.data.image_size)  # a component of one's own that returns the wrong type: said now
     check_deterministic(cfg.trainer.get("deterministic"), module, work_device(cfg.trainer).type == "cuda")
     if dm.guidance is not None and module.aux_weight > 0:
         dm.label_source()  # the segmentation model loads, or fails, now: not after clustering and a cache pass
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
     wandb_id = None
     if ckpt_path is not None:
-        state, _ = read_checkpoint(ckpt_path)  # refuses a file that is not plain weights before Lightning opens it
+        state, _ = read_checkpoint(ckpt_path, trusted=cfg.get("trusted_targets"))  # refuses a file that is not plain weights before Lightning opens it
         wandb_id = state.get(WANDB_ID_KEY)  # the W&B run the resumed training continues
         continue_in_run_folder(cfg, ckpt_path)
     check_writable(Path(cfg.callbacks.checkpoint.dirpath) if cfg.get("callbacks", {}).get("checkpoint") else out_dir)

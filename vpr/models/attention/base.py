@@ -77,7 +77,7 @@ class Combined(nn.Module):
         if not modules:
             raise ValueError(
                 "Combined attention (vpr/models/attention/base.py) needs at least one module; "
-                "use attention=identity for no attention."
+                "use attention=none for no attention."
             )
         self.stages = nn.ModuleList(modules)
 
