@@ -37,3 +37,37 @@ def test_root_not_set_or_without_the_folders(tmp_path):
         load_folder_split(None, "test")
     with pytest.raises(DataError, match="must hold 'database/' and 'queries/'"):
         load_folder_split(tmp_path, "test")
+    # database/ and queries/ directly under the root: the split setting that reads them is named
+    touch(tmp_path / "database" / "@585001.0@4477001.0@.jpg")
+    touch(tmp_path / "queries" / "@585002.0@4477001.0@.jpg")
+    with pytest.raises(DataError, match=r"itself holds them: .*data\.splits\.test=\."):
+        load_folder_split(tmp_path, "test")
+    assert load_folder_split(tmp_path, ".").num_db == 1
+
+
+def _haversine_m(a, b):
+    """Great-circle distance in metres between (lat, lon) degree pairs, the textbook formula."""
+    import math
+
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6_371_008.8 * math.asin(math.sqrt(h))
+
+
+def test_gps_names_are_refused_as_metres_and_read_with_coordinates_latlon(tmp_path):
+    places = {"database": [(40.4404491, -79.9871271), (40.4406000, -79.9869000), (40.4500000, -79.9700000)],
+              "queries": [(40.4405500, -79.9871000)]}
+    for folder, points in places.items():
+        for i, (lat, lon) in enumerate(points):
+            touch(tmp_path / "test" / folder / f"@{lat}@{lon}@{i:04d}@.jpg")
+    with pytest.raises(DataError, match=r"latitude and longitude in degrees.*data\.coordinates=latlon"):
+        load_folder_split(tmp_path, "test")
+    split = load_folder_split(tmp_path, "test", coordinates="latlon")
+    db_names = sorted(p.name for p in (tmp_path / "test" / "database").iterdir())
+    db_points = [next(pt for i, pt in enumerate(places["database"]) if f"@{i:04d}@" in n) for n in db_names]
+    for d, point in enumerate(db_points):
+        want = _haversine_m(places["queries"][0], point)
+        assert np.linalg.norm(split.db_utm[d] - split.q_utm[0]) == pytest.approx(want, rel=1e-3)
+    assert [len(p) for p in split.eval_positives()] == [2]  # 11.5 m and 17.8 m away; the third 1.8 km
+    with pytest.raises(DataError, match="data.coordinates=gps: choose utm"):
+        load_folder_split(tmp_path, "test", coordinates="gps")

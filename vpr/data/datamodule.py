@@ -104,7 +104,8 @@ def _read_mat_spec(dm: PlaceDataModule, split: str) -> PlaceSplit:
 
 def _read_folder(dm: PlaceDataModule, split: str) -> PlaceSplit:
     return load_folder_split(dm.root, split, dm.name, dm.eval_radius_m or 25.0, dm.train_radius_m or 10.0,
-                             spatial_nms=dm.spatial_nms, train_min_distance_m=dm.train_min_distance_m)
+                             spatial_nms=dm.spatial_nms, train_min_distance_m=dm.train_min_distance_m,
+                             coordinates=dm.coordinates)
 
 
 #: On-disk formats by ``data.layout``: (data module, split name) -> PlaceSplit. A new format is one reader here.
@@ -137,6 +138,8 @@ class PlaceDataModule(L.LightningDataModule):
         mining: keyword arguments of :class:`HardNegativeMiner` plus ``refresh_every_queries``.
         eval_radius_m / train_radius_m: override the split files' 25 m / 10 m.
         train_min_distance_m: training positives lie farther than this (Tokyo Time Machine's protocol: 1 m).
+        coordinates: ``folder`` layout: ``utm`` (names ``@east@north@`` in metres) or ``latlon`` (``@lat@lon@`` in
+            degrees, turned into local metres).
         seed: shuffling and negative sampling.
         prepare: optional callable run once in ``prepare_data`` (the synthetic city generates itself there).
         guidance: semantic guidance for de-attention (``source``, ``suppress``, ``mask_dir``, ``class_groups``,
@@ -158,6 +161,7 @@ class PlaceDataModule(L.LightningDataModule):
         eval_radius_m: float | None = None,
         train_radius_m: float | None = None,
         train_min_distance_m: float = 0.0,
+        coordinates: str = "utm",
         seed: int = 0,
         prepare: Callable[[], Any] | None = None,
         guidance: Mapping[str, Any] | None = None,
@@ -199,6 +203,7 @@ class PlaceDataModule(L.LightningDataModule):
         self.eval_radius_m = eval_radius_m
         self.train_radius_m = train_radius_m
         self.train_min_distance_m = float(train_min_distance_m)
+        self.coordinates = str(coordinates)
         if not self.train_min_distance_m >= 0:
             raise ConfigError(f"data.train_min_distance_m={train_min_distance_m}: must be a distance >= 0 (metres)")
         self.seed = int(seed)

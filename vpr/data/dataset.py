@@ -303,6 +303,25 @@ def parse_utm_filename(path: Path) -> tuple[float, float]:
         ) from None
 
 
+#: Mean Earth radius (metres): latitude/longitude to local metres.
+EARTH_RADIUS_M = 6_371_008.8
+COORDINATES = ("utm", "latlon")
+
+
+def latlon_to_local_metres(latlon: np.ndarray) -> np.ndarray:
+    """(N, 2) latitude, longitude in degrees -> (N, 2) east, north in metres from their mean (an equirectangular
+    projection about the mean: within 0.1 % of the true distances over tens of kilometres)."""
+    lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
+    lat0, lon0 = lat.mean(), lon.mean()
+    return np.stack([(lon - lon0) * np.cos(lat0), lat - lat0], axis=1) * EARTH_RADIUS_M
+
+
+def _look_like_degrees(xy: np.ndarray) -> bool:
+    """Positions a UTM reading could not mean: all within +-180 and spread over less than one unit (1 m in
+    metres, 100 km in degrees)."""
+    return bool(np.all(np.abs(xy) <= 180.0) and np.all(np.ptp(xy, axis=0) < 1.0)) and len(xy) > 1
+
+
 def load_folder_split(
     root: str | Path,
     split: str,
@@ -311,28 +330,45 @@ def load_folder_split(
     train_radius_m: float = 10.0,
     spatial_nms: bool = False,
     train_min_distance_m: float = 0.0,
+    coordinates: str = "utm",
 ) -> PlaceSplit:
-    """Read ``root/<split>/{database,queries}/*`` whose names carry UTM coordinates."""
+    """Read ``root/<split>/{database,queries}/*`` whose names carry UTM coordinates (``@east@north@``), or with
+    ``coordinates="latlon"`` latitude and longitude in degrees (``@lat@lon@``), turned into local metres."""
+    if coordinates not in COORDINATES:
+        raise DataError(f"data.coordinates={coordinates}: choose utm (@east@north@ in metres) or latlon "
+                        "(@lat@lon@ in degrees)")
     if root is None or str(root) in ("", "None"):
         raise DataError(f"data.root is not set for {name} (data=folder): point it at the folder holding "
                         f"<split>/database/ and <split>/queries/, e.g. data.root=/data/{name}")
     base = Path(root).expanduser() / split
     if not (base / "database").is_dir() or not (base / "queries").is_dir():
-        raise DataError(
-            f"{base} must hold 'database/' and 'queries/' folders (data=folder layout); check data.root"
-        )
+        root_itself = (Path(root).expanduser() / "database").is_dir() and (Path(root).expanduser() / "queries").is_dir()
+        hint = (f"; {root} itself holds them: one split without a split folder is data.splits.{split}=. "
+                "(e.g. eval.py data=folder data.root=... data.splits.test=.)") if root_itself else "; check data.root"
+        raise DataError(f"{base} must hold 'database/' and 'queries/' folders (data=folder layout: "
+                        f"<root>/<split>/database, <root>/<split>/queries){hint}")
     exts = {".jpg", ".jpeg", ".png"}
     db_paths = sorted(p for p in (base / "database").rglob("*") if p.suffix.lower() in exts)
     q_paths = sorted(p for p in (base / "queries").rglob("*") if p.suffix.lower() in exts)
     if not db_paths or not q_paths:
         raise DataError(f"{base}: no images found under database/ or queries/")
+    positions = np.array([parse_utm_filename(p) for p in db_paths + q_paths], dtype=np.float64)
+    if coordinates == "latlon":
+        positions = latlon_to_local_metres(positions)
+    elif _look_like_degrees(positions):
+        raise DataError(
+            f"{base}: the positions in the file names all lie within {np.ptp(positions, axis=0).max():.3g} of each "
+            f"other, e.g. {db_paths[0].name}: latitude and longitude in degrees, read as metres, would make every "
+            "database image a match. For @<lat>@<lon>@ names set data.coordinates=latlon; UTM names carry metres "
+            "(@<east>@<north>@)"
+        )
     return PlaceSplit(
         dataset=name,
         split=split,
         db_paths=db_paths,
         q_paths=q_paths,
-        db_utm=np.array([parse_utm_filename(p) for p in db_paths], dtype=np.float64),
-        q_utm=np.array([parse_utm_filename(p) for p in q_paths], dtype=np.float64),
+        db_utm=positions[: len(db_paths)],
+        q_utm=positions[len(db_paths):],
         eval_radius_m=eval_radius_m,
         train_radius_m=train_radius_m,
         train_min_distance_m=float(train_min_distance_m),
