@@ -230,10 +230,11 @@ def init_head(cfg: DictConfig, module, datamodule, missing_hint: str = "") -> No
     if not path.is_file():
         if not auto:
             raise ConfigError(
-                f"NetVLAD centroid file {path} not found. Create it with\n"
+                f"centroid file {path} (k-means initialisation of {type(module.head).__name__}) not found. Create it "
+                "with\n"
                 f"  python cluster.py {missing_hint}\n"
                 "(same data/backbone/head settings as training), or add cluster.auto=true to cluster first. "
-                "NetVLAD without centroid initialisation trains badly, so there is no random fallback."
+                "A head that needs centroids trains badly without them (NetVLAD), so there is no random fallback."
             )
         log.info("centroid file %s missing and cluster.auto=true: clustering now", path)
         cluster_and_save(cfg, module.backbone, module.head, datamodule, path)
@@ -244,7 +245,7 @@ def init_head(cfg: DictConfig, module, datamodule, missing_hint: str = "") -> No
         alpha = module.head.init_from_file(path)
     except ValueError as e:  # truncated or foreign file, other K or D: the message names the file and the fix
         raise ConfigError(str(e)) from None
-    log.info("NetVLAD initialised from %s (alpha %.2f)", path, alpha)
+    log.info("%s initialised from %s (alpha %.2f)", type(module.head).__name__, path, alpha)
 
 
 def _read_attributes(path: Path) -> dict[str, Any]:

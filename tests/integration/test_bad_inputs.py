@@ -221,8 +221,6 @@ CASES = {
                                   lambda u: ["centroid file", "python cluster.py"]),
     "centroid file corrupt": Case("train.py", lambda u: [*city(u), f"cluster.file={u['base']}/centroids/broken.hdf5"],
                                   lambda u: ["broken.hdf5", "not a readable HDF5"]),
-    "clustering a pooling head": Case("cluster.py", lambda u: [*city(u), "head=gem"],
-                                      lambda u: ["head=vpr.models.heads.pooling.GeM", "only a NetVLAD head"]),
     "too few descriptors for K": Case("cluster.py", lambda u: [*city(u), f"paths.centroids_dir={u['case']}/c",
                                                                "cluster.images=1", "cluster.descriptors_per_image=2"],
                                       lambda u: ["only 2 descriptors", "cluster.images"]),

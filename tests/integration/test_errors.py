@@ -178,6 +178,14 @@ def test_cluster_script_of_a_gpu_experiment_runs_on_the_cpu(data_dir, tmp_path):
     assert "wrote" in proc.stdout and list((tmp_path / "c").glob("vgg16-random42_city-tiny-seed0_4_48x64_*.hdf5"))
 
 
+def test_cluster_script_of_a_head_without_centroids_has_nothing_to_do(data_dir, tmp_path):
+    """A loop of cluster.py over configurations may meet a pooling head: it says so and succeeds, writing nothing."""
+    proc = run_script("cluster.py", "experiment=city_baseline", "head=gem", "data.prepare.preset=tiny",
+                      f"paths.data_dir={data_dir}", f"paths.centroids_dir={tmp_path}/c", f"hydra.run.dir={tmp_path}/r",
+                      tmp=tmp_path)
+    assert "head=vpr.models.heads.pooling.GeM needs no centroids" in proc.stdout and not (tmp_path / "c").exists()
+
+
 @pytest.mark.skipif(__import__("shutil").which("srun") is not None, reason="this machine has SLURM")
 def test_slurm_launcher_off_a_cluster(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")

@@ -12,11 +12,13 @@ from vpr.errors import ConfigError
 from vpr.models.heads.netvlad import load_centroid_file
 
 
-def run_clustering(cfg: DictConfig) -> Path:
+def run_clustering(cfg: DictConfig) -> Path | None:
+    """The centroid file of the configured head (computed unless it exists); None for a head that needs none."""
     check_common_settings(cfg, trainer=False)  # k-means runs on the GPU if there is one, else the CPU
     backbone, _, head = build_network(cfg)
-    if not needs_centroids(head):
-        raise ConfigError(f"head={cfg.head.get('_target_')}: only a NetVLAD head needs centroids")
+    if not needs_centroids(head):  # a loop over configurations may include pooling heads: nothing to do
+        print(f"head={cfg.head.get('_target_')} needs no centroids (needs_centroids is false): nothing to cluster")
+        return None
     path = centroid_path(cfg, backbone, head)
     if path.is_file() and not cfg.get("overwrite", False):
         if readable_centroid_file(path):
