@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -335,3 +336,30 @@ def weight_mismatches(own: dict[str, torch.Tensor], weights: dict[str, Any], ori
     problems += [f"missing from the file: {missing(k)}" for k in own if k not in weights]
     problems += [f"not in this network: {name(k)}" for k in weights if k not in own]
     return problems
+
+
+#: The released files (the NetVLAD baseline's, the paper code's) were trained on Pittsburgh's full 640x480 images.
+RELEASED_IMAGE_SIZE = (480, 640)
+
+
+def network_of_checkpoint(cfg: DictConfig, ckpt_path: str, overrides: list[str],
+                          device: str | torch.device | None = None) -> tuple[torch.nn.Module, DictConfig]:
+    """(the checkpoint's network with its weights, in eval mode on ``device`` (None: this process's GPU when there
+    is one), the config it was built from): what retrieve.py and :func:`vpr.api.load_model` encode with. A
+    released file stores no image size: its images are taken at the Pittsburgh size it was trained at, unless
+    ``overrides`` set ``data.image_size``."""
+    from vpr.build import build_module
+    from vpr.devices import work_device
+
+    state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"), cfg.get("trusted_targets"))
+    cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, overrides)
+    if stored is None and state.get("released") is not None and "data.image_size" not in overridden_keys(overrides):
+        cfg.data.image_size = list(RELEASED_IMAGE_SIZE)
+        log.info("%s is a released file, which stores no image size: images at %dx%d, the Pittsburgh size it was "
+                 "trained at (data.image_size=[H,W] to change)", ckpt_path, *RELEASED_IMAGE_SIZE)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    module = build_module(cfg, with_training=False)
+    load_network_weights(module, state, ckpt_path)
+    module.to(device if device is not None else work_device(cfg.get("trainer"))).eval()
+    module.apply_memory_format()
+    return module, cfg

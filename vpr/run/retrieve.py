@@ -13,21 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 from omegaconf import DictConfig
 
-from vpr.build import build_module, check_common_settings, command_line_overrides, whole_number
-from vpr.checkpoints import (
-    load_network_weights,
-    network_from_checkpoint,
-    overridden_keys,
-    read_checkpoint,
-    resolve_ckpt_path,
-)
+from vpr.build import check_common_settings, command_line_overrides, whole_number
+from vpr.checkpoints import network_of_checkpoint, resolve_ckpt_path
 from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import eval_transform
-from vpr.devices import work_device
 from vpr.errors import ConfigError
 from vpr.eval.exports import write_global_features, write_pairs, write_rankings
 from vpr.eval.pca import PCAWhitening, load_pca_file
@@ -36,9 +28,6 @@ from vpr.io import write_json_atomic
 from vpr.run import single_log_stream
 
 log = logging.getLogger(__name__)
-
-#: The released files (the NetVLAD baseline's, the paper code's) were trained on Pittsburgh's full 640x480 images.
-RELEASED_IMAGE_SIZE = (480, 640)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -90,18 +79,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     db_names, q_names = image_names(db_files, root, "database"), image_names(q_files, root, "queries")
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, "train")
-    state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"), cfg.get("trusted_targets"))
-    overrides = command_line_overrides()
-    cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, overrides)
-    if stored is None and state.get("released") is not None and "data.image_size" not in overridden_keys(overrides):
-        cfg.data.image_size = list(RELEASED_IMAGE_SIZE)
-        log.info("%s is a released file, which stores no image size: images at %dx%d, the Pittsburgh size it was "
-                 "trained at (data.image_size=[H,W] to change)", ckpt_path, *RELEASED_IMAGE_SIZE)
-    L.seed_everything(int(cfg.seed), workers=True)
-    module = build_module(cfg, with_training=False)
-    load_network_weights(module, state, ckpt_path)
-    module.to(work_device(cfg.get("trainer")))
-    module.apply_memory_format()
+    module, cfg = network_of_checkpoint(cfg, ckpt_path, command_line_overrides())
     size = tuple(int(s) for s in cfg.data.image_size)
     transform = eval_transform(size)
     log.info("retrieval with %s: %d database and %d query images at %dx%d, names relative to %s", ckpt_path,

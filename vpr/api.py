@@ -1,0 +1,71 @@
+"""vpr from Python (a notebook, another project): the composed configs, a checkpoint's network, descriptors.
+
+    from vpr.api import load_model, encode_images
+    model, cfg = load_model("outputs/train/runs/<time>/checkpoints/last.ckpt")
+    descriptors = encode_images(model, ["a.jpg", "b.jpg"], cfg.data.image_size)   # (2, D), L2-normalised
+
+The network is built as eval.py builds it (the checkpoint's stored settings, or a released file's), with the same
+safety: weights only, and the stored config may build only the project's components and ``trusted_targets``'.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+#: The project's config folder (an editable install or a clone: next to the vpr package).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def compose_config(config_name: str = "eval", overrides: Sequence[str] = ()) -> DictConfig:
+    """A script's config (``train``, ``eval``, ``cluster``, ``retrieve``) with command-line style ``overrides``,
+    composed outside a Hydra run: ``paths.output_dir`` (a script's run folder) is a new temporary folder unless
+    the overrides give one."""
+    if not CONFIG_DIR.is_dir():
+        raise FileNotFoundError(f"{CONFIG_DIR}: the project's configs are not next to the vpr package (install it "
+                                "from a clone: pip install -e .)")
+    overrides = list(overrides)
+    if not any(o.lstrip("+~").startswith("paths.output_dir=") for o in overrides):
+        overrides.append(f"paths.output_dir={tempfile.mkdtemp(prefix=f'vpr_{config_name}_')}")
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path is this project's
+        cfg = compose(config_name=config_name, overrides=overrides)
+    else:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            cfg = compose(config_name=config_name, overrides=overrides)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def load_model(ckpt_path: str | Path, overrides: Sequence[str] = (),
+               device: str | torch.device | None = None) -> tuple[torch.nn.Module, DictConfig]:
+    """(the network of a checkpoint in eval mode on ``device``, the config it was built from).
+
+    ``ckpt_path``: a checkpoint of train.py, or a released file of the NetVLAD baseline or the paper code.
+    ``overrides``: eval.py's settings, e.g. ``["trusted_targets=[myvpr]"]`` or ``["model.channels_last=false"]``.
+    ``device``: None puts it on this process's GPU when there is one. ``cfg.data.image_size`` is the size it was
+    trained at (a released file: 480x640).
+    """
+    from vpr.checkpoints import network_of_checkpoint
+
+    ckpt = str(Path(ckpt_path).expanduser().resolve())
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", *overrides])
+    module, cfg = network_of_checkpoint(cfg, ckpt, list(overrides), device)
+    return module, cfg
+
+
+def encode_images(model: torch.nn.Module, images: Sequence[str | Path], image_size: Sequence[int],
+                  batch_size: int = 32) -> torch.Tensor:
+    """(N, D) float32 descriptors of image files, resized to ``image_size`` (height, width) as in training and
+    evaluation, on the model's device."""
+    from vpr.data.dataset import ImageDataset
+    from vpr.data.transforms import eval_transform
+
+    model.encode_batch_size = int(batch_size)
+    size = tuple(int(s) for s in image_size)
+    return model.encode_dataset(ImageDataset([Path(p) for p in images], eval_transform(size)), "encoding")
