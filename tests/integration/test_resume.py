@@ -25,11 +25,27 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("every_n_steps", [None, 1], ids=["epoch-checkpoints", "step-checkpoints"])
-def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tmp_path, every_n_steps):
+def _step_of(ckpt: Path) -> int:
+    """The global step of a checkpoint being rewritten by a running job (-1 while there is none)."""
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+    except Exception:  # not written yet (the rename is atomic: never half a file)
+        return -1
+
+
+@pytest.mark.parametrize(
+    ("every_n_steps", "one_round"),
+    [(None, False), (1, False), (1, True)],
+    ids=["epoch-checkpoints", "step-checkpoints", "step-checkpoints-inside-a-round"],
+)
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tmp_path, every_n_steps, one_round):
+    """one_round: a single mining round per epoch, killed after its second step, so that the resumed run trains
+    batches of the restored round before any cache pass (the BatchNorm layers' frozen mode was lost there)."""
     common = [*SETTINGS, f"paths.data_dir={data_dir}"]
     if every_n_steps:
         common.append(f"checkpoint_every_n_steps={every_n_steps}")
+    if one_round:
+        common.append("mining.refresh_every_queries=1000")
     run_script("train.py", *common, f"paths.log_dir={tmp_path}/a", f"hydra.run.dir={tmp_path}/a/train/runs/r",
                tmp=tmp_path)
     uninterrupted = json.loads((tmp_path / "a" / "train" / "runs" / "r" / "results.json").read_text())
@@ -42,10 +58,17 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tm
             cwd=tmp_path, env=script_env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 300
-        while "epoch 1 round 2" not in log_file.read_text():  # the middle of the second epoch
+
+        def reached() -> bool:
+            if not one_round:
+                return "epoch 1 round 2" in log_file.read_text()  # the middle of the second epoch
+            trained = re.search(r"epoch 0 trained: global step (\d+)", log_file.read_text())
+            return trained is not None and _step_of(first / "checkpoints" / "last.ckpt") >= int(trained.group(1)) + 2
+
+        while not reached():
             assert proc.poll() is None, log_file.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the run never reached epoch 1 round 2"
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, "the run never reached the middle of epoch 1"
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (first / "results.json").exists(), "killed before the end"
@@ -59,6 +82,8 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tm
         # in the second round of epoch 1: past the first round's steps, and holding the round being trained
         assert saved["epoch"] == 1 and saved["global_step"] > steps_epoch0, saved["global_step"]
         assert saved["PlaceDataModule"]["round"]["epoch"] == 1
+        if one_round:  # inside the round: some of its batches trained, some left
+            assert 0 < int(saved["PlaceDataModule"]["round"]["offset"]), saved["PlaceDataModule"]["round"]["offset"]
 
     second = tmp_path / "b" / "train" / "runs" / "second"
     proc = run_script("train.py", *common, f"paths.log_dir={tmp_path}/b", "ckpt_path=last", f"hydra.run.dir={second}",

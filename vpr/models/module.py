@@ -192,11 +192,20 @@ class PlaceRecognitionModule(L.LightningModule):
 
     def train(self, mode: bool = True) -> PlaceRecognitionModule:
         super().train(mode)
-        if mode and self.freeze_batchnorm:
+        if mode:
+            self._freeze_batchnorm()
+        return self
+
+    def _freeze_batchnorm(self) -> None:
+        if self.freeze_batchnorm:
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        return self
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Also here, not only in train(): Lightning restores each submodule's mode as it captured it around
+        # validation, and a run resumed inside a mining round trains before any cache pass has called train().
+        self._freeze_batchnorm()
 
     # -- mining cache -----------------------------------------------------------------------------------------
     @torch.no_grad()
