@@ -23,7 +23,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vpr.callbacks import AtomicCheckpointIO, LogFileProgressBar, OfflineMining, RecordRunIds
+from vpr.callbacks import (
+    AtomicCheckpointIO,
+    CheckpointOnStop,
+    LogFileProgressBar,
+    OfflineMining,
+    RecordRunIds,
+)
 from vpr.data.transforms import checked_image_size
 from vpr.devices import loader_workers
 from vpr.errors import ConfigError, DataError, missing_value_message
@@ -321,6 +327,8 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
     if cfg.get("trainer", {}).get("enable_progress_bar", True) and not interactive(sys.stdout):
         out.append(LogFileProgressBar())
     out += [OfflineMining(), RecordRunIds()]
+    if cfg.get("callbacks", {}).get("last_checkpoint") is not None:
+        out.append(CheckpointOnStop(cfg.callbacks.last_checkpoint.dirpath))
     return out
 
 

@@ -68,6 +68,31 @@ class OfflineMining(L.Callback):
         )
 
 
+class CheckpointOnStop(L.Callback):
+    """A run stopped by SIGTERM (a scheduler's preemption or time limit, ``kill``) or Ctrl-C while it trains
+    writes ``last.ckpt`` where it stopped, between two steps: ``ckpt_path=last`` continues from there exactly as a
+    step checkpoint would (the mining round being trained is part of it). A stop during validation keeps the
+    checkpoint of the epoch before."""
+
+    def __init__(self, dirpath: str | os.PathLike) -> None:
+        self.dirpath = os.fspath(dirpath)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.trainer.states import RunningStage
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        if trainer.state.stage != RunningStage.TRAINING or trainer.sanity_checking:
+            return
+        path = os.path.join(self.dirpath, "last.ckpt")
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            log.warning("%s at epoch %d, step %d: saved %s; continue with ckpt_path=last",
+                        "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C", trainer.current_epoch,
+                        trainer.global_step, path)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file beside the target, flushed to disk, then renamed over it.
 

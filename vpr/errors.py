@@ -77,6 +77,14 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
+        except KeyboardInterrupt:  # outside Lightning's loops (city generation, k-means, a cache pass of eval.py)
+            _stop("interrupted (Ctrl-C): nothing half-written is kept (files are written whole or not at all); run "
+                  "the command again to continue (train.py: ckpt_path=last resumes the last checkpoint)", 130)
+        except SystemExit as e:
+            if type(e).__name__ != "SIGTERMException":  # Lightning's, raised between two steps on SIGTERM
+                raise
+            _stop("stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it "
+                  "stopped when it was training)", 143)
         except Exception as e:  # noqa: BLE001 - re-raised unless a user error is behind it
             found = find_user_error(e)
             if found is None:
@@ -86,10 +94,20 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
                 text = missing_value_message(found.full_key or str(found).split(":", 1)[-1].strip().splitlines()[0])
             else:
                 text = user_message(found)
-            print(f"error: {text}", file=sys.stderr)
-            raise SystemExit(2) from None
+            _stop(text, 2)
 
     return wrapper
+
+
+def _stop(text: str, status: int) -> None:
+    """End a script with ``error: <text>`` on stderr and in the run's log files (a sweep job's or a cluster job's
+    log then says why it stopped), and exit ``status``."""
+    print(f"error: {text}", file=sys.stderr)
+    record = logging.LogRecord("vpr", logging.ERROR, __file__, 0, text, None, None)
+    for handler in {*logging.getLogger().handlers, *logging.getLogger("vpr").handlers}:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    raise SystemExit(status) from None
 
 
 # Launchers of hydra-submitit-launcher (the [slurm] extra): without it Hydra only says it cannot load the config.

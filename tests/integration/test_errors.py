@@ -19,6 +19,8 @@ def test_missing_dataset_root(tmp_path):
     proc = run_script("eval.py", "data=pittsburgh", f"data.root={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/r",
                       tmp=tmp_path, check=False)
     assert_clean_failure(proc, "nowhere", "does not exist", "data.root")
+    # the run's own log ends with the same message (a sweep's or a cluster job's log says why it stopped)
+    assert "does not exist (setting data.root)" in (tmp_path / "r" / "eval.log").read_text().splitlines()[-1]
 
 
 def test_unset_dataset_root(tmp_path):

@@ -108,3 +108,40 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tm
     assert torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
     assert Path(resumed["checkpoint"]).parent == first / "checkpoints"
     assert not (second / "checkpoints").exists()
+
+
+def test_sigterm_while_training_saves_where_it_stopped_and_the_resume_equals_the_uninterrupted_run(data_dir, tmp_path):
+    """SIGTERM (a scheduler's preemption or time limit) between two steps: one error line, exit status 143, and a
+    last.ckpt of that step (no step checkpoints asked for), from which ckpt_path=last ends as the run left alone."""
+    common = [*SETTINGS, f"paths.data_dir={data_dir}", "mining.refresh_every_queries=1000"]
+    run_script("train.py", *common, f"paths.log_dir={tmp_path}/a", f"hydra.run.dir={tmp_path}/a/train/runs/r",
+               tmp=tmp_path)
+    first = tmp_path / "b" / "train" / "runs" / "first"
+    log_file = tmp_path / "first.log"
+    with open(log_file, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *common, f"paths.log_dir={tmp_path}/b", f"hydra.run.dir={first}"],
+            cwd=tmp_path, env=script_env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 300
+        while "epoch 1 round 1/1" not in log_file.read_text():  # epoch 1's round mined: its steps begin
+            assert proc.poll() is None, log_file.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached epoch 1"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    text = log_file.read_text()
+    assert "error: stopped by SIGTERM; ckpt_path=last continues the run" in text
+    saved = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    steps_epoch0 = int(re.search(r"epoch 0 trained: global step (\d+)", text).group(1))
+    assert saved["epoch"] == 1 and saved["global_step"] > steps_epoch0, "saved at the step it stopped, in epoch 1"
+    assert re.search(rf"SIGTERM at epoch 1, step {saved['global_step']}: saved .*last\.ckpt", text)
+    assert "[vpr][ERROR] stopped by SIGTERM; ckpt_path=last" in (first / "train.log").read_text()  # the log says why
+
+    second = tmp_path / "b" / "train" / "runs" / "second"
+    run_script("train.py", *common, f"paths.log_dir={tmp_path}/b", "ckpt_path=last", f"hydra.run.dir={second}",
+               tmp=tmp_path)
+    want = torch.load(tmp_path / "a" / "train" / "runs" / "r" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)["state_dict"]
+    got = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert [k for k in want if not torch.equal(want[k], got[k])] == []

@@ -41,6 +41,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted (Ctrl-C): {args.out} stays marked incomplete and is generated again by the next "
+              "run of this command (or of a script that uses it)", file=sys.stderr)
+        return 130
     print(f"synthetic city ({args.preset}, seed {args.seed}) ready at {root} in "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     if args.preview is not None:

@@ -135,8 +135,23 @@ def _worker_init(state: dict[str, Any]) -> None:
     # A forked worker inherits its parent's signal handlers: under a job manager that ignores SIGTERM (submitit
     # does, to handle preemption), the pool could never stop its workers.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the pool, the workers say nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent()
     _WORKER_STATE.clear()
     _WORKER_STATE.update(state)
+
+
+def _end_with_parent() -> None:
+    """On Linux, this worker gets SIGTERM when its parent dies (a parent killed with SIGKILL cannot stop its pool,
+    whose orphans would otherwise write on a closed pipe)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _worker_run(tasks: list[tuple]) -> int:
