@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file in the target folder, then rename it into place.
 
 Readers never see half a file, and an interrupted run leaves the previous version intact. Also the one reader of
-torch files users bring (checkpoints, released weights): weights only, never code.
+torch files users bring (checkpoints, released weights): weights only, never code; and the lock that keeps two
+processes from writing one folder at once.
 """
 
 from __future__ import annotations
@@ -11,12 +12,34 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from vpr.errors import ConfigError
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, busy: Callable[[], None]) -> Iterator[None]:
+    """Hold an exclusive lock (POSIX ``flock``) on ``path`` (created) for the block; it ends with the process, also
+    a killed one. When another process holds it, ``busy()`` runs first: it raises to refuse, or returns to wait
+    for the lock. Where the platform has no ``flock`` (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy()
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 @contextmanager

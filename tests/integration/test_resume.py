@@ -145,3 +145,30 @@ def test_sigterm_while_training_saves_where_it_stopped_and_the_resume_equals_the
                       weights_only=True)["state_dict"]
     got = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
+
+
+def test_resuming_into_another_network_or_a_folder_in_use_is_one_error(data_dir, tmp_path):
+    from tests.integration.test_errors import assert_clean_failure
+    from vpr.io import exclusive_lock
+
+    common = [*SETTINGS, f"paths.data_dir={data_dir}", "trainer.max_epochs=1", "test_after_training=false"]
+    run_script("train.py", *common, f"hydra.run.dir={tmp_path}/a", tmp=tmp_path)
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    other = run_script("train.py", *common, "attention=se", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/b",
+                       tmp=tmp_path, check=False)
+    assert_clean_failure(other, f"ckpt_path={ckpt} holds another network than this run's: attention (Identity in the "
+                         "checkpoint, SE here)", f"init_weights={ckpt}")
+    assert "loaded city" not in other.stdout + other.stderr  # refused before any data work
+    # A difference the settings do not show (here K) is found weight by weight once the network is built.
+    k = run_script("train.py", *common, "model.num_clusters=4", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/k",
+                   tmp=tmp_path, check=False)
+    assert_clean_failure(k, "holds another network than this run's: ", "weight(s) do not fit, e.g. head.",
+                         f"init_weights={ckpt}")
+
+    def busy():
+        raise AssertionError("the test holds the lock alone")
+
+    with exclusive_lock(ckpt.parent / ".train.lock", busy):  # as a first resume of this run would hold it
+        second = run_script("train.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/c", tmp=tmp_path,
+                            check=False)
+    assert_clean_failure(second, f"another train.py is writing checkpoints in {ckpt.parent}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -26,12 +27,12 @@ from vpr.build import (
 )
 from vpr.callbacks import WANDB_ID_KEY
 from vpr.centroids import init_head
-from vpr.checkpoints import load_matching_weights, read_checkpoint, resolve_ckpt_path
+from vpr.checkpoints import load_matching_weights, read_checkpoint, resolve_ckpt_path, weight_mismatches
 from vpr.devices import float32_matmul_precision, work_device
 from vpr.errors import ConfigError, export_sweep_job
 from vpr.eval.tables import format_recall_table
-from vpr.io import write_json_atomic, write_text_atomic
-from vpr.run import log_test_results, save_predictions, single_log_stream
+from vpr.io import exclusive_lock, write_json_atomic, write_text_atomic
+from vpr.run import log_test_results, process_rank, save_predictions, single_log_stream
 from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 from vpr.viz.pictures import save_retrieval_pictures
 
@@ -145,6 +146,38 @@ def continue_in_run_folder(cfg: DictConfig, ckpt_path: str) -> None:
     log.info("resuming %s: checkpoints continue in %s", ckpt_path, folder)
 
 
+def check_resumed_network(module: torch.nn.Module | None, state: dict[str, Any], ckpt_path: str,
+                          cfg: DictConfig) -> None:
+    """A checkpoint resumed into a network of other settings is one error naming them (Lightning's strict load
+    would end in a traceback), with the two ways out. Without ``module``, from the settings alone (before any data
+    work); with it, also weight by weight."""
+    stored = state.get("vpr_config") or {}
+    differ = [f"{key} ({_target_of(stored.get(key))} in the checkpoint, {_target_of(cfg.get(key))} here)"
+              for key in ("backbone", "attention", "head")
+              if stored.get(key) is not None and _target_of(stored.get(key)) != _target_of(cfg.get(key))]
+    problems = weight_mismatches(module.state_dict(), state["state_dict"], {}) if module is not None else []
+    if not differ and not problems:
+        return
+    raise ConfigError(
+        f"ckpt_path={ckpt_path} holds another network than this run's: "
+        + "; ".join([*([", ".join(differ)] if differ else []),
+                     *([f"{len(problems)} weight(s) do not fit, e.g. {'; '.join(problems[:3])}"] if problems else [])])
+        + ". Resume with the settings it was trained with (its run's config.yaml), or start a new run from its "
+        f"weights with init_weights={ckpt_path}"
+    )
+
+
+def _target_of(component: Any) -> str | None:
+    if component is None:
+        return None
+    if not hasattr(component, "get"):
+        return None
+    if component.get("name"):  # backbones share one builder and differ by name
+        return str(component.get("name"))
+    target = component.get("_target_")
+    return str(target).rsplit(".", 1)[-1] if target else None
+
+
 def check_writable(folder: Path) -> None:
     """Fail now, not after the first epoch, when checkpoints cannot be written."""
     try:
@@ -174,6 +207,27 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     export_sweep_job(os.environ)  # DDP processes started by Lightning run this sweep job, not the whole sweep
 
+    # The checkpoint to resume is found and read first: a wrong ckpt_path fails before any data work.
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
+    state: dict[str, Any] | None = None
+    if ckpt_path is not None:
+        state, _ = read_checkpoint(ckpt_path, trusted=cfg.get("trusted_targets"))  # plain weights, or refused
+        check_resumed_network(None, state, ckpt_path, cfg)
+        continue_in_run_folder(cfg, ckpt_path)
+    folder = Path(cfg.callbacks.checkpoint.dirpath) if cfg.get("callbacks", {}).get("checkpoint") else out_dir
+    check_writable(folder)
+    with contextlib.ExitStack() as stack:
+        if process_rank(os.environ) == 0:  # the other DDP processes write through rank 0
+            stack.enter_context(exclusive_lock(folder / ".train.lock", lambda: _folder_busy(folder)))
+        return _train_in(cfg, out_dir, ckpt_path, state)
+
+
+def _folder_busy(folder: Path) -> None:
+    raise ConfigError(f"another train.py is writing checkpoints in {folder} (a second ckpt_path=last of the same run?); "
+                      "wait for it to end, or resume from a copy of its checkpoint")
+
+
+def _train_in(cfg: DictConfig, out_dir: Path, ckpt_path: str | None, state: dict[str, Any] | None) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
@@ -185,13 +239,10 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     check_deterministic(cfg.trainer.get("deterministic"), module, work_device(cfg.trainer).type == "cuda")
     if dm.guidance is not None and module.aux_weight > 0:
         dm.label_source()  # the segmentation model loads, or fails, now: not after clustering and a cache pass
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
     wandb_id = None
-    if ckpt_path is not None:
-        state, _ = read_checkpoint(ckpt_path, trusted=cfg.get("trusted_targets"))  # refuses a file that is not plain weights before Lightning opens it
+    if state is not None:
+        check_resumed_network(module, state, ckpt_path, cfg)
         wandb_id = state.get(WANDB_ID_KEY)  # the W&B run the resumed training continues
-        continue_in_run_folder(cfg, ckpt_path)
-    check_writable(Path(cfg.callbacks.checkpoint.dirpath) if cfg.get("callbacks", {}).get("checkpoint") else out_dir)
     if ckpt_path is None and cfg.get("init_weights"):
         load_matching_weights(module, cfg.init_weights)
     elif ckpt_path is None:

@@ -4,6 +4,7 @@ processes), the dbStruct files, ``classes.json`` and the manifest (written last)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -12,8 +13,6 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from vpr.data.synthetic.render import _sensor, render_view
 from vpr.data.synthetic.textures import TextureBank, build_textures
 from vpr.data.synthetic.world import District, _make_district, draw_lighting
 from vpr.errors import ConfigError, DataError
-from vpr.io import write_text_atomic
+from vpr.io import exclusive_lock, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -187,24 +186,10 @@ MARKER_NAME = "city.generating"
 LOCK_NAME = ".city.lock"
 
 
-@contextmanager
-def _generation_lock(root: Path) -> Iterator[None]:
-    """An exclusive lock on ``root/.city.lock`` (POSIX ``flock``; no lock where the platform has none)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: one generator at a time is the user's affair
-        yield
-        return
-    with open(root / LOCK_NAME, "a") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another process is generating the synthetic city in %s: waiting for it", root)
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def _generation_lock(root: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``root/.city.lock``: a second generator waits for the first."""
+    return exclusive_lock(root / LOCK_NAME, lambda: log.info(
+        "another process is generating the synthetic city in %s: waiting for it", root))
 
 
 def _check_ownership(root: Path) -> None:
