@@ -124,3 +124,14 @@ def test_no_shipped_config_trips_the_number_check():
                 walk(compose(script, overrides=[*chosen, "paths.output_dir=unused"]), "")
     assert found == []
     assert len(overrides) > 40
+
+
+def test_a_mistyped_parameter_names_the_closest_one():
+    from omegaconf import OmegaConf
+
+    from vpr.build import instantiate_setting
+
+    with pytest.raises(ConfigError, match=r"unexpected keyword argument 'margn'; did you mean loss\.margin\?"):
+        instantiate_setting("loss", OmegaConf.create({"_target_": "vpr.losses.TripletMarginLoss", "margn": 0.1}))
+    with pytest.raises(ConfigError, match=r"unexpected keyword argument 'zzz'; its parameters: margin"):
+        instantiate_setting("loss", OmegaConf.create({"_target_": "vpr.losses.TripletMarginLoss", "zzz": 0.1}))

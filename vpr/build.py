@@ -56,7 +56,28 @@ def instantiate_setting(group: str, conf: Any, /, **kwargs: Any) -> Any:
         if not isinstance(cause, SETTING_ERRORS):
             raise
         target = conf.get("_target_") if hasattr(conf, "get") else None
-        raise ConfigError(f"{group} ({target}): {cause}") from e
+        raise ConfigError(f"{group} ({target}): {cause}{_closest_parameter(group, target, cause)}") from e
+
+
+def _closest_parameter(group: str, target: Any, cause: BaseException) -> str:
+    """For "got an unexpected keyword argument 'x'": the constructor's parameter closest to ``x`` (a typo added
+    with ``+``, as Hydra suggests for a key the config lacks), else nothing."""
+    import difflib
+    import inspect
+    import re
+
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+    if not found or not target:
+        return ""
+    try:
+        from hydra.utils import get_object
+
+        params = [p for p in inspect.signature(get_object(str(target))).parameters if p not in ("self", "args", "kwargs")]
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    close = difflib.get_close_matches(found.group(1), params, n=1)
+    return (f"; did you mean {group}.{close[0]}? (a '+' adds a key the config lacks: here the constructor has no "
+            f"{found.group(1)!r})") if close else f"; its parameters: {', '.join(params)}"
 
 
 @contextmanager

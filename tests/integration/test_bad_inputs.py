@@ -226,6 +226,9 @@ CASES = {
                                       lambda u: ["only 2 descriptors", "cluster.images"]),
     "checkpoint folder not writable": Case("train.py", lambda u: [*city(u), f"callbacks.checkpoint.dirpath={u['base']}/notes.txt/ckpts"],
                                            lambda u: ["notes.txt/ckpts", "not writable"]),
+    "city folder under a file": Case("train.py", lambda u: [*city(u), f"data.root={u['base']}/notes.txt/city"],
+                                     lambda u: ["data.root=", "notes.txt/city", "Not a directory",
+                                                "a folder you can write"]),
 }
 
 

@@ -165,6 +165,10 @@ def test_resuming_into_another_network_or_a_folder_in_use_is_one_error(data_dir,
     assert_clean_failure(k, "holds another network than this run's: ", "weight(s) do not fit, e.g. head.",
                          f"init_weights={ckpt}")
 
+    # Resuming a run that already trained its max_epochs says that nothing is left to train.
+    done = run_script("train.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/d", tmp=tmp_path)
+    assert "has already trained 1 epoch(s), trainer.max_epochs=1: nothing is left to train" in done.stdout + done.stderr
+
     def busy():
         raise AssertionError("the test holds the lock alone")
 

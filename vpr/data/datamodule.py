@@ -222,8 +222,16 @@ class PlaceDataModule(L.LightningDataModule):
 
     # -- splits -----------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self._prepare is not None:
+        """Generate the data when the config says how (the synthetic city): a folder that cannot be made or
+        written is one error naming data.root."""
+        if self._prepare is None:
+            return
+        try:
             self._prepare()
+        except OSError as e:
+            where = f"{e.strerror}: {e.filename}" if e.filename else str(e)
+            raise DataError(f"data.root={self.root}: the data cannot be written there ({where}); point data.root "
+                            "(or paths.data_dir, VPR_DATA_DIR) at a folder you can write") from None
 
     def load_split(self, role: str) -> PlaceSplit:
         """The split playing ``role`` (train/val/test), read once."""

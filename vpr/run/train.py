@@ -214,6 +214,11 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
         state, _ = read_checkpoint(ckpt_path, trusted=cfg.get("trusted_targets"))  # plain weights, or refused
         check_resumed_network(None, state, ckpt_path, cfg)
         continue_in_run_folder(cfg, ckpt_path)
+        finished = int(state.get("epoch", 0)) + (0 if (state.get("PlaceDataModule") or {}).get("round") else 1)
+        if finished >= int(cfg.trainer.max_epochs):
+            log.warning("%s has already trained %d epoch(s), trainer.max_epochs=%d: nothing is left to train (only "
+                        "the test runs); raise trainer.max_epochs to train on", ckpt_path, finished,
+                        int(cfg.trainer.max_epochs))
     folder = Path(cfg.callbacks.checkpoint.dirpath) if cfg.get("callbacks", {}).get("checkpoint") else out_dir
     check_writable(folder)
     with contextlib.ExitStack() as stack:
