@@ -180,6 +180,10 @@ CASES = {
     "corrupt training image, loader workers": Case(
         "train.py", lambda u: [*city(u), f"paths.data_dir={u['case']}/data", "data.num_workers=2", "head=gem"],
         lambda u: ["is corrupt or not an image", "000000_pitch1_yaw1.jpg"], lambda u: _corrupt_city_image(u)),
+    "a generated city missing an image": Case(
+        "train.py", lambda u: [*city(u), f"paths.data_dir={u['case']}/data", "head=gem"],
+        lambda u: ["1 of the", "are missing", "is a generated synthetic city: delete the folder"],
+        lambda u: _deleted_city_image(u)),
     "monitor a training metric": Case("train.py", lambda u: [*city(u), "monitor=train/loss"],
                                       lambda u: ["monitor=train/loss", "validation metric"]),
     "monitor an N not computed": Case("train.py", lambda u: [*city(u), "monitor=val/R@3"],
@@ -252,6 +256,11 @@ def _corrupt_image(u: dict) -> None:
     image = root / "000" / "000000_pitch1_yaw2.jpg"
     image.write_bytes(image.read_bytes()[:200])  # a truncated download
     u["broken"] = root
+
+
+def _deleted_city_image(u: dict) -> None:
+    shutil.copytree(u["data_dir"] / "city_tiny_seed0", u["case"] / "data" / "city_tiny_seed0")
+    (u["case"] / "data" / "city_tiny_seed0" / "000" / "000001_pitch1_yaw1.jpg").unlink()
 
 
 def _corrupt_city_image(u: dict) -> None:

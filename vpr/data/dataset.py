@@ -215,8 +215,14 @@ def load_mat_split(
     if s.num_db == 0 or s.num_q == 0:
         raise DataError(f"{mat_path}: the {split} split lists {s.num_db} database images and {s.num_q} queries; "
                         "a split needs both (wrong file, or data.splits names the wrong split)")
-    db_paths = _image_paths(root / db_dir, s.db_image, mat_path, "data.db_dir", check_images)
-    q_paths = _image_paths(root / query_dir, s.q_image, mat_path, "data.query_dir", check_images)
+    try:
+        db_paths = _image_paths(root / db_dir, s.db_image, mat_path, "data.db_dir", check_images)
+        q_paths = _image_paths(root / query_dir, s.q_image, mat_path, "data.query_dir", check_images)
+    except DataError as e:
+        if (root / "city.json").is_file():  # a synthetic city's images went missing after it was generated
+            raise DataError(f"{e}. {root} is a generated synthetic city: delete the folder and the next run "
+                            "generates it again (or python -m vpr.data.synthetic --out ... --force)") from None
+        raise
     if train_radius_m is None:
         if s.non_triv_pos_dist_sq_thr is None:
             train_radius_m = 10.0
