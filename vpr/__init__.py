@@ -19,6 +19,62 @@ def _job_name(variant, task_name, seed, ckpt_path=None) -> str:
     return f"{variant if variant is not None else task_name}_seed{seed}"
 
 
+#: Config groups whose choice on the command line names a variant of its own (``experiment=city_baseline
+#: attention=se`` is not the baseline).
+VARIANT_GROUPS = ("backbone", "attention", "head", "loss")
+
+
+def experiment_choices(name: str, config_dir: Path | None = None) -> dict[str, str]:
+    """The group choices (``override /attention: se``) of ``configs/experiment/<name>.yaml`` and of the experiments
+    it builds on, its own last."""
+    folder = (config_dir or Path(__file__).resolve().parent.parent / "configs") / "experiment"
+    choices: dict[str, str] = {}
+    try:
+        defaults = OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml")).get("defaults") or []
+    except Exception:  # not a file of this project (an experiment elsewhere on the search path): none known
+        return choices
+    for entry in defaults:
+        if isinstance(entry, str) and entry not in ("_self_",):
+            choices.update(experiment_choices(entry, config_dir))
+        elif isinstance(entry, dict):
+            for key, value in entry.items():
+                if str(key).startswith("override /"):
+                    choices[str(key)[len("override /"):]] = str(value)
+    return choices
+
+
+def variant_with_overrides(variant, overrides) -> str | None:
+    """``variant`` with ``+<choice>`` for every group of :data:`VARIANT_GROUPS` the command line ``overrides``
+    choose other than the experiment's own (``experiment=city_baseline attention=se``: ``baseline+se``), unless the
+    command line sets ``variant`` itself. Without a variant (no experiment), the variant stays unset."""
+    if variant is None:
+        return None
+    keys = [str(o).lstrip("+~").split("=", 1) for o in overrides or ()]
+    if any(k[0] == "variant" for k in keys):
+        return str(variant)
+    chosen = dict(k for k in keys if len(k) == 2)
+    own = experiment_choices(chosen["experiment"]) if "experiment" in chosen else {}
+    parts = str(variant).split("+")
+    for group in VARIANT_GROUPS:
+        choice = chosen.get(group)
+        if choice and choice != own.get(group) and choice not in parts:
+            parts.append(choice)
+    return "+".join(parts)
+
+
+def _command_line_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _job_variant(variant):
+    """``${vpr.variant:${variant}}``: the variant of this job, its command line's component choices added."""
+    return variant_with_overrides(variant, _command_line_overrides())
+
+
 # OmegaConf's resolver registry is per process; the scripts import vpr before Hydra composes their config.
 if not OmegaConf.has_resolver("vpr.job_name"):
     OmegaConf.register_new_resolver("vpr.job_name", _job_name)
+if not OmegaConf.has_resolver("vpr.variant"):
+    OmegaConf.register_new_resolver("vpr.variant", _job_variant)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 
 from tests.conftest import ROOT
 
@@ -141,6 +142,10 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
     ("eval", ["experiment=city_baseline", "seed=2"], "7_baseline_seed2"),
     ("eval", ["ckpt_path={run}/checkpoints/last.ckpt"], "7_crn_seed5"),  # the run that wrote the checkpoint
     ("eval", ["ckpt_path={elsewhere}/model_best.pth.tar"], "7_eval_seed42"),  # a released file: no run config
+    # components chosen on the command line beyond the experiment's own: a variant of their own
+    ("train", ["experiment=city_baseline", "attention=se", "loss=stml", "seed=1"], "7_baseline+se+stml_seed1"),
+    ("train", ["experiment=city_se", "attention=se"], "7_se_seed42"),  # the experiment's own choice
+    ("train", ["experiment=city_baseline", "attention=cbam", "variant=mine"], "7_mine_seed42"),  # named by hand
 ])
 def test_sweep_job_folders_are_named_by_variant_or_task(script, overrides, expected, tmp_path):
     import vpr  # noqa: F401  (registers the vpr.job_name resolver, as the scripts' imports do)
@@ -152,4 +157,9 @@ def test_sweep_job_folders_are_named_by_variant_or_task(script, overrides, expec
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(script, overrides=overrides, return_hydra_config=True)
     cfg.hydra.job.num = 7
-    assert cfg.hydra.sweep.subdir == expected
+    hydra_config = HydraConfig.instance()
+    hydra_config.set_config(cfg)  # as Hydra sets it for a job: the resolvers read the job's command line from it
+    try:
+        assert cfg.hydra.sweep.subdir == expected
+    finally:
+        hydra_config.cfg = None

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from vpr import variant_with_overrides
 from vpr.build import (
     build_datamodule,
     build_module,
@@ -92,7 +93,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     check_common_settings(cfg)
     whole_number(cfg, "pca_dim", 1, "the PCA output dimension; null: no PCA")  # before any work
     if cfg.split not in ("train", "val", "test"):
-        raise ConfigError(f"split={cfg.split}: choose val or test")
+        raise ConfigError(f"split={cfg.split}: choose test, val or train")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, "train")
     state, trained_size = None, None
     if ckpt_path is not None:
@@ -102,6 +103,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         cfg = with_checkpoint_city(cfg, stored, command_line_overrides())
         if stored is not None:
             trained_size = stored["data"]["image_size"]
+    else:  # the network of the command line: its component choices name its variant (baseline+se)
+        cfg.variant = variant_with_overrides(cfg.get("variant"), command_line_overrides())
     h, w = (int(x) for x in cfg.data.image_size)
     log.info("images at %dx%d (%s)", h, w, "the checkpoint's training size" if trained_size is not None
              and [h, w] == [int(x) for x in trained_size] else f"data.image_size of data={cfg.data.name}")

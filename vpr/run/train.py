@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vpr import variant_with_overrides
 from vpr.build import (
     build_datamodule,
     build_module,
@@ -201,6 +202,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 def _run_training(cfg: DictConfig) -> dict[str, Any]:
     single_log_stream()
     validate_config(cfg)
+    cfg.variant = variant_with_overrides(cfg.get("variant"), command_line_overrides())  # baseline+se: not baseline
     L.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
