@@ -28,11 +28,15 @@ test: $(STAMP) ## the test suite (CPU, no network)
 test-full: $(STAMP) ## every test, slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
-lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check vpr tests train.py eval.py cluster.py
+SOURCES := vpr tests train.py eval.py cluster.py retrieve.py
 
-format: $(STAMP) ## ruff format
-	$(VENV)/bin/ruff format vpr tests train.py eval.py cluster.py
+lint: $(STAMP) ## ruff: the lint rules, and the formatting checked (make format applies it)
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+
+format: $(STAMP) ## ruff format, and the lint rules' fixes (import order)
+	$(VENV)/bin/ruff format $(SOURCES)
+	$(VENV)/bin/ruff check --fix $(SOURCES)
 
 table: $(STAMP) ## results table + Recall@N plot of a sweep: make table [DIR=outputs/train/multiruns/<date>] (default: latest)
 	$(PY) -m vpr.report $(or $(DIR),$(lastword $(sort $(wildcard outputs/train/multiruns/*)))) $(ARGS)
