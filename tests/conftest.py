@@ -86,11 +86,18 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_script_hiding(package: str, script: str, *overrides: str, tmp: Path,
-                      check: bool = True) -> subprocess.CompletedProcess:
+def run_script_hiding(
+    package: str, script: str, *overrides: str, tmp: Path, check: bool = True
+) -> subprocess.CompletedProcess:
     """run_script with ``package`` (a top-level name: faiss, hydra_plugins) impossible to import."""
-    proc = subprocess.run([sys.executable, "-c", HIDING_RUNNER, package, str(ROOT / script), *overrides], cwd=tmp,
-                          env=script_env(tmp), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", HIDING_RUNNER, package, str(ROOT / script), *overrides],
+        cwd=tmp,
+        env=script_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

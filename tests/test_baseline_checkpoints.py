@@ -25,14 +25,24 @@ def baseline_file(path, parallel=False, mutate=None):
     g = torch.Generator().manual_seed(0)
     encoder = torchvision.models.vgg16(weights=None).features[:-2].state_dict()
     prefix, pool = ("encoder.module.", "pool.module.") if parallel else ("encoder.", "pool.")
-    sd = {prefix + k: torch.randn(v.shape, generator=g) * (2.0 / max(1, v[0].numel())) ** 0.5 for k, v in encoder.items()}
+    sd = {
+        prefix + k: torch.randn(v.shape, generator=g) * (2.0 / max(1, v[0].numel())) ** 0.5 for k, v in encoder.items()
+    }
     sd[pool + "conv.weight"] = torch.randn(K, 512, 1, 1, generator=g)
     sd[pool + "centroids"] = torch.randn(K, 512, generator=g)
     if mutate:
         mutate(sd)
-    torch.save({"epoch": 5, "state_dict": sd, "recalls": {1: np.float64(0.5), 5: np.float64(0.7)},
-                "best_score": np.float64(0.7), "optimizer": {"state": {}, "param_groups": []}, "parallel": parallel},
-               path)
+    torch.save(
+        {
+            "epoch": 5,
+            "state_dict": sd,
+            "recalls": {1: np.float64(0.5), 5: np.float64(0.7)},
+            "best_score": np.float64(0.7),
+            "optimizer": {"state": {}, "param_groups": []},
+            "parallel": parallel,
+        },
+        path,
+    )
     return sd
 
 
@@ -75,8 +85,11 @@ def native_copy(sd, parallel=False):
     return module
 
 
-@pytest.mark.parametrize(("parallel", "numpy1"), [(False, False), (True, False), (False, True)],
-                         ids=["single-gpu", "data-parallel", "saved-under-numpy1"])
+@pytest.mark.parametrize(
+    ("parallel", "numpy1"),
+    [(False, False), (True, False), (False, True)],
+    ids=["single-gpu", "data-parallel", "saved-under-numpy1"],
+)
 def test_baseline_file_gives_the_descriptor_of_the_same_tensors(tmp_path, parallel, numpy1):
     from vpr.checkpoints import load_weights_only
 
@@ -95,17 +108,33 @@ def test_baseline_file_gives_the_descriptor_of_the_same_tensors(tmp_path, parall
 def test_baseline_file_evaluates_like_the_native_checkpoint_and_starts_a_training(data_dir, tmp_path):
     sd = baseline_file(tmp_path / "checkpoint.pth.tar")
     torch.save({"state_dict": native_copy(sd).state_dict()}, tmp_path / "native.ckpt")
-    common = [*NETWORK, "data.prepare.preset=tiny", f"paths.data_dir={data_dir}", "data.num_workers=0",
-              "data.image_size=[48,64]"]
+    common = [
+        *NETWORK,
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        "data.num_workers=0",
+        "data.image_size=[48,64]",
+    ]
     results = {}
     for name in ("checkpoint.pth.tar", "native.ckpt"):
-        run_script("eval.py", *common, f"ckpt_path={tmp_path / name}", f"hydra.run.dir={tmp_path / name}.run",
-                   tmp=tmp_path)
+        run_script(
+            "eval.py", *common, f"ckpt_path={tmp_path / name}", f"hydra.run.dir={tmp_path / name}.run", tmp=tmp_path
+        )
         results[name] = json.loads((tmp_path / f"{name}.run" / "results.json").read_text())["recall_at"]
     assert results["checkpoint.pth.tar"] == results["native.ckpt"]
-    proc = run_script("train.py", "experiment=city_baseline", *common, f"init_weights={tmp_path / 'checkpoint.pth.tar'}",
-                      "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "logger=none", "test_after_training=false",
-                      "mining.refresh_every_queries=8", f"hydra.run.dir={tmp_path / 'train'}", tmp=tmp_path)
+    proc = run_script(
+        "train.py",
+        "experiment=city_baseline",
+        *common,
+        f"init_weights={tmp_path / 'checkpoint.pth.tar'}",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1",
+        "logger=none",
+        "test_after_training=false",
+        "mining.refresh_every_queries=8",
+        f"hydra.run.dir={tmp_path / 'train'}",
+        tmp=tmp_path,
+    )
     assert "NetVLAD baseline's layout" in proc.stdout + proc.stderr
     assert (tmp_path / "train" / "checkpoints" / "last.ckpt").is_file()
 
@@ -115,18 +144,29 @@ def test_baseline_file_evaluates_like_the_native_checkpoint_and_starts_a_trainin
     [
         (lambda sd: sd.__setitem__("pool.centroids", torch.randn(K, 256)), "centroids"),
         (lambda sd: sd.__setitem__("pool.extra", torch.zeros(1)), "pool.extra"),
-        (lambda sd: sd.pop("encoder.28.bias"), "missing from the file: encoder.28.bias (this network's "
-                                               "backbone.features.28.bias)"),
-        (lambda sd: sd.__setitem__("pool.conv.weight", torch.randn(K // 2, 512, 1, 1)),
-         "the file disagrees with itself: pool.conv.weight has shape (4, 512, 1, 1) and pool.centroids (8, 512)"),
+        (
+            lambda sd: sd.pop("encoder.28.bias"),
+            "missing from the file: encoder.28.bias (this network's backbone.features.28.bias)",
+        ),
+        (
+            lambda sd: sd.__setitem__("pool.conv.weight", torch.randn(K // 2, 512, 1, 1)),
+            "the file disagrees with itself: pool.conv.weight has shape (4, 512, 1, 1) and pool.centroids (8, 512)",
+        ),
     ],
     ids=["wrong-shape", "foreign-key", "missing-key", "inconsistent-k"],
 )
 def test_a_baseline_file_that_does_not_fit_is_refused(data_dir, tmp_path, mutate, says):
     baseline_file(tmp_path / "bad.pth.tar", mutate=mutate)
-    proc = run_script("eval.py", *NETWORK, "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
-                      f"ckpt_path={tmp_path / 'bad.pth.tar'}", f"hydra.run.dir={tmp_path / 'run'}", tmp=tmp_path,
-                      check=False)
+    proc = run_script(
+        "eval.py",
+        *NETWORK,
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"ckpt_path={tmp_path / 'bad.pth.tar'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        tmp=tmp_path,
+        check=False,
+    )
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and says in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr

@@ -15,8 +15,14 @@ from tests.conftest import ROOT, script_env
 
 def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
     env = {**script_env(tmp_path), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "vpr.bench", "--size", "tiny", "--repeats", "1", "--out",
-                           str(tmp_path / "b")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vpr.bench", "--size", "tiny", "--repeats", "1", "--out", str(tmp_path / "b")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert "| measure | project | naive | project vs naive |" in proc.stdout
@@ -58,8 +64,22 @@ def test_mining_benchmark_small_size():
 def test_bench_compile_rows_compare_with_the_eager_rows_of_the_same_run(tmp_path):
     from vpr.bench import main
 
-    assert main(["--size", "tiny", "--repeats", "1", "--compile", "--compile-backend", "aot_eager",
-                 "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            [
+                "--size",
+                "tiny",
+                "--repeats",
+                "1",
+                "--compile",
+                "--compile-backend",
+                "aot_eager",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "b" / "bench.json").read_text())
     eager = {r["measure"]: r["project"] for r in result["rows"]}
     compiled = {r["measure"]: r for r in result["compile"]}
@@ -72,22 +92,33 @@ def test_bench_compile_rows_compare_with_the_eager_rows_of_the_same_run(tmp_path
     assert "| measure | eager | compiled | compiled vs eager |" in (tmp_path / "b" / "bench.md").read_text()
 
 
-@pytest.mark.parametrize(("name", "peak"), [
-    ("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12),
-    ("NVIDIA GeForce RTX 4090", None),
-])
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA L40S", 362e12),
+        ("NVIDIA L40", 181e12),
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
 def test_dense_peak_by_device_name(name, peak):
     from vpr.bench import peak_flops_of
 
     assert peak_flops_of(name) == peak  # data-sheet dense bf16 figures, written out by hand
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["--mining", "--mining-db", "0"], "--mining-db must be >= 1"),
-    (["--repeats", "0"], "--repeats must be >= 1"),
-    (["--mining", "--size", "tiny"], "--size sets the network benchmark"),
-])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--mining", "--mining-db", "0"], "--mining-db must be >= 1"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--mining", "--size", "tiny"], "--size sets the network benchmark"),
+    ],
+)
 def test_bad_arguments_are_refused_by_the_parser(args, says, capsys):
     from vpr.bench import main
 

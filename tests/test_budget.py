@@ -44,6 +44,6 @@ def test_partial_mining_budget_bounds_the_rounds_it_caches():
     assert bound == 50 + int(np.ceil(10 * (np.mean([positives[q] for q in miner.trainable_queries]) + 5)))
     gen = torch.Generator().manual_seed(0)
     order = miner.trainable_queries
-    sizes = [len(miner.round_subset(order[i:i + 10], 50, gen)) for i in range(0, len(order), 10)]
+    sizes = [len(miner.round_subset(order[i : i + 10], 50, gen)) for i in range(0, len(order), 10)]
     assert max(sizes) <= bound and max(sizes) > 50
     assert cached_database_images(300, None, 10, 2.0, 5) == 300 and cached_database_images(300, 290, 10, 2.0, 5) == 300

@@ -58,8 +58,15 @@ def random_checkpoint(path):
 def test_checkpoint_of_the_previous_layout_evaluates(data_dir, tmp_path):
     spec = old_layout_checkpoint(tmp_path / "old.ckpt")
     out = tmp_path / "run"
-    run_script("eval.py", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}", f"ckpt_path={tmp_path / 'old.ckpt'}",
-               "data.num_workers=0", f"hydra.run.dir={out}", tmp=tmp_path)
+    run_script(
+        "eval.py",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"ckpt_path={tmp_path / 'old.ckpt'}",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        tmp=tmp_path,
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "city" and res["num_database"] == 40
     assert all(0.0 <= r <= 1.0 for r in res["recall_at"].values())
@@ -72,8 +79,14 @@ def test_eval_without_data_settings_uses_the_checkpoints_city(data_dir, tmp_path
     not on the default city; a data setting on the command line wins."""
     random_checkpoint(tmp_path / "model.ckpt")
     out = tmp_path / "run"
-    proc = run_script("eval.py", f"paths.data_dir={data_dir}", f"ckpt_path={tmp_path / 'model.ckpt'}",
-                      "data.num_workers=0", f"hydra.run.dir={out}", tmp=tmp_path)
+    proc = run_script(
+        "eval.py",
+        f"paths.data_dir={data_dir}",
+        f"ckpt_path={tmp_path / 'model.ckpt'}",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        tmp=tmp_path,
+    )
     assert json.loads((out / "results.json").read_text())["num_database"] == 40
     assert "trained on the tiny city (seed 0): evaluating there" in proc.stdout + proc.stderr
     assert not (data_dir / "city_default_seed0").exists()

@@ -16,9 +16,20 @@ from vpr.errors import ConfigError
 def run(log_dir: Path, name: str, variant: str, seed: int, mtime: int, tag: str = "city-tiny-seed0") -> Path:
     folder = log_dir / "train" / "runs" / name
     (folder / "checkpoints").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"variant": variant, "seed": seed, "backbone": {"name": "resnet18"},
-                                     "attention": {}, "head": {"k": 8}, "loss": {}, "data": {"name": "city",
-                                     "tag": tag, "image_size": [48, 64]}}), folder / "config.yaml")
+    OmegaConf.save(
+        OmegaConf.create(
+            {
+                "variant": variant,
+                "seed": seed,
+                "backbone": {"name": "resnet18"},
+                "attention": {},
+                "head": {"k": 8},
+                "loss": {},
+                "data": {"name": "city", "tag": tag, "image_size": [48, 64]},
+            }
+        ),
+        folder / "config.yaml",
+    )
     ckpt = folder / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 0}, ckpt)
     os.utime(ckpt, (mtime, mtime))
@@ -26,9 +37,17 @@ def run(log_dir: Path, name: str, variant: str, seed: int, mtime: int, tag: str 
 
 
 def current(variant: str, seed: int = 1, tag: str = "city-tiny-seed0"):
-    return OmegaConf.create({"variant": variant, "seed": seed, "backbone": {"name": "resnet18"}, "attention": {},
-                             "head": {"k": 8}, "loss": {}, "data": {"name": "city", "tag": tag,
-                                                                     "image_size": [48, 64]}})
+    return OmegaConf.create(
+        {
+            "variant": variant,
+            "seed": seed,
+            "backbone": {"name": "resnet18"},
+            "attention": {},
+            "head": {"k": 8},
+            "loss": {},
+            "data": {"name": "city", "tag": tag, "image_size": [48, 64]},
+        }
+    )
 
 
 def test_last_picks_the_newest_run_of_the_same_settings(tmp_path):
@@ -62,8 +81,15 @@ def test_last_skips_an_unreadable_checkpoint_for_the_newest_intact_one(tmp_path)
 
 
 def _stored(tmp_path: Path, **components) -> Path:
-    config = {"backbone": {"_target_": "vpr.models.backbones.build_backbone"}, "attention": {}, "head": {},
-              "loss": {}, "model": {}, "seed": 1, **components}
+    config = {
+        "backbone": {"_target_": "vpr.models.backbones.build_backbone"},
+        "attention": {},
+        "head": {},
+        "loss": {},
+        "model": {},
+        "seed": 1,
+        **components,
+    }
     path = tmp_path / "run.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "vpr_config": config}, path)
     return path
@@ -73,8 +99,11 @@ def test_a_stored_component_of_another_package_is_built_only_when_trusted(tmp_pa
     from vpr.checkpoints import read_checkpoint
 
     path = _stored(tmp_path, attention={"_target_": "myvpr.gates.Gate", "hidden": 3})
-    with pytest.raises(ConfigError, match=r"'myvpr\.gates\.Gate' \(vpr_config\.attention\._target_\).*"
-                                          r"trusted_targets=\[myvpr\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'myvpr\.gates\.Gate' \(vpr_config\.attention\._target_\).*"
+        r"trusted_targets=\[myvpr\]",
+    ):
         read_checkpoint(str(path))
     for trusted in (["myvpr"], ["myvpr."]):
         assert read_checkpoint(str(path), trusted=trusted)[1]["attention"]["hidden"] == 3

@@ -17,9 +17,15 @@ def two_gpus(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    ({}, 0), ({"LOCAL_RANK": "1"}, 1), ({"SLURM_LOCALID": "3"}, 3), ({"LOCAL_RANK": "2", "SLURM_LOCALID": "0"}, 2),
-])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, 0),
+        ({"LOCAL_RANK": "1"}, 1),
+        ({"SLURM_LOCALID": "3"}, 3),
+        ({"LOCAL_RANK": "2", "SLURM_LOCALID": "0"}, 2),
+    ],
+)
 def test_local_rank_from_the_launchers_variables(monkeypatch, env, expected):
     for name in ("LOCAL_RANK", "SLURM_LOCALID"):
         monkeypatch.delenv(name, raising=False)
@@ -28,9 +34,15 @@ def test_local_rank_from_the_launchers_variables(monkeypatch, env, expected):
     assert local_rank() == expected
 
 
-@pytest.mark.parametrize(("accelerator", "rank", "expected"), [
-    ("auto", None, "cuda:0"), ("gpu", "1", "cuda:1"), ("cuda", "1", "cuda:1"), ("cpu", "1", "cpu"),
-])
+@pytest.mark.parametrize(
+    ("accelerator", "rank", "expected"),
+    [
+        ("auto", None, "cuda:0"),
+        ("gpu", "1", "cuda:1"),
+        ("cuda", "1", "cuda:1"),
+        ("cpu", "1", "cpu"),
+    ],
+)
 def test_each_rank_works_on_its_own_gpu(two_gpus, monkeypatch, accelerator, rank, expected):
     if rank is not None:
         monkeypatch.setenv("LOCAL_RANK", rank)

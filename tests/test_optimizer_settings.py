@@ -9,11 +9,13 @@ from vpr.errors import ConfigError
 
 
 def check(scheduler: dict | None, max_epochs: int = 30, **optimizer):
-    cfg = OmegaConf.create({
-        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3, "momentum": 0.9, **optimizer},
-        "scheduler": scheduler,
-        "trainer": {"max_epochs": max_epochs},
-    })
+    cfg = OmegaConf.create(
+        {
+            "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3, "momentum": 0.9, **optimizer},
+            "scheduler": scheduler,
+            "trainer": {"max_epochs": max_epochs},
+        }
+    )
     make_scheduler = instantiate_setting("scheduler", cfg.scheduler) if scheduler else None
     check_optimizer_settings(cfg, instantiate_setting("optimizer", cfg.optimizer), make_scheduler)
 
@@ -56,10 +58,19 @@ def test_adam_from_the_configs_honours_the_learning_rate_multipliers(tmp_path):
     from vpr.build import build_module
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=[
-            "optimizer=adam", "optimizer.lr=2e-5", "attention=crn", "model.lr_multipliers={attention: 10.0}",
-            "backbone=resnet18", "backbone.pretrained=false", "model.num_clusters=4", f"paths.output_dir={tmp_path}",
-        ])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "optimizer=adam",
+                "optimizer.lr=2e-5",
+                "attention=crn",
+                "model.lr_multipliers={attention: 10.0}",
+                "backbone=resnet18",
+                "backbone.pretrained=false",
+                "model.num_clusters=4",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
     optimizer = build_module(cfg).configure_optimizers()["optimizer"]
     assert type(optimizer) is torch.optim.Adam
     rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
@@ -85,8 +96,14 @@ def test_parameters_that_also_take_text_are_left_alone():
     """Lightning's Trainer takes deterministic: bool | Literal["warn"] | None; channels-last takes "auto"."""
     from vpr.build import _text_for_a_number
 
-    conf = OmegaConf.create({"_target_": "lightning.pytorch.Trainer", "deterministic": "warn", "precision": "bf16-mixed",
-                             "max_epochs": "abc"})
+    conf = OmegaConf.create(
+        {
+            "_target_": "lightning.pytorch.Trainer",
+            "deterministic": "warn",
+            "precision": "bf16-mixed",
+            "max_epochs": "abc",
+        }
+    )
     assert _text_for_a_number("trainer", conf) == "trainer.max_epochs='abc': must be a whole number"
     del conf["max_epochs"]
     assert _text_for_a_number("trainer", conf) is None

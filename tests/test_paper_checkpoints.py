@@ -33,18 +33,26 @@ def _conv(name, out, inp, k, bias=True):
 
 def _bn(name, n):
     return {f"{name}.{p}": (n,) for p in ("weight", "bias", "running_mean", "running_var")} | {
-        f"{name}.num_batches_tracked": ()}
+        f"{name}.num_batches_tracked": ()
+    }
 
 
 def _mask_head(p):
     """The paper code's mask head (its DeAttention and its CRN): every layer it builds, used or not."""
-    return (_conv(f"{p}.crn_downsample.0", C, C, 3) | _bn(f"{p}.crn_downsample.2", C)
-            | _conv(f"{p}.crn_conv1.0", 32, C, 3) | _bn(f"{p}.crn_conv1.2", 32)
-            | _conv(f"{p}.crn_conv2.0", 32, C, 5) | _bn(f"{p}.crn_conv2.2", 32)
-            | _conv(f"{p}.crn_conv3.0", 20, C, 7) | _bn(f"{p}.crn_conv3.2", 20)
-            | _conv(f"{p}.crn_conv4.0", 1, 84, 1) | _bn(f"{p}.crn_conv4.2", 1)
-            | {f"{p}.crn_upsample.0.weight": (1, 1, 2, 2), f"{p}.crn_upsample.0.bias": (1,)}
-            | _bn(f"{p}.crn_upsample.2", C))
+    return (
+        _conv(f"{p}.crn_downsample.0", C, C, 3)
+        | _bn(f"{p}.crn_downsample.2", C)
+        | _conv(f"{p}.crn_conv1.0", 32, C, 3)
+        | _bn(f"{p}.crn_conv1.2", 32)
+        | _conv(f"{p}.crn_conv2.0", 32, C, 5)
+        | _bn(f"{p}.crn_conv2.2", 32)
+        | _conv(f"{p}.crn_conv3.0", 20, C, 7)
+        | _bn(f"{p}.crn_conv3.2", 20)
+        | _conv(f"{p}.crn_conv4.0", 1, 84, 1)
+        | _bn(f"{p}.crn_conv4.2", 1)
+        | {f"{p}.crn_upsample.0.weight": (1, 1, 2, 2), f"{p}.crn_upsample.0.bias": (1,)}
+        | _bn(f"{p}.crn_upsample.2", C)
+    )
 
 
 PAPER_KEYS = {
@@ -52,11 +60,15 @@ PAPER_KEYS = {
     "crn_attention": _mask_head("crn_attention"),
     "senet_attention": {"senet_attention.fc.0.weight": (HIDDEN, C), "senet_attention.fc.2.weight": (C, HIDDEN)},
     "bam_attention": (
-        {"bam_attention.channel_att.gate_c.gate_c_fc_0.weight": (HIDDEN, C),
-         "bam_attention.channel_att.gate_c.gate_c_fc_0.bias": (HIDDEN,)}
+        {
+            "bam_attention.channel_att.gate_c.gate_c_fc_0.weight": (HIDDEN, C),
+            "bam_attention.channel_att.gate_c.gate_c_fc_0.bias": (HIDDEN,),
+        }
         | _bn("bam_attention.channel_att.gate_c.gate_c_bn_1", HIDDEN)
-        | {"bam_attention.channel_att.gate_c.gate_c_fc_final.weight": (C, HIDDEN),
-           "bam_attention.channel_att.gate_c.gate_c_fc_final.bias": (C,)}
+        | {
+            "bam_attention.channel_att.gate_c.gate_c_fc_final.weight": (C, HIDDEN),
+            "bam_attention.channel_att.gate_c.gate_c_fc_final.bias": (C,),
+        }
         | _conv("bam_attention.spatial_att.gate_s.gate_s_conv_reduce0", HIDDEN, C, 1)
         | _bn("bam_attention.spatial_att.gate_s.gate_s_bn_reduce0", HIDDEN)
         | _conv("bam_attention.spatial_att.gate_s.gate_s_conv_di_0", HIDDEN, HIDDEN, 3)
@@ -66,8 +78,12 @@ PAPER_KEYS = {
         | _conv("bam_attention.spatial_att.gate_s.gate_s_conv_final", 1, HIDDEN, 1)
     ),
     "cbam_attention": (
-        {"cbam_attention.ChannelGate.mlp.1.weight": (HIDDEN, C), "cbam_attention.ChannelGate.mlp.1.bias": (HIDDEN,),
-         "cbam_attention.ChannelGate.mlp.3.weight": (C, HIDDEN), "cbam_attention.ChannelGate.mlp.3.bias": (C,)}
+        {
+            "cbam_attention.ChannelGate.mlp.1.weight": (HIDDEN, C),
+            "cbam_attention.ChannelGate.mlp.1.bias": (HIDDEN,),
+            "cbam_attention.ChannelGate.mlp.3.weight": (C, HIDDEN),
+            "cbam_attention.ChannelGate.mlp.3.bias": (C,),
+        }
         | _conv("cbam_attention.SpatialGate.spatial.conv", 1, 2, 7, bias=False)
         | _bn("cbam_attention.SpatialGate.spatial.bn", 1)
     ),
@@ -97,22 +113,35 @@ def paper_state_dict(modules, seed=0, parallel=False):
 
 def save_paper_file(path, sd):
     """As the paper code's tasks/train.py saves: a dict with numpy scalars beside the state dict."""
-    torch.save({"epoch": 3, "state_dict": sd, "recalls": {1: np.float64(0.8), 5: np.float64(0.9)},
-                "best_score": np.float64(0.9), "optimizer": {"state": {}, "param_groups": []}, "parallel": False}, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "state_dict": sd,
+            "recalls": {1: np.float64(0.8), 5: np.float64(0.9)},
+            "best_score": np.float64(0.9),
+            "optimizer": {"state": {}, "param_groups": []},
+            "parallel": False,
+        },
+        path,
+    )
 
 
 # -- the paper code's forward pass, rewritten functionally ---------------------------------------------------------
 
+
 def _bn_eval(x, t, p):
-    return F.batch_norm(x, t[f"{p}.running_mean"], t[f"{p}.running_var"], t[f"{p}.weight"], t[f"{p}.bias"],
-                        training=False, eps=1e-5)
+    return F.batch_norm(
+        x, t[f"{p}.running_mean"], t[f"{p}.running_var"], t[f"{p}.weight"], t[f"{p}.bias"], training=False, eps=1e-5
+    )
 
 
 def ref_mask(x, t, p):
     xn = F.normalize(x, p=2, dim=1)
     outs = []
     for i, k in ((1, 3), (2, 5), (3, 7)):
-        y = F.conv2d(F.pad(xn, [k // 2] * 4, mode="reflect"), t[f"{p}.crn_conv{i}.0.weight"], t[f"{p}.crn_conv{i}.0.bias"])
+        y = F.conv2d(
+            F.pad(xn, [k // 2] * 4, mode="reflect"), t[f"{p}.crn_conv{i}.0.weight"], t[f"{p}.crn_conv{i}.0.bias"]
+        )
         outs.append(_bn_eval(F.relu(y), t, f"{p}.crn_conv{i}.2"))
     m = F.conv2d(torch.cat(outs, 1), t[f"{p}.crn_conv4.0.weight"], t[f"{p}.crn_conv4.0.bias"])
     return torch.sigmoid(_bn_eval(F.relu(m), t, f"{p}.crn_conv4.2"))
@@ -130,9 +159,16 @@ def ref_attention(name, x, t):
         p = "bam_attention.channel_att.gate_c."
         h = x.shape[2]
         c = F.avg_pool2d(x, h, stride=h).flatten(1)  # the code's H x H window
-        c = F.relu(F.batch_norm(c @ t[p + "gate_c_fc_0.weight"].T + t[p + "gate_c_fc_0.bias"],
-                                t[p + "gate_c_bn_1.running_mean"], t[p + "gate_c_bn_1.running_var"],
-                                t[p + "gate_c_bn_1.weight"], t[p + "gate_c_bn_1.bias"], training=False))
+        c = F.relu(
+            F.batch_norm(
+                c @ t[p + "gate_c_fc_0.weight"].T + t[p + "gate_c_fc_0.bias"],
+                t[p + "gate_c_bn_1.running_mean"],
+                t[p + "gate_c_bn_1.running_var"],
+                t[p + "gate_c_bn_1.weight"],
+                t[p + "gate_c_bn_1.bias"],
+                training=False,
+            )
+        )
         c = c @ t[p + "gate_c_fc_final.weight"].T + t[p + "gate_c_fc_final.bias"]
         q = "bam_attention.spatial_att.gate_s.gate_s_"
         s = F.relu(_bn_eval(F.conv2d(x, t[q + "conv_reduce0.weight"], t[q + "conv_reduce0.bias"]), t, q + "bn_reduce0"))
@@ -149,8 +185,11 @@ def ref_attention(name, x, t):
 
         x = x * torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))[:, :, None, None]
         pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
-        s = _bn_eval(F.conv2d(pooled, t["cbam_attention.SpatialGate.spatial.conv.weight"], padding=3), t,
-                     "cbam_attention.SpatialGate.spatial.bn")
+        s = _bn_eval(
+            F.conv2d(pooled, t["cbam_attention.SpatialGate.spatial.conv.weight"], padding=3),
+            t,
+            "cbam_attention.SpatialGate.spatial.bn",
+        )
         return x * torch.sigmoid(s)
     raise AssertionError(name)
 
@@ -162,14 +201,14 @@ def ref_netvlad(x, conv_w, centroids):
     parts = []
     for k in range(centroids.shape[0]):
         residual = x - centroids[k][None, :, None]
-        parts.append(F.normalize((residual * assign[:, k:k + 1]).sum(-1), dim=1))
+        parts.append(F.normalize((residual * assign[:, k : k + 1]).sum(-1), dim=1))
     return F.normalize(torch.cat(parts, 1), dim=1)
 
 
 def ref_descriptor(sd, modules, images):
     plain = {k.replace("encoder.module.", "encoder.").replace("pool.module.", "pool."): v for k, v in sd.items()}
     encoder = torchvision.models.vgg16(weights=None).features[:-2].eval()
-    encoder.load_state_dict({k[len("encoder."):]: v for k, v in plain.items() if k.startswith("encoder.")})
+    encoder.load_state_dict({k[len("encoder.") :]: v for k, v in plain.items() if k.startswith("encoder.")})
     x = encoder(images)
     for name in modules:  # de-attention first, then the other attention (the code's forward order)
         x = ref_attention(name, x, plain)
@@ -178,10 +217,12 @@ def ref_descriptor(sd, modules, images):
 
 # -- the project's side ------------------------------------------------------------------------------------------
 
+
 def eval_cfg(*overrides):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("eval", overrides=["backbone=vgg16", "backbone.pretrained=false", "paths.output_dir=.",
-                                          *overrides])
+        return compose(
+            "eval", overrides=["backbone=vgg16", "backbone.pretrained=false", "paths.output_dir=.", *overrides]
+        )
 
 
 def loaded_network(path, overrides=()):
@@ -196,8 +237,14 @@ def loaded_network(path, overrides=()):
     return module, cfg
 
 
-CASES = [["deattention"], ["senet_attention"], ["deattention", "senet_attention"], ["bam_attention"],
-         ["cbam_attention"], ["crn_attention"]]
+CASES = [
+    ["deattention"],
+    ["senet_attention"],
+    ["deattention", "senet_attention"],
+    ["bam_attention"],
+    ["cbam_attention"],
+    ["crn_attention"],
+]
 
 
 @pytest.mark.parametrize("modules", CASES, ids=["+".join(m) for m in CASES])
@@ -245,11 +292,15 @@ def test_data_parallel_keys_and_unused_layers(tmp_path):
 @pytest.mark.parametrize(
     "mutate, says",
     [
-        (lambda sd: sd.__setitem__("deattention.crn_conv1.0.weight", torch.zeros(32, 256, 3, 3)),
-         "deattention.crn_conv1.0.weight (this network's attention.stages.0.branches.0.conv.weight) has shape "
-         "(32, 256, 3, 3)"),
-        (lambda sd: sd.__setitem__("senet_attention.fc.0.bias", torch.zeros(4)),
-         "not in this network: senet_attention.fc.0.bias (this network's attention.stages.1.excitation.0.bias)"),
+        (
+            lambda sd: sd.__setitem__("deattention.crn_conv1.0.weight", torch.zeros(32, 256, 3, 3)),
+            "deattention.crn_conv1.0.weight (this network's attention.stages.0.branches.0.conv.weight) has shape "
+            "(32, 256, 3, 3)",
+        ),
+        (
+            lambda sd: sd.__setitem__("senet_attention.fc.0.bias", torch.zeros(4)),
+            "not in this network: senet_attention.fc.0.bias (this network's attention.stages.1.excitation.0.bias)",
+        ),
         (lambda sd: sd.__setitem__("deattention.crn_conv9.0.weight", torch.zeros(1)), "deattention.crn_conv9.0.weight"),
         (lambda sd: sd.__setitem__("ch_eca_attention.conv.weight", torch.zeros(1, 1, 3)), "ECA"),
         (lambda sd: sd.__setitem__("decoder.weight", torch.zeros(1)), "decoder"),
@@ -303,8 +354,10 @@ def test_paper_file_evaluates_like_the_native_checkpoint_and_starts_a_training(d
     modules = ["deattention", "senet_attention"]
     sd = paper_state_dict(modules)
     save_paper_file(tmp_path / "model_best.pth.tar", sd)
-    native = build_module(eval_cfg("attention=deattention_se", "attention.modules.0.apply=features",
-                                   f"model.num_clusters={K}"), with_training=False)
+    native = build_module(
+        eval_cfg("attention=deattention_se", "attention.modules.0.apply=features", f"model.num_clusters={K}"),
+        with_training=False,
+    )
     own = native.state_dict()
     copied = {}
     for key, value in sd.items():
@@ -321,20 +374,42 @@ def test_paper_file_evaluates_like_the_native_checkpoint_and_starts_a_training(d
     assert set(copied) == set(own)
     native.load_state_dict(copied)
     torch.save({"state_dict": native.state_dict()}, tmp_path / "native.ckpt")
-    common = ["backbone=vgg16", "backbone.pretrained=false", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
-              "data.num_workers=0", "data.image_size=[64,80]"]
+    common = [
+        "backbone=vgg16",
+        "backbone.pretrained=false",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        "data.num_workers=0",
+        "data.image_size=[64,80]",
+    ]
     results, logs = {}, {}
     for name, extra in (("model_best.pth.tar", []), ("native.ckpt", [*FINAL_MODEL, f"model.num_clusters={K}"])):
-        proc = run_script("eval.py", *common, *extra, f"ckpt_path={tmp_path / name}",
-                          f"hydra.run.dir={tmp_path / name}.run", tmp=tmp_path)
+        proc = run_script(
+            "eval.py",
+            *common,
+            *extra,
+            f"ckpt_path={tmp_path / name}",
+            f"hydra.run.dir={tmp_path / name}.run",
+            tmp=tmp_path,
+        )
         results[name] = json.loads((tmp_path / f"{name}.run" / "results.json").read_text())["recall_at"]
         logs[name] = proc.stdout + proc.stderr
     assert "the paper code's layout" in logs["model_best.pth.tar"] and "apply: features" in logs["model_best.pth.tar"]
     assert results["model_best.pth.tar"] == results["native.ckpt"]
-    proc = run_script("train.py", "experiment=city_deattention_stml", *common, f"model.num_clusters={K}",
-                      f"init_weights={tmp_path / 'model_best.pth.tar'}", "trainer.max_epochs=1",
-                      "+trainer.limit_train_batches=1", "logger=none", "test_after_training=false",
-                      "mining.refresh_every_queries=8", f"hydra.run.dir={tmp_path / 'train'}", tmp=tmp_path)
+    proc = run_script(
+        "train.py",
+        "experiment=city_deattention_stml",
+        *common,
+        f"model.num_clusters={K}",
+        f"init_weights={tmp_path / 'model_best.pth.tar'}",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1",
+        "logger=none",
+        "test_after_training=false",
+        "mining.refresh_every_queries=8",
+        f"hydra.run.dir={tmp_path / 'train'}",
+        tmp=tmp_path,
+    )
     log = proc.stdout + proc.stderr
     assert "the paper code's layout" in log
     kept = log.split("kept their initialisation:")[-1].splitlines()[0]
@@ -346,9 +421,17 @@ def test_bad_paper_file_is_one_error_line(data_dir, tmp_path):
     sd = paper_state_dict(["deattention"])
     sd["deattention.crn_conv4.0.weight"] = torch.zeros(1, 80, 1, 1)
     save_paper_file(tmp_path / "bad.pth.tar", sd)
-    proc = run_script("eval.py", "backbone=vgg16", "backbone.pretrained=false", "data.prepare.preset=tiny",
-                      f"paths.data_dir={data_dir}", f"ckpt_path={tmp_path / 'bad.pth.tar'}",
-                      f"hydra.run.dir={tmp_path / 'run'}", tmp=tmp_path, check=False)
+    proc = run_script(
+        "eval.py",
+        "backbone=vgg16",
+        "backbone.pretrained=false",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"ckpt_path={tmp_path / 'bad.pth.tar'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        tmp=tmp_path,
+        check=False,
+    )
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "bad.pth.tar" in errors[0] and "fuse" in errors[0], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr

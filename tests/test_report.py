@@ -264,10 +264,7 @@ def test_plot_is_a_valid_png(sweep: Path, tmp_path: Path):
     assert img.std() > 0  # not a blank canvas
     assert not list(path.parent.glob(".*"))  # no temporary file left behind
     # Rows are accepted as well as runs.
-    assert (
-        plot_recall_curves(summarise(collect_runs(sweep)), tmp_path / "rows.png").read_bytes()[:8]
-        == PNG_SIGNATURE
-    )
+    assert plot_recall_curves(summarise(collect_runs(sweep)), tmp_path / "rows.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_empty_folder_exits_2_with_a_hint(tmp_path: Path, capsys):
@@ -316,9 +313,9 @@ def test_untrained_table(tmp_path: Path, capsys):
 
 def test_mask_auc_column_mean_and_std_by_hand(tmp_path: Path):
 
-
-    for i, (variant, auc) in enumerate([("baseline", None), ("deattention", 0.70), ("deattention", 0.80),
-                                        ("deattention", 0.90)]):
+    for i, (variant, auc) in enumerate(
+        [("baseline", None), ("deattention", 0.70), ("deattention", 0.80), ("deattention", 0.90)]
+    ):
         d = write_run(tmp_path, f"{i}_", variant, i, {1: 0.5, 5: 0.7, 10: 0.8})
         if auc is not None:
             data = json.loads((d / "results.json").read_text())
@@ -336,12 +333,21 @@ def test_mask_auc_column_mean_and_std_by_hand(tmp_path: Path):
 
 
 def test_runs_at_several_occlusion_levels_get_a_row_each_and_a_plot(tmp_path: Path):
-    plan = [("baseline", "default-occlusion-low", 0.60), ("baseline", "default", 0.50),
-            ("baseline", "default-occlusion-high", 0.30), ("deattention", "default-occlusion-low", 0.62),
-            ("deattention", "default", 0.55), ("deattention", "default-occlusion-high", 0.40)]
+    plan = [
+        ("baseline", "default-occlusion-low", 0.60),
+        ("baseline", "default", 0.50),
+        ("baseline", "default-occlusion-high", 0.30),
+        ("deattention", "default-occlusion-low", 0.62),
+        ("deattention", "default", 0.55),
+        ("deattention", "default-occlusion-high", 0.40),
+    ]
     for i, (variant, preset, r1) in enumerate(plan):
         d = write_run(tmp_path, f"{i}_", variant, 1, {1: r1, 5: 0.8, 10: 0.9})
-        config = (d / "config.yaml").read_text().replace("  name: city\n", f"  name: city\n  prepare:\n    preset: {preset}\n")
+        config = (
+            (d / "config.yaml")
+            .read_text()
+            .replace("  name: city\n", f"  name: city\n  prepare:\n    preset: {preset}\n")
+        )
         (d / "config.yaml").write_text(config)
     md = format_markdown(summarise(collect_runs(tmp_path)))
     assert header(md)[:2] == ["variant", "occlusion"]

@@ -21,8 +21,11 @@ def run_config(tmp_path, entries):
 
 
 def test_a_city_entry_gets_the_folder_and_tag_of_its_own_preset(tmp_path):
-    (city,) = resolve_test_sets(run_config(tmp_path, [{"data": "synthetic", "label": "low",
-                                                        "prepare": {"preset": "tiny-occlusion-low", "seed": 3}}]))
+    (city,) = resolve_test_sets(
+        run_config(
+            tmp_path, [{"data": "synthetic", "label": "low", "prepare": {"preset": "tiny-occlusion-low", "seed": 3}}]
+        )
+    )
     folder = str(tmp_path / "city_tiny-occlusion-low_seed3")  # configs/data/synthetic.yaml's naming, by hand
     assert city.label == "low"
     assert city.data.root == folder and city.data.prepare.out_dir == folder

@@ -39,7 +39,7 @@ def experiment_choices(name: str, config_dir: Path | None = None) -> dict[str, s
         elif isinstance(entry, dict):
             for key, value in entry.items():
                 if str(key).startswith("override /"):
-                    choices[str(key)[len("override /"):]] = str(value)
+                    choices[str(key)[len("override /") :]] = str(value)
     return choices
 
 

@@ -28,8 +28,10 @@ def compose_config(config_name: str = "eval", overrides: Sequence[str] = ()) -> 
     composed outside a Hydra run: ``paths.output_dir`` (a script's run folder) is a new temporary folder unless
     the overrides give one."""
     if not CONFIG_DIR.is_dir():
-        raise FileNotFoundError(f"{CONFIG_DIR}: the project's configs are not next to the vpr package (install it "
-                                "from a clone: pip install -e .)")
+        raise FileNotFoundError(
+            f"{CONFIG_DIR}: the project's configs are not next to the vpr package (install it "
+            "from a clone: pip install -e .)"
+        )
     overrides = list(overrides)
     if not any(o.lstrip("+~").startswith("paths.output_dir=") for o in overrides):
         overrides.append(f"paths.output_dir={tempfile.mkdtemp(prefix=f'vpr_{config_name}_')}")
@@ -42,8 +44,9 @@ def compose_config(config_name: str = "eval", overrides: Sequence[str] = ()) -> 
     return cfg
 
 
-def load_model(ckpt_path: str | Path, overrides: Sequence[str] = (),
-               device: str | torch.device | None = None) -> tuple[torch.nn.Module, DictConfig]:
+def load_model(
+    ckpt_path: str | Path, overrides: Sequence[str] = (), device: str | torch.device | None = None
+) -> tuple[torch.nn.Module, DictConfig]:
     """(the network of a checkpoint in eval mode on ``device``, the config it was built from).
 
     ``ckpt_path``: a checkpoint of train.py, or a released file of the NetVLAD baseline or the paper code.
@@ -59,8 +62,9 @@ def load_model(ckpt_path: str | Path, overrides: Sequence[str] = (),
     return module, cfg
 
 
-def encode_images(model: torch.nn.Module, images: Sequence[str | Path], image_size: Sequence[int],
-                  batch_size: int = 32) -> torch.Tensor:
+def encode_images(
+    model: torch.nn.Module, images: Sequence[str | Path], image_size: Sequence[int], batch_size: int = 32
+) -> torch.Tensor:
     """(N, D) float32 descriptors of image files, resized to ``image_size`` (height, width) as in training and
     evaluation, on the model's device."""
     from vpr.data.dataset import ImageDataset

@@ -40,8 +40,16 @@ from torch import nn
 
 #: Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, from the vendors' data sheets (SXM parts).
 #: The first fragment found in the name wins: the PCIe H100 before the SXM one, L40S before L4.
-DENSE_BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
-                   "L40S": 362e12, "L40": 181e12, "A10G": 70e12, "L4": 121e12}
+DENSE_BF16_PEAK = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+}
 
 
 @dataclass(frozen=True)
@@ -76,11 +84,14 @@ def naive_netvlad(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(vlad.view(b, -1), p=2, dim=1)
 
 
-def naive_pair_loss(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, neg_to_query: torch.Tensor,
-                    margin: float) -> torch.Tensor:
+def naive_pair_loss(
+    q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, neg_to_query: torch.Tensor, margin: float
+) -> torch.Tensor:
     """One triplet-loss call per (query, negative) pair, averaged."""
-    losses = [F.triplet_margin_loss(q[i : i + 1], p[i : i + 1], n[j : j + 1], margin=margin, p=2)
-              for j, i in enumerate(neg_to_query.tolist())]
+    losses = [
+        F.triplet_margin_loss(q[i : i + 1], p[i : i + 1], n[j : j + 1], margin=margin, p=2)
+        for j, i in enumerate(neg_to_query.tolist())
+    ]
     return torch.stack(losses).mean()
 
 
@@ -154,8 +165,10 @@ def compose(size: Size):
 
     config_dir = Path(__file__).resolve().parent.parent / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return hydra_compose("train", overrides=[*size.overrides, "backbone.pretrained=false", "logger=none",
-                                                      "paths.output_dir=outputs/bench"])
+        return hydra_compose(
+            "train",
+            overrides=[*size.overrides, "backbone.pretrained=false", "logger=none", "paths.output_dir=outputs/bench"],
+        )
 
 
 def build(cfg) -> tuple[nn.Module, nn.Module]:
@@ -169,8 +182,13 @@ def build(cfg) -> tuple[nn.Module, nn.Module]:
     return module, module.loss
 
 
-def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool | str = False,
-        compile_backend: str = "inductor") -> dict[str, Any]:
+def run(
+    size_name: str,
+    repeats: int,
+    device: torch.device,
+    compile_mode: bool | str = False,
+    compile_backend: str = "inductor",
+) -> dict[str, Any]:
     size = SIZES[size_name]
     cfg = compose(size)
     torch.manual_seed(0)
@@ -230,10 +248,17 @@ def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool |
         naive.eval()
         naive_describe(enc)
 
-    out: dict[str, Any] = {"size": size_name, "device": device_name(device), "image_size": [h, w],
-                           "descriptor_dim": int(module.head.out_dim), "tuples_per_step": b,
-                           "negatives_per_tuple": per, "encode_batch": size.encode_images, "repeats": repeats,
-                           "precision": str(autocast_dtype(device) or torch.float32).replace("torch.", "")}
+    out: dict[str, Any] = {
+        "size": size_name,
+        "device": device_name(device),
+        "image_size": [h, w],
+        "descriptor_dim": int(module.head.out_dim),
+        "tuples_per_step": b,
+        "negatives_per_tuple": per,
+        "encode_batch": size.encode_images,
+        "repeats": repeats,
+        "precision": str(autocast_dtype(device) or torch.float32).replace("torch.", ""),
+    }
     rows = []
     s_p, m_p = timed(project_step, repeats, device)
     opt.zero_grad(set_to_none=True)  # the project's gradients are not resident while the naive step is measured
@@ -261,16 +286,30 @@ def run(size_name: str, repeats: int, device: torch.device, compile_mode: bool |
 
     backend = "faiss" if faiss_or_none() is not None else "torch"  # the project searches with faiss, else torch
     out["search_backend"] = backend
-    rows.append((f"kNN search ({backend}) + Recall@N, {size.search_queries} x {size.search_db} ({search_dim}-d): "
-                 "seconds", s_p, s_n))
+    rows.append(
+        (
+            f"kNN search ({backend}) + Recall@N, {size.search_queries} x {size.search_db} ({search_dim}-d): seconds",
+            s_p,
+            s_n,
+        )
+    )
     out["rows"] = [{"measure": m, "project": p, "naive": n, "ratio": ratio(m, p, n)} for m, p, n in rows]
     if compile_mode is not False:
         eager = {m: p for m, p, _ in rows}
         module.compile_backend = compile_backend
         out["compile_mode"] = compile_mode
-        out["compile"] = compile_rows(module, compile_mode, project_step, project_encode, b, size.encode_images,
-                                      repeats, device, eager["training step: tuples/s"],
-                                      eager["encoding (mining cache, evaluation): images/s"])
+        out["compile"] = compile_rows(
+            module,
+            compile_mode,
+            project_step,
+            project_encode,
+            b,
+            size.encode_images,
+            repeats,
+            device,
+            eager["training step: tuples/s"],
+            eager["encoding (mining cache, evaluation): images/s"],
+        )
     out["image_loading_images_per_s"] = loading_rate(h, w, repeats)
     out["process_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return out
@@ -331,8 +370,9 @@ def search_seconds(num_db: int, num_q: int, dim: int, device: torch.device) -> t
     return project, time.perf_counter() - t0
 
 
-def mining_benchmark(num_db: int, num_queries: int, dim: int, cache_dtype: torch.dtype,
-                     device: torch.device) -> dict[str, Any]:
+def mining_benchmark(
+    num_db: int, num_queries: int, dim: int, cache_dtype: torch.dtype, device: torch.device
+) -> dict[str, Any]:
     """One mining round at Pitts250k's size on synthetic descriptors: the cache (``num_db`` x ``dim``, stored as
     ``cache_dtype``) built block by block on ``device``, then ``num_queries`` queries mined against it with the
     project's miner (1000 sampled candidates, 10 negatives, a margin wide enough that every query keeps 10).
@@ -345,8 +385,14 @@ def mining_benchmark(num_db: int, num_queries: int, dim: int, cache_dtype: torch
     db_utm = np.stack(np.divmod(np.arange(num_db), side), 1).astype(np.float64) * 8.0  # a grid, 8 m apart
     anchor = rng.integers(0, num_db, num_queries)
     q_utm = db_utm[anchor] + rng.uniform(-3, 3, (num_queries, 2))
-    split = PlaceSplit("synthetic", "train", [Path(f"db{i}") for i in range(num_db)],
-                       [Path(f"q{i}") for i in range(num_queries)], db_utm, q_utm)
+    split = PlaceSplit(
+        "synthetic",
+        "train",
+        [Path(f"db{i}") for i in range(num_db)],
+        [Path(f"q{i}") for i in range(num_queries)],
+        db_utm,
+        q_utm,
+    )
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -356,8 +402,11 @@ def mining_benchmark(num_db: int, num_queries: int, dim: int, cache_dtype: torch
     for s in range(0, num_db, 4096):  # unit rows, like NetVLAD descriptors
         block = torch.randn(min(4096, num_db - s), dim, generator=gen, device=device)
         db[s : s + len(block)] = F.normalize(block, dim=1).to(cache_dtype)
-    q = F.normalize(db[torch.as_tensor(anchor, device=device)].float()
-                    + (0.5 / dim**0.5) * torch.randn(num_queries, dim, generator=gen, device=device), dim=1)
+    q = F.normalize(
+        db[torch.as_tensor(anchor, device=device)].float()
+        + (0.5 / dim**0.5) * torch.randn(num_queries, dim, generator=gen, device=device),
+        dim=1,
+    )
     synchronize(device)
     build_seconds = time.perf_counter() - t0
     # random descriptors are all about sqrt(2) apart: a wide margin makes negatives "hard" as in a real round
@@ -367,28 +416,50 @@ def mining_benchmark(num_db: int, num_queries: int, dim: int, cache_dtype: torch
     triplets, stats = miner.mine(ids, q[torch.as_tensor(ids, device=device)], db, torch.Generator().manual_seed(0))
     synchronize(device)
     mine_seconds = time.perf_counter() - t0
-    out = {"device": device_name(device), "num_database": num_db, "num_queries": int(len(ids)), "dim": dim,
-           "cache_dtype": str(cache_dtype).replace("torch.", ""), "cache_gb": db.numel() * db.element_size() / 1e9,
-           "cache_build_seconds": build_seconds, "mine_seconds": mine_seconds, "tuples": len(triplets),
-           "process_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-           "peak_rss_increase_gb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1e6}
+    out = {
+        "device": device_name(device),
+        "num_database": num_db,
+        "num_queries": int(len(ids)),
+        "dim": dim,
+        "cache_dtype": str(cache_dtype).replace("torch.", ""),
+        "cache_gb": db.numel() * db.element_size() / 1e9,
+        "cache_build_seconds": build_seconds,
+        "mine_seconds": mine_seconds,
+        "tuples": len(triplets),
+        "process_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_rss_increase_gb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1e6,
+    }
     if device.type == "cuda":
         out["peak_device_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     return out
 
 
 def mining_markdown(r: dict[str, Any]) -> str:
-    memory = (f"peak device memory {r['peak_device_memory_gb']:.2f} GB" if "peak_device_memory_gb" in r else
-              f"process peak RSS {r['process_peak_rss_gb']:.1f} GB (+{r['peak_rss_increase_gb']:.1f} GB during the round)")
-    return (f"Mining round on {r['device']}: {r['num_database']} database descriptors of {r['dim']}-d "
-            f"in {r['cache_dtype']} ({r['cache_gb']:.3g} GB), {r['num_queries']} queries: the round mined "
-            f"{r['tuples']} tuples in {r['mine_seconds']:.1f} s (cache filled in {r['cache_build_seconds']:.1f} s); "
-            f"{memory}.")
+    memory = (
+        f"peak device memory {r['peak_device_memory_gb']:.2f} GB"
+        if "peak_device_memory_gb" in r
+        else f"process peak RSS {r['process_peak_rss_gb']:.1f} GB (+{r['peak_rss_increase_gb']:.1f} GB during the round)"
+    )
+    return (
+        f"Mining round on {r['device']}: {r['num_database']} database descriptors of {r['dim']}-d "
+        f"in {r['cache_dtype']} ({r['cache_gb']:.3g} GB), {r['num_queries']} queries: the round mined "
+        f"{r['tuples']} tuples in {r['mine_seconds']:.1f} s (cache filled in {r['cache_build_seconds']:.1f} s); "
+        f"{memory}."
+    )
 
 
-def compile_rows(module: nn.Module, mode: bool | str, step: Callable[[], None], encode: Callable[[], None],
-                 tuples: int, encode_images: int, repeats: int, device: torch.device, eager_tuples_per_s: float,
-                 eager_images_per_s: float) -> list[dict[str, Any]]:
+def compile_rows(
+    module: nn.Module,
+    mode: bool | str,
+    step: Callable[[], None],
+    encode: Callable[[], None],
+    tuples: int,
+    encode_images: int,
+    repeats: int,
+    device: torch.device,
+    eager_tuples_per_s: float,
+    eager_images_per_s: float,
+) -> list[dict[str, Any]]:
     """The project's training step and encoding pass again after ``model.compile`` (the same module, compiled in
     place): does torch.compile pay off on this device? The first, untimed call of each includes the compilation,
     whose time is reported too."""
@@ -401,12 +472,26 @@ def compile_rows(module: nn.Module, mode: bool | str, step: Callable[[], None], 
     compile_s = time.perf_counter() - t0
     s_step, _ = timed(step, repeats, device)
     s_enc, _ = timed(encode, repeats, device)
-    return [{"measure": "compilation (first training step + encoding call): seconds", "eager": None,
-             "compiled": compile_s, "ratio": None},
-            {"measure": "training step: tuples/s", "eager": eager_tuples_per_s, "compiled": tuples / s_step,
-             "ratio": tuples / s_step / eager_tuples_per_s},
-            {"measure": "encoding: images/s", "eager": eager_images_per_s, "compiled": encode_images / s_enc,
-             "ratio": encode_images / s_enc / eager_images_per_s}]
+    return [
+        {
+            "measure": "compilation (first training step + encoding call): seconds",
+            "eager": None,
+            "compiled": compile_s,
+            "ratio": None,
+        },
+        {
+            "measure": "training step: tuples/s",
+            "eager": eager_tuples_per_s,
+            "compiled": tuples / s_step,
+            "ratio": tuples / s_step / eager_tuples_per_s,
+        },
+        {
+            "measure": "encoding: images/s",
+            "eager": eager_images_per_s,
+            "compiled": encode_images / s_enc,
+            "ratio": encode_images / s_enc / eager_images_per_s,
+        },
+    ]
 
 
 def ratio(measure: str, project: float, naive: float) -> float | None:
@@ -417,32 +502,49 @@ def ratio(measure: str, project: float, naive: float) -> float | None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"Benchmark `{result['size']}` on {result['device']} ({result['precision']}; images "
-             f"{result['image_size'][0]}x{result['image_size'][1]}, descriptor {result['descriptor_dim']}-d, "
-             f"{result['tuples_per_step']} tuples of 1 + 1 + {result['negatives_per_tuple']} per step)", "",
-             "| measure | project | naive | project vs naive |", "|---|---:|---:|---:|"]
+    lines = [
+        f"Benchmark `{result['size']}` on {result['device']} ({result['precision']}; images "
+        f"{result['image_size'][0]}x{result['image_size'][1]}, descriptor {result['descriptor_dim']}-d, "
+        f"{result['tuples_per_step']} tuples of 1 + 1 + {result['negatives_per_tuple']} per step)",
+        "",
+        "| measure | project | naive | project vs naive |",
+        "|---|---:|---:|---:|",
+    ]
     for r in result["rows"]:
         x = f"{r['ratio']:.2f}x" if r["ratio"] else "–"
         lines.append(f"| {r['measure']} | {r['project']:.3g} | {r['naive']:.3g} | {x} |")
     lines.append("")
-    lines.append(f"Training step: {result['train_flops_per_step'] / 1e9:.1f} GFLOP, "
-                 f"{result['train_tflops_per_s']:.3f} TFLOP/s achieved"
-                 + (f", {100 * result['train_fraction_of_dense_bf16_peak']:.0f}% of the dense bf16 peak"
-                    if "train_fraction_of_dense_bf16_peak" in result else "")
-                 + f". Process peak RSS {result['process_peak_rss_gb']:.1f} GB.")
+    lines.append(
+        f"Training step: {result['train_flops_per_step'] / 1e9:.1f} GFLOP, "
+        f"{result['train_tflops_per_s']:.3f} TFLOP/s achieved"
+        + (
+            f", {100 * result['train_fraction_of_dense_bf16_peak']:.0f}% of the dense bf16 peak"
+            if "train_fraction_of_dense_bf16_peak" in result
+            else ""
+        )
+        + f". Process peak RSS {result['process_peak_rss_gb']:.1f} GB."
+    )
     if result.get("image_loading_images_per_s"):
         rate = result["image_loading_images_per_s"]
         step = next(r["project"] for r in result["rows"] if r["measure"] == "training step: images/s")
         encode = next(r["project"] for r in result["rows"] if r["measure"].startswith("encoding (mining"))
+
         def workers(n: int) -> str:
             return f"{n} loader process{'es' if n != 1 else ''}"
 
-        lines.append(f"Image loading (JPEG decode, resize, normalisation; one loader process): {rate:.0f} images/s: "
-                     f"the training step needs about {workers(math.ceil(step / rate))} and the encoding pass "
-                     f"{workers(math.ceil(encode / rate))} at the speeds above (data.num_workers).")
+        lines.append(
+            f"Image loading (JPEG decode, resize, normalisation; one loader process): {rate:.0f} images/s: "
+            f"the training step needs about {workers(math.ceil(step / rate))} and the encoding pass "
+            f"{workers(math.ceil(encode / rate))} at the speeds above (data.num_workers)."
+        )
     if result.get("compile"):
-        lines += ["", f"`model.compile={result['compile_mode']}` (same run, same module compiled in place):", "",
-                  "| measure | eager | compiled | compiled vs eager |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            f"`model.compile={result['compile_mode']}` (same run, same module compiled in place):",
+            "",
+            "| measure | eager | compiled | compiled vs eager |",
+            "|---|---:|---:|---:|",
+        ]
         for r in result["compile"]:
             eager = f"{r['eager']:.3g}" if r["eager"] else "–"
             x = f"{r['ratio']:.2f}x" if r["ratio"] else "–"
@@ -456,21 +558,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measure (after one warm-up)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--out", type=Path, default=None, help="default outputs/bench/<time>")
-    parser.add_argument("--mining", action="store_true",
-                        help="instead: one mining round at Pitts250k's size on synthetic descriptors")
+    parser.add_argument(
+        "--mining", action="store_true", help="instead: one mining round at Pitts250k's size on synthetic descriptors"
+    )
     parser.add_argument("--mining-db", type=int, default=91_464, help="database descriptors (Pitts250k train)")
     parser.add_argument("--mining-queries", type=int, default=1000, help="queries of the round")
     parser.add_argument("--mining-dim", type=int, default=32_768, help="descriptor size (VGG16 NetVLAD K=64)")
-    parser.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16",
-                        help="the mining cache's dtype for --mining (default float16)")
-    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                        help="also time the training step and encoding after torch.compile (model.compile=MODE: "
-                             "default, reduce-overhead, max-autotune) and print compiled vs eager")
+    parser.add_argument(
+        "--cache-dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="the mining cache's dtype for --mining (default float16)",
+    )
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="also time the training step and encoding after torch.compile (model.compile=MODE: "
+        "default, reduce-overhead, max-autotune) and print compiled vs eager",
+    )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     args = parser.parse_args(argv)
     try:
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if args.device == "auto" else args.device)
+        device = torch.device(
+            "cuda"
+            if args.device == "auto" and torch.cuda.is_available()
+            else "cpu"
+            if args.device == "auto"
+            else args.device
+        )
     except RuntimeError as e:
         parser.error(f"--device {args.device}: {e}")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -485,15 +603,21 @@ def main(argv: list[str] | None = None) -> int:
     from vpr.io import write_json_atomic, write_text_atomic
 
     if args.mining:
-        result = mining_benchmark(args.mining_db, args.mining_queries, args.mining_dim,
-                                  getattr(torch, args.cache_dtype), device)
+        result = mining_benchmark(
+            args.mining_db, args.mining_queries, args.mining_dim, getattr(torch, args.cache_dtype), device
+        )
         table = mining_markdown(result)
         write_json_atomic(out / "mining.json", result)
         write_text_atomic(out / "mining.md", table + "\n")
         print(table + f"\n\nwritten: {out / 'mining.md'}, {out / 'mining.json'}", flush=True)
         return 0
-    result = run(size, args.repeats, device, compile_mode=args.compile if args.compile else False,
-                 compile_backend=args.compile_backend)
+    result = run(
+        size,
+        args.repeats,
+        device,
+        compile_mode=args.compile if args.compile else False,
+        compile_backend=args.compile_backend,
+    )
     table = markdown(result)
     write_json_atomic(out / "bench.json", result)
     write_text_atomic(out / "bench.md", table + "\n")

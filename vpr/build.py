@@ -72,12 +72,20 @@ def _closest_parameter(group: str, target: Any, cause: BaseException) -> str:
     try:
         from hydra.utils import get_object
 
-        params = [p for p in inspect.signature(get_object(str(target))).parameters if p not in ("self", "args", "kwargs")]
+        params = [
+            p for p in inspect.signature(get_object(str(target))).parameters if p not in ("self", "args", "kwargs")
+        ]
     except Exception:  # noqa: BLE001 - only a hint
         return ""
     close = difflib.get_close_matches(found.group(1), params, n=1)
-    return (f"; did you mean {group}.{close[0]}? (a '+' adds a key the config lacks: here the constructor has no "
-            f"{found.group(1)!r})") if close else f"; its parameters: {', '.join(params)}"
+    return (
+        (
+            f"; did you mean {group}.{close[0]}? (a '+' adds a key the config lacks: here the constructor has no "
+            f"{found.group(1)!r})"
+        )
+        if close
+        else f"; its parameters: {', '.join(params)}"
+    )
 
 
 @contextmanager
@@ -104,9 +112,11 @@ def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
             raise ConfigError(str(e)) from None
     accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
     if trainer and accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu, which the paper_* experiments choose) but "
-                          "this machine has no CUDA GPU that torch can use: add trainer=default (it picks the "
-                          "device) or trainer=cpu, or leave out trainer=gpu")
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu, which the paper_* experiments choose) but "
+            "this machine has no CUDA GPU that torch can use: add trainer=default (it picks the "
+            "device) or trainer=cpu, or leave out trainer=gpu"
+        )
 
 
 def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "") -> int | None:
@@ -119,7 +129,9 @@ def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "") ->
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ConfigError(f"{key}={value!r}: must be a whole number >= {smallest}" + (f" ({meaning})" if meaning else ""))
+        raise ConfigError(
+            f"{key}={value!r}: must be a whole number >= {smallest}" + (f" ({meaning})" if meaning else "")
+        )
     return int(value)
 
 
@@ -139,8 +151,9 @@ def mining_margin(cfg: DictConfig, loss: nn.Module | None = None) -> float:
         try:
             return float(cfg.mining.margin)
         except ValueError:
-            raise ConfigError(f"mining.margin={cfg.mining.margin!r}: must be a number, or null for the loss's own "
-                              "margin") from None
+            raise ConfigError(
+                f"mining.margin={cfg.mining.margin!r}: must be a number, or null for the loss's own margin"
+            ) from None
     loss = instantiate_setting("loss", cfg.loss) if loss is None else loss
     margin = getattr(loss, "mining_margin", None)
     if margin is None:
@@ -200,8 +213,11 @@ def _text_for_a_number(group: str, conf: Any, given: set[str] = frozenset()) -> 
         except Exception:  # an unresolvable value is reported by the construction itself
             continue
         if isinstance(value, str):
-            kind = "true or false" if kinds & {int, float, bool} == {bool} else (
-                "a whole number" if float not in kinds else "a number")
+            kind = (
+                "true or false"
+                if kinds & {int, float, bool} == {bool}
+                else ("a whole number" if float not in kinds else "a number")
+            )
             return f"{group}.{key}={value!r}: must be {kind}"
     return None
 
@@ -244,7 +260,9 @@ def build_module(cfg: DictConfig, with_training: bool = True):
     if with_training:
         kwargs["optimizer"] = instantiate_setting("optimizer", cfg.optimizer)
         scheduler = cfg.get("scheduler")
-        kwargs["scheduler"] = instantiate_setting("scheduler", scheduler) if scheduler and "_target_" in scheduler else None
+        kwargs["scheduler"] = (
+            instantiate_setting("scheduler", scheduler) if scheduler and "_target_" in scheduler else None
+        )
         check_optimizer_settings(cfg, kwargs["optimizer"], kwargs["scheduler"])
     return PlaceRecognitionModule(
         backbone=backbone,
@@ -308,9 +326,12 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
             if conf.get("offline") is None:
                 kwargs["offline"] = wandb_offline_default()
             if kwargs.get("offline", conf.get("offline")):
-                log.info("W&B runs offline (no API key or login, or WANDB_MODE=offline): the run is kept in %s; upload "
-                         "it with: wandb sync %s", Path(cfg.paths.output_dir) / "wandb",
-                         Path(cfg.paths.output_dir) / "wandb" / "offline-run-*")
+                log.info(
+                    "W&B runs offline (no API key or login, or WANDB_MODE=offline): the run is kept in %s; upload "
+                    "it with: wandb sync %s",
+                    Path(cfg.paths.output_dir) / "wandb",
+                    Path(cfg.paths.output_dir) / "wandb" / "offline-run-*",
+                )
             group, job = sweep_identity()
             if conf.get("group") is None and group:
                 kwargs["group"] = group  # one W&B group per Hydra sweep
@@ -343,8 +364,16 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
     every = cfg.get("checkpoint_every_n_steps")
     if every and cfg.get("callbacks", {}).get("last_checkpoint") is not None:
         # Lightning wants one trigger per ModelCheckpoint: a second one writes the same last.ckpt between epochs.
-        out.append(ModelCheckpoint(dirpath=cfg.callbacks.last_checkpoint.dirpath, filename="last", monitor=None,
-                                   save_top_k=1, every_n_train_steps=int(every), enable_version_counter=False))
+        out.append(
+            ModelCheckpoint(
+                dirpath=cfg.callbacks.last_checkpoint.dirpath,
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                every_n_train_steps=int(every),
+                enable_version_counter=False,
+            )
+        )
     if cfg.get("trainer", {}).get("enable_progress_bar", True) and not interactive(sys.stdout):
         out.append(LogFileProgressBar())
     out += [OfflineMining(), RecordRunIds()]
@@ -389,7 +418,9 @@ def check_deterministic(setting: Any, module: nn.Module | None, cuda: bool) -> N
     False``: reflection padding, bilinear upsampling), naming the layer and the fix."""
     if setting is not True or not cuda or module is None:
         return
-    layers = sorted({type(m).__name__ for m in module.modules() if getattr(m, "cuda_backward_deterministic", True) is False})
+    layers = sorted(
+        {type(m).__name__ for m in module.modules() if getattr(m, "cuda_backward_deterministic", True) is False}
+    )
     if layers:
         raise ConfigError(
             f"trainer.deterministic=true: {', '.join(layers)} (this attention module) has no deterministic CUDA "
@@ -398,8 +429,9 @@ def check_deterministic(setting: Any, module: nn.Module | None, cuda: bool) -> N
         )
 
 
-def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None = None,
-                  module: nn.Module | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, training: bool = True, wandb_id: str | None = None, module: nn.Module | None = None
+) -> L.Trainer:
     """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation.
     ``module`` (training) decides ``trainer.sync_batchnorm=auto``."""
     if training:
@@ -418,11 +450,20 @@ def build_trainer(cfg: DictConfig, training: bool = True, wandb_id: str | None =
             setting = cfg.trainer.sync_batchnorm
             extra["sync_batchnorm"] = resolve_sync_batchnorm(setting, module, torch.cuda.is_available())
             if setting == "auto":
-                log.info("trainer.sync_batchnorm=auto: %s", "SyncBatchNorm (BatchNorm layers train, on CUDA)"
-                         if extra["sync_batchnorm"] else "off (no BatchNorm layer trains, or no CUDA)")
-        return instantiate_setting("trainer", cfg.trainer, logger=loggers or False,
-                                   callbacks=build_callbacks(cfg, with_logger=bool(loggers)),
-                                   plugins=[AtomicCheckpointIO()], **extra)
+                log.info(
+                    "trainer.sync_batchnorm=auto: %s",
+                    "SyncBatchNorm (BatchNorm layers train, on CUDA)"
+                    if extra["sync_batchnorm"]
+                    else "off (no BatchNorm layer trains, or no CUDA)",
+                )
+        return instantiate_setting(
+            "trainer",
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=build_callbacks(cfg, with_logger=bool(loggers)),
+            plugins=[AtomicCheckpointIO()],
+            **extra,
+        )
     return L.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,

@@ -44,8 +44,10 @@ class OfflineMining(L.Callback):
         if pl_module.aux_weight > 0:
             dm.set_feature_grid(pl_module.feature_grid(dm.image_size))
         elif getattr(pl_module.attention, "supervised_mask", False):
-            log.warning("%s trains without semantic guidance (guidance=none): its mask has no target and no "
-                        "auxiliary loss", type(pl_module.attention).__name__)
+            log.warning(
+                "%s trains without semantic guidance (guidance=none): its mask has no target and no auxiliary loss",
+                type(pl_module.attention).__name__,
+            )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log.info("epoch %d trained: global step %d", trainer.current_epoch, trainer.global_step)
@@ -88,9 +90,13 @@ class CheckpointOnStop(L.Callback):
         path = os.path.join(self.dirpath, "last.ckpt")
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            log.warning("%s at epoch %d, step %d: saved %s; continue with ckpt_path=last",
-                        "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C", trainer.current_epoch,
-                        trainer.global_step, path)
+            log.warning(
+                "%s at epoch %d, step %d: saved %s; continue with ckpt_path=last",
+                "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C",
+                trainer.current_epoch,
+                trainer.global_step,
+                path,
+            )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -154,8 +160,11 @@ class MaskQuality(L.Callback):
     @staticmethod
     def applies(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         dm = trainer.datamodule
-        return (isinstance(dm, PlaceDataModule) and dm.guidance is not None and
-                bool(getattr(getattr(pl_module, "attention", None), "supervised_mask", False)))
+        return (
+            isinstance(dm, PlaceDataModule)
+            and dm.guidance is not None
+            and bool(getattr(getattr(pl_module, "attention", None), "supervised_mask", False))
+        )
 
     @torch.no_grad()
     def measure(self, pl_module: PlaceRecognitionModule, dm: PlaceDataModule, split) -> dict[str, float]:
@@ -164,7 +173,9 @@ class MaskQuality(L.Callback):
         from vpr.eval.masks import mask_quality
 
         paths = list(split.image_paths)
-        chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, num=min(self.images, len(paths))).round().astype(int)]
+        chosen = [
+            paths[i] for i in np.linspace(0, len(paths) - 1, num=min(self.images, len(paths))).round().astype(int)
+        ]
         g = dm.guidance
         source = dm.label_source()
         suppressed = sorted({i for group in g.get("suppress", ["person", "vehicle"]) for i in source.group_ids(group)})
@@ -186,20 +197,32 @@ class MaskQuality(L.Callback):
         masks = np.concatenate(masks)
         if float(np.ptp(masks)) == 0.0 and not self._said_constant:
             self._said_constant = True
-            log.warning("the attention mask is the same number (%.4g) on every cell of every image: no gradient "
-                        "reaches its layers (a ReLU dead on every input?), so the mask and its auxiliary loss learn "
-                        "nothing; try another seed, a lower learning rate, or check the backbone's features",
-                        float(masks.flat[0]))
+            log.warning(
+                "the attention mask is the same number (%.4g) on every cell of every image: no gradient "
+                "reaches its layers (a ReLU dead on every input?), so the mask and its auxiliary loss learn "
+                "nothing; try another seed, a lower learning rate, or check the backbone's features",
+                float(masks.flat[0]),
+            )
         return mask_quality(masks, np.stack(targets))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self.applies(trainer, pl_module):
             return
         q = self.measure(pl_module, trainer.datamodule, trainer.datamodule.val_split)
-        pl_module.log_dict({"mask/auc": q["auc"], "mask/on_suppressed": q["mask_on_suppressed"],
-                            "mask/on_static": q["mask_on_static"]}, rank_zero_only=True)
-        log.info("mask on the validation images: AUC %.3f, mean %.3f on suppressed classes, %.3f on the static scene",
-                 q["auc"], q["mask_on_suppressed"], q["mask_on_static"])
+        pl_module.log_dict(
+            {
+                "mask/auc": q["auc"],
+                "mask/on_suppressed": q["mask_on_suppressed"],
+                "mask/on_static": q["mask_on_static"],
+            },
+            rank_zero_only=True,
+        )
+        log.info(
+            "mask on the validation images: AUC %.3f, mean %.3f on suppressed classes, %.3f on the static scene",
+            q["auc"],
+            q["mask_on_suppressed"],
+            q["mask_on_static"],
+        )
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not self.applies(trainer, pl_module) or "test" not in pl_module.results:

@@ -53,8 +53,7 @@ def centroid_path(cfg: DictConfig, backbone: nn.Module, head: nn.Module) -> Path
         return Path(cfg.cluster.file)
     dataset = cfg.data.get("tag") or cfg.data.name
     height, width = (int(s) for s in cfg.data.image_size)
-    name = (f"{backbone_file_tag(backbone, cfg.seed)}_{dataset}_{int(head.num_clusters)}_{height}x{width}"
-            "_desc_cen.hdf5")
+    name = f"{backbone_file_tag(backbone, cfg.seed)}_{dataset}_{int(head.num_clusters)}_{height}x{width}_desc_cen.hdf5"
     return Path(cfg.paths.centroids_dir) / name
 
 
@@ -111,8 +110,9 @@ def sample_local_descriptors(
     return np.concatenate(out).astype(np.float32)
 
 
-def kmeans(descriptors: np.ndarray, num_clusters: int, iterations: int = 100, seed: int = 0,
-           device: str | torch.device = "cpu") -> np.ndarray:
+def kmeans(
+    descriptors: np.ndarray, num_clusters: int, iterations: int = 100, seed: int = 0, device: str | torch.device = "cpu"
+) -> np.ndarray:
     """k-means: (N, D) -> (K, D) centroids; faiss's, or without faiss the same algorithm in torch on ``device``."""
     n, d = descriptors.shape
     if n < num_clusters:
@@ -130,8 +130,9 @@ def kmeans(descriptors: np.ndarray, num_clusters: int, iterations: int = 100, se
     return km.centroids.copy()
 
 
-def torch_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, device: str | torch.device = "cpu",
-                 chunk: int = 65536) -> np.ndarray:
+def torch_kmeans(
+    x: np.ndarray, k: int, iterations: int, seed: int, device: str | torch.device = "cpu", chunk: int = 65536
+) -> np.ndarray:
     """Lloyd's k-means as faiss runs it: K distinct points drawn at random as the start, ``iterations`` rounds of
     nearest-centroid assignment and mean update; an emptied cluster restarts at the point farthest from its
     centroid. float32 on ``device``, points assigned in chunks. (N, D) -> (K, D)."""
@@ -205,8 +206,9 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
             "num_clusters": k,
         },
     )
-    log.info("wrote %s: %d descriptors -> %d centroids in %.1f s", path, len(desc), len(centroids),
-             time.perf_counter() - t0)
+    log.info(
+        "wrote %s: %d descriptors -> %d centroids in %.1f s", path, len(desc), len(centroids), time.perf_counter() - t0
+    )
     return path
 
 
@@ -224,8 +226,9 @@ def init_head(cfg: DictConfig, module, datamodule, missing_hint: str = "") -> No
     auto = bool(cfg.cluster.get("auto", False))
     # only the project's own cache file is replaced; a file named by cluster.file is the user's
     if auto and not cfg.cluster.get("file") and path.is_file() and not readable_centroid_file(path):
-        log.warning("centroid file %s is unreadable (interrupted or foreign) and cluster.auto=true: clustering "
-                    "again", path)
+        log.warning(
+            "centroid file %s is unreadable (interrupted or foreign) and cluster.auto=true: clustering again", path
+        )
         cluster_and_save(cfg, module.backbone, module.head, datamodule, path)
     if not path.is_file():
         if not auto:
@@ -279,5 +282,7 @@ def check_image_size(path: Path, attrs: dict[str, Any], image_size) -> None:
         log.warning(
             "centroid file %s was sampled from %s images, this run uses %s: re-run cluster.py (overwrite=true) "
             "for centroids of this size",
-            path, [int(x) for x in stored], list(image_size),
+            path,
+            [int(x) for x in stored],
+            list(image_size),
         )

@@ -45,8 +45,9 @@ def _identity(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str = "train",
-                      same_run_as: DictConfig | None = None) -> str | None:
+def resolve_ckpt_path(
+    ckpt_path: str | None, log_dir: str, task_name: str = "train", same_run_as: DictConfig | None = None
+) -> str | None:
     """``last``: the newest ``last.ckpt`` under ``<log_dir>/<task_name>`` (with ``same_run_as``: of a run whose
     saved config.yaml has the same experiment settings, :data:`RUN_IDENTITY`); a path must exist."""
     if ckpt_path in (None, "", "null"):
@@ -54,7 +55,9 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str = "tra
     if ckpt_path == "last":
         found = sorted(Path(log_dir, task_name).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
         if not found:
-            raise ConfigError(f"ckpt_path=last: no last.ckpt under {Path(log_dir, task_name)}; train first or give a path")
+            raise ConfigError(
+                f"ckpt_path=last: no last.ckpt under {Path(log_dir, task_name)}; train first or give a path"
+            )
         if same_run_as is not None:
             want = _identity(same_run_as)
             matching = [p for p in found if _saved_identity(p) == want]
@@ -69,8 +72,10 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str = "tra
         log.info("ckpt_path=last: %s", chosen)
         return str(chosen)
     if Path(ckpt_path).is_dir():
-        raise ConfigError(f"ckpt_path={ckpt_path} is a folder: give a checkpoint file in it (e.g. "
-                          f"{Path(ckpt_path) / 'last.ckpt'}), or ckpt_path=last for the newest run's")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is a folder: give a checkpoint file in it (e.g. "
+            f"{Path(ckpt_path) / 'last.ckpt'}), or ckpt_path=last for the newest run's"
+        )
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
@@ -80,8 +85,9 @@ def _newest_intact(last_files: list[Path]) -> Path:
     """The first readable checkpoint: each run's last.ckpt, then its other checkpoints, newest first."""
     skipped = []
     for last in last_files:
-        others = sorted((p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime,
-                        reverse=True)
+        others = sorted(
+            (p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True
+        )
         for candidate in (last, *others):
             try:
                 load_weights_only(str(candidate))
@@ -131,35 +137,48 @@ def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = 
     converted, and the network settings that reproduce its forward pass). ``ckpt_format`` (auto, lightning,
     netvlad_baseline, paper) refuses a file of another layout.
     """
-    state = read_weights_only(path, f"{setting}={path}", "checkpoint",
-                              " The checkpoints of train.py never do.")
+    state = read_weights_only(path, f"{setting}={path}", "checkpoint", " The checkpoints of train.py never do.")
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
-        raise ConfigError(f"{setting}={path} has no state_dict: neither a checkpoint of train.py nor one of the NetVLAD "
-                          "baseline or the paper code")
+        raise ConfigError(
+            f"{setting}={path} has no state_dict: neither a checkpoint of train.py nor one of the NetVLAD "
+            "baseline or the paper code"
+        )
     layout = released.detect(state["state_dict"])
     if ckpt_format not in released.FORMATS:
         raise ConfigError(f"ckpt_format={ckpt_format}: choose one of {', '.join(released.FORMATS)}")
     if ckpt_format == "lightning" and layout is not None:
-        raise ConfigError(f"{setting}={path} is in {layout}'s layout, not a checkpoint of train.py: "
-                          f"use ckpt_format=auto (or {layout})")
+        raise ConfigError(
+            f"{setting}={path} is in {layout}'s layout, not a checkpoint of train.py: "
+            f"use ckpt_format=auto (or {layout})"
+        )
     if ckpt_format in ("netvlad_baseline", "paper") and layout is None:
-        raise ConfigError(f"{setting}={path}: ckpt_format={ckpt_format}, but its state_dict has no encoder.* and pool.* "
-                          "keys (the layout of the NetVLAD baseline and the paper code)")
+        raise ConfigError(
+            f"{setting}={path}: ckpt_format={ckpt_format}, but its state_dict has no encoder.* and pool.* "
+            "keys (the layout of the NetVLAD baseline and the paper code)"
+        )
     if ckpt_format == "netvlad_baseline" and layout == "paper":
-        raise ConfigError(f"{setting}={path}: ckpt_format=netvlad_baseline, but it holds attention modules of the paper "
-                          "code: use ckpt_format=paper (or auto)")
+        raise ConfigError(
+            f"{setting}={path}: ckpt_format=netvlad_baseline, but it holds attention modules of the paper "
+            "code: use ckpt_format=paper (or auto)"
+        )
     if layout is not None:
         converted = released.convert(state["state_dict"], f"{setting}={path}")
         state = {**state, "state_dict": converted.network, "released": converted}
         log.info("%s=%s: a checkpoint in %s", setting, path, converted.describe())
         if converted.dropped:
-            log.info("%s=%s: %d tensors of layers that code builds but never runs are not loaded (%s, ...)", setting,
-                     path, len(converted.dropped), converted.dropped[0])
+            log.info(
+                "%s=%s: %d tensors of layers that code builds but never runs are not loaded (%s, ...)",
+                setting,
+                path,
+                len(converted.dropped),
+                converted.dropped[0],
+            )
     return state
 
 
-def check_stored_targets(stored: Any, path: str, where: str = "vpr_config",
-                         trusted: tuple[str, ...] = TRUSTED_TARGET_PREFIXES) -> None:
+def check_stored_targets(
+    stored: Any, path: str, where: str = "vpr_config", trusted: tuple[str, ...] = TRUSTED_TARGET_PREFIXES
+) -> None:
     """Every ``_target_`` in a stored config must name one of the project's components (or a trusted package's)."""
     if isinstance(stored, dict):
         target = stored.get("_target_")
@@ -177,8 +196,7 @@ def check_stored_targets(stored: Any, path: str, where: str = "vpr_config",
             check_stored_targets(value, path, f"{where}[{i}]", trusted)
 
 
-def read_checkpoint(path: str, ckpt_format: str = "auto",
-                    trusted: Any = None) -> tuple[dict[str, Any], dict | None]:
+def read_checkpoint(path: str, ckpt_format: str = "auto", trusted: Any = None) -> tuple[dict[str, Any], dict | None]:
     """(the checkpoint, its stored run config or None), loaded as weights only; the network part of the stored
     config may only name the project's components and those of the packages in ``trusted`` (the
     ``trusted_targets`` setting)."""
@@ -224,20 +242,27 @@ def with_checkpoint_city(cfg: DictConfig, stored: dict | None, overrides: list[s
     prepare = trained.get("prepare") or {}
     chosen = overridden_keys(overrides)
     which_data = ("data.root", "data.name", "data.tag", "data.prepare")  # and data=<another dataset>
-    if (any(k == "data" or k == d or k.startswith(d + ".") for k in chosen for d in which_data)
-            or trained.get("name") != cfg.data.get("name")
-            or not cfg.data.get("prepare") or "preset" not in prepare):
+    if (
+        any(k == "data" or k == d or k.startswith(d + ".") for k in chosen for d in which_data)
+        or trained.get("name") != cfg.data.get("name")
+        or not cfg.data.get("prepare")
+        or "preset" not in prepare
+    ):
         return cfg
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.data.prepare.preset, cfg.data.prepare.seed = prepare["preset"], prepare.get("seed", cfg.data.prepare.seed)
-    log.info("the checkpoint was trained on the %s city (seed %s): evaluating there (data.prepare.preset=... for "
-             "another)", cfg.data.prepare.preset, cfg.data.prepare.seed)
+    log.info(
+        "the checkpoint was trained on the %s city (seed %s): evaluating there (data.prepare.preset=... for another)",
+        cfg.data.prepare.preset,
+        cfg.data.prepare.seed,
+    )
     return cfg
 
 
-def network_from_checkpoint(cfg: DictConfig, state: dict, stored: dict | None, ckpt_path: str,
-                            overrides: list[str]) -> DictConfig:
+def network_from_checkpoint(
+    cfg: DictConfig, state: dict, stored: dict | None, ckpt_path: str, overrides: list[str]
+) -> DictConfig:
     """``cfg`` whose network is the checkpoint's: its stored config (train.py), the settings that reproduce a
     released file's code (:mod:`vpr.released`), or else the command line's; never pretrained weights."""
     if stored is not None:
@@ -266,8 +291,10 @@ def with_released_network(cfg: DictConfig, converted: released.Converted, overri
     chose_attention = any(k == "attention" or k.startswith("attention.") for k in overridden_keys(overrides))
     if converted.attention_config is not None and not chose_attention:
         cfg.attention = converted.attention_config
-        log.info("the file's attention is built with the settings that reproduce its code's forward pass: %s",
-                 OmegaConf.to_yaml(cfg.attention).strip().replace("\n", "; "))
+        log.info(
+            "the file's attention is built with the settings that reproduce its code's forward pass: %s",
+            OmegaConf.to_yaml(cfg.attention).strip().replace("\n", "; "),
+        )
     elif converted.layout == "netvlad_baseline" and not chose_attention:
         cfg.attention = {"_target_": "vpr.models.attention.base.Identity"}
     return cfg
@@ -281,12 +308,17 @@ def _with_released_attention(module: torch.nn.Module, state: dict, where: str, s
         return weights
     placed, missing = released.place_attention(converted, module)
     if missing and strict:
-        raise ConfigError(f"{where}: holds the paper code's {', '.join(missing)} module(s), but this network's attention "
-                          f"({type(module.attention).__name__}) has no such module; leave attention= out so that the "
-                          "file's own is built")
+        raise ConfigError(
+            f"{where}: holds the paper code's {', '.join(missing)} module(s), but this network's attention "
+            f"({type(module.attention).__name__}) has no such module; leave attention= out so that the "
+            "file's own is built"
+        )
     if missing:
-        log.info("%s: the paper code's %s module(s) have no counterpart in this network's attention: not loaded", where,
-                 ", ".join(missing))
+        log.info(
+            "%s: the paper code's %s module(s) have no counterpart in this network's attention: not loaded",
+            where,
+            ", ".join(missing),
+        )
     weights.update(placed)
     return weights
 
@@ -295,12 +327,15 @@ def load_matching_weights(module: torch.nn.Module, path: str) -> None:
     """Load the parameters of checkpoint ``path`` whose names and shapes match ``module``'s (``init_weights``)."""
     if not Path(path).is_file():
         raise ConfigError(f"init_weights={path}: no such checkpoint file")
-    state = _with_released_attention(module, load_weights_only(path, "init_weights"), f"init_weights={path}",
-                                     strict=False)
+    state = _with_released_attention(
+        module, load_weights_only(path, "init_weights"), f"init_weights={path}", strict=False
+    )
     own = module.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("head.") for k in matching):
-        raise ConfigError(f"init_weights={path} holds no weights for this head: was it trained with the same head and K?")
+        raise ConfigError(
+            f"init_weights={path} holds no weights for this head: was it trained with the same head and K?"
+        )
     module.load_state_dict(matching, strict=False)
     skipped = sorted({k.split(".")[0] for k in own if k not in matching})
     log.info("init_weights: %d tensors from %s; kept their initialisation: %s", len(matching), path, skipped or "none")
@@ -313,8 +348,10 @@ def load_network_weights(module: torch.nn.Module, state: dict, ckpt_path: str) -
     problems = weight_mismatches(module.state_dict(), weights, converted.origin if converted else {})
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
-        raise ConfigError(f"ckpt_path={ckpt_path}: its weights do not fit the network its stored config (or the "
-                          f"command line) builds: {shown}")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: its weights do not fit the network its stored config (or the "
+            f"command line) builds: {shown}"
+        )
     module.load_state_dict(weights)
 
 
@@ -328,11 +365,14 @@ def weight_mismatches(own: dict[str, torch.Tensor], weights: dict[str, Any], ori
     def missing(key: str) -> str:  # a key the file lacks, as a released file would name it (VGG16 features, NetVLAD)
         for prefix, file_prefix in (("backbone.features.", "encoder."), ("head.", "pool.")):
             if origin and key.startswith(prefix):
-                return f"{file_prefix}{key[len(prefix):]} (this network's {key})"
+                return f"{file_prefix}{key[len(prefix) :]} (this network's {key})"
         return key
 
-    problems = [f"{name(k)} has shape {tuple(v.shape)}, the network's is {tuple(own[k].shape)}"
-                for k, v in weights.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    problems = [
+        f"{name(k)} has shape {tuple(v.shape)}, the network's is {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
     problems += [f"missing from the file: {missing(k)}" for k in own if k not in weights]
     problems += [f"not in this network: {name(k)}" for k in weights if k not in own]
     return problems
@@ -342,8 +382,9 @@ def weight_mismatches(own: dict[str, torch.Tensor], weights: dict[str, Any], ori
 RELEASED_IMAGE_SIZE = (480, 640)
 
 
-def network_of_checkpoint(cfg: DictConfig, ckpt_path: str, overrides: list[str],
-                          device: str | torch.device | None = None) -> tuple[torch.nn.Module, DictConfig]:
+def network_of_checkpoint(
+    cfg: DictConfig, ckpt_path: str, overrides: list[str], device: str | torch.device | None = None
+) -> tuple[torch.nn.Module, DictConfig]:
     """(the checkpoint's network with its weights, in eval mode on ``device`` (None: this process's GPU when there
     is one), the config it was built from): what retrieve.py and :func:`vpr.api.load_model` encode with. A
     released file stores no image size: its images are taken at the Pittsburgh size it was trained at, unless
@@ -355,8 +396,12 @@ def network_of_checkpoint(cfg: DictConfig, ckpt_path: str, overrides: list[str],
     cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, overrides)
     if stored is None and state.get("released") is not None and "data.image_size" not in overridden_keys(overrides):
         cfg.data.image_size = list(RELEASED_IMAGE_SIZE)
-        log.info("%s is a released file, which stores no image size: images at %dx%d, the Pittsburgh size it was "
-                 "trained at (data.image_size=[H,W] to change)", ckpt_path, *RELEASED_IMAGE_SIZE)
+        log.info(
+            "%s is a released file, which stores no image size: images at %dx%d, the Pittsburgh size it was "
+            "trained at (data.image_size=[H,W] to change)",
+            ckpt_path,
+            *RELEASED_IMAGE_SIZE,
+        )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, with_training=False)
     load_network_weights(module, state, ckpt_path)

@@ -36,7 +36,7 @@ def user_message(e: BaseException) -> str:
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
         prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
-        return last[len(prefix):] if last.startswith(prefix) else last.split(": ", 1)[-1]
+        return last[len(prefix) :] if last.startswith(prefix) else last.split(": ", 1)[-1]
     return text
 
 
@@ -44,9 +44,11 @@ def missing_value_message(key: str) -> str:
     """A ``???`` setting that no config or command line filled (OmegaConf's "Missing mandatory value"), as a fix."""
     hint = ""
     if key.endswith("guidance.mask_dir"):
-        hint = (" (the folder of precomputed label maps that guidance=mask_dir reads; or choose another source: "
-                "guidance=deeplab_cityscapes guidance.weights=<the paper's segmentation weights>, "
-                "guidance=torchvision, guidance=auto (on the synthetic city: its own label maps), or guidance=none)")
+        hint = (
+            " (the folder of precomputed label maps that guidance=mask_dir reads; or choose another source: "
+            "guidance=deeplab_cityscapes guidance.weights=<the paper's segmentation weights>, "
+            "guidance=torchvision, guidance=auto (on the synthetic city: its own label maps), or guidance=none)"
+        )
     return f"{key} must be set: the chosen configs leave it empty (???); add {key}=<value> to the command line{hint}"
 
 
@@ -78,13 +80,19 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return main(*args, **kwargs)
         except KeyboardInterrupt:  # outside Lightning's loops (city generation, k-means, a cache pass of eval.py)
-            _stop("interrupted (Ctrl-C): nothing half-written is kept (files are written whole or not at all); run "
-                  "the command again to continue (train.py: ckpt_path=last resumes the last checkpoint)", 130)
+            _stop(
+                "interrupted (Ctrl-C): nothing half-written is kept (files are written whole or not at all); run "
+                "the command again to continue (train.py: ckpt_path=last resumes the last checkpoint)",
+                130,
+            )
         except SystemExit as e:
             if type(e).__name__ != "SIGTERMException":  # Lightning's, raised between two steps on SIGTERM
                 raise
-            _stop("stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it "
-                  "stopped when it was training)", 143)
+            _stop(
+                "stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it "
+                "stopped when it was training)",
+                143,
+            )
         except Exception as e:  # noqa: BLE001 - re-raised unless a user error is behind it
             found = find_user_error(e)
             if found is None:
@@ -167,11 +175,17 @@ def require_launcher_plugin(argv: list[str]) -> None:
             except ImportError:
                 found = False
             if not found:
-                print(f"error: hydra/launcher={value} needs hydra-submitit-launcher, which is not installed: "
-                      "pip install -e '.[slurm]' (or pip install hydra-submitit-launcher)", file=sys.stderr)
+                print(
+                    f"error: hydra/launcher={value} needs hydra-submitit-launcher, which is not installed: "
+                    "pip install -e '.[slurm]' (or pip install hydra-submitit-launcher)",
+                    file=sys.stderr,
+                )
                 raise SystemExit(2)
             if value != "submitit_local" and not shutil.which("srun"):
-                print(f"error: hydra/launcher={value} submits SLURM jobs, but this machine has no SLURM (no srun on "
-                      "the PATH): run the sweep on the cluster's login node, or use hydra/launcher=submitit_local "
-                      "(parallel processes here) or no launcher", file=sys.stderr)
+                print(
+                    f"error: hydra/launcher={value} submits SLURM jobs, but this machine has no SLURM (no srun on "
+                    "the PATH): run the sweep on the cluster's login node, or use hydra/launcher=submitit_local "
+                    "(parallel processes here) or no launcher",
+                    file=sys.stderr,
+                )
                 raise SystemExit(2)

@@ -114,5 +114,7 @@ def read_weights_only(path: str | Path, where: str, what: str = "checkpoint", ad
     except Exception as e:  # truncated, empty, not a torch file
         reason = (str(e).strip().splitlines() or [""])[0]
         reason = reason if len(reason) <= 120 else reason[:117] + "..."
-        raise ConfigError(f"{where} is not a readable {what}: truncated (an interrupted copy or download?) or not "
-                          f"saved by torch ({type(e).__name__}{': ' + reason if reason else ''})") from None
+        raise ConfigError(
+            f"{where} is not a readable {what}: truncated (an interrupted copy or download?) or not "
+            f"saved by torch ({type(e).__name__}{': ' + reason if reason else ''})"
+        ) from None

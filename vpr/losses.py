@@ -21,9 +21,7 @@ def euclidean_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> 
     return diff.pow(2).sum(dim=1).clamp_min(eps).sqrt()
 
 
-def _check_inputs(
-    anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, neg_to_query: torch.Tensor
-):
+def _check_inputs(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, neg_to_query: torch.Tensor):
     if anchor.ndim != 2 or anchor.shape != positive.shape:
         raise ValueError(
             f"anchor and positive must both be (B, D); got {tuple(anchor.shape)} and {tuple(positive.shape)}."
@@ -31,9 +29,7 @@ def _check_inputs(
     if negatives.ndim != 2 or negatives.shape[1] != anchor.shape[1]:
         raise ValueError(f"negatives must be (N, D) with D={anchor.shape[1]}; got {tuple(negatives.shape)}.")
     if neg_to_query.shape != (negatives.shape[0],):
-        raise ValueError(
-            f"neg_to_query must be (N,) = ({negatives.shape[0]},), got {tuple(neg_to_query.shape)}."
-        )
+        raise ValueError(f"neg_to_query must be (N,) = ({negatives.shape[0]},), got {tuple(neg_to_query.shape)}.")
     if neg_to_query.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"neg_to_query must hold integer query indices, got dtype {neg_to_query.dtype}.")
     if neg_to_query.numel() and (neg_to_query.min() < 0 or neg_to_query.max() >= anchor.shape[0]):
@@ -123,9 +119,7 @@ class SharpenedTripletMarginLoss(_TupleLoss):
         eps: guard under the square root.
     """
 
-    def __init__(
-        self, margin: float = 0.1, margin_pn: float = 1.4, version: int = 1, eps: float = 1e-12
-    ) -> None:
+    def __init__(self, margin: float = 0.1, margin_pn: float = 1.4, version: int = 1, eps: float = 1e-12) -> None:
         super().__init__()
         if version not in (1, 2):
             raise ValueError(f"Unknown sTML version={version!r}; choose 1 or 2.")

@@ -31,10 +31,14 @@ FORMATS = ("auto", "lightning", "netvlad_baseline", "paper")
 #: The de-attention mask head's parameters in the paper code (three context branches conv -> ReLU -> BatchNorm,
 #: then the 1x1 fusion conv -> ReLU -> BatchNorm) and in this project's DeAttention.
 _MASK_HEAD = {
-    "crn_conv1.0": "branches.0.conv", "crn_conv1.2": "branches.0.bn",
-    "crn_conv2.0": "branches.1.conv", "crn_conv2.2": "branches.1.bn",
-    "crn_conv3.0": "branches.2.conv", "crn_conv3.2": "branches.2.bn",
-    "crn_conv4.0": "fuse", "crn_conv4.2": "fuse_bn",
+    "crn_conv1.0": "branches.0.conv",
+    "crn_conv1.2": "branches.0.bn",
+    "crn_conv2.0": "branches.1.conv",
+    "crn_conv2.2": "branches.1.bn",
+    "crn_conv3.0": "branches.2.conv",
+    "crn_conv3.2": "branches.2.bn",
+    "crn_conv4.0": "fuse",
+    "crn_conv4.2": "fuse_bn",
 }
 #: Layers the paper code's mask head builds but never runs (their tensors are in its files): dropped.
 _MASK_HEAD_UNUSED = ("crn_downsample.", "crn_upsample.")
@@ -58,17 +62,21 @@ PAPER_MODULES: dict[str, PaperModule] = {
     "deattention": PaperModule(
         "vpr.models.attention.deattention.DeAttention",
         {"version": 1, "apply": "features", "normalize_input": True},
-        _MASK_HEAD, _MASK_HEAD_UNUSED,
+        _MASK_HEAD,
+        _MASK_HEAD_UNUSED,
         "de-attention with the paper code's mode: features * mask (NetVLAD's per-location normalisation then "
         "erases the mask; version 2's x + x * mask is erased the same way)",
     ),
     "senet_attention": PaperModule(
-        "vpr.models.attention.se.SE", {},
+        "vpr.models.attention.se.SE",
+        {},
         {"fc.0": "excitation.0", "fc.2": "excitation.2"},
-        hidden_from="fc.0.weight", note="SE (Linear C -> C/r -> C without biases)",
+        hidden_from="fc.0.weight",
+        note="SE (Linear C -> C/r -> C without biases)",
     ),
     "bam_attention": PaperModule(
-        "vpr.models.attention.bam.BAM", {"dilation": 4, "combine": "product", "channel_pool": "square"},
+        "vpr.models.attention.bam.BAM",
+        {"dilation": 4, "combine": "product", "channel_pool": "square"},
         {
             "channel_att.gate_c.gate_c_fc_0": "channel_mlp.0",
             "channel_att.gate_c.gate_c_bn_1": "channel_mlp.1",
@@ -83,22 +91,33 @@ PAPER_MODULES: dict[str, PaperModule] = {
         },
         hidden_from="channel_att.gate_c.gate_c_fc_0.weight",
         note="BAM with that code's forward: Mc * Ms (combine=product) and Mc pooled over an H x H window "
-             "(channel_pool=square)",
+        "(channel_pool=square)",
     ),
     "cbam_attention": PaperModule(
-        "vpr.models.attention.cbam.CBAM", {"kernel_size": 7, "spatial_to_aggregation": False},
-        {"ChannelGate.mlp.1": "channel_mlp.0", "ChannelGate.mlp.3": "channel_mlp.2",
-         "SpatialGate.spatial.conv": "spatial_conv", "SpatialGate.spatial.bn": "spatial_bn"},
-        hidden_from="ChannelGate.mlp.1.weight", note="CBAM (features * Mc * Ms)",
+        "vpr.models.attention.cbam.CBAM",
+        {"kernel_size": 7, "spatial_to_aggregation": False},
+        {
+            "ChannelGate.mlp.1": "channel_mlp.0",
+            "ChannelGate.mlp.3": "channel_mlp.2",
+            "SpatialGate.spatial.conv": "spatial_conv",
+            "SpatialGate.spatial.bn": "spatial_bn",
+        },
+        hidden_from="ChannelGate.mlp.1.weight",
+        note="CBAM (features * Mc * Ms)",
     ),
     "crn_attention": PaperModule(
-        "vpr.models.attention.crn.PaperCRN", {}, _MASK_HEAD, _MASK_HEAD_UNUSED,
+        "vpr.models.attention.crn.PaperCRN",
+        {},
+        _MASK_HEAD,
+        _MASK_HEAD_UNUSED,
         "that code's CRN (the de-attention mask head on normalised features, unsupervised; not Kim et al.'s CRN)",
     ),
 }
 #: Modules of the paper code this project does not build.
-_NOT_BUILT = {"deattention_auto": "the per-category de-attention (deattention_auto)",
-              "ch_eca_attention": "ECA channel attention (ch_eca_attention)"}
+_NOT_BUILT = {
+    "deattention_auto": "the per-category de-attention (deattention_auto)",
+    "ch_eca_attention": "ECA channel attention (ch_eca_attention)",
+}
 
 _PARAM_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -120,18 +139,21 @@ class Converted:
         if self.layout == "netvlad_baseline":
             return "the NetVLAD baseline's layout (encoder.* -> backbone.features.*, pool.* -> head.*)"
         parts = [PAPER_MODULES[name].note for name in self.attention]
-        return "the paper code's layout (encoder.* -> backbone.features.*, pool.* -> head.*; " + "; then ".join(
-            parts) + ")"
+        return (
+            "the paper code's layout (encoder.* -> backbone.features.*, pool.* -> head.*; "
+            + "; then ".join(parts)
+            + ")"
+        )
 
 
 def _plain(key: str) -> str:
     """The key without DataParallel's ``.module`` after the top-level module name."""
     top, _, rest = key.partition(".")
-    return f"{top}.{rest[len('module.'):]}" if rest.startswith("module.") else key
+    return f"{top}.{rest[len('module.') :]}" if rest.startswith("module.") else key
 
 
 def detect(state_dict: dict[str, Any]) -> str | None:
-    """"netvlad_baseline", "paper" or None (not a layout of these codes, e.g. this project's own)."""
+    """ "netvlad_baseline", "paper" or None (not a layout of these codes, e.g. this project's own)."""
     tops = {k.split(".")[0] for k in state_dict}
     if "encoder" not in tops or "pool" not in tops:
         return None
@@ -142,8 +164,10 @@ def convert(state_dict: dict[str, Any], where: str) -> Converted:
     """A released state dict (either layout) in this project's names; anything unknown is refused, naming it."""
     layout = detect(state_dict)
     if layout is None:
-        raise ConfigError(f"{where}: not a checkpoint of the NetVLAD baseline or of the paper code (its state_dict "
-                          "has no encoder.* and pool.* keys)")
+        raise ConfigError(
+            f"{where}: not a checkpoint of the NetVLAD baseline or of the paper code (its state_dict "
+            "has no encoder.* and pool.* keys)"
+        )
     network: dict[str, torch.Tensor] = {}
     modules: dict[str, dict[str, torch.Tensor]] = {}
     dropped: list[str] = []
@@ -158,8 +182,9 @@ def convert(state_dict: dict[str, Any], where: str) -> Converted:
             origin["backbone.features." + rest] = key
         elif top == "pool":
             if rest not in ("conv.weight", "conv.bias", "centroids"):
-                raise ConfigError(f"{where}: key {key!r} is not part of NetVLAD (pool.conv.weight, pool.conv.bias, "
-                                  "pool.centroids)")
+                raise ConfigError(
+                    f"{where}: key {key!r} is not part of NetVLAD (pool.conv.weight, pool.conv.bias, pool.centroids)"
+                )
             network["head." + rest] = value
             origin["head." + rest] = key
         elif top in PAPER_MODULES:
@@ -169,29 +194,38 @@ def convert(state_dict: dict[str, Any], where: str) -> Converted:
                 continue
             layer, _, suffix = rest.rpartition(".")
             if layer not in spec.layers or suffix not in _PARAM_SUFFIXES:
-                raise ConfigError(f"{where}: key {key!r} is not a parameter of the paper code's {top} module "
-                                  f"(its layers: {', '.join(sorted(spec.layers))})")
+                raise ConfigError(
+                    f"{where}: key {key!r} is not a parameter of the paper code's {top} module "
+                    f"(its layers: {', '.join(sorted(spec.layers))})"
+                )
             modules.setdefault(top, {})[f"{spec.layers[layer]}.{suffix}"] = value
             origin[f"{top}/{spec.layers[layer]}.{suffix}"] = key
         elif top in _NOT_BUILT:
-            raise ConfigError(f"{where}: holds {_NOT_BUILT[top]}, which this project does not build; it can evaluate "
-                              f"the paper code's {', '.join(PAPER_MODULES)} checkpoints")
+            raise ConfigError(
+                f"{where}: holds {_NOT_BUILT[top]}, which this project does not build; it can evaluate "
+                f"the paper code's {', '.join(PAPER_MODULES)} checkpoints"
+            )
         else:
-            raise ConfigError(f"{where}: key {key!r} belongs to a module {top!r} that neither the NetVLAD baseline nor "
-                              f"the paper code has (encoder, pool, {', '.join(PAPER_MODULES)})")
+            raise ConfigError(
+                f"{where}: key {key!r} belongs to a module {top!r} that neither the NetVLAD baseline nor "
+                f"the paper code has (encoder, pool, {', '.join(PAPER_MODULES)})"
+            )
     if "head.centroids" not in network or "head.conv.weight" not in network:
         raise ConfigError(f"{where}: a NetVLAD checkpoint needs pool.conv.weight and pool.centroids")
     centroids, conv = network["head.centroids"], network["head.conv.weight"]
     if centroids.ndim != 2:
         raise ConfigError(f"{where}: pool.centroids has shape {tuple(centroids.shape)}, expected (K, D)")
     if conv.ndim != 4 or tuple(conv.shape[:2]) != tuple(centroids.shape):
-        raise ConfigError(f"{where}: the file disagrees with itself: pool.conv.weight has shape {tuple(conv.shape)} "
-                          f"and pool.centroids {tuple(centroids.shape)}, where NetVLAD needs (K, D, 1, 1) and (K, D)")
+        raise ConfigError(
+            f"{where}: the file disagrees with itself: pool.conv.weight has shape {tuple(conv.shape)} "
+            f"and pool.centroids {tuple(centroids.shape)}, where NetVLAD needs (K, D, 1, 1) and (K, D)"
+        )
     network["head.initialised"] = torch.tensor(True)  # the centroids come from the file, not from k-means
     head = {"num_clusters": int(centroids.shape[0]), "version": "v2" if "head.conv.bias" in network else "v1"}
     ordered = {name: modules[name] for name in PAPER_MODULES if name in modules}
-    return Converted(layout, network, ordered, attention_config(ordered, where) if ordered else None, head, dropped,
-                     origin)
+    return Converted(
+        layout, network, ordered, attention_config(ordered, where) if ordered else None, head, dropped, origin
+    )
 
 
 def attention_config(modules: dict[str, dict[str, torch.Tensor]], where: str) -> dict[str, Any]:
@@ -212,8 +246,10 @@ def attention_config(modules: dict[str, dict[str, torch.Tensor]], where: str) ->
         stages.append(stage)
     if len(stages) == 1:
         return stages[0]
-    return {"_target_": "vpr.models.attention.base.Combined",
-            "modules": [{**stage, "_partial_": True} for stage in stages]}
+    return {
+        "_target_": "vpr.models.attention.base.Combined",
+        "modules": [{**stage, "_partial_": True} for stage in stages],
+    }
 
 
 def place_attention(converted: Converted, module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:

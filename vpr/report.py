@@ -172,9 +172,7 @@ def _parse_results(data: Any, path: Path) -> tuple[str, str, dict[int, float]]:
         except (TypeError, ValueError):
             raise ValueError(f"{path.name}: recall_at entry {key!r}: {value!r} is not N: fraction") from None
         if n < 1 or not math.isfinite(r) or not 0.0 <= r <= 1.0:
-            raise ValueError(
-                f"{path.name}: recall_at[{key}] = {value!r}; expected N >= 1 and a fraction in [0, 1]"
-            )
+            raise ValueError(f"{path.name}: recall_at[{key}] = {value!r}; expected N >= 1 and a fraction in [0, 1]")
         recall[n] = r
     return str(data.get("dataset") or ""), str(data.get("split") or "?"), dict(sorted(recall.items()))
 
@@ -379,8 +377,15 @@ def format_markdown(
     lines = [f"# {title}", ""] if title else []
     cells = []
     for row in rows:
-        cells.append([row.variant, *([str(row.occlusion or "–")] if by_level else []), *(_cell(row, n) for n in ns),
-                      str(row.runs), row.split])
+        cells.append(
+            [
+                row.variant,
+                *([str(row.occlusion or "–")] if by_level else []),
+                *(_cell(row, n) for n in ns),
+                str(row.runs),
+                row.split,
+            ]
+        )
         if baseline is not None:
             cells[-1].append(_delta_cell(row, baselines.get(row.occlusion)))
         if with_mask:
@@ -443,7 +448,9 @@ def plot_recall_curves(
         all_ns.update(ns)
         mean = np.array([row.mean_pct[n] for n in ns])
         std = np.nan_to_num(np.array([row.std_pct[n] for n in ns]), nan=0.0)  # one run: no band
-        label = row.variant + (f", occlusion {row.occlusion}" if row.occlusion and len({r.occlusion for r in rows}) > 1 else "")
+        label = row.variant + (
+            f", occlusion {row.occlusion}" if row.occlusion and len({r.occlusion for r in rows}) > 1 else ""
+        )
         (line,) = ax.plot(ns, mean, marker="o", label=f"{label} (n={row.runs})")
         ax.fill_between(ns, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     if len(all_ns) > 1:
@@ -456,9 +463,7 @@ def plot_recall_curves(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     splits = sorted({s for row in rows for s in row.splits})
-    ax.set_title(
-        title or f"Recall@N on {', '.join(splits)}" + (" (mixed splits!)" if len(splits) > 1 else "")
-    )
+    ax.set_title(title or f"Recall@N on {', '.join(splits)}" + (" (mixed splits!)" if len(splits) > 1 else ""))
     return save_figure_atomic(fig, path)
 
 
@@ -507,9 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", type=Path, help="multirun folder (searched recursively for results.json)")
     p.add_argument("--out", type=Path, default=None, help="markdown file (default DIR/results.md)")
-    p.add_argument(
-        "--plot", type=Path, default=None, help="PNG of the Recall@N curves (default DIR/recall_curves.png)"
-    )
+    p.add_argument("--plot", type=Path, default=None, help="PNG of the Recall@N curves (default DIR/recall_curves.png)")
     p.add_argument("--no-plot", action="store_true", help="skip the plot")
     p.add_argument(
         "--metric-split",
@@ -518,9 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPLIT",
         help="keep only runs evaluated on these splits (e.g. test); others are listed as skipped",
     )
-    p.add_argument(
-        "--untrained", action="store_true", help="add a table of results_untrained.json (before training)"
-    )
+    p.add_argument("--untrained", action="store_true", help="add a table of results_untrained.json (before training)")
     return p
 
 
@@ -562,12 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.untrained:
         before = [r.untrained for r in runs if r.untrained is not None]
         if before:
-            text += "\n" + format_markdown(
-                summarise(before), title="Before training (results_untrained.json)"
-            )
+            text += "\n" + format_markdown(summarise(before), title="Before training (results_untrained.json)")
         else:
-            text += ("\nBefore training: no job wrote results_untrained.json (train.py writes it with "
-                     "test_untrained=true).\n")
+            text += (
+                "\nBefore training: no job wrote results_untrained.json (train.py writes it with "
+                "test_untrained=true).\n"
+            )
     out = args.out or root / "results.md"
     write_text_atomic(out, text)
     print(text, end="")

@@ -15,8 +15,18 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-REAL_NAMES = ("whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages", "numQueries", "posDistThr",
-              "posDistSqThr", "nonTrivPosDistSqThr")
+REAL_NAMES = (
+    "whichSet",
+    "dbImageFns",
+    "utmDb",
+    "qImageFns",
+    "utmQ",
+    "numImages",
+    "numQueries",
+    "posDistThr",
+    "posDistSqThr",
+    "nonTrivPosDistSqThr",
+)
 OLD_NAMES = {"dbImageFns": "dbImage", "qImageFns": "qImage", "numImages": "numDb", "numQueries": "numQ"}
 
 
@@ -47,8 +57,14 @@ def _cell(items: list[str]) -> np.ndarray:
     return c
 
 
-def spec_fields(which_set: str, db_names: list[str], utm_db: np.ndarray, q_names: list[str], utm_q: np.ndarray,
-                non_triv_sq: float | None = None) -> dict:
+def spec_fields(
+    which_set: str,
+    db_names: list[str],
+    utm_db: np.ndarray,
+    q_names: list[str],
+    utm_q: np.ndarray,
+    non_triv_sq: float | None = None,
+) -> dict:
     """The dbStruct fields in the real files' order: N x 1 cells, 2 x N UTM, 1 x 1 doubles (no training radius
     when ``non_triv_sq`` is None, as in Tokyo 24/7)."""
     fields = {
@@ -94,8 +110,9 @@ def write_v73(path: Path, fields: dict) -> None:
                     ref_arr[0, i] = char(refs, f"{name}{i}", str(text)).ref
                 g.create_dataset(name, data=ref_arr).attrs["MATLAB_class"] = np.bytes_("cell")
             else:
-                g.create_dataset(name, data=np.asarray(value, dtype=np.float64).T).attrs["MATLAB_class"] = (
-                    np.bytes_("double"))
+                g.create_dataset(name, data=np.asarray(value, dtype=np.float64).T).attrs["MATLAB_class"] = np.bytes_(
+                    "double"
+                )
     with open(path, "r+b") as fh:
         fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
 
@@ -107,8 +124,9 @@ def _layout(num_places: int, per_place: int, seed: int, spacing_m: float = 100.0
     return rng, centres, textures
 
 
-def pittsburgh_like(root: Path, *, name: str = "pitts30k", split: str = "test", fmt: str = "v5",
-                    num_places: int = 8, seed: int = 0) -> SpecDataset:
+def pittsburgh_like(
+    root: Path, *, name: str = "pitts30k", split: str = "test", fmt: str = "v5", num_places: int = 8, seed: int = 0
+) -> SpecDataset:
     """Pittsburgh's layout: ``datasets/<name>_<split>.mat``, database under the root, queries in queries_real/.
 
     fmt: ``v5`` (real names), ``v73`` (real names, HDF5) or ``old`` (v5 with dbImage/qImage/numDb/numQ).
@@ -157,5 +175,13 @@ def tokyo247_like(root: Path, *, num_places: int = 5, seed: int = 1) -> SpecData
         _write_image(root / "247query_subset_v2" / q_names[-1], textures[p], rng)
     utm_db, utm_q = np.array(utm_db), np.array(utm_q)
     write_v5(root / "datasets" / "tokyo247.mat", spec_fields("test", db_names, utm_db, q_names, utm_q))
-    return SpecDataset(root, db_names, q_names, utm_db, utm_q, root / "database_gsv_vga",
-                       root / "247query_subset_v2", db_suffix_on_disk=".png")
+    return SpecDataset(
+        root,
+        db_names,
+        q_names,
+        utm_db,
+        utm_q,
+        root / "database_gsv_vga",
+        root / "247query_subset_v2",
+        db_suffix_on_disk=".png",
+    )

@@ -18,8 +18,14 @@ from vpr.data.mining import Triplet
 @pytest.fixture
 def dm(tmp_path) -> PlaceDataModule:
     pittsburgh_like(tmp_path, name="spec", split="train", num_places=4)
-    m = PlaceDataModule(str(tmp_path), "spec", splits={"train": "train", "val": "train", "test": "train"},
-                        image_size=(32, 32), num_workers=0, mining={"candidate_negatives": 5, "negatives_per_query": 2})
+    m = PlaceDataModule(
+        str(tmp_path),
+        "spec",
+        splits={"train": "train", "val": "train", "test": "train"},
+        image_size=(32, 32),
+        num_workers=0,
+        mining={"candidate_negatives": 5, "negatives_per_query": 2},
+    )
     m.setup("fit")
     return m
 
@@ -68,7 +74,9 @@ def test_loader_yields_mined_tuples_of_this_split(dm, monkeypatch):
     split = dm.train_split
     monkeypatch.setattr(dm_module, "load_image", lambda path: path)
     dm.transform = lambda path: torch.full((3, 2, 2), float(identity_of(split, path)))
-    dm.encoder = lambda dataset, desc, dtype=torch.float32: torch.randn(len(dataset), 8, generator=torch.Generator().manual_seed(0))
+    dm.encoder = lambda dataset, desc, dtype=torch.float32: torch.randn(
+        len(dataset), 8, generator=torch.Generator().manual_seed(0)
+    )
     batches = list(dm.train_dataloader())
     assert batches, "no tuple was mined"
     nd = split.num_db
@@ -103,8 +111,9 @@ def test_each_rank_evaluates_its_own_shard_and_the_shards_cover_the_split(dm, wo
     total = len(dm.test_split.image_paths)  # 12 database images and 4 queries
     seen = []
     for rank in range(world):
-        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank,
-                                     strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        dm.trainer = SimpleNamespace(
+            world_size=world, global_rank=rank, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+        )
         indices = [int(i) for _, index in dm.test_dataloader() for i in index]
         expected = [(rank + world * k) % total for k in range(-(-total // world))] if world > 1 else list(range(total))
         assert indices == expected

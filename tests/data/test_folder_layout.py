@@ -55,8 +55,10 @@ def _haversine_m(a, b):
 
 
 def test_gps_names_are_refused_as_metres_and_read_with_coordinates_latlon(tmp_path):
-    places = {"database": [(40.4404491, -79.9871271), (40.4406000, -79.9869000), (40.4500000, -79.9700000)],
-              "queries": [(40.4405500, -79.9871000)]}
+    places = {
+        "database": [(40.4404491, -79.9871271), (40.4406000, -79.9869000), (40.4500000, -79.9700000)],
+        "queries": [(40.4405500, -79.9871000)],
+    }
     for folder, points in places.items():
         for i, (lat, lon) in enumerate(points):
             touch(tmp_path / "test" / folder / f"@{lat}@{lon}@{i:04d}@.jpg")

@@ -50,20 +50,25 @@ def deeplab_file(path, winner):
     save_checkpoint(path, sd)
 
 
-@pytest.mark.parametrize("winner, suppress, expected", [
-    (10, ["person", "vehicle"], 1.0),   # sky everywhere, sky kept: the paper's first models
-    (10, ["person", "vehicle", "sky"], 0.0),  # sky suppressed: the final model
-    (12, ["person"], 0.0),              # rider is a person
-    (16, ["vehicle"], 0.0),             # train is a vehicle
-    (0, ["person", "vehicle", "sky"], 1.0),  # road is never suppressed
-], ids=["sky-kept", "sky-suppressed", "rider", "train", "road"])
+@pytest.mark.parametrize(
+    "winner, suppress, expected",
+    [
+        (10, ["person", "vehicle"], 1.0),  # sky everywhere, sky kept: the paper's first models
+        (10, ["person", "vehicle", "sky"], 0.0),  # sky suppressed: the final model
+        (12, ["person"], 0.0),  # rider is a person
+        (16, ["vehicle"], 0.0),  # train is a vehicle
+        (0, ["person", "vehicle", "sky"], 1.0),  # road is never suppressed
+    ],
+    ids=["sky-kept", "sky-suppressed", "rider", "train", "road"],
+)
 def test_deeplab_cityscapes_targets_follow_the_cityscapes_classes(tiny_city, tmp_path, winner, suppress, expected):
     """Cityscapes train ids (sky 10, person 11, rider 12, car 13 ... bicycle 18) through guidance=deeplab_cityscapes."""
     deeplab_file(tmp_path / "best_deeplabv3plus_mobilenet_cityscapes_os16.pth", winner)
     weights = tmp_path / "best_deeplabv3plus_mobilenet_cityscapes_os16.pth"
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["attention=deattention", "guidance=deeplab_cityscapes",
-                                          f"guidance.weights={weights}"])
+        cfg = compose(
+            "train", overrides=["attention=deattention", "guidance=deeplab_cityscapes", f"guidance.weights={weights}"]
+        )
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
     source = build_label_source(guidance, tiny_city)
     paths = city_images(tiny_city, 2)
@@ -84,8 +89,13 @@ def test_deeplab_cityscapes_targets_are_cached_per_weight_file(tiny_city, tmp_pa
     cached = GuidanceTargets(source, ["person"], paths, GRID, cache_dir=tmp_path / "cache")
     assert torch.all(cached.table == 0)
     deeplab_file(tmp_path / "b.pth", 0)  # other weights: other targets, not the cached ones
-    other = GuidanceTargets(build_label_source({**guidance, "weights": str(tmp_path / "b.pth")}, tiny_city), ["person"],
-                            paths, GRID, cache_dir=tmp_path / "cache")
+    other = GuidanceTargets(
+        build_label_source({**guidance, "weights": str(tmp_path / "b.pth")}, tiny_city),
+        ["person"],
+        paths,
+        GRID,
+        cache_dir=tmp_path / "cache",
+    )
     assert torch.all(other.table == 1)
 
 
@@ -118,11 +128,17 @@ def test_torchscript_targets_equal_a_hand_computation(tiny_city, tmp_path, as_di
     export(DictSegmenter() if as_dict else ColourSegmenter(), tmp_path / "seg.pt")
     groups = {"person": [3, 4], "vehicle": [7], "sky": [15, 16, 17, 18]}
     mean, std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.2]
-    guidance = {"source": "torchscript", "model": str(tmp_path / "seg.pt"), "class_groups": groups, "mean": mean,
-                "std": std}
+    guidance = {
+        "source": "torchscript",
+        "model": str(tmp_path / "seg.pt"),
+        "class_groups": groups,
+        "mean": mean,
+        "std": std,
+    }
     paths = city_images(tiny_city, 3)
-    targets = GuidanceTargets(build_label_source(guidance, tiny_city), ["person", "sky"], paths, GRID,
-                              cache_dir=tmp_path / "cache")
+    targets = GuidanceTargets(
+        build_label_source(guidance, tiny_city), ["person", "sky"], paths, GRID, cache_dir=tmp_path / "cache"
+    )
     centres = np.linspace(-2.2, 2.3, 19)
     for i, p in enumerate(paths):
         red = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64)[..., 0] / 255.0 - mean[0]) / std[0]
@@ -141,8 +157,9 @@ def test_torchscript_settings_are_checked(tiny_city, tmp_path):
         build_label_source({"source": "torchscript", "model": str(tmp_path / "missing.pt")}, tiny_city)
     (tmp_path / "junk.pt").write_text("not a network")
     with pytest.raises(DataError, match="junk.pt is not a TorchScript"):
-        build_label_source({"source": "torchscript", "model": str(tmp_path / "junk.pt"),
-                            "class_groups": {"person": [1]}}, tiny_city)
+        build_label_source(
+            {"source": "torchscript", "model": str(tmp_path / "junk.pt"), "class_groups": {"person": [1]}}, tiny_city
+        )
     with pytest.raises(DataError, match="class_groups"):
         build_label_source({"source": "torchscript", "model": str(tmp_path / "seg.pt")}, tiny_city)
     with pytest.raises(ConfigError, match="nothere.pth: no such file"):
@@ -151,10 +168,20 @@ def test_torchscript_settings_are_checked(tiny_city, tmp_path):
 
 def test_missing_deeplab_weights_is_one_error_line(data_dir, tmp_path):
     missing = tmp_path / "best_deeplabv3plus_mobilenet_cityscapes_os16.pth"
-    proc = run_script("train.py", "experiment=city_deattention", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
-                      "guidance=deeplab_cityscapes", f"guidance.weights={missing}", "logger=none",
-                      f"cluster.file={tmp_path / 'centroids.hdf5'}",  # none yet: k-means would run first
-                      "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}", tmp=tmp_path, check=False)
+    proc = run_script(
+        "train.py",
+        "experiment=city_deattention",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        "guidance=deeplab_cityscapes",
+        f"guidance.weights={missing}",
+        "logger=none",
+        f"cluster.file={tmp_path / 'centroids.hdf5'}",  # none yet: k-means would run first
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        tmp=tmp_path,
+        check=False,
+    )
     out = proc.stdout + proc.stderr
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, out[-3000:]

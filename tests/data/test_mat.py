@@ -41,8 +41,9 @@ def _example() -> DbStruct:
     return DbStruct("train", DB_PATHS, UTM_DB, Q_PATHS, UTM_Q, 25.0, 625.0, 100.0)
 
 
-def _matlab_like_record(fields: tuple[str, ...] = PITTS_FIELD_ORDER, num_db: float = 3.0,
-                        extra: dict | None = None) -> np.ndarray:
+def _matlab_like_record(
+    fields: tuple[str, ...] = PITTS_FIELD_ORDER, num_db: float = 3.0, extra: dict | None = None
+) -> np.ndarray:
     """A dbStruct built the way MATLAB's own files load: a 1x1 structured array of 1x1-wrapped fields,
     N x 1 object cells whose entries are 1-element char arrays, 2 x N double coordinates. ``fields`` are
     the names to write, real or old (each old name stands for the real field at the same position)."""
@@ -328,9 +329,16 @@ def test_reads_tokyo247_style_file(tmp_path: Path) -> None:
     q = ["00001.jpg"]
     path = _savemat(
         tmp_path / "tokyo247.mat",
-        _spec(drop=("nonTrivPosDistSqThr",), whichSet="test", dbImageFns=_cell(db), qImageFns=_cell(q),
-              utmDb=np.array([[381408.5, 381408.5], [3950000.25, 3950000.25]]), utmQ=np.array([[381410.0], [3950001.0]]),
-              numImages=np.array([[2.0]]), numQueries=np.array([[1.0]])),
+        _spec(
+            drop=("nonTrivPosDistSqThr",),
+            whichSet="test",
+            dbImageFns=_cell(db),
+            qImageFns=_cell(q),
+            utmDb=np.array([[381408.5, 381408.5], [3950000.25, 3950000.25]]),
+            utmQ=np.array([[381410.0], [3950001.0]]),
+            numImages=np.array([[2.0]]),
+            numQueries=np.array([[1.0]]),
+        ),
     )
     s = load_dbstruct(path)
     assert s.which_set == "test" and s.db_image == db and s.q_image == q
@@ -341,9 +349,14 @@ def test_reads_tokyo247_style_file(tmp_path: Path) -> None:
 
 
 def test_reads_tokyotm_time_stamps(tmp_path: Path) -> None:
-    path = _savemat(tmp_path / "tokyoTM_train.mat",
-                    {**_spec(), "dbTimeStamp": np.array([[200907.0, 201102.0, 200907.0]]),
-                     "qTimeStamp": np.array([[201102.0], [200907.0]])})
+    path = _savemat(
+        tmp_path / "tokyoTM_train.mat",
+        {
+            **_spec(),
+            "dbTimeStamp": np.array([[200907.0, 201102.0, 200907.0]]),
+            "qTimeStamp": np.array([[201102.0], [200907.0]]),
+        },
+    )
     s = load_dbstruct(path)
     np.testing.assert_array_equal(s.db_time_stamp, [200907, 201102, 200907])
     np.testing.assert_array_equal(s.q_time_stamp, [201102, 200907])
@@ -381,15 +394,18 @@ def test_malformed_fields_name_file_and_field(tmp_path: Path, changes: dict, mes
 
 
 def test_time_stamps_of_wrong_length(tmp_path: Path) -> None:
-    path = _savemat(tmp_path / "badtime.mat", {**_spec(), "dbTimeStamp": np.array([[1.0, 2.0]]),
-                                               "qTimeStamp": np.array([[1.0, 2.0]])})
+    path = _savemat(
+        tmp_path / "badtime.mat",
+        {**_spec(), "dbTimeStamp": np.array([[1.0, 2.0]]), "qTimeStamp": np.array([[1.0, 2.0]])},
+    )
     with pytest.raises(ValueError, match=r"badtime\.mat.*dbTimeStamp has shape \(1, 2\) but dbImageFns lists 3"):
         load_dbstruct(path)
 
 
 def test_writer_uses_real_names_and_optional_fields(tmp_path: Path) -> None:
-    s = DbStruct("test", DB_PATHS, UTM_DB, Q_PATHS, UTM_Q, 25.0, 625.0, None,
-                 db_time_stamp=[1, 2, 3], q_time_stamp=[4, 5])
+    s = DbStruct(
+        "test", DB_PATHS, UTM_DB, Q_PATHS, UTM_Q, 25.0, 625.0, None, db_time_stamp=[1, 2, 3], q_time_stamp=[4, 5]
+    )
     save_dbstruct(tmp_path / "t.mat", s)
     rec = scipy.io.loadmat(str(tmp_path / "t.mat"))["dbStruct"]
     names = [f for f in PITTS_FIELD_ORDER if f != "nonTrivPosDistSqThr"] + ["dbTimeStamp", "qTimeStamp"]

@@ -51,7 +51,9 @@ def test_exhaustive_sampling_equals_brute_force(margin):
     q_desc, db_desc = descriptors(split)
     miner = HardNegativeMiner(split, negatives_per_query=10, candidate_negatives=10_000, margin=margin, chunk_queries=7)
     ids = miner.trainable_queries
-    triplets, stats = miner.mine(ids, torch.from_numpy(q_desc[ids]), torch.from_numpy(db_desc), torch.Generator().manual_seed(0))
+    triplets, stats = miner.mine(
+        ids, torch.from_numpy(q_desc[ids]), torch.from_numpy(db_desc), torch.Generator().manual_seed(0)
+    )
     by_query = {t.query: t for t in triplets}
     skipped = 0
     for qid in ids:
@@ -72,7 +74,9 @@ def test_invariants_with_sampling():
     q_desc, db_desc = descriptors(split, seed=4)
     miner = HardNegativeMiner(split, negatives_per_query=4, candidate_negatives=30, margin=0.3)
     ids = miner.trainable_queries
-    triplets, _ = miner.mine(ids, torch.from_numpy(q_desc[ids]), torch.from_numpy(db_desc), torch.Generator().manual_seed(5))
+    triplets, _ = miner.mine(
+        ids, torch.from_numpy(q_desc[ids]), torch.from_numpy(db_desc), torch.Generator().manual_seed(5)
+    )
     assert triplets
     for t in triplets:
         qpos = split.q_utm[t.query]
@@ -98,7 +102,9 @@ def test_remembered_negatives_are_reused():
     ids = np.array([qid])
 
     def run(miner, seed):
-        t, _ = miner.mine(ids, torch.from_numpy(q_desc[ids]), torch.from_numpy(db_desc), torch.Generator().manual_seed(seed))
+        t, _ = miner.mine(
+            ids, torch.from_numpy(q_desc[ids]), torch.from_numpy(db_desc), torch.Generator().manual_seed(seed)
+        )
         return t[0].negatives
 
     fresh = [special in run(HardNegativeMiner(split, **kwargs), s) for s in range(10)]
@@ -156,7 +162,9 @@ def test_sampler_splits_tuples_across_ranks():
     out = []
     for rank in range(2):
         miner = HardNegativeMiner(split, candidate_negatives=10_000, margin=1.5)
-        s = MinedBatchSampler(miner, CountingEncoder(split), batch_size=2, refresh_every_queries=100, seed=1, rank=rank, world_size=2)
+        s = MinedBatchSampler(
+            miner, CountingEncoder(split), batch_size=2, refresh_every_queries=100, seed=1, rank=rank, world_size=2
+        )
         out.append([t.query for b in s for t in b])
     assert len(out[0]) == len(out[1]) == 27 // 2
     assert not set(out[0]) & set(out[1])
@@ -272,8 +280,9 @@ def test_partial_mining_equals_brute_force_on_the_cached_subset():
     ids = miner.trainable_queries
     rng = np.random.default_rng(0)
     subset = np.unique(np.concatenate([rng.choice(120, 40, replace=False), *(miner._positives[i] for i in ids)]))
-    triplets, _ = miner.mine(ids, torch.from_numpy(q[ids]), torch.from_numpy(db[subset]),
-                             torch.Generator().manual_seed(0), db_index=subset)
+    triplets, _ = miner.mine(
+        ids, torch.from_numpy(q[ids]), torch.from_numpy(db[subset]), torch.Generator().manual_seed(0), db_index=subset
+    )
     got = {t.query: t for t in triplets}
     for qid in ids:
         # plain loops over the subset only, in global database indices
@@ -298,8 +307,9 @@ def test_partial_mining_rounds_cache_a_subset_with_the_positives_and_remembered_
             calls.append((np.asarray(query_ids).copy(), np.asarray(db_index).copy(), miner.remembered.copy()))
             return torch.from_numpy(self.q[query_ids]), torch.from_numpy(self.db[db_index])
 
-    sampler = MinedBatchSampler(miner, SubsetEncoder(split), batch_size=4, refresh_every_queries=10, seed=1,
-                                database_subset=25)
+    sampler = MinedBatchSampler(
+        miner, SubsetEncoder(split), batch_size=4, refresh_every_queries=10, seed=1, database_subset=25
+    )
     for epoch in range(2):  # the second epoch brings remembered negatives into the subsets
         sampler.set_epoch(epoch)
         batches = list(sampler)
@@ -342,8 +352,11 @@ def test_an_epoch_without_any_tuple_says_why():
     split = street(num_db=8, num_q=8, spacing=30.0)
     eye = np.eye(8)
     sampler = MinedBatchSampler(HardNegativeMiner(split, margin=0.1), FixedEncoder(split, eye, eye), batch_size=2)
-    with pytest.raises(DataError, match=r"epoch 0: .*none of the 8 training queries of toy/train had a negative with "
-                                        r"d\(q,n\) < d\(q,p\) \+ 0\.1"):
+    with pytest.raises(
+        DataError,
+        match=r"epoch 0: .*none of the 8 training queries of toy/train had a negative with "
+        r"d\(q,n\) < d\(q,p\) \+ 0\.1",
+    ):
         list(sampler)
     # ... while a margin above sqrt(2) mines every query
     sampler = MinedBatchSampler(HardNegativeMiner(split, margin=1.5), FixedEncoder(split, eye, eye), batch_size=2)
@@ -382,10 +395,13 @@ def test_an_epochs_rounds_combine_into_the_epochs_counts_and_means():
     from vpr.data.mining import MiningStats
 
     split = make_split()
-    miner = HardNegativeMiner(split, candidate_negatives=10_000, margin=-0.3)  # below zero: some queries find no negative
+    miner = HardNegativeMiner(
+        split, candidate_negatives=10_000, margin=-0.3
+    )  # below zero: some queries find no negative
     rounds = []
-    sampler = MinedBatchSampler(miner, CountingEncoder(split), batch_size=4, refresh_every_queries=10, seed=3,
-                                on_round=rounds.append)
+    sampler = MinedBatchSampler(
+        miner, CountingEncoder(split), batch_size=4, refresh_every_queries=10, seed=3, on_round=rounds.append
+    )
     tuples = [t for b in sampler for t in b]
     assert len(rounds) == 3
     epoch = MiningStats.combine(rounds)

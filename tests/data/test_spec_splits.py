@@ -27,8 +27,16 @@ def test_pittsburgh_layout(tmp_path: Path) -> None:
 
 def test_tokyo_png_on_disk_and_no_training_radius(tmp_path: Path) -> None:
     ds = tokyo247_like(tmp_path, num_places=2)
-    s = load_mat_split(tmp_path, "tokyo247", "test", split_file="tokyo247.mat", db_dir="database_gsv_vga",
-                       query_dir="247query_subset_v2", spatial_nms=True, nms_group_size=12)
+    s = load_mat_split(
+        tmp_path,
+        "tokyo247",
+        "test",
+        split_file="tokyo247.mat",
+        db_dir="database_gsv_vga",
+        query_dir="247query_subset_v2",
+        spatial_nms=True,
+        nms_group_size=12,
+    )
     assert ds.db_names[0].endswith(".jpg")
     assert s.db_paths == [tmp_path / "database_gsv_vga" / Path(n).with_suffix(".png") for n in ds.db_names]
     assert all(p.is_file() for p in s.db_paths + s.q_paths)
@@ -73,8 +81,10 @@ def test_capture_times_reach_the_split(tmp_path: Path) -> None:
     pittsburgh_like(tmp_path, name="tokyoTM", split="train", num_places=2)
     mat = tmp_path / "datasets" / "tokyoTM_train.mat"
     record = scipy.io.loadmat(str(mat))["dbStruct"][0, 0]
-    times = {"dbTimeStamp": np.array([[2009.0, 2011.0, 2009.0, 2009.0, 2011.0, 2011.0]]),
-             "qTimeStamp": np.array([[2009.0, 2011.0]])}
+    times = {
+        "dbTimeStamp": np.array([[2009.0, 2011.0, 2009.0, 2009.0, 2011.0, 2011.0]]),
+        "qTimeStamp": np.array([[2009.0, 2011.0]]),
+    }
     write_v5(mat, {**{f: record[f] for f in record.dtype.names}, **times})
     s = load_mat_split(tmp_path, "tokyoTM", "train")
     np.testing.assert_array_equal(s.db_time, times["dbTimeStamp"][0])
@@ -86,9 +96,15 @@ def test_capture_times_reach_the_split(tmp_path: Path) -> None:
 
 def test_evaluation_only_datamodule(tmp_path: Path) -> None:
     tokyo247_like(tmp_path, num_places=2)
-    dm = PlaceDataModule(str(tmp_path), "tokyo247", splits={"train": None, "val": None, "test": "test"},
-                         split_file="tokyo247.mat", db_dir="database_gsv_vga", query_dir="247query_subset_v2",
-                         num_workers=0)
+    dm = PlaceDataModule(
+        str(tmp_path),
+        "tokyo247",
+        splits={"train": None, "val": None, "test": "test"},
+        split_file="tokyo247.mat",
+        db_dir="database_gsv_vga",
+        query_dir="247query_subset_v2",
+        num_workers=0,
+    )
     dm.setup("test")
     assert dm.test_split.num_db == 24
     with pytest.raises(DataError, match=r"tokyo247 has no train split.*evaluation-only"):
@@ -121,8 +137,14 @@ def test_images_in_a_sibling_folder_are_pointed_at(tmp_path):
     tokyo247_like(tmp_path)
     (tmp_path / "247query_subset_v2").rename(tmp_path / "247query_v3")
     with pytest.raises(DataError, match=r"It is in .*247query_v3: set data\.query_dir=247query_v3"):
-        load_mat_split(tmp_path, "tokyo247", "test", split_file="tokyo247.mat", db_dir="database_gsv_vga",
-                       query_dir="247query_subset_v2")
+        load_mat_split(
+            tmp_path,
+            "tokyo247",
+            "test",
+            split_file="tokyo247.mat",
+            db_dir="database_gsv_vga",
+            query_dir="247query_subset_v2",
+        )
 
 
 def test_tokyotm_training_positives_lie_more_than_a_metre_away(tmp_path: Path) -> None:
@@ -145,8 +167,16 @@ def test_tokyotm_training_positives_lie_more_than_a_metre_away(tmp_path: Path) -
     write_v5(mat.with_name("tokyoTM_val.mat"), {**{f: record[f] for f in record.dtype.names}, "whichSet": "val"})
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose("train", overrides=["data=tokyotm", f"data.root={tmp_path}", "data.num_workers=0",
-                                          "data.db_dir=''", "data.query_dir=queries_real"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "data=tokyotm",
+                f"data.root={tmp_path}",
+                "data.num_workers=0",
+                "data.db_dir=''",
+                "data.query_dir=queries_real",
+            ],
+        )
     assert cfg.data.train_min_distance_m == 1
     dm = instantiate(cfg.data, _convert_="object")
     dm.setup("fit")

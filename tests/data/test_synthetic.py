@@ -40,8 +40,11 @@ def _small(**changes) -> CityConfig:
 
 
 def _digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,13 @@ def textures():
 def test_layout_and_mat_files(tiny_city: Path, structs: dict) -> None:
     cfg = get_preset("tiny")
     assert json.loads((tiny_city / "classes.json").read_text()) == {
-        "0": "sky", "1": "building", "2": "road", "3": "person", "4": "vehicle", "5": "sidewalk", "6": "vegetation",
+        "0": "sky",
+        "1": "building",
+        "2": "road",
+        "3": "person",
+        "4": "vehicle",
+        "5": "sidewalk",
+        "6": "vegetation",
     }
     manifest = json.loads((tiny_city / "city.json").read_text())
     assert manifest["seed"] == 0 and manifest["format_version"] == synthetic.FORMAT_VERSION
@@ -94,8 +103,18 @@ def test_mat_files_carry_the_real_field_names(tiny_city: Path) -> None:
     import scipy.io
 
     record = scipy.io.loadmat(str(tiny_city / "datasets" / "city_train.mat"))["dbStruct"]
-    assert record.dtype.names == ("whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages", "numQueries",
-                                  "posDistThr", "posDistSqThr", "nonTrivPosDistSqThr")
+    assert record.dtype.names == (
+        "whichSet",
+        "dbImageFns",
+        "utmDb",
+        "qImageFns",
+        "utmQ",
+        "numImages",
+        "numQueries",
+        "posDistThr",
+        "posDistSqThr",
+        "nonTrivPosDistSqThr",
+    )
 
 
 def test_every_image_and_label_map_exists_with_the_right_size(tiny_city: Path, structs: dict) -> None:
@@ -187,8 +206,9 @@ def test_facade_pixel_height_is_f_times_h_over_d(textures, supersample: int) -> 
     horizon_row = cfg.horizon_frac * cfg.image_height_px
     rows_per_depth = {}
     for d in (20.0, 10.0):
-        world = build_world(np.array([[-30.0, d, 30.0, d + 10.0]]), np.array([height_m]), cfg, textures,
-                            np.random.default_rng(0))
+        world = build_world(
+            np.array([[-30.0, d, 30.0, d + 10.0]]), np.array([height_m]), cfg, textures, np.random.default_rng(0)
+        )
         _, labels = render_view(world, textures, cfg, (0.0, 0.0), math.pi / 2, with_objects=False)
         column = labels[:, cfg.image_width_px // 2]
         rows = np.nonzero(column == 1)[0]
@@ -196,7 +216,7 @@ def test_facade_pixel_height_is_f_times_h_over_d(textures, supersample: int) -> 
         assert abs(len(rows) - focal_px * height_m / d) <= 1.0
         # the facade's foot lies camera_height * f / d below the horizon
         assert abs((rows[-1] + 1) - (horizon_row + focal_px * cfg.camera_height_m / d)) <= 1.0
-        assert np.all(column[: rows[0]] == 0) and np.all(column[rows[-1] + 1:] == 6)  # sky above, ground below
+        assert np.all(column[: rows[0]] == 0) and np.all(column[rows[-1] + 1 :] == 6)  # sky above, ground below
         rows_per_depth[d] = len(rows)
     assert rows_per_depth[10.0] > 1.8 * rows_per_depth[20.0]  # a camera twice as close sees it twice as big
 
@@ -204,21 +224,36 @@ def test_facade_pixel_height_is_f_times_h_over_d(textures, supersample: int) -> 
 def test_facade_texture_coordinate_grows_to_the_right() -> None:
     # the south face of a counter-clockwise box runs west -> east: seen from the south, s grows rightwards
     slope = np.linspace(-0.3, 0.3, 7)
-    _, seg, s = raycast_facades(np.array([0.0, -10.0]), math.pi / 2, np.array([[-20.0, 0.0]]),
-                                np.array([[20.0, 0.0]]), slope)
+    _, seg, s = raycast_facades(
+        np.array([0.0, -10.0]), math.pi / 2, np.array([[-20.0, 0.0]]), np.array([[20.0, 0.0]]), slope
+    )
     assert np.all(seg == 0) and np.all(np.diff(s) > 0)
 
 
 def test_objects_are_occluded_by_nearer_facades(textures) -> None:
     cfg = dataclasses.replace(get_preset("tiny"), persons_per_image=30.0, vehicles_per_image=0.0)
     # a wall 2 m in front of the camera hides everything; objects spawn at >= 3 m
-    world = build_world(np.array([[-50.0, 2.0, 50.0, 12.0]]), np.array([30.0]), cfg, textures,
-                        np.random.default_rng(0), street_xs=[0.0], street_ys=[0.0])
+    world = build_world(
+        np.array([[-50.0, 2.0, 50.0, 12.0]]),
+        np.array([30.0]),
+        cfg,
+        textures,
+        np.random.default_rng(0),
+        street_xs=[0.0],
+        street_ys=[0.0],
+    )
     _, labels = render_view(world, textures, cfg, (0.0, 0.0), math.pi / 2, rng=np.random.default_rng(1))
     assert not np.isin(labels, [3, 4]).any()
     # without the wall the same draw shows people
-    open_world = build_world(np.array([[-50.0, 200.0, 50.0, 210.0]]), np.array([30.0]), cfg, textures,
-                             np.random.default_rng(0), street_xs=[0.0], street_ys=[0.0])
+    open_world = build_world(
+        np.array([[-50.0, 200.0, 50.0, 210.0]]),
+        np.array([30.0]),
+        cfg,
+        textures,
+        np.random.default_rng(0),
+        street_xs=[0.0],
+        street_ys=[0.0],
+    )
     _, labels = render_view(open_world, textures, cfg, (0.0, 0.0), math.pi / 2, rng=np.random.default_rng(1))
     assert (labels == 3).any()
 
@@ -333,8 +368,9 @@ def test_presets() -> None:
 
 
 def test_large_preset_works_with_reduced_counts(tmp_path: Path) -> None:
-    cfg = dataclasses.replace(get_preset("large"), num_db_train=4, num_q_train=2, num_db_val=4, num_q_val=2,
-                              num_db_test=4, num_q_test=2)
+    cfg = dataclasses.replace(
+        get_preset("large"), num_db_train=4, num_q_train=2, num_db_val=4, num_q_val=2, num_db_test=4, num_q_test=2
+    )
     root = generate_city(tmp_path / "large", cfg, seed=0, progress=False, workers=1)
     s = load_dbstruct(root / "datasets" / "city_val.mat")
     with Image.open(root / "queries_real" / s.q_image[0]) as img:
@@ -343,8 +379,12 @@ def test_large_preset_works_with_reduced_counts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"hfov_deg": 200.0}, "hfov_deg"), ({"num_db_val": 0}, "num_db_val"), ({"block_min_m": 20.0}, "block_min_m"),
-     ({"district_gap_m": 30.0}, "district_gap_m")],
+    [
+        ({"hfov_deg": 200.0}, "hfov_deg"),
+        ({"num_db_val": 0}, "num_db_val"),
+        ({"block_min_m": 20.0}, "block_min_m"),
+        ({"district_gap_m": 30.0}, "district_gap_m"),
+    ],
 )
 def test_invalid_config_names_the_setting(tmp_path: Path, change: dict, field: str) -> None:
     cfg = dataclasses.replace(get_preset("tiny"), **change)

@@ -58,12 +58,17 @@ def test_random_descriptors_match_brute_force(seed: int) -> None:
     q_time = rng.integers(0, 3, size=15)
     for k in (1, 5, 20):
         np.testing.assert_array_equal(rank_database(db, queries, k), brute_force(db, queries, k))
-        np.testing.assert_array_equal(rank_database(db, queries, k, groups=groups),
-                                      brute_force(db, queries, k, groups=groups))
-        np.testing.assert_array_equal(rank_database(db, queries, k, db_time=db_time, q_time=q_time),
-                                      brute_force(db, queries, k, db_time=db_time, q_time=q_time))
-        np.testing.assert_array_equal(rank_database(db, queries, k, groups=groups, db_time=db_time, q_time=q_time),
-                                      brute_force(db, queries, k, groups=groups, db_time=db_time, q_time=q_time))
+        np.testing.assert_array_equal(
+            rank_database(db, queries, k, groups=groups), brute_force(db, queries, k, groups=groups)
+        )
+        np.testing.assert_array_equal(
+            rank_database(db, queries, k, db_time=db_time, q_time=q_time),
+            brute_force(db, queries, k, db_time=db_time, q_time=q_time),
+        )
+        np.testing.assert_array_equal(
+            rank_database(db, queries, k, groups=groups, db_time=db_time, q_time=q_time),
+            brute_force(db, queries, k, groups=groups, db_time=db_time, q_time=q_time),
+        )
 
 
 def test_deeper_search_when_the_first_fetch_is_not_enough() -> None:

@@ -33,7 +33,7 @@ def test_a_checkpoint_loaded_from_python_gives_the_recall_train_py_reported(data
     desc = encode_images(model, split.image_paths, cfg.data.image_size).numpy()
     assert desc.shape == (split.num_db + split.num_q, model.head.out_dim)
     np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
-    predictions = rank_split(split, desc[: split.num_db], desc[split.num_db:], k=20)
+    predictions = rank_split(split, desc[: split.num_db], desc[split.num_db :], k=20)
     recall = recall_at_n(predictions, split.eval_positives(), (1, 5, 10, 20))
     assert {str(n): r for n, r in recall.items()} == pytest.approx(reported["recall_at"], abs=1e-9)
 

@@ -15,8 +15,14 @@ from tests.integration.test_pipeline import common
 def test_ddp_recall_equals_single_process(data_dir, tmp_path):
     run = tmp_path / "ddp"
     proc = run_script(
-        "train.py", *common(data_dir, tmp_path), "strategy=ddp", "trainer.devices=2", "logger=none",
-        "test_untrained=false", f"hydra.run.dir={run}", tmp=tmp_path,
+        "train.py",
+        *common(data_dir, tmp_path),
+        "strategy=ddp",
+        "trainer.devices=2",
+        "logger=none",
+        "test_untrained=false",
+        f"hydra.run.dir={run}",
+        tmp=tmp_path,
     )
     # one console: the second process logs to its own file; Lightning has no metric left to ask sync_dist for
     out = proc.stdout + proc.stderr
@@ -24,8 +30,13 @@ def test_ddp_recall_equals_single_process(data_dir, tmp_path):
     assert "sync_dist=True" not in out and "is deprecated" not in out
     ddp = json.loads((run / "results.json").read_text())
     out = tmp_path / "single"
-    run_script("eval.py", *common(data_dir, tmp_path)[:3], f"ckpt_path={ddp['checkpoint']}", f"hydra.run.dir={out}",
-               tmp=tmp_path)
+    run_script(
+        "eval.py",
+        *common(data_dir, tmp_path)[:3],
+        f"ckpt_path={ddp['checkpoint']}",
+        f"hydra.run.dir={out}",
+        tmp=tmp_path,
+    )
     single = json.loads((out / "results.json").read_text())
     assert ddp["recall_at"] == single["recall_at"]
     assert ddp["num_queries"] == single["num_queries"]
@@ -35,8 +46,17 @@ def test_ddp_recall_equals_single_process(data_dir, tmp_path):
 def test_ddp_job_of_a_sweep_runs_once_in_its_own_folder(data_dir, tmp_path):
     """Lightning starts the other DDP process with the sweep's command line (-m and its lists): that process must
     run this one job in the job's folder, not the sweep again in a sweep folder of its own."""
-    proc = run_script("train.py", "-m", *common(data_dir, tmp_path), "strategy=ddp", "trainer.devices=2",
-                      "logger=none", "test_untrained=false", "seed=1", tmp=tmp_path)
+    proc = run_script(
+        "train.py",
+        "-m",
+        *common(data_dir, tmp_path),
+        "strategy=ddp",
+        "trainer.devices=2",
+        "logger=none",
+        "test_untrained=false",
+        "seed=1",
+        tmp=tmp_path,
+    )
     sweeps = sorted((tmp_path / "outputs" / "train" / "multiruns").iterdir())
     assert len(sweeps) == 1, sweeps
     assert [p.name for p in sweeps[0].iterdir() if p.is_dir()] == ["0_baseline_seed1"]
@@ -49,12 +69,22 @@ def test_ddp_job_of_a_sweep_runs_once_in_its_own_folder(data_dir, tmp_path):
 def test_sweep_job_command_line_for_the_ddp_processes():
     from vpr.errors import SWEEP_JOB_ENV, sweep_job_argv
 
-    lightning_argv = ["-m", "experiment=city_baseline", "seed=1,2", 'hydra.run.dir="outputs/train/runs/x"',
-                      "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    lightning_argv = [
+        "-m",
+        "experiment=city_baseline",
+        "seed=1,2",
+        'hydra.run.dir="outputs/train/runs/x"',
+        "hydra.job.name=train_ddp_process_1",
+        "hydra.output_subdir=null",
+    ]
     job = json.dumps({"overrides": ["experiment=city_baseline", "seed=2"], "output_dir": "/s/1_baseline_seed2"})
     assert sweep_job_argv(lightning_argv, {SWEEP_JOB_ENV: job, "LOCAL_RANK": "1"}) == [
-        "experiment=city_baseline", "seed=2", "hydra.run.dir=/s/1_baseline_seed2",
-        "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+        "experiment=city_baseline",
+        "seed=2",
+        "hydra.run.dir=/s/1_baseline_seed2",
+        "hydra.job.name=train_ddp_process_1",
+        "hydra.output_subdir=null",
+    ]
     # rank 0 (the sweep itself), a single run, or no job recorded: unchanged
     assert sweep_job_argv(lightning_argv, {SWEEP_JOB_ENV: job, "LOCAL_RANK": "0"}) == lightning_argv
     assert sweep_job_argv(lightning_argv[1:], {SWEEP_JOB_ENV: job, "LOCAL_RANK": "1"}) == lightning_argv[1:]

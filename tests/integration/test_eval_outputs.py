@@ -22,16 +22,26 @@ def checkpoint(tmp_path_factory):
 
 
 def evaluate(data_dir, ckpt, out, tmp, *extra, check=True):
-    return run_script("eval.py", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}",
-                      "data.num_workers=0", f"hydra.run.dir={out}", *extra, tmp=tmp, check=check)
+    return run_script(
+        "eval.py",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"ckpt_path={ckpt}",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        *extra,
+        tmp=tmp,
+        check=check,
+    )
 
 
 def test_predictions_file_agrees_with_coordinates_and_recalls(data_dir, checkpoint, tmp_path):
     out = tmp_path / "run"
     evaluate(data_dir, checkpoint, out, tmp_path)
     results = json.loads((out / "results.json").read_text())
-    spec = sio.loadmat(data_dir / "city_tiny_seed0" / "datasets" / "city_test.mat", squeeze_me=True,
-                       struct_as_record=False)["dbStruct"]
+    spec = sio.loadmat(
+        data_dir / "city_tiny_seed0" / "datasets" / "city_test.mat", squeeze_me=True, struct_as_record=False
+    )["dbStruct"]
     db_utm = {name: xy for name, xy in zip(spec.dbImageFns, np.asarray(spec.utmDb).T)}
     q_utm = {name: xy for name, xy in zip(spec.qImageFns, np.asarray(spec.utmQ).T)}
 

@@ -64,8 +64,11 @@ def test_experiment_trains_one_batch(name, data_dir, tmp_path):
         with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
             cfg = compose(
                 config_name="train",
-                overrides=[*tiny_overrides(name, data_dir, tmp_path), "guidance=synthetic",
-                           f"guidance.suppress={list(cfg.guidance.suppress)}"],
+                overrides=[
+                    *tiny_overrides(name, data_dir, tmp_path),
+                    "guidance=synthetic",
+                    f"guidance.suppress={list(cfg.guidance.suppress)}",
+                ],
             )
     assert cfg.variant
     run_training(cfg)
@@ -90,8 +93,15 @@ def test_a_failed_run_leaves_the_float32_precision_as_it_was(tmp_path):
     from vpr.run.train import run_training
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=["data=pitts30k", f"data.root={tmp_path / 'absent'}",
-                                                      f"paths.output_dir={tmp_path / 'out'}", "logger=none"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "data=pitts30k",
+                f"data.root={tmp_path / 'absent'}",
+                f"paths.output_dir={tmp_path / 'out'}",
+                "logger=none",
+            ],
+        )
     with pytest.raises(DataError, match="does not exist"):
         run_training(cfg)
     assert torch.get_float32_matmul_precision() == "highest"
@@ -105,11 +115,22 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
 
     from vpr.run.train import run_training
 
-    overrides = [o for o in tiny_overrides("city_baseline", data_dir, tmp_path)
-                 if not o.startswith(("logger", "+trainer.limit_train_batches", "mining.refresh_every_queries"))]
-    overrides += ["+trainer.limit_train_batches=3", "mining.refresh_every_queries=4",  # a round per batch
-                  "attention=deattention", "loss=stml", "backbone=resnet18", "backbone.pretrained=false", "logger=csv",
-                  "++guidance.weight_after=0.001", "++guidance.switch_epoch=4"]
+    overrides = [
+        o
+        for o in tiny_overrides("city_baseline", data_dir, tmp_path)
+        if not o.startswith(("logger", "+trainer.limit_train_batches", "mining.refresh_every_queries"))
+    ]
+    overrides += [
+        "+trainer.limit_train_batches=3",
+        "mining.refresh_every_queries=4",  # a round per batch
+        "attention=deattention",
+        "loss=stml",
+        "backbone=resnet18",
+        "backbone.pretrained=false",
+        "logger=csv",
+        "++guidance.weight_after=0.001",
+        "++guidance.switch_epoch=4",
+    ]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose(config_name="train", overrides=overrides)
     assert cfg.guidance.source == "auto"
@@ -128,25 +149,29 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
     assert float(epoch["mining/skipped_queries"]) == sum(int(skipped) for _, skipped in rounds)
     # guidance=none says otherwise: no auxiliary loss
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=[*overrides, "guidance=none",
-                                                      f"paths.output_dir={tmp_path / 'unguided'}"])
+        cfg = compose(
+            config_name="train", overrides=[*overrides, "guidance=none", f"paths.output_dir={tmp_path / 'unguided'}"]
+        )
     run_training(cfg)
     (metrics,) = (tmp_path / "unguided").rglob("metrics.csv")
     assert "train/aux_loss" not in metrics.read_text()
 
 
-@pytest.mark.parametrize(("script", "overrides", "expected"), [
-    ("train", ["experiment=city_se", "seed=3"], "7_se_seed3"),
-    ("train", ["seed=1"], "7_train_seed1"),       # no experiment: no variant
-    ("eval", ["seed=2"], "7_eval_seed2"),         # eval.py without a checkpoint and without a variant: the task
-    ("eval", ["experiment=city_baseline", "seed=2"], "7_baseline_seed2"),
-    ("eval", ["ckpt_path={run}/checkpoints/last.ckpt"], "7_crn_seed5"),  # the run that wrote the checkpoint
-    ("eval", ["ckpt_path={elsewhere}/model_best.pth.tar"], "7_eval_seed42"),  # a released file: no run config
-    # components chosen on the command line beyond the experiment's own: a variant of their own
-    ("train", ["experiment=city_baseline", "attention=se", "loss=stml", "seed=1"], "7_baseline+se+stml_seed1"),
-    ("train", ["experiment=city_se", "attention=se"], "7_se_seed42"),  # the experiment's own choice
-    ("train", ["experiment=city_baseline", "attention=cbam", "variant=mine"], "7_mine_seed42"),  # named by hand
-])
+@pytest.mark.parametrize(
+    ("script", "overrides", "expected"),
+    [
+        ("train", ["experiment=city_se", "seed=3"], "7_se_seed3"),
+        ("train", ["seed=1"], "7_train_seed1"),  # no experiment: no variant
+        ("eval", ["seed=2"], "7_eval_seed2"),  # eval.py without a checkpoint and without a variant: the task
+        ("eval", ["experiment=city_baseline", "seed=2"], "7_baseline_seed2"),
+        ("eval", ["ckpt_path={run}/checkpoints/last.ckpt"], "7_crn_seed5"),  # the run that wrote the checkpoint
+        ("eval", ["ckpt_path={elsewhere}/model_best.pth.tar"], "7_eval_seed42"),  # a released file: no run config
+        # components chosen on the command line beyond the experiment's own: a variant of their own
+        ("train", ["experiment=city_baseline", "attention=se", "loss=stml", "seed=1"], "7_baseline+se+stml_seed1"),
+        ("train", ["experiment=city_se", "attention=se"], "7_se_seed42"),  # the experiment's own choice
+        ("train", ["experiment=city_baseline", "attention=cbam", "variant=mine"], "7_mine_seed42"),  # named by hand
+    ],
+)
 def test_sweep_job_folders_are_named_by_variant_or_task(script, overrides, expected, tmp_path):
     import vpr  # noqa: F401  (registers the vpr.job_name resolver, as the scripts' imports do)
 

@@ -66,15 +66,25 @@ def train(overrides: list[str]) -> None:
 
 
 def test_toy_attention_through_config_only(data_dir, tmp_path):
-    train([*tiny_overrides("city_baseline", data_dir, tmp_path), f"attention._target_={HERE}.ToyGate",
-           "+attention.hidden=3"])
+    train(
+        [
+            *tiny_overrides("city_baseline", data_dir, tmp_path),
+            f"attention._target_={HERE}.ToyGate",
+            "+attention.hidden=3",
+        ]
+    )
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["vpr_config"]["attention"]["_target_"] == f"{HERE}.ToyGate"
     assert state["state_dict"]["attention.score.0.weight"].shape[0] == 3
     # eval.py builds it from the checkpoint once its package is trusted, and says how when it is not.
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
-    common = ["data.prepare.preset=tiny", f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "logger=none",
-              "data.num_workers=0"]
+    common = [
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"ckpt_path={ckpt}",
+        "logger=none",
+        "data.num_workers=0",
+    ]
     refused = run_script("eval.py", *common, f"hydra.run.dir={tmp_path}/refused", tmp=tmp_path, check=False)
     assert_clean_failure(refused, f"'{HERE}.ToyGate' (vpr_config.attention._target_)", "trusted_targets=[tests]")
     run_script("eval.py", *common, "trusted_targets=[tests]", f"hydra.run.dir={tmp_path}/trusted", tmp=tmp_path)
@@ -82,8 +92,16 @@ def test_toy_attention_through_config_only(data_dir, tmp_path):
 
 
 def test_head_needing_centroids_gets_them_without_glue(data_dir, tmp_path):
-    train([*tiny_overrides("city_baseline", data_dir, tmp_path), "head=avg", f"head._target_={HERE}.ToyCentroidHead",
-           "+head.num_clusters=5", f"paths.centroids_dir={tmp_path}/centroids", "optimizer.lr=0.0"])
+    train(
+        [
+            *tiny_overrides("city_baseline", data_dir, tmp_path),
+            "head=avg",
+            f"head._target_={HERE}.ToyCentroidHead",
+            "+head.num_clusters=5",
+            f"paths.centroids_dir={tmp_path}/centroids",
+            "optimizer.lr=0.0",
+        ]
+    )
     (path,) = (tmp_path / "centroids").glob("*.hdf5")
     assert path.name == "resnet18-layer3-random42_city-tiny-seed0_5_48x64_desc_cen.hdf5"  # K asked of the head
     with h5py.File(path) as f:
@@ -98,6 +116,11 @@ def test_an_attention_module_returning_a_plain_tensor_is_said_before_any_work(da
     from vpr.errors import ConfigError
 
     with pytest.raises(ConfigError, match=rf"attention \({HERE}\.PlainTensorGate\) returned Tensor: .*AttentionOutput"):
-        train([*tiny_overrides("city_baseline", data_dir, tmp_path), f"attention._target_={HERE}.PlainTensorGate",
-               f"paths.centroids_dir={tmp_path}/centroids"])
+        train(
+            [
+                *tiny_overrides("city_baseline", data_dir, tmp_path),
+                f"attention._target_={HERE}.PlainTensorGate",
+                f"paths.centroids_dir={tmp_path}/centroids",
+            ]
+        )
     assert not (tmp_path / "centroids").exists()  # before k-means

@@ -17,9 +17,16 @@ def test_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                                          "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.gpus_per_node=4",
+                "hydra.launcher.tasks_per_node=4",
+            ],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 4, 4)
@@ -29,9 +36,19 @@ def test_slurm_launcher_config_composes():
 def test_two_job_sweep_with_the_local_submitit_launcher(tmp_path):
     random_checkpoint(tmp_path / "model.ckpt")
     sweep = tmp_path / "sweep"
-    run_script("eval.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "seed=1,2",
-               f"ckpt_path={tmp_path / 'model.ckpt'}", "data.prepare.preset=tiny", f"paths.data_dir={tmp_path / 'data'}",
-               "data.num_workers=0", f"hydra.sweep.dir={sweep}", tmp=tmp_path)
+    run_script(
+        "eval.py",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        "seed=1,2",
+        f"ckpt_path={tmp_path / 'model.ckpt'}",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.num_workers=0",
+        f"hydra.sweep.dir={sweep}",
+        tmp=tmp_path,
+    )
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in jobs] == ["0_eval_seed1", "1_eval_seed2"]  # no variant: named by the task
     results = [json.loads((p / "results.json").read_text()) for p in jobs]

@@ -17,8 +17,16 @@ from tests.integration.test_resume import SETTINGS
 def test_guided_deattention_run_measures_its_mask(data_dir, tmp_path):
     out = tmp_path / "run"
     settings = [o for o in SETTINGS if not o.startswith(("trainer.max_epochs", "logger"))]
-    run_script("train.py", *settings, "trainer.max_epochs=1", "attention=deattention", "logger=csv",
-               f"paths.data_dir={data_dir}", f"hydra.run.dir={out}", tmp=tmp_path)
+    run_script(
+        "train.py",
+        *settings,
+        "trainer.max_epochs=1",
+        "attention=deattention",
+        "logger=csv",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={out}",
+        tmp=tmp_path,
+    )
     (metrics_file,) = out.rglob("metrics.csv")
     with open(metrics_file, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("mask/auc")]
@@ -61,8 +69,12 @@ def test_a_constant_mask_is_said_once(tiny_city, caplog):
         def describe(self, x):
             return None, torch.full((x.shape[0], 1, 3, 4), 0.731)
 
-    dm = SimpleNamespace(guidance={"suppress": ["person"]}, label_source=Labels, eval_batch_size=8,
-                         transform=lambda image: torch.zeros(3, 48, 64))
+    dm = SimpleNamespace(
+        guidance={"suppress": ["person"]},
+        label_source=Labels,
+        eval_batch_size=8,
+        transform=lambda image: torch.zeros(3, 48, 64),
+    )
     split = SimpleNamespace(image_paths=sorted(tiny_city.glob("000/*_pitch1_yaw1.jpg"))[:10])
     callback = MaskQuality(images=10)
     with caplog.at_level(logging.WARNING, logger="vpr.callbacks"):

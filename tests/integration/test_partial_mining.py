@@ -11,9 +11,15 @@ from tests.integration.test_resume import SETTINGS
 
 def test_training_with_a_database_subset_per_round(data_dir, tmp_path):
     out = tmp_path / "run"
-    proc = run_script("train.py", *[o for o in SETTINGS if not o.startswith("trainer.max_epochs")],
-                      "trainer.max_epochs=1", f"paths.data_dir={data_dir}", "mining.database_subset=10",
-                      f"hydra.run.dir={out}", tmp=tmp_path)
+    proc = run_script(
+        "train.py",
+        *[o for o in SETTINGS if not o.startswith("trainer.max_epochs")],
+        "trainer.max_epochs=1",
+        f"paths.data_dir={data_dir}",
+        "mining.database_subset=10",
+        f"hydra.run.dir={out}",
+        tmp=tmp_path,
+    )
     log = proc.stdout + proc.stderr
     encoded = [int(n) for n in re.findall(r"round \d+/\d+ cache pass: (\d+) images", log)]
     # the tiny city's training database has 40 images; a round caches 10 random ones, its 8 queries and

@@ -39,8 +39,15 @@ def trained(data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     tokyo = tokyo247_like(tmp / "tokyo", num_places=3).root
     run = tmp / "outputs" / "train" / "runs" / "run1"  # where ckpt_path=last looks
-    proc = run_script("train.py", *common(data_dir, tmp), "logger=csv", "test_untrained=true",
-                      f"test_sets=[{{data:tokyo247,root:'{tokyo}'}}]", f"hydra.run.dir={run}", tmp=tmp)
+    proc = run_script(
+        "train.py",
+        *common(data_dir, tmp),
+        "logger=csv",
+        "test_untrained=true",
+        f"test_sets=[{{data:tokyo247,root:'{tokyo}'}}]",
+        f"hydra.run.dir={run}",
+        tmp=tmp,
+    )
     return tmp, run, proc
 
 
@@ -87,16 +94,28 @@ def test_train_tests_on_the_test_sets_too(trained, data_dir):
     # eval.py on the same checkpoint and set reproduces it
     out = tmp / "eval_sets"
     tokyo = tmp / "tokyo"
-    run_script("eval.py", f"ckpt_path={res['checkpoint']}", f"test_sets=[{{data:tokyo247,root:'{tokyo}'}}]",
-               "data.num_workers=0", f"hydra.run.dir={out}", tmp=tmp)  # the trained size: 48 x 64
+    run_script(
+        "eval.py",
+        f"ckpt_path={res['checkpoint']}",
+        f"test_sets=[{{data:tokyo247,root:'{tokyo}'}}]",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        tmp=tmp,
+    )  # the trained size: 48 x 64
     assert read(out / "results_tokyo247.json")["recall_at"] == res["recall_at"]
 
 
 def test_eval_with_pca_whitening(trained, data_dir):
     tmp, run, _ = trained
     out = tmp / "eval_pca"
-    proc = run_script("eval.py", *common(data_dir, tmp)[:3], f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                      "pca_dim=16", f"hydra.run.dir={out}", tmp=tmp)
+    proc = run_script(
+        "eval.py",
+        *common(data_dir, tmp)[:3],
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "pca_dim=16",
+        f"hydra.run.dir={out}",
+        tmp=tmp,
+    )
     assert "PCA-whitening 2048 -> 16" in proc.stdout + proc.stderr
     res = read(out / "results.json")
     assert res["pca_dim"] == 16
@@ -110,7 +129,9 @@ def test_eval_through_pittsburgh_reader_matches_synthetic(trained, data_dir, tin
     a, b = tmp / "eval_syn", tmp / "eval_pitt"
     base = [f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}"]
     run_script("eval.py", "data=synthetic", "data.prepare.preset=tiny", *base, f"hydra.run.dir={a}", tmp=tmp)
-    run_script("eval.py", "data=pittsburgh", f"data.root={tiny_city}", "data.name=city", *base, f"hydra.run.dir={b}", tmp=tmp)
+    run_script(
+        "eval.py", "data=pittsburgh", f"data.root={tiny_city}", "data.name=city", *base, f"hydra.run.dir={b}", tmp=tmp
+    )
     ra, rb = read(a / "results.json"), read(b / "results.json")
     assert ra["recall_at"] == rb["recall_at"] and ra["num_queries"] == rb["num_queries"]
 
@@ -123,21 +144,36 @@ def test_resume_from_last_continues_with_state(trained, data_dir):
     shutil.copytree(run, logs / "train" / "runs" / "run1")
     out = tmp / "resumed"
     run_script(
-        "train.py", *(o for o in common(data_dir, tmp) if not o.startswith("paths.log_dir")), f"paths.log_dir={logs}",
-        "trainer.max_epochs=2", "ckpt_path=last",
-        "logger=none", "test_untrained=false", f"hydra.run.dir={out}", tmp=tmp,
+        "train.py",
+        *(o for o in common(data_dir, tmp) if not o.startswith("paths.log_dir")),
+        f"paths.log_dir={logs}",
+        "trainer.max_epochs=2",
+        "ckpt_path=last",
+        "logger=none",
+        "test_untrained=false",
+        f"hydra.run.dir={out}",
+        tmp=tmp,
     )
-    ckpt = torch.load(logs / "train" / "runs" / "run1" / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=False)
+    ckpt = torch.load(
+        logs / "train" / "runs" / "run1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     assert ckpt["epoch"] == 1  # started from epoch 0's checkpoint, trained one more epoch
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 2
 
 
 def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_path):
     run_script(
-        "cluster.py", "experiment=city_baseline", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
-        f"paths.centroids_dir={tmp_path}/c", "model.num_clusters=4", "cluster.images=10",
-        "cluster.descriptors_per_image=5", "data.image_size=[48,64]", f"hydra.run.dir={tmp_path}/run", tmp=tmp_path,
+        "cluster.py",
+        "experiment=city_baseline",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"paths.centroids_dir={tmp_path}/c",
+        "model.num_clusters=4",
+        "cluster.images=10",
+        "cluster.descriptors_per_image=5",
+        "data.image_size=[48,64]",
+        f"hydra.run.dir={tmp_path}/run",
+        tmp=tmp_path,
     )
     import h5py
 
@@ -164,14 +200,24 @@ def test_centroid_files_of_other_recipes_and_cities_have_other_names(tmp_path):
     tiny = name("experiment=city_baseline", "data.prepare.preset=tiny")
     assert len({baseline, main, tiny}) == 3
     assert baseline == "resnet18-layer3-random42_city-default-seed0_32_96x128_desc_cen.hdf5"
-    assert name("experiment=paper_baseline", "data=pitts30k", "data.root=/x", "backbone.pretrained=false") == \
-        "vgg16-random42_pitts30k_64_480x640_desc_cen.hdf5"
+    assert (
+        name("experiment=paper_baseline", "data=pitts30k", "data.root=/x", "backbone.pretrained=false")
+        == "vgg16-random42_pitts30k_64_480x640_desc_cen.hdf5"
+    )
 
 
 def test_an_unreadable_centroid_file_is_computed_again(data_dir, tmp_path):
-    args = ["experiment=city_baseline", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
-            f"paths.centroids_dir={tmp_path}/c", "model.num_clusters=4", "cluster.images=10",
-            "cluster.descriptors_per_image=5", "data.image_size=[48,64]", f"hydra.run.dir={tmp_path}/run"]
+    args = [
+        "experiment=city_baseline",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"paths.centroids_dir={tmp_path}/c",
+        "model.num_clusters=4",
+        "cluster.images=10",
+        "cluster.descriptors_per_image=5",
+        "data.image_size=[48,64]",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
     path = tmp_path / "c" / "resnet18-layer3-random42_city-tiny-seed0_4_48x64_desc_cen.hdf5"
     path.parent.mkdir()
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)  # the signature of a write killed at its start

@@ -16,8 +16,15 @@ from PIL import Image
 from tests.conftest import run_script
 from tests.data.spec_files import SpecDataset, pittsburgh_like, tokyo247_like
 
-NETWORK = ["backbone=resnet18", "backbone.pretrained=false", "head=gem", "data.image_size=[48,64]",
-           "data.num_workers=0", "data.eval_batch_size=7", "trainer.accelerator=cpu"]
+NETWORK = [
+    "backbone=resnet18",
+    "backbone.pretrained=false",
+    "head=gem",
+    "data.image_size=[48,64]",
+    "data.num_workers=0",
+    "data.eval_batch_size=7",
+    "trainer.accelerator=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +85,9 @@ def brute_force_recall(ds: SpecDataset, module, ns=(1, 5, 10, 20), group_size: i
 
 def test_eval_single_set_real_field_names(datasets, network, tmp_path):
     out = tmp_path / "run"
-    run_script("eval.py", "data=pitts30k", f"data.root={datasets['v5'].root}", *NETWORK, f"hydra.run.dir={out}",
-               tmp=tmp_path)
+    run_script(
+        "eval.py", "data=pitts30k", f"data.root={datasets['v5'].root}", *NETWORK, f"hydra.run.dir={out}", tmp=tmp_path
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "pitts30k" and res["split"] == "test" and res["spatial_nms"] is False
     assert res["num_database"] == 24 and res["num_queries"] == 8
@@ -88,12 +96,14 @@ def test_eval_single_set_real_field_names(datasets, network, tmp_path):
 
 def test_eval_several_sets_in_one_command(datasets, network, tmp_path):
     out = tmp_path / "run"
-    sets = ",".join([
-        f"{{data:pitts30k,root:'{datasets['v5'].root}',label:v5}}",
-        f"{{data:pitts30k,root:'{datasets['v73'].root}',label:v73}}",
-        f"{{data:pitts30k,root:'{datasets['old'].root}',label:old_names}}",
-        f"{{data:tokyo247,root:'{datasets['tokyo247'].root}'}}",
-    ])
+    sets = ",".join(
+        [
+            f"{{data:pitts30k,root:'{datasets['v5'].root}',label:v5}}",
+            f"{{data:pitts30k,root:'{datasets['v73'].root}',label:v73}}",
+            f"{{data:pitts30k,root:'{datasets['old'].root}',label:old_names}}",
+            f"{{data:tokyo247,root:'{datasets['tokyo247'].root}'}}",
+        ]
+    )
     proc = run_script("eval.py", f"test_sets=[{sets}]", *NETWORK, f"hydra.run.dir={out}", tmp=tmp_path)
     summary = json.loads((out / "results_sets.json").read_text())
     assert list(summary) == ["v5", "v73", "old_names", "tokyo247"]
@@ -126,14 +136,29 @@ def test_untrained_netvlad_on_an_evaluation_only_dataset(datasets, tmp_path):
     netvlad = [s for s in NETWORK if s != "head=gem"] + ["head=netvlad", "model.num_clusters=8"]
     root = datasets["tokyo247"].root
     out = tmp_path / "run"
-    proc = run_script("eval.py", "data=tokyo247", f"data.root={root}", *netvlad, f"cluster.file={centroids}",
-                      f"hydra.run.dir={out}", tmp=tmp_path)
+    proc = run_script(
+        "eval.py",
+        "data=tokyo247",
+        f"data.root={root}",
+        *netvlad,
+        f"cluster.file={centroids}",
+        f"hydra.run.dir={out}",
+        tmp=tmp_path,
+    )
     assert f"NetVLAD initialised from {centroids}" in proc.stdout + proc.stderr
     assert json.loads((out / "results.json").read_text())["num_database"] == 60
 
-    proc = run_script("eval.py", "data=tokyo247", f"data.root={root}", *netvlad, "cluster.auto=true",
-                      f"cluster.file={tmp_path / 'none.hdf5'}", f"hydra.run.dir={tmp_path / 'r2'}", tmp=tmp_path,
-                      check=False)
+    proc = run_script(
+        "eval.py",
+        "data=tokyo247",
+        f"data.root={root}",
+        *netvlad,
+        "cluster.auto=true",
+        f"cluster.file={tmp_path / 'none.hdf5'}",
+        f"hydra.run.dir={tmp_path / 'r2'}",
+        tmp=tmp_path,
+        check=False,
+    )
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in err
     assert "needs a training split, and dataset tokyo247 has none" in err and "cluster.file=<path>" in err

@@ -18,10 +18,21 @@ import torch
 from tests.conftest import ROOT, run_script, script_env
 
 SETTINGS = [
-    "experiment=city_baseline", "data.prepare.preset=tiny", "data.image_size=[48,64]", "data.num_workers=0",
-    "data.eval_batch_size=16", "model.num_clusters=8", "cluster.images=20", "cluster.descriptors_per_image=10",
-    "mining.refresh_every_queries=8", "mining.candidate_negatives=20", "mining.negatives_per_query=2",
-    "trainer.accelerator=cpu", "trainer.max_epochs=2", "trainer.deterministic=true", "logger=none",
+    "experiment=city_baseline",
+    "data.prepare.preset=tiny",
+    "data.image_size=[48,64]",
+    "data.num_workers=0",
+    "data.eval_batch_size=16",
+    "model.num_clusters=8",
+    "cluster.images=20",
+    "cluster.descriptors_per_image=10",
+    "mining.refresh_every_queries=8",
+    "mining.candidate_negatives=20",
+    "mining.negatives_per_query=2",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=2",
+    "trainer.deterministic=true",
+    "logger=none",
 ]
 
 
@@ -46,8 +57,9 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tm
         common.append(f"checkpoint_every_n_steps={every_n_steps}")
     if one_round:
         common.append("mining.refresh_every_queries=1000")
-    run_script("train.py", *common, f"paths.log_dir={tmp_path}/a", f"hydra.run.dir={tmp_path}/a/train/runs/r",
-               tmp=tmp_path)
+    run_script(
+        "train.py", *common, f"paths.log_dir={tmp_path}/a", f"hydra.run.dir={tmp_path}/a/train/runs/r", tmp=tmp_path
+    )
     uninterrupted = json.loads((tmp_path / "a" / "train" / "runs" / "r" / "results.json").read_text())
 
     first = tmp_path / "b" / "train" / "runs" / "first"
@@ -55,7 +67,10 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tm
     with open(log_file, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), *common, f"paths.log_dir={tmp_path}/b", f"hydra.run.dir={first}"],
-            cwd=tmp_path, env=script_env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=script_env(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 300
 
@@ -86,20 +101,24 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tm
             assert 0 < int(saved["PlaceDataModule"]["round"]["offset"]), saved["PlaceDataModule"]["round"]["offset"]
 
     second = tmp_path / "b" / "train" / "runs" / "second"
-    proc = run_script("train.py", *common, f"paths.log_dir={tmp_path}/b", "ckpt_path=last", f"hydra.run.dir={second}",
-                      tmp=tmp_path)
+    proc = run_script(
+        "train.py", *common, f"paths.log_dir={tmp_path}/b", "ckpt_path=last", f"hydra.run.dir={second}", tmp=tmp_path
+    )
     assert f"ckpt_path=last: {first / 'checkpoints' / 'last.ckpt'}" in proc.stdout + proc.stderr
     if every_n_steps:  # the resumed epoch's time is its rest, not measured from an unset start
-        rest = re.search(r"epoch 1: its rest after the (\d+) batches trained before the resume took ([\d.]+) min",
-                         proc.stdout + proc.stderr)
+        rest = re.search(
+            r"epoch 1: its rest after the (\d+) batches trained before the resume took ([\d.]+) min",
+            proc.stdout + proc.stderr,
+        )
         assert rest and int(rest.group(1)) > 0 and float(rest.group(2)) < 5, (proc.stdout + proc.stderr)[-3000:]
     else:
         assert re.search(r"epoch 1 took [\d.]+ min", proc.stdout + proc.stderr)
     resumed = json.loads((second / "results.json").read_text())
     assert resumed["recall_at"] == uninterrupted["recall_at"]
     # more than the (coarse) recall: the final weights are the same numbers
-    want = torch.load(tmp_path / "a" / "train" / "runs" / "r" / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=True)["state_dict"]
+    want = torch.load(
+        tmp_path / "a" / "train" / "runs" / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )["state_dict"]
     got = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert want.keys() == got.keys()
     different = [k for k in want if not torch.equal(want[k], got[k])]
@@ -114,14 +133,18 @@ def test_sigterm_while_training_saves_where_it_stopped_and_the_resume_equals_the
     """SIGTERM (a scheduler's preemption or time limit) between two steps: one error line, exit status 143, and a
     last.ckpt of that step (no step checkpoints asked for), from which ckpt_path=last ends as the run left alone."""
     common = [*SETTINGS, f"paths.data_dir={data_dir}", "mining.refresh_every_queries=1000"]
-    run_script("train.py", *common, f"paths.log_dir={tmp_path}/a", f"hydra.run.dir={tmp_path}/a/train/runs/r",
-               tmp=tmp_path)
+    run_script(
+        "train.py", *common, f"paths.log_dir={tmp_path}/a", f"hydra.run.dir={tmp_path}/a/train/runs/r", tmp=tmp_path
+    )
     first = tmp_path / "b" / "train" / "runs" / "first"
     log_file = tmp_path / "first.log"
     with open(log_file, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), *common, f"paths.log_dir={tmp_path}/b", f"hydra.run.dir={first}"],
-            cwd=tmp_path, env=script_env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=script_env(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 300
         while "epoch 1 round 1/1" not in log_file.read_text():  # epoch 1's round mined: its steps begin
@@ -139,10 +162,12 @@ def test_sigterm_while_training_saves_where_it_stopped_and_the_resume_equals_the
     assert "[vpr][ERROR] stopped by SIGTERM; ckpt_path=last" in (first / "train.log").read_text()  # the log says why
 
     second = tmp_path / "b" / "train" / "runs" / "second"
-    run_script("train.py", *common, f"paths.log_dir={tmp_path}/b", "ckpt_path=last", f"hydra.run.dir={second}",
-               tmp=tmp_path)
-    want = torch.load(tmp_path / "a" / "train" / "runs" / "r" / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=True)["state_dict"]
+    run_script(
+        "train.py", *common, f"paths.log_dir={tmp_path}/b", "ckpt_path=last", f"hydra.run.dir={second}", tmp=tmp_path
+    )
+    want = torch.load(
+        tmp_path / "a" / "train" / "runs" / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )["state_dict"]
     got = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
 
@@ -154,16 +179,34 @@ def test_resuming_into_another_network_or_a_folder_in_use_is_one_error(data_dir,
     common = [*SETTINGS, f"paths.data_dir={data_dir}", "trainer.max_epochs=1", "test_after_training=false"]
     run_script("train.py", *common, f"hydra.run.dir={tmp_path}/a", tmp=tmp_path)
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    other = run_script("train.py", *common, "attention=se", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/b",
-                       tmp=tmp_path, check=False)
-    assert_clean_failure(other, f"ckpt_path={ckpt} holds another network than this run's: attention (Identity in the "
-                         "checkpoint, SE here)", f"init_weights={ckpt}")
+    other = run_script(
+        "train.py",
+        *common,
+        "attention=se",
+        f"ckpt_path={ckpt}",
+        f"hydra.run.dir={tmp_path}/b",
+        tmp=tmp_path,
+        check=False,
+    )
+    assert_clean_failure(
+        other,
+        f"ckpt_path={ckpt} holds another network than this run's: attention (Identity in the checkpoint, SE here)",
+        f"init_weights={ckpt}",
+    )
     assert "loaded city" not in other.stdout + other.stderr  # refused before any data work
     # A difference the settings do not show (here K) is found weight by weight once the network is built.
-    k = run_script("train.py", *common, "model.num_clusters=4", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/k",
-                   tmp=tmp_path, check=False)
-    assert_clean_failure(k, "holds another network than this run's: ", "weight(s) do not fit, e.g. head.",
-                         f"init_weights={ckpt}")
+    k = run_script(
+        "train.py",
+        *common,
+        "model.num_clusters=4",
+        f"ckpt_path={ckpt}",
+        f"hydra.run.dir={tmp_path}/k",
+        tmp=tmp_path,
+        check=False,
+    )
+    assert_clean_failure(
+        k, "holds another network than this run's: ", "weight(s) do not fit, e.g. head.", f"init_weights={ckpt}"
+    )
 
     # Resuming a run that already trained its max_epochs says that nothing is left to train.
     done = run_script("train.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/d", tmp=tmp_path)
@@ -173,6 +216,7 @@ def test_resuming_into_another_network_or_a_folder_in_use_is_one_error(data_dir,
         raise AssertionError("the test holds the lock alone")
 
     with exclusive_lock(ckpt.parent / ".train.lock", busy):  # as a first resume of this run would hold it
-        second = run_script("train.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/c", tmp=tmp_path,
-                            check=False)
+        second = run_script(
+            "train.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/c", tmp=tmp_path, check=False
+        )
     assert_clean_failure(second, f"another train.py is writing checkpoints in {ckpt.parent}")

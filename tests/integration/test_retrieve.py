@@ -51,9 +51,17 @@ def h5_descriptors(path):
 
 
 def retrieve(root, out, *extra):
-    return run_script("retrieve.py", f"ckpt_path={root / 'model.ckpt'}", f"database={root / 'images' / 'db'}",
-                      f"queries={root / 'images' / 'query'}", f"top_k={TOP_K}", "data.num_workers=0",
-                      f"hydra.run.dir={out}", *extra, tmp=root)
+    return run_script(
+        "retrieve.py",
+        f"ckpt_path={root / 'model.ckpt'}",
+        f"database={root / 'images' / 'db'}",
+        f"queries={root / 'images' / 'query'}",
+        f"top_k={TOP_K}",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        *extra,
+        tmp=root,
+    )
 
 
 def test_retrieve_writes_hloc_files_whose_ranking_is_the_brute_force_one(folders, tmp_path):
@@ -88,8 +96,9 @@ def test_retrieve_writes_hloc_files_whose_ranking_is_the_brute_force_one(folders
         assert [e["database"] for e in ranked[q]] == got
         # top-1 is the brute-force nearest (up to float32 ties), distances are the L2 ones, ascending
         assert d[db_names.index(got[0])] <= d.min() + 1e-6
-        np.testing.assert_allclose([float(r["distance"]) for r in mine], [d[db_names.index(g)] for g in got],
-                                   rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(
+            [float(r["distance"]) for r in mine], [d[db_names.index(g)] for g in got], rtol=1e-3, atol=1e-6
+        )
         assert sorted(d)[TOP_K - 1] + 1e-6 >= max(d[db_names.index(g)] for g in got)
     assert ranked["query/copy_of_db3.jpg"][0]["database"] == "db/north/" + db_images[3].name
     assert ranked["query/copy_of_db10.png"][0]["database"] == "db/south/" + db_images[10].name
@@ -131,9 +140,16 @@ def test_pca_fitted_once_is_reused_from_its_file(folders, tmp_path):
 def test_bad_settings_end_with_one_error_line(folders, tmp_path, overrides, names):
     root, _ = folders
     (root / "empty").mkdir(exist_ok=True)
-    proc = run_script("retrieve.py", f"ckpt_path={root / 'model.ckpt'}", f"database={root / 'images' / 'db'}",
-                      f"queries={root / 'images' / 'query'}", f"hydra.run.dir={tmp_path / 'run'}", *overrides,
-                      tmp=root, check=False)
+    proc = run_script(
+        "retrieve.py",
+        f"ckpt_path={root / 'model.ckpt'}",
+        f"database={root / 'images' / 'db'}",
+        f"queries={root / 'images' / 'query'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *overrides,
+        tmp=root,
+        check=False,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output[-2000:]
     errors = [line for line in output.splitlines() if line.startswith("error:")]
@@ -152,8 +168,10 @@ def test_label_maps_beside_photos_are_left_out(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     exclude = OmegaConf.load(ROOT / "configs" / "retrieve.yaml").exclude
-    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, "database", exclude)] == \
-        ["000/a.jpg", "001/b.png"]
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, "database", exclude)] == [
+        "000/a.jpg",
+        "001/b.png",
+    ]
     assert len(list_images(tmp_path, "database")) == 4  # nothing left out without patterns
     with pytest.raises(ConfigError, match="is a file"):
         list_images(tmp_path / "000" / "a.jpg", "database")
@@ -171,8 +189,13 @@ def test_a_released_file_is_run_at_the_pittsburgh_size(tmp_path):
         (tmp_path / folder).mkdir()
         for i in range(n):
             Image.new("RGB", (64, 48), (40 * i, 90, 160)).save(tmp_path / folder / f"{i}.jpg")
-    common = [f"ckpt_path={tmp_path / 'checkpoint.pth.tar'}", f"database={tmp_path / 'db'}",
-              f"queries={tmp_path / 'query'}", "top_k=1", "data.num_workers=0"]
+    common = [
+        f"ckpt_path={tmp_path / 'checkpoint.pth.tar'}",
+        f"database={tmp_path / 'db'}",
+        f"queries={tmp_path / 'query'}",
+        "top_k=1",
+        "data.num_workers=0",
+    ]
     run_script("retrieve.py", *common, f"hydra.run.dir={tmp_path / 'r1'}", tmp=tmp_path)
     assert json.loads((tmp_path / "r1" / "retrieve.json").read_text())["image_size"] == [480, 640]
     run_script("retrieve.py", *common, "data.image_size=[48,64]", f"hydra.run.dir={tmp_path / 'r2'}", tmp=tmp_path)

@@ -38,8 +38,17 @@ def crafted(path: Path, marker: Path) -> Path:
 def test_pickled_callable_is_refused(script, setting, data_dir, tmp_path):
     marker = tmp_path / "code_ran"
     ckpt = crafted(tmp_path / "evil.ckpt", marker)
-    proc = run_script(script, "experiment=city_baseline", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
-                      f"{setting}={ckpt}", "logger=none", f"hydra.run.dir={tmp_path}/r", tmp=tmp_path, check=False)
+    proc = run_script(
+        script,
+        "experiment=city_baseline",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"{setting}={ckpt}",
+        "logger=none",
+        f"hydra.run.dir={tmp_path}/r",
+        tmp=tmp_path,
+        check=False,
+    )
     assert_clean_failure(proc, f"error: {setting}={ckpt}", "refusing to load it")
     assert not marker.exists(), "the crafted checkpoint ran code"
 
@@ -49,7 +58,14 @@ def test_stored_config_may_only_build_project_components(data_dir, tmp_path):
     config = spec["vpr_config"]
     config["head"] = {"_target_": "os.system", "command": f"touch {tmp_path / 'code_ran'}"}
     torch.save({"state_dict": {}, "vpr_config": config}, tmp_path / "foreign.ckpt")
-    proc = run_script("eval.py", "data.prepare.preset=tiny", f"paths.data_dir={data_dir}",
-                      f"ckpt_path={tmp_path / 'foreign.ckpt'}", f"hydra.run.dir={tmp_path}/r", tmp=tmp_path, check=False)
+    proc = run_script(
+        "eval.py",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"ckpt_path={tmp_path / 'foreign.ckpt'}",
+        f"hydra.run.dir={tmp_path}/r",
+        tmp=tmp_path,
+        check=False,
+    )
     assert_clean_failure(proc, "'os.system' (vpr_config.head._target_)", "refusing to build it")
     assert not (tmp_path / "code_ran").exists()

@@ -64,7 +64,10 @@ def config_value(run: Path, key: str):
 
 def base(data_dir: Path) -> list[str]:
     return [o for o in SETTINGS if not o.startswith(("logger", "trainer.max_epochs"))] + [
-        f"paths.data_dir={data_dir}", "logger=wandb", "trainer.max_epochs=1"]
+        f"paths.data_dir={data_dir}",
+        "logger=wandb",
+        "trainer.max_epochs=1",
+    ]
 
 
 def test_each_sweep_job_is_its_own_run(data_dir, tmp_path):
@@ -81,13 +84,21 @@ def test_each_sweep_job_is_its_own_run(data_dir, tmp_path):
 
 def test_resumed_training_continues_its_run(data_dir, tmp_path):
     first, second = tmp_path / "logs" / "train" / "runs" / "first", tmp_path / "logs" / "train" / "runs" / "second"
-    proc = run_script("train.py", *base(data_dir), f"paths.log_dir={tmp_path}/logs", f"hydra.run.dir={first}",
-                      tmp=tmp_path)
+    proc = run_script(
+        "train.py", *base(data_dir), f"paths.log_dir={tmp_path}/logs", f"hydra.run.dir={first}", tmp=tmp_path
+    )
     assert f"upload it with: wandb sync {first / 'wandb' / 'offline-run-*'}" in proc.stdout + proc.stderr
     assert "anonymous setting" not in proc.stdout + proc.stderr  # no library warning about Lightning's arguments
     saved = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     (run_id,) = offline_runs(first)
     assert saved["wandb_run_id"] == run_id
-    run_script("train.py", *[o for o in base(data_dir) if o != "trainer.max_epochs=1"], "trainer.max_epochs=2",
-               f"paths.log_dir={tmp_path}/logs", "ckpt_path=last", f"hydra.run.dir={second}", tmp=tmp_path)
+    run_script(
+        "train.py",
+        *[o for o in base(data_dir) if o != "trainer.max_epochs=1"],
+        "trainer.max_epochs=2",
+        f"paths.log_dir={tmp_path}/logs",
+        "ckpt_path=last",
+        f"hydra.run.dir={second}",
+        tmp=tmp_path,
+    )
     assert list(offline_runs(second)) == [run_id]

@@ -11,8 +11,15 @@ from tests.integration.test_pipeline import common
 
 def test_train_and_eval_without_faiss(data_dir, tmp_path):
     run = tmp_path / "run"
-    proc = run_script_hiding("faiss", "train.py", *common(data_dir, tmp_path), "logger=none", f"hydra.run.dir={run}",
-                             f"paths.centroids_dir={tmp_path}/centroids", tmp=tmp_path)  # k-means runs here
+    proc = run_script_hiding(
+        "faiss",
+        "train.py",
+        *common(data_dir, tmp_path),
+        "logger=none",
+        f"hydra.run.dir={run}",
+        f"paths.centroids_dir={tmp_path}/centroids",
+        tmp=tmp_path,
+    )  # k-means runs here
     log = proc.stdout + proc.stderr
     assert "faiss is not installed: k-means in torch" in log and "exact search in torch" in log
     trained = json.loads((run / "results.json").read_text())

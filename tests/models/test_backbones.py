@@ -40,9 +40,7 @@ def _frozen(module: nn.Module) -> int:
 
 
 def _convs(module: nn.Module, trainable: bool) -> int:
-    return sum(
-        1 for m in module.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad == trainable
-    )
+    return sum(1 for m in module.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad == trainable)
 
 
 @pytest.fixture
@@ -235,7 +233,9 @@ def test_weights_from_a_local_file(tmp_path):
     torch.manual_seed(3)
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), tmp_path / "resnet18-f37072fd.pth")
-    net = build_backbone("resnet18", pretrained=True, cut_at="layer3", weights_path=str(tmp_path / "resnet18-f37072fd.pth"))
+    net = build_backbone(
+        "resnet18", pretrained=True, cut_at="layer3", weights_path=str(tmp_path / "resnet18-f37072fd.pth")
+    )
     torch.testing.assert_close(net.stages["conv1"][0].weight, reference.conv1.weight)
     torch.testing.assert_close(net.stages["layer3"][0].conv1.weight, reference.layer3[0].conv1.weight)
     assert net.pretrained and net.tag == "resnet18-layer3"

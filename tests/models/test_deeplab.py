@@ -38,8 +38,13 @@ MOBILENET_V2_TABLE = [  # t (expansion), c (out channels), n (blocks), s (first 
 
 
 def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
+    return {
+        f"{prefix}.weight": (c,),
+        f"{prefix}.bias": (c,),
+        f"{prefix}.running_mean": (c,),
+        f"{prefix}.running_var": (c,),
+        f"{prefix}.num_batches_tracked": (),
+    }
 
 
 def _backbone_module(i: int) -> str:
@@ -105,8 +110,17 @@ def random_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path, sd, **extra) -> None:
-    torch.save({"model_state": sd, "optimizer_state": {}, "scheduler_state": {}, "cur_itrs": 30000,
-                "best_score": np.float64(0.72), **extra}, path)
+    torch.save(
+        {
+            "model_state": sd,
+            "optimizer_state": {},
+            "scheduler_state": {},
+            "cur_itrs": 30000,
+            "best_score": np.float64(0.72),
+            **extra,
+        },
+        path,
+    )
 
 
 # -- layout ------------------------------------------------------------------------------------------------------
@@ -137,8 +151,12 @@ def _dw(model: torch.nn.Module, i: int) -> torch.nn.Conv2d:
         # blocks 15-17 use dilation 2.
         (16, {2, 4, 7}, {**dict.fromkeys(range(1, 15), 1), 15: 2, 16: 2, 17: 2}, (6, 12, 18)),
         # OS 8: block 7 keeps stride 1 and dilation 1, blocks 8-14 dilation 2, blocks 15-17 dilation 4.
-        (8, {2, 4}, {**dict.fromkeys(range(1, 8), 1), **dict.fromkeys(range(8, 15), 2), 15: 4, 16: 4, 17: 4},
-         (12, 24, 36)),
+        (
+            8,
+            {2, 4},
+            {**dict.fromkeys(range(1, 8), 1), **dict.fromkeys(range(8, 15), 2), 15: 4, 16: 4, 17: 4},
+            (12, 24, 36),
+        ),
     ],
 )
 def test_strides_and_dilations(output_stride, stride2_blocks, dilations, aspp_rates):

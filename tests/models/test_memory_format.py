@@ -14,9 +14,18 @@ def build(channels_last: bool):
     from vpr.build import build_module
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=city_baseline", "attention=deattention", "guidance=none",
-                                          "model.num_clusters=8", "logger=none", "paths.output_dir=.",
-                                          f"model.channels_last={str(channels_last).lower()}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=city_baseline",
+                "attention=deattention",
+                "guidance=none",
+                "model.num_clusters=8",
+                "logger=none",
+                "paths.output_dir=.",
+                f"model.channels_last={str(channels_last).lower()}",
+            ],
+        )
     module = build_module(cfg, with_training=False)
     module.apply_memory_format()
     return module
@@ -46,9 +55,19 @@ def build_compiled(backend: str):
     from vpr.build import build_module
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=city_baseline", "attention=deattention", "guidance=none",
-                                          "model.num_clusters=8", "logger=none", "paths.output_dir=.",
-                                          "model.compile=true", f"model.compile_backend={backend}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=city_baseline",
+                "attention=deattention",
+                "guidance=none",
+                "model.num_clusters=8",
+                "logger=none",
+                "paths.output_dir=.",
+                "model.compile=true",
+                f"model.compile_backend={backend}",
+            ],
+        )
     return build_module(cfg, with_training=False)
 
 
@@ -76,8 +95,16 @@ def test_compile_setting_is_checked(value):
     from vpr.build import build_module
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=city_baseline", "model.num_clusters=8", "logger=none",
-                                          "paths.output_dir=.", f"model.compile={value}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=city_baseline",
+                "model.num_clusters=8",
+                "logger=none",
+                "paths.output_dir=.",
+                f"model.compile={value}",
+            ],
+        )
     with pytest.raises(ValueError, match="model.compile=.*choose false, true or a torch.compile mode"):
         build_module(cfg, with_training=False)
 
@@ -119,8 +146,16 @@ def test_sync_batchnorm_auto_on_the_projects_networks():
 
     def module(*overrides):
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose("train", overrides=["experiment=city_baseline", "model.num_clusters=8", "logger=none",
-                                              "paths.output_dir=.", *overrides])
+            cfg = compose(
+                "train",
+                overrides=[
+                    "experiment=city_baseline",
+                    "model.num_clusters=8",
+                    "logger=none",
+                    "paths.output_dir=.",
+                    *overrides,
+                ],
+            )
         return build_module(cfg, with_training=False)
 
     assert not batchnorm_trains(module())
@@ -134,12 +169,24 @@ def test_build_trainer_passes_the_resolved_sync_batchnorm(monkeypatch, tmp_path,
     import vpr.build as build
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=city_baseline", "model.num_clusters=8", "logger=none",
-                                          f"paths.output_dir={tmp_path}", "strategy=ddp", "trainer=cpu",
-                                          "model.freeze_batchnorm=false"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=city_baseline",
+                "model.num_clusters=8",
+                "logger=none",
+                f"paths.output_dir={tmp_path}",
+                "strategy=ddp",
+                "trainer=cpu",
+                "model.freeze_batchnorm=false",
+            ],
+        )
     module = build.build_module(cfg, with_training=False)
-    monkeypatch.setattr(build, "resolve_sync_batchnorm",
-                        lambda setting, m, _cuda, real=build.resolve_sync_batchnorm: real(setting, m, cuda))
+    monkeypatch.setattr(
+        build,
+        "resolve_sync_batchnorm",
+        lambda setting, m, _cuda, real=build.resolve_sync_batchnorm: real(setting, m, cuda),
+    )
     trainer = build.build_trainer(cfg, module=module)
     assert (trainer.strategy._layer_sync is not None) is cuda
 
@@ -150,8 +197,16 @@ def test_compiled_runs_evaluate_under_no_grad(tmp_path, compile_setting):
     import vpr.build as build
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=city_baseline", "model.num_clusters=8", "logger=none",
-                                          f"paths.output_dir={tmp_path}", "trainer=cpu",
-                                          f"model.compile={compile_setting}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=city_baseline",
+                "model.num_clusters=8",
+                "logger=none",
+                f"paths.output_dir={tmp_path}",
+                "trainer=cpu",
+                f"model.compile={compile_setting}",
+            ],
+        )
     trainer = build.build_trainer(cfg, module=build.build_module(cfg, with_training=False))
     assert trainer.test_loop.inference_mode is trainer.validate_loop.inference_mode is (compile_setting == "false")

@@ -110,9 +110,7 @@ def test_zero_weight_removes_location():
     weights[0, 0, 1, 2] = 0.0
     weights[1, 0, 0, 0] = 0.0
     out = head(x, weights)
-    expected = reference_netvlad(
-        x, *_weight_and_bias(head), head.centroids.detach(), skip={(0, 1, 2), (1, 0, 0)}
-    )
+    expected = reference_netvlad(x, *_weight_and_bias(head), head.centroids.detach(), skip={(0, 1, 2), (1, 0, 0)})
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
     x_changed = x.clone()
     x_changed[0, :, 1, 2] = torch.randn(D)  # what a zero-weight location holds no longer matters
@@ -167,9 +165,7 @@ def test_alpha_v1_hand_example():
     assert alpha == pytest.approx(expected, rel=1e-6)
     w = head.conv.weight.detach()[:, :, 0, 0]
     torch.testing.assert_close(w, torch.tensor([[expected, 0.0], [0.0, expected]]))
-    torch.testing.assert_close(
-        head.centroids.detach(), torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    )  # not normalised
+    torch.testing.assert_close(head.centroids.detach(), torch.tensor([[2.0, 0.0], [0.0, 1.0]]))  # not normalised
     assert head.is_initialised
     assert head.state_dict()["initialised"].item()  # the flag travels with checkpoints
 
@@ -262,12 +258,13 @@ def test_bf16_autocast_keeps_the_descriptor_of_float32():
     k, d = 8, 32
     centres = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
     descriptors = torch.nn.functional.normalize(
-        centres.repeat_interleave(50, 0) + 0.15 * torch.randn(k * 50, d, generator=g), dim=1)
+        centres.repeat_interleave(50, 0) + 0.15 * torch.randn(k * 50, d, generator=g), dim=1
+    )
     head = NetVLAD(num_clusters=k, dim=d, version="v1")
     with torch.no_grad():
         head.init_from_centroids(centres, descriptors)
     # features near the clusters, already rounded to bf16 as a backbone under autocast would give them
-    x = (centres[torch.randint(0, k, (2 * 6 * 5,), generator=g)] + 0.15 * torch.randn(60, d, generator=g))
+    x = centres[torch.randint(0, k, (2 * 6 * 5,), generator=g)] + 0.15 * torch.randn(60, d, generator=g)
     x = x.view(2, 6, 5, d).permute(0, 3, 1, 2).to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = head(x)

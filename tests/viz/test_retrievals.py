@@ -78,9 +78,7 @@ def test_bilinear_resize_matches_torch():
 
 
 def test_nearest_resize():
-    np.testing.assert_array_equal(
-        resize_mask(np.array([[0.0, 1.0]]), (2, 4), mode="nearest"), [[0, 0, 1, 1]] * 2
-    )
+    np.testing.assert_array_equal(resize_mask(np.array([[0.0, 1.0]]), (2, 4), mode="nearest"), [[0, 0, 1, 1]] * 2)
 
 
 # ---------------------------------------------------------------------------------------------- overlay

@@ -103,9 +103,16 @@ def _read_mat_spec(dm: PlaceDataModule, split: str) -> PlaceSplit:
 
 
 def _read_folder(dm: PlaceDataModule, split: str) -> PlaceSplit:
-    return load_folder_split(dm.root, split, dm.name, dm.eval_radius_m or 25.0, dm.train_radius_m or 10.0,
-                             spatial_nms=dm.spatial_nms, train_min_distance_m=dm.train_min_distance_m,
-                             coordinates=dm.coordinates)
+    return load_folder_split(
+        dm.root,
+        split,
+        dm.name,
+        dm.eval_radius_m or 25.0,
+        dm.train_radius_m or 10.0,
+        spatial_nms=dm.spatial_nms,
+        train_min_distance_m=dm.train_min_distance_m,
+        coordinates=dm.coordinates,
+    )
 
 
 #: On-disk formats by ``data.layout``: (data module, split name) -> PlaceSplit. A new format is one reader here.
@@ -190,8 +197,12 @@ class PlaceDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = loader_workers(num_workers)
         if self.num_workers < int(num_workers):
-            log.info("data.num_workers=%d: this machine gives %d CPUs to the run; using %d loader workers",
-                     int(num_workers), self.num_workers, self.num_workers)
+            log.info(
+                "data.num_workers=%d: this machine gives %d CPUs to the run; using %d loader workers",
+                int(num_workers),
+                self.num_workers,
+                self.num_workers,
+            )
         if persistent_workers not in (True, False, "auto"):
             raise ConfigError(f"data.persistent_workers={persistent_workers!r}: choose auto, true or false")
         self.persistent_workers = persistent_workers
@@ -230,8 +241,10 @@ class PlaceDataModule(L.LightningDataModule):
             self._prepare()
         except OSError as e:
             where = f"{e.strerror}: {e.filename}" if e.filename else str(e)
-            raise DataError(f"data.root={self.root}: the data cannot be written there ({where}); point data.root "
-                            "(or paths.data_dir, VPR_DATA_DIR) at a folder you can write") from None
+            raise DataError(
+                f"data.root={self.root}: the data cannot be written there ({where}); point data.root "
+                "(or paths.data_dir, VPR_DATA_DIR) at a folder you can write"
+            ) from None
 
     def load_split(self, role: str) -> PlaceSplit:
         """The split playing ``role`` (train/val/test), read once."""
@@ -240,9 +253,13 @@ class PlaceDataModule(L.LightningDataModule):
             have = [r for r, s in self.splits.items() if s is not None]
             hint = (
                 " It is an evaluation-only dataset: train on another (data=pittsburgh, data=tokyotm) and test on "
-                "this one with test_sets=[...] or eval.py data=..." if have == ["test"] else ""
+                "this one with test_sets=[...] or eval.py data=..."
+                if have == ["test"]
+                else ""
             )
-            raise DataError(f"dataset {self.name} has no {role} split (data.splits.{role} is null; it has {have}).{hint}")
+            raise DataError(
+                f"dataset {self.name} has no {role} split (data.splits.{role} is null; it has {have}).{hint}"
+            )
         if split not in self._loaded:
             s = LAYOUTS[self.layout](self, split)
             log.info("loaded %s", s.describe())
@@ -275,14 +292,22 @@ class PlaceDataModule(L.LightningDataModule):
     def _build_miner(self) -> None:
         if self.miner is not None:
             return
-        kwargs = {k: v for k, v in self.mining.items()
-                  if k not in ("refresh_every_queries", "cache_dtype", "database_subset")}
+        kwargs = {
+            k: v for k, v in self.mining.items() if k not in ("refresh_every_queries", "cache_dtype", "database_subset")
+        }
         self.miner = HardNegativeMiner(self.train_split, **kwargs)
         split = self.train_split
-        within = (f"between {split.train_min_distance_m:g} and {split.train_radius_m:g} m"
-                  if split.train_min_distance_m > 0 else f"within {split.train_radius_m:.1f} m")
-        log.info("training queries: %d usable, %d dropped (no database image %s)",
-                 len(self.miner.trainable_queries), self.miner.dropped_queries, within)
+        within = (
+            f"between {split.train_min_distance_m:g} and {split.train_radius_m:g} m"
+            if split.train_min_distance_m > 0
+            else f"within {split.train_radius_m:.1f} m"
+        )
+        log.info(
+            "training queries: %d usable, %d dropped (no database image %s)",
+            len(self.miner.trainable_queries),
+            self.miner.dropped_queries,
+            within,
+        )
         if self._pending_miner_state is not None:
             self.miner.load_state_dict(self._pending_miner_state)
             self._pending_miner_state = None
@@ -303,19 +328,36 @@ class PlaceDataModule(L.LightningDataModule):
         g = self.guidance
         split = self.train_split
         source = self.label_source()
-        self.targets = GuidanceTargets(source, g.get("suppress", ["person", "vehicle"]), split.image_paths, grid,
-                                       g.get("cache_dir"))
-        schedule = (f" (x {g['weight_after']} from epoch {g['switch_epoch']})"
-                    if g.get("weight_after") is not None and g.get("switch_epoch") is not None else "")
-        log.info("semantic guidance (guidance.source=%s): %s; suppressed: %s (class ids %s); %s loss x %s%s on the "
-                 "%dx%d feature grid", g["source"], source.describe(), ", ".join(self.targets.suppress),
-                 self.targets.suppressed_ids, g.get("loss", "mse"), g.get("weight"), schedule, grid[0], grid[1])
+        self.targets = GuidanceTargets(
+            source, g.get("suppress", ["person", "vehicle"]), split.image_paths, grid, g.get("cache_dir")
+        )
+        schedule = (
+            f" (x {g['weight_after']} from epoch {g['switch_epoch']})"
+            if g.get("weight_after") is not None and g.get("switch_epoch") is not None
+            else ""
+        )
+        log.info(
+            "semantic guidance (guidance.source=%s): %s; suppressed: %s (class ids %s); %s loss x %s%s on the "
+            "%dx%d feature grid",
+            g["source"],
+            source.describe(),
+            ", ".join(self.targets.suppress),
+            self.targets.suppressed_ids,
+            g.get("loss", "mse"),
+            g.get("weight"),
+            schedule,
+            grid[0],
+            grid[1],
+        )
 
     # -- mining cache -----------------------------------------------------------------------------------------
-    def _encode_for_mining(self, query_ids: np.ndarray,
-                           db_index: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_for_mining(
+        self, query_ids: np.ndarray, db_index: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.encoder is None:
-            raise RuntimeError("PlaceDataModule.encoder is not set: the OfflineMining callback (vpr.callbacks) sets it at fit start")
+            raise RuntimeError(
+                "PlaceDataModule.encoder is not set: the OfflineMining callback (vpr.callbacks) sets it at fit start"
+            )
         split = self.train_split
         db_paths = list(split.db_paths) if db_index is None else [split.db_paths[i] for i in db_index]
         paths = db_paths + [split.q_paths[i] for i in query_ids]
@@ -388,8 +430,9 @@ class PlaceDataModule(L.LightningDataModule):
         trainer = self.trainer
         sampler = None
         if trainer is not None and trainer.world_size > 1:
-            sampler = DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
-                                         shuffle=False)
+            sampler = DistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,

@@ -136,8 +136,10 @@ class PlaceSplit:
         if key not in self._cache:
             positives = self._other_times(positives_within(self.db_utm, self.q_utm, self.train_radius_m))
             if self.train_min_distance_m > 0:
-                positives = [p[np.linalg.norm(self.db_utm[p] - self.q_utm[q], axis=1) > self.train_min_distance_m]
-                             for q, p in enumerate(positives)]
+                positives = [
+                    p[np.linalg.norm(self.db_utm[p] - self.q_utm[q], axis=1) > self.train_min_distance_m]
+                    for q, p in enumerate(positives)
+                ]
             self._cache[key] = positives
         return self._cache[key]
 
@@ -187,7 +189,9 @@ def load_mat_split(
     if root is None or str(root) in ("", "None", "???"):
         env = _by_prefix(ROOT_ENV, name)
         where = f"data.root=/path/to/dataset or the {env} environment variable" if env else "data.root=/path/to/dataset"
-        raise DataError(f"data.root is not set for {name}: point it at the dataset folder ({where}). {dataset_help(name)}")
+        raise DataError(
+            f"data.root is not set for {name}: point it at the dataset folder ({where}). {dataset_help(name)}"
+        )
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset root {root} does not exist (setting data.root). {dataset_help(name)}")
@@ -210,18 +214,26 @@ def load_mat_split(
     except ValueError as e:  # malformed file: the message names the file and the field
         raise DataError(str(e)) from None
     if s.which_set and split in ("train", "val", "test") and s.which_set.strip().lower() != split:
-        log.warning("%s says whichSet=%r but is read as the %s split (data.split_file / data.splits): is it the "
-                    "right file?", mat_path, s.which_set, split)
+        log.warning(
+            "%s says whichSet=%r but is read as the %s split (data.split_file / data.splits): is it the right file?",
+            mat_path,
+            s.which_set,
+            split,
+        )
     if s.num_db == 0 or s.num_q == 0:
-        raise DataError(f"{mat_path}: the {split} split lists {s.num_db} database images and {s.num_q} queries; "
-                        "a split needs both (wrong file, or data.splits names the wrong split)")
+        raise DataError(
+            f"{mat_path}: the {split} split lists {s.num_db} database images and {s.num_q} queries; "
+            "a split needs both (wrong file, or data.splits names the wrong split)"
+        )
     try:
         db_paths = _image_paths(root / db_dir, s.db_image, mat_path, "data.db_dir", check_images)
         q_paths = _image_paths(root / query_dir, s.q_image, mat_path, "data.query_dir", check_images)
     except DataError as e:
         if (root / "city.json").is_file():  # a synthetic city's images went missing after it was generated
-            raise DataError(f"{e}. {root} is a generated synthetic city: delete the folder and the next run "
-                            "generates it again (or python -m vpr.data.synthetic --out ... --force)") from None
+            raise DataError(
+                f"{e}. {root} is a generated synthetic city: delete the folder and the next run "
+                "generates it again (or python -m vpr.data.synthetic --out ... --force)"
+            ) from None
         raise
     if train_radius_m is None:
         if s.non_triv_pos_dist_sq_thr is None:
@@ -268,8 +280,13 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
                 f"{folder} exactly as the .mat lists them; if they were unpacked elsewhere, set {setting} "
                 f"(relative to data.root, or absolute){_sibling_holding(folder, first, setting)}"
             )
-        log.info("%s lists %s images; reading the %s files found in %s", mat_path.name, first.suffix or "(none)",
-                 found, folder)
+        log.info(
+            "%s lists %s images; reading the %s files found in %s",
+            mat_path.name,
+            first.suffix or "(none)",
+            found,
+            folder,
+        )
         paths = [p.with_suffix(found) for p in paths]
     missing = [p for p in paths if not p.is_file()]  # one stat per image: 0.3 s per 100k images here (warm cache)
     if missing:
@@ -341,18 +358,29 @@ def load_folder_split(
     """Read ``root/<split>/{database,queries}/*`` whose names carry UTM coordinates (``@east@north@``), or with
     ``coordinates="latlon"`` latitude and longitude in degrees (``@lat@lon@``), turned into local metres."""
     if coordinates not in COORDINATES:
-        raise DataError(f"data.coordinates={coordinates}: choose utm (@east@north@ in metres) or latlon "
-                        "(@lat@lon@ in degrees)")
+        raise DataError(
+            f"data.coordinates={coordinates}: choose utm (@east@north@ in metres) or latlon (@lat@lon@ in degrees)"
+        )
     if root is None or str(root) in ("", "None"):
-        raise DataError(f"data.root is not set for {name} (data=folder): point it at the folder holding "
-                        f"<split>/database/ and <split>/queries/, e.g. data.root=/data/{name}")
+        raise DataError(
+            f"data.root is not set for {name} (data=folder): point it at the folder holding "
+            f"<split>/database/ and <split>/queries/, e.g. data.root=/data/{name}"
+        )
     base = Path(root).expanduser() / split
     if not (base / "database").is_dir() or not (base / "queries").is_dir():
         root_itself = (Path(root).expanduser() / "database").is_dir() and (Path(root).expanduser() / "queries").is_dir()
-        hint = (f"; {root} itself holds them: one split without a split folder is data.splits.{split}=. "
-                "(e.g. eval.py data=folder data.root=... data.splits.test=.)") if root_itself else "; check data.root"
-        raise DataError(f"{base} must hold 'database/' and 'queries/' folders (data=folder layout: "
-                        f"<root>/<split>/database, <root>/<split>/queries){hint}")
+        hint = (
+            (
+                f"; {root} itself holds them: one split without a split folder is data.splits.{split}=. "
+                "(e.g. eval.py data=folder data.root=... data.splits.test=.)"
+            )
+            if root_itself
+            else "; check data.root"
+        )
+        raise DataError(
+            f"{base} must hold 'database/' and 'queries/' folders (data=folder layout: "
+            f"<root>/<split>/database, <root>/<split>/queries){hint}"
+        )
     exts = {".jpg", ".jpeg", ".png"}
     db_paths = sorted(p for p in (base / "database").rglob("*") if p.suffix.lower() in exts)
     q_paths = sorted(p for p in (base / "queries").rglob("*") if p.suffix.lower() in exts)
@@ -374,7 +402,7 @@ def load_folder_split(
         db_paths=db_paths,
         q_paths=q_paths,
         db_utm=positions[: len(db_paths)],
-        q_utm=positions[len(db_paths):],
+        q_utm=positions[len(db_paths) :],
         eval_radius_m=eval_radius_m,
         train_radius_m=train_radius_m,
         train_min_distance_m=float(train_min_distance_m),

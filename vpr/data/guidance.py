@@ -192,8 +192,10 @@ class TorchvisionLabels(LabelSource):
         weights = DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         if not download and not cached.is_file():
-            raise DataError(f"guidance=torchvision: its segmentation weights are not in {cached.parent} (not downloaded "
-                            "for pictures)")
+            raise DataError(
+                f"guidance=torchvision: its segmentation weights are not in {cached.parent} (not downloaded "
+                "for pictures)"
+            )
         try:
             self.model = deeplabv3_mobilenet_v3_large(weights=weights).eval().to(device)
         except Exception as e:
@@ -245,14 +247,18 @@ class _NetworkLabels(GroupedLabels):
         try:
             image = Image.open(image_path).convert("RGB")
         except Exception as e:  # unreadable / corrupt image
-            raise DataError(f"guidance.source={self.name}: cannot read image {image_path} ({type(e).__name__}: {e})") from None
+            raise DataError(
+                f"guidance.source={self.name}: cannot read image {image_path} ({type(e).__name__}: {e})"
+            ) from None
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         out = self.logits(((x - mean) / std).to(self.device))
         if out.ndim != 4 or out.shape[0] != 1:
-            raise DataError(f"guidance.source={self.name}: the network returned shape {tuple(out.shape)} for one image; "
-                            "expected class scores (1, classes, h, w)")
+            raise DataError(
+                f"guidance.source={self.name}: the network returned shape {tuple(out.shape)} for one image; "
+                "expected class scores (1, classes, h, w)"
+            )
         if out.shape[-2:] != x.shape[-2:]:
             out = F.interpolate(out.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return out.argmax(1)[0].to(torch.int32).cpu().numpy()
@@ -264,14 +270,17 @@ class DeepLabCityscapesLabels(_NetworkLabels):
 
     name = "deeplab_cityscapes"
 
-    def __init__(self, weights: str | Path | None, class_groups: Mapping[str, Sequence[int]] | None = None,
-                 device: str = "cpu"):
+    def __init__(
+        self, weights: str | Path | None, class_groups: Mapping[str, Sequence[int]] | None = None, device: str = "cpu"
+    ):
         from vpr.models.deeplab import CITYSCAPES_MEAN, CITYSCAPES_STD, WEIGHTS_FILE, load_deeplab_cityscapes
 
         super().__init__(device)
         if not weights:
-            raise DataError(f"guidance=deeplab_cityscapes needs guidance.weights=PATH: the paper's {WEIGHTS_FILE} "
-                            "(from its weight_semantic_guidance archive)")
+            raise DataError(
+                f"guidance=deeplab_cityscapes needs guidance.weights=PATH: the paper's {WEIGHTS_FILE} "
+                "(from its weight_semantic_guidance archive)"
+            )
         self.weights = Path(str(weights)).expanduser()
         self.model = load_deeplab_cityscapes(self.weights).to(device)
         self.mean, self.std = CITYSCAPES_MEAN, CITYSCAPES_STD
@@ -294,16 +303,24 @@ class TorchScriptLabels(_NetworkLabels):
 
     name = "torchscript"
 
-    def __init__(self, model: str | Path | None, class_groups: Mapping[str, Sequence[int]] | None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        model: str | Path | None,
+        class_groups: Mapping[str, Sequence[int]] | None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        device: str = "cpu",
+    ):
         super().__init__(device)
         if not model:
-            raise DataError("guidance=torchscript needs guidance.model=PATH: a segmentation network saved with "
-                            "torch.jit.save")
+            raise DataError(
+                "guidance=torchscript needs guidance.model=PATH: a segmentation network saved with torch.jit.save"
+            )
         self.path = Path(str(model)).expanduser()
         if not self.path.is_file():
-            raise DataError(f"guidance.model={self.path}: no such file (a segmentation network saved with "
-                            "torch.jit.save)")
+            raise DataError(
+                f"guidance.model={self.path}: no such file (a segmentation network saved with torch.jit.save)"
+            )
         try:
             if self.path.suffix == ".pt2":  # a torch.export program
                 self.model = torch.export.load(str(self.path)).module().to(device)  # saved on any device
@@ -312,12 +329,16 @@ class TorchScriptLabels(_NetworkLabels):
                     warnings.simplefilter("ignore", FutureWarning)
                     self.model = torch.jit.load(str(self.path), map_location=device).eval()
         except Exception as e:
-            raise DataError(f"guidance.model={self.path} is not a TorchScript (or torch.export .pt2) file "
-                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); export the network with "
-                            "torch.jit.save") from None
+            raise DataError(
+                f"guidance.model={self.path} is not a TorchScript (or torch.export .pt2) file "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); export the network with "
+                "torch.jit.save"
+            ) from None
         if not class_groups:
-            raise DataError("guidance=torchscript needs guidance.class_groups: the class ids of each group, e.g. "
-                            "{person: [11, 12], vehicle: [13, 14, 15, 16, 17, 18], sky: [10]}")
+            raise DataError(
+                "guidance=torchscript needs guidance.class_groups: the class ids of each group, e.g. "
+                "{person: [11, 12], vehicle: [13, 14, 15, 16, 17, 18], sky: [10]}"
+            )
         self.set_groups(class_groups)
         if mean is not None:
             self.mean = tuple(float(v) for v in mean)
@@ -371,8 +392,15 @@ class GuidanceTargets:
     def _cache_file(self) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = json.dumps([self.source.cache_key(), self.source.fingerprint(self.paths), self.suppressed_ids, self.grid,
-                          [str(p) for p in self.paths]])
+        key = json.dumps(
+            [
+                self.source.cache_key(),
+                self.source.fingerprint(self.paths),
+                self.suppressed_ids,
+                self.grid,
+                [str(p) for p in self.paths],
+            ]
+        )
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return self.cache_dir / f"guidance_{self.source.name}_{self.grid[0]}x{self.grid[1]}_{digest}.npy"
 
@@ -390,7 +418,10 @@ class GuidanceTargets:
                 np.save(tmp, table)
         log.info(
             "guidance targets: %d images on a %dx%d grid, suppressing %s (mean kept fraction %.3f)",
-            len(self.paths), *self.grid, self.suppress, float(table.mean()),
+            len(self.paths),
+            *self.grid,
+            self.suppress,
+            float(table.mean()),
         )
         return torch.from_numpy(table)
 
@@ -399,8 +430,9 @@ class GuidanceTargets:
         return self.table[index][None]
 
 
-def build_label_source(guidance: Mapping, data_root: str | Path, download: bool = True,
-                       device: str | torch.device | None = None) -> LabelSource:
+def build_label_source(
+    guidance: Mapping, data_root: str | Path, download: bool = True, device: str | torch.device | None = None
+) -> LabelSource:
     """The label source a ``guidance`` config asks for (``source`` and the settings of that source); without
     ``download``, torchvision's model only from the torch cache. A network runs on ``device`` (None: this
     process's GPU when there is one)."""
@@ -422,5 +454,6 @@ def build_label_source(guidance: Mapping, data_root: str | Path, download: bool 
         return DeepLabCityscapesLabels(guidance.get("weights"), class_groups, device)
     if kind == "torchscript":
         return TorchScriptLabels(guidance.get("model"), class_groups, guidance.get("mean"), guidance.get("std"), device)
-    raise DataError(f"guidance.source={kind!r}: choose auto, synthetic, mask_dir, torchvision, deeplab_cityscapes or "
-                    "torchscript")
+    raise DataError(
+        f"guidance.source={kind!r}: choose auto, synthetic, mask_dir, torchvision, deeplab_cityscapes or torchscript"
+    )

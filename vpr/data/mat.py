@@ -437,8 +437,10 @@ def _load_v73(path: Path) -> DbStruct:
     except ValueError:
         raise
     except OSError as err:  # HDF5 could not open or read it: a cut-off copy, most likely
-        raise ValueError(f"{path}: could not read this MATLAB v7.3 (HDF5) file ({err}): truncated (an interrupted "
-                         "copy or download?) or damaged; copy it again") from err
+        raise ValueError(
+            f"{path}: could not read this MATLAB v7.3 (HDF5) file ({err}): truncated (an interrupted "
+            "copy or download?) or damaged; copy it again"
+        ) from err
     except Exception as err:  # unexpected v7.3 layouts (sparse, objects, ...): say how to get a v5 file
         raise ValueError(f"{path}: could not read this MATLAB v7.3 (HDF5) file ({err}); {_RESAVE_HINT}") from err
 

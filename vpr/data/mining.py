@@ -58,8 +58,12 @@ class MiningStats:
 
     def line(self) -> str:
         rate = self.images_encoded / max(self.encode_seconds, 1e-9)
-        means = (f"{self.mean_negatives:.1f} negatives per query, d(q,p) {self.mean_positive_distance:.3f}, "
-                 f"hardest d(q,n) {self.mean_hardest_negative_distance:.3f}" if self.mined else "no tuple this round")
+        means = (
+            f"{self.mean_negatives:.1f} negatives per query, d(q,p) {self.mean_positive_distance:.3f}, "
+            f"hardest d(q,n) {self.mean_hardest_negative_distance:.3f}"
+            if self.mined
+            else "no tuple this round"
+        )
         return (
             f"cache pass: {self.images_encoded} images in {self.encode_seconds:.1f} s ({rate:.1f} img/s), "
             f"mining {self.mine_seconds:.2f} s; {self.mined}/{self.queries} queries with hard negatives "
@@ -70,8 +74,12 @@ class MiningStats:
     def combine(cls, rounds: Sequence[MiningStats]) -> MiningStats:
         """The rounds of an epoch as one: counts and times added, the means weighted by each round's mined
         queries (a round without tuples weighs nothing)."""
-        total = cls(**{name: sum(getattr(r, name) for r in rounds)
-                       for name in ("queries", "mined", "skipped", "encode_seconds", "mine_seconds", "images_encoded")})
+        total = cls(
+            **{
+                name: sum(getattr(r, name) for r in rounds)
+                for name in ("queries", "mined", "skipped", "encode_seconds", "mine_seconds", "images_encoded")
+            }
+        )
         if total.mined:
             for name in ("mean_negatives", "mean_positive_distance", "mean_hardest_negative_distance"):
                 setattr(total, name, sum(getattr(r, name) * r.mined for r in rounds) / total.mined)
@@ -370,8 +378,14 @@ class MinedBatchSampler:
             generator.set_state(record.generator_state)
             self.miner.load_state_dict({"remembered": record.remembered})
             batches = self._my_batches(record.triplets)
-            log.info("epoch %d: resuming in mining round %d/%d after %d of its %d batches", self.epoch,
-                     record.index + 1, len(rounds), resume["offset"], len(batches))
+            log.info(
+                "epoch %d: resuming in mining round %d/%d after %d of its %d batches",
+                self.epoch,
+                record.index + 1,
+                len(rounds),
+                resume["offset"],
+                len(batches),
+            )
             record.first_batch = int(resume["batches_done"]) - int(resume["offset"])
             self._records.append(record)
             yield from batches[int(resume["offset"]) :]
@@ -396,8 +410,17 @@ class MinedBatchSampler:
             if self.shuffle:
                 order = torch.randperm(len(triplets), generator=generator).tolist()
                 triplets = [triplets[i] for i in order]
-            self._records.append(_RoundRecord(self.epoch, r, len(rounds), batches_before, triplets,
-                                              generator.get_state(), self.miner.remembered.copy()))
+            self._records.append(
+                _RoundRecord(
+                    self.epoch,
+                    r,
+                    len(rounds),
+                    batches_before,
+                    triplets,
+                    generator.get_state(),
+                    self.miner.remembered.copy(),
+                )
+            )
             batches = self._my_batches(triplets)
             batches_before += len(batches)
             mined += len(triplets)
@@ -410,20 +433,29 @@ class MinedBatchSampler:
         m = self.miner
         head = f"epoch {self.epoch}: no batch to train in its {num_rounds} mining round(s)"
         if mined:  # tuples, but fewer than the ranks
-            return (f"{head}: {mined} tuple(s) mined, fewer than the {self.world_size} processes; use fewer devices "
-                    "or more training data")
+            return (
+                f"{head}: {mined} tuple(s) mined, fewer than the {self.world_size} processes; use fewer devices "
+                "or more training data"
+            )
         no_negatives = m.queries_without_negatives()
         if no_negatives == len(m.trainable_queries):
-            return (f"{head}: no database image of {m.split.dataset}/{m.split.split} lies farther than {m.negative_radius_m:g} m "
-                    "(the negative radius) from any training query, so there are no negatives: check the split "
-                    "file's positions (utmDb/utmQ, metres)")
-        return (f"{head}: none of the {len(m.trainable_queries)} training queries of {m.split.dataset}/{m.split.split} had a "
-                f"negative with d(q,n) < d(q,p) + {m.margin:g} among its {m.candidate_negatives} candidates (the "
-                "cache pass lines above say so per round); the network already separates every training query's "
-                "negatives by the margin. On so little data, raise mining.margin or mining.candidate_negatives, or "
-                "add training places"
-                + (f" ({no_negatives} of the queries have no database image farther than {m.negative_radius_m:g} m)"
-                   if no_negatives else ""))
+            return (
+                f"{head}: no database image of {m.split.dataset}/{m.split.split} lies farther than {m.negative_radius_m:g} m "
+                "(the negative radius) from any training query, so there are no negatives: check the split "
+                "file's positions (utmDb/utmQ, metres)"
+            )
+        return (
+            f"{head}: none of the {len(m.trainable_queries)} training queries of {m.split.dataset}/{m.split.split} had a "
+            f"negative with d(q,n) < d(q,p) + {m.margin:g} among its {m.candidate_negatives} candidates (the "
+            "cache pass lines above say so per round); the network already separates every training query's "
+            "negatives by the margin. On so little data, raise mining.margin or mining.candidate_negatives, or "
+            "add training places"
+            + (
+                f" ({no_negatives} of the queries have no database image farther than {m.negative_radius_m:g} m)"
+                if no_negatives
+                else ""
+            )
+        )
 
     # -- the position within an epoch, for checkpoints written between its steps ----------------------------------
     def position_state(self, batches_done: int) -> dict[str, Any] | None:
@@ -440,8 +472,12 @@ class MinedBatchSampler:
                     return None  # the epoch is complete
                 return {**record.state(), "offset": batches_done - record.first_batch, "batches_done": batches_done}
         if self._records:
-            log.warning("the checkpoint at batch %d of epoch %d does not hold its mining round (rounds shorter than "
-                        "the loader's prefetching); resuming from it restarts the epoch", batches_done, self.epoch)
+            log.warning(
+                "the checkpoint at batch %d of epoch %d does not hold its mining round (rounds shorter than "
+                "the loader's prefetching); resuming from it restarts the epoch",
+                batches_done,
+                self.epoch,
+            )
         return None
 
     def resume_from(self, state: dict[str, Any]) -> None:
@@ -483,5 +519,12 @@ class _RoundRecord:
         for q, p, c in zip(state["queries"].tolist(), state["positives"].tolist(), state["negative_counts"].tolist()):
             triplets.append(Triplet(int(q), int(p), tuple(int(n) for n in negatives[at : at + c])))
             at += c
-        return cls(int(state["epoch"]), int(state["round"]), int(state["num_rounds"]), 0, triplets,
-                   state["generator_state"], np.asarray(state["remembered"]).astype(np.int64))
+        return cls(
+            int(state["epoch"]),
+            int(state["round"]),
+            int(state["num_rounds"]),
+            0,
+            triplets,
+            state["generator_state"],
+            np.asarray(state["remembered"]).astype(np.int64),
+        )

@@ -21,8 +21,9 @@ def checked_image_size(image_size: Any) -> tuple[int, int]:
         ok = False
     if not ok:
         shown = list(image_size) if isinstance(image_size, Sequence) and not isinstance(image_size, str) else image_size
-        raise ValueError(f"data.image_size={shown!r}: give [height, width] in pixels, both >= 16, e.g. "
-                         "data.image_size=[480,640]")
+        raise ValueError(
+            f"data.image_size={shown!r}: give [height, width] in pixels, both >= 16, e.g. data.image_size=[480,640]"
+        )
     return int(size[0]), int(size[1])
 
 

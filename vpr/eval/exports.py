@@ -34,15 +34,23 @@ def write_global_features(path: str | os.PathLike, names: Sequence[str], descrip
     return Path(path)
 
 
-def write_pairs(path: str | os.PathLike, query_names: Sequence[str], db_names: Sequence[str],
-                indices: np.ndarray) -> Path:
+def write_pairs(
+    path: str | os.PathLike, query_names: Sequence[str], db_names: Sequence[str], indices: np.ndarray
+) -> Path:
     """hloc's retrieval pairs: ``query database`` per line, each query's retrievals nearest first."""
     lines = [f"{query_names[q]} {db_names[i]}" for q in range(len(query_names)) for i in indices[q] if i >= 0]
     return write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
-def write_rankings(out_dir: Path, query_names: Sequence[str], db_names: Sequence[str], indices: np.ndarray,
-                   distances: np.ndarray, correct: np.ndarray | None = None, stem: str = "retrievals") -> list[Path]:
+def write_rankings(
+    out_dir: Path,
+    query_names: Sequence[str],
+    db_names: Sequence[str],
+    indices: np.ndarray,
+    distances: np.ndarray,
+    correct: np.ndarray | None = None,
+    stem: str = "retrievals",
+) -> list[Path]:
     """``<stem>.csv`` (query, rank, database, distance[, correct]: one line per retrieved image) and ``<stem>.json``
     (per query, its ranked list). Ranks start at 1; distances are L2 between the descriptors searched."""
     header = ["query", "rank", "database", "distance"] + (["correct"] if correct is not None else [])
@@ -77,8 +85,9 @@ def pair_distances(db: np.ndarray, queries: np.ndarray, indices: np.ndarray, chu
     return out
 
 
-def write_split_predictions(out_dir: Path, split, predictions: np.ndarray, distances: np.ndarray,
-                            stem: str = "predictions") -> list[Path]:
+def write_split_predictions(
+    out_dir: Path, split, predictions: np.ndarray, distances: np.ndarray, stem: str = "predictions"
+) -> list[Path]:
     """Per-query predictions of an evaluated split (a :class:`vpr.data.dataset.PlaceSplit`): each query's ranked
     database images with distances and whether each lies within the evaluation radius. Names are relative to the
     folder holding all the split's images."""
@@ -87,12 +96,20 @@ def write_split_predictions(out_dir: Path, split, predictions: np.ndarray, dista
     rel = lambda p: Path(os.path.relpath(os.fspath(p), root)).as_posix()  # noqa: E731
     positives = split.eval_positives()
     correct = np.stack([np.isin(predictions[q], positives[q]) & (predictions[q] >= 0) for q in range(len(predictions))])
-    return write_rankings(out_dir, [rel(p) for p in split.q_paths], [rel(p) for p in split.db_paths], predictions,
-                          distances, correct=correct, stem=stem)
+    return write_rankings(
+        out_dir,
+        [rel(p) for p in split.q_paths],
+        [rel(p) for p in split.db_paths],
+        predictions,
+        distances,
+        correct=correct,
+        stem=stem,
+    )
 
 
-def worst_failures(predictions: np.ndarray, distances: np.ndarray, positives: Sequence[np.ndarray],
-                   n: int) -> list[int]:
+def worst_failures(
+    predictions: np.ndarray, distances: np.ndarray, positives: Sequence[np.ndarray], n: int
+) -> list[int]:
     """The ``n`` queries whose top-1 is wrong, worst first: the true match ranked lowest (or not retrieved at
     all), then the most confident mistakes (smallest top-1 distance)."""
     failed = []

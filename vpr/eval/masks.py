@@ -40,7 +40,9 @@ def mask_quality(masks: np.ndarray, keep_targets: np.ndarray) -> dict[str, float
         raise ValueError(f"mask_quality: masks {masks.shape} and targets {keep.shape} differ")
     suppressed = 1.0 - keep
     return {
-        "mask_on_suppressed": float((masks * suppressed).sum() / suppressed.sum()) if suppressed.sum() > 0 else float("nan"),
+        "mask_on_suppressed": float((masks * suppressed).sum() / suppressed.sum())
+        if suppressed.sum() > 0
+        else float("nan"),
         "mask_on_static": float((masks * keep).sum() / keep.sum()) if keep.sum() > 0 else float("nan"),
         "auc": roc_auc(1.0 - masks, suppressed > 0.5),
         "suppressed_share": float(suppressed.mean()),

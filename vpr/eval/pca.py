@@ -118,8 +118,10 @@ class PCAWhitening:
         """The mean and the (D, dim) projection in float32 on ``device``, made once per device."""
         key = str(device)
         if self._on_device.get(key) is None:
-            self._on_device[key] = (torch.as_tensor(self.mean, dtype=torch.float32, device=device),
-                                    torch.as_tensor(self._projection(), dtype=torch.float32, device=device))
+            self._on_device[key] = (
+                torch.as_tensor(self.mean, dtype=torch.float32, device=device),
+                torch.as_tensor(self._projection(), dtype=torch.float32, device=device),
+            )
         return self._on_device[key]
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -152,9 +154,7 @@ class PCAWhitening:
     def load(cls, path: str | os.PathLike) -> PCAWhitening:
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"PCA file {path} does not exist; fit PCA first (PCAWhitening.fit + save)."
-            )
+            raise FileNotFoundError(f"PCA file {path} does not exist; fit PCA first (PCAWhitening.fit + save).")
         with np.load(path) as data:
             pca = cls()
             try:
@@ -177,5 +177,7 @@ def load_pca_file(path: Any, input_dim: int, setting: str = "pca_file") -> PCAWh
     except (ValueError, OSError, KeyError) as e:
         raise ConfigError(f"{setting}={path}: not a PCA file saved by this project ({e})") from None
     if pca.input_dim != input_dim:
-        raise ConfigError(f"{setting}={path}: fitted on {pca.input_dim}-d descriptors, this network gives {input_dim}-d")
+        raise ConfigError(
+            f"{setting}={path}: fitted on {pca.input_dim}-d descriptors, this network gives {input_dim}-d"
+        )
     return pca

@@ -83,9 +83,7 @@ def knn_search(
     if db.shape[0] == 0:
         raise ValueError("knn_search: the database is empty (0 descriptors).")
     if queries.shape[1] != db.shape[1]:
-        raise ValueError(
-            f"knn_search: queries have D={queries.shape[1]} but the database has D={db.shape[1]}."
-        )
+        raise ValueError(f"knn_search: queries have D={queries.shape[1]} but the database has D={db.shape[1]}.")
     if k < 1:
         raise ValueError(f"knn_search: k must be >= 1, got {k}.")
     k = min(int(k), db.shape[0])
@@ -95,8 +93,11 @@ def knn_search(
     if faiss_or_none() is None:
         if use_gpu is True and not torch.cuda.is_available():
             raise RuntimeError("knn_search: use_gpu=True but no GPU is visible (and faiss is not installed).")
-        warnings.warn("faiss is not installed: exact search in torch instead (pip install -e '.[cpu]' for faiss)",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "faiss is not installed: exact search in torch instead (pip install -e '.[cpu]' for faiss)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         device = torch.device("cuda" if use_gpu is not False and torch.cuda.is_available() else "cpu")
         distances, indices = torch_knn_search(db, queries, k, device)
         return (distances if squared else np.sqrt(np.maximum(distances, 0.0))), indices
@@ -118,8 +119,7 @@ def knn_search(
             index.add(db)
             result = index.search(queries, k)
         except Exception as e:  # e.g. out of GPU memory, or a CUDA runtime that does not match faiss-gpu's
-            warnings.warn(f"faiss GPU search failed ({e}); searching on the CPU instead", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(f"faiss GPU search failed ({e}); searching on the CPU instead", RuntimeWarning, stacklevel=2)
         index = None  # the GPU index's memory goes back before any CPU search
     if result is None:
         index = faiss.IndexFlatL2(db.shape[1])
@@ -132,8 +132,9 @@ def knn_search(
     return distances, indices.astype(np.int64, copy=False)
 
 
-def torch_knn_search(db: np.ndarray, queries: np.ndarray, k: int, device: torch.device,
-                     chunk_elements: int = 2**26) -> tuple[np.ndarray, np.ndarray]:
+def torch_knn_search(
+    db: np.ndarray, queries: np.ndarray, k: int, device: torch.device, chunk_elements: int = 2**26
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact squared-L2 k-NN in torch, as IndexFlatL2 computes it (||q||^2 - 2 q.x + ||x||^2 in float32), the
     queries in chunks of at most ``chunk_elements`` distances (256 MB). db: (Nd, D), queries: (Nq, D) float32;
     1 <= k <= Nd. Returns numpy (Nq, k) distances ascending and int64 indices."""

@@ -38,7 +38,9 @@ def format_sets_table(results: Mapping[str, Mapping[str, Any]], title: str = "")
     labels = list(results)
     rows = [[f"R@{n}", *(_percent(results[c], n) for c in labels)] for n in _recall_ns(list(results.values()))]
     rows.append(["split", *(f"{results[c]['dataset']}/{results[c]['split']}" for c in labels)])
-    rows.append(["queries / database", *(f"{results[c]['num_queries']} / {results[c]['num_database']}" for c in labels)])
+    rows.append(
+        ["queries / database", *(f"{results[c]['num_queries']} / {results[c]['num_database']}" for c in labels)]
+    )
     rows.append(["spatial NMS", *("yes" if results[c].get("spatial_nms") else "no" for c in labels)])
     table = markdown_table(["Recall (%)", *labels], rows)
     return f"{title}\n\n{table}" if title else table

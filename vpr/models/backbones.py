@@ -44,9 +44,7 @@ def torchvision_weights_cache_dir() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints")
 
 
-def load_torchvision_weights(
-    weights: torchvision.models.WeightsEnum, timeout_s: float = DOWNLOAD_TIMEOUT_S
-) -> dict:
+def load_torchvision_weights(weights: torchvision.models.WeightsEnum, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> dict:
     """Return the state dict of torchvision ``weights``, from the local cache or by downloading it.
 
     Raises:
@@ -86,8 +84,10 @@ def load_weights_file(path: str | os.PathLike, what: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"backbone.weights_path={path}: not a torch state dict ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise ValueError(
+            f"backbone.weights_path={path}: not a torch state dict ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"backbone.weights_path={path}: expected a state dict of tensors (torchvision's {what} .pth)")
@@ -136,17 +136,25 @@ class VGG16Backbone(nn.Module):
     out_channels: int = 512
     stride: int = 16
 
-    def __init__(self, pretrained: bool = True, train_from: str | int = "conv5",
-                 weights_path: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, pretrained: bool = True, train_from: str | int = "conv5", weights_path: str | os.PathLike | None = None
+    ) -> None:
         super().__init__()
         # make_layers builds only the conv part: no 100M-parameter classifier is allocated for nothing.
         features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=False)
         if weights_path or pretrained:
-            state = (load_weights_file(weights_path, "vgg16") if weights_path
-                     else load_torchvision_weights(torchvision.models.VGG16_Weights.IMAGENET1K_V1))
+            state = (
+                load_weights_file(weights_path, "vgg16")
+                if weights_path
+                else load_torchvision_weights(torchvision.models.VGG16_Weights.IMAGENET1K_V1)
+            )
             prefix = "features."
-            _load_into(features, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)},
-                       weights_path or "torchvision", "vgg16 features")
+            _load_into(
+                features,
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)},
+                weights_path or "torchvision",
+                "vgg16 features",
+            )
         else:
             for m in features.modules():  # torchvision's VGG initialisation
                 if isinstance(m, nn.Conv2d):
@@ -210,9 +218,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"Unsupported ResNet depth={depth}; choose 18 or 50.")
         if cut_at not in _RESNET_STRIDE:
             raise ValueError(f"Unsupported backbone cut_at={cut_at!r}; choose 'layer3' or 'layer4'.")
-        weights_enum = (
-            torchvision.models.ResNet18_Weights if depth == 18 else torchvision.models.ResNet50_Weights
-        )
+        weights_enum = torchvision.models.ResNet18_Weights if depth == 18 else torchvision.models.ResNet50_Weights
         try:
             weights = weights_enum[weights_version] if pretrained else None
         except KeyError:
@@ -220,11 +226,7 @@ class ResNetBackbone(nn.Module):
                 f"Unknown weights_version={weights_version!r} for resnet{depth}; "
                 f"choose one of {[w.name for w in weights_enum]}."
             ) from None
-        net = (
-            torchvision.models.resnet18(weights=None)
-            if depth == 18
-            else torchvision.models.resnet50(weights=None)
-        )
+        net = torchvision.models.resnet18(weights=None) if depth == 18 else torchvision.models.resnet50(weights=None)
         if weights_path:
             _load_into(net, load_weights_file(weights_path, f"resnet{depth}"), weights_path, f"resnet{depth}")
         elif weights is not None:
@@ -300,8 +302,9 @@ def build_backbone(
     """
     key = name.lower()
     if key == "vgg16":
-        return VGG16Backbone(pretrained=pretrained, train_from="conv5" if train_from is None else train_from,
-                             weights_path=weights_path)
+        return VGG16Backbone(
+            pretrained=pretrained, train_from="conv5" if train_from is None else train_from, weights_path=weights_path
+        )
     if key in ("resnet18", "resnet50"):
         return ResNetBackbone(
             depth=int(key[len("resnet") :]),

@@ -51,8 +51,15 @@ CITYSCAPES_STD = (0.229, 0.224, 0.225)
 WEIGHTS_FILE = "best_deeplabv3plus_mobilenet_cityscapes_os16.pth"
 
 #: MobileNetV2's inverted residual stages: (expansion, out channels, blocks, first block's stride).
-MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                       (6, 320, 1, 1))
+MOBILENET_V2_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 #: How many of the backbone's modules (stem + blocks) produce the low-level feature.
 LOW_LEVEL_MODULES = 4
@@ -78,8 +85,9 @@ def block_plan(output_stride: int) -> list[tuple[int, int, int, int, int]]:
         else:
             reached *= stride
         for i in range(count):
-            plan.append((channels, out_channels, expansion, stride if i == 0 else 1,
-                         entry_dilation if i == 0 else dilation))
+            plan.append(
+                (channels, out_channels, expansion, stride if i == 0 else 1, entry_dilation if i == 0 else dilation)
+            )
             channels = out_channels
     return plan
 
@@ -87,11 +95,19 @@ def block_plan(output_stride: int) -> list[tuple[int, int, int, int, int]]:
 class ConvNormAct(nn.Sequential):
     """Convolution without bias (index 0), batch norm (1), activation (2); no padding unless given."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 dilation: int = 1, groups: int = 1, act: type[nn.Module] = nn.ReLU6):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        act: type[nn.Module] = nn.ReLU6,
+    ):
         super().__init__(
-            nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                      bias=False),
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=False),
             nn.BatchNorm2d(cout),
             act(inplace=True),
         )
@@ -142,8 +158,9 @@ class ImagePooling(nn.Sequential):
     """ASPP's image-level branch: global average (0), 1x1 conv (1), batch norm (2), ReLU (3), spread back."""
 
     def __init__(self, cin: int, cout: int):
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+        super().__init__(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -222,14 +239,17 @@ def _few(keys: Iterable[str], limit: int = 5) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_deeplab_cityscapes(path: str | Path, num_classes: int = 19,
-                            output_stride: int = 16) -> DeepLabV3PlusMobileNetV2:
+def load_deeplab_cityscapes(
+    path: str | Path, num_classes: int = 19, output_stride: int = 16
+) -> DeepLabV3PlusMobileNetV2:
     """The network with the weights of ``path`` (a dict with ``model_state``, or a bare state dict; DataParallel's
     ``module.`` prefixes are stripped), in eval mode. Every problem is a :class:`ConfigError` naming
     ``guidance.weights=<path>`` and the fix."""
     where = f"guidance.weights={path}"
-    fix = (f"download the paper's weight_semantic_guidance archive and give the path of {WEIGHTS_FILE} "
-           f"(DeepLabV3+ MobileNetV2, Cityscapes, {num_classes} classes, output stride {output_stride})")
+    fix = (
+        f"download the paper's weight_semantic_guidance archive and give the path of {WEIGHTS_FILE} "
+        f"(DeepLabV3+ MobileNetV2, Cityscapes, {num_classes} classes, output stride {output_stride})"
+    )
     if not Path(path).is_file():
         raise ConfigError(f"{where}: no such file; {fix}")
     loaded = read_weights_only(path, where, "torch file", f" {fix[0].upper() + fix[1:]}.")
@@ -237,7 +257,7 @@ def load_deeplab_cityscapes(path: str | Path, num_classes: int = 19,
     state = loaded.get("model_state", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError(f"{where} holds no state dict (neither a 'model_state' entry nor tensors by name); {fix}")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
     model = DeepLabV3PlusMobileNetV2(num_classes, output_stride)
     expected = model.state_dict()
@@ -255,7 +275,8 @@ def load_deeplab_cityscapes(path: str | Path, num_classes: int = 19,
             shapes = [f"{k} {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}" for k in sorted(wrong)]
             problems.append(f"{len(wrong)} of the wrong shape ({_few(shapes, 3)})")
         raise ConfigError(
-            f"{where} is not the weights of this DeepLabV3+ MobileNetV2 network: keys " + "; ".join(problems)
+            f"{where} is not the weights of this DeepLabV3+ MobileNetV2 network: keys "
+            + "; ".join(problems)
             + f"; {fix}"
         )
     model.load_state_dict({**expected, **state})

@@ -99,8 +99,9 @@ class PlaceRecognitionModule(L.LightningModule):
         if channels_last not in (True, False, "auto"):
             raise ConfigError(f"model.channels_last={channels_last!r}: choose auto, true or false")
         if compile not in (True, False, *COMPILE_MODES):
-            raise ConfigError(f"model.compile={compile!r}: choose false, true or a torch.compile mode "
-                             f"({', '.join(COMPILE_MODES)})")
+            raise ConfigError(
+                f"model.compile={compile!r}: choose false, true or a torch.compile mode ({', '.join(COMPILE_MODES)})"
+            )
         self.channels_last_setting = channels_last
         self.compile_mode = compile
         self.compile_backend = str(compile_backend)
@@ -151,8 +152,12 @@ class PlaceRecognitionModule(L.LightningModule):
             for part in (self.backbone, self.attention, self.head):
                 part.compile(mode=mode, backend=self.compile_backend)
             self._compiled = True
-            log.info("model.compile: backbone, attention and head compiled (mode %s, backend %s); the first steps "
-                     "include the compilation", mode or "default", self.compile_backend)
+            log.info(
+                "model.compile: backbone, attention and head compiled (mode %s, backend %s); the first steps "
+                "include the compilation",
+                mode or "default",
+                self.compile_backend,
+            )
 
     def on_fit_start(self) -> None:
         self.apply_memory_format()
@@ -209,7 +214,9 @@ class PlaceRecognitionModule(L.LightningModule):
 
     # -- mining cache -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_dataset(self, dataset: Dataset, desc: str = "encoding", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def encode_dataset(
+        self, dataset: Dataset, desc: str = "encoding", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """Descriptors of every item of ``dataset`` ((image, index) pairs), in order: (len, out_dim), stored as
         ``dtype`` (float16 halves a mining cache).
 
@@ -228,7 +235,9 @@ class PlaceRecognitionModule(L.LightningModule):
         )
         t0 = time.perf_counter()
         parts = []
-        ctx = self._trainer.precision_plugin.forward_context() if self._trainer else torch.autocast("cpu", enabled=False)
+        ctx = (
+            self._trainer.precision_plugin.forward_context() if self._trainer else torch.autocast("cpu", enabled=False)
+        )
         with ctx:
             for images, _ in progress(loader, desc=desc, leave=False, disable=rank != 0):
                 parts.append(self(images.to(self.device, non_blocking=True)).to(dtype))
@@ -281,8 +290,9 @@ class PlaceRecognitionModule(L.LightningModule):
             self.log("train/aux_loss", aux, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
             loss = loss + weight * aux
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b, sync_dist=True)
-        self.log("train/negatives_per_query", n.shape[0] / b, on_step=False, on_epoch=True, batch_size=b,
-                 sync_dist=True)
+        self.log(
+            "train/negatives_per_query", n.shape[0] / b, on_step=False, on_epoch=True, batch_size=b, sync_dist=True
+        )
         return loss
 
     def on_train_start(self) -> None:
@@ -304,15 +314,25 @@ class PlaceRecognitionModule(L.LightningModule):
         if resumed_after:  # no per-epoch time to log or extrapolate
             if not self.trainer.is_global_zero:
                 return
-            log.info("epoch %d: its rest after the %d batches trained before the resume took %.1f min",
-                     self.current_epoch, resumed_after, seconds / 60)
+            log.info(
+                "epoch %d: its rest after the %d batches trained before the resume took %.1f min",
+                self.current_epoch,
+                resumed_after,
+                seconds / 60,
+            )
             return
         self.log("train/epoch_seconds", seconds, sync_dist=True)  # every rank: a collective of all or none
         if not self.trainer.is_global_zero:
             return
         left = (self.trainer.max_epochs or 0) - self.current_epoch - 1
-        log.info("epoch %d took %.1f min%s", self.current_epoch, seconds / 60,
-                 f"; about {left * seconds / 60:.0f} min for the {left} epoch{'s' if left > 1 else ''} left" if left > 0 else "")
+        log.info(
+            "epoch %d took %.1f min%s",
+            self.current_epoch,
+            seconds / 60,
+            f"; about {left * seconds / 60:.0f} min for the {left} epoch{'s' if left > 1 else ''} left"
+            if left > 0
+            else "",
+        )
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
@@ -387,8 +407,13 @@ class PlaceRecognitionModule(L.LightningModule):
         too_big = [n for n in self.recall_at if n >= split.num_db]
         if too_big and split.describe() not in self._said_recall_sizes:
             self._said_recall_sizes.add(split.describe())
-            log.warning("model.recall_at %s: %s has only %d database images, so R@N there counts every query that "
-                        "has a true match at all", too_big, split.describe(), split.num_db)
+            log.warning(
+                "model.recall_at %s: %s has only %d database images, so R@N there counts every query that "
+                "has a true match at all",
+                too_big,
+                split.describe(),
+                split.num_db,
+            )
         predictions = rank_split(split, desc[: split.num_db], desc[split.num_db :], k=max(self.recall_at))
         recalls = recall_at_n(predictions, split.eval_positives(), self.recall_at)
         self.predictions[stage] = predictions

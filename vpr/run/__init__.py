@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 #: frozen (eval-mode) BatchNorms and backbone stages that the recipes freeze on purpose, one about the checkpoint
 #: folder a resumed run continues in (README: by design), and two deprecations inside Lightning itself (its
 #: all_gather calls torch's deprecated torch.distributed.nn.functional.all_gather under DDP).
-QUIET_WARNINGS = (r"Found \d+ module\(s\) in eval mode", r"Checkpoint directory .* exists and is not empty",
-                  r".*LeafSpec.* is deprecated", r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+QUIET_WARNINGS = (
+    r"Found \d+ module\(s\) in eval mode",
+    r"Checkpoint directory .* exists and is not empty",
+    r".*LeafSpec.* is deprecated",
+    r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+)
 QUIET_LOG_PREFIXES = ("💡 Tip:",)
 
 
@@ -68,8 +72,14 @@ def save_predictions(module, dm, out_dir: Path, suffix: str = "", worst: int = 6
     log.info("per-query predictions: %s", files[0])
     failures = worst_failures(predictions, distances, split.eval_positives(), worst)
     try:
-        save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / f"worst_failures{suffix}.png",
-                                queries=failures, caption="failed query")
+        save_retrieval_pictures(
+            module,
+            dm,
+            "test",
+            out_dir / "pictures" / f"worst_failures{suffix}.png",
+            queries=failures,
+            caption="failed query",
+        )
     except Exception as e:  # a picture is a bonus: never fail the run for it
         log.warning("no picture of the worst failures: %s", e)
 
@@ -87,13 +97,24 @@ def log_test_results(loggers, columns: dict, out_dir: Path) -> None:
     data = [[n, *(100.0 * columns[c]["recall_at"].get(str(n), float("nan")) for c in names)] for n in ns]
     curves = []
     try:
-        runs = [Run(c, None, columns[c]["dataset"], columns[c]["split"],
-                    {int(n): float(r) for n, r in columns[c]["recall_at"].items()}, out_dir) for c in names]
+        runs = [
+            Run(
+                c,
+                None,
+                columns[c]["dataset"],
+                columns[c]["split"],
+                {int(n): float(r) for n, r in columns[c]["recall_at"].items()},
+                out_dir,
+            )
+            for c in names
+        ]
         curves = [str(plot_recall_curves(runs, out_dir / "pictures" / "test_recall_curves.png"))]
     except Exception as e:  # a picture is a bonus
         log.warning("no Recall@N curve picture: %s", e)
-    pictures = {key: out_dir / "pictures" / f"{name}.png"
-                for key, name in (("test/retrievals", "test_retrievals"), ("test/worst_failures", "worst_failures"))}
+    pictures = {
+        key: out_dir / "pictures" / f"{name}.png"
+        for key, name in (("test/retrievals", "test_retrievals"), ("test/worst_failures", "worst_failures"))
+    }
     for lg in media:
         lg.log_table(key="test/recall_table", columns=["N", *(f"{c} R@N (%)" for c in names)], data=data)
         if curves:

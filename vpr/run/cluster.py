@@ -29,8 +29,10 @@ def run_clustering(cfg: DictConfig) -> Path | None:
             print(f"{path} exists (overwrite=true to recompute)")
             return path
         if cfg.cluster.get("file"):  # the user's file: replaced only when asked
-            raise ConfigError(f"cluster.file={path} exists but is not a readable centroid file: overwrite=true to "
-                              "replace it, or name another file")
+            raise ConfigError(
+                f"cluster.file={path} exists but is not a readable centroid file: overwrite=true to "
+                "replace it, or name another file"
+            )
         print(f"{path} exists but is unreadable (an interrupted or foreign file): computing it again")
     dm = build_datamodule(cfg)
     dm.prepare_data()

@@ -67,7 +67,9 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
         return {"pca_dim": pca.dim, "pca_file": str(path)}
     dim = int(dim)
     if path and Path(str(path)).exists():
-        raise ConfigError(f"pca_file={path} exists: give only pca_file={path} to use it, or another path to save a new fit")
+        raise ConfigError(
+            f"pca_file={path} exists: give only pca_file={path} to use it, or another path to save a new fit"
+        )
     source = pca_source(cfg, dm, shared)
     split = source.train_split
     if dim >= min(split.num_db, module.head.out_dim):
@@ -80,8 +82,13 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
     desc = module.encode_dataset(ImageDataset(split.db_paths, source.transform), "PCA: training database")
     pca = PCAWhitening(whiten=True).fit(desc, dim)  # on the device the descriptors are on
     module.descriptor_transform = pca.transform
-    log.info("PCA-whitening %d -> %d fitted on the %d training database images of %s", pca.input_dim, dim,
-             split.num_db, split.dataset)
+    log.info(
+        "PCA-whitening %d -> %d fitted on the %d training database images of %s",
+        pca.input_dim,
+        dim,
+        split.num_db,
+        split.dataset,
+    )
     if path:
         pca.save(str(path))
         log.info("PCA saved to %s (reuse it with pca_file=%s)", path, path)
@@ -106,8 +113,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     else:  # the network of the command line: its component choices name its variant (baseline+se)
         cfg.variant = variant_with_overrides(cfg.get("variant"), command_line_overrides())
     h, w = (int(x) for x in cfg.data.image_size)
-    log.info("images at %dx%d (%s)", h, w, "the checkpoint's training size" if trained_size is not None
-             and [h, w] == [int(x) for x in trained_size] else f"data.image_size of data={cfg.data.name}")
+    log.info(
+        "images at %dx%d (%s)",
+        h,
+        w,
+        "the checkpoint's training size"
+        if trained_size is not None and [h, w] == [int(x) for x in trained_size]
+        else f"data.image_size of data={cfg.data.name}",
+    )
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # the settings this evaluation ran with, the checkpoint's network included (variant: the row of a table)
@@ -135,9 +148,16 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, training=False)
     label = "trained" if ckpt_path else "untrained"
     if prepared:
-        return run_test_sets(prepared, module, trainer, out_dir, record={"checkpoint": ckpt_path, **extra},
-                             title=f"Recall (%) of the {label} network" + (f" ({ckpt_path})" if ckpt_path else "")
-                             + (f", PCA-whitened to {extra['pca_dim']} dimensions" if extra.get("pca_dim") else ""))
+        return run_test_sets(
+            prepared,
+            module,
+            trainer,
+            out_dir,
+            record={"checkpoint": ckpt_path, **extra},
+            title=f"Recall (%) of the {label} network"
+            + (f" ({ckpt_path})" if ckpt_path else "")
+            + (f", PCA-whitened to {extra['pca_dim']} dimensions" if extra.get("pca_dim") else ""),
+        )
     trainer.test(module, datamodule=dm, verbose=False)
     results = {**module.results["test"], "checkpoint": ckpt_path, **extra}
     write_json_atomic(out_dir / "results.json", results)

@@ -42,8 +42,13 @@ def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[
         raise ConfigError(f"{setting}={folder} is a file: give the folder holding the {setting} images")
     if not path.is_dir():
         raise ConfigError(f"{setting}={folder}: no such folder")
-    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-                   and not any(fnmatch.fnmatch(f.name, pattern) for pattern in exclude))
+    files = sorted(
+        f
+        for f in path.rglob("*")
+        if f.suffix.lower() in IMAGE_SUFFIXES
+        and f.is_file()
+        and not any(fnmatch.fnmatch(f.name, pattern) for pattern in exclude)
+    )
     if not files:
         raise ConfigError(f"{setting}={folder}: no images in it or its subfolders ({' '.join(IMAGE_SUFFIXES)})")
     return files
@@ -67,8 +72,10 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     if pca_dim and cfg.get("pca_file"):
         raise ConfigError("give pca_file=PATH (use a saved PCA) or pca_dim=N (fit one on this database), not both")
     if not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path=PATH is required: a checkpoint written by train.py (or ckpt_path=last), or a "
-                          "released one of the NetVLAD baseline or the paper code")
+        raise ConfigError(
+            "ckpt_path=PATH is required: a checkpoint written by train.py (or ckpt_path=last), or a "
+            "released one of the NetVLAD baseline or the paper code"
+        )
     exclude = [str(p) for p in (cfg.get("exclude") or [])]
     db_files = list_images(cfg.get("database"), "database", exclude)
     q_files = list_images(cfg.get("queries"), "queries", exclude)
@@ -82,8 +89,15 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     module, cfg = network_of_checkpoint(cfg, ckpt_path, command_line_overrides())
     size = tuple(int(s) for s in cfg.data.image_size)
     transform = eval_transform(size)
-    log.info("retrieval with %s: %d database and %d query images at %dx%d, names relative to %s", ckpt_path,
-             len(db_files), len(q_files), size[0], size[1], root)
+    log.info(
+        "retrieval with %s: %d database and %d query images at %dx%d, names relative to %s",
+        ckpt_path,
+        len(db_files),
+        len(q_files),
+        size[0],
+        size[1],
+        root,
+    )
     db = module.encode_dataset(ImageDataset(db_files, transform), "database").cpu().numpy()
     queries = module.encode_dataset(ImageDataset(q_files, transform), "queries").cpu().numpy()
 
@@ -94,8 +108,10 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
         pca_note = str(cfg.pca_file)
     elif pca_dim:
         if pca_dim >= min(len(db), db.shape[1]):
-            raise ConfigError(f"pca_dim={pca_dim} must be below the number of database images ({len(db)}) and the "
-                              f"descriptor size ({db.shape[1]})")
+            raise ConfigError(
+                f"pca_dim={pca_dim} must be below the number of database images ({len(db)}) and the "
+                f"descriptor size ({db.shape[1]})"
+            )
         pca = PCAWhitening(whiten=True).fit(db, pca_dim)
         pca.save(out_dir / "pca.npz")
         pca_note = str(out_dir / "pca.npz")
@@ -106,24 +122,46 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
         log.info("PCA-whitening to %d dimensions (%s)", db.shape[1], pca_note)
 
     if top_k > len(db_names):
-        log.warning("top_k=%d but the database has %d images: every query ranks all of them (pairs-top%d.txt)",
-                    top_k, len(db_names), len(db_names))
+        log.warning(
+            "top_k=%d but the database has %d images: every query ranks all of them (pairs-top%d.txt)",
+            top_k,
+            len(db_names),
+            len(db_names),
+        )
     spaced = [n for n in db_names + q_names if any(c.isspace() for c in n)]
     if spaced:
-        log.warning("%d image names contain spaces (e.g. %r): hloc splits pairs-file lines on whitespace, so rename "
-                    "them (or use image_root) before giving pairs-top*.txt to hloc", len(spaced), spaced[0])
+        log.warning(
+            "%d image names contain spaces (e.g. %r): hloc splits pairs-file lines on whitespace, so rename "
+            "them (or use image_root) before giving pairs-top*.txt to hloc",
+            len(spaced),
+            spaced[0],
+        )
     distances, indices = knn_search(db, queries, top_k, squared=False)
     written = write_rankings(out_dir, q_names, db_names, indices, distances)
     # A name in both sets is one file (names are paths under one root): its descriptor is stored once.
     in_db = set(db_names)
     own = [i for i, n in enumerate(q_names) if n not in in_db]
-    written.append(write_global_features(out_dir / "global-feats.h5", db_names + [q_names[i] for i in own],
-                                         np.concatenate([db, queries[own]])))
+    written.append(
+        write_global_features(
+            out_dir / "global-feats.h5", db_names + [q_names[i] for i in own], np.concatenate([db, queries[own]])
+        )
+    )
     written.append(write_pairs(out_dir / f"pairs-top{indices.shape[1]}.txt", q_names, db_names, indices))
-    summary = {"checkpoint": ckpt_path, "image_root": str(root), "num_database": len(db_names),
-               "num_queries": len(q_names), "top_k": int(indices.shape[1]), "descriptor_dim": int(db.shape[1]),
-               "pca_file": pca_note, "image_size": list(size)}
+    summary = {
+        "checkpoint": ckpt_path,
+        "image_root": str(root),
+        "num_database": len(db_names),
+        "num_queries": len(q_names),
+        "top_k": int(indices.shape[1]),
+        "descriptor_dim": int(db.shape[1]),
+        "pca_file": pca_note,
+        "image_size": list(size),
+    }
     write_json_atomic(out_dir / "retrieve.json", summary)
-    print(f"\n{len(q_names)} queries x top {indices.shape[1]} of {len(db_names)} database images:\n"
-          + "\n".join(f"  {p}" for p in written) + "\n", flush=True)
+    print(
+        f"\n{len(q_names)} queries x top {indices.shape[1]} of {len(db_names)} database images:\n"
+        + "\n".join(f"  {p}" for p in written)
+        + "\n",
+        flush=True,
+    )
     return summary

@@ -74,8 +74,7 @@ def compose_data_config(choice: str, cfg: DictConfig, *overlays: Mapping[str, An
 
     if not (CONFIG_DIR / "data" / f"{choice}.yaml").is_file():
         raise ConfigError(
-            f"test_sets: no data config '{choice}' (configs/data/{choice}.yaml); choose from "
-            f"{available_data_configs()}"
+            f"test_sets: no data config '{choice}' (configs/data/{choice}.yaml); choose from {available_data_configs()}"
         )
     try:
         with _hydra_config_dir():
@@ -85,8 +84,10 @@ def compose_data_config(choice: str, cfg: DictConfig, *overlays: Mapping[str, An
     for overlay in overlays:
         unknown = sorted(set(overlay) - set(composed.data.keys()))
         if unknown:
-            raise ConfigError(f"test_sets entry '{label or choice}': {unknown} are not settings of data={choice} "
-                              f"(settings: {sorted(composed.data.keys())})")
+            raise ConfigError(
+                f"test_sets entry '{label or choice}': {unknown} are not settings of data={choice} "
+                f"(settings: {sorted(composed.data.keys())})"
+            )
     # Interpolations such as ${paths.data_dir} follow the run's own paths (e.g. paths.data_dir=... given).
     paths = {k: v for k, v in OmegaConf.to_container(cfg.paths, resolve=False).items() if k != "output_dir"}
     data = OmegaConf.merge(OmegaConf.to_container(composed.data, resolve=False), *(dict(o) for o in overlays))
@@ -118,8 +119,10 @@ def resolve_test_sets(cfg: DictConfig, shared_overrides: Mapping[str, Any] | Non
             )
         data = compose_data_config(choice, cfg, dict(shared_overrides or {}), extra, label=label)
         if any(t.label == label for t in out):
-            raise ConfigError(f"test_sets: the label '{label}' is used twice; give one entry a label "
-                              f"({{data:{choice},label:other_name}})")
+            raise ConfigError(
+                f"test_sets: the label '{label}' is used twice; give one entry a label "
+                f"({{data:{choice},label:other_name}})"
+            )
         out.append(TestSet(label=label, choice=choice, data=data))
     return out
 
@@ -147,8 +150,10 @@ def prepare_test_sets(cfg: DictConfig, sets: list[TestSet], split: str = "test")
         splits = dict(ts.data.get("splits") or {})
         if splits.get(split) is None:
             have = [k for k, v in splits.items() if v is not None]
-            raise ConfigError(f"test_sets entry '{ts.label}': dataset {ts.data.name} has no {split} split "
-                              f"(it has {have}); choose split=test")
+            raise ConfigError(
+                f"test_sets entry '{ts.label}': dataset {ts.data.name} has no {split} split "
+                f"(it has {have}); choose split=test"
+            )
         dm = build_datamodule(cfg, data_cfg=ts.data, with_training=False)
         dm.splits["test"] = splits[split]
         try:
@@ -157,18 +162,27 @@ def prepare_test_sets(cfg: DictConfig, sets: list[TestSet], split: str = "test")
         except DataError as e:
             hint = ""
             if ts.data.get("root") in (None, ""):
-                hint = (f" The run's data.root does not apply to test sets: give this one its own, "
-                        f"test_sets=[{{data:{ts.choice},root:/path/to/it}}], or set the environment variable "
-                        f"configs/data/{ts.choice}.yaml names.")
+                hint = (
+                    f" The run's data.root does not apply to test sets: give this one its own, "
+                    f"test_sets=[{{data:{ts.choice},root:/path/to/it}}], or set the environment variable "
+                    f"configs/data/{ts.choice}.yaml names."
+                )
             raise DataError(f"test set '{ts.label}': {e}{hint}") from None
         log.info("test set %s: %s", ts.label, dm.test_split.describe())
         prepared.append((ts, dm))
     return prepared
 
 
-def run_test_sets(prepared: list[tuple[TestSet, Any]], module, trainer, out_dir: Path, *,
-                  ckpt_path: str | None = None, record: Mapping[str, Any] | None = None,
-                  title: str = "") -> dict[str, dict[str, Any]]:
+def run_test_sets(
+    prepared: list[tuple[TestSet, Any]],
+    module,
+    trainer,
+    out_dir: Path,
+    *,
+    ckpt_path: str | None = None,
+    record: Mapping[str, Any] | None = None,
+    title: str = "",
+) -> dict[str, dict[str, Any]]:
     """Test ``module`` on every prepared set; rank zero writes the files and prints the table.
 
     ``ckpt_path`` is loaded by Lightning before each test (None: the module's weights as they are); ``record``
@@ -177,8 +191,12 @@ def run_test_sets(prepared: list[tuple[TestSet, Any]], module, trainer, out_dir:
     results: dict[str, dict[str, Any]] = {}
     for ts, dm in prepared:
         trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)
-        results[ts.label] = {**module.results["test"], "test_set": ts.label, "checkpoint": ckpt_path,
-                             **dict(record or {})}
+        results[ts.label] = {
+            **module.results["test"],
+            "test_set": ts.label,
+            "checkpoint": ckpt_path,
+            **dict(record or {}),
+        }
         if trainer.is_global_zero:
             save_predictions(module, dm, Path(out_dir), suffix=f"_{safe_label(ts.label)}")
     if trainer.is_global_zero and results:

@@ -73,12 +73,18 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
     dim = int(module.head.out_dim)
     per_tuple = 2 + int(cfg.mining.negatives_per_query)
     subset = cfg.mining.get("database_subset")
-    cached_db = cached_database_images(split.num_db, subset, min(int(cfg.mining.refresh_every_queries), queries),
-                                       dm.miner.mean_positives(), int(cfg.mining.negatives_per_query))
+    cached_db = cached_database_images(
+        split.num_db,
+        subset,
+        min(int(cfg.mining.refresh_every_queries), queries),
+        dm.miner.mean_positives(),
+        int(cfg.mining.negatives_per_query),
+    )
     cache_images = rounds * cached_db + queries
     cache_dtype = str(cfg.mining.get("cache_dtype") or "float32")
     cache_bytes = mining_cache_bytes(cached_db, int(cfg.mining.refresh_every_queries), dim, cache_dtype)
     cache_gb = cache_bytes / 1e9
+
     def millions(part) -> str:
         total = sum(p.numel() for p in part.parameters())
         trainable = sum(p.numel() for p in part.parameters() if p.requires_grad)
@@ -88,8 +94,19 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
         "budget per epoch: %d training queries (%d dropped) in %d mining rounds; up to %d tuple images "
         "(%d per tuple) and about %d cache images; descriptor %d-d, cache %.2f GB %s; parameters %s: backbone %s, "
         "attention %s, head %s; mining margin %.3f",
-        queries, dm.miner.dropped_queries, rounds, queries * per_tuple, per_tuple, cache_images, dim, cache_gb,
-        cache_dtype, millions(module), millions(module.backbone), millions(module.attention), millions(module.head),
+        queries,
+        dm.miner.dropped_queries,
+        rounds,
+        queries * per_tuple,
+        per_tuple,
+        cache_images,
+        dim,
+        cache_gb,
+        cache_dtype,
+        millions(module),
+        millions(module.backbone),
+        millions(module.attention),
+        millions(module.head),
         dm.miner.margin,
     )
     where = free_memory(cfg)
@@ -97,8 +114,9 @@ def print_budget(cfg: DictConfig, dm, module) -> None:
         check_cache_fits(cache_bytes, *where)
 
 
-def cached_database_images(num_db: int, subset: int | None, round_queries: int, mean_positives: float,
-                           negatives_per_query: int) -> int:
+def cached_database_images(
+    num_db: int, subset: int | None, round_queries: int, mean_positives: float, negatives_per_query: int
+) -> int:
     """Database images one mining round caches: all of them, or with partial mining the random subset plus the round
     queries' positives (their mean count) and remembered negatives (a full memory): an estimate from above in
     practice, since they overlap the subset and each other."""
@@ -133,8 +151,12 @@ def check_cache_fits(cache_bytes: float, free_bytes: float, where: str) -> None:
             "round), a smaller mining.refresh_every_queries, or fewer NetVLAD clusters (model.num_clusters)"
         )
     if cache_bytes > 0.5 * free_bytes:
-        log.warning("the mining cache (%.1f GB) takes more than half of the %.1f GB of %s", cache_bytes / 1e9,
-                    free_bytes / 1e9, where)
+        log.warning(
+            "the mining cache (%.1f GB) takes more than half of the %.1f GB of %s",
+            cache_bytes / 1e9,
+            free_bytes / 1e9,
+            where,
+        )
 
 
 def continue_in_run_folder(cfg: DictConfig, ckpt_path: str) -> None:
@@ -147,22 +169,29 @@ def continue_in_run_folder(cfg: DictConfig, ckpt_path: str) -> None:
     log.info("resuming %s: checkpoints continue in %s", ckpt_path, folder)
 
 
-def check_resumed_network(module: torch.nn.Module | None, state: dict[str, Any], ckpt_path: str,
-                          cfg: DictConfig) -> None:
+def check_resumed_network(
+    module: torch.nn.Module | None, state: dict[str, Any], ckpt_path: str, cfg: DictConfig
+) -> None:
     """A checkpoint resumed into a network of other settings is one error naming them (Lightning's strict load
     would end in a traceback), with the two ways out. Without ``module``, from the settings alone (before any data
     work); with it, also weight by weight."""
     stored = state.get("vpr_config") or {}
-    differ = [f"{key} ({_target_of(stored.get(key))} in the checkpoint, {_target_of(cfg.get(key))} here)"
-              for key in ("backbone", "attention", "head")
-              if stored.get(key) is not None and _target_of(stored.get(key)) != _target_of(cfg.get(key))]
+    differ = [
+        f"{key} ({_target_of(stored.get(key))} in the checkpoint, {_target_of(cfg.get(key))} here)"
+        for key in ("backbone", "attention", "head")
+        if stored.get(key) is not None and _target_of(stored.get(key)) != _target_of(cfg.get(key))
+    ]
     problems = weight_mismatches(module.state_dict(), state["state_dict"], {}) if module is not None else []
     if not differ and not problems:
         return
     raise ConfigError(
         f"ckpt_path={ckpt_path} holds another network than this run's: "
-        + "; ".join([*([", ".join(differ)] if differ else []),
-                     *([f"{len(problems)} weight(s) do not fit, e.g. {'; '.join(problems[:3])}"] if problems else [])])
+        + "; ".join(
+            [
+                *([", ".join(differ)] if differ else []),
+                *([f"{len(problems)} weight(s) do not fit, e.g. {'; '.join(problems[:3])}"] if problems else []),
+            ]
+        )
         + ". Resume with the settings it was trained with (its run's config.yaml), or start a new run from its "
         f"weights with init_weights={ckpt_path}"
     )
@@ -218,9 +247,13 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
         continue_in_run_folder(cfg, ckpt_path)
         finished = int(state.get("epoch", 0)) + (0 if (state.get("PlaceDataModule") or {}).get("round") else 1)
         if finished >= int(cfg.trainer.max_epochs):
-            log.warning("%s has already trained %d epoch(s), trainer.max_epochs=%d: nothing is left to train (only "
-                        "the test runs); raise trainer.max_epochs to train on", ckpt_path, finished,
-                        int(cfg.trainer.max_epochs))
+            log.warning(
+                "%s has already trained %d epoch(s), trainer.max_epochs=%d: nothing is left to train (only "
+                "the test runs); raise trainer.max_epochs to train on",
+                ckpt_path,
+                finished,
+                int(cfg.trainer.max_epochs),
+            )
     folder = Path(cfg.callbacks.checkpoint.dirpath) if cfg.get("callbacks", {}).get("checkpoint") else out_dir
     check_writable(folder)
     with contextlib.ExitStack() as stack:
@@ -230,8 +263,10 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _folder_busy(folder: Path) -> None:
-    raise ConfigError(f"another train.py is writing checkpoints in {folder} (a second ckpt_path=last of the same run?); "
-                      "wait for it to end, or resume from a copy of its checkpoint")
+    raise ConfigError(
+        f"another train.py is writing checkpoints in {folder} (a second ckpt_path=last of the same run?); "
+        "wait for it to end, or resume from a copy of its checkpoint"
+    )
 
 
 def _train_in(cfg: DictConfig, out_dir: Path, ckpt_path: str | None, state: dict[str, Any] | None) -> dict[str, Any]:
@@ -266,8 +301,9 @@ def _train_in(cfg: DictConfig, out_dir: Path, ckpt_path: str | None, state: dict
         finish_loggers(trainer, failed)  # each job of a sweep is its own W&B run, closed here, also on failure
 
 
-def train_and_test(cfg: DictConfig, trainer: L.Trainer, dm, module, ckpt_path: str | None, test_sets,
-                   out_dir: Path) -> dict[str, Any]:
+def train_and_test(
+    cfg: DictConfig, trainer: L.Trainer, dm, module, ckpt_path: str | None, test_sets, out_dir: Path
+) -> dict[str, Any]:
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -295,9 +331,20 @@ def train_and_test(cfg: DictConfig, trainer: L.Trainer, dm, module, ckpt_path: s
         save_predictions(module, dm, out_dir)
         log_test_results(trainer.loggers, columns, out_dir)
     if test_sets:
-        results["test_sets"] = run_test_sets(test_sets, module, trainer, out_dir, ckpt_path=best,
-                                             title="Test recall (%) of the trained network on the test sets")
+        results["test_sets"] = run_test_sets(
+            test_sets,
+            module,
+            trainer,
+            out_dir,
+            ckpt_path=best,
+            title="Test recall (%) of the trained network on the test sets",
+        )
         for lg in trainer.loggers:
-            lg.log_metrics({f"test_sets/{label}/R@{n}": r for label, res in results["test_sets"].items()
-                            for n, r in res["recall_at"].items()})
+            lg.log_metrics(
+                {
+                    f"test_sets/{label}/R@{n}": r
+                    for label, res in results["test_sets"].items()
+                    for n, r in res["recall_at"].items()
+                }
+            )
     return results

@@ -22,8 +22,16 @@ def _rgb(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def save_retrieval_pictures(module, datamodule, stage: str, path: Path, num_queries: int = 4, top_k: int = 5,
-                            queries: Sequence[int] | None = None, caption: str = "query") -> Path | None:
+def save_retrieval_pictures(
+    module,
+    datamodule,
+    stage: str,
+    path: Path,
+    num_queries: int = 4,
+    top_k: int = 5,
+    queries: Sequence[int] | None = None,
+    caption: str = "query",
+) -> Path | None:
     """A PNG of ``num_queries`` evenly spread queries (or the given ``queries``) of the ``stage`` split (after
     ``trainer.test``/validate).
 

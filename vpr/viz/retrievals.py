@@ -143,9 +143,7 @@ def overlay(
     try:
         colormap = colormaps[cmap]
     except KeyError:
-        raise ValueError(
-            f"overlay: unknown matplotlib colormap {cmap!r}; try 'jet', 'inferno' or 'gray'."
-        ) from None
+        raise ValueError(f"overlay: unknown matplotlib colormap {cmap!r}; try 'jet', 'inferno' or 'gray'.") from None
     heat = colormap(resized)[..., :3] * 255.0  # (H, W, 3)
     blended = (1.0 - alpha) * image.astype(np.float64) + alpha * heat
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -229,9 +227,7 @@ def save_retrieval_figure(
             if m is None:
                 row[j].set_title(f"{label}: none", fontsize=9)
                 continue
-            row[j].imshow(
-                overlay(query, _check_mask(m, f"save_retrieval_figure: {label} of query {i}"), alpha, cmap)
-            )
+            row[j].imshow(overlay(query, _check_mask(m, f"save_retrieval_figure: {label} of query {i}"), alpha, cmap))
             row[j].set_title(label, fontsize=9)
         for k, (img, ok) in enumerate(zip(retrieved[i], correct[i])):
             img = _check_image(img, f"save_retrieval_figure: retrieved[{i}][{k}]")

@@ -13,9 +13,7 @@ import torch
 from torch import Tensor
 
 
-def netvlad_like(
-    x: Tensor, weights: Tensor | None = None, num_clusters: int = 4, alpha: float = 5.0
-) -> Tensor:
+def netvlad_like(x: Tensor, weights: Tensor | None = None, num_clusters: int = 4, alpha: float = 5.0) -> Tensor:
     """x: (B, C, H, W), weights: (B, 1, H, W) | None -> (B, K * C) L2-normalised descriptor.
 
     Each location is L2-normalised over channels, soft-assigned to K fixed centroids, and

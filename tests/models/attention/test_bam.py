@@ -40,9 +40,7 @@ def test_channel_pooling_covers_every_column_of_a_non_square_map() -> None:
     hand_mean = torch.zeros(2, C)
     for b in range(2):
         for c in range(C):
-            hand_mean[b, c] = sum(float(x[b, c, i, j]) for i in range(height) for j in range(width)) / (
-                height * width
-            )
+            hand_mean[b, c] = sum(float(x[b, c, i, j]) for i in range(height) for j in range(width)) / (height * width)
     with torch.no_grad():
         got = bam.channel_attention(x)[:, :, 0, 0]
         expected = bam.channel_mlp(hand_mean)

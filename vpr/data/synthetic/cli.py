@@ -36,17 +36,23 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     start = time.perf_counter()
     try:
-        root = generate_city(args.out, args.preset, seed=args.seed, progress=not args.quiet, workers=args.workers,
-                             force=args.force)
+        root = generate_city(
+            args.out, args.preset, seed=args.seed, progress=not args.quiet, workers=args.workers, force=args.force
+        )
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"error: interrupted (Ctrl-C): {args.out} stays marked incomplete and is generated again by the next "
-              "run of this command (or of a script that uses it)", file=sys.stderr)
+        print(
+            f"error: interrupted (Ctrl-C): {args.out} stays marked incomplete and is generated again by the next "
+            "run of this command (or of a script that uses it)",
+            file=sys.stderr,
+        )
         return 130
-    print(f"synthetic city ({args.preset}, seed {args.seed}) ready at {root} in "
-          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(
+        f"synthetic city ({args.preset}, seed {args.seed}) ready at {root} in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
     if args.preview is not None:
         print(f"preview: {make_preview(root, args.preview)}", file=sys.stderr)
     return 0

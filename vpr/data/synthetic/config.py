@@ -162,7 +162,9 @@ class CityConfig:
         )
         need(self.style_count >= 1, "style_count", "must be >= 1")
         need(0 < self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
-        need(0 < self.query_jpeg_quality_min <= self.jpeg_quality, "query_jpeg_quality_min", "must be in 1..jpeg_quality")
+        need(
+            0 < self.query_jpeg_quality_min <= self.jpeg_quality, "query_jpeg_quality_min", "must be in 1..jpeg_quality"
+        )
         need(self.object_min_distance_m < self.object_max_distance_m, "object_min_distance_m", "must be < max")
         need(self.query_occlusion in QUERY_OCCLUSION, "query_occlusion", f"must be one of {sorted(QUERY_OCCLUSION)}")
 
@@ -208,8 +210,15 @@ def get_preset(name: str) -> CityConfig:
             num_q_test=7500,
         )
     if name == "bench":
-        return dataclasses.replace(get_preset("large"), num_db_train=2000, num_q_train=1500, num_db_val=2000,
-                                   num_q_val=1500, num_db_test=2000, num_q_test=1500)
+        return dataclasses.replace(
+            get_preset("large"),
+            num_db_train=2000,
+            num_q_train=1500,
+            num_db_val=2000,
+            num_q_val=1500,
+            num_db_test=2000,
+            num_q_test=1500,
+        )
     raise ConfigError(f"data.prepare.preset={name!r}: unknown synthetic city preset; choose one of {PRESETS}")
 
 

@@ -18,8 +18,9 @@ def colourise_labels(labels: np.ndarray) -> np.ndarray:
     return CLASS_COLOURS[np.clip(labels, 0, len(CLASS_COLOURS) - 1)]
 
 
-def make_preview(root: str | os.PathLike, out_path: str | os.PathLike, split: str = "train", pairs: int = 4,
-                 scale: int = 2) -> Path:
+def make_preview(
+    root: str | os.PathLike, out_path: str | os.PathLike, split: str = "train", pairs: int = 4, scale: int = 2
+) -> Path:
     """Contact sheet: rows of [query | nearest database image with the same yaw index | their label maps]."""
     root = Path(root)
     s = load_dbstruct(root / "datasets" / f"{DATASET_NAME}_{split}.mat")
@@ -35,9 +36,12 @@ def make_preview(root: str | os.PathLike, out_path: str | os.PathLike, split: st
         di = int(np.argmin(np.where(same_yaw, dist, np.inf)))
         q_path = root / "queries_real" / q_name
         d_path = root / s.db_image[di]
-        tiles = [np.asarray(Image.open(q_path).convert("RGB")), np.asarray(Image.open(d_path).convert("RGB")),
-                 colourise_labels(np.asarray(Image.open(_labels_path(q_path)))),
-                 colourise_labels(np.asarray(Image.open(_labels_path(d_path))))]
+        tiles = [
+            np.asarray(Image.open(q_path).convert("RGB")),
+            np.asarray(Image.open(d_path).convert("RGB")),
+            colourise_labels(np.asarray(Image.open(_labels_path(q_path)))),
+            colourise_labels(np.asarray(Image.open(_labels_path(d_path)))),
+        ]
         gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1))
     hgap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)

@@ -80,8 +80,9 @@ def raycast_facades(
     return depth, np.where(hit, seg, -1), np.where(hit, s[cols, seg], 0.0)
 
 
-def _visible_segments(world: World, cam: np.ndarray, fwd: np.ndarray, right: np.ndarray, tan_half: float,
-                      max_dist_m: float) -> np.ndarray:
+def _visible_segments(
+    world: World, cam: np.ndarray, fwd: np.ndarray, right: np.ndarray, tan_half: float, max_dist_m: float
+) -> np.ndarray:
     """Indices of segments that can be hit: front-facing, within range, overlapping the view wedge."""
     r0 = world.seg_p0 - cam
     r1 = world.seg_p1 - cam
@@ -135,8 +136,16 @@ def _paint(col: np.ndarray, mask: np.ndarray, value: np.ndarray) -> None:
         np.copyto(col[k], value[k], where=mask)
 
 
-def _facade_colour(world: World, tex: TextureBank, b: np.ndarray, u: np.ndarray, z: np.ndarray, v: np.ndarray,
-                   focal_px: float, lt: Lighting) -> np.ndarray:
+def _facade_colour(
+    world: World,
+    tex: TextureBank,
+    b: np.ndarray,
+    u: np.ndarray,
+    z: np.ndarray,
+    v: np.ndarray,
+    focal_px: float,
+    lt: Lighting,
+) -> np.ndarray:
     """Facade colour before shading, for every pixel of the given columns (callers mask the facade rows).
 
     b, u, z: (W,) building, facade coordinate (m, growing to the viewer's right) and depth of each column;
@@ -233,8 +242,9 @@ def _facade_colour(world: World, tex: TextureBank, b: np.ndarray, u: np.ndarray,
     return col
 
 
-def _ground_colour(world: World, tex: TextureBank, gx: np.ndarray, gy: np.ndarray, z_rows: np.ndarray,
-                   focal_px: float) -> tuple[np.ndarray, np.ndarray]:
+def _ground_colour(
+    world: World, tex: TextureBank, gx: np.ndarray, gy: np.ndarray, z_rows: np.ndarray, focal_px: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Ground colour (3, H, W) float32 and labels (H, W) at world points gx, gy: (H, W); z_rows: (H,) depth.
 
     Road markings follow world coordinates, so they stay put between neighbouring views."""
@@ -371,8 +381,11 @@ def _vehicle_sprite(mx: np.ndarray, my: np.ndarray, o: dict[str, Any]) -> tuple[
     else:
         body_top = 0.95 if o["type"] == "car" else height
         body = (my >= 0.3) & (my < body_top) & (np.abs(mx) < half - 0.03)
-        cabin = (my >= body_top) & (my < height) & (np.abs(mx) < half - 0.15) if o["type"] == "car" else (
-            np.zeros_like(body))
+        cabin = (
+            (my >= body_top) & (my < height) & (np.abs(mx) < half - 0.15)
+            if o["type"] == "car"
+            else (np.zeros_like(body))
+        )
         win_lo, win_hi = (body_top, height - 0.06) if o["type"] == "car" else (0.6 * height, 0.88 * height)
         windows = (my >= win_lo) & (my < win_hi) & (np.abs(mx) < half - 0.25)
         lights = (my >= 0.6) & (my < 0.75) & (np.abs(mx) > half - 0.35) & (np.abs(mx) < half - 0.06)
@@ -388,8 +401,9 @@ def _vehicle_sprite(mx: np.ndarray, my: np.ndarray, o: dict[str, Any]) -> tuple[
     return mask, col
 
 
-def _sample_objects(world: World, cfg: CityConfig, cam: np.ndarray, fwd: np.ndarray, right: np.ndarray,
-                    rng: np.random.Generator) -> list[dict[str, Any]]:
+def _sample_objects(
+    world: World, cfg: CityConfig, cam: np.ndarray, fwd: np.ndarray, right: np.ndarray, rng: np.random.Generator
+) -> list[dict[str, Any]]:
     """People on the street (road or sidewalk) and vehicles on the road, in front of the camera."""
     tan_half = math.tan(math.radians(cfg.hfov_deg) / 2)
     objects = []
@@ -408,7 +422,7 @@ def _sample_objects(world: World, cfg: CityConfig, cam: np.ndarray, fwd: np.ndar
                 continue
             first = int(np.argmax(ok))
             z, x, pos = float(zs[first]), float(xs_m[first]), spots[first]
-            ox, oy = oxs[first:first + 1], oys[first:first + 1]
+            ox, oy = oxs[first : first + 1], oys[first : first + 1]
             o: dict[str, Any] = {"kind": kind, "z": z, "x": x}
             if kind == "person":
                 o.update(
@@ -445,8 +459,17 @@ def _sample_objects(world: World, cfg: CityConfig, cam: np.ndarray, fwd: np.ndar
     return objects
 
 
-def _draw_objects(rgb: np.ndarray, labels: np.ndarray, zbuf: np.ndarray, objects: list[dict[str, Any]],
-                  cfg: CityConfig, focal_px: float, xs: np.ndarray, ys: np.ndarray, lt: Lighting) -> None:
+def _draw_objects(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    zbuf: np.ndarray,
+    objects: list[dict[str, Any]],
+    cfg: CityConfig,
+    focal_px: float,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    lt: Lighting,
+) -> None:
     """Billboard sprites standing on the ground, z-tested against facades, ground and each other."""
     hc = cfg.camera_height_m
     h_px, w_px = labels.shape
@@ -519,8 +542,9 @@ def render_view(
 
     # facades: one ray per column, the height on the facade per row
     cand = _visible_segments(world, cam, fwd, right, tan_half, cfg.view_distance_m)
-    depth, seg_local, s = raycast_facades(cam, yaw_rad, world.seg_p0[cand], world.seg_p1[cand], xs / focal_px,
-                                          cfg.view_distance_m)
+    depth, seg_local, s = raycast_facades(
+        cam, yaw_rad, world.seg_p0[cand], world.seg_p1[cand], xs / focal_px, cfg.view_distance_m
+    )
     hit = seg_local >= 0
     facade = np.zeros((h_px, w_px), dtype=bool)
     if hit.any():
@@ -583,7 +607,7 @@ def render_view(
             for j in range(k):
                 acc += rgb[:, i::k, j::k]
         rgb = acc * np.float32(1.0 / (k * k))
-        labels = labels[k // 2::k, k // 2::k]  # the label of the sample nearest each output pixel's centre
+        labels = labels[k // 2 :: k, k // 2 :: k]  # the label of the sample nearest each output pixel's centre
     out = np.clip(np.moveaxis(rgb, 0, -1), 0, 1)
     return np.ascontiguousarray(out, dtype=np.float32), np.ascontiguousarray(labels)
 

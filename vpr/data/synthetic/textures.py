@@ -46,8 +46,25 @@ def _skimage_images() -> dict[str, np.ndarray]:
     # Only images shipped inside the scikit-image wheel (skimage/data/*.png|jpg): none needs a download.
     from skimage import data as skdata
 
-    names = ("brick", "gravel", "grass", "moon", "text", "page", "camera", "coins", "astronaut", "chelsea",
-             "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "colorwheel", "retina", "logo")
+    names = (
+        "brick",
+        "gravel",
+        "grass",
+        "moon",
+        "text",
+        "page",
+        "camera",
+        "coins",
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "colorwheel",
+        "retina",
+        "logo",
+    )
     images = {}
     for name in names:
         try:
@@ -141,13 +158,23 @@ def build_textures(seed: int = 0) -> TextureBank:
         for _ in range(12):
             ch, cw = int(rng.integers(h // 5, h // 3)), int(rng.integers(w // 3, w // 2))
             y0, x0 = int(rng.integers(0, h - ch)), int(rng.integers(0, w - cw))
-            crop = _resize(a[y0:y0 + ch, x0:x0 + cw], _SIGN_SHAPE)
+            crop = _resize(a[y0 : y0 + ch, x0 : x0 + cw], _SIGN_SHAPE)
             lo, hi = np.percentile(crop, 5), np.percentile(crop, 95)
             signs.append(np.clip((crop - lo) / (hi - lo + 1e-6), 0, 1))
     # posters: colour crops of the bundled photographs
     posters = []
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-                 "colorwheel", "retina", "logo", "camera"):
+    for name in (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "colorwheel",
+        "retina",
+        "logo",
+        "camera",
+    ):
         a = images[name]
         if a.ndim == 2:  # tint grey images so that they still differ in colour
             a = np.stack([a, a * 0.8, a * 0.6], axis=2).astype(np.uint8)
@@ -156,7 +183,7 @@ def build_textures(seed: int = 0) -> TextureBank:
         for _ in range(4):
             c = int(rng.integers(min(h, w) // 3, min(h, w)))
             y0, x0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-            posters.append(_resize(a[y0:y0 + c, x0:x0 + c], (_POSTER_PX, _POSTER_PX)))
+            posters.append(_resize(a[y0 : y0 + c, x0 : x0 + c], (_POSTER_PX, _POSTER_PX)))
     clouds = _periodic_noise(rng, _CLOUD_TILE_PX, 12.0) + 0.5 * _periodic_noise(rng, _CLOUD_TILE_PX, 4.0)
     clouds = (clouds - clouds.min()) / (clouds.max() - clouds.min())
     return TextureBank(

@@ -94,8 +94,11 @@ def _archetypes(rng: np.random.Generator, n: int, textures: TextureBank) -> list
                 "win_dx_m": rng.uniform(1.8, 4.5),
                 "win_w": rng.uniform(0.25, 0.8),
                 "win_h": rng.uniform(0.3, 0.7),
-                "win_rgb": np.clip(rng.choice([[0.12, 0.15, 0.2], [0.35, 0.45, 0.55], [0.2, 0.22, 0.2]])
-                                   + rng.normal(0, 0.04, 3), 0.02, 0.9),
+                "win_rgb": np.clip(
+                    rng.choice([[0.12, 0.15, 0.2], [0.35, 0.45, 0.55], [0.2, 0.22, 0.2]]) + rng.normal(0, 0.04, 3),
+                    0.02,
+                    0.9,
+                ),
                 "frame_dark": rng.uniform(0.5, 1.3),
                 "band": bool(rng.random() < 0.5),
                 "band_rgb": np.clip(rng.uniform(0.3, 0.9, 3), 0, 1),
@@ -119,9 +122,25 @@ def _building_appearance(
     n = len(heights_m)
     j = cfg.style_jitter
     style_of = rng.integers(len(styles), size=n)
-    out: dict[str, list] = {k: [] for k in ("wall_rgb", "wall_tex", "wall_tile_m", "wall_amp", "floor_h_m",
-                                            "win_dx_m", "win_off_m", "win_w", "win_h", "win_rgb", "frame_dark",
-                                            "band", "band_rgb", "cornice_rgb")}
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "wall_rgb",
+            "wall_tex",
+            "wall_tile_m",
+            "wall_amp",
+            "floor_h_m",
+            "win_dx_m",
+            "win_off_m",
+            "win_w",
+            "win_h",
+            "win_rgb",
+            "frame_dark",
+            "band",
+            "band_rgb",
+            "cornice_rgb",
+        )
+    }
     for b in range(n):
         st = styles[style_of[b]]
         out["wall_rgb"].append(np.clip(st["wall_rgb"] * np.exp(rng.normal(0, 0.25 * j, 3)), 0.03, 0.97))
@@ -154,8 +173,11 @@ def _building_appearance(
     bld["poster_h_m"] = bld["poster_w_m"] * rng.uniform(0.8, 1.4, n)
     slack = np.maximum(front_len_m - bld["poster_w_m"] - 0.6, 0.0)
     bld["poster_u_m"] = front_u0_m + 0.3 + rng.random(n) * slack
-    bld["poster_v_m"] = np.where(rng.random(n) < 0.5, rng.uniform(0.4, 1.0, n),
-                                 rng.uniform(3.0, np.maximum(heights_m - bld["poster_h_m"] - 0.8, 3.1), n))
+    bld["poster_v_m"] = np.where(
+        rng.random(n) < 0.5,
+        rng.uniform(0.4, 1.0, n),
+        rng.uniform(3.0, np.maximum(heights_m - bld["poster_h_m"] - 0.8, 3.1), n),
+    )
     return bld
 
 
@@ -185,8 +207,9 @@ def build_world(
         raise ValueError("build_world: every box needs x0 < x1 and y0 < y1")
     x0, y0, x1, y1 = boxes.T
     # counter-clockwise corners -> faces south, east, north, west
-    corners = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1),
-                        np.stack([x0, y1], 1)], axis=1)  # (B, 4, 2)
+    corners = np.stack(
+        [np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1), np.stack([x0, y1], 1)], axis=1
+    )  # (B, 4, 2)
     p0 = corners.reshape(-1, 2)
     p1 = np.roll(corners, -1, axis=1).reshape(-1, 2)
     lengths = np.stack([x1 - x0, y1 - y0, x1 - x0, y1 - y0], axis=1)  # (B, 4)
@@ -201,7 +224,8 @@ def build_world(
     if paved_box is None:
         paved_box = (
             (xs.min() - street_half, ys.min() - street_half, xs.max() + street_half, ys.max() + street_half)
-            if len(xs) and len(ys) else (0.0, 0.0, 0.0, 0.0)
+            if len(xs) and len(ys)
+            else (0.0, 0.0, 0.0, 0.0)
         )
     return World(
         seg_p0=p0,
@@ -261,8 +285,9 @@ def _edge_places(edge: tuple[float, float, float, float], spacing_m: float) -> i
     return max(1, int(length // spacing_m))
 
 
-def _make_district(cfg: CityConfig, textures: TextureBank, rng: np.random.Generator, num_places: int,
-                   origin_utm: tuple[float, float]) -> District:
+def _make_district(
+    cfg: CityConfig, textures: TextureBank, rng: np.random.Generator, num_places: int, origin_utm: tuple[float, float]
+) -> District:
     max_blocks = 256
     wx = rng.uniform(cfg.block_min_m, cfg.block_max_m, max_blocks)
     wy = rng.uniform(cfg.block_min_m, cfg.block_max_m, max_blocks)
@@ -322,8 +347,15 @@ def _make_district(cfg: CityConfig, textures: TextureBank, rng: np.random.Genera
                     span = cfg.building_height_max_m - cfg.building_height_min_m
                     heights.append(cfg.building_height_min_m + span * rng.beta(1.3, 3.0))
     world = build_world(
-        np.asarray(boxes), np.asarray(heights), cfg, textures, rng,
-        front_faces=np.asarray(fronts), street_xs=xs, street_ys=ys, origin_utm=origin_utm,
+        np.asarray(boxes),
+        np.asarray(heights),
+        cfg,
+        textures,
+        rng,
+        front_faces=np.asarray(fronts),
+        street_xs=xs,
+        street_ys=ys,
+        origin_utm=origin_utm,
     )
     return District(world=world, place_xy=place_xy, place_dir=place_dir, width_m=float(xs[-1]))
 
@@ -375,6 +407,7 @@ def draw_lighting(cfg: CityConfig, rng: np.random.Generator, is_query: bool) -> 
         window_change=cfg.window_change if is_query else 0.0,
         noise_std=cfg.query_noise_std if is_query else cfg.db_noise_std,
         blur_px=float(rng.uniform(0, cfg.query_blur_max_px)) if is_query else 0.0,
-        jpeg_quality=int(rng.integers(cfg.query_jpeg_quality_min, cfg.jpeg_quality + 1)) if is_query
+        jpeg_quality=int(rng.integers(cfg.query_jpeg_quality_min, cfg.jpeg_quality + 1))
+        if is_query
         else cfg.jpeg_quality,
     )

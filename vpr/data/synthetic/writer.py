@@ -94,8 +94,9 @@ def _plan_city(cfg: CityConfig, seed: int, textures: TextureBank) -> _Plan:
                 along = np.array([math.cos(direction), math.sin(direction)])
                 normal = np.array([math.sin(direction), -math.cos(direction)])
                 centre = place_xy[p] - cfg.db_lateral_m * normal  # back onto the centre line
-                across = float(np.clip(rng.uniform(-1, 1) * cfg.query_offset_across_m,
-                                       -(street_half - 0.7), street_half - 0.7))
+                across = float(
+                    np.clip(rng.uniform(-1, 1) * cfg.query_offset_across_m, -(street_half - 0.7), street_half - 0.7)
+                )
                 q = centre + rng.uniform(-1, 1) * cfg.query_offset_along_m * along + across * normal
                 if np.min(np.hypot(*(place_xy - q).T)) < max_gt_m - 0.5:
                     break
@@ -160,8 +161,12 @@ def _worker_run(tasks: list[tuple]) -> int:
 
 
 def _manifest(cfg: CityConfig, seed: int) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "generator": "vpr.data.synthetic", "seed": int(seed),
-            "config": dataclasses.asdict(cfg)}
+    return {
+        "format_version": FORMAT_VERSION,
+        "generator": "vpr.data.synthetic",
+        "seed": int(seed),
+        "config": dataclasses.asdict(cfg),
+    }
 
 
 #: CityConfig fields newer than some cities on disk, with the value those cities were rendered with.
@@ -188,8 +193,10 @@ LOCK_NAME = ".city.lock"
 
 def _generation_lock(root: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on ``root/.city.lock``: a second generator waits for the first."""
-    return exclusive_lock(root / LOCK_NAME, lambda: log.info(
-        "another process is generating the synthetic city in %s: waiting for it", root))
+    return exclusive_lock(
+        root / LOCK_NAME,
+        lambda: log.info("another process is generating the synthetic city in %s: waiting for it", root),
+    )
 
 
 def _check_ownership(root: Path) -> None:
@@ -256,15 +263,16 @@ def _generate_into(root: Path, cfg: CityConfig, seed: int, progress: bool, worke
     plan = _plan_city(cfg, seed, textures)
     tasks = []
     for split_idx in range(len(SPLITS)):
-        for kind, poses, names, prefix in ((0, plan.db_poses, plan.db_names, ""),
-                                           (1, plan.q_poses, plan.q_names, "queries_real/")):
+        for kind, poses, names, prefix in (
+            (0, plan.db_poses, plan.db_names, ""),
+            (1, plan.q_poses, plan.q_names, "queries_real/"),
+        ):
             for i, (pose, name) in enumerate(zip(poses[split_idx], names[split_idx])):
                 tasks.append((split_idx, kind, i, float(pose[0]), float(pose[1]), float(pose[2]), prefix + name))
     for folder in sorted({str(Path(t[-1]).parent) for t in tasks}):
         (root / folder).mkdir(parents=True, exist_ok=True)
 
-    state = {"cfg": cfg, "seed": seed, "root": root, "textures": textures,
-             "worlds": [d.world for d in plan.districts]}
+    state = {"cfg": cfg, "seed": seed, "root": root, "textures": textures, "worlds": [d.world for d in plan.districts]}
     if workers is None:  # a pool costs more than it saves on a few images
         workers = min(2, os.cpu_count() or 1) if len(tasks) >= 64 else 1
     n_workers = max(1, int(workers))
@@ -297,20 +305,24 @@ def _run_tasks(tasks: list[tuple], state: dict[str, Any], n_workers: int, show: 
     from vpr.progress import progress as progress_bar
 
     if n_workers <= 1:
-        with progress_bar(total=len(tasks), desc="synthetic city", unit="img", disable=not show, file=sys.stderr) as bar:
+        with progress_bar(
+            total=len(tasks), desc="synthetic city", unit="img", disable=not show, file=sys.stderr
+        ) as bar:
             for task in tasks:
                 _render_task(state, task)
                 bar.update(1)
         return
     chunk = 16
-    chunks = [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)]
+    chunks = [tasks[i : i + chunk] for i in range(0, len(tasks), chunk)]
     # fork: workers inherit the state without pickling or re-importing the caller's __main__ (train.py
     # would import torch again). The pool is started before tqdm starts its monitor thread.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
     pool = ctx.Pool(n_workers, initializer=_worker_init, initargs=(state,))
     try:
-        with progress_bar(total=len(tasks), desc="synthetic city", unit="img", disable=not show, file=sys.stderr) as bar:
+        with progress_bar(
+            total=len(tasks), desc="synthetic city", unit="img", disable=not show, file=sys.stderr
+        ) as bar:
             for done in pool.imap_unordered(_worker_run, chunks):
                 bar.update(done)
         pool.close()  # workers finish and exit on their own

@@ -25,8 +25,7 @@ def hidden_channels(channels: int, reduction: int, owner: str) -> int:
     hidden = channels // reduction
     if hidden < 1:
         raise ValueError(
-            f"{owner}: channels // reduction = {channels} // {reduction} = 0; "
-            f"set attention.reduction <= {channels}."
+            f"{owner}: channels // reduction = {channels} // {reduction} = 0; set attention.reduction <= {channels}."
         )
     return hidden
 

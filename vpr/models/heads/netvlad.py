@@ -153,8 +153,10 @@ class NetVLAD(nn.Module):
         if version not in _VERSIONS:
             raise ValueError(f"Unknown NetVLAD version={version!r}; choose 'v1' or 'v2'.")
         if not isinstance(num_clusters, int) or num_clusters < 2:
-            raise ValueError(f"num_clusters={num_clusters!r} (model.num_clusters): NetVLAD needs at least 2 clusters "
-                             "(its initialisation compares each descriptor's two nearest centroids)")
+            raise ValueError(
+                f"num_clusters={num_clusters!r} (model.num_clusters): NetVLAD needs at least 2 clusters "
+                "(its initialisation compares each descriptor's two nearest centroids)"
+            )
         self.num_clusters = num_clusters
         self.dim = dim
         self.normalize_input = normalize_input
@@ -194,9 +196,7 @@ class NetVLAD(nn.Module):
                 f"({self.num_clusters}, {self.dim})."
             )
         if _as_float_tensor(descriptors, "descriptors").shape[1] != self.dim:
-            raise ValueError(
-                f"descriptors must have {self.dim} columns, got shape {tuple(np.shape(descriptors))}."
-            )
+            raise ValueError(f"descriptors must have {self.dim} columns, got shape {tuple(np.shape(descriptors))}.")
         weight_shape = (self.num_clusters, self.dim, 1, 1)
         if version == "v1":
             alpha = alpha_v1(c, descriptors)

@@ -24,9 +24,7 @@ def _check_weights(x: torch.Tensor, weights: torch.Tensor | None, head: str) -> 
         return None
     b, _, h, w = x.shape
     if weights.shape != (b, 1, h, w):
-        raise ValueError(
-            f"{head} weights must have shape (B, 1, H, W) = {(b, 1, h, w)}, got {tuple(weights.shape)}."
-        )
+        raise ValueError(f"{head} weights must have shape (B, 1, H, W) = {(b, 1, h, w)}, got {tuple(weights.shape)}.")
     return weights.float()
 
 
