@@ -36,7 +36,7 @@ def no_faiss(monkeypatch):
 
     def importer(name, *args, **kwargs):
         if name == "faiss":
-            raise ImportError("No module named 'faiss'")
+            raise ModuleNotFoundError("No module named 'faiss'", name="faiss")  # what Python raises
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", importer)

@@ -117,3 +117,22 @@ def test_a_stored_loss_is_not_built_from_the_checkpoint_so_not_checked(tmp_path)
     from vpr.checkpoints import read_checkpoint
 
     assert read_checkpoint(str(_stored(tmp_path, loss={"_target_": "myvpr.losses.Contrastive"})))[1] is not None
+
+
+def test_network_settings_on_the_command_line_of_a_stored_checkpoint_are_said_to_be_unused(tmp_path, caplog):
+    import logging
+
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import ROOT
+    from vpr.checkpoints import network_from_checkpoint
+
+    overrides = ["attention=se", "model.num_clusters=4", "model.recall_at=[1,5]", f"paths.output_dir={tmp_path}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        stored = OmegaConf.to_container(compose("eval", overrides=[f"paths.output_dir={tmp_path}"]), resolve=True)
+        cfg = compose("eval", overrides=overrides)
+    with caplog.at_level(logging.WARNING, logger="vpr.checkpoints"):
+        network = network_from_checkpoint(cfg, {}, stored, "run.ckpt", overrides)
+    assert "run.ckpt stores its network: attention, model.num_clusters on the command line are not used" in caplog.text
+    assert network.attention == stored["attention"] and network.model.num_clusters == stored["model"]["num_clusters"]
+    assert list(network.model.recall_at) == [1, 5]  # how to evaluate stays the command line's

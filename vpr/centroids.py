@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 from vpr.data.dataset import ImageDataset
 from vpr.devices import full_float32_matmul, loader_workers, work_device
 from vpr.errors import ConfigError
-from vpr.eval.search import faiss_or_none
+from vpr.eval.search import faiss_missing, faiss_or_none
 from vpr.io import atomic_path
 from vpr.progress import progress
 
@@ -123,7 +123,7 @@ def kmeans(
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     faiss = faiss_or_none()
     if faiss is None:
-        log.warning("faiss is not installed: k-means in torch instead (pip install -e '.[cpu]' for faiss)")
+        log.warning("%s: k-means in torch instead", faiss_missing())
         return torch_kmeans(descriptors, num_clusters, iterations, seed, device)
     km = faiss.Kmeans(d, num_clusters, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10**7)
     km.train(descriptors)

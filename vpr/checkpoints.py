@@ -267,6 +267,20 @@ def network_from_checkpoint(
     released file's code (:mod:`vpr.released`), or else the command line's; never pretrained weights."""
     if stored is not None:
         size_given = "data.image_size" in overridden_keys(overrides)
+        ignored = sorted(
+            k
+            for k in overridden_keys(overrides)
+            if k.split(".")[0] in ("backbone", "attention", "head")
+            or (k.startswith("model.") and k.split(".")[1] not in EVALUATION_MODEL_KEYS)
+        )
+        if ignored:
+            log.warning(
+                "%s stores its network: %s on the command line %s not used (the network is the one it was trained "
+                "as; init_weights= in train.py builds another network from its weights)",
+                ckpt_path,
+                ", ".join(ignored),
+                "is" if len(ignored) == 1 else "are",
+            )
         network = with_stored_network(cfg, stored, size_given)
         for key in EVALUATION_MODEL_KEYS:  # how to evaluate, not what the network is: the command line's
             if f"model.{key}" in overridden_keys(overrides):

@@ -32,7 +32,10 @@ def _check_inputs(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch
         raise ValueError(f"neg_to_query must be (N,) = ({negatives.shape[0]},), got {tuple(neg_to_query.shape)}.")
     if neg_to_query.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"neg_to_query must hold integer query indices, got dtype {neg_to_query.dtype}.")
-    if neg_to_query.numel() and (neg_to_query.min() < 0 or neg_to_query.max() >= anchor.shape[0]):
+    # The range is checked where it costs nothing: on a GPU, reading min/max would stop the host every step (the
+    # training batches' indices come from the collate function; a bad index there fails in the indexing).
+    on_host = neg_to_query.device.type == "cpu"
+    if on_host and neg_to_query.numel() and (neg_to_query.min() < 0 or neg_to_query.max() >= anchor.shape[0]):
         raise ValueError(
             f"neg_to_query holds indices outside [0, {anchor.shape[0]}) (B = {anchor.shape[0]} queries): "
             f"min {int(neg_to_query.min())}, max {int(neg_to_query.max())}."

@@ -99,3 +99,21 @@ def test_torch_search_in_chunks_equals_one_block():
     np.testing.assert_allclose(whole[0], chunked[0], rtol=1e-6)  # BLAS blocks a 4-row product differently
     faiss_d, faiss_i = knn_search(db, queries, 5, use_gpu=False)
     np.testing.assert_array_equal(whole[1], faiss_i)
+
+
+def test_a_faiss_that_cannot_load_is_named_as_such(monkeypatch):
+    """A faiss-gpu built for another CUDA than the one present fails at import with its library error: the torch
+    search runs, and the warning says faiss is there but could not load, not that it is missing."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def importer(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("libcudart.so.12: cannot open shared object file: No such file or directory")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importer)
+    db, queries = _data(seed=3, num_db=30, num_q=4, dim=8)
+    with pytest.warns(RuntimeWarning, match=r"faiss is installed but cannot load \(libcudart\.so\.12"):
+        knn_search(db, queries, k=3)

@@ -51,9 +51,14 @@ def test_training_step_adds_weighted_mse_of_mask_and_target():
 
 
 def test_aux_weight_schedule():
+    from types import SimpleNamespace
+
     m = make()
     m.aux_weight_after, m.aux_switch_epoch = 0.001, 4
     assert m.current_aux_weight() == 0.5  # no trainer: epoch 0
+    for epoch, weight in ((3, 0.5), (4, 0.001), (9, 0.001)):  # the switch at epoch 4, as the paper's schedule
+        m._trainer = SimpleNamespace(current_epoch=epoch)
+        assert m.current_aux_weight() == weight, epoch
 
 
 def test_mask_changes_descriptor_only_when_it_weights_aggregation():

@@ -32,12 +32,26 @@ def import_faiss() -> ModuleType:
 
 
 def faiss_or_none() -> ModuleType | None:
-    """The faiss module, or None when it is not installed (the torch search is used instead)."""
+    """The faiss module, or None when it is not installed or cannot load (the torch search is used instead)."""
     try:
         import faiss
     except ImportError:
         return None
     return faiss
+
+
+def faiss_missing() -> str:
+    """Why faiss is not used, for the warning: not installed, or installed but unable to load (a faiss-gpu built
+    for another CUDA than the one present: its library error)."""
+    try:
+        import faiss  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name == "faiss":
+            return "faiss is not installed (pip install -e '.[cpu]' for faiss)"
+        return f"faiss is installed but cannot load ({e})"
+    except ImportError as e:
+        return f"faiss is installed but cannot load ({e}; a faiss-gpu built for another CUDA than torch's?)"
+    return "faiss is available"
 
 
 def faiss_has_gpu() -> bool:
@@ -94,7 +108,7 @@ def knn_search(
         if use_gpu is True and not torch.cuda.is_available():
             raise RuntimeError("knn_search: use_gpu=True but no GPU is visible (and faiss is not installed).")
         warnings.warn(
-            "faiss is not installed: exact search in torch instead (pip install -e '.[cpu]' for faiss)",
+            f"{faiss_missing()}: exact search in torch instead",
             RuntimeWarning,
             stacklevel=2,
         )
