@@ -10,7 +10,10 @@ instead of the D x D covariance.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,8 @@ import torch
 from vpr.devices import full_float32_matmul
 from vpr.errors import ConfigError
 from vpr.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 # Above this many bytes for the float64 copy of the training matrix, fit in float32 to halve the memory.
 _FLOAT64_LIMIT_BYTES = 1 << 30
@@ -181,3 +186,47 @@ def load_pca_file(path: Any, input_dim: int, setting: str = "pca_file") -> PCAWh
             f"{setting}={path}: fitted on {pca.input_dim}-d descriptors, this network gives {input_dim}-d"
         )
     return pca
+
+
+def check_pca_file_free(dim: int | None, path: Any) -> None:
+    """A fit (``pca_dim``) is never saved over an existing ``pca_file``: refused, before any work."""
+    if dim and path and Path(str(path)).exists():
+        raise ConfigError(
+            f"pca_file={path} exists: give only pca_file={path} to use it, or another path to save a new fit"
+        )
+
+
+def load_or_fit_pca(
+    dim: int | None,
+    path: Any,
+    input_dim: int,
+    fit_images: str,
+    num_fit_images: int,
+    descriptors: Callable[[], np.ndarray | torch.Tensor],
+    save_to: Any = None,
+) -> tuple[PCAWhitening | None, dict[str, Any]]:
+    """The PCA-whitening the settings ask for, and what results record of it (eval.py and retrieve.py alike).
+
+    ``pca_file`` alone (``path``) is read; ``pca_dim`` (``dim``) fits one on ``descriptors()`` (called only then: the
+    ``num_fit_images`` ``fit_images``) and saves it to ``path``, which must not exist yet, else to ``save_to``.
+    Neither: no PCA (None, {})."""
+    if not dim and not path:
+        return None, {}
+    if not dim:
+        pca = load_pca_file(path, input_dim)
+        log.info("PCA-whitening %d -> %d read from %s", pca.input_dim, pca.dim, path)
+        return pca, {"pca_dim": pca.dim, "pca_file": str(path)}
+    dim = int(dim)
+    check_pca_file_free(dim, path)
+    if dim >= min(num_fit_images, input_dim):
+        raise ConfigError(
+            f"pca_dim={dim} must be below the number of {fit_images} ({num_fit_images}) and the descriptor size "
+            f"({input_dim})"
+        )
+    pca = PCAWhitening(whiten=True).fit(descriptors(), dim)  # on the device the descriptors are on
+    log.info("PCA-whitening %d -> %d fitted on the %d %s", pca.input_dim, dim, num_fit_images, fit_images)
+    target = path or save_to
+    if target:
+        pca.save(str(target))
+        log.info("PCA saved to %s (reuse it with pca_file=%s)", target, target)
+    return pca, {"pca_dim": dim, **({"pca_file": str(target)} if target else {})}

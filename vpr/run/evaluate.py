@@ -30,7 +30,7 @@ from vpr.checkpoints import (
 from vpr.data.dataset import ImageDataset
 from vpr.devices import work_device
 from vpr.errors import ConfigError
-from vpr.eval.pca import PCAWhitening, load_pca_file
+from vpr.eval.pca import check_pca_file_free, load_or_fit_pca
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
 from vpr.run import save_predictions, single_log_stream
@@ -60,45 +60,30 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
     dim, path = whole_number(cfg, "pca_dim", 1, "the PCA output dimension; null: no PCA"), cfg.get("pca_file")
     if not dim and not path:
         return {}
-    if not dim:
-        pca = load_pca_file(path, module.head.out_dim)
-        module.descriptor_transform = pca.transform
-        log.info("PCA-whitening %d -> %d read from %s", pca.input_dim, pca.dim, path)
-        return {"pca_dim": pca.dim, "pca_file": str(path)}
-    dim = int(dim)
-    if path and Path(str(path)).exists():
-        raise ConfigError(
-            f"pca_file={path} exists: give only pca_file={path} to use it, or another path to save a new fit"
-        )
-    source = pca_source(cfg, dm, shared)
-    split = source.train_split
-    if dim >= min(split.num_db, module.head.out_dim):
-        raise ConfigError(
-            f"pca_dim={dim} must be below the number of training database images of {split.dataset} ({split.num_db}) "
-            f"and the descriptor size ({module.head.out_dim})"
-        )
-    module.to(work_device(cfg.trainer))  # before any Trainer: on the GPU when there is one, not the CPU
-    module.apply_memory_format()
-    desc = module.encode_dataset(ImageDataset(split.db_paths, source.transform), "PCA: training database")
-    pca = PCAWhitening(whiten=True).fit(desc, dim)  # on the device the descriptors are on
-    module.descriptor_transform = pca.transform
-    log.info(
-        "PCA-whitening %d -> %d fitted on the %d training database images of %s",
-        pca.input_dim,
+    source = pca_source(cfg, dm, shared) if dim else None
+    split = source.train_split if source is not None else None
+
+    def training_database():
+        module.to(work_device(cfg.trainer))  # before any Trainer: on the GPU when there is one, not the CPU
+        module.apply_memory_format()
+        return module.encode_dataset(ImageDataset(split.db_paths, source.transform), "PCA: training database")
+
+    pca, record = load_or_fit_pca(
         dim,
-        split.num_db,
-        split.dataset,
+        path,
+        module.head.out_dim,
+        f"training database images of {split.dataset}" if split is not None else "",
+        split.num_db if split is not None else 0,
+        training_database,
     )
-    if path:
-        pca.save(str(path))
-        log.info("PCA saved to %s (reuse it with pca_file=%s)", path, path)
-    return {"pca_dim": dim, "pca_fitted_on": split.dataset, **({"pca_file": str(path)} if path else {})}
+    module.descriptor_transform = pca.transform
+    return {**record, **({"pca_fitted_on": split.dataset} if split is not None else {})}
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     single_log_stream()
     check_common_settings(cfg)
-    whole_number(cfg, "pca_dim", 1, "the PCA output dimension; null: no PCA")  # before any work
+    check_pca_file_free(whole_number(cfg, "pca_dim", 1, "the PCA output dimension; null: no PCA"), cfg.get("pca_file"))
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split}: choose test, val or train")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, "train")

@@ -22,7 +22,7 @@ from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import eval_transform
 from vpr.errors import ConfigError
 from vpr.eval.exports import write_global_features, write_pairs, write_rankings
-from vpr.eval.pca import PCAWhitening, load_pca_file
+from vpr.eval.pca import load_or_fit_pca
 from vpr.eval.search import knn_search
 from vpr.io import write_json_atomic
 from vpr.run import single_log_stream
@@ -102,24 +102,18 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     queries = module.encode_dataset(ImageDataset(q_files, transform), "queries").cpu().numpy()
 
     out_dir = Path(cfg.paths.output_dir)
-    pca_note = None
-    if cfg.get("pca_file"):
-        pca = load_pca_file(cfg.pca_file, db.shape[1])
-        pca_note = str(cfg.pca_file)
-    elif pca_dim:
-        if pca_dim >= min(len(db), db.shape[1]):
-            raise ConfigError(
-                f"pca_dim={pca_dim} must be below the number of database images ({len(db)}) and the "
-                f"descriptor size ({db.shape[1]})"
-            )
-        pca = PCAWhitening(whiten=True).fit(db, pca_dim)
-        pca.save(out_dir / "pca.npz")
-        pca_note = str(out_dir / "pca.npz")
-    else:
-        pca = None
+    pca, record = load_or_fit_pca(
+        pca_dim,
+        cfg.get("pca_file"),
+        db.shape[1],
+        "database images",
+        len(db),
+        lambda: db,
+        save_to=out_dir / "pca.npz",
+    )
     if pca is not None:
         db, queries = pca.transform(db).astype(np.float32), pca.transform(queries).astype(np.float32)
-        log.info("PCA-whitening to %d dimensions (%s)", db.shape[1], pca_note)
+        log.info("PCA-whitening to %d dimensions (%s)", db.shape[1], record.get("pca_file"))
 
     if top_k > len(db_names):
         log.warning(
@@ -154,7 +148,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
         "num_queries": len(q_names),
         "top_k": int(indices.shape[1]),
         "descriptor_dim": int(db.shape[1]),
-        "pca_file": pca_note,
+        "pca_file": record.get("pca_file"),
         "image_size": list(size),
     }
     write_json_atomic(out_dir / "retrieve.json", summary)
