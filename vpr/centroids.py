@@ -48,13 +48,14 @@ def backbone_file_tag(backbone: nn.Module, seed: int) -> str:
 
 
 def centroid_path(cfg: DictConfig, backbone: nn.Module, head: nn.Module) -> Path:
-    """``<centroids_dir>/<backbone>_<dataset>_<K>_<H>x<W>_desc_cen.hdf5`` unless ``cluster.file`` names one."""
+    """``<centroids_dir>/<backbone>_<dataset>_<K>_<H>x<W>_desc_cen.hdf5`` unless ``cluster.file`` names one; absolute,
+    so the logs say where it is whatever folder the command ran in."""
     if cfg.cluster.get("file"):
-        return Path(cfg.cluster.file)
+        return Path(cfg.cluster.file).expanduser().resolve()
     dataset = cfg.data.get("tag") or cfg.data.name
     height, width = (int(s) for s in cfg.data.image_size)
     name = f"{backbone_file_tag(backbone, cfg.seed)}_{dataset}_{int(head.num_clusters)}_{height}x{width}_desc_cen.hdf5"
-    return Path(cfg.paths.centroids_dir) / name
+    return (Path(cfg.paths.centroids_dir).expanduser() / name).resolve()
 
 
 def readable_centroid_file(path: Path) -> bool:

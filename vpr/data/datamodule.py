@@ -262,7 +262,7 @@ class PlaceDataModule(L.LightningDataModule):
             )
         if split not in self._loaded:
             s = LAYOUTS[self.layout](self, split)
-            log.info("loaded %s", s.describe())
+            log.info("loaded %s from %s", s.describe(), Path(str(self.root)).expanduser().resolve())
             self._loaded[split] = s
         return self._loaded[split]
 

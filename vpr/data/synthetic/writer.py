@@ -256,6 +256,7 @@ def generate_city(
 
 
 def _generate_into(root: Path, cfg: CityConfig, seed: int, progress: bool, workers: int | None) -> None:
+    log.info("generating the synthetic city in %s (seed %d)", root.resolve(), seed)
     write_text_atomic(root / MARKER_NAME, json.dumps(_manifest(cfg, seed), indent=1))
     (root / MANIFEST_NAME).unlink(missing_ok=True)  # an interrupted run must not look complete
 
