@@ -36,6 +36,25 @@ SETTINGS = [
 ]
 
 
+def stop_when(overrides: list[str], tmp: Path, log_file: Path, reached, sig: int) -> int:
+    """Run train.py with ``overrides``, its output in ``log_file``; send ``sig`` once ``reached()``; its exit status."""
+    with open(log_file, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *overrides],
+            cwd=tmp,
+            env=script_env(tmp),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 300
+        while not reached():
+            assert proc.poll() is None, log_file.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached the moment to stop it"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        return proc.wait(timeout=120)
+
+
 def _step_of(ckpt: Path) -> int:
     """The global step of a checkpoint being rewritten by a running job (-1 while there is none)."""
     try:
@@ -64,28 +83,16 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(data_dir, tm
 
     first = tmp_path / "b" / "train" / "runs" / "first"
     log_file = tmp_path / "first.log"
-    with open(log_file, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), *common, f"paths.log_dir={tmp_path}/b", f"hydra.run.dir={first}"],
-            cwd=tmp_path,
-            env=script_env(tmp_path),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 300
 
-        def reached() -> bool:
-            if not one_round:
-                return "epoch 1 round 2" in log_file.read_text()  # the middle of the second epoch
-            trained = re.search(r"epoch 0 trained: global step (\d+)", log_file.read_text())
-            return trained is not None and _step_of(first / "checkpoints" / "last.ckpt") >= int(trained.group(1)) + 2
+    def reached() -> bool:
+        if not one_round:
+            return "epoch 1 round 2" in log_file.read_text()  # the middle of the second epoch
+        trained = re.search(r"epoch 0 trained: global step (\d+)", log_file.read_text())
+        return trained is not None and _step_of(first / "checkpoints" / "last.ckpt") >= int(trained.group(1)) + 2
 
-        while not reached():
-            assert proc.poll() is None, log_file.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the run never reached the middle of epoch 1"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    stop_when(
+        [*common, f"paths.log_dir={tmp_path}/b", f"hydra.run.dir={first}"], tmp_path, log_file, reached, signal.SIGKILL
+    )
     assert not (first / "results.json").exists(), "killed before the end"
     saved = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     killed_log = log_file.read_text()
@@ -138,21 +145,14 @@ def test_sigterm_while_training_saves_where_it_stopped_and_the_resume_equals_the
     )
     first = tmp_path / "b" / "train" / "runs" / "first"
     log_file = tmp_path / "first.log"
-    with open(log_file, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), *common, f"paths.log_dir={tmp_path}/b", f"hydra.run.dir={first}"],
-            cwd=tmp_path,
-            env=script_env(tmp_path),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 300
-        while "epoch 1 round 1/1" not in log_file.read_text():  # epoch 1's round mined: its steps begin
-            assert proc.poll() is None, log_file.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the run never reached epoch 1"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 143
+    status = stop_when(
+        [*common, f"paths.log_dir={tmp_path}/b", f"hydra.run.dir={first}"],
+        tmp_path,
+        log_file,
+        lambda: "epoch 1 round 1/1" in log_file.read_text(),  # epoch 1's round mined: its steps begin
+        signal.SIGTERM,
+    )
+    assert status == 143
     text = log_file.read_text()
     assert "error: stopped by SIGTERM; ckpt_path=last continues the run" in text
     saved = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
