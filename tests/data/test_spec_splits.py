@@ -15,6 +15,12 @@ from vpr.data.dataset import load_mat_split
 from vpr.errors import DataError
 
 
+def rewrite(mat: Path, source: Path | None = None, **fields) -> None:
+    """``mat`` written again (MATLAB v5) with the dbStruct of ``source`` (default: itself), ``fields`` replaced."""
+    record = scipy.io.loadmat(str(source or mat))["dbStruct"][0, 0]
+    write_v5(mat, {**{f: record[f] for f in record.dtype.names}, **fields})
+
+
 def test_pittsburgh_layout(tmp_path: Path) -> None:
     ds = pittsburgh_like(tmp_path, num_places=2)
     s = load_mat_split(tmp_path, "pitts30k", "test")
@@ -70,22 +76,18 @@ def test_incomplete_image_folder(tmp_path: Path) -> None:
 )
 def test_malformed_spec_is_a_data_error(tmp_path: Path, change: dict, message: str) -> None:
     pittsburgh_like(tmp_path, num_places=2)
-    mat = tmp_path / "datasets" / "pitts30k_test.mat"
-    record = scipy.io.loadmat(str(mat))["dbStruct"][0, 0]
-    write_v5(mat, {**{f: record[f] for f in record.dtype.names}, **change})
+    rewrite(tmp_path / "datasets" / "pitts30k_test.mat", **change)
     with pytest.raises(DataError, match=message):
         load_mat_split(tmp_path, "pitts30k", "test")
 
 
 def test_capture_times_reach_the_split(tmp_path: Path) -> None:
     pittsburgh_like(tmp_path, name="tokyoTM", split="train", num_places=2)
-    mat = tmp_path / "datasets" / "tokyoTM_train.mat"
-    record = scipy.io.loadmat(str(mat))["dbStruct"][0, 0]
     times = {
         "dbTimeStamp": np.array([[2009.0, 2011.0, 2009.0, 2009.0, 2011.0, 2011.0]]),
         "qTimeStamp": np.array([[2009.0, 2011.0]]),
     }
-    write_v5(mat, {**{f: record[f] for f in record.dtype.names}, **times})
+    rewrite(tmp_path / "datasets" / "tokyoTM_train.mat", **times)
     s = load_mat_split(tmp_path, "tokyoTM", "train")
     np.testing.assert_array_equal(s.db_time, times["dbTimeStamp"][0])
     np.testing.assert_array_equal(s.q_time, times["qTimeStamp"][0])
@@ -156,15 +158,14 @@ def test_tokyotm_training_positives_lie_more_than_a_metre_away(tmp_path: Path) -
 
     pittsburgh_like(tmp_path, name="tokyoTM", split="train", num_places=2)
     mat = tmp_path / "datasets" / "tokyoTM_train.mat"
+    rewrite(mat.with_name("tokyoTM_val.mat"), source=mat, whichSet="val")  # setup("fit") reads val too
     record = scipy.io.loadmat(str(mat))["dbStruct"][0, 0]
     utm_q = record["utmQ"].astype(float)
     utm_db = record["utmDb"].astype(float)  # 2 x 6: place 0 = database 0, 1, 2; query 0 is 4 m from database 0
     utm_db[:, 0] = utm_q[:, 0] + [0.5, 0.0]  # 0.5 m from query 0: too close to be non-trivial
     utm_db[:, 1] = utm_q[:, 0] + [0.0, 1.0]  # exactly 1 m: not more than 1 m, also out
     utm_db[:, 2] = utm_q[:, 0] + [3.0, 0.0]  # 3 m: a positive
-    times = {"dbTimeStamp": np.array([[2011.0] * 6]), "qTimeStamp": np.array([[2009.0, 2009.0]]), "utmDb": utm_db}
-    write_v5(mat, {**{f: record[f] for f in record.dtype.names}, **times})
-    write_v5(mat.with_name("tokyoTM_val.mat"), {**{f: record[f] for f in record.dtype.names}, "whichSet": "val"})
+    rewrite(mat, dbTimeStamp=np.array([[2011.0] * 6]), qTimeStamp=np.array([[2009.0, 2009.0]]), utmDb=utm_db)
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose(
