@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vpr.data.transforms import normalise_pixels, pixel_statistics
+
 #: Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, from the vendors' data sheets (SXM parts).
 #: The first fragment found in the name wins: the PCIe H100 before the SXM one, L40S before L4.
 DENSE_BF16_PEAK = {
@@ -200,14 +202,16 @@ def run(
     gen = torch.Generator().manual_seed(0)
     b, per = size.tuples, size.negatives
     n_images = b * (2 + per)
-    images = torch.rand(n_images, 3, h, w, generator=gen).to(device)
+    # The project's loaders hand over uint8 pixels, normalised on the device inside the network (describe); the
+    # naive reference gets float32 images normalised beforehand, as a loader that normalises in its workers gives.
+    pixels = torch.randint(0, 256, (n_images, 3, h, w), generator=gen, dtype=torch.uint8).to(device)
+    images = normalise_pixels(pixels, *pixel_statistics(device))
     neg_to_query = torch.arange(b).repeat_interleave(per).to(device)
     margin = float(getattr(loss_fn, "margin", 0.1))
     channels_last = device.type == "cuda"
     if channels_last:
         module.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    project_images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
     params = [p for p in module.parameters() if p.requires_grad]
     naive_params = [p for p in naive.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
@@ -216,7 +220,7 @@ def run(
     def project_step() -> None:
         module.train()
         with project_precision(device):
-            desc, _ = module.describe(project_images)
+            desc, _ = module.describe(pixels)
             loss = loss_fn(desc[:b], desc[b : 2 * b], desc[2 * b :], neg_to_query)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -234,14 +238,14 @@ def run(
         loss.backward()
         naive_opt.step()
 
-    enc = torch.rand(size.encode_images, 3, h, w, generator=gen).to(device)
-    enc_project = enc.contiguous(memory_format=torch.channels_last) if channels_last else enc
+    enc_pixels = torch.randint(0, 256, (size.encode_images, 3, h, w), generator=gen, dtype=torch.uint8).to(device)
+    enc = normalise_pixels(enc_pixels, *pixel_statistics(device))
 
     @torch.no_grad()
     def project_encode() -> None:
         module.eval()
         with project_precision(device):
-            module(enc_project).float()
+            module(enc_pixels).float()
 
     @torch.no_grad()
     def naive_encode() -> None:
@@ -316,7 +320,7 @@ def run(
 
 
 def loading_rate(height: int, width: int, repeats: int, count: int = 24) -> float:
-    """Images/s one loader process reads: JPEG decode, resize and normalisation (the project's ImageDataset and
+    """Images/s one loader process reads: JPEG decode, resize and uint8 tensor (the project's ImageDataset and
     eval transform) of ``count`` photo-like JPEGs of ``height`` x ``width`` (smooth colour fields plus grain,
     quality 90), written to a temporary folder. The network rows above use tensors already in memory."""
     import tempfile
@@ -399,8 +403,8 @@ def mining_benchmark(
     t0 = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(0)
     db = torch.empty(num_db, dim, dtype=cache_dtype, device=device)
-    for s in range(0, num_db, 4096):  # unit rows, like NetVLAD descriptors
-        block = torch.randn(min(4096, num_db - s), dim, generator=gen, device=device)
+    for s in range(0, num_db, 1024):  # unit rows, like NetVLAD descriptors
+        block = torch.randn(min(1024, num_db - s), dim, generator=gen, device=device)
         db[s : s + len(block)] = F.normalize(block, dim=1).to(cache_dtype)
     q = F.normalize(
         db[torch.as_tensor(anchor, device=device)].float()
@@ -533,7 +537,7 @@ def markdown(result: dict[str, Any]) -> str:
             return f"{n} loader process{'es' if n != 1 else ''}"
 
         lines.append(
-            f"Image loading (JPEG decode, resize, normalisation; one loader process): {rate:.0f} images/s: "
+            f"Image loading (JPEG decode, resize, uint8 tensor; one loader process): {rate:.0f} images/s: "
             f"the training step needs about {workers(math.ceil(step / rate))} and the encoding pass "
             f"{workers(math.ceil(encode / rate))} at the speeds above (data.num_workers)."
         )

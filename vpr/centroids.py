@@ -29,7 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vpr.data.dataset import ImageDataset
-from vpr.devices import full_float32_matmul, loader_workers, work_device
+from vpr.data.transforms import normalise_pixels, pixel_statistics
+from vpr.devices import full_float32_matmul, loader_worker_init, loader_workers, work_device
 from vpr.errors import ConfigError
 from vpr.eval.search import faiss_missing, faiss_or_none
 from vpr.io import atomic_path
@@ -96,12 +97,19 @@ def sample_local_descriptors(
     """
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(dataset), size=min(num_images, len(dataset)), replace=False))
-    loader = DataLoader(Subset(dataset, chosen.tolist()), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(
+        Subset(dataset, chosen.tolist()),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        worker_init_fn=loader_worker_init,
+        pin_memory=torch.device(device).type == "cuda",
+    )
     was_training = backbone.training
     backbone.eval().to(device)
     out = []
+    mean, std = pixel_statistics(device)
     for images, _ in progress(loader, desc="sampling local descriptors"):
-        fmap = F.normalize(backbone(images.to(device)).float(), dim=1)  # (B, C, h, w)
+        fmap = F.normalize(backbone(normalise_pixels(images.to(device), mean, std)).float(), dim=1)  # (B, C, h, w)
         b, c, h, w = fmap.shape
         flat = fmap.flatten(2).transpose(1, 2).cpu().numpy()  # (B, h*w, C)
         take = min(per_image, h * w)

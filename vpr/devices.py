@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -44,6 +45,14 @@ def loader_workers(requested: int) -> int:
     """DataLoader workers: ``data.num_workers``, at most one per CPU of this process (more only contend, and torch
     warns about each loader)."""
     return max(0, min(int(requested), cpu_count()))
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` of every loader: the worker ignores SIGTERM. A scheduler's time limit or
+    ``scancel`` signals the whole process group; a worker that died of it first made the training process fail
+    with "DataLoader worker ... killed by signal: Terminated" instead of stopping cleanly and saving where it was.
+    The workers still end with the run: the loader shuts them down, and each exits when its parent is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ epoch it was in; the resumed run keeps writing checkpoints in the killed run's f
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -36,8 +37,9 @@ SETTINGS = [
 ]
 
 
-def stop_when(overrides: list[str], tmp: Path, log_file: Path, reached, sig: int) -> int:
-    """Run train.py with ``overrides``, its output in ``log_file``; send ``sig`` once ``reached()``; its exit status."""
+def stop_when(overrides: list[str], tmp: Path, log_file: Path, reached, sig: int, group: bool = False) -> int:
+    """Run train.py with ``overrides``, its output in ``log_file``; send ``sig`` once ``reached()``; its exit status.
+    ``group``: to its whole process group, loader workers included, as a scheduler's time limit or a terminal does."""
     with open(log_file, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), *overrides],
@@ -45,13 +47,17 @@ def stop_when(overrides: list[str], tmp: Path, log_file: Path, reached, sig: int
             env=script_env(tmp),
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=group,
         )
         deadline = time.monotonic() + 300
         while not reached():
             assert proc.poll() is None, log_file.read_text()[-3000:]
             assert time.monotonic() < deadline, "the run never reached the moment to stop it"
             time.sleep(0.02)
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         return proc.wait(timeout=120)
 
 
@@ -170,6 +176,45 @@ def test_sigterm_while_training_saves_where_it_stopped_and_the_resume_equals_the
     )["state_dict"]
     got = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_saves_where_it_stopped(data_dir, tmp_path):
+    """A scheduler's time limit (scancel, timeout) signals the loader workers too: they must not die first and
+    take the run down with "DataLoader worker ... killed by signal" before it saves."""
+    run = tmp_path / "train" / "runs" / "r"
+    log_file = tmp_path / "run.log"
+    settings = [s for s in SETTINGS if s != "data.num_workers=0"]
+    status = stop_when(
+        [
+            *settings,
+            "data.num_workers=2",
+            f"paths.data_dir={data_dir}",
+            f"paths.log_dir={tmp_path}",
+            f"hydra.run.dir={run}",
+        ],
+        tmp_path,
+        log_file,
+        lambda: "epoch 1 round 1/" in log_file.read_text(),
+        signal.SIGTERM,
+        group=True,
+    )
+    text = log_file.read_text()
+    assert status == 143, text[-3000:]
+    assert "killed by signal" not in text and "Traceback" not in text, text[-3000:]
+    assert "error: stopped by SIGTERM; ckpt_path=last continues the run" in text
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 1 and re.search(rf"SIGTERM at epoch 1, step {saved['global_step']}: saved", text)
+    # Epoch 0's time line: every tuple its rounds mined was trained, and its cache passes are those rounds'.
+    rounds = re.findall(
+        r"epoch 0 round \d+/\d+ cache pass: \d+ images in ([\d.]+) s .*, mining ([\d.]+) s; (\d+)/", text
+    )
+    line = re.search(
+        r"epoch 0 took [\d.]+ min \(training [\d.]+ s \((\d+) tuples, [\d.]+/s\), cache passes ([\d.]+) s", text
+    )
+    assert rounds and line, text[-3000:]
+    assert int(line.group(1)) == sum(int(mined) for _, _, mined in rounds) > 0
+    cache = sum(float(encode) + float(mine) for encode, mine, _ in rounds)
+    assert float(line.group(2)) == pytest.approx(cache, abs=0.06 * len(rounds) + 0.05)
 
 
 def test_resuming_into_another_network_or_a_folder_in_use_is_one_error(data_dir, tmp_path):

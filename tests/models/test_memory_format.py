@@ -36,11 +36,16 @@ def test_channels_last_gives_the_plain_descriptors_and_gradients(train):
     plain, fast = build(False), build(True)
     conv = next(m for m in fast.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
-    images = torch.rand(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    # The loaders' uint8 pixels go to the GPU path (normalised inside describe); the plain path gets the floats
+    # normalised here by the formula, as a loader normalising in its workers would give them.
+    pixels = torch.randint(0, 256, (3, 3, 64, 80), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+    images = ((pixels.double() / 255 - mean) / std).float()
     plain.train(train)
     fast.train(train)
     d0, m0 = plain.describe(images)
-    d1, m1 = fast.describe(images)
+    d1, m1 = fast.describe(pixels)
     torch.testing.assert_close(d1, d0, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(m1, m0, atol=1e-5, rtol=1e-4)
     if train:

@@ -26,7 +26,7 @@ from vpr.data.dataset import (
 from vpr.data.guidance import GuidanceTargets, build_label_source
 from vpr.data.mining import HardNegativeMiner, MinedBatchSampler, MiningStats, Triplet
 from vpr.data.transforms import eval_transform
-from vpr.devices import loader_workers
+from vpr.devices import loader_worker_init, loader_workers
 from vpr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -390,6 +390,7 @@ class PlaceDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "pin_memory": cuda,  # not with trainer=cpu on a GPU machine: no CUDA context for nothing
             "persistent_workers": bool(persistent) and self.num_workers > 0,
+            "worker_init_fn": loader_worker_init,
         }
 
     def train_dataloader(self) -> DataLoader:

@@ -107,7 +107,7 @@ class HardNegativeMiner:
         margin: float = 0.1,
         negative_radius_m: float | None = None,
         chunk_queries: int = 256,
-        chunk_database: int = 8192,
+        chunk_database: int = 2048,
     ):
         if negatives_per_query < 1 or candidate_negatives < 1:
             raise ValueError("mining.negatives_per_query and mining.candidate_negatives must be >= 1")

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vpr.data.transforms import normalise_pixels, pixel_statistics
+from vpr.devices import loader_worker_init
 from vpr.errors import ConfigError
 from vpr.eval.exports import pair_distances
 from vpr.eval.ranking import rank_split
@@ -110,6 +112,10 @@ class PlaceRecognitionModule(L.LightningModule):
         self.attention = attention
         self.head = head
         self.loss = loss
+        # Pixel normalisation on this module's device (describe); not in the state dict, so checkpoints are as before.
+        mean, std = pixel_statistics()
+        self.register_buffer("_pixel_mean", mean, persistent=False)
+        self.register_buffer("_pixel_std", std, persistent=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.lr_multipliers = {"backbone": 1.0, "attention": 1.0, "head": 1.0, **dict(lr_multipliers or {})}
@@ -128,11 +134,14 @@ class PlaceRecognitionModule(L.LightningModule):
         self.predictions: dict[str, np.ndarray] = {}  # stage -> (num_q, max N) retrieved database indices
         self._said_recall_sizes: set[str] = set()  # splits whose database is smaller than an N (said once)
         self.prediction_distances: dict[str, np.ndarray] = {}  # "test" -> L2 distances of those (num_q, max N)
-        # Applied to evaluation descriptors before the search, e.g. PCA-whitening (eval.py pca_dim=...).
         # Applied to the evaluation descriptors (a (N, D) tensor on their device) before ranking: PCA-whitening.
         self.descriptor_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._epoch_start = 0.0
+        # Where an epoch's time goes (its log line): tuples trained, seconds of validation in it.
+        self._tuples_trained = 0
+        self._validation_start = 0.0
+        self._validation_seconds = 0.0
 
     # -- the descriptor ---------------------------------------------------------------------------------------
     @property
@@ -164,14 +173,19 @@ class PlaceRecognitionModule(L.LightningModule):
 
     def on_validation_start(self) -> None:
         self.apply_memory_format()
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._validation_seconds += time.perf_counter() - self._validation_start
 
     def on_test_start(self) -> None:
         self.apply_memory_format()
 
     def describe(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """images: (B, 3, H, W) -> (descriptors (B, out_dim), spatial mask (B, 1, h, w) or None)."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        """images: (B, 3, H, W), uint8 pixels as the loaders give them (normalised here, on this module's device)
+        or floats already normalised -> (descriptors (B, out_dim), spatial mask (B, 1, h, w) or None)."""
+        images = normalise_pixels(images, self._pixel_mean, self._pixel_std, channels_last=self.channels_last)
         features = self.backbone(images)
         att = _attention_output(self.attention, self.attention(features))
         return self.head(att.features, att.weights), att.mask
@@ -232,16 +246,21 @@ class PlaceRecognitionModule(L.LightningModule):
             batch_size=self.encode_batch_size,
             num_workers=self.encode_workers,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=loader_worker_init,
         )
         t0 = time.perf_counter()
-        parts = []
+        # Filled in place: collecting the batches and concatenating them would hold the cache twice at its end
+        # (12 GB, not 6, for a Pitts250k database in float16).
+        local = torch.empty(len(indices), self.head.out_dim, device=self.device, dtype=dtype)
+        filled = 0
         ctx = (
             self._trainer.precision_plugin.forward_context() if self._trainer else torch.autocast("cpu", enabled=False)
         )
         with ctx:
             for images, _ in progress(loader, desc=desc, leave=False, disable=rank != 0):
-                parts.append(self(images.to(self.device, non_blocking=True)).to(dtype))
-        local = torch.cat(parts) if parts else torch.zeros(0, self.head.out_dim, device=self.device, dtype=dtype)
+                out = self(images.to(self.device, non_blocking=True))
+                local[filled : filled + len(out)] = out
+                filled += len(out)
         if world > 1:
             local = self._gather_shards(local, len(dataset), world)
         self.train(was_training)
@@ -279,6 +298,7 @@ class PlaceRecognitionModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """batch: query (B,3,H,W), positive (B,3,H,W), negatives (N,3,H,W), neg_to_query (N,)."""
         b = batch["query"].shape[0]
+        self._tuples_trained += b
         images = torch.cat([batch["query"], batch["positive"], batch["negatives"]])
         desc, mask = self.describe(images)
         q, p, n = desc[:b], desc[b : 2 * b], desc[2 * b :]
@@ -304,6 +324,21 @@ class PlaceRecognitionModule(L.LightningModule):
 
     def _start_epoch_clock(self) -> None:
         self._epoch_start = time.perf_counter()
+        self._tuples_trained = 0
+        self._validation_seconds = 0.0
+
+    def _epoch_breakdown(self, seconds: float) -> str:
+        """``training 80.0 s (1500 tuples, 18.8/s), cache passes 15.0 s, validation 17.0 s``: the training steps' time
+        is the epoch's less its cache passes (mining included) and validation."""
+        dm = getattr(self.trainer, "datamodule", None)
+        mined = dm.epoch_mining_stats(self.current_epoch) if hasattr(dm, "epoch_mining_stats") else None
+        cache = mined[0].encode_seconds + mined[0].mine_seconds if mined else 0.0
+        steps = max(seconds - cache - self._validation_seconds, 1e-9)
+        tuples = self._tuples_trained * self.trainer.world_size  # each rank trains its share of every round
+        return (
+            f"training {steps:.1f} s ({tuples} tuples, {tuples / steps:.1f}/s), cache passes {cache:.1f} s, "
+            f"validation {self._validation_seconds:.1f} s"
+        )
 
     def on_train_epoch_end(self) -> None:
         seconds = time.perf_counter() - self._epoch_start
@@ -326,9 +361,10 @@ class PlaceRecognitionModule(L.LightningModule):
             return
         left = (self.trainer.max_epochs or 0) - self.current_epoch - 1
         log.info(
-            "epoch %d took %.1f min%s",
+            "epoch %d took %.1f min (%s)%s",
             self.current_epoch,
             seconds / 60,
+            self._epoch_breakdown(seconds),
             f"; about {left * seconds / 60:.0f} min for the {left} epoch{'s' if left > 1 else ''} left"
             if left > 0
             else "",
