@@ -16,7 +16,19 @@ from tests.conftest import ROOT, script_env
 def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
     env = {**script_env(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "vpr.bench", "--size", "tiny", "--repeats", "1", "--out", str(tmp_path / "b")],
+        [
+            sys.executable,
+            "-m",
+            "vpr.bench",
+            "--size",
+            "tiny",
+            "--repeats",
+            "1",
+            "--shapes",
+            "1",
+            "--out",
+            str(tmp_path / "b"),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -40,6 +52,23 @@ def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
 
     n = math.ceil(step / rate)  # loader processes the training step needs at these speeds
     assert rate > 0 and f"the training step needs about {n} loader process{'es' if n != 1 else ''} and" in proc.stdout
+    # --shapes 1: the tiny step (2 tuples x 2 negatives) at 3 and then 2 negatives, benchmark mode off then on
+    assert [(r["cudnn_benchmark"], r["negatives"]) for r in result["new_shapes"]] == [(False, [3]), (True, [2])]
+    assert "| off | 3 |" in proc.stdout and "| on | 2 |" in proc.stdout
+
+
+def test_new_shape_rows_give_each_mode_shapes_of_its_own_and_restore_the_mode(monkeypatch):
+    from vpr.bench import new_shape_rows
+
+    calls = []
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    rows = new_shape_rows(lambda n: calls.append((n, torch.backends.cudnn.benchmark)), 4, 40, 3, 2, torch.device("cpu"))
+    # never the measured 40, never fewer than one per tuple; one first step and 2 repeats per shape
+    off, on = [39, 37, 35], [38, 36, 34]
+    assert calls == [(n, False) for n in off for _ in range(3)] + [(n, True) for n in on for _ in range(3)]
+    assert [(r["cudnn_benchmark"], r["negatives"]) for r in rows] == [(False, off), (True, on)]
+    assert all(r["first_step_seconds"] >= 0 and r["repeat_step_seconds"] >= 0 for r in rows)
+    assert torch.backends.cudnn.benchmark is True
 
 
 def test_naive_netvlad_equals_the_project_head():

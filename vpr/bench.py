@@ -190,6 +190,7 @@ def run(
     device: torch.device,
     compile_mode: bool | str = False,
     compile_backend: str = "inductor",
+    shapes: int = 0,
 ) -> dict[str, Any]:
     size = SIZES[size_name]
     cfg = compose(size)
@@ -217,14 +218,18 @@ def run(
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
     naive_opt = torch.optim.SGD(naive_params, lr=1e-4, momentum=0.9)
 
-    def project_step() -> None:
+    def project_step_with(negatives: int) -> None:
+        """A training step on the first ``negatives`` negatives of the batch (a batch shape of its own)."""
         module.train()
         with project_precision(device):
-            desc, _ = module.describe(pixels)
-            loss = loss_fn(desc[:b], desc[b : 2 * b], desc[2 * b :], neg_to_query)
+            desc, _ = module.describe(pixels[: 2 * b + negatives])
+            loss = loss_fn(desc[:b], desc[b : 2 * b], desc[2 * b :], neg_to_query[:negatives])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    def project_step() -> None:
+        project_step_with(b * per)
 
     def naive_describe(x: torch.Tensor) -> torch.Tensor:
         att = naive.attention(naive.backbone(x))
@@ -298,6 +303,9 @@ def run(
         )
     )
     out["rows"] = [{"measure": m, "project": p, "naive": n, "ratio": ratio(m, p, n)} for m, p, n in rows]
+    if shapes:
+        out["new_shapes"] = new_shape_rows(project_step_with, b, b * per, shapes, repeats, device)
+        opt.zero_grad(set_to_none=True)
     if compile_mode is not False:
         eager = {m: p for m, p, _ in rows}
         module.compile_backend = compile_backend
@@ -498,6 +506,45 @@ def compile_rows(
     ]
 
 
+def new_shape_rows(
+    step_with: Callable[[int], None],
+    tuples: int,
+    max_negatives: int,
+    shapes: int,
+    repeats: int,
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """The training step at batch shapes it has not seen, as a mining round gives them (its tuples keep 1 to
+    ``negatives_per_query`` negatives, so the batch's image count varies), with cudnn's benchmark mode off and
+    then on: the first step at each new shape (on GPUs with benchmark mode, cudnn times its algorithms for the
+    shape then) against the same shape again. Each mode gets shapes of its own, none seen before in the run."""
+    counts = [n for n in range(max_negatives - 1, tuples - 1, -1)][: 2 * shapes]  # fewer negatives than measured
+    before = torch.backends.cudnn.benchmark
+    rows = []
+    try:
+        for mode, mine in ((False, counts[0::2]), (True, counts[1::2])):
+            torch.backends.cudnn.benchmark = mode
+            first, again = [], []
+            for n in mine:
+                synchronize(device)
+                t0 = time.perf_counter()
+                step_with(n)
+                synchronize(device)
+                first.append(time.perf_counter() - t0)
+                again.append(timed(lambda n=n: step_with(n), repeats, device, warmup=0)[0])
+            rows.append(
+                {
+                    "cudnn_benchmark": mode,
+                    "negatives": mine,
+                    "first_step_seconds": sum(first) / len(first),
+                    "repeat_step_seconds": sum(again) / len(again),
+                }
+            )
+    finally:
+        torch.backends.cudnn.benchmark = before
+    return [r for r in rows if r["negatives"]]
+
+
 def ratio(measure: str, project: float, naive: float) -> float | None:
     """How many times better the project is: a rate's quotient, a time's or memory's inverse quotient."""
     if not project or not naive:
@@ -541,6 +588,20 @@ def markdown(result: dict[str, Any]) -> str:
             f"the training step needs about {workers(math.ceil(step / rate))} and the encoding pass "
             f"{workers(math.ceil(encode / rate))} at the speeds above (data.num_workers)."
         )
+    if result.get("new_shapes"):
+        lines += [
+            "",
+            "Training steps at batch shapes not seen before (a mining round's tuples keep 1 to "
+            f"{result['negatives_per_tuple']} negatives, so a batch's image count varies), seconds per step:",
+            "",
+            "| cudnn benchmark mode | negatives in the batch | first step at a new shape | the same shape again |",
+            "|---|---|---:|---:|",
+        ]
+        for r in result["new_shapes"]:
+            lines.append(
+                f"| {'on' if r['cudnn_benchmark'] else 'off'} | {', '.join(map(str, r['negatives']))} | "
+                f"{r['first_step_seconds']:.3g} | {r['repeat_step_seconds']:.3g} |"
+            )
     if result.get("compile"):
         lines += [
             "",
@@ -584,6 +645,14 @@ def main(argv: list[str] | None = None) -> int:
         "default, reduce-overhead, max-autotune) and print compiled vs eager",
     )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
+    parser.add_argument(
+        "--shapes",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also time the training step at K batch shapes it has not seen (fewer negatives), first step "
+        "against a repeat, with cudnn's benchmark mode off and on (K each)",
+    )
     args = parser.parse_args(argv)
     try:
         device = torch.device(
@@ -601,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("repeats", "mining_db", "mining_queries", "mining_dim"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.shapes < 0:
+        parser.error("--shapes must be >= 0")
     if args.mining and args.size:
         parser.error("--size sets the network benchmark; --mining sizes its round with --mining-db/-queries/-dim")
     out = args.out or Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -621,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         device,
         compile_mode=args.compile if args.compile else False,
         compile_backend=args.compile_backend,
+        shapes=args.shapes,
     )
     table = markdown(result)
     write_json_atomic(out / "bench.json", result)
