@@ -61,14 +61,14 @@ def test_new_shape_rows_give_each_mode_shapes_of_its_own_and_restore_the_mode(mo
     from vpr.bench import new_shape_rows
 
     calls = []
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # not the last mode it sets: restored or red
     rows = new_shape_rows(lambda n: calls.append((n, torch.backends.cudnn.benchmark)), 4, 40, 3, 2, torch.device("cpu"))
     # never the measured 40, never fewer than one per tuple; one first step and 2 repeats per shape
     off, on = [39, 37, 35], [38, 36, 34]
     assert calls == [(n, False) for n in off for _ in range(3)] + [(n, True) for n in on for _ in range(3)]
     assert [(r["cudnn_benchmark"], r["negatives"]) for r in rows] == [(False, off), (True, on)]
     assert all(r["first_step_seconds"] >= 0 and r["repeat_step_seconds"] >= 0 for r in rows)
-    assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_naive_netvlad_equals_the_project_head():

@@ -64,3 +64,45 @@ def test_loader_workers_at_most_one_per_cpu(monkeypatch):
     assert PlaceDataModule(None, "city", num_workers=8).num_workers == 2  # data=pitts30k's 8 on a 2-CPU machine
     monkeypatch.setattr(devices, "cpu_count", lambda: 16)
     assert PlaceDataModule(None, "city", num_workers=8).num_workers == 8
+
+
+class _WorkerPid(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 10**6
+
+    def __getitem__(self, index: int) -> int:
+        import os
+
+        return os.getpid()
+
+
+def _alive_after(worker, seconds: float) -> bool:
+
+    worker.join(timeout=seconds)
+    return worker.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"), reason="the platform cannot tell a sender")
+def test_loader_workers_ignore_a_strangers_sigterm_and_end_on_their_parents():
+    """A process-group SIGTERM (a scheduler's time limit) must not kill the workers before the training process
+    has stopped and saved; the loader's own SIGTERM (its shutdown, Python's exit) must still end them, or the
+    parent waits for them for ever."""
+    import os
+    import signal
+    import subprocess
+
+    from vpr.devices import loader_worker_init
+
+    loader = torch.utils.data.DataLoader(
+        _WorkerPid(), batch_size=1, num_workers=1, worker_init_fn=loader_worker_init, persistent_workers=True
+    )
+    it = iter(loader)
+    pid = int(next(it)[0])
+    (worker,) = it._workers
+    assert worker.pid == pid
+    subprocess.run(["kill", "-TERM", str(pid)], check=True)  # sent by another process
+    assert _alive_after(worker, 1.0), "a SIGTERM from a stranger ended the worker"
+    assert int(next(it)[0]) == pid  # and it still serves batches
+    os.kill(pid, signal.SIGTERM)  # from its parent, as the loader's shutdown sends it
+    assert not _alive_after(worker, 5.0), "the parent's SIGTERM did not end the worker"
+    it._shutdown_workers()

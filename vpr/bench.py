@@ -219,11 +219,13 @@ def run(
     naive_opt = torch.optim.SGD(naive_params, lr=1e-4, momentum=0.9)
 
     def project_step_with(negatives: int) -> None:
-        """A training step on the first ``negatives`` negatives of the batch (a batch shape of its own)."""
+        """A training step with ``negatives`` negatives in all (a batch shape of its own), spread over the tuples
+        as evenly as they go (every tuple keeps at least one when there are as many as tuples)."""
         module.train()
+        owner = neg_to_query if negatives == b * per else torch.arange(negatives, device=device) * b // negatives
         with project_precision(device):
             desc, _ = module.describe(pixels[: 2 * b + negatives])
-            loss = loss_fn(desc[:b], desc[b : 2 * b], desc[2 * b :], neg_to_query[:negatives])
+            loss = loss_fn(desc[:b], desc[b : 2 * b], desc[2 * b :], owner)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -48,11 +49,28 @@ def loader_workers(requested: int) -> int:
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn`` of every loader: the worker ignores SIGTERM. A scheduler's time limit or
-    ``scancel`` signals the whole process group; a worker that died of it first made the training process fail
-    with "DataLoader worker ... killed by signal: Terminated" instead of stopping cleanly and saving where it was.
-    The workers still end with the run: the loader shuts them down, and each exits when its parent is gone."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """DataLoader ``worker_init_fn`` of every loader: the worker ends on a SIGTERM from its own parent (the loader
+    shutting it down) and ignores one from anyone else.
+
+    A scheduler's time limit or ``scancel`` signals the whole process group: a worker that died of it first made
+    the training process fail with "DataLoader worker ... killed by signal: Terminated" instead of stopping cleanly
+    and saving where it was. Ignoring SIGTERM altogether would hang the parent, whose loader (and Python's exit)
+    ends workers with SIGTERM and then waits for them. So SIGTERM is blocked in the worker and a thread takes it
+    with its sender: the parent's ends the worker at once, as before. Where the platform cannot tell the sender
+    (``sigwaitinfo`` is missing, as on macOS), nothing changes."""
+    if not hasattr(signal, "sigwaitinfo") or not hasattr(signal, "pthread_sigmask"):
+        return
+    parent = os.getppid()
+    # Blocked in this thread before any other starts: threads inherit the mask, so only the watcher takes it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_take_sigterm, args=(parent,), name="vpr-sigterm", daemon=True).start()
+
+
+def _take_sigterm(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent:
+            os._exit(0)  # at once, as the signal would have ended it (a thread cannot restore its default action)
 
 
 @contextlib.contextmanager

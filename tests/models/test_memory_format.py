@@ -44,8 +44,12 @@ def test_channels_last_gives_the_plain_descriptors_and_gradients(train):
     images = ((pixels.double() / 255 - mean) / std).float()
     plain.train(train)
     fast.train(train)
+    seen = []
+    fast.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     d0, m0 = plain.describe(images)
     d1, m1 = fast.describe(pixels)
+    (x,) = seen  # what the GPU path's backbone received: normalised floats, channels-last
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     torch.testing.assert_close(d1, d0, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(m1, m0, atol=1e-5, rtol=1e-4)
     if train:

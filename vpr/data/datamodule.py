@@ -365,7 +365,9 @@ class PlaceDataModule(L.LightningDataModule):
         return desc[len(db_paths) :], desc[: len(db_paths)]
 
     def _record_stats(self, stats: MiningStats) -> None:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        # The sampler's epoch: Lightning starts the loader (and its first round) before the epoch begins, and
+        # after a resume from an end-of-epoch checkpoint trainer.current_epoch still names the finished one.
+        epoch = stats.epoch if stats.epoch >= 0 else (self.trainer.current_epoch if self.trainer is not None else 0)
         if epoch != self._mining_rounds[0]:
             self._mining_rounds = (epoch, [])
         self._mining_rounds[1].append(stats)

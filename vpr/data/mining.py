@@ -55,6 +55,8 @@ class MiningStats:
     encode_seconds: float = 0.0
     mine_seconds: float = 0.0
     images_encoded: int = 0
+    epoch: int = -1  # the epoch whose batches the round mined (-1: not said)
+    started: float = 0.0  # time.perf_counter() when its cache pass began (0: not said)
 
     def line(self) -> str:
         rate = self.images_encoded / max(self.encode_seconds, 1e-9)
@@ -83,6 +85,9 @@ class MiningStats:
         if total.mined:
             for name in ("mean_negatives", "mean_positive_distance", "mean_hardest_negative_distance"):
                 setattr(total, name, sum(getattr(r, name) * r.mined for r in rounds) / total.mined)
+        if rounds:
+            total.epoch = rounds[0].epoch
+            total.started = min((r.started for r in rounds if r.started), default=0.0)
         return total
 
 
@@ -403,6 +408,7 @@ class MinedBatchSampler:
             triplets, stats = self.miner.mine(query_ids, q_desc, db_desc, generator, db_index=db_index)
             stats.encode_seconds = encode_seconds
             stats.images_encoded = len(query_ids) + (self.miner.split.num_db if db_index is None else len(db_index))
+            stats.epoch, stats.started = self.epoch, t0
             log.info("epoch %d round %d/%d %s", self.epoch, r + 1, len(rounds), stats.line())
             if self.on_round is not None:
                 self.on_round(stats)

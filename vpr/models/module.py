@@ -327,12 +327,16 @@ class PlaceRecognitionModule(L.LightningModule):
         self._tuples_trained = 0
         self._validation_seconds = 0.0
 
-    def _epoch_breakdown(self, seconds: float) -> str:
-        """``training 80.0 s (1500 tuples, 18.8/s), cache passes 15.0 s, validation 17.0 s``: the training steps' time
-        is the epoch's less its cache passes (mining included) and validation."""
+    def _epoch_mining(self) -> Any:
+        """The epoch's mining rounds combined (vpr.data.mining.MiningStats), or None."""
         dm = getattr(self.trainer, "datamodule", None)
         mined = dm.epoch_mining_stats(self.current_epoch) if hasattr(dm, "epoch_mining_stats") else None
-        cache = mined[0].encode_seconds + mined[0].mine_seconds if mined else 0.0
+        return mined[0] if mined else None
+
+    def _epoch_breakdown(self, seconds: float, mined: Any) -> str:
+        """``training 80.0 s (1500 tuples, 18.8/s), cache passes 15.0 s, validation 17.0 s``: the training steps' time
+        is the epoch's less its cache passes (mining included) and validation."""
+        cache = mined.encode_seconds + mined.mine_seconds if mined is not None else 0.0
         steps = max(seconds - cache - self._validation_seconds, 1e-9)
         tuples = self._tuples_trained * self.trainer.world_size  # each rank trains its share of every round
         return (
@@ -341,7 +345,11 @@ class PlaceRecognitionModule(L.LightningModule):
         )
 
     def on_train_epoch_end(self) -> None:
-        seconds = time.perf_counter() - self._epoch_start
+        mined = self._epoch_mining()
+        # Lightning starts the training loader, and with it the epoch's first mining round, before the epoch's
+        # hooks run: the epoch began with that round.
+        start = min(self._epoch_start, mined.started) if mined is not None and mined.started else self._epoch_start
+        seconds = time.perf_counter() - start
         # batches of this epoch trained before a resume from a step checkpoint (the mined batch sampler continues
         # the round itself): the clock then timed only the rest of the epoch
         sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
@@ -364,7 +372,7 @@ class PlaceRecognitionModule(L.LightningModule):
             "epoch %d took %.1f min (%s)%s",
             self.current_epoch,
             seconds / 60,
-            self._epoch_breakdown(seconds),
+            self._epoch_breakdown(seconds, mined),
             f"; about {left * seconds / 60:.0f} min for the {left} epoch{'s' if left > 1 else ''} left"
             if left > 0
             else "",
