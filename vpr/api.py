@@ -10,6 +10,7 @@ safety: weights only, and the stored config may build only the project's compone
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 def compose_config(config_name: str = "eval", overrides: Sequence[str] = ()) -> DictConfig:
     """A script's config (``train``, ``eval``, ``cluster``, ``retrieve``) with command-line style ``overrides``,
-    composed outside a Hydra run: ``paths.output_dir`` (a script's run folder) is a new temporary folder unless
+    composed outside a Hydra run: ``paths.output_dir`` (a script's run folder) is a folder under the system's
+    temporary folder, named by the config and this process and made only if something is written there, unless
     the overrides give one."""
     if not CONFIG_DIR.is_dir():
         raise FileNotFoundError(
@@ -34,7 +36,8 @@ def compose_config(config_name: str = "eval", overrides: Sequence[str] = ()) -> 
         )
     overrides = list(overrides)
     if not any(o.lstrip("+~").startswith("paths.output_dir=") for o in overrides):
-        overrides.append(f"paths.output_dir={tempfile.mkdtemp(prefix=f'vpr_{config_name}_')}")
+        unused = Path(tempfile.gettempdir()) / f"vpr_{config_name}_{os.getpid()}"
+        overrides.append(f"paths.output_dir={unused}")
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path is this project's
         cfg = compose(config_name=config_name, overrides=overrides)
     else:

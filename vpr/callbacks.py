@@ -107,10 +107,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+        with atomic_path(path, suffix=".tmp") as tmp:  # synced to disk before the rename
+            torch.save(checkpoint, tmp)
 
 
 #: Where a checkpoint keeps the W&B run id, so that a resumed training continues the same run.

@@ -56,14 +56,38 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
     try:
         yield Path(tmp)
+        _sync(tmp)  # the contents on disk before the name points at them: a crash leaves old or new, whole
         os.replace(tmp, path)
+        _sync(path.parent)  # and the rename itself
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
+def _sync(path: str | os.PathLike) -> None:
+    """fsync a file or folder; where the platform cannot (a folder on Windows, some network filesystems), skip."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
+    """The process's umask. Read from /proc on Linux: setting and restoring it (the only portable way) would give
+    files that another thread creates meanwhile no umask at all."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

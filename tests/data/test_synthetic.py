@@ -281,6 +281,22 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     assert common_images and all(digest_a[n] != digest_c[n] for n in common_images)
 
 
+def test_replacing_a_city_of_other_settings_says_what_changes(tmp_path: Path, caplog) -> None:
+    import dataclasses
+    import logging
+
+    cfg = _small()
+    root = generate_city(tmp_path / "c", cfg, seed=3, progress=False, workers=1)
+    with caplog.at_level(logging.WARNING, logger="vpr.data.synthetic"):
+        generate_city(root, cfg, seed=3, progress=False, workers=1)  # the same city: nothing to say
+        assert caplog.records == []
+        generate_city(root, dataclasses.replace(cfg, num_q_val=cfg.num_q_val + 1), seed=4, progress=False, workers=1)
+    (record,) = caplog.records
+    assert "holds a synthetic city of other settings" in record.getMessage()
+    assert f"num_q_val {cfg.num_q_val} -> {cfg.num_q_val + 1}" in record.getMessage()
+    assert "seed 3 -> 4" in record.getMessage()
+
+
 def test_second_call_is_fast_and_does_not_rewrite(tiny_city: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in tiny_city.rglob("*") if p.is_file()}
     start = time.perf_counter()

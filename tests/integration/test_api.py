@@ -4,6 +4,8 @@ gives the recall that train.py's own test reported for it."""
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,4 +42,6 @@ def test_a_checkpoint_loaded_from_python_gives_the_recall_train_py_reported(data
     # A config composed outside any script gets a run folder of its own, and takes command-line style overrides.
     eval_cfg = compose_config("eval", ["split=val", "model.num_clusters=16"])
     assert eval_cfg.split == "val" and eval_cfg.model.num_clusters == 16
+    run_dir = Path(eval_cfg.paths.output_dir)  # named, not made: composing writes nothing
+    assert run_dir.parent == Path(tempfile.gettempdir()) and not run_dir.exists()
     assert torch.get_float32_matmul_precision() == "highest"

@@ -90,6 +90,7 @@ def test_train_tests_on_the_test_sets_too(trained, data_dir):
     assert res["dataset"] == "tokyo247" and res["spatial_nms"] is True and res["num_database"] == 36
     assert res["checkpoint"] == read(run / "results.json")["checkpoint"]  # the best checkpoint, as the own test
     assert read(run / "results_sets.json") == {"tokyo247": res}
+    assert (run / "pictures" / "test_retrievals_tokyo247.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| spatial NMS | yes |" in proc.stdout
     # eval.py on the same checkpoint and set reproduces it
     out = tmp / "eval_sets"

@@ -30,6 +30,7 @@ from vpr.errors import ConfigError, DataError
 from vpr.eval.tables import format_sets_table
 from vpr.io import write_json_atomic, write_text_atomic
 from vpr.run import save_predictions
+from vpr.viz.pictures import save_retrieval_pictures
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,8 @@ def run_test_sets(
         }
         if trainer.is_global_zero:
             save_predictions(module, dm, Path(out_dir), suffix=f"_{safe_label(ts.label)}")
+            picture = Path(out_dir) / "pictures" / f"test_retrievals_{safe_label(ts.label)}.png"
+            save_retrieval_pictures(module, dm, "test", picture)
     if trainer.is_global_zero and results:
         for label, res in results.items():
             write_json_atomic(Path(out_dir) / f"results_{safe_label(label)}.json", res)

@@ -251,8 +251,27 @@ def generate_city(
     with _generation_lock(root):
         if not force and _is_complete(root, cfg, seed):
             return root  # another process (a parallel job of the same sweep) generated it meanwhile
+        _say_what_is_replaced(root, cfg, seed)
         _generate_into(root, cfg, seed, progress, workers)
     return root
+
+
+def _say_what_is_replaced(root: Path, cfg: CityConfig, seed: int) -> None:
+    """A warning when ``root`` holds a complete city of other settings, which the generation is about to replace
+    (a data.root shared by two presets or seeds): the settings that differ, old and new."""
+    try:
+        manifest = json.loads((root / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return
+    old = {**FIELDS_ADDED_LATER, **(manifest.get("config") or {}), "seed": manifest.get("seed")}
+    new = {**json.loads(json.dumps(dataclasses.asdict(cfg))), "seed": int(seed)}
+    changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+    if manifest.get("format_version") != FORMAT_VERSION:
+        changed.insert(0, f"format version {manifest.get('format_version')!r} -> {FORMAT_VERSION!r}")
+    if changed:
+        log.warning(
+            "%s holds a synthetic city of other settings (%s): replacing it", root.resolve(), ", ".join(changed[:4])
+        )
 
 
 def _generate_into(root: Path, cfg: CityConfig, seed: int, progress: bool, workers: int | None) -> None:
