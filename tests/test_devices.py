@@ -83,7 +83,8 @@ def _alive_after(worker, seconds: float) -> bool:
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"), reason="the platform cannot tell a sender")
-def test_loader_workers_ignore_a_strangers_sigterm_and_end_on_their_parents():
+@pytest.mark.parametrize("start", ["fork", "forkserver"])  # forkserver: a worker's parent is not the loader's owner
+def test_loader_workers_ignore_a_strangers_sigterm_and_end_on_their_owners(start):
     """A process-group SIGTERM (a scheduler's time limit) must not kill the workers before the training process
     has stopped and saved; the loader's own SIGTERM (its shutdown, Python's exit) must still end them, or the
     parent waits for them for ever."""
@@ -94,15 +95,21 @@ def test_loader_workers_ignore_a_strangers_sigterm_and_end_on_their_parents():
     from vpr.devices import loader_worker_init
 
     loader = torch.utils.data.DataLoader(
-        _WorkerPid(), batch_size=1, num_workers=1, worker_init_fn=loader_worker_init, persistent_workers=True
+        _WorkerPid(),
+        batch_size=1,
+        num_workers=1,
+        worker_init_fn=loader_worker_init(),
+        persistent_workers=True,
+        multiprocessing_context=start,
     )
     it = iter(loader)
     pid = int(next(it)[0])
     (worker,) = it._workers
     assert worker.pid == pid
-    subprocess.run(["kill", "-TERM", str(pid)], check=True)  # sent by another process
-    assert _alive_after(worker, 1.0), "a SIGTERM from a stranger ended the worker"
-    assert int(next(it)[0]) == pid  # and it still serves batches
-    os.kill(pid, signal.SIGTERM)  # from its parent, as the loader's shutdown sends it
-    assert not _alive_after(worker, 5.0), "the parent's SIGTERM did not end the worker"
+    if start == "fork":  # a forkserver's worker starts with a thread of its own: it is left as it was
+        subprocess.run(["kill", "-TERM", str(pid)], check=True)  # sent by another process
+        assert _alive_after(worker, 1.0), "a SIGTERM from a stranger ended the worker"
+        assert int(next(it)[0]) == pid  # and it still serves batches
+    os.kill(pid, signal.SIGTERM)  # from the loader's owner, as its shutdown sends it
+    assert not _alive_after(worker, 5.0), "the owner's SIGTERM did not end the worker"
     it._shutdown_workers()

@@ -101,7 +101,7 @@ def sample_local_descriptors(
         Subset(dataset, chosen.tolist()),
         batch_size=batch_size,
         num_workers=num_workers,
-        worker_init_fn=loader_worker_init,
+        worker_init_fn=loader_worker_init(),
         pin_memory=torch.device(device).type == "cuda",
     )
     was_training = backbone.training

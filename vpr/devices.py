@@ -4,10 +4,11 @@ cache's budget): this rank's GPU when CUDA is there and the trainer may use it, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -48,28 +49,42 @@ def loader_workers(requested: int) -> int:
     return max(0, min(int(requested), cpu_count()))
 
 
-def loader_worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn`` of every loader: the worker ends on a SIGTERM from its own parent (the loader
-    shutting it down) and ignores one from anyone else.
+def loader_worker_init() -> Callable[[int], None]:
+    """A DataLoader ``worker_init_fn``, made in the process that creates the loader: its workers end on a SIGTERM
+    from that process (the loader shutting them down) and ignore one from anyone else.
 
     A scheduler's time limit or ``scancel`` signals the whole process group: a worker that died of it first made
     the training process fail with "DataLoader worker ... killed by signal: Terminated" instead of stopping cleanly
-    and saving where it was. Ignoring SIGTERM altogether would hang the parent, whose loader (and Python's exit)
-    ends workers with SIGTERM and then waits for them. So SIGTERM is blocked in the worker and a thread takes it
-    with its sender: the parent's ends the worker at once, as before. Where the platform cannot tell the sender
-    (``sigwaitinfo`` is missing, as on macOS), nothing changes."""
+    and saving where it was. Ignoring SIGTERM altogether would hang the process that owns the loader, whose shutdown
+    (and Python's exit) ends workers with SIGTERM and then waits for them. So SIGTERM is blocked in the worker and a
+    thread takes it with its sender: the owner's ends the worker at once, as before. The owner is named here, not
+    read in the worker, because under the forkserver and spawn start methods a worker's parent is another process.
+    Where this cannot be done reliably, nothing changes: a platform that cannot tell the sender (``sigwaitinfo`` is
+    missing, as on macOS), or a worker that already runs other threads when it starts (Linux's forkserver start
+    method, Python 3.14's default), whose threads would still take the signal. Loaders start workers by fork on
+    Linux up to Python 3.13."""
+    return functools.partial(_init_worker, os.getpid())
+
+
+def _init_worker(owner: int, worker_id: int) -> None:
     if not hasattr(signal, "sigwaitinfo") or not hasattr(signal, "pthread_sigmask"):
         return
-    parent = os.getppid()
+    try:  # a mask covers only the thread that sets it (and those it starts): one thread, or nothing to do
+        alone = len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        alone = False
+    if not alone:  # e.g. a forkserver's worker, with a thread of its own already: left as it was
+        return
     # Blocked in this thread before any other starts: threads inherit the mask, so only the watcher takes it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_take_sigterm, args=(parent,), name="vpr-sigterm", daemon=True).start()
+    senders = {owner, os.getppid()}
+    threading.Thread(target=_take_sigterm, args=(senders,), name="vpr-sigterm", daemon=True).start()
 
 
-def _take_sigterm(parent: int) -> None:
+def _take_sigterm(senders: set[int]) -> None:
     while True:
         info = signal.sigwaitinfo({signal.SIGTERM})
-        if info.si_pid == parent:
+        if info.si_pid in senders:
             os._exit(0)  # at once, as the signal would have ended it (a thread cannot restore its default action)
 
 

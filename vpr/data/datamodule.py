@@ -392,7 +392,7 @@ class PlaceDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "pin_memory": cuda,  # not with trainer=cpu on a GPU machine: no CUDA context for nothing
             "persistent_workers": bool(persistent) and self.num_workers > 0,
-            "worker_init_fn": loader_worker_init,
+            "worker_init_fn": loader_worker_init(),
         }
 
     def train_dataloader(self) -> DataLoader:

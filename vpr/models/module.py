@@ -246,7 +246,7 @@ class PlaceRecognitionModule(L.LightningModule):
             batch_size=self.encode_batch_size,
             num_workers=self.encode_workers,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=loader_worker_init,
+            worker_init_fn=loader_worker_init(),
         )
         t0 = time.perf_counter()
         # Filled in place: collecting the batches and concatenating them would hold the cache twice at its end
