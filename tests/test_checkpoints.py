@@ -16,20 +16,7 @@ from vpr.errors import ConfigError
 def run(log_dir: Path, name: str, variant: str, seed: int, mtime: int, tag: str = "city-tiny-seed0") -> Path:
     folder = log_dir / "train" / "runs" / name
     (folder / "checkpoints").mkdir(parents=True)
-    OmegaConf.save(
-        OmegaConf.create(
-            {
-                "variant": variant,
-                "seed": seed,
-                "backbone": {"name": "resnet18"},
-                "attention": {},
-                "head": {"k": 8},
-                "loss": {},
-                "data": {"name": "city", "tag": tag, "image_size": [48, 64]},
-            }
-        ),
-        folder / "config.yaml",
-    )
+    OmegaConf.save(current(variant, seed, tag), folder / "config.yaml")
     ckpt = folder / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 0}, ckpt)
     os.utime(ckpt, (mtime, mtime))

@@ -77,7 +77,6 @@ class _WorkerPid(torch.utils.data.Dataset):
 
 
 def _alive_after(worker, seconds: float) -> bool:
-
     worker.join(timeout=seconds)
     return worker.is_alive()
 

@@ -222,7 +222,7 @@ def run(
         """A training step with ``negatives`` negatives in all (a batch shape of its own), spread over the tuples
         as evenly as they go (every tuple keeps at least one when there are as many as tuples)."""
         module.train()
-        owner = neg_to_query if negatives == b * per else torch.arange(negatives, device=device) * b // negatives
+        owner = torch.arange(negatives, device=device) * b // negatives  # b * per of them: neg_to_query
         with project_precision(device):
             desc, _ = module.describe(pixels[: 2 * b + negatives])
             loss = loss_fn(desc[:b], desc[b : 2 * b], desc[2 * b :], owner)

@@ -162,9 +162,9 @@ def test_resume_from_last_continues_with_state(trained, data_dir):
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 2
 
 
-def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_path):
-    run_script(
-        "cluster.py",
+def cluster_args(data_dir: Path, tmp_path: Path) -> list[str]:
+    """cluster.py on the tiny city, K=4 from 10 images x 5 descriptors, its file under ``tmp_path/c``."""
+    return [
         "experiment=city_baseline",
         "data.prepare.preset=tiny",
         f"paths.data_dir={data_dir}",
@@ -174,8 +174,11 @@ def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_pa
         "cluster.descriptors_per_image=5",
         "data.image_size=[48,64]",
         f"hydra.run.dir={tmp_path}/run",
-        tmp=tmp_path,
-    )
+    ]
+
+
+def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_path):
+    run_script("cluster.py", *cluster_args(data_dir, tmp_path), tmp=tmp_path)
     import h5py
 
     (path,) = (tmp_path / "c").glob("*.hdf5")
@@ -208,17 +211,7 @@ def test_centroid_files_of_other_recipes_and_cities_have_other_names(tmp_path):
 
 
 def test_an_unreadable_centroid_file_is_computed_again(data_dir, tmp_path):
-    args = [
-        "experiment=city_baseline",
-        "data.prepare.preset=tiny",
-        f"paths.data_dir={data_dir}",
-        f"paths.centroids_dir={tmp_path}/c",
-        "model.num_clusters=4",
-        "cluster.images=10",
-        "cluster.descriptors_per_image=5",
-        "data.image_size=[48,64]",
-        f"hydra.run.dir={tmp_path}/run",
-    ]
+    args = cluster_args(data_dir, tmp_path)
     path = tmp_path / "c" / "resnet18-layer3-random42_city-tiny-seed0_4_48x64_desc_cen.hdf5"
     path.parent.mkdir()
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)  # the signature of a write killed at its start

@@ -10,22 +10,25 @@ from hydra import compose, initialize_config_dir
 from tests.conftest import ROOT
 
 
-def build(channels_last: bool):
-    from vpr.build import build_module
-
+def train_config(*overrides: str, output_dir: object = "."):
+    """The city_baseline training config (K=8, no logger) with ``overrides``."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
+        return compose(
             "train",
             overrides=[
                 "experiment=city_baseline",
-                "attention=deattention",
-                "guidance=none",
                 "model.num_clusters=8",
                 "logger=none",
-                "paths.output_dir=.",
-                f"model.channels_last={str(channels_last).lower()}",
+                f"paths.output_dir={output_dir}",
+                *overrides,
             ],
         )
+
+
+def build(channels_last: bool):
+    from vpr.build import build_module
+
+    cfg = train_config("attention=deattention", "guidance=none", f"model.channels_last={str(channels_last).lower()}")
     module = build_module(cfg, with_training=False)
     module.apply_memory_format()
     return module
@@ -63,20 +66,9 @@ def test_channels_last_gives_the_plain_descriptors_and_gradients(train):
 def build_compiled(backend: str):
     from vpr.build import build_module
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=city_baseline",
-                "attention=deattention",
-                "guidance=none",
-                "model.num_clusters=8",
-                "logger=none",
-                "paths.output_dir=.",
-                "model.compile=true",
-                f"model.compile_backend={backend}",
-            ],
-        )
+    cfg = train_config(
+        "attention=deattention", "guidance=none", "model.compile=true", f"model.compile_backend={backend}"
+    )
     return build_module(cfg, with_training=False)
 
 
@@ -103,17 +95,7 @@ def test_compiled_network_gives_the_plain_descriptors_and_keeps_its_keys(backend
 def test_compile_setting_is_checked(value):
     from vpr.build import build_module
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=city_baseline",
-                "model.num_clusters=8",
-                "logger=none",
-                "paths.output_dir=.",
-                f"model.compile={value}",
-            ],
-        )
+    cfg = train_config(f"model.compile={value}")
     with pytest.raises(ValueError, match="model.compile=.*choose false, true or a torch.compile mode"):
         build_module(cfg, with_training=False)
 
@@ -154,18 +136,7 @@ def test_sync_batchnorm_auto_on_the_projects_networks():
     from vpr.build import batchnorm_trains, build_module
 
     def module(*overrides):
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[
-                    "experiment=city_baseline",
-                    "model.num_clusters=8",
-                    "logger=none",
-                    "paths.output_dir=.",
-                    *overrides,
-                ],
-            )
-        return build_module(cfg, with_training=False)
+        return build_module(train_config(*overrides), with_training=False)
 
     assert not batchnorm_trains(module())
     assert batchnorm_trains(module("model.freeze_batchnorm=false"))
@@ -177,19 +148,7 @@ def test_build_trainer_passes_the_resolved_sync_batchnorm(monkeypatch, tmp_path,
     """strategy=ddp's sync_batchnorm=auto reaches Lightning as the resolved bool (SyncBatchNorm layer sync or none)."""
     import vpr.build as build
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=city_baseline",
-                "model.num_clusters=8",
-                "logger=none",
-                f"paths.output_dir={tmp_path}",
-                "strategy=ddp",
-                "trainer=cpu",
-                "model.freeze_batchnorm=false",
-            ],
-        )
+    cfg = train_config("strategy=ddp", "trainer=cpu", "model.freeze_batchnorm=false", output_dir=tmp_path)
     module = build.build_module(cfg, with_training=False)
     monkeypatch.setattr(
         build,
@@ -205,17 +164,6 @@ def test_compiled_runs_evaluate_under_no_grad(tmp_path, compile_setting):
     """model.compile: validation and test run under no_grad like the mining cache (one compiled graph for all)."""
     import vpr.build as build
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=city_baseline",
-                "model.num_clusters=8",
-                "logger=none",
-                f"paths.output_dir={tmp_path}",
-                "trainer=cpu",
-                f"model.compile={compile_setting}",
-            ],
-        )
+    cfg = train_config("trainer=cpu", f"model.compile={compile_setting}", output_dir=tmp_path)
     trainer = build.build_trainer(cfg, module=build.build_module(cfg, with_training=False))
     assert trainer.test_loop.inference_mode is trainer.validate_loop.inference_mode is (compile_setting == "false")

@@ -173,14 +173,28 @@ def _manifest(cfg: CityConfig, seed: int) -> dict[str, Any]:
 FIELDS_ADDED_LATER: dict[str, Any] = {"query_occlusion": "medium"}
 
 
-def _is_complete(root: Path, cfg: CityConfig, seed: int) -> bool:
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    """The manifest of the city in ``root`` (None: none readable), its config completed with the settings added
+    later, whose defaults render what cities did before."""
     try:
         manifest = json.loads((root / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
-        return False
-    expected = json.loads(json.dumps(_manifest(cfg, seed)))
-    if isinstance(manifest.get("config"), dict):  # settings added later, whose defaults render what cities did before
+        return None
+    if isinstance(manifest.get("config"), dict):
         manifest["config"] = {**FIELDS_ADDED_LATER, **manifest["config"]}
+    return manifest
+
+
+def _expected_manifest(cfg: CityConfig, seed: int) -> dict[str, Any]:
+    """The manifest of this config and seed as read back from its JSON (tuples become lists)."""
+    return json.loads(json.dumps(_manifest(cfg, seed)))
+
+
+def _is_complete(root: Path, cfg: CityConfig, seed: int) -> bool:
+    manifest = _read_manifest(root)
+    if manifest is None:
+        return False
+    expected = _expected_manifest(cfg, seed)
     same = all(manifest.get(k) == expected[k] for k in ("format_version", "seed", "config"))
     return same and all((root / "datasets" / f"{DATASET_NAME}_{s}.mat").is_file() for s in SPLITS)
 
@@ -259,12 +273,12 @@ def generate_city(
 def _say_what_is_replaced(root: Path, cfg: CityConfig, seed: int) -> None:
     """A warning when ``root`` holds a complete city of other settings, which the generation is about to replace
     (a data.root shared by two presets or seeds): the settings that differ, old and new."""
-    try:
-        manifest = json.loads((root / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
+    manifest = _read_manifest(root)
+    if manifest is None:
         return
-    old = {**FIELDS_ADDED_LATER, **(manifest.get("config") or {}), "seed": manifest.get("seed")}
-    new = {**json.loads(json.dumps(dataclasses.asdict(cfg))), "seed": int(seed)}
+    expected = _expected_manifest(cfg, seed)
+    old = {**(manifest.get("config") or {}), "seed": manifest.get("seed")}
+    new = {**expected["config"], "seed": expected["seed"]}
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
     if manifest.get("format_version") != FORMAT_VERSION:
         changed.insert(0, f"format version {manifest.get('format_version')!r} -> {FORMAT_VERSION!r}")
