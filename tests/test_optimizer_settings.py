@@ -152,3 +152,20 @@ def test_a_mistyped_parameter_names_the_closest_one():
         instantiate_setting("loss", OmegaConf.create({"_target_": "vpr.losses.TripletMarginLoss", "margn": 0.1}))
     with pytest.raises(ConfigError, match=r"unexpected keyword argument 'zzz'; its parameters: margin"):
         instantiate_setting("loss", OmegaConf.create({"_target_": "vpr.losses.TripletMarginLoss", "zzz": 0.1}))
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("32-true", "32-true"), (32, "32-true"), ("32", "32-true"), ("bf16", "bf16-mixed"), (16, "16-mixed")],
+)
+def test_lightnings_short_precisions_are_the_mixed_ones(setting, expected):
+    from vpr.build import check_precision
+
+    assert check_precision(setting) == expected
+
+
+def test_whole_model_half_precision_is_refused_with_the_mixed_one_to_use():
+    from vpr.build import check_precision
+
+    with pytest.raises(ConfigError, match=r"^trainer\.precision=bf16-true: the whole model in one precision .* bf16"):
+        check_precision("bf16-true")

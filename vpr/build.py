@@ -117,6 +117,33 @@ def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
             "this machine has no CUDA GPU that torch can use: add trainer=default (it picks the "
             "device) or trainer=cpu, or leave out trainer=gpu"
         )
+    if trainer:
+        check_precision((cfg.get("trainer") or {}).get("precision", "32-true"))
+
+
+#: Lightning's precision settings the model supports: float32, or float32 weights with autocast to a half type.
+SUPPORTED_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+_PRECISION_ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+
+
+def check_precision(setting: Any) -> str:
+    """``trainer.precision`` as one of :data:`SUPPORTED_PRECISIONS` (Lightning's short spellings 32, 16 and bf16
+    accepted); anything else is a ConfigError. Whole-model half or double precision (``bf16-true``, ``16-true``,
+    ``64-true``) is refused: the images and NetVLAD's soft-assignment and normalisation stay float32."""
+    text = str(setting)
+    text = _PRECISION_ALIASES.get(text, text)
+    if text in SUPPORTED_PRECISIONS:
+        return text
+    why = (
+        "the whole model in one precision is not supported (the images and NetVLAD's soft-assignment and "
+        "normalisation are float32); mixed precision keeps float32 weights and runs the convolutions in half"
+        if text.endswith("-true")
+        else "not a precision this project trains in"
+    )
+    raise ConfigError(
+        f"trainer.precision={setting}: {why}; choose one of {', '.join(SUPPORTED_PRECISIONS)} (bf16-mixed on "
+        "GPUs with bfloat16, which trainer=gpu chooses; 16-mixed on older GPUs; 32-true on the CPU)"
+    )
 
 
 def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "") -> int | None:

@@ -262,6 +262,25 @@ def test_gpu_trainer_without_a_gpu_says_what_to_drop(data_dir, tmp_path):
     assert_clean_failure(proc, "error: trainer.accelerator=gpu (trainer=gpu", "add trainer=default")
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true", "fp8"])
+def test_a_precision_the_model_cannot_train_in_is_refused_before_any_work(data_dir, tmp_path, precision):
+    """Whole-model half precision failed deep in the first convolution (float32 images, bfloat16 weights)."""
+    proc = run_script(
+        "train.py",
+        "experiment=city_baseline",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"trainer.precision={precision}",
+        "logger=none",
+        f"paths.centroids_dir={tmp_path}/c",
+        f"hydra.run.dir={tmp_path}/r",
+        tmp=tmp_path,
+        check=False,
+    )
+    assert_clean_failure(proc, f"error: trainer.precision={precision}: ", "32-true, bf16-mixed, 16-mixed")
+    assert not (tmp_path / "c").exists()  # refused before clustering
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA GPU is present")
 def test_cluster_script_of_a_gpu_experiment_runs_on_the_cpu(data_dir, tmp_path):
     """cluster.py runs no Trainer: paper_baseline's trainer=gpu does not stop it on a CPU machine."""
