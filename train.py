@@ -17,4 +17,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    launch(main)
+    launch(main, "train")

@@ -36,3 +36,51 @@ def test_a_bug_stays_a_traceback():
 
     with pytest.raises(ZeroDivisionError):
         main()
+
+
+# The names below are read from configs/ by hand: data/synthetic.yaml's prepare.preset, trainer/default.yaml's
+# max_epochs, the attention/ options, optimizer/sgd.yaml's lr, retrieve.yaml's top_k.
+@pytest.mark.parametrize(
+    ("config", "argv", "expected"),
+    [
+        ("train", ["data.preset=tiny"], "data.preset is not a setting; did you mean data.prepare.preset?"),
+        ("train", ["trainer.max_epoch=1"], "trainer.max_epoch is not a setting; did you mean trainer.max_epochs?"),
+        ("train", ["lr=1e-3"], "lr is not a setting; did you mean optimizer.lr?"),
+        (
+            "train",
+            ["attention=deatention"],
+            "attention=deatention: no such option; did you mean attention=deattention?",
+        ),
+        ("train", ["attentoin=se"], "attentoin: no such config group; did you mean attention=se?"),
+        (
+            "train",
+            ["-m", "seed=1,2", "attention=se,cbm"],
+            "attention=cbm: no such option; did you mean attention=cbam?",
+        ),
+        ("train", ["hydra.run.dirr=x"], "hydra.run.dirr is not a setting; did you mean hydra.run.dir?"),
+        ("retrieve", ["topk=3"], "topk is not a setting; did you mean top_k?"),
+        # a setting the chosen group adds is known: data=synthetic has prepare, so no hint for it
+        ("train", ["data=synthetic", "data.prepare.preset=tiny", "trainer.max_epochs=x"], None),
+    ],
+)
+def test_a_misspelt_name_gets_the_closest_real_one(config, argv, expected):
+    from vpr.errors import override_hints
+
+    assert override_hints(argv, config) == ([expected] if expected else [])
+
+
+def test_added_or_deleted_keys_and_hydras_own_flags_get_no_hint():
+    from vpr.errors import override_hints
+
+    assert override_hints(["+trainer.max_epoch=1", "~seed"], "train") == []
+    assert override_hints(["--config-name", "eval", "topk=3"], "train") == []
+
+
+def test_the_script_prints_the_hint_after_hydras_message(tmp_path):
+    from tests.conftest import run_script
+
+    proc = run_script("train.py", "data.prepare.presett=tiny", f"hydra.run.dir={tmp_path}/r", tmp=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.rstrip().endswith(
+        "hint: data.prepare.presett is not a setting; did you mean data.prepare.preset?"
+    )

@@ -122,12 +122,126 @@ def _stop(text: str, status: int) -> None:
 PLUGIN_LAUNCHERS = {"slurm", "submitit_slurm", "submitit_local"}
 
 
-def launch(main: Callable[[], Any]) -> Any:
+def launch(main: Callable[[], Any], config_name: str) -> Any:
     """A script's entry point: check the command line for what Hydra would only fail on obscurely, then ``main()``
-    (the ``@hydra.main`` function)."""
+    (the ``@hydra.main`` function of the config ``config_name``). When Hydra refuses the command line (exit status
+    1), a ``hint:`` line names the setting or option closest to each one that does not exist."""
     sys.argv[1:] = sweep_job_argv(sys.argv[1:], os.environ)
     require_launcher_plugin(sys.argv[1:])
-    return main()
+    try:
+        return main()
+    except SystemExit as e:
+        if e.code == 1:
+            for hint in override_hints(sys.argv[1:], config_name):
+                print(f"hint: {hint}", file=sys.stderr)
+        raise
+
+
+def override_hints(argv: list[str], config_name: str) -> list[str]:
+    """For each override of ``argv`` that names a config group, an option or a setting that does not exist: the
+    closest that does (``data.preset=tiny``: did you mean data.prepare.preset?). Nothing when the command line
+    cannot be read or composed (the error is then not a name), or when Hydra's own flags change the config."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vpr.api import CONFIG_DIR
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return []
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - Hydra's own message says what it could not parse
+        return []
+    groups = sorted(
+        str(d.relative_to(CONFIG_DIR)) for d in CONFIG_DIR.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))
+    )
+    hints, choices, settings = [], [], []
+    for o in parsed:
+        if o.is_add() or o.is_force_add() or o.is_delete():
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        key = o.key_or_group
+        if key in groups:
+            options = sorted(f.stem for f in (CONFIG_DIR / key).glob("*.yaml"))
+            for value in values:
+                if value not in options and value != "null":
+                    close = difflib.get_close_matches(value, options, n=1)
+                    hints.append(
+                        f"{key}={value}: no such option"
+                        + (f"; did you mean {key}={close[0]}?" if close else f" (options: {', '.join(options)})")
+                    )
+            choices.append(f"{key}{'@' + o.package if o.package else ''}={values[0]}")
+        elif "/" in key or "." not in key and key not in _top_level_settings(config_name):
+            close = difflib.get_close_matches(key, groups, n=1)
+            if close:
+                hints.append(f"{key}: no such config group; did you mean {close[0]}={values[0]}?")
+            else:
+                settings.append(key)
+        else:
+            settings.append(key)
+    if not settings or hints:
+        return hints
+    known = _setting_names(config_name, choices)
+    for key in settings:
+        if known is None or key in known:
+            continue
+        last = key.rsplit(".", 1)[-1]
+        same_name = [k for k in known if k.rsplit(".", 1)[-1] == last]  # the right name in another place
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        found = _most_shared_prefix(key, same_name) if same_name else (close[0] if close else None)
+        if found:
+            hints.append(f"{key} is not a setting; did you mean {found}?")
+    return hints
+
+
+def _top_level_settings(config_name: str) -> set[str]:
+    """The top-level settings of a script's config, without composing (for telling a mistyped group from one)."""
+    known = _setting_names(config_name, [])
+    return {k for k in known or () if "." not in k}
+
+
+def _setting_names(config_name: str, choices: list[str]) -> list[str] | None:
+    """Every setting's dotted name in the script's config composed with the command line's group ``choices``
+    (Hydra's own ``hydra.*`` included); None when it cannot be composed."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import DictConfig
+
+    from vpr.api import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            cfg = compose(config_name=config_name, overrides=choices, return_hydra_config=True)
+    except Exception:  # noqa: BLE001 - only a hint
+        return None
+    names: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for k in node.keys():
+            name = f"{prefix}{k}"
+            names.append(name)
+            child = node._get_node(k)
+            if isinstance(child, DictConfig):
+                walk(child, f"{name}.")
+
+    walk(cfg, "")
+    return names
+
+
+def _most_shared_prefix(key: str, candidates: list[str]) -> str:
+    """The candidate that shares the longest leading run of dotted parts with ``key`` (the first of equals)."""
+
+    def shared(c: str) -> int:
+        n = 0
+        for a, b in zip(key.split("."), c.split(".")):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    return max(candidates, key=shared)
 
 
 #: Set by a sweep job before Lightning starts its other DDP processes: that job's overrides and folder (JSON).
