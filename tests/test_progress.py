@@ -49,3 +49,20 @@ def test_training_into_a_pipe_gets_the_log_file_bar():
     assert any(isinstance(c, LogFileProgressBar) for c in build_callbacks(cfg))  # pytest captures stdout
     cfg.trainer.enable_progress_bar = False
     assert not any(isinstance(c, LogFileProgressBar) for c in build_callbacks(cfg))
+
+
+def test_the_iterable_is_iterated_once():
+    """A DataLoader starts its worker processes in iter(): a bar that called it twice started them twice."""
+
+    class Counted:
+        iters = 0
+
+        def __len__(self) -> int:
+            return 3
+
+        def __iter__(self):
+            Counted.iters += 1
+            return iter(range(3))
+
+    assert list(progress(Counted(), file=io.StringIO())) == [0, 1, 2]
+    assert Counted.iters == 1

@@ -49,6 +49,12 @@ class OfflineMining(L.Callback):
                 type(pl_module.attention).__name__,
             )
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.release_encode_workers()  # the mining cache's loader workers, kept between rounds
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        pl_module.release_encode_workers()
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log.info("epoch %d trained: global step %d", trainer.current_epoch, trainer.global_step)
         epoch = trainer.datamodule.epoch_mining_stats(trainer.current_epoch)

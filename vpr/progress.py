@@ -10,7 +10,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from tqdm.auto import tqdm
+# tqdm.std, not tqdm.auto: the latter's class (made for async loops too) calls iter() on the iterable when it is
+# made and again when it is looped over, so a DataLoader would start its worker processes twice (and throw away
+# the batches the first ones had already loaded).
+from tqdm.std import tqdm
 
 LOG_INTERVAL_S = 30.0
 

@@ -39,9 +39,10 @@ def test_mining_cache_encodes_the_whole_database_and_the_rounds_queries(dm):
     split = dm.train_split
     seen = {}
 
-    def encoder(dataset, desc, dtype=torch.float32):
-        seen["paths"] = list(dataset.paths)
-        return torch.tensor([[float(identity_of(split, p))] for p in dataset.paths])
+    def encoder(dataset, desc, dtype=torch.float32, indices=None, keep_workers=False):
+        seen["paths"] = [dataset.paths[i] for i in indices]
+        seen["keep_workers"] = keep_workers
+        return torch.tensor([[float(identity_of(split, p))] for p in seen["paths"]])
 
     dm.encoder = encoder
     query_ids = np.array([3, 0, 2])
@@ -49,6 +50,17 @@ def test_mining_cache_encodes_the_whole_database_and_the_rounds_queries(dm):
     assert seen["paths"] == list(split.db_paths) + [split.q_paths[i] for i in query_ids]
     assert db_desc[:, 0].tolist() == list(range(split.num_db))  # row i is database image i
     assert q_desc[:, 0].tolist() == [split.num_db + i for i in query_ids]  # rows follow query_ids
+    assert seen["keep_workers"]  # a round every 1000 queries reuses the loader's workers
+
+
+def test_partial_mining_encodes_the_rounds_database_subset(dm):
+    split = dm.train_split
+    dm.encoder = lambda dataset, desc, dtype=torch.float32, indices=None, keep_workers=False: torch.tensor(
+        [[float(identity_of(split, dataset.paths[i]))] for i in indices]
+    )
+    q_desc, db_desc = dm._encode_for_mining(np.array([1, 3]), db_index=np.array([5, 2, 9]))
+    assert db_desc[:, 0].tolist() == [5, 2, 9]
+    assert q_desc[:, 0].tolist() == [split.num_db + 1, split.num_db + 3]
 
 
 def test_tuple_images_and_targets_line_up(dm, monkeypatch):
@@ -74,8 +86,8 @@ def test_loader_yields_mined_tuples_of_this_split(dm, monkeypatch):
     split = dm.train_split
     monkeypatch.setattr(dm_module, "load_image", lambda path: path)
     dm.transform = lambda path: torch.full((3, 2, 2), float(identity_of(split, path)))
-    dm.encoder = lambda dataset, desc, dtype=torch.float32: torch.randn(
-        len(dataset), 8, generator=torch.Generator().manual_seed(0)
+    dm.encoder = lambda dataset, desc, dtype=torch.float32, indices=None, keep_workers=False: torch.randn(
+        len(indices), 8, generator=torch.Generator().manual_seed(0)
     )
     batches = list(dm.train_dataloader())
     assert batches, "no tuple was mined"
@@ -92,9 +104,9 @@ def test_loader_yields_mined_tuples_of_this_split(dm, monkeypatch):
 def test_float16_cache_setting_reaches_the_encoder(dm):
     seen = {}
 
-    def encoder(dataset, desc, dtype=torch.float32):
+    def encoder(dataset, desc, dtype=torch.float32, indices=None, keep_workers=False):
         seen["dtype"] = dtype
-        return torch.zeros(len(dataset), 4, dtype=dtype)
+        return torch.zeros(len(indices), 4, dtype=dtype)
 
     dm.encoder = encoder
     dm.cache_dtype = torch.float16

@@ -32,8 +32,9 @@ from vpr.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 DatasetEncoder = Callable[..., torch.Tensor]
-"""(dataset of (image, index) items, description for the progress bar, dtype=...) -> (len(dataset), D)
-descriptors of that dtype."""
+"""(dataset of (image, index) items, description for the progress bar, dtype=..., indices=..., keep_workers=...)
+-> (len(indices), D) descriptors of that dtype: the items ``indices`` of the dataset (all by default); with
+``keep_workers`` the loader's workers stay alive for the next call on the same dataset."""
 
 
 class TripletDataset(Dataset):
@@ -227,6 +228,7 @@ class PlaceDataModule(L.LightningDataModule):
         self._pending_miner_state: dict | None = None
         self._pending_round: dict | None = None
         self._sampler: MinedBatchSampler | None = None
+        self._cache_images: tuple[PlaceSplit, ImageDataset] | None = None  # (the training split, its images)
         self.guidance = dict(guidance) if guidance and guidance.get("source") else None
         self._label_source = None
         self.targets: GuidanceTargets | None = None
@@ -359,10 +361,16 @@ class PlaceDataModule(L.LightningDataModule):
                 "PlaceDataModule.encoder is not set: the OfflineMining callback (vpr.callbacks) sets it at fit start"
             )
         split = self.train_split
-        db_paths = list(split.db_paths) if db_index is None else [split.db_paths[i] for i in db_index]
-        paths = db_paths + [split.q_paths[i] for i in query_ids]
-        desc = self.encoder(ImageDataset(paths, self.transform), "mining cache", dtype=self.cache_dtype)
-        return desc[len(db_paths) :], desc[: len(db_paths)]
+        if self._cache_images is None or self._cache_images[0] is not split:
+            # One dataset of the whole training split (database, then queries) for every round: the encoder keeps
+            # its loader's workers for it, and each round asks for its own items.
+            self._cache_images = (split, ImageDataset([*split.db_paths, *split.q_paths], self.transform))
+        db = np.arange(split.num_db) if db_index is None else np.asarray(db_index, dtype=np.int64)
+        items = np.concatenate([db, split.num_db + np.asarray(query_ids, dtype=np.int64)])
+        desc = self.encoder(
+            self._cache_images[1], "mining cache", dtype=self.cache_dtype, indices=items, keep_workers=True
+        )
+        return desc[len(db) :], desc[: len(db)]
 
     def _record_stats(self, stats: MiningStats) -> None:
         # The sampler's epoch: Lightning starts the loader (and its first round) before the epoch begins, and

@@ -123,6 +123,7 @@ class PlaceRecognitionModule(L.LightningModule):
         self.freeze_batchnorm = freeze_batchnorm
         self.encode_batch_size = int(encode_batch_size)
         self.encode_workers = int(encode_workers)
+        self._kept_loader: DataLoader | None = None  # the mining cache's loader, its workers kept between rounds
         self.run_config = run_config
         if aux_loss not in ("mse", "bce"):
             raise ConfigError(f"guidance.loss={aux_loss!r}: choose mse or bce")
@@ -229,29 +230,37 @@ class PlaceRecognitionModule(L.LightningModule):
     # -- mining cache -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_dataset(
-        self, dataset: Dataset, desc: str = "encoding", dtype: torch.dtype = torch.float32
+        self,
+        dataset: Dataset,
+        desc: str = "encoding",
+        dtype: torch.dtype = torch.float32,
+        indices: Sequence[int] | None = None,
+        keep_workers: bool = False,
     ) -> torch.Tensor:
-        """Descriptors of every item of ``dataset`` ((image, index) pairs), in order: (len, out_dim), stored as
-        ``dtype`` (float16 halves a mining cache).
+        """Descriptors of the items ``indices`` of ``dataset`` ((image, index) pairs; all of them by default), in
+        order: (len, out_dim), stored as ``dtype`` (float16 halves a mining cache).
 
         Eval mode, no gradients. Under DDP each rank encodes every world_size-th item and the shards are
-        gathered, so every rank returns the full matrix.
+        gathered, so every rank returns the full matrix. ``keep_workers``: the loader's worker processes stay
+        alive for the next call on the same ``dataset`` (the mining cache: a round every 1000 queries would
+        otherwise start and stop them each time) until :meth:`release_encode_workers`.
         """
         was_training = self.training
         self.eval()
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
-        indices = np.arange(len(dataset))[rank::world]
-        loader = DataLoader(
-            Subset(dataset, indices.tolist()),
-            batch_size=self.encode_batch_size,
-            num_workers=self.encode_workers,
-            pin_memory=self.device.type == "cuda",
-            worker_init_fn=loader_worker_init(),
-        )
+        items = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+        mine = items[rank::world].tolist()
+        if keep_workers and self.encode_workers > 0:
+            loader = self._loader_kept_for(dataset)
+            loader.batch_sampler.batches = [
+                mine[i : i + self.encode_batch_size] for i in range(0, len(mine), self.encode_batch_size)
+            ]
+        else:
+            loader = self._encode_loader(Subset(dataset, mine), persistent=False)
         t0 = time.perf_counter()
         # Filled in place: collecting the batches and concatenating them would hold the cache twice at its end
         # (12 GB, not 6, for a Pitts250k database in float16).
-        local = torch.empty(len(indices), self.head.out_dim, device=self.device, dtype=dtype)
+        local = torch.empty(len(mine), self.head.out_dim, device=self.device, dtype=dtype)
         filled = 0
         ctx = (
             self._trainer.precision_plugin.forward_context() if self._trainer else torch.autocast("cpu", enabled=False)
@@ -262,10 +271,37 @@ class PlaceRecognitionModule(L.LightningModule):
                 local[filled : filled + len(out)] = out
                 filled += len(out)
         if world > 1:
-            local = self._gather_shards(local, len(dataset), world)
+            local = self._gather_shards(local, len(items), world)
         self.train(was_training)
-        log.debug("%s: %d images in %.1f s", desc, len(dataset), time.perf_counter() - t0)
+        log.debug("%s: %d images in %.1f s", desc, len(items), time.perf_counter() - t0)
         return local
+
+    def _encode_loader(self, dataset: Dataset, persistent: bool, batch_sampler: Any = None) -> DataLoader:
+        batching = (
+            {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": self.encode_batch_size}
+        )
+        return DataLoader(
+            dataset,
+            **batching,
+            num_workers=self.encode_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=persistent,
+            worker_init_fn=loader_worker_init(),
+        )
+
+    def _loader_kept_for(self, dataset: Dataset) -> DataLoader:
+        """The loader with kept workers for ``dataset``: the one made for it before, or a new one (the workers of
+        a loader for another dataset are released first)."""
+        if self._kept_loader is None or self._kept_loader.dataset is not dataset:
+            self.release_encode_workers()
+            self._kept_loader = self._encode_loader(dataset, persistent=True, batch_sampler=_SettableBatches())
+        return self._kept_loader
+
+    def release_encode_workers(self) -> None:
+        """End the worker processes kept by ``encode_dataset(..., keep_workers=True)`` (at the end of fitting)."""
+        kept, self._kept_loader = self._kept_loader, None
+        if kept is not None and kept._iterator is not None:
+            kept._iterator._shutdown_workers()  # now, not whenever the loader is collected
 
     def _gather_shards(self, local: torch.Tensor, total: int, world: int) -> torch.Tensor:
         """Reassemble rank-strided shards (rank r holds items r, r + world, ...) into (total, D)."""
@@ -490,3 +526,17 @@ class PlaceRecognitionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["vpr_config"] = self.run_config
+
+
+class _SettableBatches:
+    """A batch sampler whose batches are set before each pass: a loader with persistent workers draws its
+    indices from it in the main process, so each mining round reads its own images with the same workers."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
