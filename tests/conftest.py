@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny synthetic city (generated once per session) and the script runner."""
+"""Shared fixtures: the tiny synthetic city (generated once per session), a script's composed config and the
+script runner."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +45,21 @@ def no_faiss(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", importer)
+
+
+def compose_script(config_name: str, *overrides: str, hydra: bool = False) -> DictConfig:
+    """A script's config (``train``, ``eval``, ``cluster``) composed from the project's configs with command-line
+    style ``overrides``, unresolved; ``hydra``: with Hydra's own ``hydra.*`` settings. Inside a Hydra app its
+    search path is used, as vpr.api.compose_config does."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vpr.api import CONFIG_DIR
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
 
 
 def script_env(tmp: Path) -> dict[str, str]:

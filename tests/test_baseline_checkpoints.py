@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import compose_script, run_script
 
 K = 8
 NETWORK = ["backbone=vgg16", "backbone.pretrained=false", "attention=none", "head=netvlad", f"model.num_clusters={K}"]
@@ -64,8 +63,7 @@ def as_saved_under_numpy1(path):
 def project_network():
     from vpr.build import build_module
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("eval", overrides=[*NETWORK, "paths.output_dir=."])
+    cfg = compose_script("eval", *NETWORK, "paths.output_dir=.")
     return build_module(cfg, with_training=False).eval()
 
 

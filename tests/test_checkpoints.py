@@ -109,15 +109,12 @@ def test_a_stored_loss_is_not_built_from_the_checkpoint_so_not_checked(tmp_path)
 def test_network_settings_on_the_command_line_of_a_stored_checkpoint_are_said_to_be_unused(tmp_path, caplog):
     import logging
 
-    from hydra import compose, initialize_config_dir
-
-    from tests.conftest import ROOT
+    from tests.conftest import compose_script
     from vpr.checkpoints import network_from_checkpoint
 
     overrides = ["attention=se", "model.num_clusters=4", "model.recall_at=[1,5]", f"paths.output_dir={tmp_path}"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        stored = OmegaConf.to_container(compose("eval", overrides=[f"paths.output_dir={tmp_path}"]), resolve=True)
-        cfg = compose("eval", overrides=overrides)
+    stored = OmegaConf.to_container(compose_script("eval", f"paths.output_dir={tmp_path}"), resolve=True)
+    cfg = compose_script("eval", *overrides)
     with caplog.at_level(logging.WARNING, logger="vpr.checkpoints"):
         network = network_from_checkpoint(cfg, {}, stored, "run.ckpt", overrides)
     assert "run.ckpt stores its network: attention, model.num_clusters on the command line are not used" in caplog.text

@@ -52,25 +52,21 @@ def test_constructor_errors_name_the_target():
 
 def test_adam_from_the_configs_honours_the_learning_rate_multipliers(tmp_path):
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from tests.conftest import ROOT
+    from tests.conftest import compose_script
     from vpr.build import build_module
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                "optimizer=adam",
-                "optimizer.lr=2e-5",
-                "attention=crn",
-                "model.lr_multipliers={attention: 10.0}",
-                "backbone=resnet18",
-                "backbone.pretrained=false",
-                "model.num_clusters=4",
-                f"paths.output_dir={tmp_path}",
-            ],
-        )
+    cfg = compose_script(
+        "train",
+        "optimizer=adam",
+        "optimizer.lr=2e-5",
+        "attention=crn",
+        "model.lr_multipliers={attention: 10.0}",
+        "backbone=resnet18",
+        "backbone.pretrained=false",
+        "model.num_clusters=4",
+        f"paths.output_dir={tmp_path}",
+    )
     optimizer = build_module(cfg).configure_optimizers()["optimizer"]
     assert type(optimizer) is torch.optim.Adam
     rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
@@ -113,13 +109,12 @@ def test_no_shipped_config_trips_the_number_check():
     """Every option of every config group and every experiment, composed for train.py and eval.py: no value of the
     project's own configs is mistaken for text where a number belongs (trainer.sync_batchnorm='auto' is replaced by
     build_trainer before the Trainer sees it)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import DictConfig
 
-    from tests.conftest import ROOT
+    from tests.conftest import compose_script
+    from vpr.api import CONFIG_DIR
     from vpr.build import _text_for_a_number
 
-    configs = ROOT / "configs"
     given = {"trainer": {"sync_batchnorm", "logger", "callbacks", "plugins"}}
     found = []
 
@@ -131,14 +126,13 @@ def test_no_shipped_config_trips_the_number_check():
             if isinstance(value, DictConfig) and not value._is_missing():
                 walk(value, f"{path}.{key}" if path else str(key))
 
-    overrides = [[f"experiment={p.stem}"] for p in sorted((configs / "experiment").glob("*.yaml"))]
-    for group in sorted(d.name for d in configs.iterdir() if d.is_dir()):
+    overrides = [[f"experiment={p.stem}"] for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))]
+    for group in sorted(d.name for d in CONFIG_DIR.iterdir() if d.is_dir()):
         if group not in ("hydra", "experiment", "paths"):
-            overrides += [[f"{group}={p.stem}"] for p in sorted((configs / group).glob("*.yaml"))]
-    with initialize_config_dir(version_base="1.3", config_dir=str(configs)):
-        for chosen in overrides:
-            for script in ("train", "eval"):
-                walk(compose(script, overrides=[*chosen, "paths.output_dir=unused"]), "")
+            overrides += [[f"{group}={p.stem}"] for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]
+    for chosen in overrides:
+        for script in ("train", "eval"):
+            walk(compose_script(script, *chosen, "paths.output_dir=unused"), "")
     assert found == []
     assert len(overrides) > 40
 

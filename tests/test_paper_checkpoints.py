@@ -19,9 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from hydra import compose, initialize_config_dir
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import compose_script, run_script
 
 K, C, HIDDEN = 8, 512, 32  # clusters, VGG16 conv5_3 channels, C / 16
 SIZE = (64, 80)  # a 4 x 5 feature map: H <= W < 2H (BAM's pooling window) and reflect padding 3 < 4 works
@@ -219,10 +218,7 @@ def ref_descriptor(sd, modules, images):
 
 
 def eval_cfg(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(
-            "eval", overrides=["backbone=vgg16", "backbone.pretrained=false", "paths.output_dir=.", *overrides]
-        )
+    return compose_script("eval", "backbone=vgg16", "backbone.pretrained=false", "paths.output_dir=.", *overrides)
 
 
 def loaded_network(path, overrides=()):

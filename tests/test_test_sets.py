@@ -4,17 +4,15 @@ config is resolved, so that what derives from them (a city's folder and tag) fol
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT
+from tests.conftest import compose_script
 from vpr.errors import ConfigError
 from vpr.run.test_sets import resolve_test_sets
 
 
 def run_config(tmp_path, entries):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose("eval", overrides=[f"paths.data_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}"])
+    cfg = compose_script("eval", f"paths.data_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}")
     OmegaConf.set_struct(cfg, False)
     cfg.test_sets = entries
     return cfg

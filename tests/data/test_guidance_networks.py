@@ -9,11 +9,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import compose_script, run_script
 from tests.models.test_deeplab import random_state, save_checkpoint
 from vpr.data.guidance import GuidanceTargets, build_label_source
 from vpr.errors import ConfigError, DataError
@@ -65,10 +64,7 @@ def test_deeplab_cityscapes_targets_follow_the_cityscapes_classes(tiny_city, tmp
     """Cityscapes train ids (sky 10, person 11, rider 12, car 13 ... bicycle 18) through guidance=deeplab_cityscapes."""
     deeplab_file(tmp_path / "best_deeplabv3plus_mobilenet_cityscapes_os16.pth", winner)
     weights = tmp_path / "best_deeplabv3plus_mobilenet_cityscapes_os16.pth"
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["attention=deattention", "guidance=deeplab_cityscapes", f"guidance.weights={weights}"]
-        )
+    cfg = compose_script("train", "attention=deattention", "guidance=deeplab_cityscapes", f"guidance.weights={weights}")
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
     source = build_label_source(guidance, tiny_city)
     paths = city_images(tiny_city, 2)

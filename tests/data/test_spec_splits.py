@@ -151,10 +151,9 @@ def test_images_in_a_sibling_folder_are_pointed_at(tmp_path):
 
 def test_tokyotm_training_positives_lie_more_than_a_metre_away(tmp_path: Path) -> None:
     """NetVLAD's TokyoTM protocol: a non-trivial positive is at another capture time AND more than 1 m away."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from tests.conftest import ROOT
+    from tests.conftest import compose_script
 
     pittsburgh_like(tmp_path, name="tokyoTM", split="train", num_places=2)
     mat = tmp_path / "datasets" / "tokyoTM_train.mat"
@@ -167,17 +166,14 @@ def test_tokyotm_training_positives_lie_more_than_a_metre_away(tmp_path: Path) -
     utm_db[:, 2] = utm_q[:, 0] + [3.0, 0.0]  # 3 m: a positive
     rewrite(mat, dbTimeStamp=np.array([[2011.0] * 6]), qTimeStamp=np.array([[2009.0, 2009.0]]), utmDb=utm_db)
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(
-            "train",
-            overrides=[
-                "data=tokyotm",
-                f"data.root={tmp_path}",
-                "data.num_workers=0",
-                "data.db_dir=''",
-                "data.query_dir=queries_real",
-            ],
-        )
+    cfg = compose_script(
+        "train",
+        "data=tokyotm",
+        f"data.root={tmp_path}",
+        "data.num_workers=0",
+        "data.db_dir=''",
+        "data.query_dir=queries_real",
+    )
     assert cfg.data.train_min_distance_m == 1
     dm = instantiate(cfg.data, _convert_="object")
     dm.setup("fit")

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from tests.conftest import ROOT
+from tests.conftest import compose_script
 from tests.integration.test_experiments import tiny_overrides
 
 
@@ -24,8 +23,7 @@ def test_a_checkpoint_loaded_from_python_gives_the_recall_train_py_reported(data
     from vpr.run.train import run_training
 
     overrides = [o for o in tiny_overrides("city_baseline", data_dir, tmp_path) if o != "test_after_training=false"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        run_training(compose(config_name="train", overrides=overrides))
+    run_training(compose_script("train", *overrides))
     reported = json.loads((tmp_path / "results.json").read_text())
 
     # One epoch: the best checkpoint train.py tested holds the weights of last.ckpt.

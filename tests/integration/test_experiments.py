@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, compose_script
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 
@@ -57,19 +56,15 @@ def test_every_experiment_is_listed():
 def test_experiment_trains_one_batch(name, data_dir, tmp_path):
     from vpr.run.train import run_training
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=tiny_overrides(name, data_dir, tmp_path))
+    cfg = compose_script("train", *tiny_overrides(name, data_dir, tmp_path))
     if cfg.guidance.get("source") == "mask_dir":
         # The paper's Cityscapes label maps are not here: the synthetic city's labels stand in for them.
-        with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-            cfg = compose(
-                config_name="train",
-                overrides=[
-                    *tiny_overrides(name, data_dir, tmp_path),
-                    "guidance=synthetic",
-                    f"guidance.suppress={list(cfg.guidance.suppress)}",
-                ],
-            )
+        cfg = compose_script(
+            "train",
+            *tiny_overrides(name, data_dir, tmp_path),
+            "guidance=synthetic",
+            f"guidance.suppress={list(cfg.guidance.suppress)}",
+        )
     assert cfg.variant
     run_training(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -79,9 +74,7 @@ def test_experiment_trains_one_batch(name, data_dir, tmp_path):
 def test_pooling_heads_train_without_centroids(head, data_dir, tmp_path):
     from vpr.run.train import run_training
 
-    overrides = [*tiny_overrides("city_baseline", data_dir, tmp_path), f"head={head}"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_script("train", *tiny_overrides("city_baseline", data_dir, tmp_path), f"head={head}")
     assert torch.get_float32_matmul_precision() == "highest"  # torch's default
     run_training(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -92,16 +85,13 @@ def test_a_failed_run_leaves_the_float32_precision_as_it_was(tmp_path):
     from vpr.errors import DataError
     from vpr.run.train import run_training
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                "data=pitts30k",
-                f"data.root={tmp_path / 'absent'}",
-                f"paths.output_dir={tmp_path / 'out'}",
-                "logger=none",
-            ],
-        )
+    cfg = compose_script(
+        "train",
+        "data=pitts30k",
+        f"data.root={tmp_path / 'absent'}",
+        f"paths.output_dir={tmp_path / 'out'}",
+        "logger=none",
+    )
     with pytest.raises(DataError, match="does not exist"):
         run_training(cfg)
     assert torch.get_float32_matmul_precision() == "highest"
@@ -131,8 +121,7 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
         "++guidance.weight_after=0.001",
         "++guidance.switch_epoch=4",
     ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_script("train", *overrides)
     assert cfg.guidance.source == "auto"
     with caplog.at_level(logging.INFO, logger="vpr.data"):
         run_training(cfg)
@@ -148,10 +137,7 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
     assert float(epoch["mining/rounds"]) == len(rounds) > 1
     assert float(epoch["mining/skipped_queries"]) == sum(int(skipped) for _, skipped in rounds)
     # guidance=none says otherwise: no auxiliary loss
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(
-            config_name="train", overrides=[*overrides, "guidance=none", f"paths.output_dir={tmp_path / 'unguided'}"]
-        )
+    cfg = compose_script("train", *overrides, "guidance=none", f"paths.output_dir={tmp_path / 'unguided'}")
     run_training(cfg)
     (metrics,) = (tmp_path / "unguided").rglob("metrics.csv")
     assert "train/aux_loss" not in metrics.read_text()
@@ -179,8 +165,7 @@ def test_sweep_job_folders_are_named_by_variant_or_task(script, overrides, expec
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("variant: crn\nseed: 5\n")  # what train.py writes, reduced to these keys
     overrides = [o.format(run=run, elsewhere=tmp_path) for o in overrides]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(script, overrides=overrides, return_hydra_config=True)
+    cfg = compose_script(script, *overrides, hydra=True)
     cfg.hydra.job.num = 7
     hydra_config = HydraConfig.instance()
     hydra_config.set_config(cfg)  # as Hydra sets it for a job: the resolvers read the job's command line from it

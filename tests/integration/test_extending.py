@@ -6,10 +6,9 @@ from __future__ import annotations
 import h5py
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import compose_script, run_script
 from tests.integration.test_errors import assert_clean_failure
 from tests.integration.test_experiments import tiny_overrides
 from vpr.models.attention.base import AttentionOutput
@@ -60,9 +59,7 @@ class ToyCentroidHead(nn.Module):
 def train(overrides: list[str]) -> None:
     from vpr.run.train import run_training
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=overrides)
-    run_training(cfg)
+    run_training(compose_script("train", *overrides))
 
 
 def test_toy_attention_through_config_only(data_dir, tmp_path):

@@ -7,26 +7,21 @@ import json
 
 import pytest
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import compose_script, run_script
 from tests.test_checkpoint_compat import random_checkpoint
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra is not installed")
 
 
 def test_slurm_launcher_config_composes():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "hydra/launcher=slurm",
-                "hydra.launcher.partition=gpu",
-                "hydra.launcher.gpus_per_node=4",
-                "hydra.launcher.tasks_per_node=4",
-            ],
-            return_hydra_config=True,
-        )
+    cfg = compose_script(
+        "train",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.gpus_per_node=4",
+        "hydra.launcher.tasks_per_node=4",
+        hydra=True,
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 4, 4)

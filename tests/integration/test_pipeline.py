@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import compose_script, run_script
 
 
 def common(data_dir: Path, tmp: Path) -> list[str]:
@@ -189,14 +189,11 @@ def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_pa
 
 def test_centroid_files_of_other_recipes_and_cities_have_other_names(tmp_path):
     """city_baseline (96x128) and city_main (120x160), or the tiny and default cities, never share a file."""
-    from hydra import compose, initialize_config_dir
-
     from vpr.build import build_network
     from vpr.centroids import centroid_path
 
     def name(*overrides):
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose("train", overrides=[*overrides, "logger=none", f"paths.data_dir={tmp_path}"])
+        cfg = compose_script("train", *overrides, "logger=none", f"paths.data_dir={tmp_path}")
         backbone, _, head = build_network(cfg)
         return centroid_path(cfg, backbone, head).name
 

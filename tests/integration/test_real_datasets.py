@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_script
+from tests.conftest import compose_script, run_script
 from tests.data.spec_files import SpecDataset, pittsburgh_like, tokyo247_like
 
 NETWORK = [
@@ -41,13 +41,9 @@ def datasets(tmp_path_factory) -> dict[str, SpecDataset]:
 @pytest.fixture(scope="module")
 def network():
     """The network eval.py builds from NETWORK (same seed, so the same random weights), built here in-process."""
-    from hydra import compose, initialize_config_dir
-
     from vpr.build import build_module
-    from vpr.run.test_sets import CONFIG_DIR
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=[*NETWORK, "paths.output_dir=unused"])
+    cfg = compose_script("eval", *NETWORK, "paths.output_dir=unused")
     module = build_module(cfg, with_training=False).eval()
     return module
 

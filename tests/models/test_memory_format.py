@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from tests.conftest import ROOT
+from tests.conftest import compose_script
 
 
 def train_config(*overrides: str, output_dir: object = "."):
     """The city_baseline training config (K=8, no logger) with ``overrides``."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "experiment=city_baseline",
-                "model.num_clusters=8",
-                "logger=none",
-                f"paths.output_dir={output_dir}",
-                *overrides,
-            ],
-        )
+    return compose_script(
+        "train",
+        "experiment=city_baseline",
+        "model.num_clusters=8",
+        "logger=none",
+        f"paths.output_dir={output_dir}",
+        *overrides,
+    )
 
 
 def build(channels_last: bool):
