@@ -29,6 +29,23 @@ def test_each_stop_has_its_line_and_exit_status(capsys):
     assert ending(SystemExit(0), capsys) == (0, "")  # a script's own exit is its own
 
 
+def lightning_exit_after(raised: BaseException) -> SystemExit:
+    """What Lightning's trainer raises after handling ``raised`` in its loops: exit(1) inside its except block."""
+    try:
+        try:
+            raise raised
+        except BaseException:
+            raise SystemExit(1)  # noqa: B904 - as Lightning does it, the handled error as its context
+    except SystemExit as e:
+        return e
+
+
+def test_ctrl_c_inside_lightnings_loops_is_an_interrupt_not_an_exit_status_1(capsys):
+    status, err = ending(lightning_exit_after(KeyboardInterrupt()), capsys)
+    assert status == 130 and err.startswith("error: interrupted (Ctrl-C): nothing half-written is kept")
+    assert ending(lightning_exit_after(ValueError("x")), capsys) == (1, "")  # any other exit(1) stays as it was
+
+
 def test_a_bug_stays_a_traceback():
     @report_user_errors
     def main():

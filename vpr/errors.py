@@ -71,6 +71,12 @@ def find_user_error(e: BaseException) -> BaseException | None:
     return None
 
 
+INTERRUPTED = (
+    "interrupted (Ctrl-C): nothing half-written is kept (files are written whole or not at all); run the command "
+    "again to continue (train.py: ckpt_path=last resumes the last checkpoint, written where training stopped)"
+)
+
+
 def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a script's task function: user errors print ``error: <message>`` and exit with status 2."""
     from omegaconf.errors import MissingMandatoryValue
@@ -80,19 +86,17 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return main(*args, **kwargs)
         except KeyboardInterrupt:  # outside Lightning's loops (city generation, k-means, a cache pass of eval.py)
-            _stop(
-                "interrupted (Ctrl-C): nothing half-written is kept (files are written whole or not at all); run "
-                "the command again to continue (train.py: ckpt_path=last resumes the last checkpoint)",
-                130,
-            )
+            _stop(INTERRUPTED, 130)
         except SystemExit as e:
-            if type(e).__name__ != "SIGTERMException":  # Lightning's, raised between two steps on SIGTERM
-                raise
-            _stop(
-                "stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it "
-                "stopped when it was training)",
-                143,
-            )
+            if type(e).__name__ == "SIGTERMException":  # Lightning's, raised between two steps on SIGTERM
+                _stop(
+                    "stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it "
+                    "stopped when it was training)",
+                    143,
+                )
+            if e.code == 1 and isinstance(e.__context__, KeyboardInterrupt):
+                _stop(INTERRUPTED, 130)  # Ctrl-C inside Lightning's loops: it shuts down, then exits with status 1
+            raise
         except Exception as e:  # noqa: BLE001 - re-raised unless a user error is behind it
             found = find_user_error(e)
             if found is None:

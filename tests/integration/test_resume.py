@@ -268,3 +268,24 @@ def test_resuming_into_another_network_or_a_folder_in_use_is_one_error(data_dir,
             "train.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/c", tmp=tmp_path, check=False
         )
     assert_clean_failure(second, f"another train.py is writing checkpoints in {ckpt.parent}")
+
+
+def test_ctrl_c_while_training_saves_where_it_stopped_and_ends_with_one_line(data_dir, tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the process group) inside Lightning's loop: Lightning shuts down and exits
+    with status 1, which read as a failed command; it is an interrupt (130) with one error line and a checkpoint."""
+    run = tmp_path / "train" / "runs" / "r"
+    log_file = tmp_path / "run.log"
+    status = stop_when(
+        [*SETTINGS, f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}", f"hydra.run.dir={run}"],
+        tmp_path,
+        log_file,
+        lambda: "epoch 1 round 1/" in log_file.read_text(),
+        signal.SIGINT,
+        group=True,
+    )
+    text = log_file.read_text()
+    assert status == 130, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert "error: interrupted (Ctrl-C): nothing half-written is kept" in text
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 1 and re.search(rf"Ctrl-C at epoch 1, step {saved['global_step']}: saved", text)
