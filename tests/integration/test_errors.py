@@ -262,6 +262,22 @@ def test_gpu_trainer_without_a_gpu_says_what_to_drop(data_dir, tmp_path):
     assert_clean_failure(proc, "error: trainer.accelerator=gpu (trainer=gpu", "add trainer=default")
 
 
+def test_resuming_with_init_weights_is_refused_instead_of_ignoring_them(data_dir, tmp_path):
+    proc = run_script(
+        "train.py",
+        "experiment=city_baseline",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt",
+        f"init_weights={tmp_path}/other.pth",
+        "logger=none",
+        f"hydra.run.dir={tmp_path}/r",
+        tmp=tmp_path,
+        check=False,
+    )
+    assert_clean_failure(proc, "init_weights would not be used", "drop init_weights to resume")
+
+
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true", "fp8"])
 def test_a_precision_the_model_cannot_train_in_is_refused_before_any_work(data_dir, tmp_path, precision):
     """Whole-model half precision failed deep in the first convolution (float32 images, bfloat16 weights)."""

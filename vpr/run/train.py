@@ -63,6 +63,12 @@ def validate_config(cfg: DictConfig) -> None:
     n = int(cfg.monitor.split("@")[-1]) if "@" in cfg.monitor else None
     if n is not None and n not in list(cfg.model.recall_at):
         raise ConfigError(f"monitor={cfg.monitor} but model.recall_at={list(cfg.model.recall_at)} does not list {n}")
+    if cfg.get("ckpt_path") and cfg.get("init_weights"):
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} and init_weights={cfg.init_weights}: a resumed run restores every weight "
+            "from its checkpoint, so init_weights would not be used; drop init_weights to resume, or drop "
+            "ckpt_path to start a new run from init_weights' tensors"
+        )
 
 
 def print_budget(cfg: DictConfig, dm, module) -> None:
