@@ -262,6 +262,24 @@ def test_gpu_trainer_without_a_gpu_says_what_to_drop(data_dir, tmp_path):
     assert_clean_failure(proc, "error: trainer.accelerator=gpu (trainer=gpu", "add trainer=default")
 
 
+def test_eval_refuses_weights_that_do_not_fit_before_making_the_city(tmp_path):
+    import torch
+
+    torch.save({"state_dict": {"backbone.other.weight": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
+    proc = run_script(
+        "eval.py",
+        "experiment=city_baseline",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={tmp_path}/data",
+        f"ckpt_path={tmp_path}/foreign.ckpt",
+        f"hydra.run.dir={tmp_path}/r",
+        tmp=tmp_path,
+        check=False,
+    )
+    assert_clean_failure(proc, "foreign.ckpt", "do not fit")
+    assert not (tmp_path / "data").exists()  # no city generated (seconds to minutes) for nothing
+
+
 def test_resuming_with_init_weights_is_refused_instead_of_ignoring_them(data_dir, tmp_path):
     proc = run_script(
         "train.py",

@@ -113,6 +113,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_size)
     sets = resolve_test_sets(cfg, shared)
+    module = build_module(cfg, with_training=False)
+    if state is not None:  # a checkpoint whose weights do not fit the network fails before any data work
+        load_network_weights(module, state, ckpt_path)
     dm = build_datamodule(cfg)
     if not sets:
         own = dict(cfg.data.splits).get(cfg.split)
@@ -121,12 +124,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"split={cfg.split}: dataset {cfg.data.name} has no {cfg.split} split (it has {have})")
         dm.splits["test"] = own
         dm.prepare_data()
-        dm.setup("test")  # a missing dataset fails here, before any network is built
+        dm.setup("test")  # a missing dataset fails here, before any image is encoded
     prepared = prepare_test_sets(cfg, sets, cfg.split)  # so do the test sets'
-    module = build_module(cfg, with_training=False)
-    if state is not None:
-        load_network_weights(module, state, ckpt_path)
-    elif needs_centroids(module.head):
+    if state is None and needs_centroids(module.head):
         dm.prepare_data()  # the training split is read only if cluster.auto has to cluster
         init_head(cfg, module, dm, cluster_command_overrides())
     extra = setup_pca(cfg, module, dm, shared)
