@@ -90,3 +90,25 @@ def test_eval_without_data_settings_uses_the_checkpoints_city(data_dir, tmp_path
     assert json.loads((out / "results.json").read_text())["num_database"] == 40
     assert "trained on the tiny city (seed 0): evaluating there" in proc.stdout + proc.stderr
     assert not (data_dir / "city_default_seed0").exists()
+
+
+def test_eval_with_only_data_root_reads_the_checkpoints_city_there(data_dir, tmp_path):
+    """data.root at a copy of the tiny city (where it is on this machine): the checkpoint's preset and seed still
+    apply, so that city is read as it is; it was replaced by the default city before."""
+    import hashlib
+    import shutil
+
+    random_checkpoint(tmp_path / "model.ckpt")
+    shutil.copytree(data_dir / "city_tiny_seed0", tmp_path / "copied_city")
+    manifest = hashlib.sha256((tmp_path / "copied_city" / "city.json").read_bytes()).hexdigest()
+    out = tmp_path / "run"
+    run_script(
+        "eval.py",
+        f"data.root={tmp_path / 'copied_city'}",
+        f"ckpt_path={tmp_path / 'model.ckpt'}",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        tmp=tmp_path,
+    )
+    assert json.loads((out / "results.json").read_text())["num_database"] == 40
+    assert hashlib.sha256((tmp_path / "copied_city" / "city.json").read_bytes()).hexdigest() == manifest

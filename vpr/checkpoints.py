@@ -235,13 +235,13 @@ def with_stored_network(cfg: DictConfig, stored: dict, image_size_given: bool) -
 
 
 def with_checkpoint_city(cfg: DictConfig, stored: dict | None, overrides: list[str]) -> DictConfig:
-    """eval.py of a checkpoint trained on a synthetic city, with no data setting on the command line: the city it was
-    trained on (its preset and seed), not the default one. A real dataset's root is a path of the machine that
-    trained, so only the city is taken over."""
+    """eval.py of a checkpoint trained on a synthetic city, with no data setting on the command line but perhaps
+    ``data.root`` (where that city is on this machine): the city it was trained on (its preset and seed), not the
+    default one. A real dataset's root is a path of the machine that trained, so only the city is taken over."""
     trained = (stored or {}).get("data") or {}
     prepare = trained.get("prepare") or {}
     chosen = overridden_keys(overrides)
-    which_data = ("data.root", "data.name", "data.tag", "data.prepare")  # and data=<another dataset>
+    which_data = ("data.name", "data.tag", "data.prepare")  # and data=<another dataset>
     if (
         any(k == "data" or k == d or k.startswith(d + ".") for k in chosen for d in which_data)
         or trained.get("name") != cfg.data.get("name")

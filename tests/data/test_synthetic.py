@@ -297,6 +297,35 @@ def test_replacing_a_city_of_other_settings_says_what_changes(tmp_path: Path, ca
     assert "seed 3 -> 4" in record.getMessage()
 
 
+def test_a_city_someone_pointed_data_root_at_is_not_replaced(tiny_city: Path, tmp_path: Path) -> None:
+    """data=synthetic's replace=auto: in a folder not named for the asked-for settings the city is the user's; the
+    refusal names the settings that read it as it is (the tiny preset, seed 0) and nothing is written."""
+    import shutil
+
+    mine = tmp_path / "my_city"
+    shutil.copytree(tiny_city, mine)
+    before = _digest_tree(mine)
+    with pytest.raises(DataError) as refused:
+        generate_city(mine, "default", seed=0, progress=False, replace="auto")
+    message = str(refused.value)
+    assert f"data.root={mine} holds a synthetic city of other settings" in message
+    assert "add data.prepare.preset=tiny data.prepare.seed=0" in message
+    assert _digest_tree(mine) == before
+
+
+def test_the_folder_named_for_the_settings_is_replaced_with_a_warning(tiny_city: Path, tmp_path: Path, caplog) -> None:
+    """There a city of other settings is one an older generator wrote (here: a manifest of another seed)."""
+    import logging
+    import shutil
+
+    named = tmp_path / "city_tiny_seed1"
+    shutil.copytree(tiny_city, named)
+    with caplog.at_level(logging.WARNING, logger="vpr.data.synthetic"):
+        generate_city(named, "tiny", seed=1, progress=False, workers=1, replace="auto")
+    assert "holds a synthetic city of other settings (seed 0 -> 1): replacing it" in caplog.text
+    assert json.loads((named / "city.json").read_text())["seed"] == 1
+
+
 def test_second_call_is_fast_and_does_not_rewrite(tiny_city: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in tiny_city.rglob("*") if p.is_file()}
     start = time.perf_counter()

@@ -242,6 +242,7 @@ def generate_city(
     progress: bool = True,
     workers: int | None = None,
     force: bool = False,
+    replace: bool | str = True,
 ) -> Path:
     """Generate the synthetic city under ``out_dir`` (idempotent) and return its root.
 
@@ -250,6 +251,11 @@ def generate_city(
     manifest last. A folder that holds other files and no city of this generator is refused with a
     :class:`~vpr.errors.DataError` and left untouched. ``workers`` (default: up to 2 CPUs) does not change the
     output.
+
+    ``replace``: whether a complete city of other settings in ``out_dir`` may be replaced (with a warning).
+    ``"auto"`` (data=synthetic's setting): only in the folder named for these settings (``city_<preset>_seed<seed>``,
+    where a city of other settings is one of an older generator); in any other folder, a city someone pointed
+    ``data.root`` at, the refusal names the settings that would use it as it is.
     """
     cfg = get_preset(preset) if isinstance(preset, str) else preset
     if not isinstance(cfg, CityConfig):
@@ -265,14 +271,22 @@ def generate_city(
     with _generation_lock(root):
         if not force and _is_complete(root, cfg, seed):
             return root  # another process (a parallel job of the same sweep) generated it meanwhile
-        _say_what_is_replaced(root, cfg, seed)
+        if replace == "auto":
+            replace = isinstance(preset, str) and root.name == city_folder_name(preset, seed)
+        _check_replacement(root, cfg, seed, bool(replace))
         _generate_into(root, cfg, seed, progress, workers)
     return root
 
 
-def _say_what_is_replaced(root: Path, cfg: CityConfig, seed: int) -> None:
-    """A warning when ``root`` holds a complete city of other settings, which the generation is about to replace
-    (a data.root shared by two presets or seeds): the settings that differ, old and new."""
+def city_folder_name(preset: str, seed: int) -> str:
+    """The folder data=synthetic generates a city of ``preset`` and ``seed`` in (under paths.data_dir)."""
+    return f"city_{preset}_seed{seed}"
+
+
+def _check_replacement(root: Path, cfg: CityConfig, seed: int, replace: bool) -> None:
+    """When ``root`` holds a complete city of other settings: a warning naming the settings that differ, old and
+    new, before the generation replaces it; without ``replace``, a DataError naming the settings that would use
+    it as it is."""
     manifest = _read_manifest(root)
     if manifest is None:
         return
@@ -282,10 +296,32 @@ def _say_what_is_replaced(root: Path, cfg: CityConfig, seed: int) -> None:
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
     if manifest.get("format_version") != FORMAT_VERSION:
         changed.insert(0, f"format version {manifest.get('format_version')!r} -> {FORMAT_VERSION!r}")
-    if changed:
+    if not changed:
+        return
+    if replace:
         log.warning(
             "%s holds a synthetic city of other settings (%s): replacing it", root.resolve(), ", ".join(changed[:4])
         )
+        return
+    preset = _preset_of(manifest.get("config") or {})
+    use_it = (
+        f"To use it as it is, add data.prepare.preset={preset} data.prepare.seed={manifest.get('seed')}"
+        if preset is not None and manifest.get("format_version") == FORMAT_VERSION
+        else "It matches no preset of this version (or is of an older format): delete it to replace it"
+    )
+    raise DataError(
+        f"data.root={root} holds a synthetic city of other settings than the ones asked for "
+        f"({', '.join(changed[:4])}); nothing was written. {use_it}; for the asked-for city, point data.root at "
+        "another folder (or leave data.root out)"
+    )
+
+
+def _preset_of(config: dict[str, Any]) -> str | None:
+    """The name of the preset whose settings a manifest's config records, if any."""
+    for name in PRESETS:
+        if _expected_manifest(get_preset(name), 0)["config"] == config:
+            return name
+    return None
 
 
 def _generate_into(root: Path, cfg: CityConfig, seed: int, progress: bool, workers: int | None) -> None:
