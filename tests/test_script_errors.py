@@ -101,3 +101,33 @@ def test_the_script_prints_the_hint_after_hydras_message(tmp_path):
     assert proc.stderr.rstrip().endswith(
         "hint: data.prepare.presett is not a setting; did you mean data.prepare.preset?"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        ([], {}, ("./outputs", "paths.root_dir/VPR_ROOT")),
+        ([], {"VPR_ROOT": "/r"}, ("/r/outputs", "paths.root_dir/VPR_ROOT")),
+        (["paths.root_dir=/q"], {"VPR_ROOT": "/r"}, ("/q/outputs", "paths.root_dir/VPR_ROOT")),
+        ([], {"VPR_LOG_DIR": "/logs"}, ("/logs", "VPR_LOG_DIR")),
+        (["paths.log_dir=/l"], {"VPR_LOG_DIR": "/logs"}, ("/l", "paths.log_dir")),
+        (["hydra.run.dir=/runs/a"], {}, ("/runs", "hydra.run.dir")),
+        (["-m", "hydra.sweep.dir=/sweeps/b", "hydra.run.dir=/x/y"], {}, ("/sweeps", "hydra.sweep.dir")),
+        (["paths.log_dir=${oc.env:HOME}/l"], {}, None),
+    ],
+)
+def test_the_run_folders_parent_follows_configs_paths(argv, environ, expected):
+    """configs/paths/default.yaml: log_dir = VPR_LOG_DIR, else <root_dir>/outputs, root_dir = VPR_ROOT or '.'."""
+    from vpr.errors import run_folder_parent
+
+    assert run_folder_parent(argv, environ) == expected
+
+
+def test_an_unmakeable_run_folder_is_one_line_naming_the_setting(tmp_path):
+    from tests.conftest import run_script
+
+    (tmp_path / "file").write_text("not a folder")
+    proc = run_script("train.py", f"paths.log_dir={tmp_path}/file/logs", tmp=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: the run's folder cannot be made in {tmp_path}/file/logs (paths.log_dir): ")
+    assert "point paths.log_dir at a folder you can write" in proc.stderr

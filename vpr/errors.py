@@ -132,6 +132,7 @@ def launch(main: Callable[[], Any], config_name: str) -> Any:
     1), a ``hint:`` line names the setting or option closest to each one that does not exist."""
     sys.argv[1:] = sweep_job_argv(sys.argv[1:], os.environ)
     require_launcher_plugin(sys.argv[1:])
+    require_writable_run_folder(sys.argv[1:], os.environ)
     try:
         return main()
     except SystemExit as e:
@@ -139,6 +140,51 @@ def launch(main: Callable[[], Any], config_name: str) -> Any:
             for hint in override_hints(sys.argv[1:], config_name):
                 print(f"hint: {hint}", file=sys.stderr)
         raise
+
+
+def run_folder_parent(argv: list[str], environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(the folder Hydra will make the run's folder in, the setting that names it), read from the command line and
+    the environment as configs/paths and configs/hydra compose them; None when a setting there is interpolated
+    (``${...}``: only Hydra can tell)."""
+    given = {}
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if sep:
+            given[key] = value
+    multirun = bool({"-m", "--multirun"} & set(argv))
+    candidates = [
+        ("hydra.sweep.dir" if multirun else "hydra.run.dir", lambda v: os.path.dirname(os.path.abspath(v))),
+        ("paths.log_dir", None),
+    ]
+    for key, parent in candidates:
+        if key in given:
+            value = given[key]
+            return None if "${" in value else ((parent(value) if parent else value), key)
+    if environ.get("VPR_LOG_DIR"):
+        return environ["VPR_LOG_DIR"], "VPR_LOG_DIR"
+    root = given.get("paths.root_dir", environ.get("VPR_ROOT", "."))
+    return None if "${" in root else (os.path.join(root, "outputs"), "paths.root_dir/VPR_ROOT")
+
+
+def require_writable_run_folder(argv: list[str], environ: Mapping[str, str]) -> None:
+    """Before Hydra makes the run's folder (a failure there is a traceback): the folder it is made in exists or can
+    be made, else one ``error:`` line naming the setting to change (exit status 2)."""
+    if {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"} & set(argv):
+        return  # Hydra only prints: no run folder
+    found = run_folder_parent(argv, environ)
+    if found is None:
+        return
+    folder, setting = found
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        fix = setting if setting.startswith(("hydra.", "paths.log_dir")) else "paths.log_dir (or VPR_LOG_DIR)"
+        print(
+            f"error: the run's folder cannot be made in {folder} ({setting}): {e.strerror or e}; point {fix} at a "
+            "folder you can write",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
 
 
 def override_hints(argv: list[str], config_name: str) -> list[str]:
