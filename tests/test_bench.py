@@ -26,6 +26,8 @@ def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
             "1",
             "--shapes",
             "1",
+            "--cache-rounds",
+            "2",
             "--out",
             str(tmp_path / "b"),
         ],
@@ -40,7 +42,11 @@ def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
     assert "| measure | project | naive | project vs naive |" in proc.stdout
     assert (tmp_path / "b" / "bench.md").read_text().strip() in proc.stdout
     measures = {r["measure"]: r for r in result["rows"]}
-    assert {"training step: tuples/s", "encoding (mining cache, evaluation): images/s"} <= set(measures)
+    assert {
+        "training step: tuples/s",
+        "encoding (mining cache, evaluation): images/s",
+        "mining-cache rounds from JPEG files (2 loader processes): images/s",
+    } <= set(measures)
     for r in result["rows"]:
         assert r["project"] > 0 and r["naive"] > 0
         rate = r["measure"].endswith("/s")
@@ -165,3 +171,28 @@ def test_cuda_without_a_gpu_is_refused(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["--device", "cuda", "--size", "tiny"])
     assert "this machine has no usable CUDA GPU" in capsys.readouterr().err
+
+
+def test_cache_round_rates_time_kept_workers_and_a_loader_each_round(monkeypatch):
+    """The first rate is the project's (workers kept between rounds), the second a loader made for each round; each
+    reads every round's images once, after one untimed round."""
+    from vpr import bench
+
+    calls = []
+
+    class Module:
+        device = torch.device("cpu")
+
+        def encode_dataset(self, dataset, desc, indices, keep_workers):
+            calls.append((keep_workers, list(indices)))
+            return torch.zeros(len(indices), 2)
+
+        def release_encode_workers(self):
+            calls.append("released")
+
+    monkeypatch.setattr(
+        bench, "photo_like_jpegs", lambda folder, count, h, w: [folder / f"{i}.jpg" for i in range(count)]
+    )
+    bench.cache_round_rates(Module(), 16, 16, workers=2, per_round=3, rounds=2)
+    rounds = [list(range(r * 3, r * 3 + 3)) for r in range(3)]
+    assert calls == [*[(True, r) for r in rounds], "released", *[(False, r) for r in rounds], "released"]

@@ -191,6 +191,7 @@ def run(
     compile_mode: bool | str = False,
     compile_backend: str = "inductor",
     shapes: int = 0,
+    cache_workers: int = 0,
 ) -> dict[str, Any]:
     size = SIZES[size_name]
     cfg = compose(size)
@@ -304,6 +305,11 @@ def run(
             s_n,
         )
     )
+    if cache_workers:
+        module.encode_batch_size = size.encode_images
+        with project_precision(device):
+            kept, fresh = cache_round_rates(module, h, w, cache_workers, size.encode_images * 8, repeats)
+        rows.append((f"mining-cache rounds from JPEG files ({cache_workers} loader processes): images/s", kept, fresh))
     out["rows"] = [{"measure": m, "project": p, "naive": n, "ratio": ratio(m, p, n)} for m, p, n in rows]
     if shapes:
         out["new_shapes"] = new_shape_rows(project_step_with, b, b * per, shapes, repeats, device)
@@ -335,21 +341,11 @@ def loading_rate(height: int, width: int, repeats: int, count: int = 24) -> floa
     quality 90), written to a temporary folder. The network rows above use tensors already in memory."""
     import tempfile
 
-    from PIL import Image
-
     from vpr.data.dataset import ImageDataset
     from vpr.data.transforms import eval_transform
 
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
-        paths = []
-        for i in range(count):
-            coarse = Image.fromarray(rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8))
-            smooth = np.asarray(coarse.resize((width, height), Image.BILINEAR), dtype=np.int16)
-            grain = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
-            path = Path(folder) / f"{i:03d}.jpg"
-            Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(path, quality=90)
-            paths.append(path)
+        paths = photo_like_jpegs(Path(folder), count, height, width)
         dataset = ImageDataset(paths, eval_transform((height, width)))
         dataset[0]  # warm-up
         t0 = time.perf_counter()
@@ -357,6 +353,57 @@ def loading_rate(height: int, width: int, repeats: int, count: int = 24) -> floa
             for i in range(len(dataset)):
                 dataset[i]
         return max(1, repeats) * len(dataset) / (time.perf_counter() - t0)
+
+
+def photo_like_jpegs(folder: Path, count: int, height: int, width: int) -> list[Path]:
+    """``count`` JPEGs of ``height`` x ``width`` that decode like photos: smooth colour fields plus grain, quality
+    90 (random noise would decode slower, flat colour faster)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((width, height), Image.BILINEAR), dtype=np.int16)
+        grain = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
+        path = folder / f"{i:03d}.jpg"
+        Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def cache_round_rates(
+    module: nn.Module, height: int, width: int, workers: int, per_round: int, rounds: int
+) -> tuple[float, float]:
+    """(images/s, images/s) of mining-cache rounds of ``per_round`` images read from JPEG files by ``workers``
+    loader processes and encoded by ``module``: with the loader's workers kept from round to round (the project's
+    cache passes) against a loader made for each round, whose workers start and stop with it. One round of each
+    before the timed ``rounds``."""
+    import tempfile
+
+    from vpr.data.dataset import ImageDataset
+    from vpr.data.transforms import eval_transform
+
+    module.encode_workers = workers
+    with tempfile.TemporaryDirectory() as folder:
+        files = photo_like_jpegs(Path(folder), min(per_round, 64), height, width)
+        # as many items as the rounds read, the files over and over (the page cache holds them either way)
+        items = [files[i % len(files)] for i in range(per_round * (rounds + 1))]
+        dataset = ImageDataset(items, eval_transform((height, width)))
+        rates = []
+        for keep in (True, False):
+            t0 = 0.0
+            for r in range(rounds + 1):
+                if r == 1:
+                    synchronize(module.device)
+                    t0 = time.perf_counter()
+                module.encode_dataset(
+                    dataset, "cache round", indices=range(r * per_round, (r + 1) * per_round), keep_workers=keep
+                )
+            synchronize(module.device)
+            rates.append(rounds * per_round / (time.perf_counter() - t0))
+            module.release_encode_workers()
+    return rates[0], rates[1]
 
 
 #: The search benchmark's descriptor size at most: its cost is linear in D, and the naive reference's full
@@ -648,6 +695,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     parser.add_argument(
+        "--cache-rounds",
+        type=int,
+        default=0,
+        metavar="W",
+        help="also time mining-cache rounds read from JPEG files by W loader processes: the project's loader, "
+        "whose workers are kept from round to round, against one made anew each round",
+    )
+    parser.add_argument(
         "--shapes",
         type=int,
         default=0,
@@ -672,8 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("repeats", "mining_db", "mining_queries", "mining_dim"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.shapes < 0:
-        parser.error("--shapes must be >= 0")
+    if args.shapes < 0 or args.cache_rounds < 0:
+        parser.error("--shapes and --cache-rounds must be >= 0")
     if args.mining and args.size:
         parser.error("--size sets the network benchmark; --mining sizes its round with --mining-db/-queries/-dim")
     out = args.out or Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -695,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_mode=args.compile if args.compile else False,
         compile_backend=args.compile_backend,
         shapes=args.shapes,
+        cache_workers=args.cache_rounds,
     )
     table = markdown(result)
     write_json_atomic(out / "bench.json", result)
