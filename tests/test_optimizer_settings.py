@@ -150,7 +150,14 @@ def test_a_mistyped_parameter_names_the_closest_one():
 
 @pytest.mark.parametrize(
     ("setting", "expected"),
-    [("32-true", "32-true"), (32, "32-true"), ("32", "32-true"), ("bf16", "bf16-mixed"), (16, "16-mixed")],
+    [
+        ("32-true", "32-true"),
+        (32, "32-true"),
+        ("32", "32-true"),
+        ("bf16", "bf16-mixed"),
+        (16, "16-mixed"),
+        (None, "32-true"),
+    ],
 )
 def test_lightnings_short_precisions_are_the_mixed_ones(setting, expected):
     from vpr.build import check_precision

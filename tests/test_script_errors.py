@@ -76,6 +76,12 @@ def test_a_bug_stays_a_traceback():
         ),
         ("train", ["hydra.run.dirr=x"], "hydra.run.dirr is not a setting; did you mean hydra.run.dir?"),
         ("retrieve", ["topk=3"], "topk is not a setting; did you mean top_k?"),
+        # Hydra's own groups take plugins' options: no hint for them, and the real mistake still gets its own
+        (
+            "train",
+            ["hydra/launcher=submitit_local", "data.preset=tiny"],
+            "data.preset is not a setting; did you mean data.prepare.preset?",
+        ),
         # a setting the chosen group adds is known: data=synthetic has prepare, so no hint for it
         ("train", ["data=synthetic", "data.prepare.preset=tiny", "trainer.max_epochs=x"], None),
     ],
@@ -114,6 +120,10 @@ def test_the_script_prints_the_hint_after_hydras_message(tmp_path):
         (["hydra.run.dir=/runs/a"], {}, ("/runs", "hydra.run.dir")),
         (["-m", "hydra.sweep.dir=/sweeps/b", "hydra.run.dir=/x/y"], {}, ("/sweeps", "hydra.sweep.dir")),
         (["paths.log_dir=${oc.env:HOME}/l"], {}, None),
+        # Lightning's DDP processes get the run folder quoted; a user may quote a path with spaces
+        (['hydra.run.dir="/runs/a"', "hydra.job.name=train_ddp_process_1"], {}, ("/runs", "hydra.run.dir")),
+        (["paths.log_dir='/my logs'"], {}, ("/my logs", "paths.log_dir")),
+        (["-m", "paths.log_dir=/a,/b"], {}, None),  # a sweep: one folder per job, Hydra's to make
     ],
 )
 def test_the_run_folders_parent_follows_configs_paths(argv, environ, expected):
@@ -131,3 +141,28 @@ def test_an_unmakeable_run_folder_is_one_line_naming_the_setting(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"error: the run's folder cannot be made in {tmp_path}/file/logs (paths.log_dir): ")
     assert "point paths.log_dir at a folder you can write" in proc.stderr
+
+
+def test_both_a_wrong_option_and_a_wrong_setting_get_their_hint():
+    from vpr.errors import override_hints
+
+    assert override_hints(["attention=cbm", "trainer.max_epoch=1"], "train") == [
+        "attention=cbm: no such option; did you mean attention=cbam?",
+        "trainer.max_epoch is not a setting; did you mean trainer.max_epochs?",
+    ]
+
+
+def test_sweeps_hydra_cannot_list_outside_its_loader_give_no_hint_and_no_traceback():
+    from vpr.errors import override_hints
+
+    assert override_hints(["-m", "experiment=glob(city_b*)", "data.preset=tiny"], "train") == []
+    assert override_hints(["-m", "model.num_clusters=interval(1,4)"], "train") == []
+    assert override_hints(["hydra/job_logging=none"], "train") == []
+
+
+@pytest.mark.parametrize("flag", [["--cfg", "job"], ["--cfg=job"], ["--info=config"], ["--help"]])
+def test_a_command_that_only_prints_makes_no_folder(flag, tmp_path):
+    from vpr.errors import require_writable_run_folder
+
+    require_writable_run_folder([*flag, f"paths.log_dir={tmp_path}/logs"], {})
+    assert not (tmp_path / "logs").exists()

@@ -128,9 +128,10 @@ _PRECISION_ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
 
 def check_precision(setting: Any) -> str:
     """``trainer.precision`` as one of :data:`SUPPORTED_PRECISIONS` (Lightning's short spellings 32, 16 and bf16
-    accepted); anything else is a ConfigError. Whole-model half or double precision (``bf16-true``, ``16-true``,
-    ``64-true``) is refused: the images and NetVLAD's soft-assignment and normalisation stay float32."""
-    text = str(setting)
+    accepted, and None: Lightning's default); anything else is a ConfigError. Whole-model half or double precision
+    (``bf16-true``, ``16-true``, ``64-true``) is refused: the images and NetVLAD's soft-assignment and normalisation
+    stay float32."""
+    text = "32-true" if setting is None else str(setting)  # None: Lightning's default
     text = _PRECISION_ALIASES.get(text, text)
     if text in SUPPORTED_PRECISIONS:
         return text

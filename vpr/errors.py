@@ -144,32 +144,37 @@ def launch(main: Callable[[], Any], config_name: str) -> Any:
 
 def run_folder_parent(argv: list[str], environ: Mapping[str, str]) -> tuple[str, str] | None:
     """(the folder Hydra will make the run's folder in, the setting that names it), read from the command line and
-    the environment as configs/paths and configs/hydra compose them; None when a setting there is interpolated
-    (``${...}``: only Hydra can tell)."""
-    given = {}
-    for arg in argv:
-        key, sep, value = arg.lstrip("+").partition("=")
-        if sep:
-            given[key] = value
+    the environment as configs/paths and configs/hydra compose them; None when Hydra alone can tell (a setting
+    interpolated with ``${...}`` or swept over several values, or a command line it cannot parse)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+        given = {}
+        for o in parsed:
+            if not o.is_delete():
+                given[o.key_or_group] = None if o.is_sweep_override() else str(o.value())  # unquoted
+    except Exception:  # noqa: BLE001 - Hydra says what it cannot parse
+        return None
     multirun = bool({"-m", "--multirun"} & set(argv))
-    candidates = [
+    for key, parent in (
         ("hydra.sweep.dir" if multirun else "hydra.run.dir", lambda v: os.path.dirname(os.path.abspath(v))),
-        ("paths.log_dir", None),
-    ]
-    for key, parent in candidates:
+        ("paths.log_dir", lambda v: v),
+    ):
         if key in given:
             value = given[key]
-            return None if "${" in value else ((parent(value) if parent else value), key)
+            return None if value is None or "${" in value else (parent(value), key)
     if environ.get("VPR_LOG_DIR"):
         return environ["VPR_LOG_DIR"], "VPR_LOG_DIR"
     root = given.get("paths.root_dir", environ.get("VPR_ROOT", "."))
-    return None if "${" in root else (os.path.join(root, "outputs"), "paths.root_dir/VPR_ROOT")
+    return None if root is None or "${" in root else (os.path.join(root, "outputs"), "paths.root_dir/VPR_ROOT")
 
 
 def require_writable_run_folder(argv: list[str], environ: Mapping[str, str]) -> None:
     """Before Hydra makes the run's folder (a failure there is a traceback): the folder it is made in exists or can
     be made, else one ``error:`` line naming the setting to change (exit status 2)."""
-    if {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"} & set(argv):
+    printing = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
+    if printing & {a.split("=", 1)[0] for a in argv}:
         return  # Hydra only prints: no run folder
     found = run_folder_parent(argv, environ)
     if found is None:
@@ -190,7 +195,15 @@ def require_writable_run_folder(argv: list[str], environ: Mapping[str, str]) -> 
 def override_hints(argv: list[str], config_name: str) -> list[str]:
     """For each override of ``argv`` that names a config group, an option or a setting that does not exist: the
     closest that does (``data.preset=tiny``: did you mean data.prepare.preset?). Nothing when the command line
-    cannot be read or composed (the error is then not a name), or when Hydra's own flags change the config."""
+    cannot be read or composed (the error is then not a name), when Hydra's own flags change the config, and for
+    Hydra's own groups (``hydra/launcher``: their options come from plugins too)."""
+    try:
+        return _override_hints(argv, config_name)
+    except Exception:  # noqa: BLE001 - only a hint: Hydra's own message stands (glob/interval sweeps and such)
+        return []
+
+
+def _override_hints(argv: list[str], config_name: str) -> list[str]:
     import difflib
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -199,19 +212,16 @@ def override_hints(argv: list[str], config_name: str) -> list[str]:
 
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return []
-    try:
-        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
-    except Exception:  # noqa: BLE001 - Hydra's own message says what it could not parse
-        return []
+    parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
     groups = sorted(
         str(d.relative_to(CONFIG_DIR)) for d in CONFIG_DIR.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))
     )
     hints, choices, settings = [], [], []
     for o in parsed:
-        if o.is_add() or o.is_force_add() or o.is_delete():
+        key = o.key_or_group
+        if o.is_add() or o.is_force_add() or o.is_delete() or key.startswith("hydra/"):
             continue
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        key = o.key_or_group
         if key in groups:
             options = sorted(f.stem for f in (CONFIG_DIR / key).glob("*.yaml"))
             for value in values:
@@ -221,7 +231,8 @@ def override_hints(argv: list[str], config_name: str) -> list[str]:
                         f"{key}={value}: no such option"
                         + (f"; did you mean {key}={close[0]}?" if close else f" (options: {', '.join(options)})")
                     )
-            choices.append(f"{key}{'@' + o.package if o.package else ''}={values[0]}")
+            if all(v in options for v in values[:1]):
+                choices.append(f"{key}{'@' + o.package if o.package else ''}={values[0]}")
         elif "/" in key or "." not in key and key not in _top_level_settings(config_name):
             close = difflib.get_close_matches(key, groups, n=1)
             if close:
@@ -230,9 +241,7 @@ def override_hints(argv: list[str], config_name: str) -> list[str]:
                 settings.append(key)
         else:
             settings.append(key)
-    if not settings or hints:
-        return hints
-    known = _setting_names(config_name, choices)
+    known = _setting_names(config_name, choices) if settings else None
     for key in settings:
         if known is None or key in known:
             continue

@@ -69,8 +69,10 @@ def test_kept_workers_serve_every_round_and_end_when_released(module, tmp_path):
     kept = loader_pids(tmp_path)
     assert len(kept) == 2  # the same two workers for the three rounds
     assert all(alive(pid) for pid in kept)
+    held = module._kept_loader  # something else still holds the loader (a traceback, a debugger)
     module.release_encode_workers()
-    assert not any(alive(pid) for pid in kept)
+    assert not any(alive(pid) for pid in kept)  # ended now, not when the last reference goes
+    del held
 
 
 def test_without_keeping_each_call_starts_its_own_workers(module, tmp_path):

@@ -113,8 +113,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_size)
     sets = resolve_test_sets(cfg, shared)
-    module = build_module(cfg, with_training=False)
+    module = None
     if state is not None:  # a checkpoint whose weights do not fit the network fails before any data work
+        module = build_module(cfg, with_training=False)
         load_network_weights(module, state, ckpt_path)
     dm = build_datamodule(cfg)
     if not sets:
@@ -126,9 +127,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         dm.prepare_data()
         dm.setup("test")  # a missing dataset fails here, before any image is encoded
     prepared = prepare_test_sets(cfg, sets, cfg.split)  # so do the test sets'
-    if state is None and needs_centroids(module.head):
-        dm.prepare_data()  # the training split is read only if cluster.auto has to cluster
-        init_head(cfg, module, dm, cluster_command_overrides())
+    if module is None:  # the command line's network (pretrained weights: perhaps a download) after the data
+        module = build_module(cfg, with_training=False)
+        if needs_centroids(module.head):
+            dm.prepare_data()  # the training split is read only if cluster.auto has to cluster
+            init_head(cfg, module, dm, cluster_command_overrides())
     extra = setup_pca(cfg, module, dm, shared)
     trainer = build_trainer(cfg, training=False)
     label = "trained" if ckpt_path else "untrained"
