@@ -94,3 +94,17 @@ def test_another_dataset_gets_new_workers_and_the_old_ones_end(module, tmp_path)
     assert not any(alive(pid) for pid in first)
     assert len(loader_pids(tmp_path / "b")) == 2 and not first & loader_pids(tmp_path / "b")
     module.release_encode_workers()
+
+
+def test_a_failed_pass_leaves_the_module_in_the_mode_it_had(module, tmp_path):
+    class Broken(RecordingImages):
+        def __getitem__(self, i):
+            if i == 4:
+                raise OSError("corrupt image")
+            return super().__getitem__(i)
+
+    module.encode_workers = 0
+    module.train()
+    with pytest.raises(OSError, match="corrupt image"):
+        module.encode_dataset(Broken(8, tmp_path))
+    assert module.training

@@ -265,14 +265,16 @@ class PlaceRecognitionModule(L.LightningModule):
         ctx = (
             self._trainer.precision_plugin.forward_context() if self._trainer else torch.autocast("cpu", enabled=False)
         )
-        with ctx:
-            for images, _ in progress(loader, desc=desc, leave=False, disable=rank != 0):
-                out = self(images.to(self.device, non_blocking=True))
-                local[filled : filled + len(out)] = out
-                filled += len(out)
+        try:
+            with ctx:
+                for images, _ in progress(loader, desc=desc, leave=False, disable=rank != 0):
+                    out = self(images.to(self.device, non_blocking=True))
+                    local[filled : filled + len(out)] = out
+                    filled += len(out)
+        finally:
+            self.train(was_training)  # also when a pass fails (a corrupt image): the caller may go on
         if world > 1:
             local = self._gather_shards(local, len(items), world)
-        self.train(was_training)
         log.debug("%s: %d images in %.1f s", desc, len(items), time.perf_counter() - t0)
         return local
 
