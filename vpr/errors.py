@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
+from hydra.errors import CompactHydraException
+
 
 class ConfigError(ValueError):
     """A wrong or inconsistent setting; the message names the setting and the fix."""
@@ -106,20 +108,49 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
                 text = missing_value_message(found.full_key or str(found).split(":", 1)[-1].strip().splitlines()[0])
             else:
                 text = user_message(found)
-            _stop(text, 2)
+            job = _sweep_job()
+            if job is None:
+                _stop(text, 2)
+            _say(text)
+            # A job of a multirun: an Exception, not SystemExit, so that Hydra records this job as failed and runs
+            # the sweep's other jobs; it raises the first failure once they have run (launch exits 2 on it).
+            raise SweepJobFailed(f"error: sweep job {job[0]} failed ({job[1]}): {text}; the other jobs ran") from None
 
     return wrapper
+
+
+class SweepJobFailed(CompactHydraException):
+    """A user error that ended one job of a multirun; Hydra prints its message alone (no traceback: a compact
+    exception of its own kind) once the sweep has run."""
+
+
+def _sweep_job() -> tuple[int, str] | None:
+    """(this job's number, its folder) in a multirun of Hydra's own launchers; None otherwise."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return None
+        hc = HydraConfig.get()
+        return int(hc.job.num), str(hc.runtime.output_dir)
+    except Exception:  # noqa: BLE001 - outside a Hydra job
+        return None
 
 
 def _stop(text: str, status: int) -> None:
     """End a script with ``error: <text>`` on stderr and in the run's log files (a sweep job's or a cluster job's
     log then says why it stopped), and exit ``status``."""
+    _say(text)
+    raise SystemExit(status) from None
+
+
+def _say(text: str) -> None:
     print(f"error: {text}", file=sys.stderr)
     record = logging.LogRecord("vpr", logging.ERROR, __file__, 0, text, None, None)
     for handler in {*logging.getLogger().handlers, *logging.getLogger("vpr").handlers}:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-    raise SystemExit(status) from None
 
 
 # Launchers of hydra-submitit-launcher (the [slurm] extra): without it Hydra only says it cannot load the config.
@@ -136,6 +167,8 @@ def launch(main: Callable[[], Any], config_name: str) -> Any:
     try:
         return main()
     except SystemExit as e:
+        if e.code == 1 and isinstance(e.__context__, SweepJobFailed):
+            raise SystemExit(2) from None  # a job's user error (Hydra printed it): the status of user errors
         if e.code == 1:
             for hint in override_hints(sys.argv[1:], config_name):
                 print(f"hint: {hint}", file=sys.stderr)

@@ -262,6 +262,32 @@ def test_gpu_trainer_without_a_gpu_says_what_to_drop(data_dir, tmp_path):
     assert_clean_failure(proc, "error: trainer.accelerator=gpu (trainer=gpu", "add trainer=default")
 
 
+def test_a_sweep_job_with_a_user_error_fails_alone_and_the_other_jobs_run(data_dir, tmp_path):
+    """Hydra's launcher runs a sweep's other jobs after one fails with an Exception, and raises the first failure at
+    the end; the user error's SystemExit escaped that and ended the sweep at the failing job."""
+    proc = run_script(
+        "cluster.py",
+        "-m",
+        "experiment=city_baseline",
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        f"paths.centroids_dir={tmp_path}/c",
+        "data.image_size=[48,64]",
+        "model.num_clusters=4,5000,6",
+        "cluster.images=5",
+        "cluster.descriptors_per_image=5",
+        f"hydra.sweep.dir={tmp_path}/s",
+        tmp=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    written = sorted(p.name.split("_")[2] for p in (tmp_path / "c").glob("*.hdf5"))
+    assert written == ["4", "6"]  # the jobs before and after the failing one
+    assert "error: only 25 descriptors for 5000 clusters" in proc.stderr  # the job's own line, when it failed
+    last = proc.stderr.strip().splitlines()[-3]  # the sweep's, at its end (then Hydra's HYDRA_FULL_ERROR line)
+    assert last.startswith(f"error: sweep job 1 failed ({tmp_path}/s/1_") and "only 25 descriptors" in last, last
+
+
 def test_eval_refuses_weights_that_do_not_fit_before_making_the_city(tmp_path):
     import torch
 
