@@ -31,6 +31,10 @@ EVALUATION_MODEL_KEYS = ("recall_at", "channels_last", "compile", "compile_backe
 RUN_IDENTITY = ("variant", "seed", "backbone", "attention", "head", "loss", "data.name", "data.tag", "data.image_size")
 
 
+class NothingToResume(ConfigError):
+    """``ckpt_path=last`` found no checkpoint of a run with these settings (a job of a sweep starts anew)."""
+
+
 def overridden_keys(overrides: list[str]) -> set[str]:
     """The keys a command line's overrides set (``+``/``~``/``++`` prefixes dropped): {"data.image_size", "attention"}."""
     return {o.lstrip("+~").split("=", 1)[0] for o in overrides}
@@ -55,14 +59,14 @@ def resolve_ckpt_path(
     if ckpt_path == "last":
         found = sorted(Path(log_dir, task_name).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
         if not found:
-            raise ConfigError(
+            raise NothingToResume(
                 f"ckpt_path=last: no last.ckpt under {Path(log_dir, task_name)}; train first or give a path"
             )
         if same_run_as is not None:
             want = _identity(same_run_as)
             matching = [p for p in found if _saved_identity(p) == want]
             if not matching:
-                raise ConfigError(
+                raise NothingToResume(
                     f"ckpt_path=last: none of the {len(found)} last.ckpt under {Path(log_dir, task_name)} comes from a "
                     f"run with these settings ({', '.join(RUN_IDENTITY)}); the newest is {found[0]}. Give the "
                     "checkpoint's path (ckpt_path=...) to resume it anyway."

@@ -108,7 +108,7 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
                 text = missing_value_message(found.full_key or str(found).split(":", 1)[-1].strip().splitlines()[0])
             else:
                 text = user_message(found)
-            job = _sweep_job()
+            job = sweep_job()
             if job is None:
                 _stop(text, 2)
             _say(text)
@@ -124,7 +124,7 @@ class SweepJobFailed(CompactHydraException):
     exception of its own kind) once the sweep has run."""
 
 
-def _sweep_job() -> tuple[int, str] | None:
+def sweep_job() -> tuple[int, str] | None:
     """(this job's number, its folder) in a multirun of Hydra's own launchers; None otherwise."""
     try:
         from hydra.core.hydra_config import HydraConfig

@@ -289,3 +289,25 @@ def test_ctrl_c_while_training_saves_where_it_stopped_and_ends_with_one_line(dat
     assert "error: interrupted (Ctrl-C): nothing half-written is kept" in text
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["epoch"] == 1 and re.search(rf"Ctrl-C at epoch 1, step {saved['global_step']}: saved", text)
+
+
+def test_resuming_a_sweep_starts_the_jobs_it_never_reached(data_dir, tmp_path):
+    """A sweep cut short, run again with ckpt_path=last: a job with a last.ckpt of its settings resumes it, a job
+    that never started has none and starts anew (it ended the sweep with "none ... comes from a run with these
+    settings"). A single run with nothing to resume still stops with that error."""
+    common = [
+        *[s for s in SETTINGS if s != "trainer.max_epochs=2"],
+        "trainer.max_epochs=1",
+        f"paths.data_dir={data_dir}",
+    ]
+    logs = f"paths.log_dir={tmp_path}/logs"
+    run_script("train.py", *common, logs, "seed=1", tmp=tmp_path)  # the job the first sweep finished
+    proc = run_script(
+        "train.py", "-m", *common, logs, "seed=1,2", "ckpt_path=last", f"hydra.sweep.dir={tmp_path}/s", tmp=tmp_path
+    )
+    text = proc.stdout + proc.stderr
+    assert "nothing is left to train (only the test runs)" in text  # seed 1: resumed, already trained
+    assert "this job of the sweep starts a new run" in text  # seed 2
+    assert (tmp_path / "s" / "1_baseline_seed2" / "results.json").is_file()
+    single = run_script("train.py", *common, logs, "seed=3", "ckpt_path=last", tmp=tmp_path, check=False)
+    assert single.returncode == 2 and "comes from a run with these settings" in single.stderr

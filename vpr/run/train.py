@@ -28,9 +28,15 @@ from vpr.build import (
 )
 from vpr.callbacks import WANDB_ID_KEY
 from vpr.centroids import init_head
-from vpr.checkpoints import load_matching_weights, read_checkpoint, resolve_ckpt_path, weight_mismatches
+from vpr.checkpoints import (
+    NothingToResume,
+    load_matching_weights,
+    read_checkpoint,
+    resolve_ckpt_path,
+    weight_mismatches,
+)
 from vpr.devices import float32_matmul_precision, work_device
-from vpr.errors import ConfigError, export_sweep_job
+from vpr.errors import ConfigError, export_sweep_job, sweep_job
 from vpr.eval.tables import format_recall_table
 from vpr.io import exclusive_lock, write_json_atomic, write_text_atomic
 from vpr.run import log_test_results, process_rank, save_predictions, single_log_stream
@@ -245,7 +251,14 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     export_sweep_job(os.environ)  # DDP processes started by Lightning run this sweep job, not the whole sweep
 
     # The checkpoint to resume is found and read first: a wrong ckpt_path fails before any data work.
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
+    try:
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
+    except NothingToResume as e:
+        if sweep_job() is None:
+            raise
+        # Resuming a sweep cut short: the jobs it never started have nothing to resume, and start.
+        log.warning("%s; this job of the sweep starts a new run", e)
+        ckpt_path = None
     state: dict[str, Any] | None = None
     if ckpt_path is not None:
         state, _ = read_checkpoint(ckpt_path, trusted=cfg.get("trusted_targets"))  # plain weights, or refused
