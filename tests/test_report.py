@@ -357,3 +357,21 @@ def test_runs_at_several_occlusion_levels_get_a_row_each_and_a_plot(tmp_path: Pa
     assert ["+2.0", "+5.0", "+10.0"] == [line.split("|")[-2].strip().split()[0] for line in lines]
     assert main([str(tmp_path), "--out", str(tmp_path / "r.md")]) == 0
     assert (tmp_path / "recall_vs_occlusion.png").stat().st_size > 1000
+
+
+def test_eval_over_test_sets_gives_a_table_per_set(tmp_path: Path, capsys):
+    """eval.py with test_sets writes results_sets.json ({label: results}) and no results.json: one table per set,
+    each averaging that set's numbers only (by hand: tokyo R@1 (30 + 50) / 2 = 40; pitts (60 + 80) / 2 = 70)."""
+    for folder, seed, pitts, tokyo in (("0_baseline_seed1", 1, 0.6, 0.3), ("1_baseline_seed2", 2, 0.8, 0.5)):
+        d = write_run(tmp_path, folder, "baseline", seed, None)
+        sets = {
+            label: {"dataset": name, "split": "test", "test_set": label, "recall_at": {"1": r, "5": min(1.0, r + 0.1)}}
+            for label, name, r in (("pitts", "pitts30k", pitts), ("tokyo", "tokyo247", tokyo))
+        }
+        (d / "results_sets.json").write_text(json.dumps(sets))
+    assert main([str(tmp_path), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    pitts, tokyo = out.split("(test set tokyo)")
+    assert "(test set pitts)" in pitts and "missing" not in out
+    assert table_rows(pitts)["baseline"][0] == "70.0 ± 14.1"  # sample std of 60, 80: sqrt(200) = 14.14
+    assert table_rows(tokyo)["baseline"][0] == "40.0 ± 14.1"

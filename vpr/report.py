@@ -10,6 +10,9 @@ DIR is searched recursively; every folder holding ``results.json`` is one run, d
     DIR/<job_num>_<override_dirname>/results.json     {"dataset", "split", "recall_at": {"1": 0.42, ...}}
     DIR/<job_num>_<override_dirname>/results_untrained.json   optional, same shape
 
+A job of eval.py over several ``test_sets`` writes ``results_sets.json`` (one results.json-shaped entry per set)
+instead: each set is then a table of its own.
+
 A job folder (one holding ``config.yaml`` or ``.hydra/``) without ``results.json`` is a failed or unfinished
 job: it is listed under the table as ``missing: <folder>``. Each row says which dataset/split its numbers
 come from ("mixed" when its runs disagree), because a val number next to a test number means nothing.
@@ -68,6 +71,7 @@ class Run:
     untrained: Run | None = None  # the same job's results_untrained.json, when it wrote one
     mask_auc: float | None = None  # the supervised attention mask's ROC-AUC (results.json "mask"), when measured
     occlusion: str | None = None  # the synthetic city's query occlusion level (low / medium / high); None: not the city
+    test_set: str | None = None  # the label of one of eval.py's test_sets (results_sets.json); None: results.json
 
     @property
     def split_label(self) -> str:
@@ -177,7 +181,7 @@ def _parse_results(data: Any, path: Path) -> tuple[str, str, dict[int, float]]:
     return str(data.get("dataset") or ""), str(data.get("split") or "?"), dict(sorted(recall.items()))
 
 
-def _read_run(run_dir: Path) -> Run:
+def _read_run(run_dir: Path) -> list[Run]:
     cfg = _job_config(run_dir)
     variant = _plain(cfg.get("variant")) or _experiment_choice(run_dir) or _folder_variant(run_dir)
     seed_value = cfg.get("seed")
@@ -192,14 +196,21 @@ def _read_run(run_dir: Path) -> Run:
     preset = _plain(prepare.get("preset"))
     occlusion = (preset.partition("-occlusion-")[2] or "medium") if preset else None
 
-    def load(path: Path, untrained: Run | None) -> Run:
-        data = _load_json(path)
+    def load(path: Path, untrained: Run | None, data: Any = None, test_set: str | None = None) -> Run:
+        data = _load_json(path) if data is None else data
         dataset, split, recall = _parse_results(data, path)
         mask = data.get("mask") if isinstance(data.get("mask"), dict) else {}
         auc = mask.get("auc")
         auc = float(auc) if isinstance(auc, (int, float)) and math.isfinite(auc) else None
-        return Run(variant, seed, dataset or fallback_dataset, split, recall, run_dir, untrained, auc, occlusion)
+        return Run(
+            variant, seed, dataset or fallback_dataset, split, recall, run_dir, untrained, auc, occlusion, test_set
+        )
 
+    if not (run_dir / "results.json").is_file():  # eval.py over test_sets: a run per set
+        sets = _load_json(run_dir / "results_sets.json")
+        if not isinstance(sets, dict) or not sets:
+            raise ValueError("results_sets.json holds no {label: results} mapping")
+        return [load(run_dir / "results_sets.json", None, data, str(label)) for label, data in sets.items()]
     untrained_path = run_dir / "results_untrained.json"
     untrained = None
     if untrained_path.is_file():
@@ -207,7 +218,7 @@ def _read_run(run_dir: Path) -> Run:
             untrained = load(untrained_path, None)
         except (OSError, ValueError):
             untrained = None  # the trained numbers are what the table is about; a bad extra file is not fatal
-    return load(run_dir / "results.json", untrained)
+    return [load(run_dir / "results.json", untrained)]
 
 
 def scan(root: str | os.PathLike) -> Scan:
@@ -226,7 +237,7 @@ def scan(root: str | os.PathLike) -> Scan:
         is_job = "config.yaml" in filenames or ".hydra" in dirnames
         # Hidden folders (.hydra, .git) and logger folders never hold runs.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
-        if "results.json" in filenames:
+        if "results.json" in filenames or "results_sets.json" in filenames:
             run_dirs.append(here)
         elif is_job and here != root:
             job_dirs.append(here)
@@ -247,7 +258,7 @@ def scan(root: str | os.PathLike) -> Scan:
         )
     for run_dir in sorted(run_dirs):
         try:
-            result.runs.append(_read_run(run_dir))
+            result.runs.extend(_read_run(run_dir))
         except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
             result.unreadable.append((run_dir, str(e)))
         # omegaconf's parser errors are not ValueErrors; still one bad job, not a reason to crash the report.
@@ -552,14 +563,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    rows = summarise(runs)
-    notes += _duplicate_seed_notes(rows)
-    text = format_markdown(
-        rows,
-        title=f"Results: {root.resolve().name}",
-        missing=[_relative(m, root) for m in found.missing],
-        notes=notes,
-    )
+    by_set: dict[str | None, list[Run]] = {}
+    for run in runs:
+        by_set.setdefault(run.test_set, []).append(run)
+    text, rows = "", []  # rows: the first table's, for the plots
+    for i, (label, group) in enumerate(sorted(by_set.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))):
+        set_rows = summarise(group)
+        rows = rows or set_rows
+        text += ("\n" if i else "") + format_markdown(
+            set_rows,
+            title=f"Results: {root.resolve().name}" + (f" (test set {label})" if label is not None else ""),
+            missing=[_relative(m, root) for m in found.missing] if i == 0 else (),
+            notes=(notes if i == 0 else []) + _duplicate_seed_notes(set_rows),
+        )
     if args.untrained:
         before = [r.untrained for r in runs if r.untrained is not None]
         if before:
