@@ -39,7 +39,10 @@ format: $(STAMP) ## ruff format, and the lint rules' fixes (import order)
 	$(VENV)/bin/ruff check --fix $(SOURCES)
 
 table: $(STAMP) ## results table + Recall@N plot of a sweep: make table [DIR=outputs/train/multiruns/<date>] (default: latest)
-	$(PY) -m vpr.report $(or $(DIR),$(lastword $(sort $(wildcard outputs/train/multiruns/*)))) $(ARGS)
+	$(PY) -m vpr.report $(or $(DIR),$(LATEST_SWEEP),outputs/train/multiruns) $(ARGS)
+
+# The newest sweep with at least one job folder (a sweep Hydra refused leaves a folder holding multirun.yaml alone).
+LATEST_SWEEP = $(lastword $(sort $(dir $(patsubst %/,%,$(dir $(wildcard outputs/train/multiruns/*/*/config.yaml))))))
 
 EVIDENCE_VARIANTS := city_baseline,city_baseline_stml,city_deattention,city_deattention_features,city_deattention_stml
 EVIDENCE_LEVELS := default-occlusion-low,default,default-occlusion-high

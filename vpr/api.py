@@ -66,13 +66,15 @@ def load_model(
 
 
 def encode_images(
-    model: torch.nn.Module, images: Sequence[str | Path], image_size: Sequence[int], batch_size: int = 32
+    model: torch.nn.Module, images: Sequence[str | Path] | str | Path, image_size: Sequence[int], batch_size: int = 32
 ) -> torch.Tensor:
-    """(N, D) float32 descriptors of image files, resized to ``image_size`` (height, width) as in training and
-    evaluation, on the model's device."""
+    """(N, D) float32 descriptors of image files (or of one: a path alone is one image, not a string of them),
+    resized to ``image_size`` (height, width) as in training and evaluation, on the model's device."""
     from vpr.data.dataset import ImageDataset
     from vpr.data.transforms import eval_transform
 
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
     model.encode_batch_size = int(batch_size)
     size = tuple(int(s) for s in image_size)
     return model.encode_dataset(ImageDataset([Path(p) for p in images], eval_transform(size)), "encoding")

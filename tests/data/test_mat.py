@@ -422,3 +422,19 @@ def test_a_truncated_v73_file_is_called_truncated(tmp_path):
     mat.write_bytes(mat.read_bytes()[:4000])  # an interrupted copy
     with pytest.raises(ValueError, match=r"pitts30k_test\.mat: could not read .* truncated \(an interrupted copy"):
         load_dbstruct(mat)
+
+
+def test_a_2_x_2_coordinate_matrix_is_read_as_matlabs_layout_with_a_warning(tmp_path: Path, caplog) -> None:
+    """Two images: 2 x N and N x 2 have the same shape; MATLAB's layout (row 1 eastings) is the one taken."""
+    import logging
+
+    from tests.data.spec_files import spec_fields, write_v5
+
+    path = tmp_path / "two.mat"
+    utm_db = np.array([[100.0, 200.0], [300.0, 400.0]])  # image 1 at (100, 200), image 2 at (300, 400)
+    write_v5(path, spec_fields("test", ["a.jpg", "b.jpg"], utm_db, ["q.jpg"], np.array([[150.0, 250.0]])))
+    with caplog.at_level(logging.WARNING, logger="vpr.data.mat"):
+        s = load_dbstruct(path)
+    np.testing.assert_array_equal(s.utm_db, utm_db)
+    assert "dbStruct.utmDb is 2 x 2: read as MATLAB's layout" in caplog.text
+    assert "utmQ" not in caplog.text  # one query: 2 x 1, no doubt

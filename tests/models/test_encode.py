@@ -108,3 +108,17 @@ def test_a_failed_pass_leaves_the_module_in_the_mode_it_had(module, tmp_path):
     with pytest.raises(OSError, match="corrupt image"):
         module.encode_dataset(Broken(8, tmp_path))
     assert module.training
+
+
+def test_encode_images_takes_one_path_as_one_image(module, tmp_path):
+    """A path alone was taken as a sequence of one-letter paths ('/', 't', ...)."""
+    from PIL import Image
+
+    from vpr.api import encode_images
+
+    path = tmp_path / "one.jpg"
+    Image.fromarray(RecordingImages(1, tmp_path).image(0).permute(1, 2, 0).numpy()).save(path)
+    module.encode_workers = 0
+    alone = encode_images(module, str(path), (16, 16))
+    assert alone.shape == (1, module.head.out_dim)
+    torch.testing.assert_close(alone, encode_images(module, [path], (16, 16)))

@@ -22,6 +22,7 @@ Whatever the layout, a problem ends in a ``ValueError`` naming the file and the 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,8 @@ import numpy as np
 import scipy.io
 
 from vpr.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DBSTRUCT_FIELDS", "LEGACY_FIELD_NAMES", "DbStruct", "load_dbstruct", "save_dbstruct"]
 
@@ -371,6 +374,13 @@ def _to_utm(x: Any, n: int, path: Path, field: str, cell: str) -> np.ndarray:
         return np.zeros((0, 2))
     if arr.ndim == 2 and arr.shape == (2, n):
         out = arr.T.copy()
+        if n == 2:
+            log.warning(
+                "%s: dbStruct.%s is 2 x 2: read as MATLAB's layout (row 1 eastings, row 2 northings); a file that "
+                "stores one image per row would read transposed",
+                path,
+                field,
+            )
     elif arr.ndim == 2 and arr.shape == (n, 2):
         out = arr.copy()
     elif arr.ndim == 1 and arr.shape == (2,) and n == 1:  # squeeze_me on a 2 x 1 matrix
