@@ -44,6 +44,10 @@ def compose_config(config_name: str = "eval", overrides: Sequence[str] = ()) -> 
         with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
             cfg = compose(config_name=config_name, overrides=overrides)
     OmegaConf.resolve(cfg)
+    if config_name == "train" and cfg.get("variant") is not None:  # as train.py records it: baseline+se
+        from vpr import variant_with_overrides
+
+        cfg.variant = variant_with_overrides(cfg.variant, overrides)
     return cfg
 
 

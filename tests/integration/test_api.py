@@ -43,3 +43,14 @@ def test_a_checkpoint_loaded_from_python_gives_the_recall_train_py_reported(data
     run_dir = Path(eval_cfg.paths.output_dir)  # named, not made: composing writes nothing
     assert run_dir.parent == Path(tempfile.gettempdir()) and not run_dir.exists()
     assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_a_composed_training_config_names_its_variant_as_train_py_records_it():
+    """The variant is a results table's row: experiment=city_baseline with attention=se and loss=stml is
+    baseline+se+stml in train.py's config.yaml, so it is in a config composed from Python too."""
+    from vpr.api import compose_config
+
+    assert compose_config("train", ["experiment=city_baseline", "attention=se", "loss=stml"]).variant == (
+        "baseline+se+stml"
+    )
+    assert compose_config("train", ["experiment=city_se"]).variant == "se"
