@@ -4,6 +4,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+#: The project's config folder (an editable install or a clone: next to the vpr package).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
 
 def _job_name(variant, task_name, seed, ckpt_path=None) -> str:
     """``${vpr.job_name:${variant},${task_name},${seed},${oc.select:ckpt_path,null}}``: a sweep job's folder name,
@@ -27,7 +30,7 @@ VARIANT_GROUPS = ("backbone", "attention", "head", "loss")
 def experiment_choices(name: str, config_dir: Path | None = None) -> dict[str, str]:
     """The group choices (``override /attention: se``) of ``configs/experiment/<name>.yaml`` and of the experiments
     it builds on, its own last."""
-    folder = (config_dir or Path(__file__).resolve().parent.parent / "configs") / "experiment"
+    folder = (config_dir or CONFIG_DIR) / "experiment"
     choices: dict[str, str] = {}
     try:
         defaults = OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml")).get("defaults") or []

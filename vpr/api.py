@@ -20,8 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-#: The project's config folder (an editable install or a clone: next to the vpr package).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from vpr import CONFIG_DIR
 
 
 def compose_config(config_name: str = "eval", overrides: Sequence[str] = ()) -> DictConfig:

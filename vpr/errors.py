@@ -241,7 +241,7 @@ def _override_hints(argv: list[str], config_name: str) -> list[str]:
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from vpr.api import CONFIG_DIR
+    from vpr import CONFIG_DIR
 
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return []
@@ -300,7 +300,7 @@ def _setting_names(config_name: str, choices: list[str]) -> list[str] | None:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import DictConfig
 
-    from vpr.api import CONFIG_DIR
+    from vpr import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     try:

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vpr import CONFIG_DIR
 from vpr.build import build_datamodule
 from vpr.checkpoints import overridden_keys
 from vpr.errors import ConfigError, DataError
@@ -34,7 +35,6 @@ from vpr.viz.pictures import save_retrieval_pictures
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SHARED_DATA_SETTINGS = ("image_size", "eval_batch_size", "num_workers")
 ENTRY_KEYS_NOT_DATA = ("data", "label")
 
