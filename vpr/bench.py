@@ -165,8 +165,9 @@ def compose(size: Size):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    config_dir = Path(__file__).resolve().parent.parent / "configs"
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+    from vpr import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(
             "train",
             overrides=[*size.overrides, "backbone.pretrained=false", "logger=none", "paths.output_dir=outputs/bench"],

@@ -250,6 +250,7 @@ def _override_hints(argv: list[str], config_name: str) -> list[str]:
         str(d.relative_to(CONFIG_DIR)) for d in CONFIG_DIR.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))
     )
     hints, choices, settings = [], [], []
+    top_level: set[str] | None = None  # the config's top-level settings, composed once when first needed
     for o in parsed:
         key = o.key_or_group
         if o.is_add() or o.is_force_add() or o.is_delete() or key.startswith("hydra/"):
@@ -266,7 +267,10 @@ def _override_hints(argv: list[str], config_name: str) -> list[str]:
                     )
             if all(v in options for v in values[:1]):
                 choices.append(f"{key}{'@' + o.package if o.package else ''}={values[0]}")
-        elif "/" in key or "." not in key and key not in _top_level_settings(config_name):
+            continue
+        if "." not in key and top_level is None:
+            top_level = {k for k in _setting_names(config_name, []) or () if "." not in k}
+        if "/" in key or "." not in key and key not in (top_level or ()):
             close = difflib.get_close_matches(key, groups, n=1)
             if close:
                 hints.append(f"{key}: no such config group; did you mean {close[0]}={values[0]}?")
@@ -285,12 +289,6 @@ def _override_hints(argv: list[str], config_name: str) -> list[str]:
         if found:
             hints.append(f"{key} is not a setting; did you mean {found}?")
     return hints
-
-
-def _top_level_settings(config_name: str) -> set[str]:
-    """The top-level settings of a script's config, without composing (for telling a mistyped group from one)."""
-    known = _setting_names(config_name, [])
-    return {k for k in known or () if "." not in k}
 
 
 def _setting_names(config_name: str, choices: list[str]) -> list[str] | None:
