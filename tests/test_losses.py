@@ -135,3 +135,20 @@ def test_bad_inputs_raise():
         loss_fn(anchor, positive, torch.zeros(4, 3), torch.tensor([0, 1, 0, 0]))
     with pytest.raises(ValueError, match="version"):
         SharpenedTripletMarginLoss(version=3)
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [TripletMarginLoss(0.5), SharpenedTripletMarginLoss(0.1, 1.4, version=1), SharpenedTripletMarginLoss(version=2)],
+    ids=["triplet", "stml-v1", "stml-v2"],
+)
+def test_double_inputs_stay_double_and_pass_gradcheck(loss_fn):
+    """float64 in, float64 out: finite differences agree with the gradient (in float32 they would not)."""
+    gen = torch.Generator().manual_seed(0)
+    a, p, n = (
+        (0.3 * torch.randn(s, 5, generator=gen, dtype=torch.float64)).requires_grad_() for s in (3, 3, 7)
+    )  # distances about 1, as between unit descriptors
+    n2q = torch.tensor([0, 0, 0, 1, 2, 2, 2])
+    assert loss_fn(a, p, n, n2q).dtype == torch.float64
+    assert loss_fn.pair_losses(a, p, n, n2q).gt(0).any()  # some terms are active: the check is not trivial
+    assert torch.autograd.gradcheck(lambda a, p, n: loss_fn(a, p, n, n2q), (a, p, n), eps=1e-6, atol=1e-6)

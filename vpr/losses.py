@@ -17,7 +17,8 @@ from torch import nn
 
 def euclidean_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Row-wise Euclidean distance. a, b: (N, D) -> (N,), computed in float32 or wider."""
-    diff = a.float() - b.float()  # float32 even under autocast: eps would underflow in float16
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    diff = a.to(dtype) - b.to(dtype)  # float32 at least, even under autocast: eps would underflow in float16
     return diff.pow(2).sum(dim=1).clamp_min(eps).sqrt()
 
 

@@ -410,3 +410,26 @@ def test_an_epochs_rounds_combine_into_the_epochs_counts_and_means():
     assert epoch.mean_negatives == pytest.approx(np.mean([len(t.negatives) for t in tuples]))
     assert epoch.images_encoded == sum(r.images_encoded for r in rounds) > rounds[0].images_encoded
     assert MiningStats.combine([]).mined == 0 and MiningStats.combine([]).mean_negatives == 0.0
+
+
+def test_no_negative_lies_within_the_negative_radius_at_utm_magnitudes():
+    """Database images on a 25 m ring around queries at Pittsburgh's UTM coordinates (4.5e6 m): the exact distances
+    of some are a hair under 25 m (24.9999999998): evaluation counts them as positives, so they are never mined as
+    negatives, however cdist's expanded squares round at these magnitudes."""
+    base = np.array([585000.0, 4477000.0])
+    angles = np.arange(30) * np.pi / 15
+    ring = base + 25.0 * np.stack([np.cos(angles), np.sin(angles)], 1)
+    far = base + 40.0 * np.stack([np.cos(angles[::3]), np.sin(angles[::3])], 1)  # ten true negatives
+    db = np.concatenate([base[None] + [3.0, 4.0], ring, far])
+    q = np.repeat(base[None], 30, 0)
+    split = PlaceSplit("utm", "train", [f"d{i}" for i in range(41)], [f"q{i}" for i in range(30)], db, q)
+    miner = HardNegativeMiner(split, negatives_per_query=40, candidate_negatives=1000, margin=10.0)
+    gen = torch.Generator().manual_seed(0)
+    q_desc = torch.nn.functional.normalize(torch.randn(30, 4, generator=gen), dim=1)
+    db_desc = torch.nn.functional.normalize(torch.randn(41, 4, generator=gen), dim=1)
+    triplets, _ = miner.mine(miner.trainable_queries, q_desc, db_desc, gen)
+    exact = [float(np.hypot(*(db[i] - base))) for i in range(41)]
+    within = {i for i in range(41) if exact[i] <= 25.0 + 1e-6}
+    assert any(exact[i] < 25.0 for i in range(1, 31))  # the case holds images just inside the radius
+    negatives = {int(n) for t in triplets for n in t.negatives}
+    assert negatives and not (negatives & within)

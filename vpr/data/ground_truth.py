@@ -6,6 +6,13 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 
+def inclusive_radius(radius_m: float) -> float:
+    """``radius_m`` with a hair of slack, so a point exactly on the radius counts as within it, as the definition
+    says. Every within/beyond test of the project compares exact distances (differences, not expanded squares)
+    with this, so a database image is never both a positive and a negative."""
+    return radius_m * (1 + 1e-12) + 1e-9
+
+
 def positives_within(db_utm: np.ndarray, q_utm: np.ndarray, radius_m: float) -> list[np.ndarray]:
     """Database indices within ``radius_m`` (inclusive) of each query, sorted nearest first.
 
@@ -24,8 +31,7 @@ def positives_within(db_utm: np.ndarray, q_utm: np.ndarray, radius_m: float) -> 
     if len(db_utm) == 0:
         return [np.zeros(0, dtype=np.int64) for _ in range(len(q_utm))]
     tree = cKDTree(db_utm)
-    # A hair of slack so a point exactly on the radius counts, as the definition says "within".
-    hits = tree.query_ball_point(q_utm, r=radius_m * (1 + 1e-12) + 1e-9)
+    hits = tree.query_ball_point(q_utm, r=inclusive_radius(radius_m))
     out = []
     for q, idx in zip(q_utm, hits):
         idx = np.asarray(idx, dtype=np.int64)

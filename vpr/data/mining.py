@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vpr.data.dataset import PlaceSplit
+from vpr.data.ground_truth import inclusive_radius
 from vpr.devices import full_float32_matmul
 from vpr.errors import ConfigError, DataError
 
@@ -147,7 +148,7 @@ class HardNegativeMiner:
         for start in range(0, len(self.trainable_queries), 1024):
             q = np.asarray(self.split.q_utm, dtype=np.float64)[self.trainable_queries[start : start + 1024]]
             farthest = np.sqrt(((q[:, None, :] - db[None, :, :]) ** 2).sum(-1)).max(1)
-            count += int((farthest <= self.negative_radius_m).sum())
+            count += int((farthest <= inclusive_radius(self.negative_radius_m)).sum())
         return count
 
     # -- checkpoint state -------------------------------------------------------------------------------------
@@ -244,7 +245,10 @@ class HardNegativeMiner:
 
             # Candidates: a uniform sample without replacement among true negatives, plus remembered ones.
             q_utm = torch.as_tensor(self.split.q_utm[ids], dtype=torch.float64, device=device)
-            is_neg = torch.cdist(q_utm, db_utm) > self.negative_radius_m
+            # Differences, not cdist's expanded squares: at UTM magnitudes (4.5e6 m) those lose 1e-4 m even in
+            # float64, and an image at 24.9999 m was then mined as a negative while evaluation counts it a positive.
+            exact = torch.cdist(q_utm, db_utm, compute_mode="donot_use_mm_for_euclid_dist")
+            is_neg = exact > inclusive_radius(self.negative_radius_m)
             keys = torch.rand(dist.shape, generator=generator).to(device)
             keys.masked_fill_(~is_neg, float("inf"))
             n_sample = min(self.candidate_negatives, dist.shape[1])
