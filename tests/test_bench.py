@@ -28,6 +28,8 @@ def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
             "1",
             "--cache-rounds",
             "2",
+            "--guidance",
+            "2",
             "--out",
             str(tmp_path / "b"),
         ],
@@ -46,6 +48,7 @@ def test_bench_tiny_writes_the_table_with_ratios(tmp_path):
         "training step: tuples/s",
         "encoding (mining cache, evaluation): images/s",
         "mining-cache rounds from JPEG files (2 loader processes): images/s",
+        "guidance targets, DeepLabV3+ (2 loader processes): images/s",
     } <= set(measures)
     for r in result["rows"]:
         assert r["project"] > 0 and r["naive"] > 0

@@ -193,6 +193,7 @@ def run(
     compile_backend: str = "inductor",
     shapes: int = 0,
     cache_workers: int = 0,
+    guidance_workers: int = 0,
 ) -> dict[str, Any]:
     size = SIZES[size_name]
     cfg = compose(size)
@@ -311,6 +312,9 @@ def run(
         with project_precision(device):
             kept, fresh = cache_round_rates(module, h, w, cache_workers, size.encode_images * 8, repeats)
         rows.append((f"mining-cache rounds from JPEG files ({cache_workers} loader processes): images/s", kept, fresh))
+    if guidance_workers:
+        batched, single = guidance_rates(h, w, guidance_workers, size.encode_images * 4, repeats, device)
+        rows.append((f"guidance targets, DeepLabV3+ ({guidance_workers} loader processes): images/s", batched, single))
     out["rows"] = [{"measure": m, "project": p, "naive": n, "ratio": ratio(m, p, n)} for m, p, n in rows]
     if shapes:
         out["new_shapes"] = new_shape_rows(project_step_with, b, b * per, shapes, repeats, device)
@@ -404,6 +408,50 @@ def cache_round_rates(
             synchronize(module.device)
             rates.append(rounds * per_round / (time.perf_counter() - t0))
             module.release_encode_workers()
+    return rates[0], rates[1]
+
+
+def guidance_rates(
+    height: int, width: int, workers: int, count: int, repeats: int, device: torch.device
+) -> tuple[float, float]:
+    """(images/s, images/s) of guidance targets from the paper's segmentation network (DeepLabV3+ MobileNetV2,
+    random weights: the speed does not depend on them) for ``count`` JPEG files: the project's way (``workers``
+    loader processes decode, the network runs on batches) against one image at a time decoded in the main process
+    (how targets were computed before). One pass of each before the timed ``repeats``."""
+    import tempfile
+
+    from vpr.data.guidance import CITYSCAPES_GROUPS, NetworkLabels, area_target, compute_targets
+    from vpr.models.deeplab import DeepLabV3PlusMobileNetV2
+
+    class RandomDeepLab(NetworkLabels):
+        name = "bench"
+
+        def __init__(self) -> None:
+            super().__init__(device)
+            self.model = DeepLabV3PlusMobileNetV2().eval().to(device)
+            self.set_groups(CITYSCAPES_GROUPS)
+
+        def logits(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+    source = RandomDeepLab()
+    ids = sorted({i for g in ("person", "vehicle") for i in source.group_ids(g)})
+    grid = (max(1, height // 16), max(1, width // 16))
+    with tempfile.TemporaryDirectory() as folder:
+        files = photo_like_jpegs(Path(folder), min(count, 64), height, width)
+        items = [files[i % len(files)] for i in range(count)]
+
+        def project() -> None:
+            compute_targets(source, items, ids, grid, num_workers=workers)
+
+        def naive() -> None:
+            for path in items:
+                area_target(source.labels(path), ids, grid)
+
+        rates = []
+        for fn in (project, naive):
+            seconds, _ = timed(fn, repeats, device)
+            rates.append(count / seconds)
     return rates[0], rates[1]
 
 
@@ -711,6 +759,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the training step at K batch shapes it has not seen (fewer negatives), first step "
         "against a repeat, with cudnn's benchmark mode off and on (K each)",
     )
+    parser.add_argument(
+        "--guidance",
+        type=int,
+        default=0,
+        metavar="W",
+        help="also time guidance targets from the paper's segmentation network for JPEG files: W loader processes "
+        "and batches against one image at a time",
+    )
     args = parser.parse_args(argv)
     try:
         device = torch.device(
@@ -728,8 +784,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("repeats", "mining_db", "mining_queries", "mining_dim"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.shapes < 0 or args.cache_rounds < 0:
-        parser.error("--shapes and --cache-rounds must be >= 0")
+    if args.shapes < 0 or args.cache_rounds < 0 or args.guidance < 0:
+        parser.error("--shapes, --cache-rounds and --guidance must be >= 0")
     if args.mining and args.size:
         parser.error("--size sets the network benchmark; --mining sizes its round with --mining-db/-queries/-dim")
     out = args.out or Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -752,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_backend=args.compile_backend,
         shapes=args.shapes,
         cache_workers=args.cache_rounds,
+        guidance_workers=args.guidance,
     )
     table = markdown(result)
     write_json_atomic(out / "bench.json", result)

@@ -173,7 +173,7 @@ class MaskQuality(L.Callback):
     @torch.no_grad()
     def measure(self, pl_module: PlaceRecognitionModule, dm: PlaceDataModule, split) -> dict[str, float]:
         from vpr.data.dataset import load_image
-        from vpr.data.guidance import area_target
+        from vpr.data.guidance import compute_targets
         from vpr.eval.masks import mask_quality
 
         paths = list(split.image_paths)
@@ -192,11 +192,10 @@ class MaskQuality(L.Callback):
             _, mask = pl_module.describe(x)
             grid = tuple(int(s) for s in mask.shape[-2:])
             masks.append(mask[:, 0].float().cpu().numpy())
-            for p in batch:
-                key = (str(p), grid)
-                if key not in self._targets:
-                    self._targets[key] = area_target(source.labels(p), suppressed, grid)
-                targets.append(self._targets[key])
+            missing = [p for p in batch if (str(p), grid) not in self._targets]
+            for p, target in zip(missing, compute_targets(source, missing, suppressed, grid, desc="mask targets")):
+                self._targets[(str(p), grid)] = target
+            targets.extend(self._targets[(str(p), grid)] for p in batch)
         pl_module.train(was_training)
         masks = np.concatenate(masks)
         if float(np.ptp(masks)) == 0.0 and not self._said_constant:

@@ -89,3 +89,41 @@ def test_sweep_job_command_line_for_the_ddp_processes():
     assert sweep_job_argv(lightning_argv, {SWEEP_JOB_ENV: job, "LOCAL_RANK": "0"}) == lightning_argv
     assert sweep_job_argv(lightning_argv[1:], {SWEEP_JOB_ENV: job, "LOCAL_RANK": "1"}) == lightning_argv[1:]
     assert sweep_job_argv(lightning_argv, {"LOCAL_RANK": "1"}) == lightning_argv
+
+
+@pytest.mark.ddp
+def test_ddp_guidance_targets_are_computed_in_shares_and_match_one_process(data_dir, tiny_city, tmp_path):
+    """Each of the two processes computes half of the training images' guidance targets; the table they add up
+    (written to the cache) equals the targets one process computes from the city's label maps."""
+    import numpy as np
+
+    from vpr.data.dataset import load_mat_split
+    from vpr.data.guidance import GuidanceTargets, SyntheticLabels
+
+    run, cache = tmp_path / "ddp", tmp_path / "guidance"
+    args = [a for a in common(data_dir, tmp_path) if not a.startswith("experiment=")]
+    run_script(
+        "train.py",
+        "experiment=city_deattention",
+        *args,
+        "strategy=ddp",
+        "trainer.devices=2",
+        "logger=none",
+        "test_untrained=false",
+        "+trainer.limit_train_batches=1",
+        f"guidance.cache_dir={cache}",
+        f"hydra.run.dir={run}",
+        tmp=tmp_path,
+    )
+    files = list(cache.glob("guidance_synthetic_*.npy"))
+    assert len(files) == 1
+    table = np.load(files[0])
+    paths = load_mat_split(tiny_city, "city", "train").image_paths  # database images, then queries
+    assert table.shape[0] == len(paths)
+    single = GuidanceTargets(SyntheticLabels(tiny_city), ["person", "vehicle"], paths, table.shape[1:])
+    np.testing.assert_allclose(table, single.table.numpy(), atol=1e-6)
+    half = (len(paths) + 1) // 2, len(paths) // 2
+    main_log = (run / "train.log").read_text()
+    rank1_log = (run / "train_ddp_process_1.log").read_text()
+    assert f"guidance targets: {len(paths)} images ({half[0]} computed by this process)" in main_log
+    assert f"guidance targets: {len(paths)} images ({half[1]} computed by this process)" in rank1_log

@@ -6,6 +6,7 @@ of images to their descriptors, in order (the LightningModule provides it, shard
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vpr.data.dataset import (
@@ -330,8 +332,21 @@ class PlaceDataModule(L.LightningDataModule):
         g = self.guidance
         split = self.train_split
         source = self.label_source()
+        trainer = self.trainer
+        shard, combine = (0, 1), None
+        if trainer is not None and trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # every rank computes its share of the images (called on all ranks, from on_fit_start)
+            shard = (trainer.global_rank, trainer.world_size)
+            combine = functools.partial(_sum_over_ranks, device=trainer.strategy.root_device)
         self.targets = GuidanceTargets(
-            source, g.get("suppress", ["person", "vehicle"]), split.image_paths, grid, g.get("cache_dir")
+            source,
+            g.get("suppress", ["person", "vehicle"]),
+            split.image_paths,
+            grid,
+            g.get("cache_dir"),
+            num_workers=self.num_workers,
+            shard=shard,
+            combine=combine,
         )
         schedule = (
             f" (x {g['weight_after']} from epoch {g['switch_epoch']})"
@@ -480,3 +495,10 @@ class PlaceDataModule(L.LightningDataModule):
             self.miner.load_state_dict(state_dict["miner"])
         else:
             self._pending_miner_state = state_dict["miner"]
+
+
+def _sum_over_ranks(table: np.ndarray, device: torch.device) -> np.ndarray:
+    """The element-wise sum of every rank's ``table`` (on ``device``: NCCL reduces only GPU tensors)."""
+    t = torch.from_numpy(table).to(device)
+    dist.all_reduce(t)
+    return t.cpu().numpy()

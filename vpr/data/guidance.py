@@ -3,7 +3,10 @@
 A label source gives a per-pixel class map for a training image; the classes of the suppressed groups
 (``person``, ``vehicle``, ``sky``) become 0, everything else 1, and the map is reduced to the feature grid by
 AREA averaging (the paper's code resized with bicubic interpolation, which overshoots outside [0, 1] and blurs small
-objects away). Targets are computed once per image, kept in memory, and cached on disk; never per step.
+objects away). Targets are computed once per image, kept in memory, and cached on disk; never per step. They are
+computed by a DataLoader: its workers read the label maps (or decode and normalise the images for a network, which
+runs in the main process on batches of images of one size, on the GPU when there is one); under DDP every rank
+computes every world_size-th image and the ranks add up their tables.
 
 Sources (config group ``guidance``):
 - ``synthetic``: the ``*_labels.png`` maps the synthetic city writes next to every image (``classes.json``).
@@ -21,19 +24,21 @@ Sources (config group ``guidance``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
-from vpr.devices import work_device
+from vpr.devices import loader_worker_init, work_device
 from vpr.errors import DataError
 from vpr.io import atomic_path
 from vpr.progress import progress
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 CITYSCAPES_GROUPS: dict[str, list[int]] = {"person": [11, 12], "vehicle": [13, 14, 15, 16, 17, 18], "sky": [10]}
 VOC_GROUPS: dict[str, list[int]] = {"person": [15], "vehicle": [2, 6, 7, 14, 19]}  # bicycle bus car motorbike train
 SYNTHETIC_GROUPS: dict[str, list[str]] = {"person": ["person"], "vehicle": ["vehicle"], "sky": ["sky"]}
+NETWORK_BATCH = 8  # images per call of a segmentation network (its upsampled scores: 8 x 19 x 480 x 640 floats, 190 MB)
 
 
 def area_target(labels: np.ndarray, suppressed_ids: Sequence[int], grid: tuple[int, int]) -> np.ndarray:
@@ -55,6 +61,7 @@ class LabelSource:
     """Per-pixel class ids of a training image and the ids of each suppressible group."""
 
     name = "base"
+    network = False  # True: a segmentation network, run in the main process on batches (NetworkLabels)
 
     def cache_key(self) -> str:
         """What distinguishes this source's targets in the disk cache (the weights file for a network)."""
@@ -175,96 +182,95 @@ class MaskDirLabels(GroupedLabels):
         return np.asarray(Image.open(path))
 
 
-class TorchvisionLabels(LabelSource):
-    """DeepLabV3-MobileNetV3-Large (Pascal VOC classes) from torchvision, run once per image."""
-
-    def describe(self) -> str:
-        return "torchvision's DeepLabV3-MobileNetV3 (Pascal VOC classes)"
-
-    name = "torchvision"
-
-    def __init__(self, device: str = "cpu", download: bool = True):
-        from torchvision.models.segmentation import (
-            DeepLabV3_MobileNet_V3_Large_Weights,
-            deeplabv3_mobilenet_v3_large,
-        )
-
-        weights = DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        if not download and not cached.is_file():
-            raise DataError(
-                f"guidance=torchvision: its segmentation weights are not in {cached.parent} (not downloaded "
-                "for pictures)"
-            )
-        try:
-            self.model = deeplabv3_mobilenet_v3_large(weights=weights).eval().to(device)
-        except Exception as e:
-            raise DataError(
-                f"guidance=torchvision: the segmentation weights {weights} could not be loaded ({type(e).__name__}: "
-                f"{e}). They download on first use into {torch.hub.get_dir()}/checkpoints; offline, copy "
-                f"{weights.url} there, or precompute label maps and use guidance=mask_dir"
-            ) from None
-        self.transform = weights.transforms()
-        self.device = device
-
-    def group_ids(self, group: str) -> list[int]:
-        if group not in VOC_GROUPS:
-            raise DataError(
-                f"guidance=torchvision (Pascal VOC classes) cannot suppress {group!r}: it knows {sorted(VOC_GROUPS)}. "
-                "For sky use guidance=mask_dir with Cityscapes label maps"
-            )
-        return VOC_GROUPS[group]
-
-    @torch.no_grad()
-    def labels(self, image_path: Path) -> np.ndarray:
-        image = Image.open(image_path).convert("RGB")
-        x = self.transform(image)[None].to(self.device)
-        out = self.model(x)["out"]
-        out = F.interpolate(out, size=image.size[::-1], mode="bilinear", align_corners=False)
-        return out.argmax(1)[0].cpu().numpy().astype(np.uint8)
-
-
 def _file_identity(path: Path) -> str:
     st = path.stat()
     return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
-class _NetworkLabels(GroupedLabels):
-    """A segmentation network run once per image on RGB in [0, 1] normalised by ``mean`` / ``std``: the arg-max
-    class of every pixel, at the image's own size."""
+class _NormalisedRGB:
+    """A network's input read in a loader worker: the image's RGB in [0, 1] normalised by ``mean`` / ``std``
+    (3, H, W), and the size its class map must have (the image's own)."""
 
+    def __init__(self, mean: Sequence[float], std: Sequence[float], name: str):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.name = name
+
+    def __call__(self, path: Path) -> tuple[torch.Tensor, tuple[int, int]]:
+        image = _read_rgb(path, self.name)
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (x - self.mean) / self.std, (image.height, image.width)
+
+
+def _read_rgb(path: Path, name: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as e:  # missing, unreadable or corrupt
+        raise DataError(f"guidance.source={name}: cannot read image {path} ({type(e).__name__}: {e})") from None
+
+
+class NetworkLabels(GroupedLabels):
+    """A segmentation network: the arg-max class of every pixel, at the image's own size. Loader workers read and
+    normalise the images (:meth:`input_reader`); the network runs in the main process on ``device``, on batches of
+    images of one size (:meth:`class_maps`)."""
+
+    network = True
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
-    def __init__(self, device: str):
+    def __init__(self, device: str | torch.device):
         self.device = device
+        self._one_at_a_time = False  # set when the network refused a batch of several images
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def input_reader(self) -> Callable[[Path], tuple[torch.Tensor, tuple[int, int]]]:
+        """What a loader worker does with one image path: (network input (3, h, w), class map size (H, W)). It
+        holds no network, so it is cheap to send to worker processes."""
+        return _NormalisedRGB(self.mean, self.std, self.name)
+
     @torch.no_grad()
-    def labels(self, image_path: Path) -> np.ndarray:
-        try:
-            image = Image.open(image_path).convert("RGB")
-        except Exception as e:  # unreadable / corrupt image
+    def class_maps(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Inputs (B, 3, h, w) of one size -> (B, H, W) class ids on the network's device. A network that takes
+        one image at a time (e.g. a torch.export program made for a batch of 1) is then given one at a time."""
+        if len(x) > 1 and not self._one_at_a_time:
+            try:
+                scores = self.logits(x.to(self.device))
+            except DataError:
+                raise
+            except Exception as e:
+                self._one_at_a_time = True
+                log.warning(
+                    "guidance.source=%s: the network refused a batch of %d images (%s: %s); giving it one image "
+                    "at a time",
+                    self.name,
+                    len(x),
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "",
+                )
+            else:
+                return self._argmax(scores, len(x), size)
+        return torch.cat([self._argmax(self.logits(x[i : i + 1].to(self.device)), 1, size) for i in range(len(x))])
+
+    def _argmax(self, scores: torch.Tensor, n: int, size: tuple[int, int]) -> torch.Tensor:
+        if not torch.is_tensor(scores) or scores.ndim != 4 or scores.shape[0] != n:
+            shape = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
             raise DataError(
-                f"guidance.source={self.name}: cannot read image {image_path} ({type(e).__name__}: {e})"
-            ) from None
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        out = self.logits(((x - mean) / std).to(self.device))
-        if out.ndim != 4 or out.shape[0] != 1:
-            raise DataError(
-                f"guidance.source={self.name}: the network returned shape {tuple(out.shape)} for one image; "
-                "expected class scores (1, classes, h, w)"
+                f"guidance.source={self.name}: the network returned shape {shape} for {n} image(s); expected "
+                f"class scores ({n}, classes, h, w)"
             )
-        if out.shape[-2:] != x.shape[-2:]:
-            out = F.interpolate(out.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return out.argmax(1)[0].to(torch.int32).cpu().numpy()
+        if tuple(scores.shape[-2:]) != tuple(size):
+            scores = F.interpolate(scores.float(), size=tuple(size), mode="bilinear", align_corners=False)
+        return scores.argmax(1)
+
+    def labels(self, image_path: Path) -> np.ndarray:
+        x, size = self.input_reader()(image_path)
+        return self.class_maps(x[None], size)[0].to(torch.int32).cpu().numpy()
 
 
-class DeepLabCityscapesLabels(_NetworkLabels):
+class DeepLabCityscapesLabels(NetworkLabels):
     """The paper's guidance network: DeepLabV3+ MobileNetV2 (output stride 16) on the 19 Cityscapes train ids, from
     its released weights (``guidance.weights``; see :func:`vpr.models.deeplab.load_deeplab_cityscapes`)."""
 
@@ -296,7 +302,7 @@ class DeepLabCityscapesLabels(_NetworkLabels):
         return self.model(x)
 
 
-class TorchScriptLabels(_NetworkLabels):
+class TorchScriptLabels(NetworkLabels):
     """Any segmentation network exported with ``torch.jit.save`` (``guidance.model``): called on a normalised
     (1, 3, H, W) batch, it returns class scores (1, classes, h, w) (or a dict holding them under ``out``);
     ``class_groups`` names the class ids of every group."""
@@ -362,6 +368,141 @@ class TorchScriptLabels(_NetworkLabels):
         return out
 
 
+class TorchvisionLabels(NetworkLabels):
+    """DeepLabV3-MobileNetV3-Large (Pascal VOC classes) from torchvision, run once per image."""
+
+    def describe(self) -> str:
+        return "torchvision's DeepLabV3-MobileNetV3 (Pascal VOC classes)"
+
+    name = "torchvision"
+
+    def __init__(self, device: str = "cpu", download: bool = True):
+        from torchvision.models.segmentation import (
+            DeepLabV3_MobileNet_V3_Large_Weights,
+            deeplabv3_mobilenet_v3_large,
+        )
+
+        weights = DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not download and not cached.is_file():
+            raise DataError(
+                f"guidance=torchvision: its segmentation weights are not in {cached.parent} (not downloaded "
+                "for pictures)"
+            )
+        try:
+            self.model = deeplabv3_mobilenet_v3_large(weights=weights).eval().to(device)
+        except Exception as e:
+            raise DataError(
+                f"guidance=torchvision: the segmentation weights {weights} could not be loaded ({type(e).__name__}: "
+                f"{e}). They download on first use into {torch.hub.get_dir()}/checkpoints; offline, copy "
+                f"{weights.url} there, or precompute label maps and use guidance=mask_dir"
+            ) from None
+        self.transform = weights.transforms()
+        super().__init__(device)
+
+    def group_ids(self, group: str) -> list[int]:
+        if group not in VOC_GROUPS:
+            raise DataError(
+                f"guidance=torchvision (Pascal VOC classes) cannot suppress {group!r}: it knows {sorted(VOC_GROUPS)}. "
+                "For sky use guidance=mask_dir with Cityscapes label maps"
+            )
+        return VOC_GROUPS[group]
+
+    def input_reader(self) -> Callable[[Path], tuple[torch.Tensor, tuple[int, int]]]:
+        return functools.partial(_transformed_rgb, self.transform, self.name)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+def _transformed_rgb(transform: Callable, name: str, path: Path) -> tuple[torch.Tensor, tuple[int, int]]:
+    """torchvision's input for one image (its weights' own resize and normalisation) and the image's size."""
+    image = _read_rgb(path, name)
+    return transform(image), (image.height, image.width)
+
+
+class _Indexed(Dataset):
+    """Item k: (index ``indices[k]``, ``read(paths[k])``), the work a loader worker does for one image."""
+
+    def __init__(self, read: Callable[[Path], object], paths: Sequence[Path], indices: Sequence[int]):
+        self.read, self.paths, self.indices = read, list(paths), list(indices)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k: int) -> tuple[int, object]:
+        return self.indices[k], self.read(self.paths[k])
+
+
+def _file_target(source: LabelSource, suppressed_ids: Sequence[int], grid: tuple[int, int], path: Path) -> np.ndarray:
+    return area_target(source.labels(path), suppressed_ids, grid)
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def _network_targets(
+    source: NetworkLabels, items: list, suppressed_ids: Sequence[int], grid: tuple[int, int]
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(indices, targets (n, h, w)) of a loader batch of network inputs, one network call per input size."""
+    groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+    for index, (x, size) in items:
+        groups.setdefault((tuple(x.shape), tuple(size)), []).append((index, x))
+    for (_, size), members in groups.items():
+        maps = source.class_maps(torch.stack([x for _, x in members]), size)
+        keep = ~torch.isin(maps, torch.tensor(list(suppressed_ids), dtype=maps.dtype, device=maps.device))
+        targets = F.adaptive_avg_pool2d(keep.float()[:, None], grid)[:, 0]
+        yield [index for index, _ in members], targets.cpu().numpy()
+
+
+def compute_targets(
+    source: LabelSource,
+    paths: Sequence[Path],
+    suppressed_ids: Sequence[int],
+    grid: tuple[int, int],
+    *,
+    num_workers: int = 0,
+    batch_size: int = NETWORK_BATCH,
+    shard: tuple[int, int] = (0, 1),
+    desc: str = "guidance targets",
+) -> np.ndarray:
+    """(len(paths), h, w) float32: the kept fraction of every feature-grid cell of every image (:func:`area_target`).
+
+    ``num_workers`` loader processes read the label maps (a network source: decode and normalise the images, and
+    the network runs here on batches). ``shard=(rank, world)``: only the rows rank, rank + world, ... are
+    computed, the others stay 0, so the tables of all ranks add up to the whole.
+    """
+    rank, world = shard
+    grid = (int(grid[0]), int(grid[1]))
+    table = np.zeros((len(paths), *grid), dtype=np.float32)
+    mine = list(range(rank, len(paths), world))
+    if not mine:
+        return table
+    network = getattr(source, "network", False)  # a duck-typed source with labels() reads label maps
+    if network:
+        read: Callable[[Path], object] = source.input_reader()
+    else:
+        read = functools.partial(_file_target, source, list(suppressed_ids), grid)
+    loader = DataLoader(
+        _Indexed(read, [paths[i] for i in mine], mine),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        worker_init_fn=loader_worker_init() if num_workers > 0 else None,
+    )
+    with progress(total=len(mine), desc=desc, leave=False, disable=rank != 0) as bar:
+        for items in loader:
+            if network:
+                for indices, targets in _network_targets(source, items, suppressed_ids, grid):
+                    table[indices] = targets
+            else:
+                for index, target in items:
+                    table[index] = target
+            bar.update(len(items))
+    return table
+
+
 class GuidanceTargets:
     """Targets of a list of images on the feature grid: computed once, cached in memory and on disk.
 
@@ -371,6 +512,10 @@ class GuidanceTargets:
         paths: the images, in the order targets are indexed.
         grid: (h, w) of the feature map the mask lives on.
         cache_dir: folder for the ``.npy`` cache (None: memory only).
+        num_workers: loader processes that read the label maps (or the images, for a network).
+        shard: (rank, world_size) under DDP: this rank computes every world_size-th image and ``combine`` adds up
+            the ranks' tables (every rank must call it; rank 0 writes the cache).
+        combine: the sum of a table over the ranks (None: one process).
     """
 
     def __init__(
@@ -380,13 +525,21 @@ class GuidanceTargets:
         paths: Sequence[Path],
         grid: tuple[int, int],
         cache_dir: str | Path | None = None,
+        num_workers: int = 0,
+        shard: tuple[int, int] = (0, 1),
+        combine: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
+        if shard[1] > 1 and combine is None:
+            raise ValueError("GuidanceTargets: shard=(rank, world) needs combine, the sum over the ranks")
         self.source = source
         self.suppress = list(suppress)
         self.suppressed_ids = sorted({i for g in self.suppress for i in source.group_ids(g)})
         self.paths = list(paths)
         self.grid = (int(grid[0]), int(grid[1]))
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.num_workers = int(num_workers)
+        self.shard = (int(shard[0]), int(shard[1]))
+        self.combine = combine
         self.table = self._load_or_compute()
 
     def _cache_file(self) -> Path | None:
@@ -410,15 +563,21 @@ class GuidanceTargets:
             table = np.load(cache)
             if table.shape == (len(self.paths), *self.grid):
                 return torch.from_numpy(table)
-        table = np.empty((len(self.paths), *self.grid), dtype=np.float32)
-        for i, p in enumerate(progress(self.paths, desc="guidance targets", leave=False)):
-            table[i] = area_target(self.source.labels(p), self.suppressed_ids, self.grid)
-        if cache is not None:
+        # Every rank found the cache, or none did: it is written (by rank 0) only after the ranks combined.
+        table = compute_targets(
+            self.source, self.paths, self.suppressed_ids, self.grid, num_workers=self.num_workers, shard=self.shard
+        )
+        if self.shard[1] > 1:
+            table = self.combine(table)
+        if cache is not None and self.shard[0] == 0:
             with atomic_path(cache, suffix=".npy") as tmp:
                 np.save(tmp, table)
+        rank, world = self.shard
         log.info(
-            "guidance targets: %d images on a %dx%d grid, suppressing %s (mean kept fraction %.3f)",
+            "guidance targets: %d images (%d computed by this process) on a %dx%d grid, suppressing %s (mean kept "
+            "fraction %.3f)",
             len(self.paths),
+            len(range(rank, len(self.paths), world)),
             *self.grid,
             self.suppress,
             float(table.mean()),

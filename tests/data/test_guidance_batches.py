@@ -1,0 +1,139 @@
+"""Guidance targets computed by a DataLoader: worker processes reading label maps, a network run on batches (one
+call per image size, one image at a time for a network that takes no batch), and DDP shards that add up to the
+whole table. Every table is compared with a loop over grid cells written here."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.data.test_guidance_networks import ColourSegmenter, export, hand_target
+from vpr.data.guidance import GuidanceTargets, MaskDirLabels, build_label_source, compute_targets
+from vpr.errors import DataError, user_message
+
+GRID = (3, 4)
+PERSON = [11, 12]  # Cityscapes train ids of person and rider, MaskDirLabels' default groups
+
+
+@pytest.fixture
+def mask_dir(tmp_path):
+    """Seven images (never opened) and their label maps: PNGs of Cityscapes train ids, 12 x 16 and 9 x 10 pixels."""
+    root, masks = tmp_path / "root", tmp_path / "masks"
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(7):
+        shape = (12, 16) if i % 3 else (9, 10)
+        ids = rng.choice([0, 2, 8, 10, 11, 12, 13], size=shape).astype(np.uint8)
+        (masks / "000").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ids).save(masks / "000" / f"{i:03d}.png")
+        images.append(root / "000" / f"{i:03d}.jpg")
+        labels.append(ids)
+    return root, masks, images, labels
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_label_maps_read_by_loader_workers_give_the_hand_targets(mask_dir, tmp_path, workers):
+    root, masks, images, labels = mask_dir
+    targets = GuidanceTargets(MaskDirLabels(masks, root, None), ["person"], images, GRID, num_workers=workers)
+    for i, ids in enumerate(labels):
+        np.testing.assert_allclose(targets.table[i].numpy(), hand_target(ids, PERSON, GRID), atol=1e-6)
+    assert 0.0 < float(targets.table.mean()) < 1.0
+
+
+def test_a_missing_label_map_in_a_worker_is_one_message_naming_it(mask_dir):
+    root, masks, images, _ = mask_dir
+    (masks / "000" / "004.png").unlink()
+    with pytest.raises(DataError) as err:
+        compute_targets(MaskDirLabels(masks, root, None), images, PERSON, GRID, num_workers=2)
+    message = user_message(err.value)
+    assert "004.png" in message and "missing under guidance.mask_dir" in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_ranks_compute_their_share_and_the_shares_add_up(mask_dir, tmp_path):
+    """Rank r computes images r, r + 3, ...; combine (the sum over ranks under DDP) gives every image its target;
+    only rank 0 writes the cache."""
+    root, masks, images, labels = mask_dir
+    source = MaskDirLabels(masks, root, None)
+    shares = [compute_targets(source, images, PERSON, GRID, shard=(rank, 3)) for rank in range(3)]
+    for rank, share in enumerate(shares):
+        for i in range(len(images)):
+            if i % 3 != rank:
+                assert not share[i].any()  # left to the other ranks
+    others = shares[1] + shares[2]
+    cache = tmp_path / "cache"
+    rank1 = GuidanceTargets(source, ["person"], images, GRID, cache, shard=(1, 3), combine=lambda t: t + shares[0])
+    assert not cache.exists()
+    rank0 = GuidanceTargets(source, ["person"], images, GRID, cache, shard=(0, 3), combine=lambda t: t + others)
+    for i, ids in enumerate(labels):
+        want = hand_target(ids, PERSON, GRID)
+        np.testing.assert_allclose(rank0.table[i].numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(rank1.table.numpy(), rank0.table.numpy() - shares[2], atol=1e-6)
+    assert len(list(cache.glob("*.npy"))) == 1
+    with pytest.raises(ValueError, match="combine"):
+        GuidanceTargets(source, ["person"], images, GRID, shard=(0, 2))
+
+
+class BatchOfOne(ColourSegmenter):
+    """The colour segmenter, refusing a batch of more than one image (as a network exported for one does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            raise RuntimeError("this network takes one image")
+        return -(x[:, :1] - self.centres).abs()
+
+
+def colour_labels(path, mean, std):
+    centres = np.linspace(-2.2, 2.3, 19)
+    red = (np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)[..., 0] / 255.0 - mean) / std
+    return np.abs(red[..., None] - centres).argmin(-1)
+
+
+@pytest.fixture
+def two_sizes(tiny_city, tmp_path):
+    """Three city images and two smaller copies, interleaved: a loader batch holds both sizes."""
+    originals = sorted(tiny_city.rglob("*.jpg"))[:3]
+    small = []
+    for i, p in enumerate(originals[:2]):
+        out = tmp_path / f"small{i}.png"
+        with Image.open(p) as im:
+            im.convert("RGB").resize((im.width // 2 + 3, im.height // 2 + 1)).save(out)
+        small.append(out)
+    return [originals[0], small[0], originals[1], small[1], originals[2]]
+
+
+@pytest.mark.parametrize("network", [ColourSegmenter, BatchOfOne], ids=["batched", "one-at-a-time"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_network_targets_on_batches_of_mixed_sizes_equal_a_hand_loop(tmp_path, two_sizes, caplog, network, workers):
+    export(network(), tmp_path / "seg.pt")
+    guidance = {"source": "torchscript", "model": str(tmp_path / "seg.pt"), "class_groups": {"person": [3, 4, 5]}}
+    source = build_label_source(guidance, tmp_path, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="vpr.data.guidance"):
+        table = compute_targets(source, two_sizes, [3, 4, 5], GRID, num_workers=workers, batch_size=5)
+    for i, p in enumerate(two_sizes):
+        want = hand_target(colour_labels(p, 0.485, 0.229), [3, 4, 5], GRID)
+        np.testing.assert_allclose(table[i], want, atol=1e-5)
+    assert 0.0 < float(table.mean()) < 1.0
+    refused = [r for r in caplog.records if "refused a batch" in r.getMessage()]
+    assert len(refused) == (1 if network is BatchOfOne else 0)
+
+
+def test_a_torch_export_program_made_for_one_image(tmp_path, tiny_city):
+    """A .pt2 exported with a batch of 1 is specialised to it: its targets still come out, one image at a time."""
+    paths = sorted(tiny_city.rglob("*.jpg"))[:3]
+    with Image.open(paths[0]) as im:
+        size = (im.height, im.width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(ColourSegmenter(), (torch.zeros(1, 3, *size),))
+        torch.export.save(program, str(tmp_path / "seg.pt2"))
+    guidance = {"source": "torchscript", "model": str(tmp_path / "seg.pt2"), "class_groups": {"person": [3, 4, 5]}}
+    table = compute_targets(build_label_source(guidance, tmp_path, device="cpu"), paths, [3, 4, 5], GRID)
+    for i, p in enumerate(paths):
+        want = hand_target(colour_labels(p, 0.485, 0.229), [3, 4, 5], GRID)
+        np.testing.assert_allclose(table[i], want, atol=1e-5)
