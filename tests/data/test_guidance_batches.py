@@ -4,8 +4,11 @@ whole table. Every table is compared with a loop over grid cells written here.""
 
 from __future__ import annotations
 
+import datetime
+import functools
 import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,9 +70,13 @@ def test_ranks_compute_their_share_and_the_shares_add_up(mask_dir, tmp_path):
                 assert not share[i].any()  # left to the other ranks
     others = shares[1] + shares[2]
     cache = tmp_path / "cache"
-    rank1 = GuidanceTargets(source, ["person"], images, GRID, cache, shard=(1, 3), combine=lambda t: t + shares[0])
+    rank1 = GuidanceTargets(
+        source, ["person"], images, GRID, cache, shard=(1, 3), combine=lambda t, failure: t + shares[0]
+    )
     assert not cache.exists()
-    rank0 = GuidanceTargets(source, ["person"], images, GRID, cache, shard=(0, 3), combine=lambda t: t + others)
+    rank0 = GuidanceTargets(
+        source, ["person"], images, GRID, cache, shard=(0, 3), combine=lambda t, failure: t + others
+    )
     for i, ids in enumerate(labels):
         want = hand_target(ids, PERSON, GRID)
         np.testing.assert_allclose(rank0.table[i].numpy(), want, atol=1e-6)
@@ -137,3 +144,65 @@ def test_a_torch_export_program_made_for_one_image(tmp_path, tiny_city):
     for i, p in enumerate(paths):
         want = hand_target(colour_labels(p, 0.485, 0.229), [3, 4, 5], GRID)
         np.testing.assert_allclose(table[i], want, atol=1e-5)
+
+
+def _rank_process(rank: int, store: str, root, masks, images, out) -> None:
+    """One of two gloo processes: the guidance targets of ``images`` in shares, or the error it ended with."""
+    import json
+    import traceback
+
+    import torch.distributed as dist
+
+    from vpr.data.datamodule import _sum_over_ranks
+
+    # a time limit: a process left waiting for one that stopped fails the test instead of hanging it
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
+    try:
+        combine = functools.partial(_sum_over_ranks, device=torch.device("cpu"))
+        targets = GuidanceTargets(
+            MaskDirLabels(masks, root, None), ["person"], images, GRID, shard=(rank, 2), combine=combine
+        )
+        np.save(out / f"rank{rank}.npy", targets.table.numpy())
+    except Exception as e:
+        (out / f"rank{rank}.json").write_text(json.dumps([type(e).__name__, user_message(e), traceback.format_exc()]))
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_ranks(tmp_path, mask_dir) -> Path:
+    import torch.multiprocessing as mp
+
+    root, masks, images, _ = mask_dir
+    out = tmp_path / "out"
+    out.mkdir()
+    mp.start_processes(
+        _rank_process, args=(str(tmp_path / "store"), root, masks, images, out), nprocs=2, start_method="spawn"
+    )
+    return out
+
+
+@pytest.mark.ddp
+def test_two_gloo_processes_add_their_shares_into_the_whole_table(tmp_path, mask_dir):
+    _, _, _, labels = mask_dir
+    out = _two_ranks(tmp_path, mask_dir)
+    for rank in range(2):
+        table = np.load(out / f"rank{rank}.npy")
+        for i, ids in enumerate(labels):
+            np.testing.assert_allclose(table[i], hand_target(ids, PERSON, GRID), atol=1e-6)
+
+
+@pytest.mark.ddp
+def test_a_share_that_fails_stops_every_process_with_its_message(tmp_path, mask_dir):
+    """Image 3 is in process 1's share: process 1 ends with its own error, process 0 with one naming process 1,
+    instead of waiting for it in the sum (or failing on a closed connection)."""
+    import json
+
+    _, masks, _, _ = mask_dir
+    (masks / "000" / "003.png").unlink()
+    out = _two_ranks(tmp_path, mask_dir)
+    first = json.loads((out / "rank0.json").read_text())
+    second = json.loads((out / "rank1.json").read_text())
+    assert second[0] == "DataError" and "003.png" in second[1] and "missing under guidance.mask_dir" in second[1]
+    assert first[0] == "DataError" and first[1] == f"guidance targets of DDP process 1: {second[1]}"

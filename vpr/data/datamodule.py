@@ -29,7 +29,7 @@ from vpr.data.guidance import GuidanceTargets, build_label_source
 from vpr.data.mining import HardNegativeMiner, MinedBatchSampler, MiningStats, Triplet
 from vpr.data.transforms import eval_transform
 from vpr.devices import loader_worker_init, loader_workers
-from vpr.errors import ConfigError, DataError
+from vpr.errors import ConfigError, DataError, user_message
 
 log = logging.getLogger(__name__)
 
@@ -497,8 +497,18 @@ class PlaceDataModule(L.LightningDataModule):
             self._pending_miner_state = state_dict["miner"]
 
 
-def _sum_over_ranks(table: np.ndarray, device: torch.device) -> np.ndarray:
-    """The element-wise sum of every rank's ``table`` (on ``device``: NCCL reduces only GPU tensors)."""
+def _sum_over_ranks(table: np.ndarray, failure: BaseException | None, device: torch.device) -> np.ndarray:
+    """The element-wise sum of every rank's ``table`` (on ``device``: NCCL reduces only GPU tensors). When a rank's
+    share failed (``failure``), every rank raises: that rank its own error, the others a DataError naming it, so no
+    rank waits in the sum for one that stopped."""
+    said = [None] * dist.get_world_size()
+    dist.all_gather_object(said, None if failure is None else user_message(failure))
+    failed = [(rank, message) for rank, message in enumerate(said) if message is not None]
+    if failure is not None:
+        raise failure
+    if failed:
+        rank, message = failed[0]
+        raise DataError(f"guidance targets of DDP process {rank}: {message}")
     t = torch.from_numpy(table).to(device)
     dist.all_reduce(t)
     return t.cpu().numpy()

@@ -515,7 +515,9 @@ class GuidanceTargets:
         num_workers: loader processes that read the label maps (or the images, for a network).
         shard: (rank, world_size) under DDP: this rank computes every world_size-th image and ``combine`` adds up
             the ranks' tables (every rank must call it; rank 0 writes the cache).
-        combine: the sum of a table over the ranks (None: one process).
+        combine: ``combine(table, failure)``: the sum of the ranks' tables, where ``failure`` is the exception this
+            rank's share raised (None: none); it raises on every rank when any rank failed, so that no rank waits
+            for one that stopped (None: one process).
     """
 
     def __init__(
@@ -527,7 +529,7 @@ class GuidanceTargets:
         cache_dir: str | Path | None = None,
         num_workers: int = 0,
         shard: tuple[int, int] = (0, 1),
-        combine: Callable[[np.ndarray], np.ndarray] | None = None,
+        combine: Callable[[np.ndarray, BaseException | None], np.ndarray] | None = None,
     ):
         if shard[1] > 1 and combine is None:
             raise ValueError("GuidanceTargets: shard=(rank, world) needs combine, the sum over the ranks")
@@ -564,11 +566,17 @@ class GuidanceTargets:
             if table.shape == (len(self.paths), *self.grid):
                 return torch.from_numpy(table)
         # Every rank found the cache, or none did: it is written (by rank 0) only after the ranks combined.
-        table = compute_targets(
-            self.source, self.paths, self.suppressed_ids, self.grid, num_workers=self.num_workers, shard=self.shard
-        )
+        failure = None
+        try:
+            table = compute_targets(
+                self.source, self.paths, self.suppressed_ids, self.grid, num_workers=self.num_workers, shard=self.shard
+            )
+        except Exception as e:  # under DDP the other ranks must hear of it (combine raises it on all of them)
+            if self.shard[1] == 1:
+                raise
+            failure, table = e, np.zeros((len(self.paths), *self.grid), dtype=np.float32)
         if self.shard[1] > 1:
-            table = self.combine(table)
+            table = self.combine(table, failure)
         if cache is not None and self.shard[0] == 0:
             with atomic_path(cache, suffix=".npy") as tmp:
                 np.save(tmp, table)
