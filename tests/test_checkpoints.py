@@ -120,3 +120,64 @@ def test_network_settings_on_the_command_line_of_a_stored_checkpoint_are_said_to
     assert "run.ckpt stores its network: attention, model.num_clusters on the command line are not used" in caplog.text
     assert network.attention == stored["attention"] and network.model.num_clusters == stored["model"]["num_clusters"]
     assert list(network.model.recall_at) == [1, 5]  # how to evaluate stays the command line's
+
+
+def test_settings_pick_among_the_runs_of_one_experiment(tmp_path, caplog):
+    """Two runs of variant se, seed 1, with learning rates 0.1 (newer) and 0.001: the command line's lr picks its
+    own; in a sweep's job (strict) a run must agree; otherwise the newest is taken with a warning naming its lr."""
+    import logging
+
+    from vpr.checkpoints import NothingToResume
+
+    def with_lr(name, lr, mtime):
+        ckpt = run(tmp_path, name, "se", 1, mtime)
+        saved = OmegaConf.load(ckpt.parent.parent / "config.yaml")
+        saved.optimizer = {"lr": lr, "momentum": 0.9}
+        OmegaConf.save(saved, ckpt.parent.parent / "config.yaml")
+        return ckpt
+
+    slow, fast = with_lr("slow", 0.001, 1000), with_lr("fast", 0.1, 2000)
+
+    def asking(lr):
+        cfg = current("se")
+        cfg.optimizer = {"lr": lr, "momentum": 0.9}
+        return cfg
+
+    def resolve(lr, strict):
+        return resolve_ckpt_path(
+            "last", str(tmp_path), "train", same_run_as=asking(lr), settings=["optimizer.lr"], strict=strict
+        )
+
+    assert resolve(0.001, strict=True) == resolve(0.001, strict=False) == str(slow)
+    assert resolve(0.1, strict=True) == str(fast)
+    with pytest.raises(NothingToResume, match=r"optimizer.lr=0.01 \(the sweep's other jobs own the rest\)"):
+        resolve(0.01, strict=True)
+    with caplog.at_level(logging.WARNING, logger="vpr.checkpoints"):
+        assert resolve(0.01, strict=False) == str(fast)
+    assert (
+        "no run of these settings has optimizer.lr=0.01" in caplog.text and "which had optimizer.lr=0.1" in caplog.text
+    )
+
+
+def test_resume_settings_leave_out_the_experiment_and_what_a_resume_may_change():
+    from vpr.checkpoints import resume_settings
+
+    overrides = [
+        "experiment=city_baseline",
+        "optimizer.lr=0.001",
+        "seed=1",
+        "attention=se",
+        "trainer.max_epochs=30",
+        "paths.log_dir=/x",
+        "hydra.run.dir=/y",
+        "ckpt_path=last",
+        "data.root=/data",
+        "data.num_workers=8",
+        "+mining.margin=0.2",
+        "logger=wandb",
+        "logger.wandb.project=p",
+        "optimizer.lr=0.001",
+        "data.image_size=[48,64]",
+        "optimizer=adam",
+    ]
+    assert resume_settings(overrides) == ["optimizer.lr", "mining.margin", "optimizer"]

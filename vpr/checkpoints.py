@@ -31,6 +31,40 @@ EVALUATION_MODEL_KEYS = ("recall_at", "channels_last", "compile", "compile_backe
 RUN_IDENTITY = ("variant", "seed", "backbone", "attention", "head", "loss", "data.name", "data.tag", "data.image_size")
 
 
+#: Settings a resumed run may give other values on its command line and still be the same run: where it runs and
+#: logs, how long it trains, how it loads and evaluates. Other settings on the command line pick among the runs of
+#: the same experiment (:func:`resolve_ckpt_path`).
+RESUME_MAY_CHANGE = (
+    "ckpt_path",
+    "hydra",
+    "paths",
+    "logger",
+    "trainer",
+    "callbacks",
+    "checkpoint_every_n_steps",
+    "test_sets",
+    "test_untrained",
+    "trusted_targets",
+    "data.root",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "data.persistent_workers",
+)
+
+
+def resume_settings(overrides: list[str]) -> list[str]:
+    """The keys of ``overrides`` that tell runs of one experiment apart (``optimizer.lr``, ``mining``), in order:
+    those of :data:`RUN_IDENTITY` and :data:`RESUME_MAY_CHANGE` left out."""
+    out: list[str] = []
+    for key in (o.lstrip("+~").split("=", 1)[0] for o in overrides):
+        if key in out or key in RUN_IDENTITY or key == "experiment":
+            continue
+        if any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in RESUME_MAY_CHANGE):
+            continue
+        out.append(key)
+    return out
+
+
 class NothingToResume(ConfigError):
     """``ckpt_path=last`` found no checkpoint of a run with these settings (a job of a sweep starts anew)."""
 
@@ -49,11 +83,41 @@ def _identity(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def _values(cfg: Any, keys: list[str]) -> dict[str, Any]:
+    cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
+    out = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key.replace("/", "."))
+        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return out
+
+
+def _saved_values(ckpt: Path, keys: list[str]) -> dict[str, Any] | None:
+    try:
+        return _values(OmegaConf.load(ckpt.parent.parent / "config.yaml"), keys)
+    except Exception:  # noqa: BLE001 - no or unreadable config.yaml
+        return None
+
+
+def _said(values: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (values or {}).items())
+
+
 def resolve_ckpt_path(
-    ckpt_path: str | None, log_dir: str, task_name: str = "train", same_run_as: DictConfig | None = None
+    ckpt_path: str | None,
+    log_dir: str,
+    task_name: str = "train",
+    same_run_as: DictConfig | None = None,
+    settings: list[str] | tuple[str, ...] = (),
+    strict: bool = False,
 ) -> str | None:
     """``last``: the newest ``last.ckpt`` under ``<log_dir>/<task_name>`` (with ``same_run_as``: of a run whose
-    saved config.yaml has the same experiment settings, :data:`RUN_IDENTITY`); a path must exist."""
+    saved config.yaml has the same experiment settings, :data:`RUN_IDENTITY`); a path must exist.
+
+    ``settings`` (keys such as ``optimizer.lr``) pick among the runs of the same experiment: the newest whose saved
+    values equal ``same_run_as``'s. With ``strict`` (a job of a sweep that varies them) a run must agree, since the
+    others belong to the sweep's other jobs; otherwise, when none agrees, the newest run of the experiment is
+    resumed with a warning naming the values it had (the command line's apply from there)."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
@@ -72,6 +136,25 @@ def resolve_ckpt_path(
                     "checkpoint's path (ckpt_path=...) to resume it anyway."
                 )
             found = matching
+            keys = list(settings)
+            if keys:
+                want_values = _values(same_run_as, keys)
+                agreeing = [p for p in found if _saved_values(p, keys) == want_values]
+                if agreeing:
+                    found = agreeing
+                elif strict:
+                    raise NothingToResume(
+                        f"ckpt_path=last: no last.ckpt under {Path(log_dir, task_name)} comes from a run with these "
+                        f"settings and {_said(want_values)} (the sweep's other jobs own the rest)"
+                    )
+                else:
+                    log.warning(
+                        "ckpt_path=last: no run of these settings has %s; resuming the newest, %s, which had %s: "
+                        "the command line's values apply from here",
+                        _said(want_values),
+                        found[0],
+                        _said(_saved_values(found[0], keys)),
+                    )
         chosen = _newest_intact(found)
         log.info("ckpt_path=last: %s", chosen)
         return str(chosen)

@@ -138,6 +138,25 @@ def sweep_job() -> tuple[int, str] | None:
         return None
 
 
+def swept_settings() -> list[str]:
+    """The settings this job's Hydra multirun varies: the keys given several values on its command line
+    (``optimizer.lr=1e-3,1e-1``, ``attention=none,se``), read from the sweep folder's ``multirun.yaml``; [] outside
+    a multirun or when that file is missing."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.types import RunMode
+        from omegaconf import OmegaConf
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return []
+        saved = OmegaConf.load(os.path.join(HydraConfig.get().sweep.dir, "multirun.yaml"))
+        overrides = [str(o) for o in saved.hydra.overrides.task]
+        return [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    except Exception:  # noqa: BLE001 - outside a Hydra job, or a sweep folder without its multirun.yaml
+        return []
+
+
 def _stop(text: str, status: int) -> None:
     """End a script with ``error: <text>`` on stderr and in the run's log files (a sweep job's or a cluster job's
     log then says why it stopped), and exit ``status``."""

@@ -311,3 +311,38 @@ def test_resuming_a_sweep_starts_the_jobs_it_never_reached(data_dir, tmp_path):
     assert (tmp_path / "s" / "1_baseline_seed2" / "results.json").is_file()
     single = run_script("train.py", *common, logs, "seed=3", "ckpt_path=last", tmp=tmp_path, check=False)
     assert single.returncode == 2 and "comes from a run with these settings" in single.stderr
+
+
+def test_a_sweep_over_a_setting_resumes_each_jobs_own_run(data_dir, tmp_path):
+    """A learning-rate sweep resumed with ckpt_path=last: the job of lr 0.01 resumes the lr 0.01 run; the job of lr
+    0.001, which has no run, starts anew (it resumed the lr 0.01 run, of the same variant and seed). A single run
+    then resumes the run of its own learning rate among the two."""
+    common = [
+        *[s for s in SETTINGS if s != "trainer.max_epochs=2"],
+        "trainer.max_epochs=1",
+        "test_untrained=false",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path}/logs",
+        "seed=1",
+    ]
+    first = run_script(
+        "train.py", *common, "optimizer.lr=0.01", f"hydra.run.dir={tmp_path}/logs/train/runs/lr0.01", tmp=tmp_path
+    )
+    assert first.returncode == 0
+    proc = run_script(
+        "train.py",
+        "-m",
+        *common,
+        "optimizer.lr=0.001,0.01",
+        "ckpt_path=last",
+        f"hydra.sweep.dir={tmp_path}/logs/train/multiruns/s",
+        tmp=tmp_path,
+    )
+    jobs = sorted((tmp_path / "logs/train/multiruns/s").glob("[0-9]_*"))
+    assert len(jobs) == 2
+    lr001, lr01 = (j / "train.log" for j in jobs)
+    assert "this job of the sweep starts a new run" in lr001.read_text()
+    assert "ckpt_path=last" not in lr001.read_text().replace("ckpt_path=last: no last.ckpt", "")
+    assert f"ckpt_path=last: {tmp_path}/logs/train/runs/lr0.01/checkpoints/last.ckpt" in lr01.read_text() + proc.stderr
+    single = run_script("train.py", *common, "optimizer.lr=0.001", "ckpt_path=last", tmp=tmp_path)
+    assert f"ckpt_path=last: {jobs[0]}/checkpoints/last.ckpt" in single.stdout + single.stderr

@@ -33,10 +33,11 @@ from vpr.checkpoints import (
     load_matching_weights,
     read_checkpoint,
     resolve_ckpt_path,
+    resume_settings,
     weight_mismatches,
 )
 from vpr.devices import float32_matmul_precision, work_device
-from vpr.errors import ConfigError, export_sweep_job, sweep_job
+from vpr.errors import ConfigError, export_sweep_job, sweep_job, swept_settings
 from vpr.eval.tables import format_recall_table
 from vpr.io import exclusive_lock, write_json_atomic, write_text_atomic
 from vpr.run import log_test_results, process_rank, save_predictions, single_log_stream
@@ -233,6 +234,38 @@ def check_writable(folder: Path) -> None:
         ) from None
 
 
+#: The checkpoint the first process resumes (empty: none), for the DDP processes Lightning starts from it.
+RESUMED_ENV = "VPR_RESUMED_CHECKPOINT"
+
+
+def checkpoint_to_resume(cfg: DictConfig) -> str | None:
+    """The checkpoint ``ckpt_path`` names. For ``last``: the newest of a run with these settings; in a job of a
+    sweep, that run must also have the job's values of what the sweep varies (a learning rate sweep's jobs each
+    resume their own run), and a job with no such run starts anew. Elsewhere the command line's other settings
+    prefer the run that had them. The DDP processes Lightning starts take the first process's choice."""
+    if os.environ.get("LOCAL_RANK", "0") != "0" and RESUMED_ENV in os.environ:
+        return os.environ[RESUMED_ENV] or None
+    job = sweep_job()
+    settings = resume_settings(swept_settings() if job is not None else command_line_overrides())
+    try:
+        ckpt_path = resolve_ckpt_path(
+            cfg.get("ckpt_path"),
+            cfg.paths.log_dir,
+            cfg.task_name,
+            same_run_as=cfg,
+            settings=settings,
+            strict=job is not None,
+        )
+    except NothingToResume as e:
+        if job is None:
+            raise
+        # Resuming a sweep cut short: the jobs it never started have nothing to resume, and start.
+        log.warning("%s; this job of the sweep starts a new run", e)
+        ckpt_path = None
+    os.environ[RESUMED_ENV] = ckpt_path or ""
+    return ckpt_path
+
+
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as configured; returns the test results (and the untrained ones when asked). TF32
     products are on for the run (the training's float32 work) and off again after it."""
@@ -251,14 +284,7 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     export_sweep_job(os.environ)  # DDP processes started by Lightning run this sweep job, not the whole sweep
 
     # The checkpoint to resume is found and read first: a wrong ckpt_path fails before any data work.
-    try:
-        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, same_run_as=cfg)
-    except NothingToResume as e:
-        if sweep_job() is None:
-            raise
-        # Resuming a sweep cut short: the jobs it never started have nothing to resume, and start.
-        log.warning("%s; this job of the sweep starts a new run", e)
-        ckpt_path = None
+    ckpt_path = checkpoint_to_resume(cfg)
     state: dict[str, Any] | None = None
     if ckpt_path is not None:
         state, _ = read_checkpoint(ckpt_path, trusted=cfg.get("trusted_targets"))  # plain weights, or refused
