@@ -11,12 +11,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 def _job_name(variant, task_name, seed, ckpt_path=None) -> str:
     """``${vpr.job_name:${variant},${task_name},${seed},${oc.select:ckpt_path,null}}``: a sweep job's folder name,
     ``<variant>_seed<seed>``. Without a variant (eval.py over checkpoints): the variant and seed of the training run
-    that wrote ``ckpt_path`` (its ``config.yaml``, two folders up), else ``<task>_seed<seed>``."""
+    that wrote ``ckpt_path`` (its ``config.yaml``, two folders up; ``<task>_seed<its seed>`` when it had no variant),
+    else ``<task>_seed<seed>``."""
     if variant is None and ckpt_path not in (None, "", "last"):
         try:
             trained = OmegaConf.load(Path(str(ckpt_path)).parent.parent / "config.yaml")
-            if trained.get("variant") is not None:
-                return f"{trained.variant}_seed{trained.get('seed')}"
+            if trained.get("seed") is not None:
+                return f"{trained.get('variant') or task_name}_seed{trained.get('seed')}"
         except Exception:  # no training run's config beside the checkpoint (a released file): the task's name
             pass
     return f"{variant if variant is not None else task_name}_seed{seed}"
@@ -49,20 +50,19 @@ def experiment_choices(name: str, config_dir: Path | None = None) -> dict[str, s
 def variant_with_overrides(variant, overrides) -> str | None:
     """``variant`` with ``+<choice>`` for every group of :data:`VARIANT_GROUPS` the command line ``overrides``
     choose other than the experiment's own (``experiment=city_baseline attention=se``: ``baseline+se``), unless the
-    command line sets ``variant`` itself. Without a variant (no experiment), the variant stays unset."""
-    if variant is None:
-        return None
+    command line sets ``variant`` itself. Without a variant (no experiment) the choices alone name it
+    (``backbone=resnet18 attention=se``: ``resnet18+se``), and without choices it stays unset."""
     keys = [str(o).lstrip("+~").split("=", 1) for o in overrides or ()]
     if any(k[0] == "variant" for k in keys):
-        return str(variant)
+        return None if variant is None else str(variant)
     chosen = dict(k for k in keys if len(k) == 2)
     own = experiment_choices(chosen["experiment"]) if "experiment" in chosen else {}
-    parts = str(variant).split("+")
+    parts = [] if variant is None else str(variant).split("+")
     for group in VARIANT_GROUPS:
         choice = chosen.get(group)
         if choice and choice != own.get(group) and choice not in parts:
             parts.append(choice)
-    return "+".join(parts)
+    return "+".join(parts) or None
 
 
 def _command_line_overrides() -> list[str]:

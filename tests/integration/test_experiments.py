@@ -148,10 +148,12 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
     [
         ("train", ["experiment=city_se", "seed=3"], "7_se_seed3"),
         ("train", ["seed=1"], "7_train_seed1"),  # no experiment: no variant
+        ("train", ["backbone=resnet18", "attention=se", "seed=1"], "7_resnet18+se_seed1"),  # named by its choices
         ("eval", ["seed=2"], "7_eval_seed2"),  # eval.py without a checkpoint and without a variant: the task
         ("eval", ["experiment=city_baseline", "seed=2"], "7_baseline_seed2"),
         ("eval", ["ckpt_path={run}/checkpoints/last.ckpt"], "7_crn_seed5"),  # the run that wrote the checkpoint
         ("eval", ["ckpt_path={elsewhere}/model_best.pth.tar"], "7_eval_seed42"),  # a released file: no run config
+        ("eval", ["ckpt_path={novariant}/checkpoints/last.ckpt"], "7_eval_seed6"),  # a run without variant: its seed
         # components chosen on the command line beyond the experiment's own: a variant of their own
         ("train", ["experiment=city_baseline", "attention=se", "loss=stml", "seed=1"], "7_baseline+se+stml_seed1"),
         ("train", ["experiment=city_se", "attention=se"], "7_se_seed42"),  # the experiment's own choice
@@ -164,7 +166,10 @@ def test_sweep_job_folders_are_named_by_variant_or_task(script, overrides, expec
     run = tmp_path / "outputs" / "train" / "runs" / "x"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("variant: crn\nseed: 5\n")  # what train.py writes, reduced to these keys
-    overrides = [o.format(run=run, elsewhere=tmp_path) for o in overrides]
+    novariant = tmp_path / "outputs" / "train" / "runs" / "y"
+    (novariant / "checkpoints").mkdir(parents=True)
+    (novariant / "config.yaml").write_text("variant: null\nseed: 6\n")
+    overrides = [o.format(run=run, elsewhere=tmp_path, novariant=novariant) for o in overrides]
     cfg = compose_script(script, *overrides, hydra=True)
     cfg.hydra.job.num = 7
     hydra_config = HydraConfig.instance()
