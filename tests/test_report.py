@@ -375,3 +375,61 @@ def test_eval_over_test_sets_gives_a_table_per_set(tmp_path: Path, capsys):
     assert "(test set pitts)" in pitts and "missing" not in out
     assert table_rows(pitts)["baseline"][0] == "70.0 ± 14.1"  # sample std of 60, 80: sqrt(200) = 14.14
     assert table_rows(tokyo)["baseline"][0] == "40.0 ± 14.1"
+
+
+def write_sets(run_dir: Path, recalls: dict[str, tuple[str, float]]) -> None:
+    """results_sets.json as run_test_sets writes it: {label: results.json-shaped entry}; recalls: label ->
+    (dataset, R@1), R@5 = R@1 + 0.1."""
+    sets = {
+        label: {
+            "dataset": dataset,
+            "split": "test",
+            "test_set": label,
+            "recall_at": {"1": r1, "5": r1 + 0.1},
+            "checkpoint": str(run_dir / "checkpoints" / "epoch001.ckpt"),
+        }
+        for label, (dataset, r1) in recalls.items()
+    }
+    (run_dir / "results_sets.json").write_text(json.dumps(sets))
+
+
+def test_train_with_test_sets_gives_the_own_test_and_a_table_per_set(tmp_path: Path, capsys):
+    """train.py with test_sets writes results.json (its own test split) and results_sets.json: both are read. By
+    hand: own R@1 (40 + 60) / 2 = 50, std sqrt(200) = 14.1; pitts (70 + 80) / 2 = 75, std sqrt(50) = 7.1;
+    tokyo (20 + 30) / 2 = 25, std 7.1."""
+    for folder, seed, own, pitts, tokyo in (
+        ("0_baseline_seed1", 1, 0.4, 0.7, 0.2),
+        ("1_baseline_seed2", 2, 0.6, 0.8, 0.3),
+    ):
+        d = write_run(tmp_path, folder, "baseline", seed, {1: own, 5: own + 0.1, 10: own + 0.2})
+        write_sets(d, {"pitts": ("pitts30k", pitts), "tokyo": ("tokyo247", tokyo)})
+    runs = collect_runs(tmp_path)
+    assert sorted((r.seed, r.test_set or "") for r in runs) == [
+        (1, ""),
+        (1, "pitts"),
+        (1, "tokyo"),
+        (2, ""),
+        (2, "pitts"),
+        (2, "tokyo"),
+    ]
+    assert main([str(tmp_path), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    own, sets = out.split("(test set pitts)")
+    pitts, tokyo = sets.split("(test set tokyo)")
+    assert "(own test split)" in own
+    assert table_rows(own)["baseline"][0] == "50.0 ± 14.1"
+    assert cell(own, "baseline", "split") == "city/test"
+    assert table_rows(pitts)["baseline"][0] == "75.0 ± 7.1"
+    assert cell(pitts, "baseline", "split") == "pitts30k/test"
+    assert table_rows(tokyo)["baseline"][0] == "25.0 ± 7.1"
+    assert cell(tokyo, "baseline", "runs") == "2"
+
+
+def test_a_damaged_results_sets_json_leaves_the_own_test(tmp_path: Path, capsys):
+    d = write_run(tmp_path, "0_baseline_seed1", "baseline", 1, {1: 0.5, 5: 0.6, 10: 0.7})
+    (d / "results_sets.json").write_text('{"pitts": {"dataset": "pitts30k", "recall_at": {"1": 55.0}}}')
+    assert main([str(tmp_path), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out)["baseline"][0] == "50.0 ± –"
+    assert "unreadable: 0_baseline_seed1/results_sets.json" in out
+    assert "test set" not in out

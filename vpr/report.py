@@ -2,18 +2,19 @@
 
 ``python -m vpr.report DIR [--out OUT.md] [--plot OUT.png] [--metric-split test] [--untrained]``
 
-DIR is searched recursively; every folder holding ``results.json`` is one run, described by the
-``config.yaml`` next to it (or Hydra's ``.hydra/config.yaml``)::
+DIR is searched recursively; every folder holding ``results.json`` or ``results_sets.json`` is one run, described
+by the ``config.yaml`` next to it (or Hydra's ``.hydra/config.yaml``)::
 
     DIR/multirun.yaml                           Hydra's (not needed)
     DIR/<job_num>_<override_dirname>/config.yaml      variant, seed, data.name
     DIR/<job_num>_<override_dirname>/results.json     {"dataset", "split", "recall_at": {"1": 0.42, ...}}
     DIR/<job_num>_<override_dirname>/results_untrained.json   optional, same shape
 
-A job of eval.py over several ``test_sets`` writes ``results_sets.json`` (one results.json-shaped entry per set)
-instead: each set is then a table of its own.
+A job with ``test_sets`` writes ``results_sets.json`` (one results.json-shaped entry per set): eval.py instead of
+``results.json``, train.py beside it (its own test split stays in ``results.json``). The own test split is the first
+table, each set a table of its own after it.
 
-A job folder (one holding ``config.yaml`` or ``.hydra/``) without ``results.json`` is a failed or unfinished
+A job folder (one holding ``config.yaml`` or ``.hydra/``) with neither file is a failed or unfinished
 job: it is listed under the table as ``missing: <folder>``. Each row says which dataset/split its numbers
 come from ("mixed" when its runs disagree), because a val number next to a test number means nothing.
 
@@ -181,7 +182,9 @@ def _parse_results(data: Any, path: Path) -> tuple[str, str, dict[int, float]]:
     return str(data.get("dataset") or ""), str(data.get("split") or "?"), dict(sorted(recall.items()))
 
 
-def _read_run(run_dir: Path) -> list[Run]:
+def _read_run(run_dir: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """The runs of one job folder (its own test and each of its test sets), and the files of it that could not be
+    read while others could. Raises when nothing of it can be read."""
     cfg = _job_config(run_dir)
     variant = _plain(cfg.get("variant")) or _experiment_choice(run_dir) or _folder_variant(run_dir)
     seed_value = cfg.get("seed")
@@ -206,19 +209,29 @@ def _read_run(run_dir: Path) -> list[Run]:
             variant, seed, dataset or fallback_dataset, split, recall, run_dir, untrained, auc, occlusion, test_set
         )
 
-    if not (run_dir / "results.json").is_file():  # eval.py over test_sets: a run per set
-        sets = _load_json(run_dir / "results_sets.json")
-        if not isinstance(sets, dict) or not sets:
-            raise ValueError("results_sets.json holds no {label: results} mapping")
-        return [load(run_dir / "results_sets.json", None, data, str(label)) for label, data in sets.items()]
-    untrained_path = run_dir / "results_untrained.json"
-    untrained = None
-    if untrained_path.is_file():
+    runs: list[Run] = []
+    problems: list[tuple[Path, str]] = []
+    if (run_dir / "results.json").is_file():  # the run's own test split (train.py; eval.py without test_sets)
+        untrained_path = run_dir / "results_untrained.json"
+        untrained = None
+        if untrained_path.is_file():
+            try:
+                untrained = load(untrained_path, None)
+            except (OSError, ValueError):
+                untrained = None  # the trained numbers are what the table is about; a bad extra file is not fatal
+        runs.append(load(run_dir / "results.json", untrained))
+    sets_path = run_dir / "results_sets.json"
+    if sets_path.is_file():  # test_sets: a run per set (eval.py; train.py after its own test)
         try:
-            untrained = load(untrained_path, None)
-        except (OSError, ValueError):
-            untrained = None  # the trained numbers are what the table is about; a bad extra file is not fatal
-    return [load(run_dir / "results.json", untrained)]
+            sets = _load_json(sets_path)
+            if not isinstance(sets, dict) or not sets:
+                raise ValueError("results_sets.json holds no {label: results} mapping")
+            runs += [load(sets_path, None, data, str(label)) for label, data in sets.items()]
+        except (OSError, ValueError) as e:  # the own test's numbers still count
+            if not runs:
+                raise
+            problems.append((sets_path, str(e)))
+    return runs, problems
 
 
 def scan(root: str | os.PathLike) -> Scan:
@@ -258,7 +271,9 @@ def scan(root: str | os.PathLike) -> Scan:
         )
     for run_dir in sorted(run_dirs):
         try:
-            result.runs.extend(_read_run(run_dir))
+            runs, problems = _read_run(run_dir)
+            result.runs.extend(runs)
+            result.unreadable.extend(problems)
         except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
             result.unreadable.append((run_dir, str(e)))
         # omegaconf's parser errors are not ValueErrors; still one bad job, not a reason to crash the report.
@@ -551,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted = set(args.metric_split)
         notes += [
             f"skipped (split {r.split}, not {'/'.join(sorted(wanted))}): {_relative(r.path, root)}"
+            + (f" (test set {r.test_set})" if r.test_set is not None else "")
             for r in runs
             if r.split not in wanted
         ]
@@ -572,7 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = rows or set_rows
         text += ("\n" if i else "") + format_markdown(
             set_rows,
-            title=f"Results: {root.resolve().name}" + (f" (test set {label})" if label is not None else ""),
+            title=f"Results: {root.resolve().name}"
+            + (f" (test set {label})" if label is not None else " (own test split)" if len(by_set) > 1 else ""),
             missing=[_relative(m, root) for m in found.missing] if i == 0 else (),
             notes=(notes if i == 0 else []) + _duplicate_seed_notes(set_rows),
         )
