@@ -433,3 +433,66 @@ def test_a_damaged_results_sets_json_leaves_the_own_test(tmp_path: Path, capsys)
     assert table_rows(out)["baseline"][0] == "50.0 ± –"
     assert "unreadable: 0_baseline_seed1/results_sets.json" in out
     assert "test set" not in out
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """The matplotlib figures vpr.report saves, kept for a look at their panels (and still written)."""
+    import vpr.viz.retrievals as retrievals
+
+    figures, save = [], retrievals.save_figure_atomic
+
+    def keep(fig, path, *args, **kwargs):
+        figures.append(fig)
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(retrievals, "save_figure_atomic", keep)
+    return figures
+
+
+def test_recall_curves_have_a_panel_per_test_set_named_by_it(tmp_path: Path, saved_figures: list):
+    """One recall_curves.png, a panel per table: the own test split's and each set's, titled with the set, each
+    drawing that set's means (by hand, tokyo: R@1 (20 + 30) / 2 = 25, R@5 (30 + 40) / 2 = 35)."""
+    for folder, seed, own, pitts, tokyo in (
+        ("0_baseline_seed1", 1, 0.4, 0.7, 0.2),
+        ("1_baseline_seed2", 2, 0.6, 0.8, 0.3),
+    ):
+        d = write_run(tmp_path, folder, "baseline", seed, {1: own, 5: own + 0.1, 10: own + 0.2})
+        write_sets(d, {"pitts": ("pitts30k", pitts), "tokyo": ("tokyo247", tokyo)})
+    assert main([str(tmp_path)]) == 0
+    assert (tmp_path / "recall_curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    (fig,) = saved_figures
+    assert [ax.get_title() for ax in fig.axes] == [
+        "Recall@N on city/test (own test split)",
+        "Recall@N on test set pitts (pitts30k/test)",
+        "Recall@N on test set tokyo (tokyo247/test)",
+    ]
+    own, pitts, tokyo = ([line.get_ydata() for line in ax.lines] for ax in fig.axes)
+    assert list(own[0]) == pytest.approx([50.0, 60.0, 70.0])
+    assert list(pitts[0]) == pytest.approx([75.0, 85.0])
+    assert list(tokyo[0]) == pytest.approx([25.0, 35.0])
+
+
+def test_eval_over_test_sets_plots_every_set(tmp_path: Path, saved_figures: list):
+    for folder, seed, pitts, tokyo in (("0_baseline_seed1", 1, 0.6, 0.3), ("1_baseline_seed2", 2, 0.8, 0.5)):
+        write_sets(
+            write_run(tmp_path, folder, "baseline", seed, None),
+            {"pitts": ("pitts30k", pitts), "tokyo": ("tokyo247", tokyo)},
+        )
+    out_png = tmp_path / "plots" / "curves.png"
+    assert main([str(tmp_path), "--plot", str(out_png)]) == 0
+    assert out_png.read_bytes()[:8] == PNG_SIGNATURE
+    (fig,) = saved_figures
+    assert [ax.get_title() for ax in fig.axes] == [
+        "Recall@N on test set pitts (pitts30k/test)",
+        "Recall@N on test set tokyo (tokyo247/test)",
+    ]
+    # R@1 means by hand: pitts (60 + 80) / 2 = 70, tokyo (30 + 50) / 2 = 40
+    assert [ax.lines[0].get_ydata()[0] for ax in fig.axes] == pytest.approx([70.0, 40.0])
+
+
+def test_a_sweep_without_test_sets_keeps_its_single_plot(sweep: Path, saved_figures: list):
+    assert main([str(sweep)]) == 0
+    (fig,) = saved_figures
+    assert [ax.get_title() for ax in fig.axes] == ["Recall@N on city/test"]
+    assert len(fig.axes[0].lines) == 3  # baseline, crn, se

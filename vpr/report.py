@@ -12,7 +12,8 @@ by the ``config.yaml`` next to it (or Hydra's ``.hydra/config.yaml``)::
 
 A job with ``test_sets`` writes ``results_sets.json`` (one results.json-shaped entry per set): eval.py instead of
 ``results.json``, train.py beside it (its own test split stays in ``results.json``). The own test split is the first
-table, each set a table of its own after it.
+table, each set a table of its own after it; ``recall_curves.png`` (``--plot``) has a panel per table, titled with
+its set and dataset/split.
 
 A job folder (one holding ``config.yaml`` or ``.hydra/``) with neither file is a failed or unfinished
 job: it is listed under the table as ``missing: <folder>``. Each row says which dataset/split its numbers
@@ -453,21 +454,17 @@ def _duplicate_seed_notes(rows: Sequence[Row]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ plotting
 
 
-def plot_recall_curves(
-    rows_or_runs: Sequence[Row] | Sequence[Run], path: str | os.PathLike, title: str | None = None
-) -> Path:
-    """Recall@N curves (mean, shaded ± std) per variant, log-scaled N, written atomically as PNG to ``path``."""
-    from matplotlib.figure import Figure
+def _curves_title(rows: Sequence[Row], test_set: str | None = None, own_of_several: bool = False) -> str:
+    splits = sorted({s for row in rows for s in row.splits})
+    where = ", ".join(splits) + (" (mixed splits!)" if len(splits) > 1 else "")
+    if test_set is not None:
+        return f"Recall@N on test set {test_set} ({where})"
+    return f"Recall@N on {where}" + (" (own test split)" if own_of_several else "")
+
+
+def _draw_curves(ax, rows: Sequence[Row], title: str) -> None:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    from vpr.viz.retrievals import save_figure_atomic
-
-    items = list(rows_or_runs)
-    if not items:
-        raise ValueError("plot_recall_curves: nothing to plot; pass the rows of summarise() or the runs.")
-    rows = summarise(items) if isinstance(items[0], Run) else items
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = fig.subplots()
     all_ns: set[int] = set()
     for row in rows:
         ns = sorted(row.count)
@@ -488,8 +485,44 @@ def plot_recall_curves(
     ax.set_ylabel("Recall@N (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    splits = sorted({s for row in rows for s in row.splits})
-    ax.set_title(title or f"Recall@N on {', '.join(splits)}" + (" (mixed splits!)" if len(splits) > 1 else ""))
+    ax.set_title(title)
+
+
+def plot_recall_curves(
+    rows_or_runs: Sequence[Row] | Sequence[Run], path: str | os.PathLike, title: str | None = None
+) -> Path:
+    """Recall@N curves (mean, shaded ± std) per variant, log-scaled N, written atomically as PNG to ``path``."""
+    from matplotlib.figure import Figure
+
+    from vpr.viz.retrievals import save_figure_atomic
+
+    items = list(rows_or_runs)
+    if not items:
+        raise ValueError("plot_recall_curves: nothing to plot; pass the rows of summarise() or the runs.")
+    rows = summarise(items) if isinstance(items[0], Run) else items
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    _draw_curves(fig.subplots(), rows, title or _curves_title(rows))
+    return save_figure_atomic(fig, path)
+
+
+def plot_recall_curves_per_set(tables: Sequence[tuple[str | None, Sequence[Row]]], path: str | os.PathLike) -> Path:
+    """The Recall@N curves of each table (test set label or None for the runs' own test split, its rows) in a panel
+    of its own, titled with the set and its dataset/split, up to three panels a line; one PNG at ``path``."""
+    from matplotlib.figure import Figure
+
+    from vpr.viz.retrievals import save_figure_atomic
+
+    tables = [(label, rows) for label, rows in tables if rows]
+    if not tables:
+        raise ValueError("plot_recall_curves_per_set: nothing to plot; pass (test set, summarise() rows) pairs.")
+    cols = min(len(tables), 3)
+    lines = math.ceil(len(tables) / cols)
+    fig = Figure(figsize=(6.4 * cols, 4.4 * lines), layout="constrained")
+    axes = list(fig.subplots(lines, cols, squeeze=False).ravel())
+    for ax, (label, rows) in zip(axes, tables):
+        _draw_curves(ax, rows, _curves_title(rows, label, own_of_several=len(tables) > 1))
+    for ax in axes[len(tables) :]:
+        fig.delaxes(ax)
     return save_figure_atomic(fig, path)
 
 
@@ -582,10 +615,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_set: dict[str | None, list[Run]] = {}
     for run in runs:
         by_set.setdefault(run.test_set, []).append(run)
-    text, rows = "", []  # rows: the first table's, for the plots
+    text, tables = "", []  # tables: (test set or None, rows), the own test split's first
     for i, (label, group) in enumerate(sorted(by_set.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))):
         set_rows = summarise(group)
-        rows = rows or set_rows
+        tables.append((label, set_rows))
         text += ("\n" if i else "") + format_markdown(
             set_rows,
             title=f"Results: {root.resolve().name}"
@@ -607,8 +640,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text, end="")
     print(f"\ntable: {out}")
     if not args.no_plot:
-        plot_path = plot_recall_curves(rows, args.plot or root / "recall_curves.png")
+        plot_path = plot_recall_curves_per_set(tables, args.plot or root / "recall_curves.png")
         print(f"plot: {plot_path}")
+        rows = tables[0][1]  # levels of the city: the first table (the own test split, when the runs have one)
         if len({row.occlusion for row in rows if row.occlusion}) > 1:
             print(f"plot: {plot_recall_vs_occlusion(rows, root / 'recall_vs_occlusion.png')}")
     return 0
