@@ -22,16 +22,24 @@ def write_run(
     split: str = "test",
     dataset: str = "city",
     untrained: dict[int, float] | None = None,
+    overrides: list[str] | None = None,
+    config: str = "",
+    checkpoint: str = "last.ckpt",
 ) -> Path:
-    """A job folder as train.py writes it; recall_at=None makes a failed job (config only, no results.json)."""
+    """A job folder as train.py writes it; recall_at=None makes a failed job (config only, no results.json).
+    overrides: the lines of .hydra/overrides.yaml (none: no such file, as in a copied folder); config: more lines of
+    config.yaml."""
     d = root / folder
     d.mkdir(parents=True)
     lines = [f"seed: {seed}", "tags: [city]", "data:", f"  name: {dataset}"]
     if variant is not None:
         lines.append(f"variant: {variant}")
-    (d / "config.yaml").write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n" + config
+    (d / "config.yaml").write_text(text)
     (d / ".hydra").mkdir()
-    (d / ".hydra" / "config.yaml").write_text("\n".join(lines) + "\n")
+    (d / ".hydra" / "config.yaml").write_text(text)
+    if overrides is not None:
+        (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {line}\n" for line in overrides))
 
     def payload(recalls: dict[int, float]) -> str:
         return json.dumps(
@@ -41,7 +49,7 @@ def write_run(
                 "num_queries": 200,
                 "num_database": 400,
                 "recall_at": {str(n): r for n, r in recalls.items()},
-                "checkpoint": "last.ckpt",
+                "checkpoint": checkpoint,
             }
         )
 
@@ -496,3 +504,263 @@ def test_a_sweep_without_test_sets_keeps_its_single_plot(sweep: Path, saved_figu
     (fig,) = saved_figures
     assert [ax.get_title() for ax in fig.axes] == ["Recall@N on city/test"]
     assert len(fig.axes[0].lines) == 3  # baseline, crn, se
+
+
+# ------------------------------------------------------------------------- rows of distinct settings (overrides)
+
+
+def write_lr_sweep(root: Path, plan: list[tuple[str, str, int, float]]) -> list[Path]:
+    """`train.py -m experiment=... optimizer.lr=... seed=...` as Hydra lays it out: plan is (experiment's variant,
+    lr as Hydra writes it, seed, R@1) per job, in job order."""
+    folders = []
+    for i, (variant, lr, seed, r1) in enumerate(plan):
+        folders.append(
+            write_run(
+                root,
+                f"{i}_{variant}_seed{seed}",
+                variant,
+                seed,
+                {1: r1, 5: r1 + 0.1, 10: r1 + 0.2},
+                overrides=[f"experiment=city_{variant}", f"optimizer.lr={lr}", f"seed={seed}"],
+                config=f"task_name: train\noptimizer:\n  lr: {lr}\n",
+                checkpoint=str(root / f"{i}_{variant}_seed{seed}" / "checkpoints" / "epoch001.ckpt"),
+            )
+        )
+    return folders
+
+
+LR_PLAN = [
+    # baseline lr 0.001: R@1 60, 50 -> 55.0 ± 7.1 (sample std sqrt(50)); lr 0.1: 20, 30 -> 25.0 ± 7.1
+    ("baseline", "0.001", 1, 0.60),
+    ("baseline", "0.001", 2, 0.50),
+    ("baseline", "0.1", 1, 0.20),
+    ("baseline", "0.1", 2, 0.30),
+    # se lr 0.001: 70, 72 -> 71.0 ± 1.4 (std sqrt(2)); lr 0.1: 26, 28 -> 27.0 ± 1.4
+    ("se", "0.001", 1, 0.70),
+    ("se", "0.001", 2, 0.72),
+    ("se", "0.1", 1, 0.26),
+    ("se", "0.1", 2, 0.28),
+]
+
+
+def test_a_learning_rate_sweep_gives_a_row_per_rate_averaged_over_seeds_only(tmp_path: Path, capsys):
+    write_lr_sweep(tmp_path, LR_PLAN)
+    assert main([str(tmp_path), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert list(rows) == [
+        "baseline (optimizer.lr=0.001)",
+        "baseline (optimizer.lr=0.1)",
+        "se (optimizer.lr=0.001)",
+        "se (optimizer.lr=0.1)",
+    ]
+    assert rows["baseline (optimizer.lr=0.001)"][0] == "55.0 ± 7.1"
+    assert rows["baseline (optimizer.lr=0.1)"][0] == "25.0 ± 7.1"
+    assert rows["se (optimizer.lr=0.001)"][0] == "71.0 ± 1.4"
+    assert rows["se (optimizer.lr=0.1)"][0] == "27.0 ± 1.4"
+    assert cell(out, "baseline (optimizer.lr=0.1)", "runs") == "2"
+    # each se row is compared with the baseline of its own rate: 71 - 55 = +16.0 against 7.07 + 1.41 = 8.5;
+    # 27 - 25 = +2.0 within 8.5
+    assert cell(out, "se (optimizer.lr=0.001)", "ΔR@1 vs baseline") == "+16.0 (beyond 8.5)"
+    assert cell(out, "se (optimizer.lr=0.1)", "ΔR@1 vs baseline") == "+2.0 (within 8.5)"
+    assert cell(out, "baseline (optimizer.lr=0.1)", "ΔR@1 vs baseline") == "–"
+    assert "appear more than once" not in out  # each row holds seeds 1 and 2 once
+
+
+def test_component_sweep_without_experiment_gives_a_row_per_component(tmp_path: Path, capsys):
+    """`train.py -m backbone=resnet18 attention=none,se seed=1,2`: no variant, folders <n>_train_seed<seed>. By
+    hand: attention=none R@1 40, 50 -> 45.0 ± 7.1; se 60, 80 -> 70.0 ± 14.1 (std sqrt(200))."""
+    for i, (attention, seed, r1) in enumerate([("none", 1, 0.4), ("none", 2, 0.5), ("se", 1, 0.6), ("se", 2, 0.8)]):
+        write_run(
+            tmp_path,
+            f"{i}_train_seed{seed}",
+            None,
+            seed,
+            {1: r1, 5: 0.9, 10: 0.95},
+            overrides=["backbone=resnet18", f"attention={attention}", f"seed={seed}"],
+            config="task_name: train\n",
+        )
+    assert main([str(tmp_path), "--no-plot"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert list(rows) == ["train (attention=none)", "train (attention=se)"]
+    assert rows["train (attention=none)"][0] == "45.0 ± 7.1"
+    assert rows["train (attention=se)"][0] == "70.0 ± 14.1"
+
+
+def test_settings_that_do_not_change_a_model_do_not_split_rows(tmp_path: Path):
+    """Seeds of one model run with other loggers, loader workers, output paths or launcher settings, and a rate
+    spelled 1e-3 or 0.001, are one row: R@1 40, 60 -> 50.0 ± 14.1. A different trainer.devices is not (under DDP
+    the ranks' batches make another training)."""
+    write_run(
+        tmp_path,
+        "0_baseline_seed1",
+        "baseline",
+        1,
+        {1: 0.4, 5: 0.6, 10: 0.7},
+        overrides=["experiment=city_baseline", "optimizer.lr=1e-3", "seed=1", "logger=csv", "data.num_workers=2"],
+    )
+    write_run(
+        tmp_path,
+        "1_baseline_seed2",
+        "baseline",
+        2,
+        {1: 0.6, 5: 0.6, 10: 0.7},
+        overrides=[
+            "experiment=city_baseline",
+            "optimizer.lr=0.001",
+            "seed=2",
+            "logger=wandb",
+            "paths.log_dir=/scratch/out",
+            "hydra.launcher.partition=gpu",
+            "ckpt_path=last",
+        ],
+    )
+    rows = summarise(collect_runs(tmp_path))
+    assert [(r.label, r.runs) for r in rows] == [("baseline", 2)]
+    assert table_rows(format_markdown(rows))["baseline"][0] == "50.0 ± 14.1"
+    write_run(
+        tmp_path,
+        "2_baseline_seed3",
+        "baseline",
+        3,
+        {1: 0.9, 5: 0.9, 10: 0.9},
+        overrides=["experiment=city_baseline", "optimizer.lr=0.001", "seed=3", "trainer.devices=2"],
+    )
+    labels = [r.label for r in summarise(collect_runs(tmp_path))]
+    assert labels == ["baseline (trainer.devices not given)", "baseline (trainer.devices=2)"]
+
+
+def test_the_ablation_sweep_keeps_plain_variant_rows(tmp_path: Path, capsys):
+    """`experiment=city_baseline,city_se seed=1,2` (and `make evidence`'s data.prepare.preset levels): the
+    experiment and the preset's occlusion differ between rows but never within a variant's level, so rows are
+    named by the variant alone. By hand: baseline low R@1 60, 70 -> 65.0 ± 7.1."""
+    jobs = [
+        (variant, level, seed, r1)
+        for variant, base in (("baseline", 0.6), ("se", 0.5))
+        for level, shift in (("default-occlusion-low", 0.0), ("default", -0.2))
+        for seed, r1 in ((1, base + shift), (2, base + shift + 0.1))
+    ]
+    for i, (variant, preset, seed, r1) in enumerate(jobs):
+        d = write_run(
+            tmp_path,
+            f"{i}_{variant}_seed{seed}",
+            variant,
+            seed,
+            {1: r1, 5: 0.9, 10: 0.95},
+            overrides=[f"experiment=city_{variant}", f"seed={seed}", f"data.prepare.preset={preset}"],
+            config="task_name: train\n",
+        )
+        config = (d / "config.yaml").read_text()
+        (d / "config.yaml").write_text(
+            config.replace("  name: city\n", f"  name: city\n  prepare:\n    preset: {preset}\n")
+        )
+    assert main([str(tmp_path), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    lines = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [(a.strip(), b.strip()) for a, b in lines] == [
+        ("baseline", "low"),
+        ("baseline", "medium"),
+        ("se", "low"),
+        ("se", "medium"),
+    ]
+    assert table_rows(out)["baseline"][:2] == ["low", "65.0 ± 7.1"]  # the first baseline row: low
+
+
+def test_runs_without_overrides_are_grouped_by_variant_as_before(tmp_path: Path):
+    """Copied job folders without .hydra/overrides.yaml: nothing tells the rates apart, one row per variant."""
+    folders = write_lr_sweep(tmp_path, LR_PLAN[:4])
+    for d in folders:
+        (d / ".hydra" / "overrides.yaml").unlink()
+    rows = summarise(collect_runs(tmp_path))
+    assert [(r.label, r.runs) for r in rows] == [("baseline", 4)]
+    assert rows[0].mean_pct[1] == pytest.approx(40.0)  # (60 + 50 + 20 + 30) / 4
+
+
+def write_eval_sweep(root: Path, train_folders: list[Path], r1s: list[float]) -> None:
+    """`eval.py -m ckpt_path=A,B,...` over checkpoints of runs with a variant: each job's config.yaml records the
+    checkpoint's variant and seed, its results.json the checkpoint's path; its folder is named as eval.py names it."""
+    for i, (train_dir, r1) in enumerate(zip(train_folders, r1s)):
+        trained = (train_dir / "config.yaml").read_text()
+        seed = int(trained.split("seed: ")[1].split("\n")[0])
+        variant = trained.split("variant: ")[1].split("\n")[0]
+        ckpt = str(train_dir / "checkpoints" / "epoch001.ckpt")
+        write_run(
+            root,
+            f"{i}_{variant}_seed{seed}",
+            variant,
+            seed,
+            {1: r1, 5: 0.9, 10: 0.95},
+            overrides=[f"ckpt_path={ckpt}"],
+            config=f"task_name: eval\nckpt_path: {ckpt}\noptimizer:\n  lr: 0.001\n",  # eval.py's own default lr
+            checkpoint=ckpt,
+        )
+
+
+def test_eval_over_checkpoints_follows_each_training_runs_settings(tmp_path: Path, capsys):
+    """An eval.py sweep over the checkpoints of a learning-rate sweep: its config records the variant and seed, not
+    the rate; the rate comes from the training job's .hydra/overrides.yaml (the checkpoint's folder, two up). By
+    hand: lr 0.001 R@1 62, 52 -> 57.0 ± 7.1; lr 0.1 24, 34 -> 29.0 ± 7.1."""
+    train_folders = write_lr_sweep(tmp_path / "train", LR_PLAN[:4])
+    write_eval_sweep(tmp_path / "eval", train_folders, [0.62, 0.52, 0.24, 0.34])
+    assert main([str(tmp_path / "eval"), "--no-plot"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert list(rows) == ["baseline (optimizer.lr=0.001)", "baseline (optimizer.lr=0.1)"]
+    assert rows["baseline (optimizer.lr=0.001)"][0] == "57.0 ± 7.1"
+    assert rows["baseline (optimizer.lr=0.1)"][0] == "29.0 ± 7.1"
+
+
+def test_eval_over_checkpoints_of_a_sweep_without_variant(tmp_path: Path, capsys):
+    """The training sweep had no experiment (attention=none,se seed=1,2), so eval.py names every job eval_seed42;
+    with test_sets it writes results_sets.json alone. Rows follow the training runs: by hand, pitts R@1
+    attention=none 40, 50 -> 45.0 ± 7.1; se 60, 80 -> 70.0 ± 14.1."""
+    train_folders = []
+    for i, (attention, seed) in enumerate([("none", 1), ("none", 2), ("se", 1), ("se", 2)]):
+        folder = f"{i}_train_seed{seed}"
+        train_folders.append(
+            write_run(
+                tmp_path / "train",
+                folder,
+                None,
+                seed,
+                {1: 0.5, 5: 0.9, 10: 0.95},
+                overrides=["backbone=resnet18", f"attention={attention}", f"seed={seed}"],
+                config="task_name: train\nvariant: null\n",
+            )
+        )
+    for i, (train_dir, r1) in enumerate(zip(train_folders, [0.4, 0.5, 0.6, 0.8])):
+        seed = int((train_dir / "config.yaml").read_text().split("seed: ")[1].split("\n")[0])
+        ckpt = str(train_dir / "checkpoints" / "epoch001.ckpt")
+        d = write_run(
+            tmp_path / "eval",
+            f"{i}_eval_seed42",
+            None,
+            seed,
+            None,
+            overrides=[f"ckpt_path={ckpt}", "test_sets=[pitts30k]"],
+            config=f"task_name: eval\nckpt_path: {ckpt}\n",
+        )
+        (d / "results_sets.json").write_text(
+            json.dumps({"pitts": {"dataset": "pitts30k", "split": "test", "recall_at": {"1": r1}, "checkpoint": ckpt}})
+        )
+    assert main([str(tmp_path / "eval"), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "(test set pitts)" in out
+    rows = table_rows(out)
+    assert list(rows) == ["train (attention=none)", "train (attention=se)"]
+    assert rows["train (attention=none)"][0] == "45.0 ± 7.1"
+    assert rows["train (attention=se)"][0] == "70.0 ± 14.1"
+
+
+def test_eval_whose_training_folders_are_gone_falls_back_to_the_recorded_variant(tmp_path: Path, capsys):
+    """Without the training jobs' folders, the rate is not known: one row of the recorded variant, and the note
+    that seeds repeat says something is off (by hand: (62 + 52 + 24 + 34) / 4 = 43.0)."""
+    import shutil
+
+    train_folders = write_lr_sweep(tmp_path / "train", LR_PLAN[:4])
+    write_eval_sweep(tmp_path / "eval", train_folders, [0.62, 0.52, 0.24, 0.34])
+    shutil.rmtree(tmp_path / "train")
+    assert main([str(tmp_path / "eval"), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out)["baseline"][0].startswith("43.0 ± ")
+    assert cell(out, "baseline", "runs") == "4"
+    assert "baseline: seed(s) 1, 2 appear more than once" in out

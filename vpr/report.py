@@ -1,4 +1,4 @@
-"""The paper's results table from a Hydra multirun folder: mean ± std of Recall@N per variant over seeds.
+"""The paper's results table from a Hydra multirun folder: mean ± std of Recall@N per model over seeds.
 
 ``python -m vpr.report DIR [--out OUT.md] [--plot OUT.png] [--metric-split test] [--untrained]``
 
@@ -6,9 +6,10 @@ DIR is searched recursively; every folder holding ``results.json`` or ``results_
 by the ``config.yaml`` next to it (or Hydra's ``.hydra/config.yaml``)::
 
     DIR/multirun.yaml                           Hydra's (not needed)
-    DIR/<job_num>_<override_dirname>/config.yaml      variant, seed, data.name
-    DIR/<job_num>_<override_dirname>/results.json     {"dataset", "split", "recall_at": {"1": 0.42, ...}}
-    DIR/<job_num>_<override_dirname>/results_untrained.json   optional, same shape
+    DIR/<job_num>_<variant>_seed<seed>/config.yaml      variant, seed, data.name
+    DIR/<job_num>_<variant>_seed<seed>/.hydra/overrides.yaml   the job's command line: [experiment=..., seed=1]
+    DIR/<job_num>_<variant>_seed<seed>/results.json     {"dataset", "split", "recall_at": {"1": 0.42, ...}}
+    DIR/<job_num>_<variant>_seed<seed>/results_untrained.json   optional, same shape
 
 A job with ``test_sets`` writes ``results_sets.json`` (one results.json-shaped entry per set): eval.py instead of
 ``results.json``, train.py beside it (its own test split stays in ``results.json``). The own test split is the first
@@ -19,8 +20,21 @@ A job folder (one holding ``config.yaml`` or ``.hydra/``) with neither file is a
 job: it is listed under the table as ``missing: <folder>``. Each row says which dataset/split its numbers
 come from ("mixed" when its runs disagree), because a val number next to a test number means nothing.
 
+A row is one model over its seeds: its variant and the job's command-line settings (``.hydra/overrides.yaml``)
+that differ between runs of that variant, named after it (``baseline (optimizer.lr=0.1)``). Settings that do not
+change a trained network (:data:`IGNORED_SETTINGS`: ``seed``, ``ckpt_path``, ``hydra.*``, ``paths.*``,
+``data.root``, ``logger``, ``data.num_workers``, ...) are left out; a city's ``data.prepare.preset`` counts without
+its occlusion level, which has a column of its own. ΔR@1 compares a row with the baseline row of the same
+settings where there are several baseline rows. An eval.py job of a checkpoint takes the training job's settings
+(and its own on top, pca_dim and the like): that job's folder is the one above the checkpoint's ``checkpoints/``
+(results.json's ``checkpoint``), where its ``.hydra/overrides.yaml`` is; its variant and seed are in the eval job's
+``config.yaml``, which eval.py copies from the checkpoint (the training's other settings are not recorded there).
+
 The variant of a run is ``variant`` in its config; without it, Hydra's ``experiment`` choice (from
-``.hydra/hydra.yaml`` or ``.hydra/overrides.yaml``); without that, the folder name minus the job number.
+``.hydra/hydra.yaml`` or ``.hydra/overrides.yaml``); without that, the config's ``task_name`` (``train``) when the
+settings are known, else the folder name minus the job number (``train_seed1``). A run whose settings are not
+known (no ``.hydra/overrides.yaml``, or an eval.py job whose checkpoint's training folder is gone) is grouped by
+its variant alone.
 """
 
 from __future__ import annotations
@@ -58,6 +72,32 @@ ALWAYS_SHOWN: tuple[int, ...] = (1, 5, 10)
 # Folders that belong to a run's loggers, never runs themselves (wandb keeps its own config.yaml).
 SKIPPED_DIRS: frozenset[str] = frozenset({"wandb", "csv", "tensorboard", "lightning_logs", "checkpoints"})
 SWEEP_HINT = "python train.py -m experiment=city_baseline seed=1,2,3"
+# Command-line settings (``.hydra/overrides.yaml``) that never tell two models apart: left out of a row's settings.
+# A key stands for itself and everything below it (``hydra`` for ``hydra.launcher.partition``, ``hydra/launcher``).
+IGNORED_SETTINGS: tuple[str, ...] = (
+    "seed",  # what a row averages over
+    "variant",  # the row's name already
+    "ckpt_path",  # resuming (ckpt_path=last), or eval.py's checkpoint: its training run's settings count instead
+    "hydra",  # the launcher, the sweep's folders
+    "paths",  # where data and outputs are
+    "data.root",
+    "logger",  # where the numbers are logged
+    "tags",
+    "data.num_workers",  # loader processes
+    "data.eval_batch_size",  # images per encoding step (eval mode: the same descriptors)
+    "model.channels_last",  # how the network runs, not what it is (checkpoints.EVALUATION_MODEL_KEYS)
+    "model.compile",
+    "model.compile_backend",
+    "model.recall_at",  # which N are measured, not their values
+    "test_sets",  # tables of their own; the own test split is not affected
+    "test_untrained",
+    "test_after_training",
+    "checkpoint_every_n_steps",  # when last.ckpt is written
+    "trusted_targets",  # what a checkpoint may build
+    "ckpt_format",
+)
+# Not left out: trainer.devices (under DDP each rank trains on batches of its own: another training), trainer=... and
+# everything else a run's numbers may depend on.
 
 
 @dataclass(frozen=True)
@@ -74,6 +114,9 @@ class Run:
     mask_auc: float | None = None  # the supervised attention mask's ROC-AUC (results.json "mask"), when measured
     occlusion: str | None = None  # the synthetic city's query occlusion level (low / medium / high); None: not the city
     test_set: str | None = None  # the label of one of eval.py's test_sets (results_sets.json); None: results.json
+    # The command-line settings of the run that trained the network (.hydra/overrides.yaml, less IGNORED_SETTINGS),
+    # (key, value) sorted by key; None: not known (no .hydra/overrides.yaml), the run is grouped by variant alone.
+    settings: tuple[tuple[str, str], ...] | None = None
 
     @property
     def split_label(self) -> str:
@@ -95,6 +138,17 @@ class Row:
     paths: tuple[Path, ...]
     mask_auc: tuple[float, ...] = ()  # of the runs that measured their mask
     occlusion: str | None = None
+    # The settings that tell this row from other rows of its variant: (key, value), value None where the row's runs
+    # did not give the key on the command line.
+    settings: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The variant, and the settings that tell it from the variant's other rows: ``baseline (optimizer.lr=0.1)``."""
+        if not self.settings:
+            return self.variant
+        parts = [f"{k}={v}" if v is not None else f"{k} not given" for k, v in self.settings]
+        return f"{self.variant} ({', '.join(parts)})"
 
 
 @dataclass
@@ -168,6 +222,97 @@ def _folder_variant(run_dir: Path) -> str:
     return stripped or run_dir.name
 
 
+def _overrides(run_dir: Path) -> list[str] | None:
+    """The job's command-line overrides (Hydra's ``.hydra/overrides.yaml``, a list of ``key=value``); None where
+    there is no such file or it is not such a list."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    try:
+        items = _load_yaml(path)
+    except Exception:  # a damaged file: the settings are not known, as without one
+        return None
+    return [str(item) for item in items] if isinstance(items, list) else None
+
+
+def _ignored(key: str) -> bool:
+    key = key.lstrip("~")
+    return any(key == k or key.startswith((k + ".", k + "/")) for k in IGNORED_SETTINGS)
+
+
+def _setting_value(key: str, value: str) -> str:
+    """A value as a key of the table: numbers in one spelling (1e-3 and 0.001 are the same setting), a city's
+    preset without its occlusion level (the occlusion column holds that)."""
+    value = value.strip()
+    if key == "data.prepare.preset":
+        return value.partition("-occlusion-")[0]
+    try:
+        return str(int(value))
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return repr(number) if math.isfinite(number) else value
+
+
+def _settings(overrides: Sequence[str]) -> dict[str, str]:
+    """``key=value`` overrides as {key: value}, less :data:`IGNORED_SETTINGS` (``+``/``++`` dropped from keys)."""
+    out = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        key = key.strip().lstrip("+")
+        if key and not _ignored(key):
+            out[key] = _setting_value(key, value)
+    return out
+
+
+def _training_dir(run_dir: Path, cfg: dict[str, Any], checkpoint: Any) -> Path | None:
+    """For an eval.py job: the job folder of the training run that wrote its checkpoint (``<job>/checkpoints/*.ckpt``,
+    as train.py saves them), when it is still there; None otherwise."""
+    if cfg.get("task_name") != "eval" or not _plain(checkpoint):
+        return None
+    folder = Path(str(checkpoint)).parent.parent
+    try:
+        if folder.resolve() == run_dir.resolve():
+            return None
+    except OSError:
+        return None
+    return folder if (folder / "config.yaml").is_file() or (folder / ".hydra").is_dir() else None
+
+
+def _seed(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return int(value)
+    return None
+
+
+def _identity(run_dir: Path, cfg: dict[str, Any], checkpoint: Any) -> tuple[str, int | None, dict[str, str] | None]:
+    """(variant, seed, settings) of a job. An eval.py job of a checkpoint takes the training run's: its variant and
+    seed are in the job's config (eval.py records the checkpoint's), its command-line settings in the training job's
+    ``.hydra/overrides.yaml`` (with the eval job's own on top: pca_dim, data, ...). Settings are None where the
+    training run's overrides are not known; the variant then falls back as the module docstring says."""
+    seed = _seed(cfg.get("seed"))
+    source = _training_dir(run_dir, cfg, checkpoint) or run_dir
+    source_cfg = cfg if source == run_dir else _job_config(source)
+    trained = _overrides(source)
+    settings = None
+    if trained is not None:
+        settings = _settings(trained)
+        if source != run_dir:
+            settings.update(_settings(_overrides(run_dir) or []))
+    if seed is None:
+        seed = _seed(source_cfg.get("seed"))
+    variant = _plain(cfg.get("variant")) or _plain(source_cfg.get("variant")) or _experiment_choice(source)
+    if variant is None and settings is not None:
+        # Known settings tell the rows apart: the task (train), not the folder's name with its seed (train_seed1).
+        variant = _plain(source_cfg.get("task_name")) or re.sub(r"_seed-?\d+$", "", _folder_variant(source))
+    return variant or _folder_variant(source), seed, settings
+
+
 def _parse_results(data: Any, path: Path) -> tuple[str, str, dict[int, float]]:
     if not isinstance(data, dict) or not isinstance(data.get("recall_at"), dict) or not data["recall_at"]:
         raise ValueError(f'{path.name} has no \'recall_at\' mapping like {{"1": 0.42, "5": 0.7}}')
@@ -187,13 +332,16 @@ def _read_run(run_dir: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     """The runs of one job folder (its own test and each of its test sets), and the files of it that could not be
     read while others could. Raises when nothing of it can be read."""
     cfg = _job_config(run_dir)
-    variant = _plain(cfg.get("variant")) or _experiment_choice(run_dir) or _folder_variant(run_dir)
-    seed_value = cfg.get("seed")
-    seed = (
-        int(seed_value)
-        if isinstance(seed_value, int) or (isinstance(seed_value, str) and seed_value.isdigit())
-        else None
-    )
+    own = _load_json(run_dir / "results.json") if (run_dir / "results.json").is_file() else None
+    checkpoint = own.get("checkpoint") if isinstance(own, dict) else None
+    if not checkpoint and (run_dir / "results_sets.json").is_file():
+        try:
+            sets = _load_json(run_dir / "results_sets.json")
+            checkpoint = next(iter(sets.values())).get("checkpoint")
+        except Exception:  # read again below, where its faults are reported
+            pass
+    variant, seed, settings = _identity(run_dir, cfg, checkpoint or cfg.get("ckpt_path"))
+    frozen = tuple(sorted(settings.items())) if settings is not None else None
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     fallback_dataset = _plain(data_cfg.get("name")) or "?"
     prepare = data_cfg.get("prepare") if isinstance(data_cfg.get("prepare"), dict) else {}
@@ -207,7 +355,17 @@ def _read_run(run_dir: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
         auc = mask.get("auc")
         auc = float(auc) if isinstance(auc, (int, float)) and math.isfinite(auc) else None
         return Run(
-            variant, seed, dataset or fallback_dataset, split, recall, run_dir, untrained, auc, occlusion, test_set
+            variant,
+            seed,
+            dataset or fallback_dataset,
+            split,
+            recall,
+            run_dir,
+            untrained,
+            auc,
+            occlusion,
+            test_set,
+            frozen,
         )
 
     runs: list[Run] = []
@@ -220,7 +378,7 @@ def _read_run(run_dir: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
                 untrained = load(untrained_path, None)
             except (OSError, ValueError):
                 untrained = None  # the trained numbers are what the table is about; a bad extra file is not fatal
-        runs.append(load(run_dir / "results.json", untrained))
+        runs.append(load(run_dir / "results.json", untrained, own))
     sets_path = run_dir / "results_sets.json"
     if sets_path.is_file():  # test_sets: a run per set (eval.py; train.py after its own test)
         try:
@@ -302,16 +460,50 @@ def _occlusion_key(level: str | None) -> tuple[int, str]:
     return (OCCLUSION_ORDER.index(level), "") if level in OCCLUSION_ORDER else (len(OCCLUSION_ORDER), str(level))
 
 
-def summarise(runs: Sequence[Run]) -> list[Row]:
-    """One row per variant (and per occlusion level of the city, when runs differ in it), in
-    :data:`VARIANT_ORDER` then alphabetically, levels low to high. Recalls in percent, std with ddof=1."""
-    by_variant: dict[tuple[str, str | None], list[Run]] = {}
+def _shown_settings(runs: Sequence[Run]) -> list[tuple[tuple[str, str | None], ...]]:
+    """Per run, its settings that differ between runs of its variant (absent keys as None); () for a run whose
+    settings are not known."""
+    by_variant: dict[str, list[dict[str, str]]] = {}
     for run in runs:
-        by_variant.setdefault((run.variant, run.occlusion), []).append(run)
+        if run.settings is not None:
+            by_variant.setdefault(run.variant, []).append(dict(run.settings))
+    differing = {
+        variant: [k for k in sorted({k for s in known for k in s}) if len({s.get(k) for s in known}) > 1]
+        for variant, known in by_variant.items()
+    }
+    return [
+        () if run.settings is None else tuple((k, dict(run.settings).get(k)) for k in differing[run.variant])
+        for run in runs
+    ]
+
+
+def _settings_sort_key(settings: tuple[tuple[str, str | None], ...]) -> tuple:
+    """Numbers in numeric order (0.001 before 0.1), then text; a key not given first."""
+
+    def value_key(value: str | None) -> tuple[int, float, str]:
+        if value is None:
+            return (0, 0.0, "")
+        try:
+            number = float(value)
+        except ValueError:
+            return (2, 0.0, value)
+        return (1, number, "") if math.isfinite(number) else (2, 0.0, value)
+
+    return tuple((k, value_key(v)) for k, v in settings)
+
+
+def summarise(runs: Sequence[Run]) -> list[Row]:
+    """One row per variant and settings (the command-line settings that differ between runs of the variant, see
+    :data:`IGNORED_SETTINGS`), and per occlusion level of the city when runs differ in it; in :data:`VARIANT_ORDER`
+    then alphabetically, settings in order, levels low to high. Recalls in percent, std with ddof=1."""
+    groups: dict[tuple[str, tuple, str | None], list[Run]] = {}
+    for run, shown in zip(runs, _shown_settings(runs)):
+        groups.setdefault((run.variant, shown, run.occlusion), []).append(run)
     rows = []
-    for key in sorted(by_variant, key=lambda k: (variant_sort_key(k[0]), _occlusion_key(k[1]))):
-        variant, occlusion = key
-        group = by_variant[key]
+    order = sorted(groups, key=lambda k: (variant_sort_key(k[0]), _settings_sort_key(k[1]), _occlusion_key(k[2])))
+    for key in order:
+        variant, shown, occlusion = key
+        group = groups[key]
         ns = sorted({n for run in group for n in run.recall_at})
         mean, std, count = {}, {}, {}
         for n in ns:
@@ -333,6 +525,7 @@ def summarise(runs: Sequence[Run]) -> list[Row]:
                 paths=tuple(run.path for run in group),
                 mask_auc=tuple(run.mask_auc for run in group if run.mask_auc is not None),
                 occlusion=occlusion,
+                settings=shown,
             )
         )
     return rows
@@ -389,8 +582,8 @@ def format_markdown(
     if not rows:
         raise ValueError("format_markdown: no rows to show; summarise() a non-empty list of runs first.")
     ns = recall_columns(rows)
-    baselines = {row.occlusion: row for row in rows if row.variant == "baseline"}
-    baseline = next(iter(baselines.values()), None)
+    baselines = [row for row in rows if row.variant == "baseline"]
+    baseline = baselines[0] if baselines else None
     by_level = len({row.occlusion for row in rows}) > 1
     header = ["variant", *(["occlusion"] if by_level else []), *(f"R@{n}" for n in ns), "runs", "split"]
     align = ["---", *(["---"] if by_level else []), *("---:" for _ in ns), "---:", "---"]
@@ -406,7 +599,7 @@ def format_markdown(
     for row in rows:
         cells.append(
             [
-                row.variant,
+                row.label,
                 *([str(row.occlusion or "–")] if by_level else []),
                 *(_cell(row, n) for n in ns),
                 str(row.runs),
@@ -414,7 +607,12 @@ def format_markdown(
             ]
         )
         if baseline is not None:
-            cells[-1].append(_delta_cell(row, baselines.get(row.occlusion)))
+            level = [b for b in baselines if b.occlusion == row.occlusion]
+            alike = [b for b in level if b.settings == row.settings]
+            if len(alike) == 1 or len(level) < 2:
+                cells[-1].append(_delta_cell(row, (alike or level or [None])[0]))
+            else:
+                cells[-1].append("n/a (several baselines)")
         if with_mask:
             cells[-1].append(_mask_cell(row))
     lines.append(markdown_table(header, cells, align))
@@ -423,6 +621,11 @@ def format_markdown(
         lines.append(
             "ΔR@1: mean R@1 minus the baseline's, in points; 'beyond x' when |Δ| exceeds x = std of the variant "
             "+ std of the baseline, 'within x' otherwise."
+            + (
+                " Against the baseline row of the same settings, where the baseline has several."
+                if len({b.occlusion for b in baselines}) < len(baselines)
+                else ""
+            )
         )
     if with_mask:
         lines.append(
@@ -431,7 +634,7 @@ def format_markdown(
         )
     mixed = [row for row in rows if row.split == "mixed"]
     for row in mixed:
-        lines.append(f"`{row.variant}` mixes splits {', '.join(row.splits)}: its numbers are not comparable.")
+        lines.append(f"`{row.label}` mixes splits {', '.join(row.splits)}: its numbers are not comparable.")
     extra = [f"- missing: {m}" for m in missing] + [f"- {note}" for note in notes]
     if extra:
         lines += ["", *extra]
@@ -445,7 +648,7 @@ def _duplicate_seed_notes(rows: Sequence[Row]) -> list[str]:
         dupes = sorted({s for s in seen if seen.count(s) > 1})
         if dupes:
             notes.append(
-                f"{row.variant}: seed(s) {', '.join(map(str, dupes))} appear more than once; "
+                f"{row.label}: seed(s) {', '.join(map(str, dupes))} appear more than once; "
                 "check that the runs' `variant` settings are right."
             )
     return notes
@@ -471,7 +674,7 @@ def _draw_curves(ax, rows: Sequence[Row], title: str) -> None:
         all_ns.update(ns)
         mean = np.array([row.mean_pct[n] for n in ns])
         std = np.nan_to_num(np.array([row.std_pct[n] for n in ns]), nan=0.0)  # one run: no band
-        label = row.variant + (
+        label = row.label + (
             f", occlusion {row.occlusion}" if row.occlusion and len({r.occlusion for r in rows}) > 1 else ""
         )
         (line,) = ax.plot(ns, mean, marker="o", label=f"{label} (n={row.runs})")
@@ -537,14 +740,14 @@ def plot_recall_vs_occlusion(rows: Sequence[Row], path: str | os.PathLike, n: in
         raise ValueError("plot_recall_vs_occlusion: the runs cover fewer than two occlusion levels")
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
-    for variant in sorted({row.variant for row in rows}, key=variant_sort_key):
-        mine = {row.occlusion: row for row in rows if row.variant == variant and n in row.count}
+    for label in dict.fromkeys(row.label for row in rows):  # summarise()'s order: variants, then settings
+        mine = {row.occlusion: row for row in rows if row.label == label and n in row.count}
         xs = [i for i, level in enumerate(levels) if level in mine]
         if not xs:
             continue
         ys = [mine[levels[i]].mean_pct[n] for i in xs]
         err = [np.nan_to_num(mine[levels[i]].std_pct[n]) for i in xs]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=variant)
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
     ax.set_xticks(range(len(levels)), levels)
     ax.set_xlabel("query occlusion (people and vehicles in the query views)")
     ax.set_ylabel(f"Recall@{n} (%)")
@@ -567,7 +770,8 @@ def _relative(path: Path, root: Path) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vpr.report",
-        description="Results table (mean ± std of Recall@N per variant) and Recall@N plot of a Hydra multirun folder.",
+        description="Results table (mean ± std of Recall@N per model over seeds) and Recall@N plot of a Hydra multirun "
+        "folder.",
     )
     p.add_argument("dir", type=Path, help="multirun folder (searched recursively for results.json)")
     p.add_argument("--out", type=Path, default=None, help="markdown file (default DIR/results.md)")
