@@ -166,3 +166,71 @@ def test_a_command_that_only_prints_makes_no_folder(flag, tmp_path):
 
     require_writable_run_folder([*flag, f"paths.log_dir={tmp_path}/logs"], {})
     assert not (tmp_path / "logs").exists()
+
+
+def test_sigterm_outside_lightnings_loops_stops_through_finally_blocks(capsys):
+    """SIGTERM while the task runs, where Lightning has no handler (data preparation, k-means, the pictures after
+    the test): the ``finally`` blocks run (loggers closed), one line, status 143, and the default handler is back."""
+    import os
+    import signal
+    import time
+
+    closed = []
+
+    @report_user_errors
+    def main():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives first
+            closed.append("not stopped")
+        finally:
+            closed.append("finally")
+
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 143 and closed == ["finally"]
+    assert capsys.readouterr().err.startswith("error: stopped by SIGTERM; ckpt_path=last continues")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_sigterm_inside_a_loop_is_left_to_lightnings_handler_and_a_job_managers_stays():
+    """Lightning's handler (installed in its loops) calls the one it found: that one must not raise, Lightning stops
+    at the next step itself. A handler set before the script (a job manager's) is left in place."""
+    import os
+    import signal
+
+    received = []
+
+    @report_user_errors
+    def main():
+        found = signal.getsignal(signal.SIGTERM)
+
+        def lightnings(signum, frame):  # as Lightning composes them: its own flag, then the handler it found
+            received.append(signum)
+            found(signum, frame)
+
+        signal.signal(signal.SIGTERM, lightnings)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            signal.signal(signal.SIGTERM, found)  # Lightning's teardown restores it
+        return "finished"
+
+    assert main() == "finished" and received == [signal.SIGTERM]
+
+    def managers(signum, frame):
+        received.append("manager")
+
+    previous = signal.signal(signal.SIGTERM, managers)
+    try:
+
+        @report_user_errors
+        def job():
+            assert signal.getsignal(signal.SIGTERM) is managers
+            os.kill(os.getpid(), signal.SIGTERM)
+            return "ran on"
+
+        assert job() == "ran on" and received[-1] == "manager"
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -6,13 +6,15 @@ file and the fix; the scripts print it as one ``error:`` line (exit status 2) in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from hydra.errors import CompactHydraException
@@ -79,14 +81,45 @@ INTERRUPTED = (
 )
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM outside Lightning's loops (the data's preparation, k-means, the pictures after the test): stop here,
+    through the script's ``finally`` blocks (loggers closed), with the interrupt's line. Inside a loop Lightning's
+    own handler is installed and calls this one too: it then stops at the next step, where it can save."""
+    if signal.getsignal(signal.SIGTERM) is not _stop_on_sigterm:
+        return
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    raise SIGTERMException(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """:func:`_stop_on_sigterm` as the SIGTERM handler while a script's task runs, where no other handler was set
+    (a job manager's stays) and in the main thread only."""
+    installed = False
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            installed = True
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        if installed and signal.getsignal(signal.SIGTERM) is _stop_on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a script's task function: user errors print ``error: <message>`` and exit with status 2."""
+    """Wrap a script's task function: user errors print ``error: <message>`` and exit with status 2; Ctrl-C and
+    SIGTERM end with a line that says so (status 130 and 143)."""
     from omegaconf.errors import MissingMandatoryValue
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return main(*args, **kwargs)
+            with _sigterm_stops():
+                return main(*args, **kwargs)
         except KeyboardInterrupt:  # outside Lightning's loops (city generation, k-means, a cache pass of eval.py)
             _stop(INTERRUPTED, 130)
         except SystemExit as e:
