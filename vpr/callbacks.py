@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vpr.data.datamodule import PlaceDataModule
-from vpr.errors import ConfigError
+from vpr.errors import ConfigError, DataError, user_message
 from vpr.io import atomic_path
 from vpr.models.module import PlaceRecognitionModule
 from vpr.progress import LOG_INTERVAL_S
@@ -160,6 +160,7 @@ class MaskQuality(L.Callback):
         self.images = int(images)
         self._targets: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
         self._said_constant = False  # a mask that does not vary is said once per run
+        self._no_targets: set[str] = set()  # splits whose images have no label maps (mask_dir covers training)
 
     @staticmethod
     def applies(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -169,6 +170,21 @@ class MaskQuality(L.Callback):
             and dm.guidance is not None
             and bool(getattr(getattr(pl_module, "attention", None), "supervised_mask", False))
         )
+
+    def measure_if_labelled(
+        self, pl_module: PlaceRecognitionModule, dm: PlaceDataModule, split
+    ) -> dict[str, float] | None:
+        """:meth:`measure`, or None (said once per split) where the split's images have no labels: label maps under
+        ``guidance.mask_dir`` need only cover the training images, and this measure is a bonus."""
+        key = f"{split.dataset}/{split.split}"
+        if key in self._no_targets:
+            return None
+        try:
+            return self.measure(pl_module, dm, split)
+        except DataError as e:
+            self._no_targets.add(key)
+            log.warning("mask quality on %s not measured: %s", key, user_message(e))
+            return None
 
     @torch.no_grad()
     def measure(self, pl_module: PlaceRecognitionModule, dm: PlaceDataModule, split) -> dict[str, float]:
@@ -211,7 +227,9 @@ class MaskQuality(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self.applies(trainer, pl_module):
             return
-        q = self.measure(pl_module, trainer.datamodule, trainer.datamodule.val_split)
+        q = self.measure_if_labelled(pl_module, trainer.datamodule, trainer.datamodule.val_split)
+        if q is None:
+            return
         pl_module.log_dict(
             {
                 "mask/auc": q["auc"],
@@ -230,4 +248,6 @@ class MaskQuality(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not self.applies(trainer, pl_module) or "test" not in pl_module.results:
             return
-        pl_module.results["test"]["mask"] = self.measure(pl_module, trainer.datamodule, trainer.datamodule.test_split)
+        q = self.measure_if_labelled(pl_module, trainer.datamodule, trainer.datamodule.test_split)
+        if q is not None:
+            pl_module.results["test"]["mask"] = q

@@ -206,3 +206,87 @@ def test_a_share_that_fails_stops_every_process_with_its_message(tmp_path, mask_
     second = json.loads((out / "rank1.json").read_text())
     assert second[0] == "DataError" and "003.png" in second[1] and "missing under guidance.mask_dir" in second[1]
     assert first[0] == "DataError" and first[1] == f"guidance targets of DDP process 1: {second[1]}"
+
+
+def test_label_maps_that_cannot_be_class_ids_of_their_image_are_refused(tmp_path):
+    """An RGB (colour-coded) PNG, and one transposed against its image, are one error each naming the file; a map
+    at twice the image's resolution is taken."""
+    root, masks = tmp_path / "root", tmp_path / "masks"
+    (root / "000").mkdir(parents=True)
+    (masks / "000").mkdir(parents=True)
+    Image.new("RGB", (16, 12)).save(root / "000" / "a.jpg")  # 12 rows, 16 columns
+    source = MaskDirLabels(masks, root, None)
+    Image.fromarray(np.zeros((12, 16, 3), dtype=np.uint8)).save(masks / "000" / "a.png")
+    with pytest.raises(DataError, match=r"a.png \(guidance.mask_dir\) has 3 channels"):
+        source.labels(root / "000" / "a.jpg")
+    Image.fromarray(np.zeros((16, 12), dtype=np.uint8)).save(masks / "000" / "a.png")
+    with pytest.raises(DataError, match=r"a.png \(guidance.mask_dir\) is 16x12 \(h x w\) for the 12x16 image"):
+        source.labels(root / "000" / "a.jpg")
+    Image.fromarray(np.full((24, 32), 11, dtype=np.uint8)).save(masks / "000" / "a.png")
+    assert source.labels(root / "000" / "a.jpg").shape == (24, 32)
+
+
+def test_mask_dir_paths_are_compared_resolved(tmp_path, monkeypatch):
+    """data.root given relative and the images absolute (an absolute data.db_dir): the same label maps; an image
+    outside data.root is one error."""
+    root, masks = tmp_path / "root", tmp_path / "masks"
+    (masks / "000").mkdir(parents=True)
+    Image.fromarray(np.full((4, 4), 11, dtype=np.uint8)).save(masks / "000" / "a.png")
+    monkeypatch.chdir(tmp_path)
+    source = MaskDirLabels("masks", "root", None)
+    assert source.label_file(root / "000" / "a.jpg").resolve() == (masks / "000" / "a.png").resolve()
+    assert source.labels(root / "000" / "a.jpg").tolist() == [[11] * 4] * 4
+    with pytest.raises(DataError, match="is not under data.root"):
+        source.labels(tmp_path / "elsewhere" / "a.jpg")
+
+
+class ChannelsLast(ColourSegmenter):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (-(x[:, :1] - self.centres).abs()).permute(0, 2, 3, 1)
+
+
+class FiveClasses(ColourSegmenter):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -(x[:, :1] - self.centres[:, :5]).abs()
+
+
+@pytest.mark.parametrize(
+    "network, says",
+    [(ChannelsLast, "the last two dimensions must be the image's rows and columns"), (FiveClasses, "scores 5 classes")],
+    ids=["channels-last", "too-few-classes"],
+)
+def test_network_outputs_that_cannot_be_class_scores_of_the_image_are_refused(tmp_path, tiny_city, network, says):
+    export(network(), tmp_path / "seg.pt")
+    guidance = {"source": "torchscript", "model": str(tmp_path / "seg.pt"), "class_groups": {"person": [11, 12]}}
+    source = build_label_source(guidance, tmp_path, device="cpu")
+    with pytest.raises(DataError, match=says):
+        compute_targets(source, sorted(tiny_city.rglob("*.jpg"))[:2], [11, 12], GRID)
+
+
+def test_a_networks_targets_are_computed_again_for_an_image_rewritten_in_place(tmp_path, tiny_city):
+    import os
+
+    export(ColourSegmenter(), tmp_path / "seg.pt")
+    guidance = {"source": "torchscript", "model": str(tmp_path / "seg.pt"), "class_groups": {"person": [3, 4, 5]}}
+    image = tmp_path / "img.png"
+    with Image.open(sorted(tiny_city.rglob("*.jpg"))[0]) as im:
+        im.convert("RGB").save(image)
+    cache = tmp_path / "cache"
+
+    def targets():
+        return GuidanceTargets(build_label_source(guidance, tmp_path, device="cpu"), ["person"], [image], GRID, cache)
+
+    before = targets().table
+    Image.new("RGB", Image.open(image).size, (255, 0, 0)).save(image)  # red everywhere: one class
+    os.utime(image, ns=(1, 1))  # an older time than before, and another size: the identity changes anyway
+    after = targets().table
+    want = hand_target(colour_labels(image, 0.485, 0.229), [3, 4, 5], GRID)
+    np.testing.assert_allclose(after[0].numpy(), want, atol=1e-5)
+    assert not torch.equal(before, after) and len(list(cache.glob("*.npy"))) == 2
+
+
+def test_auto_guidance_takes_a_given_mask_dir_over_the_citys_own_labels(tiny_city, tmp_path):
+    (tmp_path / "masks").mkdir()
+    source = build_label_source({"source": "auto", "mask_dir": str(tmp_path / "masks")}, tiny_city, device="cpu")
+    assert isinstance(source, MaskDirLabels)
+    assert build_label_source({"source": "auto"}, tiny_city, device="cpu").name == "synthetic"

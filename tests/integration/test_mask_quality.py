@@ -82,3 +82,38 @@ def test_a_constant_mask_is_said_once(tiny_city, caplog):
             quality = callback.measure(ConstantMask(), dm, split)
     assert quality["auc"] == 0.5
     assert caplog.text.count("the attention mask is the same number (0.731) on every cell") == 1
+
+
+def test_label_maps_for_the_training_images_only_are_enough(data_dir, tmp_path):
+    """guidance=mask_dir asks for a label map per training image: the run trains, validates and tests without maps
+    for the other splits, and says once per split that their mask quality is not measured."""
+    import shutil
+
+    city = data_dir / "city_tiny_seed0"
+    masks = tmp_path / "masks"
+    spec = sio.loadmat(city / "datasets" / "city_train.mat", squeeze_me=True, struct_as_record=False)["dbStruct"]
+    for name in [*spec.dbImageFns, *(f"queries_real/{n}" for n in spec.qImageFns)]:
+        image = city / name
+        target = (masks / name).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image.with_name(image.stem + "_labels.png"), target)  # the city's ids stand in for Cityscapes'
+    out = tmp_path / "run"
+    settings = [o for o in SETTINGS if not o.startswith(("trainer.max_epochs",))]
+    proc = run_script(
+        "train.py",
+        *settings,
+        "trainer.max_epochs=1",
+        "attention=deattention",
+        "guidance=mask_dir",
+        f"guidance.mask_dir={masks}",
+        "guidance.class_groups={person:[3],vehicle:[4]}",
+        f"guidance.cache_dir={tmp_path / 'cache'}",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={out}",
+        tmp=tmp_path,
+    )
+    log = (out / "train.log").read_text()
+    assert (out / "results.json").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert log.count("mask quality on city/val not measured: label map") == 1
+    assert log.count("mask quality on city/test not measured: label map") == 1
+    assert "error:" not in proc.stderr and "no semantic targets in the pictures: label map" in log

@@ -57,6 +57,37 @@ def area_target(labels: np.ndarray, suppressed_ids: Sequence[int], grid: tuple[i
     return F.adaptive_avg_pool2d(keep, grid)[0, 0].numpy().astype(np.float32)
 
 
+def _same_aspect(a: tuple[int, int], b: tuple[int, int], tolerance: float = 0.25) -> bool:
+    """Whether (h, w) sizes ``a`` and ``b`` have about the same aspect (a label map at another resolution, a
+    network's output at its stride), not a transposed or cropped one."""
+    ra, rb = a[0] / max(a[1], 1), b[0] / max(b[1], 1)
+    return abs(ra - rb) <= tolerance * rb
+
+
+def read_label_map(path: Path, image_path: Path, setting: str) -> np.ndarray:
+    """A PNG of class ids, one channel, with its image's aspect (any resolution): an RGB (colour-coded) map, or one
+    transposed or cropped against its image, is one error naming the file."""
+    with Image.open(path) as im:
+        labels = np.asarray(im)
+    if labels.ndim != 2:
+        raise DataError(
+            f"label map {path} ({setting}) has {labels.shape[-1]} channels: it must hold one class id per pixel "
+            "(a single-channel or palette PNG), not colours"
+        )
+    try:
+        with Image.open(image_path) as im:
+            size = (im.height, im.width)
+    except OSError:  # the image itself is checked where it is read
+        return labels
+    if not _same_aspect(labels.shape, size, tolerance=0.02):
+        raise DataError(
+            f"label map {path} ({setting}) is {labels.shape[0]}x{labels.shape[1]} (h x w) for the "
+            f"{size[0]}x{size[1]} image {image_path}: a label map must cover its image (any resolution, the same "
+            "aspect); transposed or cropped?"
+        )
+    return labels
+
+
 class LabelSource:
     """Per-pixel class ids of a training image and the ids of each suppressible group."""
 
@@ -145,7 +176,7 @@ class SyntheticLabels(LabelSource):
         path = self.label_file(image_path)
         if not path.is_file():
             raise DataError(f"label map {path} missing (guidance=synthetic); regenerate the city with --force")
-        return np.asarray(Image.open(path))
+        return read_label_map(path, image_path, "guidance=synthetic")
 
 
 class MaskDirLabels(GroupedLabels):
@@ -163,7 +194,7 @@ class MaskDirLabels(GroupedLabels):
                 f"guidance.mask_dir={mask_dir} is not a folder: point it at the label maps (one PNG of class ids per "
                 "training image, same relative path as the image, suffix .png)"
             )
-        self.data_root = Path(data_root)
+        self.data_root = Path(data_root).expanduser().resolve()
         self.set_groups(class_groups or CITYSCAPES_GROUPS)
 
     def cache_key(self) -> str:
@@ -173,13 +204,23 @@ class MaskDirLabels(GroupedLabels):
         return _files_identity([self.label_file(p) for p in image_paths])
 
     def label_file(self, image_path: Path) -> Path:
-        return (self.mask_dir / image_path.relative_to(self.data_root)).with_suffix(".png")
+        """``<mask_dir>/<the image's path relative to data.root>.png`` (both paths resolved: an absolute
+        ``data.db_dir`` names the same files as a relative one)."""
+        image = Path(image_path).expanduser().resolve()
+        try:
+            relative = image.relative_to(self.data_root)
+        except ValueError:
+            raise DataError(
+                f"guidance=mask_dir: image {image_path} is not under data.root={self.data_root}, so it has no path "
+                "under guidance.mask_dir (label maps mirror the images' paths relative to data.root)"
+            ) from None
+        return (self.mask_dir / relative).with_suffix(".png")
 
     def labels(self, image_path: Path) -> np.ndarray:
         path = self.label_file(image_path)
         if not path.is_file():
             raise DataError(f"label map {path} for {image_path} missing under guidance.mask_dir={self.mask_dir}")
-        return np.asarray(Image.open(path))
+        return read_label_map(path, image_path, "guidance.mask_dir")
 
 
 def _file_identity(path: Path) -> str:
@@ -231,6 +272,10 @@ class NetworkLabels(GroupedLabels):
         holds no network, so it is cheap to send to worker processes."""
         return _NormalisedRGB(self.mean, self.std, self.name)
 
+    def fingerprint(self, image_paths: Sequence[Path]) -> str:
+        """The images' sizes and times: an image rewritten in place gets its targets computed again."""
+        return _files_identity(image_paths)
+
     @torch.no_grad()
     def class_maps(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Inputs (B, 3, h, w) of one size -> (B, H, W) class ids on the network's device. A network that takes
@@ -260,6 +305,18 @@ class NetworkLabels(GroupedLabels):
             raise DataError(
                 f"guidance.source={self.name}: the network returned shape {shape} for {n} image(s); expected "
                 f"class scores ({n}, classes, h, w)"
+            )
+        if not _same_aspect(tuple(scores.shape[-2:]), tuple(size)):
+            raise DataError(
+                f"guidance.source={self.name}: the network returned class scores of shape {tuple(scores.shape)} for "
+                f"{n} image(s) of {size[0]}x{size[1]} pixels: the last two dimensions must be the image's rows and "
+                "columns (at its resolution or a stride of it), as (batch, classes, h, w); channels last?"
+            )
+        named = max((i for ids in getattr(self, "groups", {}).values() for i in ids), default=-1)
+        if named >= scores.shape[1]:
+            raise DataError(
+                f"guidance.source={self.name}: the network scores {scores.shape[1]} classes, but guidance.class_groups "
+                f"names class id {named}: set class_groups to the network's own label ids"
             )
         if tuple(scores.shape[-2:]) != tuple(size):
             scores = F.interpolate(scores.float(), size=tuple(size), mode="bilinear", align_corners=False)
@@ -606,11 +663,13 @@ def build_label_source(
     kind = guidance.get("source")
     mask_dir, class_groups = guidance.get("mask_dir"), guidance.get("class_groups")
     device = device if device is not None else work_device()
-    if kind == "auto":  # the city's own labels, else mask_dir's, else torchvision's model
-        if (Path(str(data_root)) / "classes.json").is_file():
+    if kind == "auto":  # label maps under a given mask_dir, else the city's own labels, else torchvision's model
+        if mask_dir:
+            kind = "mask_dir"
+        elif (Path(str(data_root)) / "classes.json").is_file():
             kind = "synthetic"
         else:
-            kind = "mask_dir" if mask_dir else "torchvision"
+            kind = "torchvision"
     if kind == "synthetic":
         return SyntheticLabels(data_root)
     if kind == "mask_dir":

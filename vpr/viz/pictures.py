@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from vpr.data.guidance import area_target
+from vpr.errors import DataError, user_message
 from vpr.viz.retrievals import save_retrieval_figure
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,11 @@ def save_retrieval_pictures(
         masks.append(None if mask is None else mask[0, 0].float().clamp(0, 1).cpu().numpy())
         if source is not None:
             grid = mask.shape[-2:] if mask is not None else (size[0] // 16, size[1] // 16)
-            targets.append(area_target(source.labels(split.q_paths[q]), suppressed, tuple(grid)))
+            try:
+                targets.append(area_target(source.labels(split.q_paths[q]), suppressed, tuple(grid)))
+            except DataError as e:  # label maps under mask_dir need only cover the training images
+                log.warning("no semantic targets in the pictures: %s", user_message(e))
+                source = None
     module.train(was_training)
     out = save_retrieval_figure(
         path,
