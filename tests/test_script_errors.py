@@ -234,3 +234,38 @@ def test_sigterm_inside_a_loop_is_left_to_lightnings_handler_and_a_job_managers_
         assert job() == "ran on" and received[-1] == "manager"
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_lightnings_sigterm_handler_runs_no_collective_inside_the_signal(monkeypatch):
+    """Lightning's SIGTERM notifier broadcasts from inside the signal handler; with another DDP process waiting in
+    an all_gather (the mining cache) both hung. After CheckpointOnStop's start hooks the handler sets the flag and
+    passes the signal on to the processes this one started, and calls no collective."""
+    import signal
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    from vpr.callbacks import CheckpointOnStop
+
+    killed, broadcasts = [], []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "broadcast", lambda *a, **k: broadcasts.append(a))
+    trainer = SimpleNamespace(
+        local_rank=0,
+        world_size=2,
+        _accelerator_connector=SimpleNamespace(cluster_environment=None),
+        strategy=SimpleNamespace(launcher=SimpleNamespace(kill=killed.append), root_device="cpu"),
+    )
+    connector = _SignalConnector(trainer)
+    trainer._signal_connector = connector
+    connector.register_signal_handlers()
+    try:
+        CheckpointOnStop("/nowhere").on_train_start(trainer, None)
+        CheckpointOnStop("/nowhere").on_validation_start(trainer, None)  # a second time changes nothing
+        handler = signal.getsignal(signal.SIGTERM)
+        handler(signal.SIGTERM, None)
+        handler(signal.SIGTERM, None)
+    finally:
+        connector.teardown()
+    assert connector.received_sigterm and killed == [signal.SIGTERM] and broadcasts == []

@@ -9,8 +9,10 @@ round's statistics. build.py adds it to every training run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +87,16 @@ class CheckpointOnStop(L.Callback):
     def __init__(self, dirpath: str | os.PathLike) -> None:
         self.dirpath = os.fspath(dirpath)
 
+    # Lightning installs its SIGTERM handler when a loop starts, just before these hooks.
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sigterm_without_collectives(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sigterm_without_collectives(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sigterm_without_collectives(trainer)
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.trainer.states import RunningStage
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -103,6 +115,35 @@ class CheckpointOnStop(L.Callback):
                 trainer.global_step,
                 path,
             )
+
+
+def sigterm_without_collectives(trainer: L.Trainer) -> bool:
+    """Replace, in the SIGTERM handler Lightning installed for the running loop, its notifier with one that does
+    what it does less its ``dist.broadcast``: a collective inside a signal handler runs wherever the signal lands,
+    and a process group's SIGTERM reaching a DDP process while another waits in the mining cache's all_gather
+    deadlocked both (the stop itself is agreed on at the next training step, where Lightning broadcasts rank 0's
+    flag). Returns whether it replaced it (False: not Lightning's handler as this version builds it)."""
+    handlers = getattr(signal.getsignal(signal.SIGTERM), "signal_handlers", None)
+    connector = getattr(trainer, "_signal_connector", None)
+    notifier = getattr(type(connector), "_sigterm_notifier_fn", None)
+    if not isinstance(handlers, list) or notifier is None:
+        return False
+    for i, handler in enumerate(handlers):
+        if getattr(handler, "__func__", None) is notifier and getattr(handler, "__self__", None) is connector:
+            handlers[i] = functools.partial(_note_sigterm, connector)
+            return True
+    return False
+
+
+def _note_sigterm(connector: Any, signum: int, frame: Any) -> None:
+    """Lightning's SIGTERM notifier without its broadcast: pass the signal on to the DDP processes this one started
+    (once), and set the flag its loops stop on."""
+    log.info("received SIGTERM (%d)", signum)
+    if not connector.received_sigterm:
+        launcher = connector.trainer.strategy.launcher
+        if launcher is not None:
+            launcher.kill(signum)
+    connector.received_sigterm = True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

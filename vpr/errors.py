@@ -121,16 +121,19 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             with _sigterm_stops():
                 return main(*args, **kwargs)
         except KeyboardInterrupt:  # outside Lightning's loops (city generation, k-means, a cache pass of eval.py)
-            _stop(INTERRUPTED, 130)
+            _stop(INTERRUPTED, 130, _first_of_its_node())
         except SystemExit as e:
             if type(e).__name__ == "SIGTERMException":  # Lightning's, raised between two steps on SIGTERM
                 _stop(
                     "stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it "
                     "stopped when it was training)",
                     143,
+                    _first_of_its_node(),
                 )
             if e.code == 1 and isinstance(e.__context__, KeyboardInterrupt):
-                _stop(INTERRUPTED, 130)  # Ctrl-C inside Lightning's loops: it shuts down, then exits with status 1
+                _stop(
+                    INTERRUPTED, 130, _first_of_its_node()
+                )  # Ctrl-C inside Lightning's loops: it shuts down, then exits with status 1
             raise
         except Exception as e:  # noqa: BLE001 - re-raised unless a user error is behind it
             found = find_user_error(e)
@@ -190,15 +193,22 @@ def swept_settings() -> list[str]:
         return []
 
 
-def _stop(text: str, status: int) -> None:
-    """End a script with ``error: <text>`` on stderr and in the run's log files (a sweep job's or a cluster job's
-    log then says why it stopped), and exit ``status``."""
-    _say(text)
+def _stop(text: str, status: int, console: bool = True) -> None:
+    """End a script with ``error: <text>`` on stderr (``console``) and in the run's log files (a sweep job's or a
+    cluster job's log then says why it stopped), and exit ``status``."""
+    _say(text, console)
     raise SystemExit(status) from None
 
 
-def _say(text: str) -> None:
-    print(f"error: {text}", file=sys.stderr)
+def _first_of_its_node() -> bool:
+    """Not a DDP process that Lightning (or torchrun) started beside the first: a signal to the process group
+    reaches them all, and the first one says it on the console (the others in their log files)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def _say(text: str, console: bool = True) -> None:
+    if console:
+        print(f"error: {text}", file=sys.stderr)
     record = logging.LogRecord("vpr", logging.ERROR, __file__, 0, text, None, None)
     for handler in {*logging.getLogger().handlers, *logging.getLogger("vpr").handlers}:
         if isinstance(handler, logging.FileHandler):
