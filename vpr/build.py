@@ -320,13 +320,30 @@ def build_module(cfg: DictConfig, with_training: bool = True):
 
 
 def wandb_offline_default() -> bool:
-    """Offline unless an API key or a login is present (then W&B itself handles a lost network)."""
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+    """Offline unless an API key or a login is present (then W&B itself handles a lost network). ``WANDB_MODE``
+    (offline, dryrun) forces offline; ``WANDB_MODE=disabled`` is not a way of running offline: see
+    :func:`wandb_mode`."""
+    if os.environ.get("WANDB_MODE", "").strip().lower() in ("offline", "dryrun"):
         return True
     if os.environ.get("WANDB_API_KEY"):
         return False
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
+def wandb_mode(conf: Any) -> tuple[str, str]:
+    """(online | offline | disabled, why) of the ``logger.wandb`` settings ``conf``: the environment's
+    ``WANDB_MODE=disabled`` turns W&B off whatever the settings say (W&B's own switch, e.g. for CI); else
+    ``offline`` when set, else offline unless an API key or a login is present."""
+    environment = os.environ.get("WANDB_MODE", "").strip().lower()
+    offline = conf.get("offline")
+    if environment == "disabled":
+        return "disabled", "WANDB_MODE=disabled"
+    if offline is not None:
+        return ("offline" if offline else "online"), f"logger.wandb.offline={offline}"
+    if wandb_offline_default():
+        return "offline", "no API key or login, or WANDB_MODE=offline"
+    return "online", "an API key or a login"
 
 
 def sweep_identity() -> tuple[str | None, str | None]:
@@ -351,12 +368,15 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
             continue
         kwargs: dict[str, Any] = {}
         if name == "wandb":
-            if conf.get("offline") is None:
-                kwargs["offline"] = wandb_offline_default()
-            if kwargs.get("offline", conf.get("offline")):
+            mode, why = wandb_mode(conf)
+            if mode == "disabled":
+                log.info("W&B is off (%s): this run logs nothing to W&B", why)
+                continue
+            kwargs["offline"] = mode == "offline"
+            if mode == "offline":
                 log.info(
-                    "W&B runs offline (no API key or login, or WANDB_MODE=offline): the run is kept in %s; upload "
-                    "it with: wandb sync %s",
+                    "W&B runs offline (%s): the run is kept in %s; upload it with: wandb sync %s",
+                    why,
                     Path(cfg.paths.output_dir) / "wandb",
                     Path(cfg.paths.output_dir) / "wandb" / "offline-run-*",
                 )

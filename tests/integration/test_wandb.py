@@ -1,16 +1,19 @@
 """W&B (offline): every job of a Hydra multirun is its own run with its own config and metrics, and a resumed
-training continues its run's id."""
+training continues its run's id; WANDB_MODE=disabled writes nothing. The runs are read from W&B's own files
+(``run-<id>.wandb``)."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 import yaml
 
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script, script_env
 from tests.integration.test_resume import SETTINGS
 
 
@@ -102,3 +105,24 @@ def test_resumed_training_continues_its_run(data_dir, tmp_path):
         tmp=tmp_path,
     )
     assert list(offline_runs(second)) == [run_id]
+
+
+def test_wandb_mode_disabled_writes_no_wandb_run(data_dir, tmp_path):
+    run = tmp_path / "run"
+    env = {**script_env(tmp_path), "WANDB_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *base(data_dir), f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert said.count("W&B is off (WANDB_MODE=disabled): this run logs nothing to W&B") == 1
+    assert "W&B runs offline" not in said
+    assert (run / "results.json").is_file()
+    assert not list(tmp_path.rglob("*wandb*")) and not list(tmp_path.rglob("run-*.wandb"))
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "wandb_run_id" not in saved
