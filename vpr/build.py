@@ -331,14 +331,31 @@ def wandb_offline_default() -> bool:
     return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
 def wandb_mode(conf: Any) -> tuple[str, str]:
     """(online | offline | disabled, why) of the ``logger.wandb`` settings ``conf``: the environment's
     ``WANDB_MODE=disabled`` turns W&B off whatever the settings say (W&B's own switch, e.g. for CI); else
-    ``offline`` when set, else offline unless an API key or a login is present."""
+    ``mode`` when set, else ``offline`` when set, else offline unless an API key or a login is present."""
     environment = os.environ.get("WANDB_MODE", "").strip().lower()
+    mode = conf.get("mode")
     offline = conf.get("offline")
+    if mode is not None:
+        mode = {"dryrun": "offline"}.get(str(mode).strip().lower(), str(mode).strip().lower())
+        if mode not in WANDB_MODES:
+            raise ConfigError(
+                f"logger.wandb.mode={conf.get('mode')}: choose online, offline or disabled (null: offline unless "
+                "an API key or a login is present)"
+            )
+        if offline is not None and mode != "disabled" and (mode == "offline") != bool(offline):
+            raise ConfigError(
+                f"logger.wandb.mode={mode} and logger.wandb.offline={offline} contradict each other: set one of them"
+            )
     if environment == "disabled":
         return "disabled", "WANDB_MODE=disabled"
+    if mode is not None:
+        return mode, f"logger.wandb.mode={mode}"
     if offline is not None:
         return ("offline" if offline else "online"), f"logger.wandb.offline={offline}"
     if wandb_offline_default():
@@ -373,6 +390,8 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
                 log.info("W&B is off (%s): this run logs nothing to W&B", why)
                 continue
             kwargs["offline"] = mode == "offline"
+            if conf.get("mode") is not None:
+                kwargs["mode"] = mode  # dryrun (W&B's old name) as offline
             if mode == "offline":
                 log.info(
                     "W&B runs offline (%s): the run is kept in %s; upload it with: wandb sync %s",
@@ -385,6 +404,8 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
                 kwargs["group"] = group  # one W&B group per Hydra sweep
             if conf.get("name") is None:
                 kwargs["name"] = "-".join(str(x) for x in (cfg.get("variant"), f"seed{cfg.seed}", job) if x)
+            if "job_type" in conf and conf.get("job_type") is None and cfg.get("task_name"):
+                kwargs["job_type"] = str(cfg.task_name)  # train, eval: the runs of one project told apart
             tags = [str(t) for t in (conf.get("tags") or [])]
             if cfg.get("variant") and str(cfg.variant) not in tags:
                 kwargs["tags"] = [*tags, str(cfg.variant)]

@@ -24,6 +24,7 @@ from vpr.build import (
     cluster_command_overrides,
     command_line_overrides,
     finish_loggers,
+    wandb_mode,
     whole_number,
 )
 from vpr.callbacks import WANDB_ID_KEY
@@ -70,6 +71,8 @@ def validate_config(cfg: DictConfig) -> None:
     n = int(cfg.monitor.split("@")[-1]) if "@" in cfg.monitor else None
     if n is not None and n not in list(cfg.model.recall_at):
         raise ConfigError(f"monitor={cfg.monitor} but model.recall_at={list(cfg.model.recall_at)} does not list {n}")
+    if (cfg.get("logger") or {}).get("wandb") is not None:
+        wandb_mode(cfg.logger.wandb)  # a wrong logger.wandb.mode fails now, not after clustering
     if cfg.get("ckpt_path") and cfg.get("init_weights"):
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} and init_weights={cfg.init_weights}: a resumed run restores every weight "
