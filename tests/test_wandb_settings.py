@@ -1,5 +1,5 @@
 """What reaches W&B from the logger settings, without a run: the arguments ``wandb.init`` receives (recorded by a
-stand-in for it), for WANDB_MODE=disabled and the W&B settings of configs/logger/wandb.yaml."""
+stand-in for it), for WANDB_MODE=disabled, the W&B settings of configs/logger/wandb.yaml and a variant's tags."""
 
 from __future__ import annotations
 
@@ -86,3 +86,18 @@ def test_contradicting_or_unknown_modes_are_refused(wandb_init, tmp_path):
 
     with pytest.raises(ConfigError, match="logger.wandb.mode=silent"):  # train.py: before any data work
         validate_config(config(tmp_path, "experiment=city_baseline", "logger.wandb.mode=silent"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tags"),
+    [
+        (["experiment=city_baseline"], ["city", "baseline"]),
+        (["experiment=city_baseline", "attention=se"], ["city", "baseline+se"]),
+        (["experiment=city_baseline", "attention=se", "loss=stml"], ["city", "baseline+se+stml"]),
+        (["experiment=city_main", "attention=se"], ["city", "main", "baseline+se"]),
+        (["experiment=city_se"], ["city", "se"]),
+        (["experiment=city_se", "tags=[mine]"], ["mine", "se"]),
+    ],
+)
+def test_tags_name_the_variant_the_run_trains(wandb_init, tmp_path, overrides, tags):
+    assert init_kwargs(wandb_init, tmp_path, *overrides)["tags"] == tags

@@ -65,6 +65,20 @@ def variant_with_overrides(variant, overrides) -> str | None:
     return "+".join(parts) or None
 
 
+def variant_tags(tags, variant) -> list[str]:
+    """A run's W&B tags: ``tags`` (the experiment's) with ``variant`` added. A variant that the command line's
+    component choices made from the experiment's (``baseline+se`` from ``baseline``) leaves out the experiment's
+    own variant tag, so that filtering runs on ``baseline`` finds the baseline network only."""
+    out = [str(t) for t in tags or ()]
+    if not variant:
+        return out
+    variant = str(variant)
+    base, *added = variant.split("+")
+    if added:
+        out = [t for t in out if t != base]
+    return out if variant in out else [*out, variant]
+
+
 def _command_line_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from vpr import variant_tags
 from vpr.callbacks import (
     AtomicCheckpointIO,
     CheckpointOnStop,
@@ -406,9 +407,9 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
                 kwargs["name"] = "-".join(str(x) for x in (cfg.get("variant"), f"seed{cfg.seed}", job) if x)
             if "job_type" in conf and conf.get("job_type") is None and cfg.get("task_name"):
                 kwargs["job_type"] = str(cfg.task_name)  # train, eval: the runs of one project told apart
-            tags = [str(t) for t in (conf.get("tags") or [])]
-            if cfg.get("variant") and str(cfg.variant) not in tags:
-                kwargs["tags"] = [*tags, str(cfg.variant)]
+            tags = variant_tags(conf.get("tags"), cfg.get("variant"))
+            if tags != [str(t) for t in (conf.get("tags") or [])]:
+                kwargs["tags"] = tags
             if wandb_id:
                 kwargs.update(id=str(wandb_id), resume="allow")
             os.environ.setdefault("WANDB_SILENT", "true")
