@@ -1,15 +1,17 @@
 """W&B (offline): every job of a Hydra multirun is its own run with its own config and metrics, and a resumed
-training continues its run's id; WANDB_MODE=disabled writes nothing. The runs are read from W&B's own files
-(``run-<id>.wandb``)."""
+training continues its run's id; test sets log under names of their own; WANDB_MODE=disabled writes nothing. The
+runs are read from W&B's own files (``run-<id>.wandb``)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -60,6 +62,33 @@ def config_and_metrics(run: Path) -> tuple[dict, set[str]]:
     return config, metrics
 
 
+def run_record(run: Path):
+    """The run's own record (id, group, tags, entity, job type, notes)."""
+    return next(r.run for r in records(run) if r.WhichOneof("record_type") == "run")
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def history(run: Path) -> list[dict]:
+    """The logged rows, in order, as {metric: value}."""
+    return [
+        {_key(i): json.loads(i.value_json) for i in r.history.item}
+        for r in records(run)
+        if r.WhichOneof("record_type") == "history"
+    ]
+
+
+def summary(run: Path) -> dict:
+    """The run's summary (what W&B's runs table shows): its summary updates, the last value of each key."""
+    out = {}
+    for r in records(run):
+        if r.WhichOneof("record_type") == "summary":
+            out.update({_key(i): json.loads(i.value_json) for i in r.summary.update})
+    return out
+
+
 def config_value(run: Path, key: str):
     value = config_and_metrics(run)[0][key]
     return value["value"] if isinstance(value, dict) and "value" in value else value
@@ -105,6 +134,65 @@ def test_resumed_training_continues_its_run(data_dir, tmp_path):
         tmp=tmp_path,
     )
     assert list(offline_runs(second)) == [run_id]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One job of a sweep (sweep A): experiment=city_baseline with attention=se, another test set, W&B and CSV
+# loggers.
+# --------------------------------------------------------------------------------------------------------------
+
+HIGH = "test_sets=[{data:synthetic,label:high,prepare:{preset:tiny-occlusion-high}}]"
+
+
+@pytest.fixture(scope="module")
+def sweep_a(data_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wandb_sweeps")
+    overrides = [
+        *[o for o in base(data_dir) if o != "logger=wandb"],
+        f"paths.log_dir={tmp}/logs",
+        "attention=se",
+        "logger=[wandb,csv]",
+        "logger.wandb.entity=me",
+        "logger.wandb.notes=SE on the tiny city",
+    ]
+    sweep = tmp / "logs" / "train" / "multiruns" / "2026-01-01_10-00-00-sweepA"
+    run_script("train.py", "-m", *overrides, HIGH, f"hydra.sweep.dir={sweep}", tmp=tmp)
+    (job,) = [p for p in sweep.iterdir() if p.is_dir()]
+    (run,) = offline_runs(job).values()
+    return tmp, overrides, sweep, job, run
+
+
+def recall(path: Path, n: int) -> float:
+    return json.loads(path.read_text())["recall_at"][str(n)]
+
+
+def test_each_test_set_logs_its_recalls_under_its_own_name(sweep_a):
+    """test/R@N is the run's own test split's (results.json), test_high/R@N the other set's (results_high.json),
+    in W&B's history and summary and in the CSV logger's metrics.csv alike."""
+    _, _, _, job, run = sweep_a
+    rows = history(run)
+    own, high = [r for r in rows if "test/R@5" in r], [r for r in rows if "test_high/R@5" in r]
+    assert len(own) == 1, f"test/R@5 logged {len(own)} times: another set logged over the run's own test"
+    assert len(high) == 1, f"test_high/R@5 logged {len(high)} times"
+    own, high = own[0], high[0]
+    final = summary(run)
+    (metrics,) = job.glob("csv/version_*/metrics.csv")
+    table = list(csv.DictReader(metrics.open()))
+    for n in (1, 5, 10, 20):
+        mine, other = recall(job / "results.json", n), recall(job / "results_high.json", n)
+        assert own[f"test/R@{n}"] == pytest.approx(mine) and final[f"test/R@{n}"] == pytest.approx(mine)
+        assert high[f"test_high/R@{n}"] == pytest.approx(other) and final[f"test_high/R@{n}"] == pytest.approx(other)
+        assert [float(r[f"test/R@{n}"]) for r in table if r[f"test/R@{n}"]] == [pytest.approx(mine)]
+        assert [float(r[f"test_high/R@{n}"]) for r in table if r[f"test_high/R@{n}"]] == [pytest.approx(other)]
+
+
+def test_a_run_names_its_variant_sweep_and_settings(sweep_a):
+    _, _, sweep, _, run = sweep_a
+    record = run_record(run)
+    assert list(record.tags) == ["city", "baseline+se"]  # the experiment's "baseline" tag is not this network
+    assert record.run_group == sweep.name and record.job_type == "train"
+    assert record.entity == "me" and record.notes == "SE on the tiny city"
+    assert record.display_name == "baseline+se-seed42-job0"
 
 
 def test_wandb_mode_disabled_writes_no_wandb_run(data_dir, tmp_path):

@@ -132,6 +132,9 @@ class PlaceRecognitionModule(L.LightningModule):
         self.aux_weight_after = aux_weight_after
         self.aux_switch_epoch = aux_switch_epoch
         self.results: dict[str, dict] = {}
+        # The loggers' name of a test's recalls, <prefix>/R@N: test for the run's own test split; another test set
+        # logs under its own (test_<label>, run_test_sets), so that it does not overwrite test/R@N.
+        self.test_log_prefix = "test"
         self.predictions: dict[str, np.ndarray] = {}  # stage -> (num_q, max N) retrieved database indices
         self._said_recall_sizes: set[str] = set()  # splits whose database is smaller than an N (said once)
         self.prediction_distances: dict[str, np.ndarray] = {}  # "test" -> L2 distances of those (num_q, max N)
@@ -510,7 +513,7 @@ class PlaceRecognitionModule(L.LightningModule):
             "spatial_nms": split.spatial_nms,
             "own_capture_time_excluded": split.db_time is not None,
         }
-        prefix = "val" if stage == "val" else "test"
+        prefix = "val" if stage == "val" else self.test_log_prefix
         for n, r in recalls.items():
             # identical on every rank (descriptors are gathered first): sync_dist only averages equal values
             self.log(f"{prefix}/R@{n}", r, sync_dist=True, prog_bar=n == self.recall_at[0])

@@ -10,7 +10,8 @@ apply to every set. The image size is, in this order: the entry's ``image_size``
 network was trained at (train.py; eval.py with a checkpoint), the set's config.
 
 Results: ``results_<label>.json`` per set (the shape of results.json), ``results_sets.json`` (all of them) and
-``results_sets.md`` (the table, one column per set) in the run folder.
+``results_sets.md`` (the table, one column per set) in the run folder; the loggers get each set's recalls as
+``test_<label>/R@N`` (the run's own test split keeps ``test/R@N``).
 """
 
 from __future__ import annotations
@@ -144,6 +145,11 @@ def safe_label(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
+def log_prefix(label: str) -> str:
+    """What a test set's recalls are logged under (``test_<label>/R@N``, the label as in its results file's name)."""
+    return f"test_{safe_label(label)}"
+
+
 def prepare_test_sets(cfg: DictConfig, sets: list[TestSet], split: str = "test") -> list[tuple[TestSet, Any]]:
     """A data module per set with its ``split`` read and checked: a missing dataset fails before any work."""
     prepared = []
@@ -190,8 +196,13 @@ def run_test_sets(
     is added to every set's results (e.g. the checkpoint the weights came from).
     """
     results: dict[str, dict[str, Any]] = {}
+    own_prefix = module.test_log_prefix
     for ts, dm in prepared:
-        trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)
+        module.test_log_prefix = log_prefix(ts.label)  # test/R@N stays the run's own test split's
+        try:
+            trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)
+        finally:
+            module.test_log_prefix = own_prefix
         results[ts.label] = {
             **module.results["test"],
             "test_set": ts.label,

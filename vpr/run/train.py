@@ -386,13 +386,5 @@ def train_and_test(
             out_dir,
             ckpt_path=best,
             title="Test recall (%) of the trained network on the test sets",
-        )
-        for lg in trainer.loggers:
-            lg.log_metrics(
-                {
-                    f"test_sets/{label}/R@{n}": r
-                    for label, res in results["test_sets"].items()
-                    for n, r in res["recall_at"].items()
-                }
-            )
+        )  # each set's recalls logged as test_<label>/R@N
     return results
