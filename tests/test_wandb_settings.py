@@ -1,5 +1,6 @@
 """What reaches W&B from the logger settings, without a run: the arguments ``wandb.init`` receives (recorded by a
-stand-in for it), for WANDB_MODE=disabled, the W&B settings of configs/logger/wandb.yaml and a variant's tags."""
+stand-in for it), for WANDB_MODE=disabled, the W&B settings of configs/logger/wandb.yaml, a variant's tags and a
+resumed run's group."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from vpr.api import compose_config
-from vpr.build import build_loggers
+from vpr.build import build_loggers, resumed_wandb_group, run_folder_group
 from vpr.errors import ConfigError
 
 
@@ -101,3 +102,67 @@ def test_contradicting_or_unknown_modes_are_refused(wandb_init, tmp_path):
 )
 def test_tags_name_the_variant_the_run_trains(wandb_init, tmp_path, overrides, tags):
     assert init_kwargs(wandb_init, tmp_path, *overrides)["tags"] == tags
+
+
+def test_a_resumed_run_keeps_the_group_it_started_in(wandb_init, tmp_path, monkeypatch):
+    import vpr.build
+
+    monkeypatch.setattr(vpr.build, "sweep_identity", lambda: ("2026-01-02_sweepB", "job0"))  # a new sweep
+    assert init_kwargs(wandb_init, tmp_path)["group"] == "2026-01-02_sweepB"  # a new run: the sweep's group
+    resumed = init_kwargs(wandb_init, tmp_path, wandb_id="abc123", wandb_group="2026-01-01_sweepA")
+    assert resumed["id"] == "abc123" and resumed["group"] == "2026-01-01_sweepA"
+    assert init_kwargs(wandb_init, tmp_path, wandb_id="abc123", wandb_group=None)["group"] is None  # had none
+    given = init_kwargs(wandb_init, tmp_path, "logger.wandb.group=mine", wandb_id="abc123", wandb_group="x")
+    assert given["group"] == "mine"  # a group named on the command line wins
+
+
+HYDRA_YAML = """\
+hydra:
+  run:
+    dir: ${{paths.log_dir}}/${{task_name}}/runs/${{now:%Y-%m-%d_%H-%M-%S-%f}}
+  sweep:
+    dir: {sweep_dir}
+    subdir: ${{hydra.job.num}}_x
+  mode: {mode}
+  runtime:
+    output_dir: {output_dir}
+"""
+
+
+def run_folder(tmp_path: Path, mode: str, sweep_dir: str, output_dir: str) -> Path:
+    """A run folder as Hydra leaves it (its .hydra/hydra.yaml, written here by hand) with a checkpoints folder."""
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "checkpoints").mkdir()
+    (folder / ".hydra" / "hydra.yaml").write_text(
+        HYDRA_YAML.format(mode=mode, sweep_dir=sweep_dir, output_dir=output_dir)
+    )
+    return folder
+
+
+def test_the_group_of_an_older_checkpoint_comes_from_its_run_folder(tmp_path):
+    unresolved = "${paths.log_dir}/${task_name}/multiruns/${now:%Y-%m-%d_%H-%M-%S-%f}"
+    folder = run_folder(tmp_path / "a", "MULTIRUN", unresolved, "/logs/train/multiruns/2026-01-01_sweepA/0_baseline")
+    assert run_folder_group(folder) == "2026-01-01_sweepA"
+    assert resumed_wandb_group({}, folder / "checkpoints" / "last.ckpt") == "2026-01-01_sweepA"
+    # a checkpoint that records its group is believed, even one of no group
+    assert resumed_wandb_group({"wandb_run_group": "other"}, folder / "checkpoints" / "last.ckpt") == "other"
+    assert resumed_wandb_group({"wandb_run_group": None}, folder / "checkpoints" / "last.ckpt") is None
+    named = run_folder(tmp_path / "b", "MULTIRUN", "/sweeps/my_sweep", "/sweeps/my_sweep/3_x")
+    assert run_folder_group(named) == "my_sweep"
+    single = run_folder(tmp_path / "c", "RUN", unresolved, "/logs/train/runs/2026-01-01_10-00-00-000000")
+    assert resumed_wandb_group({}, single / "checkpoints" / "last.ckpt") is None
+    assert resumed_wandb_group({}, tmp_path / "elsewhere" / "last.ckpt") is None
+
+
+def test_checkpoints_record_the_wandb_group(monkeypatch, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from vpr.callbacks import RecordRunIds
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for group in ("2026-01-01_sweepA", None):
+        checkpoint: dict = {}
+        loggers = [CSVLogger(tmp_path), WandbLogger(id="abc123", group=group, save_dir=tmp_path, offline=True)]
+        RecordRunIds().on_save_checkpoint(SimpleNamespace(loggers=loggers), None, checkpoint)
+        assert checkpoint == {"wandb_run_id": "abc123", "wandb_run_group": group}

@@ -25,6 +25,7 @@ from torch import nn
 
 from vpr import variant_tags
 from vpr.callbacks import (
+    WANDB_GROUP_KEY,
     AtomicCheckpointIO,
     CheckpointOnStop,
     LogFileProgressBar,
@@ -378,8 +379,37 @@ def sweep_identity() -> tuple[str | None, str | None]:
     return None, None
 
 
-def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
-    """The configured loggers; ``wandb_id`` continues that W&B run (a resumed training)."""
+def run_folder_group(run_folder: Path) -> str | None:
+    """The W&B group :func:`build_loggers` gave the run of ``run_folder`` (a train.py run folder): its Hydra sweep's
+    folder name when it was a job of a multirun (its ``.hydra/hydra.yaml``), else None (a single run, or a folder
+    Hydra left no record in)."""
+    import yaml
+
+    try:
+        hydra = (yaml.safe_load((Path(run_folder) / ".hydra" / "hydra.yaml").read_text()) or {}).get("hydra") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if str(hydra.get("mode")) != "MULTIRUN":
+        return None
+    sweep_dir = str((hydra.get("sweep") or {}).get("dir") or "")
+    if sweep_dir and "${" not in sweep_dir:
+        return Path(sweep_dir).name
+    output_dir = (hydra.get("runtime") or {}).get("output_dir")  # <sweep dir>/<job folder>
+    return Path(str(output_dir)).parent.name if output_dir else None
+
+
+def resumed_wandb_group(state: dict[str, Any], ckpt_path: str | Path) -> str | None:
+    """The W&B group of the run a checkpoint continues: the one it records (:class:`RecordRunIds`), else, for a
+    checkpoint written before groups were recorded, that of the run folder it lies in (``<run>/checkpoints/``,
+    where a resumed run keeps writing): a resumed run stays in its own sweep's group, not the new sweep's."""
+    if WANDB_GROUP_KEY in state:
+        return state[WANDB_GROUP_KEY]
+    return run_folder_group(Path(ckpt_path).resolve().parent.parent)
+
+
+def build_loggers(cfg: DictConfig, wandb_id: str | None = None, wandb_group: str | None = None) -> list[Any]:
+    """The configured loggers; ``wandb_id`` continues that W&B run (a resumed training), in ``wandb_group`` (the
+    group it was started in; None: none) unless ``logger.wandb.group`` names one."""
     loggers = []
     for name, conf in (cfg.get("logger") or {}).items():
         if conf is None or "_target_" not in conf:
@@ -401,8 +431,11 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None) -> list[Any]:
                     Path(cfg.paths.output_dir) / "wandb" / "offline-run-*",
                 )
             group, job = sweep_identity()
-            if conf.get("group") is None and group:
-                kwargs["group"] = group  # one W&B group per Hydra sweep
+            if conf.get("group") is None:
+                if wandb_id:
+                    kwargs["group"] = wandb_group  # a resumed run stays in the group it started in
+                elif group:
+                    kwargs["group"] = group  # one W&B group per Hydra sweep
             if conf.get("name") is None:
                 kwargs["name"] = "-".join(str(x) for x in (cfg.get("variant"), f"seed{cfg.seed}", job) if x)
             if "job_type" in conf and conf.get("job_type") is None and cfg.get("task_name"):
@@ -500,12 +533,17 @@ def check_deterministic(setting: Any, module: nn.Module | None, cuda: bool) -> N
 
 
 def build_trainer(
-    cfg: DictConfig, training: bool = True, wandb_id: str | None = None, module: nn.Module | None = None
+    cfg: DictConfig,
+    training: bool = True,
+    wandb_id: str | None = None,
+    module: nn.Module | None = None,
+    wandb_group: str | None = None,
 ) -> L.Trainer:
     """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation.
-    ``module`` (training) decides ``trainer.sync_batchnorm=auto``."""
+    ``module`` (training) decides ``trainer.sync_batchnorm=auto``; ``wandb_id`` and ``wandb_group``: see
+    :func:`build_loggers`."""
     if training:
-        loggers = build_loggers(cfg, wandb_id)
+        loggers = build_loggers(cfg, wandb_id, wandb_group)
         precision = str(cfg.trainer.get("precision", "32-true"))
         if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             log.warning("trainer.precision=%s: this GPU has no bfloat16; training in 16-mixed instead", precision)

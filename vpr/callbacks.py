@@ -160,15 +160,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 #: Where a checkpoint keeps the W&B run id, so that a resumed training continues the same run.
 WANDB_ID_KEY = "wandb_run_id"
+#: Where it keeps that run's W&B group (None: none), so that a resumed run started from another sweep stays in it.
+WANDB_GROUP_KEY = "wandb_run_group"
 
 
 class RecordRunIds(L.Callback):
-    """Stores the W&B run id in every checkpoint."""
+    """Stores the W&B run id and group in every checkpoint."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger" and lg.version:
                 checkpoint[WANDB_ID_KEY] = str(lg.version)
+                group = getattr(lg, "_wandb_init", {}).get("group")  # what the run was started with
+                checkpoint[WANDB_GROUP_KEY] = str(group) if group else None
 
 
 class LogFileProgressBar(TQDMProgressBar):

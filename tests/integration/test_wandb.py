@@ -1,6 +1,6 @@
 """W&B (offline): every job of a Hydra multirun is its own run with its own config and metrics, and a resumed
-training continues its run's id; test sets log under names of their own; WANDB_MODE=disabled writes nothing. The
-runs are read from W&B's own files (``run-<id>.wandb``)."""
+training continues its run's id, in its own sweep's group; test sets log under names of their own;
+WANDB_MODE=disabled writes nothing. The runs are read from W&B's own files (``run-<id>.wandb``)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_resumed_training_continues_its_run(data_dir, tmp_path):
 
 # --------------------------------------------------------------------------------------------------------------
 # One job of a sweep (sweep A): experiment=city_baseline with attention=se, another test set, W&B and CSV
-# loggers.
+# loggers; then resumed from another sweep (sweep B).
 # --------------------------------------------------------------------------------------------------------------
 
 HIGH = "test_sets=[{data:synthetic,label:high,prepare:{preset:tiny-occlusion-high}}]"
@@ -193,6 +193,18 @@ def test_a_run_names_its_variant_sweep_and_settings(sweep_a):
     assert record.run_group == sweep.name and record.job_type == "train"
     assert record.entity == "me" and record.notes == "SE on the tiny city"
     assert record.display_name == "baseline+se-seed42-job0"
+
+
+def test_a_run_resumed_from_another_sweep_stays_in_its_group(sweep_a):
+    tmp, overrides, sweep, job, run = sweep_a
+    saved = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["wandb_run_group"] == sweep.name
+    sweep_b = sweep.parent / "2026-01-02_10-00-00-sweepB"
+    run_script("train.py", "-m", *overrides, "ckpt_path=last", f"hydra.sweep.dir={sweep_b}", tmp=tmp)
+    (resumed,) = offline_runs(sweep_b).values()
+    record = run_record(resumed)
+    assert record.run_id == run_record(run).run_id  # the same W&B run, continued
+    assert record.run_group == sweep.name  # not sweep B's
 
 
 def test_wandb_mode_disabled_writes_no_wandb_run(data_dir, tmp_path):
