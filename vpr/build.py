@@ -538,10 +538,11 @@ def build_trainer(
     wandb_id: str | None = None,
     module: nn.Module | None = None,
     wandb_group: str | None = None,
+    loggers: list[Any] | None = None,
 ) -> L.Trainer:
-    """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation.
-    ``module`` (training) decides ``trainer.sync_batchnorm=auto``; ``wandb_id`` and ``wandb_group``: see
-    :func:`build_loggers`."""
+    """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation
+    (logging to ``loggers``, none by default). ``module`` (training) decides ``trainer.sync_batchnorm=auto``;
+    ``wandb_id`` and ``wandb_group``: see :func:`build_loggers`."""
     if training:
         loggers = build_loggers(cfg, wandb_id, wandb_group)
         precision = str(cfg.trainer.get("precision", "32-true"))
@@ -576,7 +577,7 @@ def build_trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,
         precision=cfg.trainer.get("precision", "32-true"),
-        logger=False,
+        logger=loggers or False,
         enable_checkpointing=False,
         enable_model_summary=False,
         default_root_dir=cfg.paths.output_dir,

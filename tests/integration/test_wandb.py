@@ -1,6 +1,6 @@
 """W&B (offline): every job of a Hydra multirun is its own run with its own config and metrics, and a resumed
-training continues its run's id, in its own sweep's group; test sets log under names of their own;
-WANDB_MODE=disabled writes nothing. The runs are read from W&B's own files (``run-<id>.wandb``)."""
+training continues its run's id, in its own sweep's group; test sets log under names of their own; eval.py logs
+its recalls; WANDB_MODE=disabled writes nothing. The runs are read from W&B's own files (``run-<id>.wandb``)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_resumed_training_continues_its_run(data_dir, tmp_path):
 
 # --------------------------------------------------------------------------------------------------------------
 # One job of a sweep (sweep A): experiment=city_baseline with attention=se, another test set, W&B and CSV
-# loggers; then resumed from another sweep (sweep B).
+# loggers; then resumed from another sweep (sweep B), and evaluated by eval.py.
 # --------------------------------------------------------------------------------------------------------------
 
 HIGH = "test_sets=[{data:synthetic,label:high,prepare:{preset:tiny-occlusion-high}}]"
@@ -205,6 +205,29 @@ def test_a_run_resumed_from_another_sweep_stays_in_its_group(sweep_a):
     record = run_record(resumed)
     assert record.run_id == run_record(run).run_id  # the same W&B run, continued
     assert record.run_group == sweep.name  # not sweep B's
+
+
+def test_eval_logs_its_recalls_as_a_run_of_its_own(sweep_a, data_dir):
+    tmp, _, _, job, run = sweep_a
+    out = tmp / "eval_run"
+    checkpoint = job / "checkpoints" / "last.ckpt"
+    run_script(
+        "eval.py",
+        f"ckpt_path='{checkpoint}'",
+        f"paths.data_dir={data_dir}",
+        "data.num_workers=0",
+        "trainer.accelerator=cpu",
+        "logger=wandb",
+        f"hydra.run.dir={out}",
+        tmp=tmp,
+    )
+    (evaluated,) = offline_runs(out).values()
+    record = run_record(evaluated)
+    assert record.job_type == "eval" and record.run_id != run_record(run).run_id
+    (row,) = [r for r in history(evaluated) if "test/R@1" in r]
+    for n in (1, 5, 10, 20):
+        assert row[f"test/R@{n}"] == pytest.approx(recall(out / "results.json", n))
+    assert summary(evaluated)["test/recall_table/_type"] == "table-file"  # the table, as train.py logs it
 
 
 def test_wandb_mode_disabled_writes_no_wandb_run(data_dir, tmp_path):

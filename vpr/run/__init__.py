@@ -84,9 +84,9 @@ def save_predictions(module, dm, out_dir: Path, suffix: str = "", worst: int = 6
         log.warning("no picture of the worst failures: %s", e)
 
 
-def log_test_results(loggers, columns: dict, out_dir: Path) -> None:
-    """For loggers that take tables and images (W&B): the test table (a row per N, a column per network), the
-    Recall@N curves and the run's pictures."""
+def log_test_results(loggers, columns: dict, out_dir: Path, split: str = "test") -> None:
+    """For loggers that take tables and images (W&B): the ``split``'s table (a row per N, a column per network),
+    the Recall@N curves and the run's pictures, under ``<split>/``."""
     media = [lg for lg in loggers if hasattr(lg, "log_table") and hasattr(lg, "log_image")]
     if not media or not columns:
         return
@@ -108,17 +108,17 @@ def log_test_results(loggers, columns: dict, out_dir: Path) -> None:
             )
             for c in names
         ]
-        curves = [str(plot_recall_curves(runs, out_dir / "pictures" / "test_recall_curves.png"))]
+        curves = [str(plot_recall_curves(runs, out_dir / "pictures" / f"{split}_recall_curves.png"))]
     except Exception as e:  # a picture is a bonus
         log.warning("no Recall@N curve picture: %s", e)
     pictures = {
-        key: out_dir / "pictures" / f"{name}.png"
-        for key, name in (("test/retrievals", "test_retrievals"), ("test/worst_failures", "worst_failures"))
+        f"{split}/{key}": out_dir / "pictures" / f"{name}.png"
+        for key, name in (("retrievals", f"{split}_retrievals"), ("worst_failures", "worst_failures"))
     }
     for lg in media:
-        lg.log_table(key="test/recall_table", columns=["N", *(f"{c} R@N (%)" for c in names)], data=data)
+        lg.log_table(key=f"{split}/recall_table", columns=["N", *(f"{c} R@N (%)" for c in names)], data=data)
         if curves:
-            lg.log_image(key="test/recall_curves", images=curves)
+            lg.log_image(key=f"{split}/recall_curves", images=curves)
         for key, path in pictures.items():
             if path.is_file():
                 lg.log_image(key=key, images=[str(path)])

@@ -12,11 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 from vpr import variant_with_overrides
 from vpr.build import (
     build_datamodule,
+    build_loggers,
     build_module,
     build_trainer,
     check_common_settings,
     cluster_command_overrides,
     command_line_overrides,
+    finish_loggers,
     whole_number,
 )
 from vpr.centroids import init_head, needs_centroids
@@ -33,7 +35,7 @@ from vpr.errors import ConfigError
 from vpr.eval.pca import check_pca_file_free, load_or_fit_pca
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
-from vpr.run import save_predictions, single_log_stream
+from vpr.run import log_test_results, save_predictions, single_log_stream
 from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 from vpr.viz.pictures import save_retrieval_pictures
 
@@ -110,6 +112,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     # the settings this evaluation ran with, the checkpoint's network included (variant: the row of a table)
     write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    loggers = build_loggers(cfg)  # logger=wandb|csv|tensorboard: the recalls are logged (eval.yaml: none)
     L.seed_everything(int(cfg.seed), workers=True)
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_size)
     sets = resolve_test_sets(cfg, shared)
@@ -133,7 +136,21 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
             dm.prepare_data()  # the training split is read only if cluster.auto has to cluster
             init_head(cfg, module, dm, cluster_command_overrides())
     extra = setup_pca(cfg, module, dm, shared)
-    trainer = build_trainer(cfg, training=False)
+    trainer = build_trainer(cfg, training=False, loggers=loggers)
+    failed = True
+    try:
+        results = evaluate(cfg, trainer, module, dm, prepared, ckpt_path, extra, out_dir)
+        failed = False
+        return results
+    finally:
+        finish_loggers(trainer, failed)  # each eval.py job (a sweep's too) is its own W&B run
+
+
+def evaluate(cfg: DictConfig, trainer, module, dm, prepared, ckpt_path, extra, out_dir: Path) -> dict[str, Any]:
+    """Test on the run's split (logged as ``<split>/R@N``, with the table and pictures for W&B) or on every test
+    set (``test_<label>/R@N``), write the results and print the table."""
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     label = "trained" if ckpt_path else "untrained"
     if prepared:
         return run_test_sets(
@@ -146,6 +163,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
             + (f" ({ckpt_path})" if ckpt_path else "")
             + (f", PCA-whitened to {extra['pca_dim']} dimensions" if extra.get("pca_dim") else ""),
         )
+    module.test_log_prefix = str(cfg.split)
     trainer.test(module, datamodule=dm, verbose=False)
     results = {**module.results["test"], "checkpoint": ckpt_path, **extra}
     write_json_atomic(out_dir / "results.json", results)
@@ -154,5 +172,6 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     write_text_atomic(out_dir / "results.md", table + "\n")
     save_retrieval_pictures(module, dm, "test", out_dir / "pictures" / f"{cfg.split}_retrievals.png")
     save_predictions(module, dm, out_dir)
+    log_test_results(trainer.loggers, {label: results}, out_dir, split=str(cfg.split))
     print("\n" + table + f"\n\nresults: {out_dir / 'results.json'}\n")
     return results
