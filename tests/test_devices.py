@@ -112,3 +112,19 @@ def test_loader_workers_ignore_a_strangers_sigterm_and_end_on_their_owners(start
     os.kill(pid, signal.SIGTERM)  # from the loader's owner, as its shutdown sends it
     assert not _alive_after(worker, 5.0), "the owner's SIGTERM did not end the worker"
     it._shutdown_workers()
+
+
+@pytest.mark.parametrize("overrides, warned", [([], False), (["strategy=ddp"], True), (["trainer.devices=2"], True)])
+def test_evaluation_says_it_runs_in_one_process(overrides, warned, caplog, tmp_path):
+    """eval.py builds a one-device Trainer: DDP settings on its command line are said to be ignored, not dropped
+    silently."""
+    import logging
+
+    from tests.conftest import compose_script
+    from vpr.build import build_trainer
+
+    cfg = compose_script("eval", "trainer.accelerator=cpu", f"paths.output_dir={tmp_path}", *overrides)
+    with caplog.at_level(logging.WARNING, logger="vpr.build"):
+        trainer = build_trainer(cfg, training=False)
+    assert trainer.world_size == 1
+    assert ("evaluation runs in one process on one device" in caplog.text) is warned

@@ -36,3 +36,13 @@ def test_shared_settings_and_unknown_keys(tmp_path):
     assert list(city.data.image_size) == [48, 64] and city.data.root == str(tmp_path / "city_default_seed0")
     with pytest.raises(ConfigError, match=r"test_sets entry 'x': \['rooot'\] are not settings of data=synthetic"):
         resolve_test_sets(run_config(tmp_path, [{"data": "synthetic", "label": "x", "rooot": "/d"}]))
+
+
+@pytest.mark.parametrize("label", ["untrained", "sets"])
+def test_a_label_that_names_a_file_of_the_run_is_refused(label):
+    from vpr.errors import ConfigError
+    from vpr.run.test_sets import resolve_test_sets
+
+    cfg = compose_script("eval", f"test_sets=[{{data:synthetic,label:{label}}}]")
+    with pytest.raises(ConfigError, match=f"results_{label}.json, a file of the run itself"):
+        resolve_test_sets(cfg)

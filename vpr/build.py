@@ -573,6 +573,13 @@ def build_trainer(
             plugins=[AtomicCheckpointIO()],
             **extra,
         )
+    devices = cfg.trainer.get("devices", "auto")
+    if str(devices) not in ("1", "auto", "None") or cfg.trainer.get("strategy") not in (None, "auto"):
+        log.warning(
+            "trainer.devices=%s / strategy: evaluation runs in one process on one device (the encoding of a test "
+            "split is short next to training); these settings apply to train.py",
+            devices,
+        )
     return L.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,

@@ -64,6 +64,15 @@ def test_train_writes_results_and_checkpoints(trained, data_dir):
     assert all(0.0 <= x <= 1.0 for x in r) and r == sorted(r)
     assert res["num_queries"] > 0 and res["num_database"] > 0
     assert read(run / "results_untrained.json")["split"] == "test"
+    # the loggers: test/R@N is the trained network's, the untrained one's has a name of its own
+    import csv
+
+    (metrics,) = run.rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    logged = {key: float(row[key]) for row in rows for key in ("test/R@1", "test_untrained/R@1") if row.get(key)}
+    assert logged["test/R@1"] == pytest.approx(res["recall_at"]["1"])
+    assert logged["test_untrained/R@1"] == pytest.approx(read(run / "results_untrained.json")["recall_at"]["1"])
+    assert sum(1 for row in rows if row.get("test/R@1")) == 1
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "pictures" / "test_retrievals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "untrained" in proc.stdout and "trained" in proc.stdout  # the side-by-side table

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SHARED_DATA_SETTINGS = ("image_size", "eval_batch_size", "num_workers")
 ENTRY_KEYS_NOT_DATA = ("data", "label")
+#: Labels whose results_<label>.json is a file of the run itself (the untrained test, all sets together).
+RESERVED_LABELS = ("untrained", "sets")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,11 @@ def resolve_test_sets(cfg: DictConfig, shared_overrides: Mapping[str, Any] | Non
             raise ConfigError(
                 f"test_sets entry {entry!r}: give a data config name (test_sets=[pitts30k,tokyo247]) or a mapping "
                 "naming one under 'data' (test_sets=[{data:tokyo247,root:/path/to/tokyo}])"
+            )
+        if safe_label(label) in RESERVED_LABELS:
+            raise ConfigError(
+                f"test_sets: the label '{label}' would write results_{safe_label(label)}.json, a file of the run "
+                f"itself; give the entry another label ({{data:{choice},label:other_name}})"
             )
         data = compose_data_config(choice, cfg, dict(shared_overrides or {}), extra, label=label)
         if any(t.label == label for t in out):

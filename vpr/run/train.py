@@ -359,7 +359,11 @@ def train_and_test(
 
     results: dict[str, Any] = {}
     if cfg.get("test_untrained") and ckpt_path is None:
-        trainer.test(module, datamodule=dm, verbose=False)
+        module.test_log_prefix = "test_untrained"  # test/R@N is the trained network's
+        try:
+            trainer.test(module, datamodule=dm, verbose=False)
+        finally:
+            module.test_log_prefix = "test"
         results["untrained"] = module.results["test"]
         if trainer.is_global_zero:
             write_json_atomic(out_dir / "results_untrained.json", results["untrained"])
