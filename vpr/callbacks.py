@@ -270,8 +270,10 @@ class MaskQuality(L.Callback):
         return mask_quality(masks, np.stack(targets))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.applies(trainer, pl_module):
+        if trainer.sanity_checking or not self.applies(trainer, pl_module):
             return
+        # Every DDP process measures the same images with the same weights, so the values agree and sync_dist
+        # (which Lightning asks for at epoch level) only averages equal numbers.
         q = self.measure_if_labelled(pl_module, trainer.datamodule, trainer.datamodule.val_split)
         if q is None:
             return
@@ -281,7 +283,7 @@ class MaskQuality(L.Callback):
                 "mask/on_suppressed": q["mask_on_suppressed"],
                 "mask/on_static": q["mask_on_static"],
             },
-            rank_zero_only=True,
+            sync_dist=True,
         )
         log.info(
             "mask on the validation images: AUC %.3f, mean %.3f on suppressed classes, %.3f on the static scene",
