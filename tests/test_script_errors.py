@@ -238,7 +238,7 @@ def test_sigterm_inside_a_loop_is_left_to_lightnings_handler_and_a_job_managers_
 
 def test_lightnings_sigterm_handler_runs_no_collective_inside_the_signal(monkeypatch):
     """Lightning's SIGTERM notifier broadcasts from inside the signal handler; with another DDP process waiting in
-    an all_gather (the mining cache) both hung. After CheckpointOnStop's start hooks the handler sets the flag and
+    an all_gather (the mining cache) both hung. After SigtermWithoutCollectives' start hooks (a callback of every run) the handler sets the flag and
     passes the signal on to the processes this one started, and calls no collective."""
     import signal
     from types import SimpleNamespace
@@ -246,7 +246,7 @@ def test_lightnings_sigterm_handler_runs_no_collective_inside_the_signal(monkeyp
     import torch.distributed as dist
     from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
-    from vpr.callbacks import CheckpointOnStop
+    from vpr.callbacks import SigtermWithoutCollectives
 
     killed, broadcasts = [], []
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
@@ -261,11 +261,48 @@ def test_lightnings_sigterm_handler_runs_no_collective_inside_the_signal(monkeyp
     trainer._signal_connector = connector
     connector.register_signal_handlers()
     try:
-        CheckpointOnStop("/nowhere").on_train_start(trainer, None)
-        CheckpointOnStop("/nowhere").on_validation_start(trainer, None)  # a second time changes nothing
+        SigtermWithoutCollectives().on_train_start(trainer, None)
+        SigtermWithoutCollectives().on_validation_start(trainer, None)  # a second time changes nothing
         handler = signal.getsignal(signal.SIGTERM)
         handler(signal.SIGTERM, None)
         handler(signal.SIGTERM, None)
     finally:
         connector.teardown()
     assert connector.received_sigterm and killed == [signal.SIGTERM] and broadcasts == []
+
+
+def test_a_stop_before_the_training_state_is_restored_saves_nothing(tmp_path):
+    """A SIGTERM while the fit is being set up (guidance targets, before Lightning restores a resumed run's state)
+    must not write last.ckpt: it would hold the state before the restore (epoch 0) over the resumed run's."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import RunningStage
+
+    from vpr.callbacks import CheckpointOnStop
+
+    saved = []
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(stage=RunningStage.TRAINING),
+        sanity_checking=False,
+        save_checkpoint=saved.append,
+        is_global_zero=True,
+        current_epoch=3,
+        global_step=12,
+    )
+    stop = CheckpointOnStop(tmp_path)
+    stop.on_fit_start(trainer, None)
+    stop.on_exception(trainer, None, SIGTERMException())
+    assert saved == []
+    stop.on_train_start(trainer, None)
+    stop.on_exception(trainer, None, SIGTERMException())
+    assert saved == [str(tmp_path / "last.ckpt")]
+
+
+def test_a_sigterm_that_only_set_lightnings_flag_stops_after_the_call():
+    from types import SimpleNamespace
+
+    from vpr.callbacks import stop_if_signalled
+
+    stop_if_signalled(SimpleNamespace(received_sigterm=False))
+    with pytest.raises(SIGTERMException):
+        stop_if_signalled(SimpleNamespace(received_sigterm=True))

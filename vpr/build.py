@@ -31,6 +31,7 @@ from vpr.callbacks import (
     LogFileProgressBar,
     OfflineMining,
     RecordRunIds,
+    SigtermWithoutCollectives,
 )
 from vpr.data.transforms import checked_image_size
 from vpr.devices import loader_workers
@@ -482,6 +483,7 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
     out += [OfflineMining(), RecordRunIds()]
     if cfg.get("callbacks", {}).get("last_checkpoint") is not None:
         out.append(CheckpointOnStop(cfg.callbacks.last_checkpoint.dirpath))
+    out.append(SigtermWithoutCollectives())
     return out
 
 

@@ -86,16 +86,15 @@ class CheckpointOnStop(L.Callback):
 
     def __init__(self, dirpath: str | os.PathLike) -> None:
         self.dirpath = os.fspath(dirpath)
+        self._restored = False  # the training state (a resumed run's) is in place: saving now loses nothing
 
-    # Lightning installs its SIGTERM handler when a loop starts, just before these hooks.
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A stop from here to on_train_start (guidance targets, Lightning's restore) would save the state before
+        # the resumed checkpoint's was restored: last.ckpt would go back to epoch 0.
+        self._restored = False
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sigterm_without_collectives(trainer)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sigterm_without_collectives(trainer)
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sigterm_without_collectives(trainer)
+        self._restored = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.trainer.states import RunningStage
@@ -103,7 +102,7 @@ class CheckpointOnStop(L.Callback):
 
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             return
-        if trainer.state.stage != RunningStage.TRAINING or trainer.sanity_checking:
+        if trainer.state.stage != RunningStage.TRAINING or trainer.sanity_checking or not self._restored:
             return
         path = os.path.join(self.dirpath, "last.ckpt")
         trainer.save_checkpoint(path)
@@ -115,6 +114,30 @@ class CheckpointOnStop(L.Callback):
                 trainer.global_step,
                 path,
             )
+
+
+class SigtermWithoutCollectives(L.Callback):
+    """:func:`sigterm_without_collectives` for every loop (Lightning installs its SIGTERM handler when a loop starts,
+    just before these hooks); with any callbacks configured."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sigterm_without_collectives(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sigterm_without_collectives(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sigterm_without_collectives(trainer)
+
+
+def stop_if_signalled(trainer: L.Trainer) -> None:
+    """After ``trainer.fit/test`` returned: a SIGTERM that came while Lightning's handler was installed but after its
+    loop's last check (a test's epoch end, the recall computation) only set its flag; stop now, as it would have.
+    (The next ``trainer.test`` would clear the flag.)"""
+    if getattr(trainer, "received_sigterm", False):
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        raise SIGTERMException(143)
 
 
 def sigterm_without_collectives(trainer: L.Trainer) -> bool:

@@ -21,6 +21,7 @@ from vpr.build import (
     finish_loggers,
     whole_number,
 )
+from vpr.callbacks import stop_if_signalled
 from vpr.centroids import init_head, needs_centroids
 from vpr.checkpoints import (
     load_network_weights,
@@ -165,6 +166,7 @@ def evaluate(cfg: DictConfig, trainer, module, dm, prepared, ckpt_path, extra, o
         )
     module.test_log_prefix = str(cfg.split)
     trainer.test(module, datamodule=dm, verbose=False)
+    stop_if_signalled(trainer)
     results = {**module.results["test"], "checkpoint": ckpt_path, **extra}
     write_json_atomic(out_dir / "results.json", results)
     pca = f" after PCA-whitening to {extra['pca_dim']} dimensions" if extra.get("pca_dim") else ""

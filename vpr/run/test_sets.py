@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vpr import CONFIG_DIR
 from vpr.build import build_datamodule
+from vpr.callbacks import stop_if_signalled
 from vpr.checkpoints import overridden_keys
 from vpr.errors import ConfigError, DataError
 from vpr.eval.tables import format_sets_table
@@ -208,6 +209,7 @@ def run_test_sets(
         module.test_log_prefix = log_prefix(ts.label)  # test/R@N stays the run's own test split's
         try:
             trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)
+            stop_if_signalled(trainer)
         finally:
             module.test_log_prefix = own_prefix
         results[ts.label] = {

@@ -28,7 +28,7 @@ from vpr.build import (
     wandb_mode,
     whole_number,
 )
-from vpr.callbacks import WANDB_ID_KEY
+from vpr.callbacks import WANDB_ID_KEY, stop_if_signalled
 from vpr.centroids import init_head
 from vpr.checkpoints import (
     NothingToResume,
@@ -362,6 +362,7 @@ def train_and_test(
         module.test_log_prefix = "test_untrained"  # test/R@N is the trained network's
         try:
             trainer.test(module, datamodule=dm, verbose=False)
+            stop_if_signalled(trainer)
         finally:
             module.test_log_prefix = "test"
         results["untrained"] = module.results["test"]
@@ -369,11 +370,13 @@ def train_and_test(
             write_json_atomic(out_dir / "results_untrained.json", results["untrained"])
 
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    stop_if_signalled(trainer)
     if not cfg.get("test_after_training", True) or trainer.interrupted:
         return results
 
     best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
     trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)
+    stop_if_signalled(trainer)
     results["trained"] = {**module.results["test"], "checkpoint": best}
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         write_json_atomic(out_dir / "results.json", results["trained"])
