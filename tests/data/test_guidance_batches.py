@@ -146,14 +146,15 @@ def test_a_torch_export_program_made_for_one_image(tmp_path, tiny_city):
         np.testing.assert_allclose(table[i], want, atol=1e-5)
 
 
-def _rank_process(rank: int, store: str, root, masks, images, out) -> None:
-    """One of two gloo processes: the guidance targets of ``images`` in shares, or the error it ended with."""
+def _rank_process(rank: int, store: str, root, masks, images, out, caches=None) -> None:
+    """One of two gloo processes: the guidance targets of ``images`` in shares, or the error it ended with.
+    ``caches``: each rank's cache folder (as on node-local disks)."""
     import json
     import traceback
 
     import torch.distributed as dist
 
-    from vpr.data.datamodule import _sum_over_ranks
+    from vpr.data.datamodule import _rank_zero_says, _sum_over_ranks
 
     # a time limit: a process left waiting for one that stopped fails the test instead of hanging it
     dist.init_process_group(
@@ -162,7 +163,14 @@ def _rank_process(rank: int, store: str, root, masks, images, out) -> None:
     try:
         combine = functools.partial(_sum_over_ranks, device=torch.device("cpu"))
         targets = GuidanceTargets(
-            MaskDirLabels(masks, root, None), ["person"], images, GRID, shard=(rank, 2), combine=combine
+            MaskDirLabels(masks, root, None),
+            ["person"],
+            images,
+            GRID,
+            caches[rank] if caches else None,
+            shard=(rank, 2),
+            combine=combine,
+            agree=_rank_zero_says,
         )
         np.save(out / f"rank{rank}.npy", targets.table.numpy())
     except Exception as e:
@@ -171,15 +179,14 @@ def _rank_process(rank: int, store: str, root, masks, images, out) -> None:
         dist.destroy_process_group()
 
 
-def _two_ranks(tmp_path, mask_dir) -> Path:
+def _two_ranks(tmp_path, mask_dir, caches=None, name="out") -> Path:
     import torch.multiprocessing as mp
 
     root, masks, images, _ = mask_dir
-    out = tmp_path / "out"
+    out = tmp_path / name
     out.mkdir()
-    mp.start_processes(
-        _rank_process, args=(str(tmp_path / "store"), root, masks, images, out), nprocs=2, start_method="spawn"
-    )
+    store = str(tmp_path / f"store_{name}")
+    mp.start_processes(_rank_process, args=(store, root, masks, images, out, caches), nprocs=2, start_method="spawn")
     return out
 
 
@@ -238,6 +245,17 @@ def test_mask_dir_paths_are_compared_resolved(tmp_path, monkeypatch):
     assert source.labels(root / "000" / "a.jpg").tolist() == [[11] * 4] * 4
     with pytest.raises(DataError, match="is not under data.root"):
         source.labels(tmp_path / "elsewhere" / "a.jpg")
+    # an image folder linked into data.root from elsewhere keeps its path under data.root
+    (tmp_path / "store" / "000").mkdir(parents=True)
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "000").symlink_to(tmp_path / "store" / "000")
+    linked = MaskDirLabels("masks", "linked", None)
+    assert linked.labels(tmp_path / "linked" / "000" / "a.jpg").tolist() == [[11] * 4] * 4
+    # and data.root itself reached through a link, the images named by their real path
+    (tmp_path / "root_link").symlink_to(root, target_is_directory=True)
+    root.mkdir(exist_ok=True)
+    through = MaskDirLabels("masks", "root_link", None)
+    assert through.label_file((root / "000" / "a.jpg").resolve()).resolve() == (masks / "000" / "a.png").resolve()
 
 
 class ChannelsLast(ColourSegmenter):
@@ -290,3 +308,24 @@ def test_auto_guidance_takes_a_given_mask_dir_over_the_citys_own_labels(tiny_cit
     source = build_label_source({"source": "auto", "mask_dir": str(tmp_path / "masks")}, tiny_city, device="cpu")
     assert isinstance(source, MaskDirLabels)
     assert build_label_source({"source": "auto"}, tiny_city, device="cpu").name == "synthetic"
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("holder", [0, 1], ids=["rank0-has-it", "rank1-has-it"])
+def test_ranks_that_see_different_caches_follow_rank_0(tmp_path, mask_dir, holder):
+    """Each rank with a cache folder of its own (node-local disks), only one holding the targets: the ranks do as
+    rank 0 found (load, or compute shares and add them up) instead of waiting in different collectives."""
+    root, masks, images, labels = mask_dir
+    caches = [tmp_path / "cache0", tmp_path / "cache1"]
+    GuidanceTargets(MaskDirLabels(masks, root, None), ["person"], images, GRID, caches[holder])
+    (cached,) = caches[holder].glob("*.npy")
+    np.save(cached, np.load(cached) * 0 + 0.5)  # marked: a table that came from the cache reads 0.5 everywhere
+    out = _two_ranks(tmp_path, mask_dir, caches=caches)
+    assert not list(out.glob("*.json")), [p.read_text() for p in out.glob("*.json")]
+    for rank in range(2):
+        table = np.load(out / f"rank{rank}.npy")
+        if holder == 0 and rank == 0:
+            assert np.all(table == 0.5)  # rank 0 loaded it
+        else:
+            for i, ids in enumerate(labels):
+                np.testing.assert_allclose(table[i], hand_target(ids, PERSON, GRID), atol=1e-6)

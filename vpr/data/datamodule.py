@@ -333,11 +333,12 @@ class PlaceDataModule(L.LightningDataModule):
         split = self.train_split
         source = self.label_source()
         trainer = self.trainer
-        shard, combine = (0, 1), None
+        shard, combine, agree = (0, 1), None, None
         if trainer is not None and trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             # every rank computes its share of the images (called on all ranks, from on_fit_start)
             shard = (trainer.global_rank, trainer.world_size)
             combine = functools.partial(_sum_over_ranks, device=trainer.strategy.root_device)
+            agree = _rank_zero_says
         self.targets = GuidanceTargets(
             source,
             g.get("suppress", ["person", "vehicle"]),
@@ -347,6 +348,7 @@ class PlaceDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             shard=shard,
             combine=combine,
+            agree=agree,
         )
         schedule = (
             f" (x {g['weight_after']} from epoch {g['switch_epoch']})"
@@ -512,3 +514,10 @@ def _sum_over_ranks(table: np.ndarray, failure: BaseException | None, device: to
     t = torch.from_numpy(table).to(device)
     dist.all_reduce(t)
     return t.cpu().numpy()
+
+
+def _rank_zero_says(value: bool) -> bool:
+    """Rank 0's ``value``, on every rank."""
+    said = [value]
+    dist.broadcast_object_list(said, src=0)
+    return bool(said[0])

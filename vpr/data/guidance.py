@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -194,7 +195,7 @@ class MaskDirLabels(GroupedLabels):
                 f"guidance.mask_dir={mask_dir} is not a folder: point it at the label maps (one PNG of class ids per "
                 "training image, same relative path as the image, suffix .png)"
             )
-        self.data_root = Path(data_root).expanduser().resolve()
+        self.data_root = Path(os.path.abspath(Path(data_root).expanduser()))
         self.set_groups(class_groups or CITYSCAPES_GROUPS)
 
     def cache_key(self) -> str:
@@ -204,16 +205,22 @@ class MaskDirLabels(GroupedLabels):
         return _files_identity([self.label_file(p) for p in image_paths])
 
     def label_file(self, image_path: Path) -> Path:
-        """``<mask_dir>/<the image's path relative to data.root>.png`` (both paths resolved: an absolute
-        ``data.db_dir`` names the same files as a relative one)."""
-        image = Path(image_path).expanduser().resolve()
+        """``<mask_dir>/<the image's path relative to data.root>.png``. Both paths are made absolute first (an
+        absolute ``data.db_dir`` names the same files as a relative one), and resolved when that is not enough
+        (a data.root reached through a link); an image folder linked into data.root keeps its path there."""
+        image = Path(os.path.abspath(Path(image_path).expanduser()))
         try:
             relative = image.relative_to(self.data_root)
         except ValueError:
+            try:
+                relative = image.resolve().relative_to(self.data_root.resolve())
+            except ValueError:
+                relative = None
+        if relative is None:
             raise DataError(
                 f"guidance=mask_dir: image {image_path} is not under data.root={self.data_root}, so it has no path "
                 "under guidance.mask_dir (label maps mirror the images' paths relative to data.root)"
-            ) from None
+            )
         return (self.mask_dir / relative).with_suffix(".png")
 
     def labels(self, image_path: Path) -> np.ndarray:
@@ -575,6 +582,8 @@ class GuidanceTargets:
         combine: ``combine(table, failure)``: the sum of the ranks' tables, where ``failure`` is the exception this
             rank's share raised (None: none); it raises on every rank when any rank failed, so that no rank waits
             for one that stopped (None: one process).
+        agree: under DDP, rank 0's answer to "is the cache there?" (every rank calls it): the ranks compute or
+            load as rank 0 does.
     """
 
     def __init__(
@@ -587,6 +596,7 @@ class GuidanceTargets:
         num_workers: int = 0,
         shard: tuple[int, int] = (0, 1),
         combine: Callable[[np.ndarray, BaseException | None], np.ndarray] | None = None,
+        agree: Callable[[bool], bool] | None = None,
     ):
         if shard[1] > 1 and combine is None:
             raise ValueError("GuidanceTargets: shard=(rank, world) needs combine, the sum over the ranks")
@@ -599,6 +609,7 @@ class GuidanceTargets:
         self.num_workers = int(num_workers)
         self.shard = (int(shard[0]), int(shard[1]))
         self.combine = combine
+        self.agree = agree
         self.table = self._load_or_compute()
 
     def _cache_file(self) -> Path | None:
@@ -618,26 +629,40 @@ class GuidanceTargets:
 
     def _load_or_compute(self) -> torch.Tensor:
         cache = self._cache_file()
+        cached = None
         if cache is not None and cache.is_file():
             table = np.load(cache)
-            if table.shape == (len(self.paths), *self.grid):
-                return torch.from_numpy(table)
-        # Every rank found the cache, or none did: it is written (by rank 0) only after the ranks combined.
+            cached = table if table.shape == (len(self.paths), *self.grid) else None
+        rank, world = self.shard
+        if world > 1 and self.agree is not None:
+            # The ranks follow rank 0: each looking for itself, they could disagree (another job writing the same
+            # cache between their looks, a node-local data folder) and wait for each other in different collectives.
+            if self.agree(cached is not None):
+                if cached is not None:
+                    return torch.from_numpy(cached)
+                rank, world = 0, 1  # rank 0 has them, this rank cannot read them: all of them here, alone
+            cached = None
+        if cached is not None:
+            return torch.from_numpy(cached)
         failure = None
         try:
             table = compute_targets(
-                self.source, self.paths, self.suppressed_ids, self.grid, num_workers=self.num_workers, shard=self.shard
+                self.source,
+                self.paths,
+                self.suppressed_ids,
+                self.grid,
+                num_workers=self.num_workers,
+                shard=(rank, world),
             )
         except Exception as e:  # under DDP the other ranks must hear of it (combine raises it on all of them)
-            if self.shard[1] == 1:
+            if world == 1:
                 raise
             failure, table = e, np.zeros((len(self.paths), *self.grid), dtype=np.float32)
-        if self.shard[1] > 1:
+        if world > 1:
             table = self.combine(table, failure)
         if cache is not None and self.shard[0] == 0:
             with atomic_path(cache, suffix=".npy") as tmp:
                 np.save(tmp, table)
-        rank, world = self.shard
         log.info(
             "guidance targets: %d images (%d computed by this process) on a %dx%d grid, suppressing %s (mean kept "
             "fraction %.3f)",
