@@ -144,9 +144,8 @@ def test_settings_pick_among_the_runs_of_one_experiment(tmp_path, caplog):
         return cfg
 
     def resolve(lr, strict):
-        return resolve_ckpt_path(
-            "last", str(tmp_path), "train", same_run_as=asking(lr), settings=["optimizer.lr"], strict=strict
-        )
+        keys = {"require" if strict else "prefer": ["optimizer.lr"]}
+        return resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=asking(lr), **keys)
 
     assert resolve(0.001, strict=True) == resolve(0.001, strict=False) == str(slow)
     assert resolve(0.1, strict=True) == str(fast)
@@ -181,3 +180,59 @@ def test_resume_settings_leave_out_the_experiment_and_what_a_resume_may_change()
         "optimizer=adam",
     ]
     assert resume_settings(overrides) == ["optimizer.lr", "mining.margin", "optimizer"]
+
+
+def _run_with(log_dir: Path, name: str, mtime: int, **values) -> Path:
+    ckpt = run(log_dir, name, "se", 1, mtime)
+    saved = OmegaConf.load(ckpt.parent.parent / "config.yaml")
+    for key, value in values.items():
+        OmegaConf.update(saved, key.replace("__", "."), value, force_add=True)
+    OmegaConf.save(saved, ckpt.parent.parent / "config.yaml")
+    return ckpt
+
+
+def _asking(**values):
+    cfg = current("se")
+    for key, value in values.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value, force_add=True)
+    cfg.ckpt_path = "last"
+    return cfg
+
+
+def test_a_sweep_job_resumes_by_what_the_sweep_varies_and_prefers_its_other_settings(tmp_path, monkeypatch):
+    """A job of `-m trainer.gradient_clip_val=0.5,1.0 optimizer.lr=0.1 ckpt_path=last`: the swept trainer setting
+    must agree (a resume may change trainer.* otherwise), the single-valued lr is preferred; a swept group (data)
+    is compared without the settings a resume may change in it (data.root)."""
+    import vpr.run.train as train
+
+    clip05 = _run_with(tmp_path, "a", 1000, trainer__gradient_clip_val=0.5, optimizer__lr=0.1)
+    _run_with(tmp_path, "b", 2000, trainer__gradient_clip_val=0.5, optimizer__lr=0.001)
+    _run_with(tmp_path, "c", 3000, trainer__gradient_clip_val=1.0, optimizer__lr=0.1)
+    monkeypatch.setattr(train, "sweep_job", lambda: (0, str(tmp_path / "job")))
+    monkeypatch.setattr(train, "swept_settings", lambda: ["trainer.gradient_clip_val", "hydra.launcher.x"])
+    monkeypatch.setattr(
+        train, "command_line_overrides", lambda: ["trainer.gradient_clip_val=0.5", "optimizer.lr=0.1", "ckpt_path=last"]
+    )
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv(train.RESUMED_ENV, "")  # checkpoint_to_resume sets it: put back after the test
+    cfg = _asking(trainer__gradient_clip_val=0.5, optimizer__lr=0.1, paths__log_dir=str(tmp_path))
+    cfg.task_name = "train"
+    assert train.checkpoint_to_resume(cfg) == str(clip05)
+
+    monkeypatch.setattr(train, "swept_settings", lambda: ["data"])
+    monkeypatch.setattr(train, "command_line_overrides", lambda: ["data=x", "ckpt_path=last"])
+    moved = _run_with(tmp_path, "d", 4000, data__root="/old/place", data__num_workers=4)
+    cfg = _asking(data__root="/new/place", data__num_workers=8, paths__log_dir=str(tmp_path))
+    cfg.task_name = "train"
+    assert train.checkpoint_to_resume(cfg) == str(moved)
+
+
+def test_the_ddp_processes_lightning_starts_take_the_first_ones_choice(tmp_path, monkeypatch):
+    import vpr.run.train as train
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv(train.RESUMED_ENV, str(tmp_path / "chosen.ckpt"))
+    monkeypatch.setattr(train, "resolve_ckpt_path", lambda *a, **k: pytest.fail("searched again"))
+    assert train.checkpoint_to_resume(_asking()) == str(tmp_path / "chosen.ckpt")
+    monkeypatch.setenv(train.RESUMED_ENV, "")  # the first process resumes nothing: neither do the others
+    assert train.checkpoint_to_resume(_asking()) is None

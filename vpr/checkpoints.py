@@ -84,11 +84,17 @@ def _identity(cfg: Any) -> dict[str, Any]:
 
 
 def _values(cfg: Any, keys: list[str]) -> dict[str, Any]:
+    """The values of ``keys`` in ``cfg``; a group's (``data``) without the settings a resumed run may change in it
+    (``data.root``, ``data.num_workers``: :data:`RESUME_MAY_CHANGE`)."""
     cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
     out = {}
     for key in keys:
-        value = OmegaConf.select(cfg, key.replace("/", "."))
-        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        name = key.replace("/", ".")
+        value = OmegaConf.select(cfg, name)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{name}.{k}" not in RESUME_MAY_CHANGE}
+        out[key] = value
     return out
 
 
@@ -108,16 +114,17 @@ def resolve_ckpt_path(
     log_dir: str,
     task_name: str = "train",
     same_run_as: DictConfig | None = None,
-    settings: list[str] | tuple[str, ...] = (),
-    strict: bool = False,
+    require: list[str] | tuple[str, ...] = (),
+    prefer: list[str] | tuple[str, ...] = (),
 ) -> str | None:
     """``last``: the newest ``last.ckpt`` under ``<log_dir>/<task_name>`` (with ``same_run_as``: of a run whose
     saved config.yaml has the same experiment settings, :data:`RUN_IDENTITY`); a path must exist.
 
-    ``settings`` (keys such as ``optimizer.lr``) pick among the runs of the same experiment: the newest whose saved
-    values equal ``same_run_as``'s. With ``strict`` (a job of a sweep that varies them) a run must agree, since the
-    others belong to the sweep's other jobs; otherwise, when none agrees, the newest run of the experiment is
-    resumed with a warning naming the values it had (the command line's apply from there)."""
+    Keys such as ``optimizer.lr`` pick among the runs of the same experiment, by their saved values against
+    ``same_run_as``'s: a run must agree on ``require`` (what a sweep varies: the other runs belong to its other
+    jobs; none agreeing is :class:`NothingToResume`), and the newest that also agrees on ``prefer`` is taken; when
+    none does, the newest of the others, with a warning naming the values it had (the command line's apply from
+    there)."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
@@ -136,17 +143,21 @@ def resolve_ckpt_path(
                     "checkpoint's path (ckpt_path=...) to resume it anyway."
                 )
             found = matching
-            keys = list(settings)
+            if require:
+                keys = list(require)
+                want_values = _values(same_run_as, keys)
+                found = [p for p in found if _saved_values(p, keys) == want_values]
+                if not found:
+                    raise NothingToResume(
+                        f"ckpt_path=last: no last.ckpt under {Path(log_dir, task_name)} comes from a run with these "
+                        f"settings and {_said(want_values)} (the sweep's other jobs own the rest)"
+                    )
+            keys = [k for k in prefer if k not in require]
             if keys:
                 want_values = _values(same_run_as, keys)
                 agreeing = [p for p in found if _saved_values(p, keys) == want_values]
                 if agreeing:
                     found = agreeing
-                elif strict:
-                    raise NothingToResume(
-                        f"ckpt_path=last: no last.ckpt under {Path(log_dir, task_name)} comes from a run with these "
-                        f"settings and {_said(want_values)} (the sweep's other jobs own the rest)"
-                    )
                 else:
                     log.warning(
                         "ckpt_path=last: no run of these settings has %s; resuming the newest, %s, which had %s: "

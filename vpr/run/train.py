@@ -245,20 +245,22 @@ RESUMED_ENV = "VPR_RESUMED_CHECKPOINT"
 def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     """The checkpoint ``ckpt_path`` names. For ``last``: the newest of a run with these settings; in a job of a
     sweep, that run must also have the job's values of what the sweep varies (a learning rate sweep's jobs each
-    resume their own run), and a job with no such run starts anew. Elsewhere the command line's other settings
-    prefer the run that had them. The DDP processes Lightning starts take the first process's choice."""
+    resume their own run), and a job with no such run starts anew. The command line's other settings prefer the
+    run that had them. The DDP processes Lightning starts take the first process's choice."""
     if os.environ.get("LOCAL_RANK", "0") != "0" and RESUMED_ENV in os.environ:
         return os.environ[RESUMED_ENV] or None
     job = sweep_job()
-    settings = resume_settings(swept_settings() if job is not None else command_line_overrides())
+    # What a sweep varies tells its jobs' runs apart, whatever it is (trainer.gradient_clip_val=0.5,1 too); the
+    # experiment is the variant, compared anyway.
+    require = [k for k in swept_settings() if k not in ("ckpt_path", "experiment") and not k.startswith("hydra")]
     try:
         ckpt_path = resolve_ckpt_path(
             cfg.get("ckpt_path"),
             cfg.paths.log_dir,
             cfg.task_name,
             same_run_as=cfg,
-            settings=settings,
-            strict=job is not None,
+            require=require if job is not None else [],
+            prefer=resume_settings(command_line_overrides()),
         )
     except NothingToResume as e:
         if job is None:
