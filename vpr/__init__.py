@@ -47,16 +47,27 @@ def experiment_choices(name: str, config_dir: Path | None = None) -> dict[str, s
     return choices
 
 
+def default_choices(config_dir: Path | None = None) -> dict[str, str]:
+    """The group choices of ``configs/base.yaml``'s defaults (``backbone: vgg16``): a run without an experiment
+    that names them on its command line is the same network as one that does not."""
+    try:
+        defaults = OmegaConf.to_container(OmegaConf.load((config_dir or CONFIG_DIR) / "base.yaml")).get("defaults")
+    except Exception:  # noqa: BLE001 - no base.yaml there
+        return {}
+    return {str(k): str(v) for entry in defaults or [] if isinstance(entry, dict) for k, v in entry.items()}
+
+
 def variant_with_overrides(variant, overrides) -> str | None:
     """``variant`` with ``+<choice>`` for every group of :data:`VARIANT_GROUPS` the command line ``overrides``
     choose other than the experiment's own (``experiment=city_baseline attention=se``: ``baseline+se``), unless the
-    command line sets ``variant`` itself. Without a variant (no experiment) the choices alone name it
-    (``backbone=resnet18 attention=se``: ``resnet18+se``), and without choices it stays unset."""
+    command line sets ``variant`` itself. Without a variant (no experiment) the choices other than the defaults
+    name it (``backbone=resnet18 attention=se``: ``resnet18+se``; ``backbone=vgg16 attention=se``: ``se``), and
+    without such choices it stays unset."""
     keys = [str(o).lstrip("+~").split("=", 1) for o in overrides or ()]
     if any(k[0] == "variant" for k in keys):
         return None if variant is None else str(variant)
     chosen = dict(k for k in keys if len(k) == 2)
-    own = experiment_choices(chosen["experiment"]) if "experiment" in chosen else {}
+    own = experiment_choices(chosen["experiment"]) if "experiment" in chosen else default_choices()
     parts = [] if variant is None else str(variant).split("+")
     for group in VARIANT_GROUPS:
         choice = chosen.get(group)

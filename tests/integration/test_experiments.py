@@ -149,6 +149,8 @@ def test_deattention_is_guided_by_default(data_dir, tmp_path, caplog):
         ("train", ["experiment=city_se", "seed=3"], "7_se_seed3"),
         ("train", ["seed=1"], "7_train_seed1"),  # no experiment: no variant
         ("train", ["backbone=resnet18", "attention=se", "seed=1"], "7_resnet18+se_seed1"),  # named by its choices
+        ("train", ["backbone=vgg16", "attention=se", "seed=1"], "7_se_seed1"),  # the default backbone: not a choice
+        ("train", ["attention=none", "seed=1"], "7_train_seed1"),  # the defaults alone: no variant
         ("eval", ["seed=2"], "7_eval_seed2"),  # eval.py without a checkpoint and without a variant: the task
         ("eval", ["experiment=city_baseline", "seed=2"], "7_baseline_seed2"),
         ("eval", ["ckpt_path={run}/checkpoints/last.ckpt"], "7_crn_seed5"),  # the run that wrote the checkpoint
