@@ -306,3 +306,21 @@ def test_a_sigterm_that_only_set_lightnings_flag_stops_after_the_call():
     stop_if_signalled(SimpleNamespace(received_sigterm=False))
     with pytest.raises(SIGTERMException):
         stop_if_signalled(SimpleNamespace(received_sigterm=True))
+
+
+@pytest.mark.parametrize(
+    "environ, first",
+    [
+        ({}, True),
+        ({"LOCAL_RANK": "1"}, False),
+        ({"SLURM_PROCID": "3"}, False),
+        ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+    ],
+)
+def test_the_first_process_alone_prints_an_interrupt(environ, first, monkeypatch, capsys):
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    status, err = ending(SIGTERMException(), capsys)
+    assert status == 143 and err.startswith("error: stopped by SIGTERM") is first

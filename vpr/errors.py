@@ -201,9 +201,10 @@ def _stop(text: str, status: int, console: bool = True) -> None:
 
 
 def _first_of_its_node() -> bool:
-    """Not a DDP process that Lightning (or torchrun) started beside the first: a signal to the process group
-    reaches them all, and the first one says it on the console (the others in their log files)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+    """The first process of a DDP run (Lightning's launcher, torchrun, SLURM's srun), or a run of one: a signal to
+    the process group (or srun's to every task) reaches them all, and the first one says it on the console (the
+    others in their log files)."""
+    return all(os.environ.get(key, "0") in ("0", "") for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"))
 
 
 def _say(text: str, console: bool = True) -> None:
