@@ -78,12 +78,14 @@ def script_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def run_script(script: str, *overrides: str, tmp: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run train.py / eval.py / cluster.py in a subprocess, as a user would."""
+def run_script(
+    script: str, *overrides: str, tmp: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run train.py / eval.py / cluster.py in a subprocess, as a user would (``env``: variables set on top)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / script), *overrides],
         cwd=tmp,
-        env=script_env(tmp),
+        env={**script_env(tmp), **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,

@@ -7,15 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.conftest import ROOT, run_script, script_env
+from tests.conftest import run_script
 from tests.integration.test_resume import SETTINGS
 
 
@@ -232,16 +230,7 @@ def test_eval_logs_its_recalls_as_a_run_of_its_own(sweep_a, data_dir):
 
 def test_wandb_mode_disabled_writes_no_wandb_run(data_dir, tmp_path):
     run = tmp_path / "run"
-    env = {**script_env(tmp_path), "WANDB_MODE": "disabled"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *base(data_dir), f"hydra.run.dir={run}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script("train.py", *base(data_dir), f"hydra.run.dir={run}", tmp=tmp_path, env={"WANDB_MODE": "disabled"})
     said = proc.stdout + proc.stderr
     assert said.count("W&B is off (WANDB_MODE=disabled): this run logs nothing to W&B") == 1
     assert "W&B runs offline" not in said
