@@ -200,3 +200,36 @@ def test_a_released_file_is_run_at_the_pittsburgh_size(tmp_path):
     assert json.loads((tmp_path / "r1" / "retrieve.json").read_text())["image_size"] == [480, 640]
     run_script("retrieve.py", *common, "data.image_size=[48,64]", f"hydra.run.dir={tmp_path / 'r2'}", tmp=tmp_path)
     assert json.loads((tmp_path / "r2" / "retrieve.json").read_text())["image_size"] == [48, 64]
+
+
+def test_queries_that_are_the_database_are_not_paired_with_themselves(folders, tmp_path):
+    """queries=database (hloc's image retrieval within one set): every query's list holds top_k other images, the
+    nearest of them first, as a brute-force search leaving the query out gives; a folder of links reads as itself."""
+    root, _ = folders
+    links = root / "linked"
+    (links / "db").mkdir(parents=True)
+    for f in sorted((root / "images" / "db" / "north").glob("*.jpg")):
+        (links / "db" / f.name).symlink_to(f)  # a folder of links to images kept elsewhere
+    out = tmp_path / "run"
+    run_script(
+        "retrieve.py",
+        f"ckpt_path={root / 'model.ckpt'}",
+        f"database={links / 'db'}",
+        f"queries={links / 'db'}",
+        f"top_k={TOP_K}",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        tmp=root,
+    )
+    feats = h5_descriptors(out / "global-feats.h5")
+    names = sorted(feats)
+    assert names == sorted(f.name for f in (links / "db").iterdir())  # the links' names, under the links' folder
+    pairs = [line.split() for line in (out / f"pairs-top{TOP_K}.txt").read_text().splitlines()]
+    assert len(pairs) == 12 * TOP_K and all(q != d for q, d in pairs)
+    descriptors = np.stack([feats[n] for n in names])
+    for i, q in enumerate(names):
+        d = np.sqrt(((descriptors - descriptors[i]) ** 2).sum(1))
+        d[i] = np.inf  # itself left out
+        got = [p[1] for p in pairs if p[0] == q]
+        assert d[names.index(got[0])] <= d.min() + 1e-6
+        assert sorted(d)[TOP_K - 1] + 1e-6 >= max(d[names.index(g)] for g in got)

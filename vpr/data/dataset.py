@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from vpr.data.ground_truth import positives_within
@@ -411,12 +411,21 @@ def load_folder_split(
 
 
 def load_image(path: Path) -> Image.Image:
-    """Open an image as RGB, naming the file in the error if it is missing or corrupt."""
+    """Open an image as RGB, upright as its EXIF orientation says (a phone's photo is stored sideways with a tag
+    that viewers, and hloc's image reader, apply), 16-bit images scaled to 8 bits (a plain conversion clips them
+    to white); a missing, corrupt or oversized file is one error naming it."""
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                values = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if values.max(initial=0) > 255 or im.mode != "I" else 255.0
+                return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
             return im.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"image {path} not found") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image {path} is too large to decode safely ({e}); resize it") from None
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"image {path} is corrupt or not an image ({e}); re-extract or regenerate it") from None
 

@@ -55,13 +55,36 @@ def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[
 
 
 def image_names(files: list[Path], root: Path, setting: str) -> list[str]:
+    """The images' paths relative to ``root``, both made absolute without following links (an image linked into
+    the folder keeps its name there), resolved only where that is not enough (a root reached through a link)."""
     names = []
     for f in files:
+        path = Path(os.path.abspath(f))
         try:
-            names.append(f.resolve().relative_to(root).as_posix())
+            names.append(path.relative_to(root).as_posix())
+            continue
+        except ValueError:
+            pass
+        try:
+            names.append(path.resolve().relative_to(root.resolve()).as_posix())
         except ValueError:
             raise ConfigError(f"image_root={root}: {setting} image {f} is not inside it") from None
     return names
+
+
+def rank_without_self(db: np.ndarray, queries: np.ndarray, top_k: int, own: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, indices) of the ``top_k`` nearest database images of each query, leaving out the query's own
+    image where it is in the database too (``own[i]``: its database index, -1 if none), as hloc's retrieval pairs
+    do: a query paired with itself at distance 0 is no pair."""
+    if not any(i >= 0 for i in own):
+        return knn_search(db, queries, top_k, squared=False)
+    k = min(top_k, len(db) - 1)
+    distances, indices = knn_search(db, queries, min(k + 1, len(db)), squared=False)
+    keep = np.ones(indices.shape, dtype=bool)
+    for row, i in enumerate(own):
+        hits = np.flatnonzero(indices[row] == i) if i >= 0 else []
+        keep[row, hits[0] if len(hits) else -1] = False  # itself, else the farthest of the k + 1
+    return distances[keep].reshape(len(own), -1)[:, :k], indices[keep].reshape(len(own), -1)[:, :k]
 
 
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
@@ -80,9 +103,10 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     db_files = list_images(cfg.get("database"), "database", exclude)
     q_files = list_images(cfg.get("queries"), "queries", exclude)
     if cfg.get("image_root"):
-        root = Path(str(cfg.image_root)).expanduser().resolve()
+        root = Path(os.path.abspath(Path(str(cfg.image_root)).expanduser()))
     else:
-        root = Path(os.path.commonpath([Path(str(cfg.database)).resolve(), Path(str(cfg.queries)).resolve()]))
+        folders = [os.path.abspath(Path(str(cfg.get(s))).expanduser()) for s in ("database", "queries")]
+        root = Path(os.path.commonpath(folders))
     db_names, q_names = image_names(db_files, root, "database"), image_names(q_files, root, "queries")
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, "train")
@@ -122,15 +146,23 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
             len(db_names),
             len(db_names),
         )
-    spaced = [n for n in db_names + q_names if any(c.isspace() for c in n)]
+    spaced = sorted({n for n in db_names + q_names if any(c.isspace() for c in n)})
     if spaced:
         log.warning(
             "%d image names contain spaces (e.g. %r): hloc splits pairs-file lines on whitespace, so rename "
-            "them (or use image_root) before giving pairs-top*.txt to hloc",
+            "them (or the folders above them, up to image_root) before giving pairs-top*.txt to hloc",
             len(spaced),
             spaced[0],
         )
-    distances, indices = knn_search(db, queries, top_k, squared=False)
+    db_index = {n: i for i, n in enumerate(db_names)}
+    own_index = [db_index.get(n, -1) for n in q_names]
+    if any(i >= 0 for i in own_index):
+        log.info(
+            "%d queries are database images too: each is left out of its own ranking (no pair of an image with "
+            "itself, as hloc's retrieval pairs)",
+            sum(i >= 0 for i in own_index),
+        )
+    distances, indices = rank_without_self(db, queries, top_k, own_index)
     written = write_rankings(out_dir, q_names, db_names, indices, distances)
     # A name in both sets is one file (names are paths under one root): its descriptor is stored once.
     in_db = set(db_names)
