@@ -275,6 +275,20 @@ def test_the_paper_settings_are_what_reproduces_it(tmp_path):
         assert float((module(images) - defaults(images)).abs().max()) > 1e-4
 
 
+@pytest.mark.parametrize("modules", [["deattention", "senet_attention"], ["crn_attention"]], ids=["deatt", "crn"])
+def test_early_files_with_crm_names_load_as_the_paper_codes_loader_renames_them(tmp_path, modules):
+    """The paper code's loader renames crm to crn in every key (its early files had the mask head's layers as
+    crm_conv*, crm_attention): such a file gives the descriptor of the same tensors under crn names."""
+    sd = paper_state_dict(modules)
+    early = {k.replace("crn", "crm"): v for k, v in sd.items()}
+    assert any("crm" in k for k in early) and not any("crn" in k for k in early)
+    save_paper_file(tmp_path / "early.pth.tar", early)
+    module, _ = loaded_network(tmp_path / "early.pth.tar")
+    images = torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(module(images), ref_descriptor(sd, modules, images), rtol=1e-4, atol=1e-5)
+
+
 def test_data_parallel_keys_and_unused_layers(tmp_path):
     modules = ["deattention", "senet_attention"]
     sd = paper_state_dict(modules, parallel=True)

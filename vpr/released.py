@@ -9,7 +9,9 @@ beside the tensors. Their ``state_dict`` names modules by attribute:
 - the paper code adds its attention modules, applied in this order between encoder and pool: ``deattention``,
   then ``senet_attention``, ``bam_attention``, ``cbam_attention``, ``crn_attention``.
 
-With several GPUs the codes wrapped modules in DataParallel, which inserts ``.module`` after the module name.
+With several GPUs the codes wrapped modules in DataParallel, which inserts ``.module`` after the module name. The
+paper code's early files name the mask head's layers ``crm_*`` (and ``crm_attention``); its own loader renames
+``crm`` to ``crn`` in every key, as :func:`convert` does.
 
 :func:`convert` maps such a state dict onto this project's names and says which attention reproduces the file's
 forward pass (:data:`PAPER_MODULES`); :func:`place_attention` puts the attention tensors where a built network
@@ -173,7 +175,9 @@ def convert(state_dict: dict[str, Any], where: str) -> Converted:
     dropped: list[str] = []
     origin: dict[str, str] = {}
     for key, value in state_dict.items():
-        plain = _plain(key)
+        # The paper code's early files named the mask head's layers crm_* (its loader renames crm to crn in every
+        # key before loading, and so does this one).
+        plain = _plain(key).replace("crm", "crn")
         top, _, rest = plain.partition(".")
         if top == "encoder":
             if not re.fullmatch(r"\d+\.(weight|bias)", rest):
