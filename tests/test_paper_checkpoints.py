@@ -445,3 +445,22 @@ def test_bad_paper_file_is_one_error_line(data_dir, tmp_path):
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "bad.pth.tar" in errors[0] and "fuse" in errors[0], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_netvlad_settings_a_released_file_overrules_are_said(tmp_path, caplog):
+    """K and the NetVLAD version come from a released file's tensors: a command line asking for others is told
+    they are not used (they were dropped without a word)."""
+    import logging
+
+    save_paper_file(tmp_path / "se.pth.tar", paper_state_dict(["senet_attention"]))
+    with caplog.at_level(logging.WARNING, logger="vpr.checkpoints"):
+        _, cfg = loaded_network(tmp_path / "se.pth.tar", ["model.num_clusters=32", "head.version=v2"])
+    assert cfg.model.num_clusters == K and cfg.head.version == "v1"
+    assert (
+        f"model.num_clusters=32 (the file's: {K}); head.version=v2 (the file's: v1) on the command line not used"
+        in (caplog.text)
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vpr.checkpoints"):
+        loaded_network(tmp_path / "se.pth.tar", [f"model.num_clusters={K}"])  # the file's own: nothing to say
+    assert "not used" not in caplog.text

@@ -397,6 +397,19 @@ def with_released_network(cfg: DictConfig, converted: released.Converted, overri
     attention itself (``attention=...``: the file's attention tensors then go to the modules of the same class)."""
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
+    given = overridden_keys(overrides)
+    unused = [
+        f"{key}={value} (the file's: {read})"
+        for key, value, read in (
+            ("model.num_clusters", cfg.model.get("num_clusters"), converted.head_settings["num_clusters"]),
+            ("head.version", cfg.head.get("version"), converted.head_settings["version"]),
+        )
+        if key in given and str(value) != str(read)
+    ]
+    if unused:
+        log.warning(
+            "a released file's NetVLAD is read from its tensors: %s on the command line not used", "; ".join(unused)
+        )
     cfg.model.num_clusters = converted.head_settings["num_clusters"]
     if "version" in cfg.head:
         cfg.head.version = converted.head_settings["version"]
