@@ -764,3 +764,25 @@ def test_eval_whose_training_folders_are_gone_falls_back_to_the_recorded_variant
     assert table_rows(out)["baseline"][0].startswith("43.0 ± ")
     assert cell(out, "baseline", "runs") == "4"
     assert "baseline: seed(s) 1, 2 appear more than once" in out
+
+
+def test_an_eval_sweep_over_released_files_gives_a_row_per_file(tmp_path: Path, capsys):
+    """`eval.py -m ckpt_path=<baseline file>,<SE file>`: released files have no training run and no variant, so
+    each file is its own row (they were averaged as one `eval` row of two seeds 42). By hand: 30 and 50."""
+    for i, (name, r1) in enumerate([("netvlad/checkpoint.pth.tar", 0.30), ("paper/se.pth.tar", 0.50)]):
+        ckpt = str(tmp_path / "weights" / name)
+        write_run(
+            tmp_path / "eval",
+            f"{i}_eval_seed42",
+            None,
+            42,
+            {1: r1, 5: 0.9},
+            overrides=[f"ckpt_path={ckpt}"],
+            config=f"task_name: eval\nckpt_path: {ckpt}\n",
+            checkpoint=ckpt,
+        )
+    assert main([str(tmp_path / "eval"), "--no-plot"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["eval (checkpoint=netvlad/checkpoint.pth.tar)"][0].startswith("30.0")
+    assert rows["eval (checkpoint=paper/se.pth.tar)"][0].startswith("50.0")
+    assert len(rows) == 2

@@ -307,6 +307,10 @@ def _identity(run_dir: Path, cfg: dict[str, Any], checkpoint: Any) -> tuple[str,
     if seed is None:
         seed = _seed(source_cfg.get("seed"))
     variant = _plain(cfg.get("variant")) or _plain(source_cfg.get("variant")) or _experiment_choice(source)
+    if variant is None and source == run_dir and cfg.get("task_name") == "eval" and _plain(checkpoint):
+        # A released file (no run of train.py behind it, no variant): the file is the model, one row each.
+        path = Path(str(checkpoint))
+        settings = {**(settings or {}), "checkpoint": f"{path.parent.name}/{path.name}"}
     if variant is None and settings is not None:
         # Known settings tell the rows apart: the task (train), not the folder's name with its seed (train_seed1).
         variant = _plain(source_cfg.get("task_name")) or re.sub(r"_seed-?\d+$", "", _folder_variant(source))
