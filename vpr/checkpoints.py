@@ -75,12 +75,7 @@ def overridden_keys(overrides: list[str]) -> set[str]:
 
 
 def _identity(cfg: Any) -> dict[str, Any]:
-    cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
-    out = {}
-    for key in RUN_IDENTITY:
-        value = OmegaConf.select(cfg, key)
-        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    return out
+    return _values(cfg, list(RUN_IDENTITY))
 
 
 def _values(cfg: Any, keys: list[str]) -> dict[str, Any]:
@@ -201,10 +196,7 @@ def _newest_intact(last_files: list[Path]) -> Path:
 
 def _saved_identity(ckpt: Path) -> dict[str, Any] | None:
     """The identity of the run that wrote ``<run>/checkpoints/last.ckpt``, from ``<run>/config.yaml``."""
-    try:
-        return _identity(OmegaConf.load(ckpt.parent.parent / "config.yaml"))
-    except Exception:  # no or unreadable config.yaml: not a run of train.py
-        return None
+    return _saved_values(ckpt, list(RUN_IDENTITY))
 
 
 #: Where a stored config's ``_target_`` may point: the project's own components, and the packages the setting

@@ -43,6 +43,19 @@ def exclusive_lock(path: str | os.PathLike, busy: Callable[[], None]) -> Iterato
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def path_under(path: str | os.PathLike, root: str | os.PathLike) -> Path | None:
+    """``path`` relative to ``root`` (None: not under it). Both are made absolute without following links first, so a
+    file linked into ``root`` keeps its path there; resolved only when that is not enough (``root`` reached through
+    a link, the file named by its real path)."""
+    path, root = Path(os.path.abspath(Path(path).expanduser())), Path(os.path.abspath(Path(root).expanduser()))
+    for p, r in ((path, root), (path.resolve(), root.resolve())):
+        try:
+            return p.relative_to(r)
+        except ValueError:
+            pass
+    return None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.

@@ -329,3 +329,21 @@ def test_ranks_that_see_different_caches_follow_rank_0(tmp_path, mask_dir, holde
         else:
             for i, ids in enumerate(labels):
                 np.testing.assert_allclose(table[i], hand_target(ids, PERSON, GRID), atol=1e-6)
+
+
+def test_a_networks_targets_of_a_photo_with_an_exif_orientation_are_those_of_the_upright_photo(tmp_path, tiny_city):
+    """Training reads a photo upright (EXIF orientation 6: turn its pixels 90 degrees clockwise); its guidance
+    targets must be computed on the same upright pixels, not on the stored sideways ones."""
+    export(ColourSegmenter(), tmp_path / "seg.pt")
+    with Image.open(sorted(tiny_city.rglob("*.jpg"))[0]) as im:
+        upright = np.asarray(im.convert("RGB"))
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1))).save(tmp_path / "phone.png", exif=exif)
+    guidance = {"source": "torchscript", "model": str(tmp_path / "seg.pt"), "class_groups": {"person": [3, 4, 5]}}
+    source = build_label_source(guidance, tmp_path, device="cpu")
+    table = compute_targets(source, [tmp_path / "phone.png"], [3, 4, 5], GRID)
+    want = hand_target(colour_labels(tmp_path / "upright.png", 0.485, 0.229), [3, 4, 5], GRID)
+    np.testing.assert_allclose(table[0], want, atol=1e-5)
+    assert 0.0 < float(want.mean()) < 1.0

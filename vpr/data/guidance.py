@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from vpr.data.dataset import load_image
 from vpr.devices import loader_worker_init, work_device
 from vpr.errors import DataError
-from vpr.io import atomic_path
+from vpr.io import atomic_path, path_under
 from vpr.progress import progress
 
 log = logging.getLogger(__name__)
@@ -208,14 +209,7 @@ class MaskDirLabels(GroupedLabels):
         """``<mask_dir>/<the image's path relative to data.root>.png``. Both paths are made absolute first (an
         absolute ``data.db_dir`` names the same files as a relative one), and resolved when that is not enough
         (a data.root reached through a link); an image folder linked into data.root keeps its path there."""
-        image = Path(os.path.abspath(Path(image_path).expanduser()))
-        try:
-            relative = image.relative_to(self.data_root)
-        except ValueError:
-            try:
-                relative = image.resolve().relative_to(self.data_root.resolve())
-            except ValueError:
-                relative = None
+        relative = path_under(image_path, self.data_root)
         if relative is None:
             raise DataError(
                 f"guidance=mask_dir: image {image_path} is not under data.root={self.data_root}, so it has no path "
@@ -251,11 +245,11 @@ class _NormalisedRGB:
 
 
 def _read_rgb(path: Path, name: str) -> Image.Image:
+    """The image as training reads it (upright by its EXIF orientation, 16-bit scaled): its targets must match."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as e:  # missing, unreadable or corrupt
-        raise DataError(f"guidance.source={name}: cannot read image {path} ({type(e).__name__}: {e})") from None
+        return load_image(path)
+    except DataError as e:
+        raise DataError(f"guidance.source={name}: {e}") from None
 
 
 class NetworkLabels(GroupedLabels):

@@ -24,7 +24,7 @@ from vpr.errors import ConfigError
 from vpr.eval.exports import write_global_features, write_pairs, write_rankings
 from vpr.eval.pca import load_or_fit_pca
 from vpr.eval.search import knn_search
-from vpr.io import write_json_atomic
+from vpr.io import path_under, write_json_atomic
 from vpr.run import single_log_stream
 
 log = logging.getLogger(__name__)
@@ -59,16 +59,10 @@ def image_names(files: list[Path], root: Path, setting: str) -> list[str]:
     the folder keeps its name there), resolved only where that is not enough (a root reached through a link)."""
     names = []
     for f in files:
-        path = Path(os.path.abspath(f))
-        try:
-            names.append(path.relative_to(root).as_posix())
-            continue
-        except ValueError:
-            pass
-        try:
-            names.append(path.resolve().relative_to(root.resolve()).as_posix())
-        except ValueError:
-            raise ConfigError(f"image_root={root}: {setting} image {f} is not inside it") from None
+        relative = path_under(f, root)
+        if relative is None:
+            raise ConfigError(f"image_root={root}: {setting} image {f} is not inside it")
+        names.append(relative.as_posix())
     return names
 
 
