@@ -80,6 +80,31 @@ def test_errors(tmp_path):
         PCAWhitening.load(tmp_path / "missing.npz")
 
 
+@pytest.mark.parametrize("kept", [0.0, 0.2, 0.5, 0.9])
+def test_a_truncated_pca_file_is_a_config_error(tmp_path, kept):
+    """pca_file cut short (an interrupted copy) is refused with one message naming the setting, not a traceback."""
+    from vpr.errors import ConfigError
+    from vpr.eval.pca import load_pca_file
+
+    whole = tmp_path / "pca.npz"
+    PCAWhitening().fit(_correlated(40, 10), 3).save(whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: int(len(data) * kept)])
+    assert load_pca_file(whole, 10).dim == 3
+    with pytest.raises(ConfigError, match=r"^pca_file=.*cut\.npz: .*truncated"):
+        load_pca_file(cut, 10)
+
+
+def test_a_single_array_is_not_a_pca_file(tmp_path):
+    from vpr.errors import ConfigError
+    from vpr.eval.pca import load_pca_file
+
+    np.save(tmp_path / "one.npy", np.zeros((3, 10)))
+    with pytest.raises(ConfigError, match=r"^pca_file=.*one\.npy: .*one array"):
+        load_pca_file(tmp_path / "one.npy", 10)
+
+
 @pytest.mark.parametrize("given", sorted(FIT_INPUTS))
 def test_float32_products_above_the_memory_limit(monkeypatch, given):
     """Large training sets are multiplied in float32 (no float64 copy); the result stays PCA within float32."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,12 +161,20 @@ class PCAWhitening:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"PCA file {path} does not exist; fit PCA first (PCAWhitening.fit + save).")
-        with np.load(path) as data:
+        try:
+            data = np.load(path)
+        except (EOFError, zipfile.BadZipFile) as err:  # empty, or an .npz cut short (an interrupted copy)
+            raise ValueError(f"PCA file {path} is truncated or not an .npz file ({type(err).__name__}: {err})") from err
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a single array (.npy): not a saved PCA
+            raise ValueError(f"PCA file {path} holds one array, not the .npz of a saved PCA")
+        with data:
             pca = cls()
             try:
                 pca.load_state_dict(dict(data))
             except KeyError as err:
                 raise ValueError(f"PCA file {path} is incomplete: {err}") from err
+            except (EOFError, zipfile.BadZipFile) as err:  # an entry of the archive cut short
+                raise ValueError(f"PCA file {path} is truncated ({type(err).__name__}: {err})") from err
         return pca
 
     def _require_fitted(self) -> None:
