@@ -284,6 +284,16 @@ def test_empty_folder_exits_2_with_a_hint(tmp_path: Path, capsys):
         collect_runs(tmp_path)
 
 
+def test_a_run_folder_keeps_its_own_results_md(tmp_path: Path):
+    """Given one run's folder, the report must not replace the results.md that train.py / eval.py wrote there."""
+    run = write_run(tmp_path, "run", "baseline", 1, {1: 0.5, 5: 0.75, 10: 1.0})
+    own = "Test recall (%)\n| R@1 | 50.0 |\n"
+    (run / "results.md").write_text(own)
+    assert main([str(run), "--no-plot"]) == 0
+    assert (run / "results.md").read_text() == own
+    assert table_rows((run / "report.md").read_text())["baseline"][0] == "50.0 ± –"
+
+
 def test_missing_folder_exits_2(tmp_path: Path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err

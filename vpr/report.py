@@ -778,7 +778,12 @@ def build_parser() -> argparse.ArgumentParser:
         "folder.",
     )
     p.add_argument("dir", type=Path, help="multirun folder (searched recursively for results.json)")
-    p.add_argument("--out", type=Path, default=None, help="markdown file (default DIR/results.md)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown file (default DIR/results.md; DIR/report.md in a run's own folder)",
+    )
     p.add_argument("--plot", type=Path, default=None, help="PNG of the Recall@N curves (default DIR/recall_curves.png)")
     p.add_argument("--no-plot", action="store_true", help="skip the plot")
     p.add_argument(
@@ -790,6 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--untrained", action="store_true", help="add a table of results_untrained.json (before training)")
     return p
+
+
+def default_table_path(root: Path) -> Path:
+    """Where the table goes without ``--out``: ``DIR/results.md``, or ``DIR/report.md`` when DIR is itself a run's
+    folder (it holds the run's results.json), whose ``results.md`` is the run's own table and is kept."""
+    return root / ("report.md" if (root / "results.json").is_file() else "results.md")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -843,7 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "\nBefore training: no job wrote results_untrained.json (train.py writes it with "
                 "test_untrained=true).\n"
             )
-    out = args.out or root / "results.md"
+    out = args.out or default_table_path(root)
     write_text_atomic(out, text)
     print(text, end="")
     print(f"\ntable: {out}")
