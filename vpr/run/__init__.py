@@ -50,6 +50,16 @@ def single_log_stream() -> None:
                 handler.setLevel(logging.WARNING)
 
 
+def save_run_config(cfg, out_dir: Path) -> Path:
+    """The run's resolved settings as ``<out_dir>/config.yaml``, written atomically: ckpt_path=last, eval.py and the
+    report read a run's identity from it, and a run killed while writing it leaves the previous one whole."""
+    from omegaconf import OmegaConf
+
+    from vpr.io import write_text_atomic
+
+    return write_text_atomic(Path(out_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def process_rank(environ) -> int:
     """This process's global rank as the launchers set it (Lightning's DDP processes, torchrun, SLURM); 0 alone."""
     for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):

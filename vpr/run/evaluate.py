@@ -36,7 +36,7 @@ from vpr.errors import ConfigError
 from vpr.eval.pca import check_pca_file_free, load_or_fit_pca
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
-from vpr.run import log_test_results, save_predictions, single_log_stream
+from vpr.run import log_test_results, save_predictions, save_run_config, single_log_stream
 from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 from vpr.viz.pictures import save_retrieval_pictures
 
@@ -112,7 +112,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # the settings this evaluation ran with, the checkpoint's network included (variant: the row of a table)
-    write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    save_run_config(cfg, out_dir)
     loggers = build_loggers(cfg)  # logger=wandb|csv|tensorboard: the recalls are logged (eval.yaml: none)
     L.seed_everything(int(cfg.seed), workers=True)
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_size)

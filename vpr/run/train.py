@@ -42,7 +42,7 @@ from vpr.devices import float32_matmul_precision, work_device
 from vpr.errors import ConfigError, export_sweep_job, sweep_job, swept_settings
 from vpr.eval.tables import format_recall_table
 from vpr.io import exclusive_lock, write_json_atomic, write_text_atomic
-from vpr.run import log_test_results, process_rank, save_predictions, single_log_stream
+from vpr.run import log_test_results, process_rank, save_predictions, save_run_config, single_log_stream
 from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 from vpr.viz.pictures import save_retrieval_pictures
 
@@ -286,7 +286,7 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    save_run_config(cfg, out_dir)
     export_sweep_job(os.environ)  # DDP processes started by Lightning run this sweep job, not the whole sweep
 
     # The checkpoint to resume is found and read first: a wrong ckpt_path fails before any data work.
