@@ -78,6 +78,25 @@ def test_targets_computed_once_and_cached_on_disk(tmp_path):
     assert src2.calls == 5
 
 
+@pytest.mark.parametrize("kept", [0.0, 0.3, 0.9])
+def test_an_unreadable_cache_file_is_computed_again_and_replaced(tmp_path, kept):
+    """A cache file cut short (a copy of the data folder interrupted) is the project's own file: the targets are
+    computed again, as without it, and the file is written whole."""
+    from pathlib import Path
+
+    paths = [Path(f"{i}.jpg") for i in range(5)]
+    whole = GuidanceTargets(CountingSource(), ["person"], paths, (2, 3), cache_dir=tmp_path)
+    (cache,) = tmp_path.glob("guidance_*.npy")
+    data = cache.read_bytes()
+    cache.write_bytes(data[: int(len(data) * kept)])
+    src = CountingSource()
+    again = GuidanceTargets(src, ["person"], paths, (2, 3), cache_dir=tmp_path)
+    assert src.calls == 5
+    assert torch.equal(again.table, whole.table)
+    assert torch.all(again[1] == 0) and torch.all(again[2] == 1)  # labels of odd images are all suppressed
+    assert cache.read_bytes() == data
+
+
 def test_mask_dir_reads_relative_paths(tmp_path):
     root, masks = tmp_path / "root", tmp_path / "masks"
     (root / "000").mkdir(parents=True)

@@ -625,8 +625,12 @@ class GuidanceTargets:
         cache = self._cache_file()
         cached = None
         if cache is not None and cache.is_file():
-            table = np.load(cache)
-            cached = table if table.shape == (len(self.paths), *self.grid) else None
+            try:
+                table = np.load(cache)
+            except (OSError, ValueError, EOFError) as e:  # cut short (a copy of the data folder) or not an array
+                log.warning("guidance target cache %s is unreadable (%s): computing the targets again", cache, e)
+                table = None
+            cached = table if table is not None and table.shape == (len(self.paths), *self.grid) else None
         rank, world = self.shard
         if world > 1 and self.agree is not None:
             # The ranks follow rank 0: each looking for itself, they could disagree (another job writing the same
