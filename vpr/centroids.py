@@ -48,6 +48,22 @@ def backbone_file_tag(backbone: nn.Module, seed: int) -> str:
     return backbone.tag + ("" if getattr(backbone, "pretrained", False) else f"-random{int(seed)}")
 
 
+#: The sampling and k-means seed of a pretrained backbone's file when the config has no ``cluster.seed``.
+DEFAULT_CLUSTER_SEED = 42
+
+
+def clustering_seed(cfg: DictConfig, backbone: nn.Module) -> int:
+    """The seed of the descriptor sampling and k-means. Random weights: the run's seed, which the file's name
+    carries. Pretrained weights: ``cluster.seed``, never the run's: their file is shared by runs of every seed, so
+    its content must not depend on which of them (or cluster.py) made it first."""
+    if not getattr(backbone, "pretrained", False):
+        return int(cfg.seed)
+    from vpr.build import whole_number
+
+    seed = whole_number(cfg, "cluster.seed", 0, "the sampling and k-means seed of a pretrained backbone's centroids")
+    return DEFAULT_CLUSTER_SEED if seed is None else seed
+
+
 def centroid_path(cfg: DictConfig, backbone: nn.Module, head: nn.Module) -> Path:
     """``<centroids_dir>/<backbone>_<dataset>_<K>_<H>x<W>_desc_cen.hdf5`` unless ``cluster.file`` names one; absolute,
     so the logs say where it is whatever folder the command ran in."""
@@ -190,19 +206,20 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
     split = datamodule.train_split
     dataset = ImageDataset(split.db_paths, datamodule.transform)
     device = work_device(cfg.trainer)
+    seed = clustering_seed(cfg, backbone)
     desc = sample_local_descriptors(
         backbone,
         dataset,
         num_images=int(cfg.cluster.images),
         per_image=int(cfg.cluster.descriptors_per_image),
-        seed=int(cfg.seed),
+        seed=seed,
         batch_size=int(cfg.data.eval_batch_size),
         num_workers=loader_workers(int(cfg.data.num_workers)),
         device=device,
     )
     backbone.cpu()
     k = int(head.num_clusters)
-    centroids = kmeans(desc, k, int(cfg.cluster.iterations), int(cfg.seed), device)
+    centroids = kmeans(desc, k, int(cfg.cluster.iterations), seed, device)
     write_centroid_file(
         path,
         desc,
@@ -213,6 +230,7 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
             "dataset": f"{split.dataset}/{split.split}",
             "image_size": list(datamodule.image_size),
             "num_clusters": k,
+            "seed": seed,
         },
     )
     log.info(

@@ -196,6 +196,31 @@ def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_pa
         assert f["centroids"].shape == (4, 256) and f["descriptors"].shape == (50, 256)
 
 
+def test_a_pretrained_backbones_centroid_file_is_the_same_whichever_run_seed_makes_it(data_dir, tmp_path):
+    """Its name carries no seed, so runs of every seed share it: its content must not depend on the seed of the run
+    that happened to make it (a seed sweep would otherwise train from other centroids than its jobs run alone)."""
+    import h5py
+    import numpy as np
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.resnet18().state_dict(), weights)
+    made = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed{seed}"
+        out.mkdir()
+        pretrained = ["backbone.pretrained=true", f"backbone.weights_path={weights}", f"seed={seed}"]
+        run_script("cluster.py", *cluster_args(data_dir, out), *pretrained, tmp=out)
+        (path,) = (out / "c").glob("*.hdf5")
+        assert path.name == "resnet18-layer3_city-tiny-seed0_4_48x64_desc_cen.hdf5"
+        with h5py.File(path) as f:
+            made.append((f["descriptors"][:], f["centroids"][:]))
+    np.testing.assert_array_equal(made[0][0], made[1][0])
+    np.testing.assert_array_equal(made[0][1], made[1][1])
+
+
 def test_centroid_files_of_other_recipes_and_cities_have_other_names(tmp_path):
     """city_baseline (96x128) and city_main (120x160), or the tiny and default cities, never share a file."""
     from vpr.build import build_network
