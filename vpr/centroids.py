@@ -194,6 +194,15 @@ def write_centroid_file(path: Path, descriptors: np.ndarray, centroids: np.ndarr
             f.attrs[k] = v
 
 
+#: The ``cluster.*`` settings a centroid file records; its name carries none of them.
+CLUSTER_SETTINGS = ("images", "descriptors_per_image", "iterations")
+
+
+def clustering_settings(cfg: DictConfig) -> dict[str, int]:
+    """The ``cluster.*`` counts that made (or would make) a centroid file, as stored in its attributes."""
+    return {name: int(value) for name in CLUSTER_SETTINGS if (value := cfg.cluster.get(name)) is not None}
+
+
 def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, datamodule, path: Path) -> Path:
     """Sample descriptors from the training database with ``backbone``, run k-means for ``head``, write ``path``."""
     if datamodule.splits.get("train") is None:
@@ -231,6 +240,7 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
             "image_size": list(datamodule.image_size),
             "num_clusters": k,
             "seed": seed,
+            **clustering_settings(cfg),
         },
     )
     log.info(
@@ -271,6 +281,7 @@ def init_head(cfg: DictConfig, module, datamodule, missing_hint: str = "") -> No
     attrs = _read_attributes(path)
     check_fingerprint(path, attrs, module.backbone)
     check_image_size(path, attrs, datamodule.image_size)
+    check_clustering_settings(path, attrs, cfg, module.backbone)
     try:
         alpha = module.head.init_from_file(path)
     except ValueError as e:  # truncated or foreign file, other K or D: the message names the file and the fix
@@ -299,6 +310,26 @@ def check_fingerprint(path: Path, attrs: dict[str, Any], backbone: nn.Module) ->
             f"centroid file {path} was computed with other backbone weights (fingerprint {float(stored):.6g}, "
             f"this backbone {now:.6g}): the seed or backbone settings differ from cluster.py's. Re-run cluster.py "
             "with the training settings, or delete the file and use cluster.auto=true."
+        )
+
+
+def check_clustering_settings(path: Path, attrs: dict[str, Any], cfg: DictConfig, backbone: nn.Module) -> None:
+    """A file made with other ``cluster.*`` counts or another seed still initialises NetVLAD (its name carries
+    none of them, so it is found), but say so: the run asked for other centroids. Files that predate these
+    attributes are taken as they are."""
+    wanted = {**clustering_settings(cfg), "seed": clustering_seed(cfg, backbone)}
+    differ = [
+        f"{name} {int(attrs[name])} (this run: {value})"
+        for name, value in wanted.items()
+        if name in attrs and int(attrs[name]) != value
+    ]
+    if differ:
+        log.warning(
+            "centroid file %s was made with other clustering settings: %s. It is used as it is; for centroids of "
+            "this run's settings re-run cluster.py with them and overwrite=true (or delete the file and add "
+            "cluster.auto=true), or keep both with cluster.file=<another path>",
+            path,
+            ", ".join(differ),
         )
 
 

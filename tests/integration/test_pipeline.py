@@ -194,6 +194,33 @@ def test_cluster_script_writes_file_named_by_backbone_dataset_k(data_dir, tmp_pa
     assert path.name == "resnet18-layer3-random42_city-tiny-seed0_4_48x64_desc_cen.hdf5"
     with h5py.File(path) as f:
         assert f["centroids"].shape == (4, 256) and f["descriptors"].shape == (50, 256)
+        assert (f.attrs["images"], f.attrs["descriptors_per_image"], f.attrs["iterations"]) == (10, 5, 100)
+
+
+def test_a_centroid_file_of_other_clustering_settings_is_used_with_a_warning(caplog, tmp_path):
+    """Its name carries no cluster.* setting, so a run of other counts finds it: the run says what differs."""
+    from omegaconf import OmegaConf
+
+    from vpr.centroids import check_clustering_settings
+
+    cfg = OmegaConf.create({"seed": 3, "cluster": {"images": 500, "descriptors_per_image": 100, "iterations": 100}})
+    random_weights = torch.nn.Conv2d(3, 4, 1)  # not pretrained: the run's seed clusters
+    path = tmp_path / "c.hdf5"
+    with caplog.at_level("WARNING"):
+        check_clustering_settings(
+            path, {"images": 500, "descriptors_per_image": 100, "iterations": 100, "seed": 3}, cfg, random_weights
+        )
+        assert not caplog.records
+        check_clustering_settings(
+            path, {"images": 20, "descriptors_per_image": 100, "iterations": 100, "seed": 3}, cfg, random_weights
+        )
+        check_clustering_settings(
+            path, {"images": 500, "descriptors_per_image": 100, "iterations": 5, "seed": 1}, cfg, random_weights
+        )
+        check_clustering_settings(path, {"num_clusters": 8}, cfg, random_weights)  # a file without the records
+    first, second = [r.getMessage() for r in caplog.records]
+    assert "images 20 (this run: 500)" in first and "iterations" not in first
+    assert "iterations 5 (this run: 100)" in second and "seed 1 (this run: 3)" in second
 
 
 def test_a_pretrained_backbones_centroid_file_is_the_same_whichever_run_seed_makes_it(data_dir, tmp_path):
