@@ -438,3 +438,45 @@ def test_a_2_x_2_coordinate_matrix_is_read_as_matlabs_layout_with_a_warning(tmp_
     np.testing.assert_array_equal(s.utm_db, utm_db)
     assert "dbStruct.utmDb is 2 x 2: read as MATLAB's layout" in caplog.text
     assert "utmQ" not in caplog.text  # one query: 2 x 1, no doubt
+
+
+def _matlab_v73_char(parent: h5py.Group, name: str, utf16_units: list[int]) -> h5py.Dataset:
+    """A 1 x L MATLAB char as ``save -v7.3`` stores it: UTF-16 code units as uint16, dimensions reversed (L, 1)."""
+    ds = parent.create_dataset(name, data=np.array(utf16_units, dtype=np.uint16).reshape(-1, 1))
+    ds.attrs["MATLAB_class"] = np.bytes_("char")
+    ds.attrs["MATLAB_int_decode"] = np.int32(2)
+    return ds
+
+
+def test_v73_names_beyond_the_basic_multilingual_plane_read_as_one_character(tmp_path: Path) -> None:
+    """MATLAB's char is UTF-16: U+1F600 (an emoji) is stored as the surrogate pair 0xD83D 0xDE00."""
+    path = tmp_path / "emoji.mat"
+    # "000/a" + U+1F600 + ".jpg", "b.jpg" and the query "q.jpg" as code units, spelled out.
+    db_units = [[0x30, 0x30, 0x30, 0x2F, 0x61, 0xD83D, 0xDE00, 0x2E, 0x6A, 0x70, 0x67], [0x62, 0x2E, 0x6A, 0x70, 0x67]]
+    q_units = [[0x71, 0x2E, 0x6A, 0x70, 0x67]]
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        g = f.create_group("dbStruct")
+        g.attrs["MATLAB_class"] = np.bytes_("struct")
+        _matlab_v73_char(g, "whichSet", [ord(c) for c in "test"])
+        for field, cells in (("dbImageFns", db_units), ("qImageFns", q_units)):
+            column = np.empty((1, len(cells)), dtype=h5py.ref_dtype)  # an N x 1 cell, dimensions reversed
+            for i, units in enumerate(cells):
+                column[0, i] = _matlab_v73_char(refs, f"{field}{i}", units).ref
+            g.create_dataset(field, data=column).attrs["MATLAB_class"] = np.bytes_("cell")
+        doubles = {"utmDb": [[10.0, 20.0], [0.0, 0.0]], "utmQ": [[12.0], [0.0]], "posDistThr": [[25.0]]}
+        for field, value in doubles.items():  # MATLAB shapes (2 x N), stored transposed
+            g.create_dataset(field, data=np.array(value).T).attrs["MATLAB_class"] = np.bytes_("double")
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
+
+    s = load_dbstruct(path)
+    assert s.db_image == ["000/a\U0001f600.jpg", "b.jpg"]
+    assert len(s.db_image[0]) == 10  # the pair is one character
+    assert s.q_image == ["q.jpg"]
+
+    with h5py.File(path, "r+") as f:  # an unpaired high surrogate is not text: one error naming the field
+        del f["#refs#/qImageFns0"]
+        f["dbStruct/qImageFns"][0, 0] = _matlab_v73_char(f["#refs#"], "qImageFns0", [0x71, 0xD83D]).ref
+    with pytest.raises(ValueError, match=r"emoji\.mat: dbStruct\.qImageFns holds character codes that are not UTF-16"):
+        load_dbstruct(path)

@@ -323,8 +323,21 @@ def _to_str(x: Any, path: Path, field: str) -> str:
         if x.dtype.itemsize == 4 and (x.ndim == 1 or min(x.shape) == 1):  # chars_as_strings=False: 1 x L chars
             return "".join(x.reshape(-1).tolist())
     if isinstance(x, np.ndarray) and x.dtype.kind in "ui" and (x.ndim == 1 or min(x.shape) == 1):
-        return "".join(chr(c) for c in x.reshape(-1).tolist())  # raw character codes
+        return _from_char_codes(x.reshape(-1).tolist(), path, field)  # raw character codes
     raise ValueError(f"{path}: dbStruct.{field} should be a char string, got {type(x).__name__} {_describe(x)}")
+
+
+def _from_char_codes(codes: Sequence[int], path: Path, field: str) -> str:
+    """The text of MATLAB character codes. A MATLAB char is a UTF-16 code unit: a character beyond U+FFFF (an
+    emoji, a rare CJK ideograph) is stored as two of them, a surrogate pair, which make one character here."""
+    text = "".join(chr(c) for c in codes)
+    try:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    except UnicodeError:  # an unpaired surrogate, or a code above U+10FFFF: no character at all
+        raise ValueError(
+            f"{path}: dbStruct.{field} holds character codes that are not UTF-16 text ({text!a}); re-save the "
+            "file from the image names as they are on disk"
+        ) from None
 
 
 def _to_str_list(x: Any, path: Path, field: str) -> list[str]:
@@ -477,7 +490,7 @@ def _h5_str(ds: Any, path: Path, field: str) -> str:
     codes = np.asarray(ds[()]).T
     if codes.dtype.kind not in "ui" or (codes.ndim == 2 and min(codes.shape) > 1):
         raise ValueError(f"{path}: dbStruct.{field} is not a char row vector in this v7.3 file; {_RESAVE_HINT}")
-    return "".join(chr(c) for c in codes.reshape(-1).tolist())
+    return _from_char_codes(codes.reshape(-1).tolist(), path, field)
 
 
 def _h5_str_list(f: Any, ds: Any, path: Path, field: str) -> list[str]:
@@ -491,7 +504,7 @@ def _h5_str_list(f: Any, ds: Any, path: Path, field: str) -> list[str]:
     if ds.dtype == h5py.ref_dtype or data.dtype == object:  # cell: one object reference per entry
         return [_h5_str(f[ref], path, field) for ref in data.reshape(-1, order="F")]
     if data.dtype.kind in "ui" and data.ndim == 2:  # char matrix: one path per row
-        return ["".join(chr(c) for c in row).rstrip() for row in data.tolist()]
+        return [_from_char_codes(row, path, field).rstrip() for row in data.tolist()]
     raise ValueError(f"{path}: dbStruct.{field} has an unsupported v7.3 layout; {_RESAVE_HINT}")
 
 
