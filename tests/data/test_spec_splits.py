@@ -181,3 +181,37 @@ def test_tokyotm_training_positives_lie_more_than_a_metre_away(tmp_path: Path) -
     # Without the bound (Pittsburgh's setting), all three are positives, nearest first.
     s = load_mat_split(tmp_path, "tokyoTM", "train")
     assert list(s.train_positives()[0]) == [0, 1, 2]
+
+
+def test_image_paths_with_windows_separators_name_folders(tmp_path: Path) -> None:
+    """A split file written on Windows lists 000\\a.jpg: the image a.jpg in the folder 000, as the / spelling."""
+    from PIL import Image
+
+    for rel in ("000/a.jpg", "001/b.jpg", "queries_real/000/q.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+
+    def cell(names: list[str]) -> np.ndarray:
+        c = np.empty((len(names), 1), dtype=object)
+        for i, n in enumerate(names):
+            c[i, 0] = n
+        return c
+
+    db_struct = {
+        "whichSet": "test",
+        "dbImageFns": cell(["000\\a.jpg", "001\\b.jpg"]),
+        "utmDb": np.array([[0.0, 100.0], [0.0, 0.0]]),
+        "qImageFns": cell(["000\\q.jpg"]),
+        "utmQ": np.array([[3.0], [4.0]]),
+        "numImages": np.array([[2.0]]),
+        "numQueries": np.array([[1.0]]),
+        "posDistThr": np.array([[25.0]]),
+        "posDistSqThr": np.array([[625.0]]),
+        "nonTrivPosDistSqThr": np.array([[100.0]]),
+    }
+    (tmp_path / "datasets").mkdir()
+    scipy.io.savemat(str(tmp_path / "datasets" / "pitts30k_test.mat"), {"dbStruct": db_struct})
+    s = load_mat_split(tmp_path, "pitts30k", "test")
+    assert s.db_paths == [tmp_path / "000" / "a.jpg", tmp_path / "001" / "b.jpg"]
+    assert s.q_paths == [tmp_path / "queries_real" / "000" / "q.jpg"]
+    assert [p.tolist() for p in s.eval_positives()] == [[0]]  # 5 m from a.jpg, 100 m from b.jpg

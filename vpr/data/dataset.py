@@ -271,6 +271,13 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
     if not check or not paths:
         return paths
     first = paths[0]
+    if not first.is_file() and "\\" in names[0]:
+        # Written on Windows: 000\000000_pitch1_yaw1.jpg names a file in the folder 000, as / does.
+        slashed = [folder / n.replace("\\", "/") for n in names]
+        if slashed[0].is_file() or any(slashed[0].with_suffix(ext).is_file() for ext in IMAGE_EXTENSIONS):
+            log.info("%s lists image paths with Windows separators (\\); reading them as folders", mat_path.name)
+            paths = slashed
+            first = paths[0]
     if not first.is_file():
         found = next((ext for ext in IMAGE_EXTENSIONS if first.with_suffix(ext).is_file()), None)
         if found is None:
