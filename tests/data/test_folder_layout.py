@@ -73,3 +73,22 @@ def test_gps_names_are_refused_as_metres_and_read_with_coordinates_latlon(tmp_pa
     assert [len(p) for p in split.eval_positives()] == [2]  # 11.5 m and 17.8 m away; the third 1.8 km
     with pytest.raises(DataError, match="data.coordinates=gps: choose utm"):
         load_folder_split(tmp_path, "test", coordinates="gps")
+
+
+def test_utm_names_are_refused_as_degrees(tmp_path):
+    """data.coordinates=latlon on the benchmark's UTM names: 585001 is no latitude, so no distance can be computed
+    from them (read on, every query would be kilometres from every database image and every recall 0)."""
+    touch(tmp_path / "test" / "database" / "@585001.50@4477002.25@17@T@40.44@-79.99@@@@@@pitts@.jpg")
+    touch(tmp_path / "test" / "database" / "@585101.50@4477002.25@17@T@40.44@-79.99@@@@@@pitts@.jpg")
+    touch(tmp_path / "test" / "queries" / "@585004.00@4477006.00@17@T@40.44@-79.99@@@@@@pitts@.jpg")
+    with pytest.raises(DataError, match=r"data\.coordinates=latlon.*3 of the 3 file names.*data\.coordinates=utm"):
+        load_folder_split(tmp_path, "test", coordinates="latlon")
+    # Tokyo's longitude (139.7) read as a latitude: names with longitude first
+    touch(tmp_path / "tokyo" / "database" / "@139.7000@35.6900@.jpg")
+    touch(tmp_path / "tokyo" / "queries" / "@35.6901@139.7001@.jpg")
+    with pytest.raises(DataError, match=r"1 of the 2 file names .* e\.g\. @139\.7000@35\.6900@\.jpg"):
+        load_folder_split(tmp_path, "tokyo", coordinates="latlon")
+    # lat/lon on both ends of their ranges are degrees
+    touch(tmp_path / "edge" / "database" / "@-90@180@.jpg")
+    touch(tmp_path / "edge" / "queries" / "@90@-180@.jpg")
+    assert load_folder_split(tmp_path, "edge", coordinates="latlon").num_q == 1

@@ -395,6 +395,14 @@ def load_folder_split(
         raise DataError(f"{base}: no images found under database/ or queries/")
     positions = np.array([parse_utm_filename(p) for p in db_paths + q_paths], dtype=np.float64)
     if coordinates == "latlon":
+        outside = np.flatnonzero((np.abs(positions[:, 0]) > 90.0) | (np.abs(positions[:, 1]) > 180.0))
+        if outside.size:
+            first = (db_paths + q_paths)[outside[0]]
+            raise DataError(
+                f"{base}: data.coordinates=latlon, but {outside.size} of the {len(positions)} file names carry no "
+                f"latitude (-90 to 90) and longitude (-180 to 180) in degrees, e.g. {first.name}: UTM names "
+                "(@<east>@<north>@ in metres) need data.coordinates=utm"
+            )
         positions = latlon_to_local_metres(positions)
     elif _look_like_degrees(positions):
         raise DataError(
