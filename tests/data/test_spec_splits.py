@@ -215,3 +215,35 @@ def test_image_paths_with_windows_separators_name_folders(tmp_path: Path) -> Non
     assert s.db_paths == [tmp_path / "000" / "a.jpg", tmp_path / "001" / "b.jpg"]
     assert s.q_paths == [tmp_path / "queries_real" / "000" / "q.jpg"]
     assert [p.tolist() for p in s.eval_positives()] == [[0]]  # 5 m from a.jpg, 100 m from b.jpg
+
+
+def test_a_missing_first_image_is_one_missing_image_not_a_wrong_folder(tmp_path: Path) -> None:
+    """Of three listed database images the first is gone, the other two are there: the folder is right and one
+    image is missing, which the message counts and names (not advice to point data.db_dir elsewhere)."""
+    from PIL import Image
+
+    for rel in ("000/b.jpg", "001/c.jpg", "queries_real/000/q.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    db = np.empty((3, 1), dtype=object)
+    db[:, 0] = ["000/a.jpg", "000/b.jpg", "001/c.jpg"]
+    q = np.empty((1, 1), dtype=object)
+    q[0, 0] = "000/q.jpg"
+    db_struct = {
+        "whichSet": "test",
+        "dbImageFns": db,
+        "utmDb": np.array([[0.0, 5.0, 100.0], [0.0, 0.0, 0.0]]),
+        "qImageFns": q,
+        "utmQ": np.array([[3.0], [4.0]]),
+        "numImages": np.array([[3.0]]),
+        "numQueries": np.array([[1.0]]),
+        "posDistThr": np.array([[25.0]]),
+        "posDistSqThr": np.array([[625.0]]),
+        "nonTrivPosDistSqThr": np.array([[100.0]]),
+    }
+    (tmp_path / "datasets").mkdir()
+    scipy.io.savemat(str(tmp_path / "datasets" / "pitts30k_test.mat"), {"dbStruct": db_struct})
+    with pytest.raises(
+        DataError, match=r"^1 of the 3 images listed in .* \(000/a\.jpg\) while b\.jpg is there: .*incomplete"
+    ):
+        load_mat_split(tmp_path, "pitts30k", "test")

@@ -278,31 +278,48 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
             log.info("%s lists image paths with Windows separators (\\); reading them as folders", mat_path.name)
             paths = slashed
             first = paths[0]
-    if not first.is_file():
-        found = next((ext for ext in IMAGE_EXTENSIONS if first.with_suffix(ext).is_file()), None)
-        if found is None:
+    found = _extension_on_disk(first)
+    anchor = first
+    if found is None:
+        # The first listed image is missing: the folder is the wrong one, unless the images listed next are there.
+        anchor = next((p for p in paths[1:_ANCHOR_PROBE] if _extension_on_disk(p) is not None), None)
+        if anchor is None:
             raise DataError(
                 f"image {first} listed in {mat_path} is missing (under any of the extensions "
                 f"{'/'.join(e for e in IMAGE_EXTENSIONS if e.islower())}): the images must sit under "
                 f"{folder} exactly as the .mat lists them; if they were unpacked elsewhere, set {setting} "
                 f"(relative to data.root, or absolute){_sibling_holding(folder, first, setting)}"
             )
+        found = _extension_on_disk(anchor)
+    if found != anchor.suffix:
         log.info(
             "%s lists %s images; reading the %s files found in %s",
             mat_path.name,
-            first.suffix or "(none)",
+            anchor.suffix or "(none)",
             found,
             folder,
         )
         paths = [p.with_suffix(found) for p in paths]
+        anchor = anchor.with_suffix(found)
     missing = [p for p in paths if not p.is_file()]  # one stat per image: 0.3 s per 100k images here (warm cache)
     if missing:
         shown = ", ".join(str(p.relative_to(folder)) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise DataError(
             f"{len(missing)} of the {len(paths)} images listed in {mat_path} are missing under {folder} ({shown}) "
-            f"while {paths[0].name} is there: the image folder is incomplete (re-extract it, or fix {setting})"
+            f"while {anchor.name} is there: the image folder is incomplete (re-extract it, or fix {setting})"
         )
     return paths
+
+
+#: How many listed images are looked for when the first is missing, before the folder is taken for the wrong one.
+_ANCHOR_PROBE = 1000
+
+
+def _extension_on_disk(path: Path) -> str | None:
+    """The extension under which ``path``'s image is on disk: its own, another image extension, or None."""
+    if path.is_file():
+        return path.suffix
+    return next((ext for ext in IMAGE_EXTENSIONS if path.with_suffix(ext).is_file()), None)
 
 
 def _sibling_holding(folder: Path, first: Path, setting: str) -> str:
