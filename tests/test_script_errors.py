@@ -324,3 +324,22 @@ def test_the_first_process_alone_prints_an_interrupt(environ, first, monkeypatch
         monkeypatch.setenv(key, value)
     status, err = ending(SIGTERMException(), capsys)
     assert status == 143 and err.startswith("error: stopped by SIGTERM") is first
+
+
+def test_a_split_file_template_on_the_command_line_is_shown_quoted():
+    """data.split_file={name}_{split}.mat: Hydra's grammar reads the braces as a mapping and refuses the line; the
+    hint gives the quoted form, which Hydra reads as the text itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vpr.errors import override_hints
+
+    hints = override_hints(["data=pitts30k", "data.split_file={name}_{split}.mat"], "eval")
+    assert hints == [
+        "data.split_file={name}_{split}.mat: Hydra reads braces as a mapping; quote text with braces: "
+        "'data.split_file=\"{name}_{split}.mat\"'"
+    ]
+    quoted = hints[0].rsplit(": ", 1)[1].strip("'")
+    assert OverridesParser.create().parse_overrides([quoted])[0].value() == "{name}_{split}.mat"
+    # mappings in a list, and quoted text, are Hydra's to read: no hint
+    assert override_hints(["test_sets=[pitts30k,{data:tokyo247,root:/x}]"], "eval") == []
+    assert override_hints(["data.split_file='{name}_{split}.mat'"], "eval") == []
