@@ -236,3 +236,27 @@ def test_the_ddp_processes_lightning_starts_take_the_first_ones_choice(tmp_path,
     assert train.checkpoint_to_resume(_asking()) == str(tmp_path / "chosen.ckpt")
     monkeypatch.setenv(train.RESUMED_ENV, "")  # the first process resumes nothing: neither do the others
     assert train.checkpoint_to_resume(_asking()) is None
+
+
+def test_eval_of_a_checkpoint_trained_on_another_dataset_says_which_data_it_tests(caplog):
+    """A checkpoint trained on Tokyo Time Machine, eval.py with no data on the command line: the default data
+    (the synthetic city) is tested, with a warning naming both; none where the command line chooses the data."""
+    import logging
+
+    from vpr.checkpoints import with_checkpoint_city
+
+    cfg = OmegaConf.create({"data": {"name": "city", "prepare": {"preset": "default", "seed": 0}}})
+    stored = {"data": {"name": "tokyoTM", "root": "/data/tokyo", "prepare": None}}
+    with caplog.at_level(logging.WARNING, logger="vpr.checkpoints"):
+        assert with_checkpoint_city(cfg, stored, ["ckpt_path=/runs/a/last.ckpt"]).data.name == "city"
+    assert "trained on tokyoTM, but the command line chooses no data: evaluating on city" in caplog.text
+    for chosen in (["data=tokyotm"], ["test_sets=[tokyo247]"], ["data.name=tokyoTM"], ["experiment=city_main"]):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vpr.checkpoints"):
+            with_checkpoint_city(cfg, stored, ["ckpt_path=/runs/a/last.ckpt", *chosen])
+        assert "chooses no data" not in caplog.text, chosen
+    caplog.clear()  # trained on a city: tested on that city, no warning
+    with caplog.at_level(logging.WARNING, logger="vpr.checkpoints"):
+        city = with_checkpoint_city(cfg, {"data": {"name": "city", "prepare": {"preset": "tiny", "seed": 3}}}, [])
+    assert (city.data.prepare.preset, city.data.prepare.seed) == ("tiny", 3)
+    assert "chooses no data" not in caplog.text

@@ -332,8 +332,17 @@ def with_checkpoint_city(cfg: DictConfig, stored: dict | None, overrides: list[s
     prepare = trained.get("prepare") or {}
     chosen = overridden_keys(overrides)
     which_data = ("data.name", "data.tag", "data.prepare")  # and data=<another dataset>
+    data_chosen = any(k == "data" or k == d or k.startswith(d + ".") for k in chosen for d in which_data)
+    elsewhere = data_chosen or bool(chosen & {"experiment", "test_sets"})  # data chosen, or tested on other sets
+    if not elsewhere and trained.get("name") and trained.get("name") != cfg.data.get("name"):
+        log.warning(
+            "the checkpoint was trained on %s, but the command line chooses no data: evaluating on %s, the default "
+            "(data=<dataset> or test_sets=[...] for another)",
+            trained.get("name"),
+            cfg.data.get("name"),
+        )
     if (
-        any(k == "data" or k == d or k.startswith(d + ".") for k in chosen for d in which_data)
+        data_chosen
         or trained.get("name") != cfg.data.get("name")
         or not cfg.data.get("prepare")
         or "preset" not in prepare
