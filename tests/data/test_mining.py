@@ -433,3 +433,24 @@ def test_no_negative_lies_within_the_negative_radius_at_utm_magnitudes():
     assert any(exact[i] < 25.0 for i in range(1, 31))  # the case holds images just inside the radius
     negatives = {int(n) for t in triplets for n in t.negatives}
     assert negatives and not (negatives & within)
+
+
+@pytest.mark.parametrize(("train_radius_m", "negative_radius_m"), [(30.0, None), (30.0, 20.0)])
+def test_training_positives_beyond_the_negative_radius_are_refused(train_radius_m, negative_radius_m):
+    """Query at 0 m, database images at 27, 100 and 200 m. With training positives out to 30 m and negatives from
+    25 m on, the image at 27 m would be both (a tuple whose positive is also its negative); likewise with
+    negatives from 20 m (mining.negative_radius_m). Radii that meet (27 m both) are fine."""
+    from pathlib import Path
+
+    from vpr.errors import DataError
+
+    def split_with(train_radius: float) -> PlaceSplit:
+        db_utm = np.array([[27.0, 0.0], [100.0, 0.0], [200.0, 0.0]])
+        db = [Path(f"db{i}.jpg") for i in range(3)]
+        return PlaceSplit("toy", "train", db, [Path("q.jpg")], db_utm, np.zeros((1, 2)), 25.0, train_radius)
+
+    with pytest.raises(
+        DataError, match=r"toy/train: .*training positives reach .* a query's positive and its negative"
+    ):
+        HardNegativeMiner(split_with(train_radius_m), negative_radius_m=negative_radius_m)
+    assert HardNegativeMiner(split_with(27.0), negative_radius_m=27.0).trainable_queries.tolist() == [0]

@@ -124,6 +124,14 @@ class HardNegativeMiner:
         self.negative_radius_m = float(negative_radius_m if negative_radius_m is not None else split.eval_radius_m)
         self.chunk_queries = int(chunk_queries)
         self.chunk_database = int(chunk_database)
+        if split.train_radius_m > self.negative_radius_m:
+            raise DataError(
+                f"{split.describe()}: training positives reach {split.train_radius_m:g} m (data.train_radius_m, else "
+                f"the split file's nonTrivPosDistSqThr) but negatives begin beyond {self.negative_radius_m:g} m "
+                "(mining.negative_radius_m, else data.eval_radius_m, else its posDistThr): a database image between "
+                "the two would be a query's positive and its negative at once; set data.train_radius_m to at most "
+                f"{self.negative_radius_m:g} (or the negative radius to at least {split.train_radius_m:g})"
+            )
         positives = split.train_positives()
         self.trainable_queries = np.array([i for i, p in enumerate(positives) if len(p) > 0], dtype=np.int64)
         self.dropped_queries = split.num_q - len(self.trainable_queries)
