@@ -480,3 +480,26 @@ def test_v73_names_beyond_the_basic_multilingual_plane_read_as_one_character(tmp
         f["dbStruct/qImageFns"][0, 0] = _matlab_v73_char(f["#refs#"], "qImageFns0", [0x71, 0xD83D]).ref
     with pytest.raises(ValueError, match=r"emoji\.mat: dbStruct\.qImageFns holds character codes that are not UTF-16"):
         load_dbstruct(path)
+
+
+@pytest.mark.parametrize("kept", ["dbTimeStamp", "qTimeStamp"])
+def test_capture_times_of_only_the_database_or_only_the_queries_are_refused(tmp_path: Path, kept: str) -> None:
+    """Without the other side's times, no database image can be told to share a query's capture time: read on, a
+    Tokyo Time Machine query would rank its own panorama's images (and its recall come out inflated)."""
+    db = np.empty((2, 1), dtype=object)
+    db[:, 0] = ["a.jpg", "b.jpg"]
+    q = np.empty((1, 1), dtype=object)
+    q[0, 0] = "q.jpg"
+    struct = {
+        "whichSet": "val",
+        "dbImageFns": db,
+        "utmDb": np.array([[0.0, 50.0], [0.0, 0.0]]),
+        "qImageFns": q,
+        "utmQ": np.array([[1.0], [0.0]]),
+        "posDistThr": np.array([[25.0]]),
+        kept: np.array([[201005.0, 201101.0]]) if kept == "dbTimeStamp" else np.array([[201005.0]]),
+    }
+    scipy.io.savemat(str(tmp_path / "tokyoTM_val.mat"), {"dbStruct": struct})
+    other = "qTimeStamp" if kept == "dbTimeStamp" else "dbTimeStamp"
+    with pytest.raises(ValueError, match=rf"tokyoTM_val\.mat: dbStruct has {kept} but no {other}"):
+        load_dbstruct(tmp_path / "tokyoTM_val.mat")

@@ -265,6 +265,13 @@ def _build(fields: Mapping[str, Any], path: Path, decode: _Decoder) -> DbStruct:
         raise ValueError(f"{path}: dbStruct.nonTrivPosDistSqThr = {non_triv:g}; expected a positive squared radius")
     utm_db = _to_utm(decode.numbers(raw["utmDb"]), len(db_image), path, "utmDb", "dbImageFns")
     utm_q = _to_utm(decode.numbers(raw["utmQ"]), len(q_image), path, "utmQ", "qImageFns")
+    present = [name for name in TIMESTAMP_FIELDS if name in raw]
+    if len(present) == 1:  # the times serve by comparison: a query's own capture time among the database's
+        missing = next(name for name in TIMESTAMP_FIELDS if name not in raw)
+        raise ValueError(
+            f"{path}: dbStruct has {present[0]} but no {missing}; capture times need both (Tokyo Time Machine: a "
+            "query's database images of its own time are left out), or neither"
+        )
     stamps = {
         name: _to_stamps(decode.numbers(raw[name]), n, path, name, cell)
         for name, n, cell in (("dbTimeStamp", len(db_image), "dbImageFns"), ("qTimeStamp", len(q_image), "qImageFns"))
