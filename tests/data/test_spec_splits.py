@@ -247,3 +247,29 @@ def test_a_missing_first_image_is_one_missing_image_not_a_wrong_folder(tmp_path:
         DataError, match=r"^1 of the 3 images listed in .* \(000/a\.jpg\) while b\.jpg is there: .*incomplete"
     ):
         load_mat_split(tmp_path, "pitts30k", "test")
+
+
+@pytest.mark.parametrize("db_dir", ["", "database_gsv_vga"])
+def test_absolute_image_paths_of_another_machine_are_named(tmp_path: Path, db_dir: str) -> None:
+    """A converter wrote the images' absolute paths on its own machine: they are not here, and no data.db_dir
+    can place them; the message says so (with data.db_dir set it was a traceback of Path.relative_to)."""
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "database_gsv_vga").mkdir()
+    db = np.empty((2, 1), dtype=object)
+    db[:, 0] = ["/home/someone/tokyo/database_gsv_vga/a.jpg", "/home/someone/tokyo/database_gsv_vga/b.jpg"]
+    q = np.empty((1, 1), dtype=object)
+    q[0, 0] = "q.jpg"
+    struct = {
+        "whichSet": "test",
+        "dbImageFns": db,
+        "utmDb": np.array([[0.0, 50.0], [0.0, 0.0]]),
+        "qImageFns": q,
+        "utmQ": np.array([[1.0], [0.0]]),
+        "posDistThr": np.array([[25.0]]),
+    }
+    scipy.io.savemat(str(tmp_path / "datasets" / "tokyo247.mat"), {"dbStruct": struct})
+    with pytest.raises(
+        DataError,
+        match=r"tokyo247\.mat lists absolute image paths \(dbImageFns: /home/someone/tokyo/database_gsv_vga/a\.jpg\)",
+    ):
+        load_mat_split(tmp_path, "tokyo247", "test", split_file="tokyo247.mat", db_dir=db_dir)

@@ -283,6 +283,13 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
     if found is None:
         # The first listed image is missing: the folder is the wrong one, unless the images listed next are there.
         anchor = next((p for p in paths[1:_ANCHOR_PROBE] if _extension_on_disk(p) is not None), None)
+        if anchor is None and Path(names[0]).is_absolute():
+            field = "dbImageFns" if setting == "data.db_dir" else "qImageFns"
+            raise DataError(
+                f"{mat_path} lists absolute image paths ({field}: {names[0]}), which are not on this machine; "
+                f"{setting} places only relative ones: the split file's {field} must name the images relative "
+                "to their folder, as the NetVLAD dataset specs do (000/000000_pitch1_yaw1.jpg)"
+            )
         if anchor is None:
             raise DataError(
                 f"image {first} listed in {mat_path} is missing (under any of the extensions "
@@ -303,7 +310,8 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
         anchor = anchor.with_suffix(found)
     missing = [p for p in paths if not p.is_file()]  # one stat per image: 0.3 s per 100k images here (warm cache)
     if missing:
-        shown = ", ".join(str(p.relative_to(folder)) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        listed = [p.relative_to(folder) if p.is_relative_to(folder) else p for p in missing[:3]]
+        shown = ", ".join(map(str, listed)) + (", ..." if len(missing) > 3 else "")
         raise DataError(
             f"{len(missing)} of the {len(paths)} images listed in {mat_path} are missing under {folder} ({shown}) "
             f"while {anchor.name} is there: the image folder is incomplete (re-extract it, or fix {setting})"
@@ -326,7 +334,7 @@ def _sibling_holding(folder: Path, first: Path, setting: str) -> str:
     """A folder beside ``folder`` in the same dataset root that holds the first listed image (Tokyo 24/7's queries
     unpack as 247query_subset_v2 or 247query_v3), as a hint naming the setting; "" when there is none. Only inside
     a root: the folders beside a root are other datasets (Pittsburgh 30k and 250k share image names)."""
-    if not folder.parent.is_dir() or not (folder.parent / "datasets").is_dir():
+    if not folder.parent.is_dir() or not (folder.parent / "datasets").is_dir() or not first.is_relative_to(folder):
         return ""
     relative = first.relative_to(folder)
     for sibling in sorted(d for d in folder.parent.iterdir() if d.is_dir() and d != folder):
