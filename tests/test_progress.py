@@ -66,3 +66,53 @@ def test_the_iterable_is_iterated_once():
 
     assert list(progress(Counted(), file=io.StringIO())) == [0, 1, 2]
     assert Counted.iters == 1
+
+
+def test_a_log_line_between_two_redraws_starts_a_line_of_its_own():
+    """Into a file tqdm draws as for a terminal (a carriage return before each redraw, no newline until the end),
+    so a log line or an error line written while a bar is open was glued to the bar's last drawing."""
+    log = io.StringIO()
+    for i in progress(range(3), desc="cache", file=log):
+        if i == 1:
+            log.write("a log line\n")
+    lines = log.getvalue().split("\n")
+    assert "\r" not in log.getvalue()
+    assert "a log line" in lines
+    assert lines[0].startswith("cache:") and lines[-2].startswith("cache: 100%")
+
+
+def test_lightning_bars_into_a_log_file_leave_log_lines_whole(capsys):
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from vpr.callbacks import LogFileProgressBar
+
+    class Says(BoringModel):
+        def test_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                print("a log line")
+            return super().test_step(batch, batch_idx)
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        callbacks=[LogFileProgressBar()],
+        logger=False,
+        limit_test_batches=3,
+        enable_model_summary=False,
+    )
+    trainer.test(Says(), verbose=False)
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    assert "a log line" in out.split("\n")
+    assert any(line.startswith("Testing DataLoader 0: 100%") for line in out.split("\n"))
+
+
+def test_evaluation_into_a_pipe_gets_the_log_file_bar():
+    from omegaconf import OmegaConf
+
+    from vpr.build import build_trainer
+    from vpr.callbacks import LogFileProgressBar
+
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu"}, "paths": {"output_dir": "."}})
+    trainer = build_trainer(cfg, training=False)  # pytest captures stdout: not a terminal
+    assert isinstance(trainer.progress_bar_callback, LogFileProgressBar)

@@ -456,6 +456,13 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None, wandb_group: str
     return loggers
 
 
+def log_file_progress_bar(cfg: DictConfig) -> list[L.Callback]:
+    """[LogFileProgressBar] when the bars are on and the output is not a terminal (a log file, a pipe), else []."""
+    if cfg.get("trainer", {}).get("enable_progress_bar", True) and not interactive(sys.stdout):
+        return [LogFileProgressBar()]
+    return []
+
+
 def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callback]:
     """The configured callbacks (those that only feed a logger are left out when there is none) and OfflineMining."""
     out: list[L.Callback] = []
@@ -478,8 +485,7 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
                 enable_version_counter=False,
             )
         )
-    if cfg.get("trainer", {}).get("enable_progress_bar", True) and not interactive(sys.stdout):
-        out.append(LogFileProgressBar())
+    out += log_file_progress_bar(cfg)
     out += [OfflineMining(), RecordRunIds()]
     if cfg.get("callbacks", {}).get("last_checkpoint") is not None:
         out.append(CheckpointOnStop(cfg.callbacks.last_checkpoint.dirpath))
@@ -587,6 +593,8 @@ def build_trainer(
         devices=1,
         precision=cfg.trainer.get("precision", "32-true"),
         logger=loggers or False,
+        callbacks=log_file_progress_bar(cfg),
+        enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)),
         enable_checkpointing=False,
         enable_model_summary=False,
         default_root_dir=cfg.paths.output_dir,

@@ -9,10 +9,12 @@ round's statistics. build.py adds it to every training run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +29,7 @@ from vpr.data.datamodule import PlaceDataModule
 from vpr.errors import ConfigError, DataError, user_message
 from vpr.io import atomic_path
 from vpr.models.module import PlaceRecognitionModule
-from vpr.progress import LOG_INTERVAL_S
+from vpr.progress import LOG_INTERVAL_S, LineWriter
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +202,35 @@ class RecordRunIds(L.Callback):
 
 class LogFileProgressBar(TQDMProgressBar):
     """Lightning's bars for output that is not a terminal (CI, SLURM logs, ``| tee``): redrawn at most every
-    ``interval_s`` seconds and at the end of each loop, instead of at every step (each redraw is a line there)."""
+    ``interval_s`` seconds and at the end of each loop, instead of at every step, each redraw a line of its own
+    (:class:`vpr.progress.LineWriter`), so the log lines between them start lines too."""
 
     def __init__(self, interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.interval_s = float(interval_s)
         self._clock = clock
         self._last_draw = -float("inf")
+
+    @staticmethod
+    def _in_lines(make: Callable[[], Any]) -> Any:
+        # Lightning's bars write to the sys.stdout of the moment they are made
+        with contextlib.redirect_stdout(LineWriter(sys.stdout)):
+            return make()
+
+    def init_sanity_tqdm(self) -> Any:
+        return self._in_lines(super().init_sanity_tqdm)
+
+    def init_train_tqdm(self) -> Any:
+        return self._in_lines(super().init_train_tqdm)
+
+    def init_validation_tqdm(self) -> Any:
+        return self._in_lines(super().init_validation_tqdm)
+
+    def init_test_tqdm(self) -> Any:
+        return self._in_lines(super().init_test_tqdm)
+
+    def init_predict_tqdm(self) -> Any:
+        return self._in_lines(super().init_predict_tqdm)
 
     def _should_update(self, current: int, total: int) -> bool:
         if not self.is_enabled:
