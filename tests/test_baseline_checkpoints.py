@@ -168,3 +168,30 @@ def test_a_baseline_file_that_does_not_fit_is_refused(data_dir, tmp_path, mutate
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and says in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_load_model_reads_a_baseline_files_k_from_its_tensors(tmp_path):
+    """vpr.api.load_model of a baseline file whose K (8) is not the config's default (64) builds a NetVLAD of the
+    file's K, as eval.py does, and gives the descriptor of a separate NetVLAD forward pass over the file's
+    tensors (a loop over clusters)."""
+    import torch.nn.functional as F
+
+    from vpr.api import load_model
+
+    sd = baseline_file(tmp_path / "checkpoint.pth.tar")
+    model, cfg = load_model(tmp_path / "checkpoint.pth.tar", device="cpu")
+    assert cfg.head.num_clusters == cfg.model.num_clusters == K and model.head.num_clusters == K
+
+    encoder = torchvision.models.vgg16(weights=None).features[:-2]
+    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")})
+    images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x = F.normalize(encoder.eval()(images), dim=1).flatten(2)  # (B, D, N)
+        soft = F.softmax(torch.einsum("kd,bdn->bkn", sd["pool.conv.weight"].flatten(1), x), dim=1)
+        expected = []
+        for b in range(len(images)):
+            vlad = torch.stack(
+                [(soft[b, k] * (x[b] - sd["pool.centroids"][k][:, None])).sum(1) for k in range(K)]
+            )  # (K, D): sum over locations of a_k(x) (x - c_k)
+            expected.append(F.normalize(F.normalize(vlad, dim=1).flatten(), dim=0))
+        torch.testing.assert_close(model(images), torch.stack(expected), atol=1e-5, rtol=1e-4)

@@ -28,6 +28,14 @@ def compose_config(config_name: str = "eval", overrides: Sequence[str] = ()) -> 
     composed outside a Hydra run: ``paths.output_dir`` (a script's run folder) is a folder under the system's
     temporary folder, named by the config and this process and made only if something is written there, unless
     the overrides give one."""
+    cfg = _composed(config_name, overrides)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def _composed(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """:func:`compose_config` with its interpolations unresolved: settings changed later (a released file's K in
+    ``model.num_clusters``) still reach the settings that refer to them (``head.num_clusters``)."""
     if not CONFIG_DIR.is_dir():
         raise FileNotFoundError(
             f"{CONFIG_DIR}: the project's configs are not next to the vpr package (install it "
@@ -42,7 +50,6 @@ def compose_config(config_name: str = "eval", overrides: Sequence[str] = ()) -> 
     else:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
             cfg = compose(config_name=config_name, overrides=overrides)
-    OmegaConf.resolve(cfg)
     if config_name == "train" and cfg.get("variant") is not None:  # as train.py records it: baseline+se
         from vpr import variant_with_overrides
 
@@ -63,8 +70,9 @@ def load_model(
     from vpr.checkpoints import network_of_checkpoint
 
     ckpt = str(Path(ckpt_path).expanduser().resolve())
-    cfg = compose_config("eval", [f"ckpt_path={ckpt}", *overrides])
+    cfg = _composed("eval", [f"ckpt_path={ckpt}", *overrides])
     module, cfg = network_of_checkpoint(cfg, ckpt, list(overrides), device)
+    OmegaConf.resolve(cfg)
     return module, cfg
 
 
