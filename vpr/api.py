@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
 from vpr import CONFIG_DIR
@@ -45,16 +46,33 @@ def _composed(config_name: str, overrides: Sequence[str]) -> DictConfig:
     if not any(o.lstrip("+~").startswith("paths.output_dir=") for o in overrides):
         unused = Path(tempfile.gettempdir()) / f"vpr_{config_name}_{os.getpid()}"
         overrides.append(f"paths.output_dir={unused}")
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path is this project's
+    if _searches_project_configs():  # inside this project's Hydra app (a script, a test)
         cfg = compose(config_name=config_name, overrides=overrides)
-    else:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose(config_name=config_name, overrides=overrides)
+    else:  # no Hydra, or another project's: its state is set aside while ours composes, then put back
+        outer = get_gh_backup()
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+                cfg = compose(config_name=config_name, overrides=overrides)
+        finally:
+            restore_gh_from_backup(outer)
     if config_name == "train" and cfg.get("variant") is not None:  # as train.py records it: baseline+se
         from vpr import variant_with_overrides
 
         cfg.variant = variant_with_overrides(cfg.variant, overrides)
     return cfg
+
+
+def _searches_project_configs() -> bool:
+    """Whether Hydra is initialised with this project's config folder in its search path."""
+    hydra = GlobalHydra.instance()
+    if not hydra.is_initialized():
+        return False
+    mine = CONFIG_DIR.resolve()
+    return any(
+        source.scheme() == "file" and Path(source.path).resolve() == mine
+        for source in hydra.config_loader().get_sources()
+    )
 
 
 def load_model(

@@ -54,3 +54,20 @@ def test_a_composed_training_config_names_its_variant_as_train_py_records_it():
         "baseline+se+stml"
     )
     assert compose_config("train", ["experiment=city_se"]).variant == "se"
+
+
+def test_a_config_composes_inside_another_projects_hydra(tmp_path):
+    """Another project's Hydra (its app, or its initialize()) has its own config folder: composing this project's
+    config there finds this project's files, and the other project's Hydra is as it was afterwards."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vpr.api import compose_config
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "eval.yaml").write_text("theirs: 1\n")  # a config of the same name, theirs
+    with initialize_config_dir(version_base="1.3", config_dir=str(tmp_path / "conf")):
+        cfg = compose_config("eval", ["split=val", "model.num_clusters=16"])
+        assert cfg.split == "val" and cfg.model.num_clusters == 16 and "theirs" not in cfg
+        assert dict(compose(config_name="eval")) == {"theirs": 1}
+    assert not GlobalHydra.instance().is_initialized()
