@@ -4,6 +4,7 @@ selected by their ``_target_`` on the command line. Nothing in the wiring layer 
 from __future__ import annotations
 
 import h5py
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +34,30 @@ class PlainTensorGate(ToyGate):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(self.score(x))
+
+
+class ChannelWeightsGate(ToyGate):
+    """Weights per channel and location, (B, C, h, w), where a head takes one weight per location."""
+
+    def forward(self, x: torch.Tensor) -> AttentionOutput:
+        return AttentionOutput(features=x, weights=torch.sigmoid(x), mask=None)
+
+
+class HeadWithoutOutDim(nn.Module):
+    """Average pooling that forgot its ``out_dim``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(x.mean(dim=(2, 3)), dim=1)
+
+
+class HeadOfAnotherLength(HeadWithoutOutDim):
+    """Its ``out_dim`` says 7, its descriptors have the input's channels."""
+
+    out_dim = 7
 
 
 class ToyCentroidHead(nn.Module):
@@ -117,6 +142,39 @@ def test_an_attention_module_returning_a_plain_tensor_is_said_before_any_work(da
             [
                 *tiny_overrides("city_baseline", data_dir, tmp_path),
                 f"attention._target_={HERE}.PlainTensorGate",
+                f"paths.centroids_dir={tmp_path}/centroids",
+            ]
+        )
+    assert not (tmp_path / "centroids").exists()  # before k-means
+
+
+@pytest.mark.parametrize(
+    ("component", "says"),
+    [
+        # ResNet-18 to layer3 on 48x64 images: 256 channels on a 48/16 x 64/16 = 3 x 4 grid, a batch of two
+        (
+            f"attention._target_={HERE}.ChannelWeightsGate",
+            rf"attention \({HERE}\.ChannelWeightsGate\) returned weights \(2, 256, 3, 4\) for features "
+            r"\(2, 256, 3, 4\): .*\(2, 1, 3, 4\)",
+        ),
+        (f"head._target_={HERE}.HeadWithoutOutDim", rf"head \({HERE}\.HeadWithoutOutDim\) has out_dim=None"),
+        (
+            f"head._target_={HERE}.HeadOfAnotherLength",
+            rf"head \({HERE}\.HeadOfAnotherLength\) returned \(2, 256\) for a batch of 2: .*\(2, 7\)",
+        ),
+    ],
+    ids=["weights-per-channel", "head-without-out_dim", "head-of-another-length"],
+)
+def test_a_component_breaking_its_shape_contract_is_said_before_any_work(data_dir, tmp_path, component, says):
+    from vpr.errors import ConfigError
+
+    head = ["head=avg"] if component.startswith("head.") else []
+    with pytest.raises(ConfigError, match=says):
+        train(
+            [
+                *tiny_overrides("city_baseline", data_dir, tmp_path),
+                *head,
+                component,
                 f"paths.centroids_dir={tmp_path}/centroids",
             ]
         )

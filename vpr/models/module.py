@@ -36,11 +36,59 @@ def _attention_output(attention: nn.Module, out: Any) -> AttentionOutput:
     """``out`` of ``attention``, refused with the fix when it is not an AttentionOutput."""
     if not isinstance(out, AttentionOutput):
         raise ConfigError(
-            f"attention ({type(attention).__module__}.{type(attention).__name__}) returned {type(out).__name__}: an "
+            f"attention ({_name(attention)}) returned {type(out).__name__}: an "
             "attention module returns vpr.models.attention.base.AttentionOutput(features, weights, mask), weights "
             "and mask may be None (README, Extending)"
         )
     return out
+
+
+def _name(component: nn.Module) -> str:
+    return f"{type(component).__module__}.{type(component).__name__}"
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _check_attention_shapes(attention: nn.Module, out: AttentionOutput, batch: int) -> None:
+    """The features a (B, C, h, w) tensor and the weights None or (B, 1, h, w): what every head takes."""
+    features, weights = out.features, out.weights
+    if not isinstance(features, torch.Tensor) or features.dim() != 4 or len(features) != batch:
+        raise ConfigError(
+            f"attention ({_name(attention)}) returned features {_shape(features)} for a batch of {batch} feature "
+            "maps: features are a (B, C, h, w) tensor (README, Extending)"
+        )
+    b, _, h, w = features.shape
+    if weights is not None and (not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (b, 1, h, w)):
+        raise ConfigError(
+            f"attention ({_name(attention)}) returned weights {_shape(weights)} for features "
+            f"{tuple(features.shape)}: weights are one per location, (B, 1, h, w) = {(b, 1, h, w)}, or None "
+            "(README, Extending)"
+        )
+
+
+def _check_head_output(head: nn.Module, att: AttentionOutput, batch: int) -> None:
+    """The head has an integer ``out_dim`` and turns the attention's output into (B, out_dim) descriptors."""
+    out_dim = getattr(head, "out_dim", None)
+    if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
+        raise ConfigError(
+            f"head ({_name(head)}) has out_dim={out_dim!r}: a head has an attribute out_dim, the length of its "
+            "descriptor, a whole number >= 1 (README, Extending)"
+        )
+    try:
+        out = head(att.features, att.weights)
+    except (ValueError, RuntimeError) as e:
+        weights = "None" if att.weights is None else _shape(att.weights)
+        raise ConfigError(
+            f"head ({_name(head)}) failed on the attention's output (features {_shape(att.features)}, weights "
+            f"{weights}): {e}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (batch, out_dim):
+        raise ConfigError(
+            f"head ({_name(head)}) returned {_shape(out)} for a batch of {batch}: a head returns (B, out_dim) = "
+            f"{(batch, out_dim)} descriptors (README, Extending)"
+        )
 
 
 #: torch.compile's modes (``model.compile=<mode>``).
@@ -196,18 +244,26 @@ class PlaceRecognitionModule(L.LightningModule):
 
     @torch.no_grad()
     def check_attention(self, image_size: Sequence[int]) -> None:
-        """One forward of the attention module on the feature grid of ``image_size`` (eval mode, zeros): a module
-        that returns something else than AttentionOutput is said now, not at the first cache pass."""
+        """One forward of the attention module and the head on the feature grid of ``image_size`` (eval mode, a
+        batch of two zero maps): a module that returns something else than AttentionOutput, weights of another
+        shape than (B, 1, h, w), or a head without ``out_dim`` or whose descriptors are not (B, out_dim) is said
+        now, not at the first cache pass."""
         grid = self.feature_grid(image_size)
         channels = getattr(self.backbone, "out_channels", None)
         if channels is None:
             return
-        was_training = self.attention.training
-        self.attention.eval()
+        modules = (self.attention, self.head)
+        was_training = [m.training for m in modules]
+        for m in modules:
+            m.eval()
         try:
-            _attention_output(self.attention, self.attention(torch.zeros(1, int(channels), *grid, device=self.device)))
+            x = torch.zeros(2, int(channels), *grid, device=self.device)
+            att = _attention_output(self.attention, self.attention(x))
+            _check_attention_shapes(self.attention, att, len(x))
+            _check_head_output(self.head, att, len(x))
         finally:
-            self.attention.train(was_training)
+            for m, training in zip(modules, was_training):
+                m.train(training)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) -> descriptors (B, out_dim), L2-normalised."""
