@@ -60,6 +60,15 @@ class HeadOfAnotherLength(HeadWithoutOutDim):
     out_dim = 7
 
 
+class PerTupleLoss(nn.Module):
+    """A triplet loss that forgot to average: one value per tuple."""
+
+    mining_margin = 0.1
+
+    def forward(self, query, positive, negatives, neg_to_query) -> torch.Tensor:
+        return (query - positive).norm(dim=1)
+
+
 class ToyCentroidHead(nn.Module):
     """A head that needs k-means centroids: similarities of the pooled feature to K centroids."""
 
@@ -162,18 +171,23 @@ def test_an_attention_module_returning_a_plain_tensor_is_said_before_any_work(da
             f"head._target_={HERE}.HeadOfAnotherLength",
             rf"head \({HERE}\.HeadOfAnotherLength\) returned \(2, 256\) for a batch of 2: .*\(2, 7\)",
         ),
+        (
+            f"loss._target_={HERE}.PerTupleLoss",
+            rf"loss \({HERE}\.PerTupleLoss\) returned \(2,\) for 2 tuples: .*one number",
+        ),
     ],
-    ids=["weights-per-channel", "head-without-out_dim", "head-of-another-length"],
+    ids=["weights-per-channel", "head-without-out_dim", "head-of-another-length", "loss-per-tuple"],
 )
 def test_a_component_breaking_its_shape_contract_is_said_before_any_work(data_dir, tmp_path, component, says):
     from vpr.errors import ConfigError
 
-    head = ["head=avg"] if component.startswith("head.") else []
+    # a head option whose settings fit the toy heads' constructors; the toy loss takes no margin
+    fitting = {"head": ["head=avg"], "loss": ["~loss.margin"]}.get(component.split(".")[0], [])
     with pytest.raises(ConfigError, match=says):
         train(
             [
                 *tiny_overrides("city_baseline", data_dir, tmp_path),
-                *head,
+                *fitting,
                 component,
                 f"paths.centroids_dir={tmp_path}/centroids",
             ]

@@ -68,7 +68,7 @@ def _check_attention_shapes(attention: nn.Module, out: AttentionOutput, batch: i
         )
 
 
-def _check_head_output(head: nn.Module, att: AttentionOutput, batch: int) -> None:
+def _check_head_output(head: nn.Module, att: AttentionOutput, batch: int) -> torch.Tensor:
     """The head has an integer ``out_dim`` and turns the attention's output into (B, out_dim) descriptors."""
     out_dim = getattr(head, "out_dim", None)
     if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
@@ -88,6 +88,19 @@ def _check_head_output(head: nn.Module, att: AttentionOutput, batch: int) -> Non
         raise ConfigError(
             f"head ({_name(head)}) returned {_shape(out)} for a batch of {batch}: a head returns (B, out_dim) = "
             f"{(batch, out_dim)} descriptors (README, Extending)"
+        )
+    return out
+
+
+def _check_loss_output(loss: nn.Module, descriptors: torch.Tensor) -> None:
+    """The loss of tuples of ``descriptors`` (B, D) is one number: each query's positive is the next query, each
+    query has one negative (the query itself)."""
+    b = len(descriptors)
+    out = loss(descriptors, descriptors.roll(1, 0), descriptors, torch.arange(b, device=descriptors.device))
+    if not isinstance(out, torch.Tensor) or out.numel() != 1:
+        raise ConfigError(
+            f"loss ({_name(loss)}) returned {_shape(out)} for {b} tuples: a loss returns one number, the tuples' "
+            "loss as a scalar tensor (README, Extending)"
         )
 
 
@@ -243,11 +256,11 @@ class PlaceRecognitionModule(L.LightningModule):
         return self.head(att.features, att.weights), att.mask
 
     @torch.no_grad()
-    def check_attention(self, image_size: Sequence[int]) -> None:
-        """One forward of the attention module and the head on the feature grid of ``image_size`` (eval mode, a
-        batch of two zero maps): a module that returns something else than AttentionOutput, weights of another
-        shape than (B, 1, h, w), or a head without ``out_dim`` or whose descriptors are not (B, out_dim) is said
-        now, not at the first cache pass."""
+    def check_components(self, image_size: Sequence[int]) -> None:
+        """One forward of the attention module, the head and the loss on the feature grid of ``image_size`` (eval
+        mode, a batch of two zero maps): a module that returns something else than AttentionOutput, weights of
+        another shape than (B, 1, h, w), a head without ``out_dim`` or whose descriptors are not (B, out_dim), or a
+        loss that is not a single number is said now, not at the first cache pass or training step."""
         grid = self.feature_grid(image_size)
         channels = getattr(self.backbone, "out_channels", None)
         if channels is None:
@@ -260,7 +273,9 @@ class PlaceRecognitionModule(L.LightningModule):
             x = torch.zeros(2, int(channels), *grid, device=self.device)
             att = _attention_output(self.attention, self.attention(x))
             _check_attention_shapes(self.attention, att, len(x))
-            _check_head_output(self.head, att, len(x))
+            descriptors = _check_head_output(self.head, att, len(x))
+            if self.loss is not None:
+                _check_loss_output(self.loss, descriptors)
         finally:
             for m, training in zip(modules, was_training):
                 m.train(training)

@@ -328,7 +328,7 @@ def _train_in(cfg: DictConfig, out_dir: Path, ckpt_path: str | None, state: dict
     shared = shared_data_overrides(cfg, command_line_overrides(), trained_image_size=cfg.data.image_size)
     test_sets = prepare_test_sets(cfg, resolve_test_sets(cfg, shared))
     module = build_module(cfg)
-    module.check_attention(cfg.data.image_size)  # a component of one's own that breaks its contract: said now
+    module.check_components(cfg.data.image_size)  # a component of one's own that breaks its contract: said now
     check_deterministic(cfg.trainer.get("deterministic"), module, work_device(cfg.trainer).type == "cuda")
     if dm.guidance is not None and module.aux_weight > 0:
         dm.label_source()  # the segmentation model loads, or fails, now: not after clustering and a cache pass
