@@ -14,6 +14,7 @@ to decide it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import normalise_pixels, pixel_statistics
 from vpr.devices import full_float32_matmul, loader_worker_init, loader_workers, work_device
-from vpr.errors import ConfigError
+from vpr.errors import ConfigError, DataError
 from vpr.eval.search import faiss_missing, faiss_or_none
 from vpr.io import atomic_path
 from vpr.progress import progress
@@ -82,6 +83,13 @@ def readable_centroid_file(path: Path) -> bool:
             return "centroids" in f
     except OSError:
         return False
+
+
+def database_fingerprint(split) -> str:
+    """A name for the database images a file was sampled from: a hash of their count and UTM positions (to the
+    centimetre), the same wherever the dataset lies on disk; two cities or two folder datasets differ."""
+    utm = np.round(np.asarray(split.db_utm, dtype=np.float64), 2).astype("<f8")
+    return hashlib.sha1(len(split.db_paths).to_bytes(8, "little") + utm.tobytes()).hexdigest()[:16]
 
 
 def backbone_fingerprint(backbone: nn.Module) -> float:
@@ -237,6 +245,7 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
             "backbone": backbone_file_tag(backbone, cfg.seed),
             "backbone_fingerprint": backbone_fingerprint(backbone),
             "dataset": f"{split.dataset}/{split.split}",
+            "database_fingerprint": database_fingerprint(split),
             "image_size": list(datamodule.image_size),
             "num_clusters": k,
             "seed": seed,
@@ -278,8 +287,9 @@ def init_head(cfg: DictConfig, module, datamodule, missing_hint: str = "") -> No
             )
         log.info("centroid file %s missing and cluster.auto=true: clustering now", path)
         cluster_and_save(cfg, module.backbone, module.head, datamodule, path)
-    attrs = _read_attributes(path)
+    attrs = read_attributes(path)
     check_fingerprint(path, attrs, module.backbone)
+    check_database(cfg, path, attrs, datamodule)
     check_image_size(path, attrs, datamodule.image_size)
     check_clustering_settings(path, attrs, cfg, module.backbone)
     try:
@@ -289,7 +299,7 @@ def init_head(cfg: DictConfig, module, datamodule, missing_hint: str = "") -> No
     log.info("%s initialised from %s (alpha %.2f)", type(module.head).__name__, path, alpha)
 
 
-def _read_attributes(path: Path) -> dict[str, Any]:
+def read_attributes(path: Path) -> dict[str, Any]:
     try:
         with h5py.File(path, "r") as f:
             return dict(f.attrs)
@@ -330,6 +340,28 @@ def check_clustering_settings(path: Path, attrs: dict[str, Any], cfg: DictConfig
             "cluster.auto=true), or keep both with cluster.file=<another path>",
             path,
             ", ".join(differ),
+        )
+
+
+def check_database(cfg: DictConfig, path: Path, attrs: dict[str, Any], datamodule) -> None:
+    """The file under this dataset's name was sampled from this training database. Its name holds ``data.tag``
+    or ``data.name``, which two folder datasets or two cities read with ``data=pittsburgh`` can share. A file the
+    user names (``cluster.file``: another dataset's centroids, by choice) is not checked."""
+    stored = attrs.get("database_fingerprint")
+    if stored is None or cfg.cluster.get("file") or datamodule.splits.get("train") is None:
+        return
+    try:
+        split = datamodule.train_split
+    except (DataError, OSError):  # eval.py of a dataset whose training split is not on this machine
+        return
+    now = database_fingerprint(split)
+    if str(stored) != now:
+        raise ConfigError(
+            f"centroid file {path} was sampled from another training database ({attrs.get('dataset')}, "
+            f"fingerprint {stored}) than this run's "
+            f"{split.dataset}/{split.split} (fingerprint {now}): the file name does not tell the datasets apart. "
+            "Give this dataset its own name in centroid files with data.tag=<name>, or run cluster.py with "
+            "overwrite=true to replace the file"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -279,3 +280,33 @@ def test_an_unreadable_centroid_file_is_computed_again(data_dir, tmp_path):
 
     with h5py.File(path) as f:
         assert f["centroids"].shape == (4, 256)
+
+
+def test_a_centroid_file_of_another_database_under_the_same_name_is_refused(data_dir, tmp_path, capsys):
+    """Two cities read with data=pittsburgh under one data.name give one file name: the second city's run does
+    not take the first city's centroids; the same city at another root does, and data.tag names a file apart."""
+    import shutil
+
+    from vpr.data.dataset import load_mat_split
+    from vpr.data.synthetic import generate_city
+    from vpr.errors import ConfigError
+    from vpr.run.cluster import run_clustering
+
+    first, moved, second = data_dir / "city_tiny_seed0", tmp_path / "moved", tmp_path / "second"
+    shutil.copytree(first, moved)
+    generate_city(second, "tiny", seed=1, progress=False)
+    a, b = (load_mat_split(root, "city", "train") for root in (first, second))
+    assert len(a.db_paths) == len(b.db_paths) and np.abs(a.db_utm - b.db_utm).max() > 1.0  # other places
+
+    def cluster(root, *more):
+        args = [o for o in cluster_args(data_dir, tmp_path) if not o.startswith(("data.", "hydra."))]
+        data = ["data=pittsburgh", f"data.root={root}", "data.name=city", "data.image_size=[48,64]"]
+        out = f"paths.output_dir={tmp_path}/run"
+        return run_clustering(compose_script("cluster", *args, *data, "data.num_workers=0", out, *more))
+
+    path = cluster(first)
+    assert path.name == "resnet18-layer3-random42_city_4_48x64_desc_cen.hdf5"
+    assert cluster(moved) == path and "exists" in capsys.readouterr().out  # the same database elsewhere
+    with pytest.raises(ConfigError, match="sampled from another training database .*data.tag=<name>"):
+        cluster(second)
+    assert cluster(second, "data.tag=second").name == "resnet18-layer3-random42_second_4_48x64_desc_cen.hdf5"

@@ -7,7 +7,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vpr.build import build_datamodule, build_network, check_common_settings
-from vpr.centroids import centroid_path, cluster_and_save, needs_centroids, readable_centroid_file
+from vpr.centroids import (
+    centroid_path,
+    check_database,
+    cluster_and_save,
+    needs_centroids,
+    read_attributes,
+    readable_centroid_file,
+)
 from vpr.errors import ConfigError
 from vpr.models.heads.netvlad import load_centroid_file
 
@@ -26,6 +33,11 @@ def run_clustering(cfg: DictConfig) -> Path | None:
                 load_centroid_file(path, head.num_clusters, head.dim)
             except ValueError as e:
                 raise ConfigError(f"{e} (overwrite=true replaces the file)") from None
+            attrs = read_attributes(path)
+            if attrs.get("database_fingerprint") is not None and not cfg.cluster.get("file"):
+                dm = build_datamodule(cfg)  # a file of another dataset of the same name is not this one's
+                dm.prepare_data()
+                check_database(cfg, path, attrs, dm)
             print(f"{path} exists (overwrite=true to recompute)")
             return path
         if cfg.cluster.get("file"):  # the user's file: replaced only when asked
