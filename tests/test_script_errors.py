@@ -194,6 +194,40 @@ def test_sigterm_outside_lightnings_loops_stops_through_finally_blocks(capsys):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+@pytest.mark.parametrize("then", ["returns", "fails"])
+def test_sigterm_whose_exception_a_library_swallowed_still_stops_the_script(capsys, then):
+    """SIGTERM while a library runs code that catches BaseException (torch's imports of optional modules do, and
+    the scripts import torch inside their task): its exception is swallowed and the task goes on, or what it
+    interrupted fails with another error (an ImportError of a partly imported module). Either way the script
+    ends as stopped by SIGTERM, 128 + 15 = 143, not as finished (0) nor with that error's traceback."""
+    import os
+    import signal
+    import time
+
+    @report_user_errors
+    def main():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives first
+        except BaseException:  # noqa: BLE001 - what such a library does
+            pass
+        if then == "fails":
+            raise ImportError("cannot import name 'x' from partially initialized module 'y'")
+        return "finished"
+
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 128 + signal.SIGTERM == 143
+    assert capsys.readouterr().err.startswith("error: stopped by SIGTERM; ckpt_path=last continues")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+    @report_user_errors
+    def next_task():  # a sweep's next job in the same process is not stopped by the earlier signal
+        return "finished"
+
+    assert next_task() == "finished"
+
+
 def test_sigterm_inside_a_loop_is_left_to_lightnings_handler_and_a_job_managers_stays():
     """Lightning's handler (installed in its loops) calls the one it found: that one must not raise, Lightning stops
     at the next step itself. A handler set before the script (a job manager's) is left in place."""

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -81,12 +82,22 @@ INTERRUPTED = (
 )
 
 
+#: set by :func:`_stop_on_sigterm`: a library that catches BaseException (torch's imports of optional modules do)
+#: may swallow its exception, or an import it interrupts fails with an ImportError of a partly imported module.
+_SIGTERM_RECEIVED = threading.Event()
+SIGTERM_STOPPED = (
+    "stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it stopped when "
+    "it was training)"
+)
+
+
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM outside Lightning's loops (the data's preparation, k-means, the pictures after the test): stop here,
     through the script's ``finally`` blocks (loggers closed), with the interrupt's line. Inside a loop Lightning's
     own handler is installed and calls this one too: it then stops at the next step, where it can save."""
     if signal.getsignal(signal.SIGTERM) is not _stop_on_sigterm:
         return
+    _SIGTERM_RECEIVED.set()  # the exception below may be swallowed or turned into another one (an import's)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     raise SIGTERMException(128 + signum)
@@ -117,25 +128,23 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _SIGTERM_RECEIVED.clear()
         try:
             with _sigterm_stops():
-                return main(*args, **kwargs)
+                result = main(*args, **kwargs)
         except KeyboardInterrupt:  # outside Lightning's loops (city generation, k-means, a cache pass of eval.py)
             _stop(INTERRUPTED, 130, _first_of_its_node())
         except SystemExit as e:
             if type(e).__name__ == "SIGTERMException":  # Lightning's, raised between two steps on SIGTERM
-                _stop(
-                    "stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it "
-                    "stopped when it was training)",
-                    143,
-                    _first_of_its_node(),
-                )
+                _stop(SIGTERM_STOPPED, 143, _first_of_its_node())
             if e.code == 1 and isinstance(e.__context__, KeyboardInterrupt):
                 _stop(
                     INTERRUPTED, 130, _first_of_its_node()
                 )  # Ctrl-C inside Lightning's loops: it shuts down, then exits with status 1
             raise
         except Exception as e:  # noqa: BLE001 - re-raised unless a user error is behind it
+            if _SIGTERM_RECEIVED.is_set():  # what the signal's exception became (an import it interrupted)
+                _stop(SIGTERM_STOPPED, 143, _first_of_its_node())
             found = find_user_error(e)
             if found is None:
                 raise
@@ -151,6 +160,9 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             # A job of a multirun: an Exception, not SystemExit, so that Hydra records this job as failed and runs
             # the sweep's other jobs; it raises the first failure once they have run (launch exits 2 on it).
             raise SweepJobFailed(f"error: sweep job {job[0]} failed ({job[1]}): {text}; the other jobs ran") from None
+        if _SIGTERM_RECEIVED.is_set():  # its exception was swallowed: the task went on, but it did not finish
+            _stop(SIGTERM_STOPPED, 143, _first_of_its_node())
+        return result
 
     return wrapper
 
