@@ -195,3 +195,20 @@ def test_load_model_reads_a_baseline_files_k_from_its_tensors(tmp_path):
             )  # (K, D): sum over locations of a_k(x) (x - c_k)
             expected.append(F.normalize(F.normalize(vlad, dim=1).flatten(), dim=0))
         torch.testing.assert_close(model(images), torch.stack(expected), atol=1e-5, rtol=1e-4)
+
+
+def test_encode_images_names_a_missing_image_before_any_loader_starts(tmp_path):
+    """A missing path is one DataError naming it (and how many others are missing), also when the network encodes
+    with loader worker processes, whose own errors come back inside the worker's traceback text."""
+    from PIL import Image
+
+    from vpr.api import encode_images, load_model
+    from vpr.errors import DataError
+
+    baseline_file(tmp_path / "checkpoint.pth.tar")
+    model, _ = load_model(tmp_path / "checkpoint.pth.tar", ["data.num_workers=2"], device="cpu")
+    Image.new("RGB", (80, 64)).save(tmp_path / "there.png")
+    gone = [tmp_path / "gone.jpg", tmp_path / "also_gone.jpg"]
+    with pytest.raises(DataError) as refused:
+        encode_images(model, [tmp_path / "there.png", *gone], [64, 80])
+    assert str(refused.value) == f"image {gone[0]} not found (and 1 more)"

@@ -101,9 +101,15 @@ def encode_images(
     resized to ``image_size`` (height, width) as in training and evaluation, on the model's device."""
     from vpr.data.dataset import ImageDataset
     from vpr.data.transforms import eval_transform
+    from vpr.errors import DataError
 
     if isinstance(images, (str, os.PathLike)):
         images = [images]
+    paths = [Path(p) for p in images]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:  # said here: in a loader worker it would come back wrapped in the worker's traceback
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"image {missing[0]} not found{more}")
     model.encode_batch_size = int(batch_size)
     size = tuple(int(s) for s in image_size)
-    return model.encode_dataset(ImageDataset([Path(p) for p in images], eval_transform(size)), "encoding")
+    return model.encode_dataset(ImageDataset(paths, eval_transform(size)), "encoding")
