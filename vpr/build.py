@@ -103,10 +103,20 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+#: The k-means settings (configs/cluster): each a count of at least 1.
+CLUSTER_COUNTS = {
+    "cluster.images": "training database images sampled for k-means",
+    "cluster.descriptors_per_image": "feature-map locations sampled per image",
+    "cluster.iterations": "k-means iterations",
+}
+
+
 def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
-    """Settings every script reads, checked before any work: the seed, the image size and, for the scripts that run
-    a Lightning Trainer (``trainer``), a GPU trainer on a machine without one."""
+    """Settings every script reads, checked before any work: the seed, the k-means counts, the image size and, for
+    the scripts that run a Lightning Trainer (``trainer``), a GPU trainer on a machine without one."""
     whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining")
+    for key, meaning in CLUSTER_COUNTS.items():  # any script may cluster (train.py and eval.py with cluster.auto)
+        whole_number(cfg, key, 1, meaning)
     size = OmegaConf.select(cfg, "data.image_size")
     if size is not None:
         try:

@@ -220,6 +220,10 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
         ("train.py", "loss.margin=abc", ["error: loss.margin='abc': must be a number"]),
         ("train.py", "mining.margin=abc", ["error: mining.margin='abc': must be a number, or null"]),
         ("train.py", "model.num_clusters=0", ["error: head (vpr.models.heads.netvlad.NetVLAD)", "model.num_clusters"]),
+        ("cluster.py", "cluster.images=-5", ["error: cluster.images=-5: must be a whole number >= 1"]),
+        ("cluster.py", "cluster.iterations=abc", ["error: cluster.iterations='abc': must be a whole number >= 1"]),
+        ("train.py", "cluster.iterations=-1", ["error: cluster.iterations=-1: must be a whole number >= 1"]),
+        ("eval.py", "cluster.descriptors_per_image=2.5", ["error: cluster.descriptors_per_image=2.5: must be"]),
     ],
 )
 def test_settings_refused_before_any_work(data_dir, tmp_path, script, setting, fragments):
