@@ -134,6 +134,23 @@ def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
         check_precision((cfg.get("trainer") or {}).get("precision", "32-true"))
 
 
+def check_recall_at(cfg: DictConfig) -> list[int]:
+    """``model.recall_at`` as a non-empty list of whole numbers >= 1 (the N of Recall@N); anything else is a
+    ConfigError now, not at the first validation after an epoch of training."""
+    value = OmegaConf.select(cfg, "model.recall_at")
+    items = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    try:
+        ok = isinstance(items, list) and bool(items) and all(int(n) == float(n) >= 1 for n in items)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"model.recall_at={items!r}: give a list of whole numbers >= 1, the N of Recall@N, e.g. "
+            "model.recall_at=[1,5,10,20]"
+        )
+    return [int(n) for n in items]
+
+
 #: Lightning's precision settings the model supports: float32, or float32 weights with autocast to a half type.
 SUPPORTED_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 _PRECISION_ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}

@@ -224,6 +224,8 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
         ("cluster.py", "cluster.iterations=abc", ["error: cluster.iterations='abc': must be a whole number >= 1"]),
         ("train.py", "cluster.iterations=-1", ["error: cluster.iterations=-1: must be a whole number >= 1"]),
         ("eval.py", "cluster.descriptors_per_image=2.5", ["error: cluster.descriptors_per_image=2.5: must be"]),
+        ("train.py", "model.recall_at=[0,1]", ["error: model.recall_at=[0, 1]: give a list of whole numbers >= 1"]),
+        ("eval.py", "model.recall_at=[]", ["error: model.recall_at=[]: give a list of whole numbers >= 1"]),
     ],
 )
 def test_settings_refused_before_any_work(data_dir, tmp_path, script, setting, fragments):

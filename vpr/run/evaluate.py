@@ -16,6 +16,7 @@ from vpr.build import (
     build_module,
     build_trainer,
     check_common_settings,
+    check_recall_at,
     cluster_command_overrides,
     command_line_overrides,
     finish_loggers,
@@ -86,6 +87,7 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     single_log_stream()
     check_common_settings(cfg)
+    check_recall_at(cfg)
     check_pca_file_free(whole_number(cfg, "pca_dim", 1, "the PCA output dimension; null: no PCA"), cfg.get("pca_file"))
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split}: choose test, val or train")

@@ -21,6 +21,7 @@ from vpr.build import (
     build_trainer,
     check_common_settings,
     check_deterministic,
+    check_recall_at,
     cluster_command_overrides,
     command_line_overrides,
     finish_loggers,
@@ -67,6 +68,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_common_settings(cfg)
     for key, (smallest, meaning) in WHOLE_NUMBERS.items():
         whole_number(cfg, key, smallest, meaning)
+    check_recall_at(cfg)
     if cfg.monitor.split("/")[0] != "val":
         raise ConfigError(f"monitor={cfg.monitor}: choose a validation metric such as val/R@1 or val/R@5")
     n = int(cfg.monitor.split("@")[-1]) if "@" in cfg.monitor else None
