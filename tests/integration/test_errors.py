@@ -226,6 +226,9 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
         ("eval.py", "cluster.descriptors_per_image=2.5", ["error: cluster.descriptors_per_image=2.5: must be"]),
         ("train.py", "model.recall_at=[0,1]", ["error: model.recall_at=[0, 1]: give a list of whole numbers >= 1"]),
         ("eval.py", "model.recall_at=[]", ["error: model.recall_at=[]: give a list of whole numbers >= 1"]),
+        ("eval.py", "data.eval_radius_m=0", ["error: data.eval_radius_m=0: must be a distance > 0 (metres)"]),
+        ("train.py", "data.train_radius_m=-1", ["error: data.train_radius_m=-1: must be a distance > 0 (metres)"]),
+        ("train.py", "data.eval_radius_m=5", ["error: data.eval_radius_m=5 is below", "data.train_radius_m=10"]),
     ],
 )
 def test_settings_refused_before_any_work(data_dir, tmp_path, script, setting, fragments):

@@ -214,8 +214,17 @@ class PlaceDataModule(L.LightningDataModule):
         if cache_dtype not in ("float32", "float16"):
             raise ConfigError(f"mining.cache_dtype={cache_dtype}: choose float32 or float16")
         self.cache_dtype = getattr(torch, cache_dtype)
-        self.eval_radius_m = eval_radius_m
-        self.train_radius_m = train_radius_m
+        for key, radius in (("eval_radius_m", eval_radius_m), ("train_radius_m", train_radius_m)):
+            try:
+                ok = radius is None or float(radius) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"data.{key}={radius!r}: must be a distance > 0 (metres), or null for the split file's own"
+                )
+        self.eval_radius_m = None if eval_radius_m is None else float(eval_radius_m)
+        self.train_radius_m = None if train_radius_m is None else float(train_radius_m)
         self.train_min_distance_m = float(train_min_distance_m)
         self.coordinates = str(coordinates)
         if not self.train_min_distance_m >= 0:

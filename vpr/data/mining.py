@@ -122,6 +122,18 @@ class HardNegativeMiner:
         self.candidate_negatives = int(candidate_negatives)
         self.margin = float(margin)
         self.negative_radius_m = float(negative_radius_m if negative_radius_m is not None else split.eval_radius_m)
+        if self.negative_radius_m < split.train_radius_m:
+            setting = "mining.negative_radius_m" if negative_radius_m is not None else "data.eval_radius_m"
+            raise ConfigError(
+                f"{setting}={self.negative_radius_m:g} is below the training positives' radius data.train_radius_m="
+                f"{split.train_radius_m:g}: a database image between the two would be both a positive and a negative "
+                f"of its query; choose {setting} >= data.train_radius_m (the NetVLAD recipe: 25 m and 10 m)"
+                + (
+                    ""
+                    if negative_radius_m is not None
+                    else ", or give the negatives their own +mining.negative_radius_m"
+                )
+            )
         self.chunk_queries = int(chunk_queries)
         self.chunk_database = int(chunk_database)
         if split.train_radius_m > self.negative_radius_m:
