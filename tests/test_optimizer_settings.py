@@ -45,6 +45,14 @@ def test_a_failure_at_a_later_epoch_is_found_by_stepping():
     check(step_lr(step_size=2, gamma=[0.5]), max_epochs=1)
 
 
+def test_a_zero_step_size_is_named_instead_of_a_division_by_zero():
+    # StepLR takes step_size=0 and divides by it at its first step
+    with pytest.raises(
+        ConfigError, match=r"^scheduler \(torch\.optim\.lr_scheduler\.StepLR\): .*; scheduler\.step_size=0 cannot"
+    ):
+        check(step_lr(step_size=0))
+
+
 def test_constructor_errors_name_the_target():
     with pytest.raises(ConfigError, match=r"^optimizer \(torch\.optim\.SGD\): Invalid learning rate: -1"):
         check(None, lr=-1)

@@ -303,9 +303,13 @@ def check_optimizer_settings(cfg: DictConfig, optimizer_factory: Any, scheduler_
     for group, make in (("optimizer", optimizer), ("scheduler", stepped_scheduler)):
         try:
             make()
-        except SETTING_ERRORS as e:
-            target = (cfg.get(group) or {}).get("_target_")
-            raise ConfigError(f"{group} ({target}): {e}") from None
+        except (*SETTING_ERRORS, ArithmeticError) as e:
+            conf = cfg.get(group) or {}
+            message = f"{group} ({conf.get('_target_')}): {e}"
+            if isinstance(e, ArithmeticError):  # StepLR(step_size=0) divides by it at its first step
+                zeros = [f"{group}.{k}={v}" for k, v in conf.items() if not isinstance(v, bool) and v == 0]
+                message += f"; {', '.join(zeros)} cannot be 0" if zeros else "; a setting of the group is out of range"
+            raise ConfigError(message) from None
 
 
 def build_module(cfg: DictConfig, with_training: bool = True):
