@@ -15,6 +15,7 @@ mean of per-query means.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -152,3 +153,16 @@ def test_double_inputs_stay_double_and_pass_gradcheck(loss_fn):
     assert loss_fn(a, p, n, n2q).dtype == torch.float64
     assert loss_fn.pair_losses(a, p, n, n2q).gt(0).any()  # some terms are active: the check is not trivial
     assert torch.autograd.gradcheck(lambda a, p, n: loss_fn(a, p, n, n2q), (a, p, n), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: TripletMarginLoss(margin=-1), "margin=-1 (loss.margin): a margin must be >= 0"),
+        (lambda: SharpenedTripletMarginLoss(margin=-0.5), "margin=-0.5 (loss.margin): a margin must be >= 0"),
+        (lambda: SharpenedTripletMarginLoss(margin_pn=-5), "margin_pn=-5 (loss.margin_pn): a margin must be >= 0"),
+    ],
+)
+def test_a_negative_margin_is_refused(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()

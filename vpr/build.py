@@ -207,11 +207,17 @@ def mining_margin(cfg: DictConfig, loss: nn.Module | None = None) -> float:
     """``mining.margin``, or when null the loss's own (``loss.mining_margin``: sTML's margin + margin_pn)."""
     if cfg.mining.get("margin") is not None:
         try:
-            return float(cfg.mining.margin)
+            margin = float(cfg.mining.margin)
         except ValueError:
             raise ConfigError(
                 f"mining.margin={cfg.mining.margin!r}: must be a number, or null for the loss's own margin"
             ) from None
+        if not margin >= 0:
+            raise ConfigError(
+                f"mining.margin={cfg.mining.margin!r}: must be >= 0 (a negative is hard if d(q,n) < d(q,p) + margin), "
+                "or null for the loss's own margin"
+            )
+        return margin
     loss = instantiate_setting("loss", cfg.loss) if loss is None else loss
     margin = getattr(loss, "mining_margin", None)
     if margin is None:

@@ -73,6 +73,14 @@ class _TupleLoss(nn.Module):
         return _reduce(self.pair_losses(anchor, positive, negatives, neg_to_query), anchor, positive)
 
 
+def _check_margins(**margins: float) -> None:
+    """Margins are distances between descriptors: a negative one asks for the negatives to lie closer than the
+    positive, and mining finds no hard negative for it."""
+    for name, value in margins.items():
+        if not float(value) >= 0:
+            raise ValueError(f"{name}={value} (loss.{name}): a margin must be >= 0")
+
+
 class TripletMarginLoss(_TupleLoss):
     """mean over (q, n) pairs of max(0, d(q, p) + margin - d(q, n)).
 
@@ -83,6 +91,7 @@ class TripletMarginLoss(_TupleLoss):
 
     def __init__(self, margin: float = 0.1, eps: float = 1e-12) -> None:
         super().__init__()
+        _check_margins(margin=margin)
         self.margin = margin
         self.eps = eps
 
@@ -127,6 +136,7 @@ class SharpenedTripletMarginLoss(_TupleLoss):
         super().__init__()
         if version not in (1, 2):
             raise ValueError(f"Unknown sTML version={version!r}; choose 1 or 2.")
+        _check_margins(margin=margin, margin_pn=margin_pn)
         self.margin = margin
         self.margin_pn = margin_pn
         self.version = version

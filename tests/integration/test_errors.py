@@ -219,6 +219,8 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
         ("eval.py", "pca_dim=2.5", ["error: pca_dim=2.5: must be a whole number >= 1"]),
         ("train.py", "loss.margin=abc", ["error: loss.margin='abc': must be a number"]),
         ("train.py", "mining.margin=abc", ["error: mining.margin='abc': must be a number, or null"]),
+        ("train.py", "mining.margin=-1", ["error: mining.margin=-1: must be >= 0"]),
+        ("train.py", "loss.margin=-1", ["error: loss (vpr.losses.TripletMarginLoss): margin=-1 (loss.margin)"]),
         ("train.py", "model.num_clusters=0", ["error: head (vpr.models.heads.netvlad.NetVLAD)", "model.num_clusters"]),
         ("cluster.py", "cluster.images=-5", ["error: cluster.images=-5: must be a whole number >= 1"]),
         ("cluster.py", "cluster.iterations=abc", ["error: cluster.iterations='abc': must be a whole number >= 1"]),
