@@ -112,11 +112,14 @@ CLUSTER_COUNTS = {
 
 
 def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
-    """Settings every script reads, checked before any work: the seed, the k-means counts, the image size and, for
-    the scripts that run a Lightning Trainer (``trainer``), a GPU trainer on a machine without one."""
+    """Settings every script reads, checked before any work: the seed, the k-means counts, the evaluation batch size
+    and loader workers, the image size and, for the scripts that run a Lightning Trainer (``trainer``), a GPU trainer
+    on a machine without one."""
     whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining")
     for key, meaning in CLUSTER_COUNTS.items():  # any script may cluster (train.py and eval.py with cluster.auto)
         whole_number(cfg, key, 1, meaning)
+    whole_number(cfg, "data.eval_batch_size", 1, "images per evaluation step")  # every script encodes images
+    whole_number(cfg, "data.num_workers", 0, "DataLoader worker processes")
     size = OmegaConf.select(cfg, "data.image_size")
     if size is not None:
         try:

@@ -231,6 +231,10 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
         ("eval.py", "data.eval_radius_m=0", ["error: data.eval_radius_m=0: must be a distance > 0 (metres)"]),
         ("train.py", "data.train_radius_m=-1", ["error: data.train_radius_m=-1: must be a distance > 0 (metres)"]),
         ("train.py", "data.eval_radius_m=5", ["error: data.eval_radius_m=5 is below", "data.train_radius_m=10"]),
+        ("eval.py", "data.eval_batch_size=0", ["error: data.eval_batch_size=0: must be a whole number >= 1"]),
+        ("cluster.py", "data.num_workers=-1", ["error: data.num_workers=-1: must be a whole number >= 0"]),
+        ("train.py", "mining.chunk_queries=0", ["error: mining.chunk_queries=0: must be a whole number >= 1"]),
+        ("train.py", "trainer.check_val_every_n_epoch=0", ["error: trainer.check_val_every_n_epoch=0: must be"]),
     ],
 )
 def test_settings_refused_before_any_work(data_dir, tmp_path, script, setting, fragments):

@@ -60,6 +60,8 @@ WHOLE_NUMBERS = {  # setting: (smallest allowed value, what it counts)
     "trainer.max_epochs": (1, "epochs"),
     "checkpoint_every_n_steps": (1, "training steps between two last.ckpt writes within an epoch; null: none"),
     "mining.database_subset": (1, "database images cached per mining round; null: all"),
+    "mining.chunk_queries": (1, "queries per distance-matrix chunk of a mining round"),
+    "trainer.check_val_every_n_epoch": (1, "epochs between two validations"),
 }
 
 
