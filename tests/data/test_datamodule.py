@@ -1,6 +1,8 @@
+import pytest
 import torch
 
-from vpr.data.datamodule import collate_triplets
+from vpr.data.datamodule import PlaceDataModule, collate_triplets
+from vpr.errors import ConfigError
 
 
 def item(q, n_neg, value):
@@ -56,3 +58,9 @@ def test_pinned_memory_follows_the_trainers_device(monkeypatch):
         dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
         kwargs = dm._loader_kwargs()
         assert kwargs["pin_memory"] is expected and kwargs["persistent_workers"] is expected
+
+
+@pytest.mark.parametrize("size", [0, -2, 1.5, "abc"])
+def test_a_place_group_size_below_one_is_refused_when_built(size):
+    with pytest.raises(ConfigError, match=r"^data\.nms_group_size=.*: must be a whole number >= 1"):
+        PlaceDataModule(None, "city", nms_group_size=size)

@@ -194,7 +194,17 @@ class PlaceDataModule(L.LightningDataModule):
         self.db_dir = str(db_dir or "")
         self.query_dir = str(query_dir or "")
         self.spatial_nms = bool(spatial_nms)
-        self.nms_group_size = nms_group_size
+        if nms_group_size is not None:
+            try:
+                ok = int(nms_group_size) == float(nms_group_size) >= 1
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"data.nms_group_size={nms_group_size!r}: must be a whole number >= 1 (consecutive database "
+                    "images forming one place), or null for images at the same position"
+                )
+        self.nms_group_size = None if nms_group_size is None else int(nms_group_size)
         self.image_size = tuple(int(s) for s in image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
