@@ -1,8 +1,12 @@
 """The LightningModule's training step: metric loss plus the weighted de-attention loss, and the mask's effect."""
 
+import re
+
+import pytest
 import torch
 from torch import nn
 
+from vpr.errors import ConfigError
 from vpr.losses import TripletMarginLoss
 from vpr.models.attention.deattention import DeAttention
 from vpr.models.heads.netvlad import NetVLAD
@@ -93,3 +97,24 @@ def test_init_weights_loads_matching_tensors_and_keeps_the_new_module(tmp_path):
         assert torch.equal(crn.state_dict()[k], v), k
     for k, v in crn.attention.state_dict().items():
         assert torch.equal(v, crn_before[k]), k
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr_multipliers": {"head": -1}}, "model.lr_multipliers.head=-1: must be a number >= 0"),
+        ({"lr_multipliers": {"heads": 10}}, "model.lr_multipliers.heads: no such component"),
+        ({"aux_weight": -1}, "guidance.weight=-1, guidance.weight_after=None: the weights"),
+        ({"aux_weight_after": 0.001}, "guidance.weight_after=0.001, guidance.switch_epoch=None: give both"),
+        ({"aux_weight_after": 0.001, "aux_switch_epoch": 1.5}, "guidance.switch_epoch=1.5: give both"),
+    ],
+)
+def test_training_factors_out_of_range_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PlaceRecognitionModule(
+            TinyBackbone(), DeAttention(8), NetVLAD(4, 8), TripletMarginLoss(0.5), **{"aux_weight": 0.5, **kwargs}
+        )
+
+
+def test_guidance_settings_are_not_read_without_a_supervised_mask():
+    PlaceRecognitionModule(TinyBackbone(), DeAttention(8), NetVLAD(4, 8), TripletMarginLoss(0.5), aux_weight_after=0.1)

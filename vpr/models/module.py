@@ -108,6 +108,14 @@ def _check_loss_output(loss: nn.Module, descriptors: torch.Tensor) -> None:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def _number(value: Any) -> float:
+    """``value`` as a float; NaN when it is not a number (NaN fails every comparison)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 class PlaceRecognitionModule(L.LightningModule):
     """VPR model and its training/evaluation logic.
 
@@ -180,6 +188,16 @@ class PlaceRecognitionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.lr_multipliers = {"backbone": 1.0, "attention": 1.0, "head": 1.0, **dict(lr_multipliers or {})}
+        for name, factor in self.lr_multipliers.items():
+            if name not in ("backbone", "attention", "head"):
+                raise ConfigError(
+                    f"model.lr_multipliers.{name}: no such component; the factors are for backbone, attention, head"
+                )
+            if not _number(factor) >= 0:
+                raise ConfigError(
+                    f"model.lr_multipliers.{name}={factor!r}: must be a number >= 0 (the component's factor on "
+                    "optimizer.lr; 0 leaves it untrained)"
+                )
         self.recall_at = tuple(int(n) for n in recall_at)
         self.freeze_batchnorm = freeze_batchnorm
         self.encode_batch_size = int(encode_batch_size)
@@ -189,6 +207,20 @@ class PlaceRecognitionModule(L.LightningModule):
         if aux_loss not in ("mse", "bce"):
             raise ConfigError(f"guidance.loss={aux_loss!r}: choose mse or bce")
         self.aux_loss = aux_loss
+        if aux_weight:  # the attention mask is supervised: its guidance settings are used
+            if not _number(aux_weight) >= 0 or aux_weight_after is not None and not _number(aux_weight_after) >= 0:
+                raise ConfigError(
+                    f"guidance.weight={aux_weight!r}, guidance.weight_after={aux_weight_after!r}: the weights of "
+                    "the mask's auxiliary loss must be numbers >= 0"
+                )
+            epoch = _number(aux_switch_epoch)
+            whole = aux_switch_epoch is None or epoch >= 0 and epoch.is_integer()
+            if (aux_weight_after is None) != (aux_switch_epoch is None) or not whole:
+                raise ConfigError(
+                    f"guidance.weight_after={aux_weight_after!r}, guidance.switch_epoch={aux_switch_epoch!r}: give "
+                    "both (weight_after replaces guidance.weight from epoch switch_epoch on, a whole number), or "
+                    "neither"
+                )
         self.aux_weight = float(aux_weight)
         self.aux_weight_after = aux_weight_after
         self.aux_switch_epoch = aux_switch_epoch
