@@ -235,6 +235,7 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
         ("cluster.py", "data.num_workers=-1", ["error: data.num_workers=-1: must be a whole number >= 0"]),
         ("train.py", "mining.chunk_queries=0", ["error: mining.chunk_queries=0: must be a whole number >= 1"]),
         ("train.py", "trainer.check_val_every_n_epoch=0", ["error: trainer.check_val_every_n_epoch=0: must be"]),
+        ("train.py", "callbacks.mask_quality.images=0", ["error: callbacks.mask_quality.images=0: must be"]),
     ],
 )
 def test_settings_refused_before_any_work(data_dir, tmp_path, script, setting, fragments):

@@ -62,6 +62,7 @@ WHOLE_NUMBERS = {  # setting: (smallest allowed value, what it counts)
     "mining.database_subset": (1, "database images cached per mining round; null: all"),
     "mining.chunk_queries": (1, "queries per distance-matrix chunk of a mining round"),
     "trainer.check_val_every_n_epoch": (1, "epochs between two validations"),
+    "callbacks.mask_quality.images": (1, "images whose attention mask is measured; callbacks.mask_quality=null: off"),
 }
 
 
