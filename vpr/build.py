@@ -111,13 +111,36 @@ CLUSTER_COUNTS = {
 }
 
 
+#: Settings that are true or false (null too for eval.spatial_nms: the dataset's own): text such as "maybe" was
+#: taken as true.
+TRUE_OR_FALSE = (
+    "eval.spatial_nms",
+    "data.spatial_nms",
+    "cluster.auto",
+    "model.freeze_batchnorm",
+    "test_untrained",
+    "test_after_training",
+    "overwrite",
+)
+
+
+def true_or_false(cfg: DictConfig, key: str) -> bool | None:
+    """The setting ``key`` as a bool (None when unset or null); anything else is a ConfigError naming it."""
+    value = OmegaConf.select(cfg, key)
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: must be true or false")
+    return value
+
+
 def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
-    """Settings every script reads, checked before any work: the seed, the k-means counts, the evaluation batch size
-    and loader workers, the image size and, for the scripts that run a Lightning Trainer (``trainer``), a GPU trainer
-    on a machine without one."""
+    """Settings every script reads, checked before any work: the seed, the k-means counts, the true-or-false
+    switches, the evaluation batch size and loader workers, the image size and, for the scripts that run a
+    Lightning Trainer (``trainer``), a GPU trainer on a machine without one."""
     whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining")
     for key, meaning in CLUSTER_COUNTS.items():  # any script may cluster (train.py and eval.py with cluster.auto)
         whole_number(cfg, key, 1, meaning)
+    for key in TRUE_OR_FALSE:
+        true_or_false(cfg, key)
     whole_number(cfg, "data.eval_batch_size", 1, "images per evaluation step")  # every script encodes images
     whole_number(cfg, "data.num_workers", 0, "DataLoader worker processes")
     size = OmegaConf.select(cfg, "data.image_size")

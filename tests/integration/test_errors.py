@@ -236,6 +236,8 @@ def test_launcher_without_its_plugin_names_the_install(script, launcher, tmp_pat
         ("train.py", "mining.chunk_queries=0", ["error: mining.chunk_queries=0: must be a whole number >= 1"]),
         ("train.py", "trainer.check_val_every_n_epoch=0", ["error: trainer.check_val_every_n_epoch=0: must be"]),
         ("train.py", "callbacks.mask_quality.images=0", ["error: callbacks.mask_quality.images=0: must be"]),
+        ("train.py", "test_after_training=maybe", ["error: test_after_training='maybe': must be true or false"]),
+        ("eval.py", "eval.spatial_nms=maybe", ["error: eval.spatial_nms='maybe': must be true or false"]),
     ],
 )
 def test_settings_refused_before_any_work(data_dir, tmp_path, script, setting, fragments):
