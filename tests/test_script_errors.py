@@ -377,3 +377,13 @@ def test_a_split_file_template_on_the_command_line_is_shown_quoted():
     # mappings in a list, and quoted text, are Hydra's to read: no hint
     assert override_hints(["test_sets=[pitts30k,{data:tokyo247,root:/x}]"], "eval") == []
     assert override_hints(["data.split_file='{name}_{split}.mat'"], "eval") == []
+
+
+def test_a_trainer_setting_lightning_refuses_is_a_setting_error():
+    from omegaconf import OmegaConf
+
+    from vpr.build import instantiate_setting
+
+    conf = OmegaConf.create({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 0})
+    with pytest.raises(ConfigError, match=r"^trainer \(lightning\.pytorch\.Trainer\): `Trainer\(devices=0\)`"):
+        instantiate_setting("trainer", conf, logger=False)

@@ -20,6 +20,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -42,7 +43,17 @@ log = logging.getLogger(__name__)
 
 
 #: What a component's constructor raises when a setting is wrong: reported as a ConfigError naming the group.
-SETTING_ERRORS = (ValueError, TypeError, KeyError, RuntimeError, OSError, ImportError, AttributeError)
+# Lightning's MisconfigurationException: a Trainer setting it refuses (trainer.devices=0).
+SETTING_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    RuntimeError,
+    OSError,
+    ImportError,
+    AttributeError,
+    MisconfigurationException,
+)
 
 
 def instantiate_setting(group: str, conf: Any, /, **kwargs: Any) -> Any:
