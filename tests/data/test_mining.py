@@ -1,11 +1,14 @@
 """Mining invariants checked against plain-loop recomputations."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from vpr.data.dataset import PlaceSplit
 from vpr.data.mining import HardNegativeMiner, MinedBatchSampler
+from vpr.errors import ConfigError
 
 
 def make_split(num_db=120, num_q=30, seed=0):
@@ -442,15 +445,21 @@ def test_training_positives_beyond_the_negative_radius_are_refused(train_radius_
     negatives from 20 m (mining.negative_radius_m). Radii that meet (27 m both) are fine."""
     from pathlib import Path
 
-    from vpr.errors import DataError
-
     def split_with(train_radius: float) -> PlaceSplit:
         db_utm = np.array([[27.0, 0.0], [100.0, 0.0], [200.0, 0.0]])
         db = [Path(f"db{i}.jpg") for i in range(3)]
         return PlaceSplit("toy", "train", db, [Path("q.jpg")], db_utm, np.zeros((1, 2)), 25.0, train_radius)
 
-    with pytest.raises(
-        DataError, match=r"toy/train: .*training positives reach .* a query's positive and its negative"
-    ):
+    with pytest.raises(ConfigError, match=r"radius data.train_radius_m=30 .* both a positive and a negative"):
         HardNegativeMiner(split_with(train_radius_m), negative_radius_m=negative_radius_m)
     assert HardNegativeMiner(split_with(27.0), negative_radius_m=27.0).trainable_queries.tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    ("eval_m", "min_m", "message"),
+    [(5.0, 0.0, "data.eval_radius_m=5 is below"), (25.0, 10.0, "data.train_min_distance_m=10 is not below")],
+)
+def test_radii_that_leave_no_consistent_tuple_are_refused(eval_m, min_m, message):
+    split = dataclasses.replace(make_split(), eval_radius_m=eval_m, train_min_distance_m=min_m)
+    with pytest.raises(ConfigError, match=message):
+        HardNegativeMiner(split)

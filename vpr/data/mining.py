@@ -126,8 +126,8 @@ class HardNegativeMiner:
             setting = "mining.negative_radius_m" if negative_radius_m is not None else "data.eval_radius_m"
             raise ConfigError(
                 f"{setting}={self.negative_radius_m:g} is below the training positives' radius data.train_radius_m="
-                f"{split.train_radius_m:g}: a database image between the two would be both a positive and a negative "
-                f"of its query; choose {setting} >= data.train_radius_m (the NetVLAD recipe: 25 m and 10 m)"
+                f"{split.train_radius_m:g} (else the split file's nonTrivPosDistSqThr): a database image between the "
+                f"two would be both a positive and a negative of its query; choose {setting} >= data.train_radius_m (the NetVLAD recipe: 25 m and 10 m)"
                 + (
                     ""
                     if negative_radius_m is not None
@@ -136,13 +136,11 @@ class HardNegativeMiner:
             )
         self.chunk_queries = int(chunk_queries)
         self.chunk_database = int(chunk_database)
-        if split.train_radius_m > self.negative_radius_m:
-            raise DataError(
-                f"{split.describe()}: training positives reach {split.train_radius_m:g} m (data.train_radius_m, else "
-                f"the split file's nonTrivPosDistSqThr) but negatives begin beyond {self.negative_radius_m:g} m "
-                "(mining.negative_radius_m, else data.eval_radius_m, else its posDistThr): a database image between "
-                "the two would be a query's positive and its negative at once; set data.train_radius_m to at most "
-                f"{self.negative_radius_m:g} (or the negative radius to at least {split.train_radius_m:g})"
+        if split.train_min_distance_m >= split.train_radius_m:
+            raise ConfigError(
+                f"data.train_min_distance_m={split.train_min_distance_m:g} is not below the training positives' radius "
+                f"data.train_radius_m={split.train_radius_m:g}: no database image can be a training positive; lower "
+                "data.train_min_distance_m (Tokyo Time Machine's protocol: 1 m) or raise data.train_radius_m"
             )
         positives = split.train_positives()
         self.trainable_queries = np.array([i for i, p in enumerate(positives) if len(p) > 0], dtype=np.int64)
