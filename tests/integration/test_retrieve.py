@@ -233,3 +233,21 @@ def test_queries_that_are_the_database_are_not_paired_with_themselves(folders, t
         got = [p[1] for p in pairs if p[0] == q]
         assert d[names.index(got[0])] <= d.min() + 1e-6
         assert sorted(d)[TOP_K - 1] + 1e-6 >= max(d[names.index(g)] for g in got)
+
+
+def test_a_pca_larger_than_the_database_is_refused_before_encoding(folders, tmp_path):
+    root, _ = folders
+    proc = run_script(
+        "retrieve.py",
+        f"ckpt_path={root / 'model.ckpt'}",
+        f"database={root / 'images' / 'db'}",
+        f"queries={root / 'images' / 'query'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "pca_dim=24",
+        tmp=root,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-2000:]
+    assert "error: pca_dim=24 must be below the number of database images (24)" in output, output[-2000:]
+    assert "database:" not in output, output[-2000:]  # the encoding's progress: no image was encoded

@@ -205,6 +205,15 @@ def check_pca_file_free(dim: int | None, path: Any) -> None:
         )
 
 
+def check_pca_dim(dim: int, num_fit_images: int, input_dim: int, fit_images: str) -> None:
+    """A PCA of ``dim`` dimensions needs more fitting images and descriptor dimensions than that."""
+    if dim >= min(num_fit_images, input_dim):
+        raise ConfigError(
+            f"pca_dim={dim} must be below the number of {fit_images} ({num_fit_images}) and the descriptor size "
+            f"({input_dim})"
+        )
+
+
 def load_or_fit_pca(
     dim: int | None,
     path: Any,
@@ -227,11 +236,7 @@ def load_or_fit_pca(
         return pca, {"pca_dim": pca.dim, "pca_file": str(path)}
     dim = int(dim)
     check_pca_file_free(dim, path)
-    if dim >= min(num_fit_images, input_dim):
-        raise ConfigError(
-            f"pca_dim={dim} must be below the number of {fit_images} ({num_fit_images}) and the descriptor size "
-            f"({input_dim})"
-        )
+    check_pca_dim(dim, num_fit_images, input_dim, fit_images)
     pca = PCAWhitening(whiten=True).fit(descriptors(), dim)  # on the device the descriptors are on
     log.info("PCA-whitening %d -> %d fitted on the %d %s", pca.input_dim, dim, num_fit_images, fit_images)
     target = path or save_to

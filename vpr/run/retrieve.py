@@ -22,7 +22,7 @@ from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import eval_transform
 from vpr.errors import ConfigError
 from vpr.eval.exports import write_global_features, write_pairs, write_rankings
-from vpr.eval.pca import load_or_fit_pca
+from vpr.eval.pca import check_pca_dim, load_or_fit_pca
 from vpr.eval.search import knn_search
 from vpr.io import path_under, write_json_atomic
 from vpr.run import single_log_stream
@@ -116,6 +116,8 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
         size[1],
         root,
     )
+    if pca_dim:  # before the encoding: the database's size and the descriptor's are known
+        check_pca_dim(pca_dim, len(db_files), int(module.head.out_dim), "database images")
     db = module.encode_dataset(ImageDataset(db_files, transform), "database").cpu().numpy()
     queries = module.encode_dataset(ImageDataset(q_files, transform), "queries").cpu().numpy()
 
