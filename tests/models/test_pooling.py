@@ -101,3 +101,10 @@ def test_bf16_autocast_pools_in_float32(cls):
     plain = head(x.float(), weights)
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, plain, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.0, -1.0])
+def test_a_gem_exponent_that_is_not_positive_is_refused(p):
+    # p = 0 gave every image the same descriptor: mean(x^0)^(1/0) = 1 in every channel
+    with pytest.raises(ValueError, match=r"\(head\.p\): GeM's exponent must be > 0"):
+        GeM(dim=2, p=p)

@@ -97,6 +97,8 @@ class GeM(_Float32Head):
         self.dim = dim
         self.out_dim = dim
         self.eps = eps
+        if not float(p) > 0:
+            raise ValueError(f"p={p} (head.p): GeM's exponent must be > 0 (1: average pooling, 3: the usual choice)")
         p_tensor = torch.tensor([float(p)])
         if learn_p:
             self.p = nn.Parameter(p_tensor)
