@@ -110,6 +110,10 @@ def encode_images(
     if missing:  # said here: in a loader worker it would come back wrapped in the worker's traceback
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"image {missing[0]} not found{more}")
-    model.encode_batch_size = int(batch_size)
     size = tuple(int(s) for s in image_size)
-    return model.encode_dataset(ImageDataset(paths, eval_transform(size)), "encoding")
+    kept = model.encode_batch_size  # the model's own setting (its mining cache pass) is left as it was
+    model.encode_batch_size = int(batch_size)
+    try:
+        return model.encode_dataset(ImageDataset(paths, eval_transform(size)), "encoding")
+    finally:
+        model.encode_batch_size = kept

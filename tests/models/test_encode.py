@@ -119,6 +119,8 @@ def test_encode_images_takes_one_path_as_one_image(module, tmp_path):
     path = tmp_path / "one.jpg"
     Image.fromarray(RecordingImages(1, tmp_path).image(0).permute(1, 2, 0).numpy()).save(path)
     module.encode_workers = 0
+    module.encode_batch_size = 5
     alone = encode_images(module, str(path), (16, 16))
     assert alone.shape == (1, module.head.out_dim)
-    torch.testing.assert_close(alone, encode_images(module, [path], (16, 16)))
+    torch.testing.assert_close(alone, encode_images(module, [path], (16, 16), batch_size=3))
+    assert module.encode_batch_size == 5  # the module's own setting (its mining cache pass) is not changed
