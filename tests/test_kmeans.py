@@ -64,3 +64,21 @@ def test_without_faiss_kmeans_runs_in_torch(no_faiss, caplog):
         c = kmeans(x, 5, iterations=50, seed=4)
     assert "faiss is not installed" in caplog.text
     assert lloyd_fixed_point_gap(x, c) < 1e-4
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, "abc"])
+def test_a_cluster_seed_that_is_no_seed_is_refused_before_any_work(seed):
+    """cluster.seed is read only when a pretrained backbone's file is clustered, after the data and the network are
+    loaded: a wrong value is said with the other settings, whatever the backbone."""
+    from omegaconf import OmegaConf
+
+    from vpr.build import check_common_settings
+    from vpr.errors import ConfigError
+
+    cfg = OmegaConf.create({"seed": 1, "cluster": {"images": 10, "descriptors_per_image": 5, "iterations": 3}})
+    check_common_settings(cfg, trainer=False)  # no cluster.seed: the default
+    cfg.cluster.seed = 0
+    check_common_settings(cfg, trainer=False)
+    cfg.cluster.seed = seed
+    with pytest.raises(ConfigError, match=r"^cluster\.seed=.*: must be a whole number >= 0"):
+        check_common_settings(cfg, trainer=False)

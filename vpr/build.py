@@ -144,12 +144,13 @@ def true_or_false(cfg: DictConfig, key: str) -> bool | None:
 
 
 def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
-    """Settings every script reads, checked before any work: the seed, the k-means counts, the true-or-false
+    """Settings every script reads, checked before any work: the seeds, the k-means counts, the true-or-false
     switches, the evaluation batch size and loader workers, the image size and, for the scripts that run a
     Lightning Trainer (``trainer``), a GPU trainer on a machine without one."""
     whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining")
     for key, meaning in CLUSTER_COUNTS.items():  # any script may cluster (train.py and eval.py with cluster.auto)
         whole_number(cfg, key, 1, meaning)
+    whole_number(cfg, "cluster.seed", 0, "the sampling and k-means seed of a pretrained backbone's centroids")
     for key in TRUE_OR_FALSE:
         true_or_false(cfg, key)
     whole_number(cfg, "data.eval_batch_size", 1, "images per evaluation step")  # every script encodes images
