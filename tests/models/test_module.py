@@ -106,7 +106,12 @@ def test_init_weights_loads_matching_tensors_and_keeps_the_new_module(tmp_path):
         ({"lr_multipliers": {"heads": 10}}, "model.lr_multipliers.heads: no such component"),
         ({"aux_weight": -1}, "guidance.weight=-1, guidance.weight_after=None: the weights"),
         ({"aux_weight_after": 0.001}, "guidance.weight_after=0.001, guidance.switch_epoch=None: give both"),
-        ({"aux_weight_after": 0.001, "aux_switch_epoch": 1.5}, "guidance.switch_epoch=1.5: give both"),
+        (
+            {"aux_weight_after": 0.001, "aux_switch_epoch": 1.5},
+            "guidance.switch_epoch=1.5: must be a whole number >= 0",
+        ),
+        ({"aux_weight_after": 0.001, "aux_switch_epoch": -1}, "guidance.switch_epoch=-1: must be a whole number >= 0"),
+        ({"aux_switch_epoch": 4}, "guidance.weight_after=None, guidance.switch_epoch=4: give both"),
     ],
 )
 def test_training_factors_out_of_range_are_refused(kwargs, message):

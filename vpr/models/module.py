@@ -213,13 +213,16 @@ class PlaceRecognitionModule(L.LightningModule):
                     f"guidance.weight={aux_weight!r}, guidance.weight_after={aux_weight_after!r}: the weights of "
                     "the mask's auxiliary loss must be numbers >= 0"
                 )
-            epoch = _number(aux_switch_epoch)
-            whole = aux_switch_epoch is None or epoch >= 0 and epoch.is_integer()
-            if (aux_weight_after is None) != (aux_switch_epoch is None) or not whole:
+            if (aux_weight_after is None) != (aux_switch_epoch is None):
                 raise ConfigError(
                     f"guidance.weight_after={aux_weight_after!r}, guidance.switch_epoch={aux_switch_epoch!r}: give "
-                    "both (weight_after replaces guidance.weight from epoch switch_epoch on, a whole number), or "
-                    "neither"
+                    "both (weight_after replaces guidance.weight from epoch switch_epoch on), or neither"
+                )
+            epoch = _number(aux_switch_epoch)
+            if aux_switch_epoch is not None and not (epoch >= 0 and epoch.is_integer()):
+                raise ConfigError(
+                    f"guidance.switch_epoch={aux_switch_epoch!r}: must be a whole number >= 0 (the epoch from which "
+                    "guidance.weight_after replaces guidance.weight)"
                 )
         self.aux_weight = float(aux_weight)
         self.aux_weight_after = aux_weight_after
