@@ -503,3 +503,25 @@ def test_capture_times_of_only_the_database_or_only_the_queries_are_refused(tmp_
     other = "qTimeStamp" if kept == "dbTimeStamp" else "dbTimeStamp"
     with pytest.raises(ValueError, match=rf"tokyoTM_val\.mat: dbStruct has {kept} but no {other}"):
         load_dbstruct(tmp_path / "tokyoTM_val.mat")
+
+
+@pytest.mark.parametrize("code", [0x110000, -1])
+def test_character_codes_that_are_no_character_are_refused_naming_the_field(tmp_path: Path, code: int) -> None:
+    """An image name stored as raw integer codes (a writer other than MATLAB's char) holding a code no character
+    has: one error naming the file and the field, as for an unpaired surrogate."""
+    db = np.empty((2, 1), dtype=object)
+    db[0, 0] = np.array([[0x61, code, 0x2E, 0x6A, 0x70, 0x67]], dtype=np.int32)  # "a?.jpg"
+    db[1, 0] = "b.jpg"
+    q = np.empty((1, 1), dtype=object)
+    q[0, 0] = "q.jpg"
+    struct = {
+        "whichSet": "test",
+        "dbImageFns": db,
+        "utmDb": np.array([[0.0, 50.0], [0.0, 0.0]]),
+        "qImageFns": q,
+        "utmQ": np.array([[1.0], [0.0]]),
+        "posDistThr": np.array([[25.0]]),
+    }
+    scipy.io.savemat(str(tmp_path / "codes.mat"), {"dbStruct": struct})
+    with pytest.raises(ValueError, match=r"codes\.mat: dbStruct\.dbImageFns holds character codes that are not UTF-16"):
+        load_dbstruct(tmp_path / "codes.mat")

@@ -337,12 +337,11 @@ def _to_str(x: Any, path: Path, field: str) -> str:
 def _from_char_codes(codes: Sequence[int], path: Path, field: str) -> str:
     """The text of MATLAB character codes. A MATLAB char is a UTF-16 code unit: a character beyond U+FFFF (an
     emoji, a rare CJK ideograph) is stored as two of them, a surrogate pair, which make one character here."""
-    text = "".join(chr(c) for c in codes)
     try:
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
-    except UnicodeError:  # an unpaired surrogate, or a code above U+10FFFF: no character at all
+        return "".join(chr(c) for c in codes).encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    except (UnicodeError, ValueError, OverflowError):  # an unpaired surrogate, a negative code or one above U+10FFFF
         raise ValueError(
-            f"{path}: dbStruct.{field} holds character codes that are not UTF-16 text ({text!a}); re-save the "
+            f"{path}: dbStruct.{field} holds character codes that are not UTF-16 text ({list(codes)}); re-save the "
             "file from the image names as they are on disk"
         ) from None
 
