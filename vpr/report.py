@@ -22,7 +22,7 @@ come from ("mixed" when its runs disagree), because a val number next to a test 
 
 A row is one model over its seeds: its variant and the job's command-line settings (``.hydra/overrides.yaml``)
 that differ between runs of that variant, named after it (``baseline (optimizer.lr=0.1)``). Settings that do not
-change a trained network (:data:`IGNORED_SETTINGS`: ``seed``, ``ckpt_path``, ``hydra.*``, ``paths.*``,
+change the recipe (:data:`IGNORED_SETTINGS`: ``seed``, ``ckpt_path``, ``hydra.*``, ``paths.*``,
 ``data.root``, ``logger``, ``data.num_workers``, ...) are left out; a city's ``data.prepare.preset`` counts without
 its occlusion level, which has a column of its own. ΔR@1 compares a row with the baseline row of the same
 settings where there are several baseline rows. An eval.py job of a checkpoint takes the training job's settings
