@@ -178,3 +178,15 @@ def test_whole_model_half_precision_is_refused_with_the_mixed_one_to_use():
 
     with pytest.raises(ConfigError, match=r"^trainer\.precision=bf16-true: the whole model in one precision .* bf16"):
         check_precision("bf16-true")
+
+
+def test_each_training_count_is_checked_in_one_place():
+    """train.py's own whole-number settings are none of those every script checks (check_common_settings): a setting
+    checked in two places gets two messages to keep in step."""
+    from vpr.build import check_common_settings
+    from vpr.run.train import WHOLE_NUMBERS
+
+    for key in WHOLE_NUMBERS:
+        cfg = OmegaConf.create({"seed": 0})
+        OmegaConf.update(cfg, key, -5, force_add=True)
+        check_common_settings(cfg, trainer=False)  # not one of the common settings: not refused there

@@ -50,10 +50,10 @@ from vpr.viz.pictures import save_retrieval_pictures
 log = logging.getLogger(__name__)
 
 
+# Settings of training alone (check_common_settings checks those of every script: the evaluation batch, the loader
+# workers, the k-means counts).
 WHOLE_NUMBERS = {  # setting: (smallest allowed value, what it counts)
     "data.batch_size": (1, "training tuples per step"),
-    "data.eval_batch_size": (1, "images per evaluation step"),
-    "data.num_workers": (0, "DataLoader worker processes"),
     "mining.negatives_per_query": (1, "hard negatives kept per query"),
     "mining.candidate_negatives": (1, "negatives sampled per query before the hardest are kept"),
     "mining.refresh_every_queries": (1, "training queries between two mining cache passes"),
