@@ -190,3 +190,17 @@ def test_each_training_count_is_checked_in_one_place():
         cfg = OmegaConf.create({"seed": 0})
         OmegaConf.update(cfg, key, -5, force_add=True)
         check_common_settings(cfg, trainer=False)  # not one of the common settings: not refused there
+
+
+@pytest.mark.parametrize("devices", ["0", "[]", "''"])
+def test_no_training_device_is_refused_before_any_work(devices):
+    """Lightning refuses trainer.devices=0 when the Trainer is made, which train.py does after reading the data,
+    building the network and clustering its centroids."""
+    from vpr.api import compose_config
+    from vpr.errors import ConfigError
+    from vpr.run.train import validate_config
+
+    validate_config(compose_config("train", ["experiment=city_baseline", "trainer=cpu", "trainer.devices=1"]))
+    cfg = compose_config("train", ["experiment=city_baseline", "trainer=cpu", f"trainer.devices={devices}"])
+    with pytest.raises(ConfigError, match=r"^trainer\.devices=.*: no device to train on"):
+        validate_config(cfg)

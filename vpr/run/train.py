@@ -72,6 +72,13 @@ def validate_config(cfg: DictConfig) -> None:
     for key, (smallest, meaning) in WHOLE_NUMBERS.items():
         whole_number(cfg, key, smallest, meaning)
     check_recall_at(cfg)
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    if devices is not None and (str(devices).strip() in ("0", "", "[]") or OmegaConf.is_list(devices) and not devices):
+        # Lightning refuses it only when the Trainer is made: after the data, the network and k-means
+        raise ConfigError(
+            f"trainer.devices={devices}: no device to train on; give a count >= 1, -1 (all of them), a list of "
+            "device ids, or auto"
+        )
     if cfg.monitor.split("/")[0] != "val":
         raise ConfigError(f"monitor={cfg.monitor}: choose a validation metric such as val/R@1 or val/R@5")
     n = int(cfg.monitor.split("@")[-1]) if "@" in cfg.monitor else None
