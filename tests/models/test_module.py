@@ -123,3 +123,17 @@ def test_training_factors_out_of_range_are_refused(kwargs, message):
 
 def test_guidance_settings_are_not_read_without_a_supervised_mask():
     PlaceRecognitionModule(TinyBackbone(), DeAttention(8), NetVLAD(4, 8), TripletMarginLoss(0.5), aux_weight_after=0.1)
+
+
+def test_a_head_whose_out_dim_is_a_numpy_integer_passes_the_component_check():
+    """out_dim = np.prod(...) is a numpy integer: the descriptors are allocated with it as with an int."""
+    import numpy as np
+
+    head = NetVLAD(4, 8)
+    head.out_dim = np.int64(4 * 8)
+    module = PlaceRecognitionModule(TinyBackbone(), DeAttention(8), head, TripletMarginLoss(0.5))
+    module.check_components((32, 32))
+    for out_dim in (0, 2.0, "32", None):
+        head.out_dim = out_dim
+        with pytest.raises(ConfigError, match=r"has out_dim=.*a whole number >= 1"):
+            module.check_components((32, 32))

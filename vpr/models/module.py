@@ -9,6 +9,7 @@ its feature grid for semantic guidance. Evaluation reads the ground truth of the
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -71,7 +72,7 @@ def _check_attention_shapes(attention: nn.Module, out: AttentionOutput, batch: i
 def _check_head_output(head: nn.Module, att: AttentionOutput, batch: int) -> torch.Tensor:
     """The head has an integer ``out_dim`` and turns the attention's output into (B, out_dim) descriptors."""
     out_dim = getattr(head, "out_dim", None)
-    if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
+    if isinstance(out_dim, bool) or not isinstance(out_dim, numbers.Integral) or out_dim < 1:  # numpy's ints too
         raise ConfigError(
             f"head ({_name(head)}) has out_dim={out_dim!r}: a head has an attribute out_dim, the length of its "
             "descriptor, a whole number >= 1 (README, Extending)"
