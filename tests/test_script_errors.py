@@ -228,6 +228,50 @@ def test_sigterm_whose_exception_a_library_swallowed_still_stops_the_script(caps
     assert next_task() == "finished"
 
 
+@pytest.mark.parametrize(
+    "task",
+    [
+        "vpr.run.train:run_training",
+        "vpr.run.evaluate:run_evaluation",
+        "vpr.run.cluster:run_clustering",
+        "vpr.run.retrieve:run_retrieval",
+    ],
+)
+def test_a_swallowed_sigterm_stops_a_scripts_work_before_it_starts(capsys, task):
+    """A SIGTERM swallowed while the script imported torch stops the work at its start, before it reads a
+    setting, not after a whole training."""
+    import importlib
+    import os
+    import signal
+    import time
+
+    module, name = task.split(":")
+    work = getattr(importlib.import_module(module), name)
+
+    @report_user_errors
+    def main():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives first
+        except BaseException:  # noqa: BLE001 - what such a library does
+            pass
+        return work(cfg)
+
+    read = []
+
+    class Config:  # records what the work reads of its settings
+        def __getattr__(self, key):
+            read.append(key)
+            raise AttributeError(key)
+
+    cfg = Config()
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 143
+    assert capsys.readouterr().err.startswith("error: stopped by SIGTERM")
+    assert read == []  # stopped before it read a setting
+
+
 def test_sigterm_inside_a_loop_is_left_to_lightnings_handler_and_a_job_managers_stays():
     """Lightning's handler (installed in its loops) calls the one it found: that one must not raise, Lightning stops
     at the next step itself. A handler set before the script (a job manager's) is left in place."""

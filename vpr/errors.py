@@ -103,6 +103,16 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise SIGTERMException(128 + signum)
 
 
+def stop_if_sigterm_was_swallowed() -> None:
+    """Stop here (the SIGTERM line, status 143) when a SIGTERM came and a library swallowed its exception (torch's
+    imports of optional modules catch BaseException). The scripts' work calls it first, once their imports are
+    done: a signal at start-up then stops the script before its work, not after hours of training."""
+    if _SIGTERM_RECEIVED.is_set():
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        raise SIGTERMException(128 + signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _sigterm_stops() -> Iterator[None]:
     """:func:`_stop_on_sigterm` as the SIGTERM handler while a script's task runs, where no other handler was set

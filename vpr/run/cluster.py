@@ -15,12 +15,13 @@ from vpr.centroids import (
     read_attributes,
     readable_centroid_file,
 )
-from vpr.errors import ConfigError
+from vpr.errors import ConfigError, stop_if_sigterm_was_swallowed
 from vpr.models.heads.netvlad import load_centroid_file
 
 
 def run_clustering(cfg: DictConfig) -> Path | None:
     """The centroid file of the configured head (computed unless it exists); None for a head that needs none."""
+    stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
     check_common_settings(cfg, trainer=False)  # k-means runs on the GPU if there is one, else the CPU
     backbone, _, head = build_network(cfg)
     if not needs_centroids(head):  # a loop over configurations may include pooling heads: nothing to do

@@ -33,7 +33,7 @@ from vpr.checkpoints import (
 )
 from vpr.data.dataset import ImageDataset
 from vpr.devices import work_device
-from vpr.errors import ConfigError
+from vpr.errors import ConfigError, stop_if_sigterm_was_swallowed
 from vpr.eval.pca import check_pca_file_free, load_or_fit_pca
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
@@ -85,6 +85,7 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
     single_log_stream()
     check_common_settings(cfg)
     check_recall_at(cfg)

@@ -20,7 +20,7 @@ from vpr.build import check_common_settings, command_line_overrides, whole_numbe
 from vpr.checkpoints import network_of_checkpoint, resolve_ckpt_path
 from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import eval_transform
-from vpr.errors import ConfigError
+from vpr.errors import ConfigError, stop_if_sigterm_was_swallowed
 from vpr.eval.exports import write_global_features, write_pairs, write_rankings
 from vpr.eval.pca import check_pca_dim, load_or_fit_pca
 from vpr.eval.search import knn_search
@@ -82,6 +82,7 @@ def rank_without_self(db: np.ndarray, queries: np.ndarray, top_k: int, own: list
 
 
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
+    stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
     single_log_stream()
     check_common_settings(cfg, trainer=False)  # no Trainer: the GPU if there is one, else the CPU
     top_k = whole_number(cfg, "top_k", 1)

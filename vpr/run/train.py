@@ -40,7 +40,7 @@ from vpr.checkpoints import (
     weight_mismatches,
 )
 from vpr.devices import float32_matmul_precision, work_device
-from vpr.errors import ConfigError, export_sweep_job, sweep_job, swept_settings
+from vpr.errors import ConfigError, export_sweep_job, stop_if_sigterm_was_swallowed, sweep_job, swept_settings
 from vpr.eval.tables import format_recall_table
 from vpr.io import exclusive_lock, write_json_atomic, write_text_atomic
 from vpr.run import log_test_results, process_rank, save_predictions, save_run_config, single_log_stream
@@ -292,6 +292,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run_training(cfg: DictConfig) -> dict[str, Any]:
+    stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
     single_log_stream()
     validate_config(cfg)
     cfg.variant = variant_with_overrides(cfg.get("variant"), command_line_overrides())  # baseline+se: not baseline
