@@ -397,6 +397,35 @@ def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path: Path, c
     assert not (tmp_path / "city").exists()
 
 
+def test_an_unwritable_out_ends_with_one_error_line(tmp_path: Path, capsys) -> None:
+    """A folder that cannot be made (here: below a regular file) is exit status 2 and one error line naming it."""
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "city"
+    assert synthetic.main(["--out", str(out), "--preset", "tiny", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(out) in err[0]
+
+
+def test_a_write_failing_during_generation_ends_with_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A disk that fills up while the images are written: exit status 2, one error line naming the folder and the
+    cause; the city stays marked incomplete."""
+    import errno
+
+    from vpr.data.synthetic import writer
+
+    def full(state, task):
+        raise OSError(errno.ENOSPC, "No space left on device", str(state["root"] / task[-1]))
+
+    monkeypatch.setattr(writer, "_render_task", full)
+    out = tmp_path / "city"
+    assert synthetic.main(["--out", str(out), "--preset", "tiny", "--quiet", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {out}") and "No space left on device" in err[0]
+    assert (out / writer.MARKER_NAME).exists() and not (out / "city.json").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Presets, config, preview
 # ---------------------------------------------------------------------------------------------------------

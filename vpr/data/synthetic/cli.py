@@ -42,6 +42,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a folder that cannot be made or written, a disk that fills up
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"error: --out {args.out}: the synthetic city cannot be written there: {e.strerror or e}{where}",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(
             f"error: interrupted (Ctrl-C): {args.out} stays marked incomplete and is generated again by the next "
