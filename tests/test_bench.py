@@ -165,6 +165,23 @@ def test_bad_arguments_are_refused_by_the_parser(args, says, capsys):
     assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mining", [False, True])
+def test_an_out_folder_that_cannot_be_made_is_refused_before_measuring(tmp_path, capsys, monkeypatch, mining):
+    from vpr import bench
+
+    def measured(*args, **kwargs):
+        raise AssertionError("the benchmark ran although its output folder cannot be made")
+
+    monkeypatch.setattr(bench, "run", measured)
+    monkeypatch.setattr(bench, "mining_benchmark", measured)
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "bench"
+    args = ["--mining", "--mining-db", "10"] if mining else ["--size", "tiny"]
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([*args, "--out", str(out)])
+    assert exit_.value.code == 2 and f"--out {out}" in capsys.readouterr().err
+
+
 def test_cuda_without_a_gpu_is_refused(capsys, monkeypatch):
     import torch
 

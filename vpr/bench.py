@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import copy
 import math
+import os
 import platform
 import resource
 import sys
@@ -789,6 +790,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.mining and args.size:
         parser.error("--size sets the network benchmark; --mining sizes its round with --mining-db/-queries/-dim")
     out = args.out or Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    try:  # before the measures: a folder that cannot be written is said now, not after minutes of benchmark
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--out {out}: cannot make the output folder ({e.strerror or e})")
+    if not os.access(out, os.W_OK | os.X_OK):
+        parser.error(f"--out {out}: the output folder is not writable")
     from vpr.io import write_json_atomic, write_text_atomic
 
     if args.mining:
