@@ -182,6 +182,30 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_measuring(tmp_path,
     assert exit_.value.code == 2 and f"--out {out}" in capsys.readouterr().err
 
 
+def test_search_row_is_timed_after_a_warm_up_like_the_other_rows(monkeypatch):
+    """--repeats: timed calls per measure after one warm-up. A search whose first call pays a one-time cost (faiss's
+    import) is timed on the calls after it."""
+    import time
+
+    import numpy as np
+
+    from vpr import bench
+    from vpr.eval import search
+
+    calls = []
+
+    def knn_search(db, q, k):
+        calls.append(len(q))
+        if len(calls) == 1:
+            time.sleep(0.5)  # the one-time cost of a first call
+        return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
+
+    monkeypatch.setattr(search, "knn_search", knn_search)
+    project, naive = bench.search_seconds(50, 5, 4, torch.device("cpu"), repeats=2)
+    assert calls == [5, 5, 5]  # one warm-up, two timed
+    assert project < 0.25 and naive > 0
+
+
 def test_cuda_without_a_gpu_is_refused(capsys, monkeypatch):
     import torch
 
