@@ -206,6 +206,21 @@ def test_search_row_is_timed_after_a_warm_up_like_the_other_rows(monkeypatch):
     assert project < 0.25 and naive > 0
 
 
+@pytest.mark.parametrize(("device", "gpus"), [("mps", 0), ("meta", 0), ("cuda:1", 1)])
+def test_a_device_the_benchmark_cannot_use_is_refused_before_measuring(capsys, monkeypatch, device, gpus):
+    from vpr import bench
+
+    def measured(*args, **kwargs):
+        raise AssertionError(f"the benchmark ran on {device}")
+
+    monkeypatch.setattr(bench, "run", measured)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--device", device, "--size", "tiny"])
+    assert exit_.value.code == 2 and f"--device {device}:" in capsys.readouterr().err
+
+
 def test_cuda_without_a_gpu_is_refused(capsys, monkeypatch):
     import torch
 

@@ -783,8 +783,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     except RuntimeError as e:
         parser.error(f"--device {args.device}: {e}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device}: the benchmark runs on cpu or cuda (leave --device out: auto)")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this machine has no usable CUDA GPU (leave --device out: auto)")
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= gpus:
+        parser.error(
+            f"--device {args.device}: this machine has {gpus} CUDA GPU{'s' if gpus != 1 else ''}: "
+            f"cuda:0 to cuda:{gpus - 1}"
+        )
     size = args.size or ("paper" if device.type == "cuda" else "city")
     for name in ("repeats", "mining_db", "mining_queries", "mining_dim"):
         if getattr(args, name) < 1:
