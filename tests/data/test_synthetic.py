@@ -397,6 +397,16 @@ def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path: Path, c
     assert not (tmp_path / "city").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "says"), [("--workers", "0", ">= 1"), ("--workers", "-3", ">= 1"), ("--seed", "\u00b2", ">= 0")]
+)
+def test_a_bad_number_is_refused_before_anything_is_written(tmp_path: Path, capsys, option, value, says) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        synthetic.main(["--out", str(tmp_path / "city"), "--preset", "tiny", "--quiet", f"{option}={value}"])
+    assert exit_.value.code == 2 and f"{value!r} is not a whole number {says}" in capsys.readouterr().err
+    assert not (tmp_path / "city").exists()
+
+
 def test_an_unwritable_out_ends_with_one_error_line(tmp_path: Path, capsys) -> None:
     """A folder that cannot be made (here: below a regular file) is exit status 2 and one error line naming it."""
     (tmp_path / "a_file").write_text("x")

@@ -15,8 +15,14 @@ from vpr.errors import ConfigError, DataError
 
 
 def _seed(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
+def _workers(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return int(text)
 
 
@@ -29,7 +35,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output dataset root")
     parser.add_argument("--preset", default="default", choices=PRESETS)
     parser.add_argument("--seed", type=_seed, default=0, help="a whole number >= 0 (default 0)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    parser.add_argument("--workers", type=_workers, default=None, help="processes, >= 1 (default: up to 2)")
     parser.add_argument("--force", action="store_true", help="regenerate even if the city is complete")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--preview", type=Path, default=None, help="also write a contact-sheet PNG here")
