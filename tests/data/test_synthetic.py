@@ -297,6 +297,35 @@ def test_replacing_a_city_of_other_settings_says_what_changes(tmp_path: Path, ca
     assert "seed 3 -> 4" in record.getMessage()
 
 
+def _listed_and_written(root: Path) -> tuple[set[str], set[str]]:
+    """(images the split files list, read with scipy as NetVLAD's spec lays them out; JPEGs on disk)."""
+    import scipy.io
+
+    listed = set()
+    for split in SPLITS:
+        s = scipy.io.loadmat(root / "datasets" / f"city_{split}.mat")["dbStruct"][0, 0]
+        listed |= {str(c[0]) for c in s["dbImageFns"].ravel()}
+        listed |= {"queries_real/" + str(c[0]) for c in s["qImageFns"].ravel()}
+    written = {str(p.relative_to(root)) for p in root.rglob("*.jpg")}
+    return listed, written
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_smaller_city_replacing_a_bigger_one_leaves_none_of_its_images(tmp_path: Path, interrupted: bool) -> None:
+    """The replaced city's images that the new one does not overwrite are gone: the folder holds the images its
+    split files list and no others (and every listed one has its label map)."""
+    big = _small(num_db_train=24, num_q_train=12, num_db_val=16, num_q_val=8)
+    root = generate_city(tmp_path / "c", big, seed=0, progress=False, workers=1)
+    if interrupted:  # as a run stopped before its manifest: the marker stays, the manifest is gone
+        (root / "city.json").unlink()
+        (root / "city.generating").write_text("{}")
+    generate_city(root, _small(), seed=0, progress=False, workers=1)
+    listed, written = _listed_and_written(root)
+    assert len(listed) == 3 * (8 + 4) and written == listed
+    labels = {str(p.relative_to(root)) for p in root.rglob("*_labels.png")}
+    assert labels == {name[: -len(".jpg")] + "_labels.png" for name in listed}
+
+
 def test_a_city_someone_pointed_data_root_at_is_not_replaced(tiny_city: Path, tmp_path: Path) -> None:
     """data=synthetic's replace=auto: in a folder not named for the asked-for settings the city is the user's; the
     refusal names the settings that read it as it is (the tiny preset, seed 0) and nothing is written."""

@@ -11,6 +11,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -328,6 +329,7 @@ def _generate_into(root: Path, cfg: CityConfig, seed: int, progress: bool, worke
     log.info("generating the synthetic city in %s (seed %d)", root.resolve(), seed)
     write_text_atomic(root / MARKER_NAME, json.dumps(_manifest(cfg, seed), indent=1))
     (root / MANIFEST_NAME).unlink(missing_ok=True)  # an interrupted run must not look complete
+    _remove_previous_city(root)
 
     textures = build_textures(seed)
     plan = _plan_city(cfg, seed, textures)
@@ -369,6 +371,28 @@ def _generate_into(root: Path, cfg: CityConfig, seed: int, progress: bool, worke
 
 
 ensure_city = generate_city
+
+_IMAGE_FILE = re.compile(r"\d{6}_pitch1_yaw\d+(\.jpg|_labels\.png)")
+
+
+def _remove_previous_city(root: Path) -> None:
+    """Remove the images, label maps and split files a city generated here before left (one of other settings
+    being replaced, or an interrupted one): the new city overwrites only the names it uses, and the others would
+    stay beside it (a smaller preset kept the bigger one's images). Only the generator's own file names in its
+    own folders are touched."""
+    for folder in (root, root / "queries_real"):
+        if not folder.is_dir():
+            continue
+        for sub in folder.iterdir():
+            if not (sub.is_dir() and re.fullmatch(r"\d{3}", sub.name)):
+                continue
+            for f in sub.iterdir():
+                if f.is_file() and _IMAGE_FILE.fullmatch(f.name):
+                    f.unlink()
+            with contextlib.suppress(OSError):
+                sub.rmdir()  # only when empty
+    for split in SPLITS:
+        (root / "datasets" / f"{DATASET_NAME}_{split}.mat").unlink(missing_ok=True)
 
 
 def _run_tasks(tasks: list[tuple], state: dict[str, Any], n_workers: int, show: bool) -> None:
