@@ -221,6 +221,23 @@ def test_a_device_the_benchmark_cannot_use_is_refused_before_measuring(capsys, m
     assert exit_.value.code == 2 and f"--device {device}:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [(["--guidance", "2"], "--guidance: "), (["--shapes", "2", "--compile"], "--shapes, --compile: ")],
+)
+def test_network_rows_asked_of_the_mining_round_are_refused(tmp_path, capsys, monkeypatch, args, says):
+    """--mining runs the mining round alone: options that add rows of the network benchmark would do nothing."""
+    from vpr import bench
+
+    def measured(*args, **kwargs):
+        raise AssertionError("the mining round ran and the network options were ignored")
+
+    monkeypatch.setattr(bench, "mining_benchmark", measured)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--mining", *args, "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and says + "rows of the network benchmark" in capsys.readouterr().err
+
+
 def test_cuda_without_a_gpu_is_refused(capsys, monkeypatch):
     import torch
 

@@ -801,6 +801,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--shapes, --cache-rounds and --guidance must be >= 0")
     if args.mining and args.size:
         parser.error("--size sets the network benchmark; --mining sizes its round with --mining-db/-queries/-dim")
+    if args.mining:
+        extra = [
+            f"--{name.replace('_', '-')}"
+            for name in ("shapes", "cache_rounds", "guidance", "compile")
+            if getattr(args, name)
+        ]
+        if extra:
+            parser.error(f"{', '.join(extra)}: rows of the network benchmark, which --mining does not run")
     out = args.out or Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:  # before the measures: a folder that cannot be written is said now, not after minutes of benchmark
         out.mkdir(parents=True, exist_ok=True)
