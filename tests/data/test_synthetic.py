@@ -436,6 +436,21 @@ def test_a_bad_number_is_refused_before_anything_is_written(tmp_path: Path, caps
     assert not (tmp_path / "city").exists()
 
 
+def test_a_preview_name_without_an_image_extension_is_refused_before_generating(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        synthetic.main(["--out", str(tmp_path / "city"), "--preset", "tiny", "--quiet", "--preview", "sheet.txt"])
+    assert exit_.value.code == 2 and "--preview sheet.txt" in capsys.readouterr().err
+    assert not (tmp_path / "city").exists()
+
+
+def test_a_preview_that_cannot_be_written_is_one_error_line(tiny_city: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a_file").write_text("x")
+    sheet = tmp_path / "a_file" / "sheet.png"  # below a regular file
+    assert synthetic.main(["--out", str(tiny_city), "--preset", "tiny", "--quiet", "--preview", str(sheet)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: --preview {sheet}") and not any("Traceback" in line for line in err)
+
+
 def test_an_unwritable_out_ends_with_one_error_line(tmp_path: Path, capsys) -> None:
     """A folder that cannot be made (here: below a regular file) is exit status 2 and one error line naming it."""
     (tmp_path / "a_file").write_text("x")

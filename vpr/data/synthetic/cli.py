@@ -40,6 +40,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--preview", type=Path, default=None, help="also write a contact-sheet PNG here")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.preview is not None:
+        from PIL import Image
+
+        Image.init()
+        if args.preview.suffix.lower() not in Image.registered_extensions():
+            parser.error(f"--preview {args.preview}: name an image file (.png, .jpg)")
     start = time.perf_counter()
     try:
         root = generate_city(
@@ -67,5 +73,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         file=sys.stderr,
     )
     if args.preview is not None:
-        print(f"preview: {make_preview(root, args.preview)}", file=sys.stderr)
+        try:
+            print(f"preview: {make_preview(root, args.preview)}", file=sys.stderr)
+        except OSError as e:
+            print(
+                f"error: --preview {args.preview}: cannot write it ({e.strerror or e}); the city is ready",
+                file=sys.stderr,
+            )
+            return 2
     return 0
