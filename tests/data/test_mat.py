@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.data.spec_files import write_v73
+from tests.data.spec_files import spec_fields, write_v73
 from vpr.data import mat as mat_module
 from vpr.data.mat import DbStruct, dbstruct_from_loadmat, load_dbstruct, save_dbstruct
 
@@ -486,19 +486,8 @@ def test_v73_names_beyond_the_basic_multilingual_plane_read_as_one_character(tmp
 def test_capture_times_of_only_the_database_or_only_the_queries_are_refused(tmp_path: Path, kept: str) -> None:
     """Without the other side's times, no database image can be told to share a query's capture time: read on, a
     Tokyo Time Machine query would rank its own panorama's images (and its recall come out inflated)."""
-    db = np.empty((2, 1), dtype=object)
-    db[:, 0] = ["a.jpg", "b.jpg"]
-    q = np.empty((1, 1), dtype=object)
-    q[0, 0] = "q.jpg"
-    struct = {
-        "whichSet": "val",
-        "dbImageFns": db,
-        "utmDb": np.array([[0.0, 50.0], [0.0, 0.0]]),
-        "qImageFns": q,
-        "utmQ": np.array([[1.0], [0.0]]),
-        "posDistThr": np.array([[25.0]]),
-        kept: np.array([[201005.0, 201101.0]]) if kept == "dbTimeStamp" else np.array([[201005.0]]),
-    }
+    struct = spec_fields("val", ["a.jpg", "b.jpg"], [[0.0, 0.0], [50.0, 0.0]], ["q.jpg"], [[1.0, 0.0]])
+    struct[kept] = np.array([[201005.0, 201101.0]]) if kept == "dbTimeStamp" else np.array([[201005.0]])
     scipy.io.savemat(str(tmp_path / "tokyoTM_val.mat"), {"dbStruct": struct})
     other = "qTimeStamp" if kept == "dbTimeStamp" else "dbTimeStamp"
     with pytest.raises(ValueError, match=rf"tokyoTM_val\.mat: dbStruct has {kept} but no {other}"):
@@ -509,19 +498,8 @@ def test_capture_times_of_only_the_database_or_only_the_queries_are_refused(tmp_
 def test_character_codes_that_are_no_character_are_refused_naming_the_field(tmp_path: Path, code: int) -> None:
     """An image name stored as raw integer codes (a writer other than MATLAB's char) holding a code no character
     has: one error naming the file and the field, as for an unpaired surrogate."""
-    db = np.empty((2, 1), dtype=object)
-    db[0, 0] = np.array([[0x61, code, 0x2E, 0x6A, 0x70, 0x67]], dtype=np.int32)  # "a?.jpg"
-    db[1, 0] = "b.jpg"
-    q = np.empty((1, 1), dtype=object)
-    q[0, 0] = "q.jpg"
-    struct = {
-        "whichSet": "test",
-        "dbImageFns": db,
-        "utmDb": np.array([[0.0, 50.0], [0.0, 0.0]]),
-        "qImageFns": q,
-        "utmQ": np.array([[1.0], [0.0]]),
-        "posDistThr": np.array([[25.0]]),
-    }
+    struct = spec_fields("test", ["a?.jpg", "b.jpg"], [[0.0, 0.0], [50.0, 0.0]], ["q.jpg"], [[1.0, 0.0]])
+    struct["dbImageFns"][0, 0] = np.array([[0x61, code, 0x2E, 0x6A, 0x70, 0x67]], dtype=np.int32)  # "a?.jpg"
     scipy.io.savemat(str(tmp_path / "codes.mat"), {"dbStruct": struct})
     with pytest.raises(ValueError, match=r"codes\.mat: dbStruct\.dbImageFns holds character codes that are not UTF-16"):
         load_dbstruct(tmp_path / "codes.mat")

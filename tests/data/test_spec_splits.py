@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.data.spec_files import pittsburgh_like, tokyo247_like, write_v5
+from tests.data.spec_files import pittsburgh_like, spec_fields, tokyo247_like, write_v5
 from vpr.data.datamodule import PlaceDataModule
 from vpr.data.dataset import load_mat_split
 from vpr.errors import DataError
@@ -191,26 +191,10 @@ def test_image_paths_with_windows_separators_name_folders(tmp_path: Path) -> Non
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / rel)
 
-    def cell(names: list[str]) -> np.ndarray:
-        c = np.empty((len(names), 1), dtype=object)
-        for i, n in enumerate(names):
-            c[i, 0] = n
-        return c
-
-    db_struct = {
-        "whichSet": "test",
-        "dbImageFns": cell(["000\\a.jpg", "001\\b.jpg"]),
-        "utmDb": np.array([[0.0, 100.0], [0.0, 0.0]]),
-        "qImageFns": cell(["000\\q.jpg"]),
-        "utmQ": np.array([[3.0], [4.0]]),
-        "numImages": np.array([[2.0]]),
-        "numQueries": np.array([[1.0]]),
-        "posDistThr": np.array([[25.0]]),
-        "posDistSqThr": np.array([[625.0]]),
-        "nonTrivPosDistSqThr": np.array([[100.0]]),
-    }
-    (tmp_path / "datasets").mkdir()
-    scipy.io.savemat(str(tmp_path / "datasets" / "pitts30k_test.mat"), {"dbStruct": db_struct})
+    fields = spec_fields(
+        "test", ["000\\a.jpg", "001\\b.jpg"], [[0.0, 0.0], [100.0, 0.0]], ["000\\q.jpg"], [[3.0, 4.0]], 100.0
+    )
+    write_v5(tmp_path / "datasets" / "pitts30k_test.mat", fields)
     s = load_mat_split(tmp_path, "pitts30k", "test")
     assert s.db_paths == [tmp_path / "000" / "a.jpg", tmp_path / "001" / "b.jpg"]
     assert s.q_paths == [tmp_path / "queries_real" / "000" / "q.jpg"]
@@ -225,24 +209,15 @@ def test_a_missing_first_image_is_one_missing_image_not_a_wrong_folder(tmp_path:
     for rel in ("000/b.jpg", "001/c.jpg", "queries_real/000/q.jpg"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / rel)
-    db = np.empty((3, 1), dtype=object)
-    db[:, 0] = ["000/a.jpg", "000/b.jpg", "001/c.jpg"]
-    q = np.empty((1, 1), dtype=object)
-    q[0, 0] = "000/q.jpg"
-    db_struct = {
-        "whichSet": "test",
-        "dbImageFns": db,
-        "utmDb": np.array([[0.0, 5.0, 100.0], [0.0, 0.0, 0.0]]),
-        "qImageFns": q,
-        "utmQ": np.array([[3.0], [4.0]]),
-        "numImages": np.array([[3.0]]),
-        "numQueries": np.array([[1.0]]),
-        "posDistThr": np.array([[25.0]]),
-        "posDistSqThr": np.array([[625.0]]),
-        "nonTrivPosDistSqThr": np.array([[100.0]]),
-    }
-    (tmp_path / "datasets").mkdir()
-    scipy.io.savemat(str(tmp_path / "datasets" / "pitts30k_test.mat"), {"dbStruct": db_struct})
+    fields = spec_fields(
+        "test",
+        ["000/a.jpg", "000/b.jpg", "001/c.jpg"],
+        [[0.0, 0.0], [5.0, 0.0], [100.0, 0.0]],
+        ["000/q.jpg"],
+        [[3.0, 4.0]],
+        100.0,
+    )
+    write_v5(tmp_path / "datasets" / "pitts30k_test.mat", fields)
     with pytest.raises(
         DataError, match=r"^1 of the 3 images listed in .* \(000/a\.jpg\) while b\.jpg is there: .*incomplete"
     ):
@@ -253,21 +228,10 @@ def test_a_missing_first_image_is_one_missing_image_not_a_wrong_folder(tmp_path:
 def test_absolute_image_paths_of_another_machine_are_named(tmp_path: Path, db_dir: str) -> None:
     """A converter wrote the images' absolute paths on its own machine: they are not here, and no data.db_dir
     can place them; the message says so (with data.db_dir set it was a traceback of Path.relative_to)."""
-    (tmp_path / "datasets").mkdir()
     (tmp_path / "database_gsv_vga").mkdir()
-    db = np.empty((2, 1), dtype=object)
-    db[:, 0] = ["/home/someone/tokyo/database_gsv_vga/a.jpg", "/home/someone/tokyo/database_gsv_vga/b.jpg"]
-    q = np.empty((1, 1), dtype=object)
-    q[0, 0] = "q.jpg"
-    struct = {
-        "whichSet": "test",
-        "dbImageFns": db,
-        "utmDb": np.array([[0.0, 50.0], [0.0, 0.0]]),
-        "qImageFns": q,
-        "utmQ": np.array([[1.0], [0.0]]),
-        "posDistThr": np.array([[25.0]]),
-    }
-    scipy.io.savemat(str(tmp_path / "datasets" / "tokyo247.mat"), {"dbStruct": struct})
+    absolute = ["/home/someone/tokyo/database_gsv_vga/a.jpg", "/home/someone/tokyo/database_gsv_vga/b.jpg"]
+    fields = spec_fields("test", absolute, [[0.0, 0.0], [50.0, 0.0]], ["q.jpg"], [[1.0, 0.0]])
+    write_v5(tmp_path / "datasets" / "tokyo247.mat", fields)
     with pytest.raises(
         DataError,
         match=r"tokyo247\.mat lists absolute image paths \(dbImageFns: /home/someone/tokyo/database_gsv_vga/a\.jpg\)",
