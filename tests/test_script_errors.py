@@ -431,3 +431,15 @@ def test_a_trainer_setting_lightning_refuses_is_a_setting_error():
     conf = OmegaConf.create({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 0})
     with pytest.raises(ConfigError, match=r"^trainer \(lightning\.pytorch\.Trainer\): `Trainer\(devices=0\)`"):
         instantiate_setting("trainer", conf, logger=False)
+
+
+def test_a_wrapped_task_can_be_pickled_for_submitit_jobs():
+    """hydra/launcher=submitit_local|slurm pickles the script's task function (with cloudpickle, by value when it
+    is not importable): everything the wrapper refers to must pickle; a lock in its globals stopped every sweep."""
+    import cloudpickle
+
+    @report_user_errors
+    def main():
+        return "finished"
+
+    assert cloudpickle.loads(cloudpickle.dumps(main))() == "finished"

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -84,7 +83,19 @@ INTERRUPTED = (
 
 #: set by :func:`_stop_on_sigterm`: a library that catches BaseException (torch's imports of optional modules do)
 #: may swallow its exception, or an import it interrupts fails with an ImportError of a partly imported module.
-_SIGTERM_RECEIVED = threading.Event()
+_SIGTERM: dict[str, bool] = {"received": False}
+
+
+def _forget_sigterm() -> None:
+    _SIGTERM["received"] = False
+
+
+def sigterm_received() -> bool:
+    """Whether :func:`_stop_on_sigterm` ran since the script's task started. (A plain flag read through module
+    functions: a task function that submitit pickles for its jobs must not refer to a lock.)"""
+    return _SIGTERM["received"]
+
+
 SIGTERM_STOPPED = (
     "stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it stopped when "
     "it was training)"
@@ -97,7 +108,7 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     own handler is installed and calls this one too: it then stops at the next step, where it can save."""
     if signal.getsignal(signal.SIGTERM) is not _stop_on_sigterm:
         return
-    _SIGTERM_RECEIVED.set()  # the exception below may be swallowed or turned into another one (an import's)
+    _SIGTERM["received"] = True  # the exception below may be swallowed or turned into another one (an import's)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     raise SIGTERMException(128 + signum)
@@ -107,7 +118,7 @@ def stop_if_sigterm_was_swallowed() -> None:
     """Stop here (the SIGTERM line, status 143) when a SIGTERM came and a library swallowed its exception (torch's
     imports of optional modules catch BaseException). The scripts' work calls it first, once their imports are
     done: a signal at start-up then stops the script before its work, not after hours of training."""
-    if _SIGTERM_RECEIVED.is_set():
+    if sigterm_received():
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         raise SIGTERMException(128 + signal.SIGTERM)
@@ -138,7 +149,7 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _SIGTERM_RECEIVED.clear()
+        _forget_sigterm()
         try:
             with _sigterm_stops():
                 result = main(*args, **kwargs)
@@ -153,7 +164,7 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
                 )  # Ctrl-C inside Lightning's loops: it shuts down, then exits with status 1
             raise
         except Exception as e:  # noqa: BLE001 - re-raised unless a user error is behind it
-            if _SIGTERM_RECEIVED.is_set():  # what the signal's exception became (an import it interrupted)
+            if sigterm_received():  # what the signal's exception became (an import it interrupted)
                 _stop(SIGTERM_STOPPED, 143, _first_of_its_node())
             found = find_user_error(e)
             if found is None:
@@ -170,7 +181,7 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             # A job of a multirun: an Exception, not SystemExit, so that Hydra records this job as failed and runs
             # the sweep's other jobs; it raises the first failure once they have run (launch exits 2 on it).
             raise SweepJobFailed(f"error: sweep job {job[0]} failed ({job[1]}): {text}; the other jobs ran") from None
-        if _SIGTERM_RECEIVED.is_set():  # its exception was swallowed: the task went on, but it did not finish
+        if sigterm_received():  # its exception was swallowed: the task went on, but it did not finish
             _stop(SIGTERM_STOPPED, 143, _first_of_its_node())
         return result
 

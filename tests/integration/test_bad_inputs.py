@@ -164,7 +164,10 @@ CASES = {
         lambda u: _text_spec(u),
     ),
     "image missing": Case(
-        "eval.py", lambda u: pitts(u, u["broken"]), lambda u: ["is missing", "data.db_dir"], lambda u: _missing_image(u)
+        "eval.py",
+        lambda u: pitts(u, u["broken"]),
+        lambda u: ["1 of the", "are missing", "incomplete", "data.db_dir"],
+        lambda u: _missing_image(u),
     ),
     "corrupt image read in a worker": Case(
         "eval.py",
