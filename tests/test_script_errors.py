@@ -194,23 +194,31 @@ def test_sigterm_outside_lightnings_loops_stops_through_finally_blocks(capsys):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def sigterm_swallowed_by_a_library() -> None:
+    """A SIGTERM to this process, arriving inside code that catches BaseException (as torch's imports of optional
+    modules do), which swallows the exception the handler raises."""
+    import os
+    import signal
+    import time
+
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives first
+    except BaseException:  # noqa: BLE001 - what such a library does
+        pass
+
+
 @pytest.mark.parametrize("then", ["returns", "fails"])
 def test_sigterm_whose_exception_a_library_swallowed_still_stops_the_script(capsys, then):
     """SIGTERM while a library runs code that catches BaseException (torch's imports of optional modules do, and
     the scripts import torch inside their task): its exception is swallowed and the task goes on, or what it
     interrupted fails with another error (an ImportError of a partly imported module). Either way the script
     ends as stopped by SIGTERM, 128 + 15 = 143, not as finished (0) nor with that error's traceback."""
-    import os
     import signal
-    import time
 
     @report_user_errors
     def main():
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the signal arrives first
-        except BaseException:  # noqa: BLE001 - what such a library does
-            pass
+        sigterm_swallowed_by_a_library()
         if then == "fails":
             raise ImportError("cannot import name 'x' from partially initialized module 'y'")
         return "finished"
@@ -241,20 +249,13 @@ def test_a_swallowed_sigterm_stops_a_scripts_work_before_it_starts(capsys, task)
     """A SIGTERM swallowed while the script imported torch stops the work at its start, before it reads a
     setting, not after a whole training."""
     import importlib
-    import os
-    import signal
-    import time
 
     module, name = task.split(":")
     work = getattr(importlib.import_module(module), name)
 
     @report_user_errors
     def main():
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the signal arrives first
-        except BaseException:  # noqa: BLE001 - what such a library does
-            pass
+        sigterm_swallowed_by_a_library()
         return work(cfg)
 
     read = []

@@ -34,6 +34,7 @@ from vpr.callbacks import (
     RecordRunIds,
     SigtermWithoutCollectives,
 )
+from vpr.centroids import CLUSTER_SETTINGS
 from vpr.data.transforms import checked_image_size
 from vpr.devices import loader_workers
 from vpr.errors import ConfigError, DataError, missing_value_message
@@ -114,12 +115,8 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-#: The k-means settings (configs/cluster): each a count of at least 1.
-CLUSTER_COUNTS = {
-    "cluster.images": "training database images sampled for k-means",
-    "cluster.descriptors_per_image": "feature-map locations sampled per image",
-    "cluster.iterations": "k-means iterations",
-}
+#: The k-means settings (configs/cluster): each a count of at least 1, with what it counts.
+CLUSTER_COUNTS = {f"cluster.{name}": meaning for name, meaning in CLUSTER_SETTINGS.items()}
 
 
 #: Settings that are true or false (null too for eval.spatial_nms: the dataset's own): text such as "maybe" was

@@ -59,10 +59,8 @@ def clustering_seed(cfg: DictConfig, backbone: nn.Module) -> int:
     its content must not depend on which of them (or cluster.py) made it first."""
     if not getattr(backbone, "pretrained", False):
         return int(cfg.seed)
-    from vpr.build import whole_number
-
-    seed = whole_number(cfg, "cluster.seed", 0, "the sampling and k-means seed of a pretrained backbone's centroids")
-    return DEFAULT_CLUSTER_SEED if seed is None else seed
+    seed = cfg.cluster.get("seed")  # checked with every script's settings (build.check_common_settings)
+    return DEFAULT_CLUSTER_SEED if seed is None else int(seed)
 
 
 def centroid_path(cfg: DictConfig, backbone: nn.Module, head: nn.Module) -> Path:
@@ -203,7 +201,11 @@ def write_centroid_file(path: Path, descriptors: np.ndarray, centroids: np.ndarr
 
 
 #: The ``cluster.*`` settings a centroid file records; its name carries none of them.
-CLUSTER_SETTINGS = ("images", "descriptors_per_image", "iterations")
+CLUSTER_SETTINGS = {
+    "images": "training database images sampled for k-means",
+    "descriptors_per_image": "feature-map locations sampled per image",
+    "iterations": "k-means iterations",
+}
 
 
 def clustering_settings(cfg: DictConfig) -> dict[str, int]:

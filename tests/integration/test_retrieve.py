@@ -50,17 +50,19 @@ def h5_descriptors(path):
     return out
 
 
-def retrieve(root, out, *extra):
-    return run_script(
-        "retrieve.py",
+def folders_settings(root, out) -> list[str]:
+    """The checkpoint, the two image folders of ``folders`` and the run folder ``out``."""
+    return [
         f"ckpt_path={root / 'model.ckpt'}",
         f"database={root / 'images' / 'db'}",
         f"queries={root / 'images' / 'query'}",
-        f"top_k={TOP_K}",
-        "data.num_workers=0",
         f"hydra.run.dir={out}",
-        *extra,
-        tmp=root,
+    ]
+
+
+def retrieve(root, out, *extra):
+    return run_script(
+        "retrieve.py", *folders_settings(root, out), f"top_k={TOP_K}", "data.num_workers=0", *extra, tmp=root
     )
 
 
@@ -140,16 +142,7 @@ def test_pca_fitted_once_is_reused_from_its_file(folders, tmp_path):
 def test_bad_settings_end_with_one_error_line(folders, tmp_path, overrides, names):
     root, _ = folders
     (root / "empty").mkdir(exist_ok=True)
-    proc = run_script(
-        "retrieve.py",
-        f"ckpt_path={root / 'model.ckpt'}",
-        f"database={root / 'images' / 'db'}",
-        f"queries={root / 'images' / 'query'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        *overrides,
-        tmp=root,
-        check=False,
-    )
+    proc = run_script("retrieve.py", *folders_settings(root, tmp_path / "run"), *overrides, tmp=root, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output[-2000:]
     errors = [line for line in output.splitlines() if line.startswith("error:")]
@@ -237,16 +230,7 @@ def test_queries_that_are_the_database_are_not_paired_with_themselves(folders, t
 
 def test_a_pca_larger_than_the_database_is_refused_before_encoding(folders, tmp_path):
     root, _ = folders
-    proc = run_script(
-        "retrieve.py",
-        f"ckpt_path={root / 'model.ckpt'}",
-        f"database={root / 'images' / 'db'}",
-        f"queries={root / 'images' / 'query'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        "pca_dim=24",
-        tmp=root,
-        check=False,
-    )
+    proc = run_script("retrieve.py", *folders_settings(root, tmp_path / "run"), "pca_dim=24", tmp=root, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output[-2000:]
     assert "error: pca_dim=24 must be below the number of database images (24)" in output, output[-2000:]
