@@ -81,6 +81,20 @@ def test_spatial_gate_uses_max_then_mean_with_same_padding() -> None:
                 assert abs(float(gate[b, 0, i, j]) - expected) < 1e-5
 
 
+def test_spatial_batchnorm_running_mean_moves_by_one_hundredth() -> None:
+    # CBAM's reference code gives the spatial gate's BatchNorm momentum 0.01: after one training batch from fresh
+    # statistics the running mean is 0.01 * the batch mean of the conv output, computed here by a loop.
+    torch.manual_seed(0)
+    cbam = CBAM(C, R).train()
+    x = torch.randn(2, C, 4, 6)
+    with torch.no_grad():
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        conv = cbam.spatial_conv(pooled)
+        cbam.spatial_gate(x)
+    values = [float(conv[b, 0, i, j]) for b in range(2) for i in range(4) for j in range(6)]
+    assert abs(float(cbam.spatial_bn.running_mean[0]) - 0.01 * sum(values) / len(values)) < 1e-6
+
+
 def test_forward_is_channel_then_spatial_multiplicative() -> None:
     torch.manual_seed(0)
     cbam = CBAM(C, R).eval()

@@ -13,7 +13,8 @@ class CBAM(nn.Module):
 
     Channel gate: average-pool and max-pool over H x W, each through one shared MLP C -> C/r -> C (with
     biases), summed, sigmoid. Spatial gate: per location [max over C; mean over C] -> kxk conv 2 -> 1 (no
-    bias, same padding) -> BatchNorm2d(1) -> sigmoid.
+    bias, same padding) -> BatchNorm2d(1) -> sigmoid. That BatchNorm's running statistics move by 0.01 per
+    training batch (momentum 0.01, as in CBAM's authors' code and the paper's copy of it; torch's default is 0.1).
 
     Parameters: 2 * C * (C // r) + C // r + C (MLP) + 2 * k * k (conv) + 2 (BatchNorm).
 
@@ -51,7 +52,7 @@ class CBAM(nn.Module):
             nn.Linear(hidden, channels),
         )
         self.spatial_conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-        self.spatial_bn = nn.BatchNorm2d(1)
+        self.spatial_bn = nn.BatchNorm2d(1, momentum=0.01)
 
     def channel_gate(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> Mc: (B, C, 1, 1) in (0, 1)."""
