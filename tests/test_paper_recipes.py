@@ -61,3 +61,7 @@ def test_crn_trains_its_layers_ten_times_faster():
     cfg = compose_script("train", "experiment=paper_crn")
     assert cfg.model.lr_multipliers.attention == 10.0
     assert cfg.model.lr_multipliers.backbone == cfg.model.lr_multipliers.head == 1.0
+
+
+def test_the_default_stops_at_the_baselines_epoch():
+    assert compose_script("train").callbacks.early_stopping.patience == 11  # more than 10 epochs, as the baseline
