@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -58,6 +59,50 @@ def save_run_config(cfg, out_dir: Path) -> Path:
     from vpr.io import write_text_atomic
 
     return write_text_atomic(Path(out_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+#: What a run writes when it finishes (results, per-query predictions, pictures), as names in its folder.
+FINISHED_RUN_OUTPUTS = ("results*.json", "results*.md", "predictions*.csv", "predictions*.json", "pictures")
+#: Where a run folder keeps an earlier run's outputs (hidden: the sweep table never reads them as a run).
+EARLIER_RUNS_DIR = ".earlier"
+
+
+def set_aside_earlier_outputs(out_dir: Path) -> Path | None:
+    """Move what an earlier run left in this run's folder (a sweep started again with the same ``hydra.sweep.dir``,
+    ``hydra.run.dir`` given twice) into ``<out_dir>/.earlier/<its time>/``, before this run does anything: its
+    results would otherwise pass for this run's, also when this one fails (the sweep table would count them under
+    the settings Hydra has just written for this run). Nothing is deleted. Returns the folder, None when there was
+    nothing to move (or in another process than the first)."""
+    if process_rank(os.environ) > 0:  # the first process moved them before it started the others
+        return None
+    found = sorted({p for pattern in FINISHED_RUN_OUTPUTS for p in Path(out_dir).glob(pattern)})
+    if not found:
+        return None
+    newest = max(p.stat().st_mtime for p in found)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(newest))
+    dest, k = Path(out_dir) / EARLIER_RUNS_DIR / stamp, 1
+    while dest.exists():
+        k += 1
+        dest = Path(out_dir) / EARLIER_RUNS_DIR / f"{stamp}_{k}"
+    try:
+        dest.mkdir(parents=True)
+        for path in found:
+            os.replace(path, dest / path.name)  # the same file system: a rename, nothing copied or lost
+    except OSError as e:
+        from vpr.errors import ConfigError
+
+        raise ConfigError(
+            f"{out_dir} holds the results of an earlier run ({', '.join(p.name for p in found)}) and they could "
+            f"not be moved to {dest} ({e.strerror}): give this run another folder (hydra.sweep.dir, hydra.run.dir) "
+            "or move them yourself"
+        ) from None
+    log.warning(
+        "%s held the results of an earlier run (%s): moved to %s; this run's results replace them when it finishes",
+        out_dir,
+        ", ".join(p.name for p in found),
+        dest,
+    )
+    return dest
 
 
 def process_rank(environ) -> int:

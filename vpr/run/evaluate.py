@@ -37,7 +37,13 @@ from vpr.errors import ConfigError, stop_if_sigterm_was_swallowed
 from vpr.eval.pca import check_pca_file_free, load_or_fit_pca
 from vpr.eval.tables import format_recall_table
 from vpr.io import write_json_atomic, write_text_atomic
-from vpr.run import log_test_results, save_predictions, save_run_config, single_log_stream
+from vpr.run import (
+    log_test_results,
+    save_predictions,
+    save_run_config,
+    set_aside_earlier_outputs,
+    single_log_stream,
+)
 from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 from vpr.viz.pictures import save_retrieval_pictures
 
@@ -87,6 +93,7 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
     single_log_stream()
+    set_aside_earlier_outputs(Path(cfg.paths.output_dir))  # a job that fails here must not show an earlier result
     check_common_settings(cfg)
     check_recall_at(cfg)
     check_pca_file_free(whole_number(cfg, "pca_dim", 1, "the PCA output dimension; null: no PCA"), cfg.get("pca_file"))

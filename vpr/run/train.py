@@ -43,7 +43,14 @@ from vpr.devices import float32_matmul_precision, work_device
 from vpr.errors import ConfigError, export_sweep_job, stop_if_sigterm_was_swallowed, sweep_job, swept_settings
 from vpr.eval.tables import format_recall_table
 from vpr.io import exclusive_lock, write_json_atomic, write_text_atomic
-from vpr.run import log_test_results, process_rank, save_predictions, save_run_config, single_log_stream
+from vpr.run import (
+    log_test_results,
+    process_rank,
+    save_predictions,
+    save_run_config,
+    set_aside_earlier_outputs,
+    single_log_stream,
+)
 from vpr.run.test_sets import prepare_test_sets, resolve_test_sets, run_test_sets, shared_data_overrides
 from vpr.viz.pictures import save_retrieval_pictures
 
@@ -294,6 +301,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 def _run_training(cfg: DictConfig) -> dict[str, Any]:
     stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
     single_log_stream()
+    set_aside_earlier_outputs(Path(cfg.paths.output_dir))  # a job that fails here must not show an earlier result
     validate_config(cfg)
     cfg.variant = variant_with_overrides(cfg.get("variant"), command_line_overrides())  # baseline+se: not baseline
     L.seed_everything(int(cfg.seed), workers=True)
