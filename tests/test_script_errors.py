@@ -168,6 +168,51 @@ def test_a_command_that_only_prints_makes_no_folder(flag, tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["-m", "seed=1,2", "--cfg", "job"],
+            "error: -m (--multirun) and --cfg job cannot be given together: --cfg job describes the configuration "
+            "of one job, not a sweep: drop -m and give the values of one job (seed=1, not seed=1,2)",
+        ),
+        (
+            ["--multirun", "seed=1,2", "-i", "defaults"],
+            "error: -m (--multirun) and --info defaults cannot be given together: --info defaults describes the "
+            "configuration of one job, not a sweep: drop -m and give the values of one job (seed=1, not seed=1,2)",
+        ),
+        (["-r", "-m", "seed=1"], "error: -m (--multirun) and --run cannot be given together: give one of them"),
+        (["seed=1", "--resolve"], "error: --resolve only works with --cfg (job, hydra or all): add --cfg job, or drop"),
+    ],
+)
+def test_two_hydra_modes_at_once_are_one_line_not_hydras_traceback(argv, line, capsys):
+    """Hydra refuses these command lines with a ValueError raised outside its own error handling: a traceback."""
+    from vpr.errors import require_one_hydra_mode
+
+    with pytest.raises(SystemExit) as stop:
+        require_one_hydra_mode(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(line) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "argv", [["-m", "seed=1,2"], ["seed=1", "--cfg", "job", "--resolve"], ["--info"], ["-c", "hydra", "-p", "data"]]
+)
+def test_one_hydra_mode_passes(argv, capsys):
+    from vpr.errors import require_one_hydra_mode
+
+    require_one_hydra_mode(argv)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_sweep_with_cfg_job_ends_with_one_line(tmp_path):
+    from tests.conftest import run_script
+
+    proc = run_script("train.py", "-m", "seed=1,2", "--cfg", "job", tmp=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: -m (--multirun) and --cfg job cannot be given together") and not proc.stdout
+
+
 def test_sigterm_outside_lightnings_loops_stops_through_finally_blocks(capsys):
     """SIGTERM while the task runs, where Lightning has no handler (data preparation, k-means, the pictures after
     the test): the ``finally`` blocks run (loggers closed), one line, status 143, and the default handler is back."""

@@ -258,6 +258,7 @@ def launch(main: Callable[[], Any], config_name: str) -> Any:
     (the ``@hydra.main`` function of the config ``config_name``). When Hydra refuses the command line (exit status
     1), a ``hint:`` line names the setting or option closest to each one that does not exist."""
     sys.argv[1:] = sweep_job_argv(sys.argv[1:], os.environ)
+    require_one_hydra_mode(sys.argv[1:])
     require_launcher_plugin(sys.argv[1:])
     require_writable_run_folder(sys.argv[1:], os.environ)
     try:
@@ -481,6 +482,47 @@ def sweep_job_argv(argv: list[str], environ: Mapping[str, str]) -> list[str]:
     spec = json.loads(job)
     lightning = [a for a in argv if a.startswith(_LIGHTNING_HYDRA_ARGS) and not a.startswith("hydra.run.dir=")]
     return [*spec["overrides"], f"hydra.run.dir={spec['output_dir']}", *lightning]
+
+
+def require_one_hydra_mode(argv: list[str]) -> None:
+    """Before Hydra starts: two of its modes at once (``-m`` with ``--cfg job``, ``--info`` or ``--run``), or
+    ``--resolve`` without ``--cfg``, end with one ``error:`` line saying what to give instead (exit status 2); Hydra
+    refuses them with a ValueError whose traceback ends the script."""
+    try:
+        from hydra._internal.utils import get_args_parser
+    except ImportError:  # another Hydra: it says what it refuses itself
+        return
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+    except SystemExit:  # a flag argparse refuses: Hydra prints the same usage message
+        return
+    modes = [
+        flag
+        for flag, given in (
+            ("-m (--multirun)", args.multirun),
+            (f"--cfg {args.cfg}", args.cfg is not None),
+            ("--info" + (f" {args.info}" if args.info not in (None, "all") else ""), args.info is not None),
+            ("--run", args.run),
+            ("--shell-completion", args.shell_completion),
+        )
+        if given
+    ]
+    if len(modes) > 1:
+        if args.multirun and (args.cfg is not None or args.info is not None):
+            advice = (
+                f"{modes[1]} describes the configuration of one job, not a sweep: drop -m and give the values of one job "
+                "(seed=1, not seed=1,2)"
+            )
+        else:
+            advice = "give one of them"
+        print(f"error: {' and '.join(modes)} cannot be given together: {advice}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.resolve and args.cfg is None and not args.help:
+        print(
+            "error: --resolve only works with --cfg (job, hydra or all): add --cfg job, or drop --resolve",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
 
 
 def require_launcher_plugin(argv: list[str]) -> None:
