@@ -230,6 +230,43 @@ def test_missing_jobs_are_listed_not_fatal(sweep: Path, capsys):
     assert cell(out, "bam", "runs") == "1"  # the nested run counts
 
 
+def test_a_failed_job_is_listed_with_the_error_its_log_ends_with(sweep: Path, capsys):
+    """train.py writes a user error as the last record of the job's log (Hydra's format, configs/hydra); a job
+    killed, or run again in its folder and still going after an earlier failure, ends with another record."""
+    log = "[07:31:37][vpr.data.datamodule][INFO] loaded city/val: 40 database, 20 queries\n"
+    write_run(sweep, "7_baseline_seed4", "baseline", 4, None)
+    (sweep / "7_baseline_seed4" / "train.log").write_text(
+        log + "[07:31:38][vpr][ERROR] optimizer (torch.optim.SGD): Invalid learning rate: -1\n"
+    )
+    write_run(sweep, "8_se_seed4", "se", 4, None)  # a message over two lines: its first line names it
+    (sweep / "8_se_seed4" / "train.log").write_text(
+        log + "[07:31:38][vpr][ERROR] data.root=/x does not exist\n  set data.root\n"
+    )
+    write_run(sweep, "9_crn_seed4", "crn", 4, None)  # killed in training
+    (sweep / "9_crn_seed4" / "train.log").write_text(log + "[07:32:01][vpr.callbacks][INFO] epoch 0 trained\n")
+    write_run(sweep, "10_crn_seed5", "crn", 5, None)  # failed once, running again
+    (sweep / "10_crn_seed5" / "train.log").write_text("[07:31:38][vpr][ERROR] bad\n" + log)
+    write_run(sweep, "11_crn_seed6", "crn", 6, None)  # another library's error record is not the script's
+    (sweep / "11_crn_seed6" / "eval.log").write_text(log + "[07:31:38][lightning][ERROR] something\n")
+    assert main([str(sweep), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "- missing: 7_baseline_seed4 (failed: optimizer (torch.optim.SGD): Invalid learning rate: -1)\n" in out
+    assert "- missing: 8_se_seed4 (failed: data.root=/x does not exist)\n" in out
+    for job in ("9_crn_seed4", "10_crn_seed5", "11_crn_seed6"):
+        assert f"- missing: {job}\n" in out
+    assert cell(out, "baseline", "runs") == "3"  # the finished jobs' rows as before
+
+
+def test_a_sweep_whose_jobs_all_failed_names_the_first_failure(tmp_path: Path, capsys):
+    write_run(tmp_path, "0_baseline_seed1", "baseline", 1, None)
+    (tmp_path / "0_baseline_seed1" / "train.log").write_text("[07:31:38][vpr][ERROR] monitor=train/loss: choose\n")
+    write_run(tmp_path, "1_baseline_seed2", "baseline", 2, None)
+    assert main([str(tmp_path), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: vpr.report: no results.json anywhere under {tmp_path} (2 job folder(s), none ")
+    assert "; 0_baseline_seed1 failed: monitor=train/loss: choose. Fix that and run the sweep again.\n" in err
+
+
 def test_runs_found_at_any_depth_and_variant_fallbacks(tmp_path: Path):
     write_run(tmp_path / "sweepA", "0_", "baseline", 1, {1: 0.5, 5: 0.6, 10: 0.7})
     # No variant: Hydra's experiment choice from .hydra/overrides.yaml ...

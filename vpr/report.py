@@ -17,7 +17,8 @@ table, each set a table of its own after it; ``recall_curves.png`` (``--plot``) 
 its set and dataset/split.
 
 A job folder (one holding ``config.yaml`` or ``.hydra/``) with neither file is a failed or unfinished
-job: it is listed under the table as ``missing: <folder>``. Each row says which dataset/split its numbers
+job: it is listed under the table as ``missing: <folder>``, followed by ``(failed: <error>)`` when its log
+(``train.log``, ``eval.log``) ends with the script's error. Each row says which dataset/split its numbers
 come from ("mixed" when its runs disagree), because a val number next to a test number means nothing.
 
 A row is one model over its seeds: its variant and the job's command-line settings (``.hydra/overrides.yaml``)
@@ -159,6 +160,8 @@ class Scan:
     runs: list[Run] = field(default_factory=list)
     missing: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    # Of the missing jobs, those whose log ends in an error: the error's text (the job's own ``error:`` line).
+    failed: dict[Path, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -397,6 +400,33 @@ def _read_run(run_dir: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     return runs, problems
 
 
+#: The scripts' logs in a job folder (Hydra names them by task), and how a user error is written at their end.
+JOB_LOGS: tuple[str, ...] = ("train.log", "eval.log", "cluster.log", "retrieve.log")
+LOG_RECORD = re.compile(r"^\[[0-9:, -]+\]\[([^\]]*)\]\[([A-Z]+)\] ?(.*)$")
+
+
+def _failure(job: Path) -> str | None:
+    """The error a job without results ended with: its log's last record when that is the script's ``error:`` line
+    (``[vpr][ERROR]``: a setting, a file, a signal); None otherwise (killed, still running, or a run of the folder
+    going on after an earlier one failed)."""
+    for name in JOB_LOGS:
+        path = job / name
+        if not path.is_file():
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 65536))
+                tail = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in reversed(tail.splitlines()):
+            match = LOG_RECORD.match(line)
+            if match:  # the last record (a message may continue over lines of its own)
+                logger, level, text = match.groups()
+                return text.strip() if (logger, level) == ("vpr", "ERROR") and text.strip() else None
+    return None
+
+
 def scan(root: str | os.PathLike) -> Scan:
     """Find every run under ``root`` (see the module docstring). Raises FileNotFoundError when there is none."""
     root = Path(root)
@@ -425,9 +455,19 @@ def scan(root: str | os.PathLike) -> Scan:
     # is the outermost such folder (a failed job's own sub-folders are not separate jobs).
     candidates = [j for j in job_dirs if not any(inside(r, j) or inside(j, r) for r in run_dirs)]
     result.missing = sorted(j for j in candidates if not any(inside(j, o) for o in candidates))
+    for job in result.missing:
+        reason = _failure(job)
+        if reason is not None:
+            result.failed[job] = reason
 
     if not run_dirs:
         found = f" ({len(result.missing)} job folder(s), none finished)" if result.missing else ""
+        first = next((job for job in result.missing if job in result.failed), None)
+        if first is not None:  # the sweep ran and failed: what to fix, not how to start one
+            raise FileNotFoundError(
+                f"vpr.report: no results.json anywhere under {root}{found}; {_relative(first, root)} failed: "
+                f"{result.failed[first]}. Fix that and run the sweep again."
+            )
         raise FileNotFoundError(
             f"vpr.report: no results.json anywhere under {root}{found}. Run the sweep first, e.g. "
             f"`{SWEEP_HINT}`, then pass its multirun folder."
@@ -842,7 +882,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             set_rows,
             title=f"Results: {root.resolve().name}"
             + (f" (test set {label})" if label is not None else " (own test split)" if len(by_set) > 1 else ""),
-            missing=[_relative(m, root) for m in found.missing] if i == 0 else (),
+            missing=[
+                _relative(m, root) + (f" (failed: {found.failed[m]})" if m in found.failed else "")
+                for m in found.missing
+            ]
+            if i == 0
+            else (),
             notes=(notes if i == 0 else []) + _duplicate_seed_notes(set_rows),
         )
     if args.untrained:
