@@ -80,3 +80,27 @@ def test_a_run_given_the_folder_of_an_earlier_run_sets_its_results_aside(data_di
     assert proc.returncode == 2 and "error: model.recall_at=[0]" in proc.stderr, proc.stderr[-3000:]
     assert not (run / "results.json").exists()
     assert [(p / "results.json").read_bytes() for p in (run / ".earlier").iterdir()] == [earlier]
+
+
+def test_a_resumed_run_keeps_the_untrained_results_of_its_start(tmp_path):
+    """A sweep continued with ckpt_path=last in its own folders: the untrained network is not tested again, so its
+    results stay; the trained results are set aside as for any run."""
+    from tests.conftest import compose_script
+    from vpr.run.train import _run_training
+
+    run = tmp_path / "run"
+    earlier_job(run, 1, 0.5)
+    (run / "results_untrained.json").write_text('{"untrained": true}')
+    cfg = compose_script("train", "experiment=city_baseline", f"paths.output_dir={run}", "ckpt_path=last")
+    cfg.model.recall_at = [0]  # refused after the set-aside, before any work
+    with pytest.raises(Exception, match="recall_at"):
+        _run_training(cfg)
+    assert (run / "results_untrained.json").read_text() == '{"untrained": true}'
+    assert not (run / "results.json").exists()
+    (kept,) = (run / ".earlier").iterdir()
+    assert "results_untrained.json" not in [p.name for p in kept.iterdir()]
+
+    cfg.ckpt_path = None  # a new run in the folder: the earlier start's untrained results go too
+    with pytest.raises(Exception, match="recall_at"):
+        _run_training(cfg)
+    assert not (run / "results_untrained.json").exists()

@@ -301,7 +301,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 def _run_training(cfg: DictConfig) -> dict[str, Any]:
     stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
     single_log_stream()
-    set_aside_earlier_outputs(Path(cfg.paths.output_dir))  # a job that fails here must not show an earlier result
+    # A job that fails here must not show an earlier result. A resumed run (a sweep continued in its own folders)
+    # does not test the untrained network again: that result of the run's start stays.
+    untrained = ("results_untrained.json",) if cfg.get("ckpt_path") else ()
+    set_aside_earlier_outputs(Path(cfg.paths.output_dir), keep=untrained)
     validate_config(cfg)
     cfg.variant = variant_with_overrides(cfg.get("variant"), command_line_overrides())  # baseline+se: not baseline
     L.seed_everything(int(cfg.seed), workers=True)
