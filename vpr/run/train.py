@@ -269,7 +269,7 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     if os.environ.get("LOCAL_RANK", "0") != "0" and RESUMED_ENV in os.environ:
         return os.environ[RESUMED_ENV] or None
     job = sweep_job()
-    # What a sweep varies tells its jobs' runs apart, whatever it is (trainer.gradient_clip_val=0.5,1 too); the
+    # What a sweep varies tells its jobs' runs apart, whatever it is (+trainer.gradient_clip_val=0.5,1 too); the
     # experiment is the variant, compared anyway.
     require = [k for k in swept_settings() if k not in ("ckpt_path", "experiment") and not k.startswith("hydra")]
     try:
