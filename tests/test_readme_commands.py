@@ -5,6 +5,7 @@ configs lack given without ``+``) is a broken instruction, found here without ru
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -118,3 +119,9 @@ def test_readme_settings_are_config_keys():
     settings = readme_settings((ROOT / "README.md").read_text(encoding="utf-8"))
     assert len(settings) > 40  # the scan found README's settings at all
     assert sorted(settings - config_keys() - SHOWN_AS_WRONG) == []
+
+
+def readme_results_example() -> dict:
+    """The results.json README shows (its ```json block)."""
+    (block,) = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    return json.loads(block)

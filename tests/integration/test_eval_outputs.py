@@ -12,6 +12,7 @@ import scipy.io as sio
 
 from tests.conftest import run_script
 from tests.test_checkpoint_compat import random_checkpoint
+from tests.test_readme_commands import readme_results_example
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def test_predictions_file_agrees_with_coordinates_and_recalls(data_dir, checkpoi
     out = tmp_path / "run"
     evaluate(data_dir, checkpoint, out, tmp_path)
     results = json.loads((out / "results.json").read_text())
+    assert sorted(results) == sorted(readme_results_example())  # what README shows, no PCA or mask here
     spec = sio.loadmat(
         data_dir / "city_tiny_seed0" / "datasets" / "city_test.mat", squeeze_me=True, struct_as_record=False
     )["dbStruct"]
