@@ -34,7 +34,7 @@ from vpr.callbacks import (
     RecordRunIds,
     SigtermWithoutCollectives,
 )
-from vpr.centroids import CLUSTER_SETTINGS
+from vpr.centroids import CLUSTER_SETTINGS, exclude_groups
 from vpr.data.transforms import checked_image_size
 from vpr.devices import loader_workers
 from vpr.errors import ConfigError, DataError, missing_value_message
@@ -148,6 +148,7 @@ def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
     for key, meaning in CLUSTER_COUNTS.items():  # any script may cluster (train.py and eval.py with cluster.auto)
         whole_number(cfg, key, 1, meaning)
     whole_number(cfg, "cluster.seed", 0, "the sampling and k-means seed of a pretrained backbone's centroids")
+    exclude_groups(cfg)  # a list of group names, and a guidance to label them
     for key in TRUE_OR_FALSE:
         true_or_false(cfg, key)
     whole_number(cfg, "data.eval_batch_size", 1, "images per evaluation step")  # every script encodes images

@@ -8,6 +8,10 @@ backbone, dataset, K and image size: ``<backbone tag>[-random<seed>]_<dataset>_<
 dataset being ``data.tag`` when the data config sets one (the synthetic city: its preset and seed), else
 ``data.name``: two recipes or two cities never share a file.
 
+``cluster.exclude_groups`` (e.g. ``[person, vehicle]``, the paper's de-attention centroids) samples each image's
+locations only among the feature cells that those groups of the run's semantic guidance cover at most half of; the
+file's name then ends ``_desc_cen_without-<group>+<group>.hdf5`` and its attributes record the groups.
+
 Which heads need the file is the head's own answer (``head.needs_centroids``); nothing here reads config text
 to decide it.
 """
@@ -17,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +31,12 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vpr.data.dataset import ImageDataset
+from vpr.data.guidance import GuidanceTargets
 from vpr.data.transforms import normalise_pixels, pixel_statistics
 from vpr.devices import full_float32_matmul, loader_worker_init, loader_workers, work_device
 from vpr.errors import ConfigError, DataError
@@ -63,14 +70,51 @@ def clustering_seed(cfg: DictConfig, backbone: nn.Module) -> int:
     return DEFAULT_CLUSTER_SEED if seed is None else int(seed)
 
 
+#: A feature cell is sampled under ``cluster.exclude_groups`` when at least this fraction of its pixels lies outside
+#: those groups (its guidance target, computed for those groups, is >= it).
+KEPT_CELL_FRACTION = 0.5
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def exclude_groups(cfg: DictConfig) -> list[str]:
+    """``cluster.exclude_groups`` as a sorted list of guidance group names ([]: every location may be sampled).
+
+    Anything but a list of names, or groups without a semantic guidance to label them (``guidance=none``), is a
+    ConfigError naming the setting (checked with every script's settings, before any work)."""
+    value = (cfg.get("cluster") or {}).get("exclude_groups")
+    items = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    if items is None:
+        return []
+    if not isinstance(items, list | tuple) or not all(isinstance(g, str) and _GROUP_NAME.fullmatch(g) for g in items):
+        raise ConfigError(
+            f"cluster.exclude_groups={items!r}: give a list of the guidance's group names, e.g. "
+            "cluster.exclude_groups=[person,vehicle], or [] to sample every feature-map location"
+        )
+    groups = sorted(set(items))
+    if groups and not (cfg.get("guidance") or {}).get("source"):
+        raise ConfigError(
+            f"cluster.exclude_groups=[{','.join(groups)}] leaves out the feature cells a semantic guidance labels as "
+            "those groups, and this run has none (guidance=none): choose a guidance that labels the training images "
+            "(guidance=synthetic on the city, guidance=mask_dir guidance.mask_dir=..., guidance=deeplab_cityscapes "
+            "guidance.weights=...), or cluster.exclude_groups=[] for the plain centroids"
+        )
+    return groups
+
+
 def centroid_path(cfg: DictConfig, backbone: nn.Module, head: nn.Module) -> Path:
     """``<centroids_dir>/<backbone>_<dataset>_<K>_<H>x<W>_desc_cen.hdf5`` unless ``cluster.file`` names one; absolute,
-    so the logs say where it is whatever folder the command ran in."""
+    so the logs say where it is whatever folder the command ran in. With ``cluster.exclude_groups`` the name ends
+    ``_desc_cen_without-<groups joined by +>.hdf5``: the plain file and that one never replace each other."""
     if cfg.cluster.get("file"):
         return Path(cfg.cluster.file).expanduser().resolve()
     dataset = cfg.data.get("tag") or cfg.data.name
     height, width = (int(s) for s in cfg.data.image_size)
-    name = f"{backbone_file_tag(backbone, cfg.seed)}_{dataset}_{int(head.num_clusters)}_{height}x{width}_desc_cen.hdf5"
+    groups = exclude_groups(cfg)
+    without = f"_without-{'+'.join(groups)}" if groups else ""
+    name = (
+        f"{backbone_file_tag(backbone, cfg.seed)}_{dataset}_{int(head.num_clusters)}_{height}x{width}"
+        f"_desc_cen{without}.hdf5"
+    )
     return (Path(cfg.paths.centroids_dir).expanduser() / name).resolve()
 
 
@@ -111,14 +155,18 @@ def sample_local_descriptors(
     batch_size: int = 16,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    allowed_cells: Callable[[np.ndarray], Sequence[np.ndarray]] | None = None,
 ) -> np.ndarray:
     """(min(num_images, len) * per_image, C) L2-normalised local descriptors, float32.
 
     Each image contributes ``per_image`` distinct locations of its feature map (all of them when the map is
-    smaller, then the total is smaller).
+    smaller, then the total is smaller). ``allowed_cells``: given the chosen images' dataset indices (sorted), the
+    locations each of them may contribute, as indices into its row-major (h * w) feature map; the image's
+    ``per_image`` locations are drawn among those (all of them when fewer, none when there are none).
     """
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(dataset), size=min(num_images, len(dataset)), replace=False))
+    allowed = None if allowed_cells is None else list(allowed_cells(chosen))
     loader = DataLoader(
         Subset(dataset, chosen.tolist()),
         batch_size=batch_size,
@@ -129,6 +177,7 @@ def sample_local_descriptors(
     was_training = backbone.training
     backbone.eval().to(device)
     out = []
+    done = 0  # images sampled so far (the index into ``allowed``)
     mean, std = pixel_statistics(device)
     for images, _ in progress(loader, desc="sampling local descriptors"):
         fmap = F.normalize(backbone(normalise_pixels(images.to(device), mean, std)).float(), dim=1)  # (B, C, h, w)
@@ -136,9 +185,81 @@ def sample_local_descriptors(
         flat = fmap.flatten(2).transpose(1, 2).cpu().numpy()  # (B, h*w, C)
         take = min(per_image, h * w)
         for i in range(b):
-            out.append(flat[i, rng.choice(h * w, size=take, replace=False)])
+            if allowed is None:
+                out.append(flat[i, rng.choice(h * w, size=take, replace=False)])
+                continue
+            cells = np.asarray(allowed[done + i], dtype=np.int64)
+            if len(cells) and (cells.min() < 0 or cells.max() >= h * w):
+                raise ValueError(f"allowed cells of image {int(chosen[done + i])} lie outside its {h}x{w} feature map")
+            if len(cells):
+                out.append(flat[i, rng.choice(cells, size=min(per_image, len(cells)), replace=False)])
+        done += b
     backbone.train(was_training)
     return np.concatenate(out).astype(np.float32)
+
+
+@torch.no_grad()
+def feature_grid(backbone: nn.Module, image_size: Sequence[int], device: str | torch.device = "cpu") -> tuple[int, int]:
+    """(h, w) of the backbone's feature map for (H, W) images (one zero image, in eval mode)."""
+    was_training = backbone.training
+    backbone.eval().to(device)
+    h, w = backbone(torch.zeros(1, 3, *(int(s) for s in image_size), device=device)).shape[-2:]
+    backbone.train(was_training)
+    return int(h), int(w)
+
+
+class KeptCells:
+    """``allowed_cells`` for :func:`sample_local_descriptors` under ``cluster.exclude_groups``: the guidance targets of
+    the chosen images for those groups on the feature grid (each cell's fraction of pixels outside them; computed
+    and cached as the training's targets are), and per image the cells where it is >= :data:`KEPT_CELL_FRACTION`.
+    The counts of images with fewer such cells than ``per_image`` are logged and kept for the file's attributes."""
+
+    def __init__(
+        self,
+        source,
+        groups: Sequence[str],
+        image_paths: Sequence[Path],
+        grid: tuple[int, int],
+        per_image: int,
+        cache_dir: str | Path | None = None,
+        num_workers: int = 0,
+    ):
+        self.source, self.groups, self.paths = source, list(groups), list(image_paths)
+        self.grid, self.per_image = grid, int(per_image)
+        self.cache_dir, self.num_workers = cache_dir, int(num_workers)
+        self.fewer = self.without = 0
+
+    def __call__(self, chosen: np.ndarray) -> list[np.ndarray]:
+        targets = GuidanceTargets(
+            self.source,
+            self.groups,
+            [self.paths[int(i)] for i in chosen],
+            self.grid,
+            self.cache_dir,
+            num_workers=self.num_workers,
+        ).table.numpy()
+        cells = [np.flatnonzero(t.reshape(-1) >= KEPT_CELL_FRACTION) for t in targets]
+        self.fewer = sum(len(c) < self.per_image for c in cells)
+        self.without = sum(len(c) == 0 for c in cells)
+        listed = "[" + ",".join(self.groups) + "]"
+        if len(cells) and self.without == len(cells):
+            raise ConfigError(
+                f"cluster.exclude_groups={listed}: in none of the {len(cells)} sampled training images do these "
+                f"groups leave a feature cell at least half free ({self.source.describe()}, {self.grid[0]}x"
+                f"{self.grid[1]} grid), so there is nothing to cluster. Check the label maps and "
+                "guidance.class_groups, or use cluster.exclude_groups=[] for the plain centroids"
+            )
+        log.info(
+            "cluster.exclude_groups=%s: sampling among the feature cells at least half free of them (%s); %d of %d "
+            "images have fewer than %d such cells and give all of theirs (%d none)",
+            listed,
+            self.source.describe(),
+            self.fewer,
+            len(cells),
+            self.per_image,
+            self.without,
+        )
+        return cells
 
 
 def kmeans(
@@ -213,6 +334,37 @@ def clustering_settings(cfg: DictConfig) -> dict[str, int]:
     return {name: int(value) for name in CLUSTER_SETTINGS if (value := cfg.cluster.get(name)) is not None}
 
 
+def kept_cells(cfg: DictConfig, backbone: nn.Module, datamodule, split, device) -> KeptCells | None:
+    """The cell chooser of ``cluster.exclude_groups`` for this run's guidance (None when no group is excluded). The
+    label source is built and the groups looked up now, before any image is encoded."""
+    groups = exclude_groups(cfg)
+    if not groups:
+        return None
+    if getattr(datamodule, "guidance", None) is None:
+        raise ConfigError(
+            f"cluster.exclude_groups=[{','.join(groups)}] needs the training images' semantic labels, and this "
+            "run's data has no guidance: choose one (guidance=synthetic, guidance=mask_dir guidance.mask_dir=..., "
+            "guidance=deeplab_cityscapes guidance.weights=...), or cluster.exclude_groups=[]"
+        )
+    source = datamodule.label_source()  # the label maps or the network: a missing one is one error now
+    for group in groups:
+        try:
+            source.group_ids(group)
+        except DataError as e:
+            raise ConfigError(
+                f"cluster.exclude_groups=[{','.join(groups)}]: {str(e).removeprefix('guidance.suppress: ')}"
+            ) from None
+    return KeptCells(
+        source,
+        groups,
+        split.db_paths,
+        feature_grid(backbone, datamodule.image_size, device),
+        int(cfg.cluster.descriptors_per_image),
+        datamodule.guidance.get("cache_dir"),
+        loader_workers(int(cfg.data.num_workers)),
+    )
+
+
 def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, datamodule, path: Path) -> Path:
     """Sample descriptors from the training database with ``backbone``, run k-means for ``head``, write ``path``."""
     if datamodule.splits.get("train") is None:
@@ -226,6 +378,7 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
     dataset = ImageDataset(split.db_paths, datamodule.transform)
     device = work_device(cfg.trainer)
     seed = clustering_seed(cfg, backbone)
+    cells = kept_cells(cfg, backbone, datamodule, split, device)
     desc = sample_local_descriptors(
         backbone,
         dataset,
@@ -235,10 +388,18 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
         batch_size=int(cfg.data.eval_batch_size),
         num_workers=loader_workers(int(cfg.data.num_workers)),
         device=device,
+        allowed_cells=cells,
     )
     backbone.cpu()
     k = int(head.num_clusters)
     centroids = kmeans(desc, k, int(cfg.cluster.iterations), seed, device)
+    excluded = {}  # recorded only when groups are excluded: the plain file stays as it always was
+    if cells is not None:
+        excluded = {
+            "exclude_groups": ",".join(cells.groups),
+            "guidance_source": cells.source.name,
+            "images_with_fewer_cells": cells.fewer,
+        }
     write_centroid_file(
         path,
         desc,
@@ -252,6 +413,7 @@ def cluster_and_save(cfg: DictConfig, backbone: nn.Module, head: nn.Module, data
             "num_clusters": k,
             "seed": seed,
             **clustering_settings(cfg),
+            **excluded,
         },
     )
     log.info(
@@ -328,13 +490,17 @@ def check_fingerprint(path: Path, attrs: dict[str, Any], backbone: nn.Module) ->
 def check_clustering_settings(path: Path, attrs: dict[str, Any], cfg: DictConfig, backbone: nn.Module) -> None:
     """A file made with other ``cluster.*`` counts or another seed still initialises NetVLAD (its name carries
     none of them, so it is found), but say so: the run asked for other centroids. Files that predate these
-    attributes are taken as they are."""
+    attributes are taken as they are. ``cluster.exclude_groups`` is in the name, so only a file named with
+    ``cluster.file`` can differ in it: a file without the record sampled every location."""
     wanted = {**clustering_settings(cfg), "seed": clustering_seed(cfg, backbone)}
     differ = [
         f"{name} {int(attrs[name])} (this run: {value})"
         for name, value in wanted.items()
         if name in attrs and int(attrs[name]) != value
     ]
+    made_without, run_without = str(attrs.get("exclude_groups", "")), ",".join(exclude_groups(cfg))
+    if made_without != run_without:
+        differ.append(f"exclude_groups [{made_without}] (this run: [{run_without}])")
     if differ:
         log.warning(
             "centroid file %s was made with other clustering settings: %s. It is used as it is; for centroids of "
