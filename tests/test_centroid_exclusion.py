@@ -250,3 +250,11 @@ def test_a_file_of_other_excluded_groups_is_used_with_a_warning(caplog, tmp_path
     assert "c.hdf5" in first and "exclude_groups [person,vehicle] (this run: [])" in first
     assert "d.hdf5" in second and "exclude_groups [] (this run: [person])" in second
 
+
+def test_the_paper_deattention_recipes_cluster_without_person_and_vehicle():
+    """The paper's de-attention rows start from centroids sampled off person and vehicle pixels (its clustering's
+    default categories, also for the final model that suppresses sky); the city recipes keep the plain file."""
+    for name in ("paper_deattention", "paper_deattention_stml"):
+        assert list(compose_script("train", f"experiment={name}").cluster.exclude_groups) == ["person", "vehicle"]
+    for name in ("paper_baseline", "city_deattention", "city_deattention_stml", "city_main"):
+        assert list(compose_script("train", f"experiment={name}").cluster.exclude_groups) == []
