@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -613,6 +614,74 @@ def check_deterministic(setting: Any, module: nn.Module | None, cuda: bool) -> N
         )
 
 
+def _training_trainer(cfg: DictConfig, loggers: list[Any], module: nn.Module | None, say: bool = True) -> L.Trainer:
+    """The training Trainer with ``loggers`` and the configured callbacks (``say``: log the choices it makes)."""
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        if say:
+            log.warning("trainer.precision=%s: this GPU has no bfloat16; training in 16-mixed instead", precision)
+        cfg = cfg.copy()
+        cfg.trainer.precision = "16-mixed"
+    extra: dict[str, Any] = {}
+    if cfg.model.get("compile", False) not in (False, None):
+        # validation and test under no_grad like the mining cache pass: one compiled graph for all three
+        # (under inference_mode torch.compile guards on the tensors' dispatch keys and compiles again)
+        extra["inference_mode"] = False
+    if "sync_batchnorm" in cfg.trainer:
+        setting = cfg.trainer.sync_batchnorm
+        extra["sync_batchnorm"] = resolve_sync_batchnorm(setting, module, torch.cuda.is_available())
+        if setting == "auto" and say:
+            log.info(
+                "trainer.sync_batchnorm=auto: %s",
+                "SyncBatchNorm (BatchNorm layers train, on CUDA)"
+                if extra["sync_batchnorm"]
+                else "off (no BatchNorm layer trains, or no CUDA)",
+            )
+    return instantiate_setting(
+        "trainer",
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=build_callbacks(cfg, with_logger=bool(loggers)),
+        plugins=[AtomicCheckpointIO()],
+        **extra,
+    )
+
+
+def check_trainer_settings(cfg: DictConfig) -> None:
+    """The ``trainer.*`` settings (and the callbacks') that Lightning refuses only when the Trainer is made, after
+    the data, the network and k-means: a Trainer is made now, without loggers (no W&B run opens) and without the
+    network (``trainer.sync_batchnorm=auto`` is decided later), and dropped; torch's global switches it sets
+    (deterministic algorithms, cuDNN benchmark) are restored. Also the settings Lightning takes without a word and
+    trips over later: ``trainer.accumulate_grad_batches`` (0 divides by zero at the first step) and a
+    ``trainer.deterministic`` that is no switch."""
+    whole_number(cfg, "trainer.accumulate_grad_batches", 1, "batches whose gradients make one optimizer step")
+    deterministic = OmegaConf.select(cfg, "trainer.deterministic")
+    if not (deterministic is None or isinstance(deterministic, bool) or deterministic == "warn"):
+        raise ConfigError(
+            f"trainer.deterministic={deterministic!r}: choose true (stop at an op without a deterministic kernel), "
+            "warn (deterministic kernels where torch has them), false or null"
+        )
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    logging.disable(logging.WARNING)  # its choices (GPU available, ...) are logged once, by the run's own Trainer
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _training_trainer(cfg, [], None, say=False)
+    finally:
+        logging.disable(logging.NOTSET)
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+        if saved[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[3]
+
+
 def build_trainer(
     cfg: DictConfig,
     training: bool = True,
@@ -625,35 +694,7 @@ def build_trainer(
     (logging to ``loggers``, none by default). ``module`` (training) decides ``trainer.sync_batchnorm=auto``;
     ``wandb_id`` and ``wandb_group``: see :func:`build_loggers`."""
     if training:
-        loggers = build_loggers(cfg, wandb_id, wandb_group)
-        precision = str(cfg.trainer.get("precision", "32-true"))
-        if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-            log.warning("trainer.precision=%s: this GPU has no bfloat16; training in 16-mixed instead", precision)
-            cfg = cfg.copy()
-            cfg.trainer.precision = "16-mixed"
-        extra: dict[str, Any] = {}
-        if cfg.model.get("compile", False) not in (False, None):
-            # validation and test under no_grad like the mining cache pass: one compiled graph for all three
-            # (under inference_mode torch.compile guards on the tensors' dispatch keys and compiles again)
-            extra["inference_mode"] = False
-        if "sync_batchnorm" in cfg.trainer:
-            setting = cfg.trainer.sync_batchnorm
-            extra["sync_batchnorm"] = resolve_sync_batchnorm(setting, module, torch.cuda.is_available())
-            if setting == "auto":
-                log.info(
-                    "trainer.sync_batchnorm=auto: %s",
-                    "SyncBatchNorm (BatchNorm layers train, on CUDA)"
-                    if extra["sync_batchnorm"]
-                    else "off (no BatchNorm layer trains, or no CUDA)",
-                )
-        return instantiate_setting(
-            "trainer",
-            cfg.trainer,
-            logger=loggers or False,
-            callbacks=build_callbacks(cfg, with_logger=bool(loggers)),
-            plugins=[AtomicCheckpointIO()],
-            **extra,
-        )
+        return _training_trainer(cfg, build_loggers(cfg, wandb_id, wandb_group), module)
     devices = cfg.trainer.get("devices", "auto")
     if str(devices) not in ("1", "auto", "None") or cfg.trainer.get("strategy") not in (None, "auto"):
         log.warning(

@@ -22,6 +22,7 @@ from vpr.build import (
     check_common_settings,
     check_deterministic,
     check_recall_at,
+    check_trainer_settings,
     cluster_command_overrides,
     command_line_overrides,
     finish_loggers,
@@ -93,6 +94,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"monitor={cfg.monitor} but model.recall_at={list(cfg.model.recall_at)} does not list {n}")
     if (cfg.get("logger") or {}).get("wandb") is not None:
         wandb_mode(cfg.logger.wandb)  # a wrong logger.wandb.mode fails now, not after clustering
+    check_trainer_settings(cfg)  # what Lightning would refuse when the Trainer is made, after k-means
     if cfg.get("ckpt_path") and cfg.get("init_weights"):
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} and init_weights={cfg.init_weights}: a resumed run restores every weight "

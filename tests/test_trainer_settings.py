@@ -1,0 +1,88 @@
+"""train.py's trainer.* settings are checked before any work (validate_config): Lightning refuses most of them only
+when the Trainer is made, after the data, the network and k-means, and takes some without a word."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from vpr.api import compose_config
+from vpr.errors import ConfigError
+
+BASE = ["experiment=city_baseline", "trainer=cpu", "logger=none"]
+
+
+def validate(*overrides: str) -> None:
+    from vpr.run.train import validate_config
+
+    validate_config(compose_config("train", [*BASE, *overrides]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+trainer.max_steps=-5", r"^trainer \(lightning\.pytorch\.Trainer\): `max_steps` must be"),
+        ("+trainer.gradient_clip_algorithm=bogus", r"^trainer \(lightning\.pytorch\.Trainer\): .*gradient_clip_algo"),
+        ("+trainer.limit_train_batches=-1", r"^trainer \(lightning\.pytorch\.Trainer\): .*limit_train_batches"),
+        ("trainer.strategy=bogus", r"^trainer \(lightning\.pytorch\.Trainer\): .*strategy='bogus'"),
+        ("callbacks.checkpoint.mode=bogus", r"^callbacks\.checkpoint \(.*ModelCheckpoint\): `mode`"),
+        # taken by Lightning, then a ZeroDivisionError at the first training step (0) or a silent run (-2)
+        ("+trainer.accumulate_grad_batches=0", r"^trainer\.accumulate_grad_batches=0: must be a whole number >= 1"),
+        ("+trainer.accumulate_grad_batches=-2", r"^trainer\.accumulate_grad_batches=-2: must be a whole number >= 1"),
+        # taken by Lightning as "no switch": the run was not deterministic, without a word
+        ("trainer.deterministic=ture", r"^trainer\.deterministic='ture': choose true .*warn"),
+        ("trainer.deterministic=1", r"^trainer\.deterministic=1: choose true"),
+    ],
+)
+def test_refused_trainer_settings_fail_before_any_work(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(override)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "+trainer.accumulate_grad_batches=2",
+        "trainer.deterministic=true",
+        "trainer.deterministic=false",
+        "+trainer.max_steps=-1",
+    ],
+)
+def test_valid_trainer_settings_pass(override):
+    validate(override)
+
+
+def test_the_check_makes_no_wandb_logger_and_leaves_torch_switches_alone(monkeypatch):
+    """The Trainer made for the check has no loggers (no W&B logger: its run would be set up before clustering,
+    and its messages said twice), and torch's global switches that a Trainer sets are as they were."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    def made(*args, **kwargs):
+        raise AssertionError("a W&B logger made by the settings check")
+
+    monkeypatch.setattr(WandbLogger, "__init__", made)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        from vpr.run.train import validate_config
+
+        opposite = [f"trainer.deterministic={not before[0]}", f"+trainer.benchmark={not before[2]}"]  # to switch
+        cfg = compose_config("train", ["experiment=city_baseline", "trainer=cpu", "logger=wandb", *opposite])
+        validate_config(cfg)
+        after = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark,
+        )
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+    assert after == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
