@@ -271,10 +271,11 @@ def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: st
     if not check or not paths:
         return paths
     first = paths[0]
-    if not first.is_file() and "\\" in names[0]:
-        # Written on Windows: 000\000000_pitch1_yaw1.jpg names a file in the folder 000, as / does.
+    if _extension_on_disk(first) is None and "\\" in names[0]:
+        # Written on Windows: 000\000000_pitch1_yaw1.jpg names a file in the folder 000, as / does. The first
+        # listed image may be the one that is missing: the images listed next tell the separators too.
         slashed = [folder / n.replace("\\", "/") for n in names]
-        if slashed[0].is_file() or any(slashed[0].with_suffix(ext).is_file() for ext in IMAGE_EXTENSIONS):
+        if any(_extension_on_disk(p) is not None for p in slashed[:_ANCHOR_PROBE]):
             log.info("%s lists image paths with Windows separators (\\); reading them as folders", mat_path.name)
             paths = slashed
             first = paths[0]
