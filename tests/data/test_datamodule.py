@@ -64,3 +64,34 @@ def test_pinned_memory_follows_the_trainers_device(monkeypatch):
 def test_a_place_group_size_below_one_is_refused_when_built(size):
     with pytest.raises(ConfigError, match=r"^data\.nms_group_size=.*: must be a whole number >= 1"):
         PlaceDataModule(None, "city", nms_group_size=size)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"eval_radius_m": 25.0, "train_radius_m": 30.0},
+            r"^data\.eval_radius_m=25 is below .*data\.train_radius_m=30",
+        ),
+        ({"train_radius_m": 30.0, "own": 20.0}, r"^mining\.negative_radius_m=20 is below .*data\.train_radius_m=30"),
+        ({"train_radius_m": 10.0, "train_min_distance_m": 12.0}, r"^data\.train_min_distance_m=12 is not below"),
+        ({"own": "abc"}, r"^mining\.negative_radius_m='abc': must be a distance > 0"),
+        ({"own": -5.0}, r"^mining\.negative_radius_m=-5\.0: must be a distance > 0"),
+    ],
+)
+def test_radii_known_from_the_settings_are_compared_before_any_data_work(tmp_path, settings, message):
+    """Training: radii the settings give (not the split file's) are compared when the data module is made, before
+    the data is generated or read (the root does not exist; reading it would be a DataError)."""
+    settings = dict(settings)
+    own = settings.pop("own", None)
+    mining = {"negatives_per_query": 2} | ({} if own is None else {"negative_radius_m": own})
+    with pytest.raises(ConfigError, match=message):
+        PlaceDataModule(str(tmp_path / "absent"), "city", mining=mining, **settings)
+
+
+def test_radii_left_to_the_split_file_or_not_mined_pass_when_built(tmp_path):
+    root = str(tmp_path / "absent")
+    PlaceDataModule(root, "city", mining={}, eval_radius_m=5.0)  # the training radius: the split file's
+    PlaceDataModule(root, "city", mining={}, train_min_distance_m=12.0)  # likewise
+    PlaceDataModule(root, "city", mining={"negative_radius_m": 30.0}, eval_radius_m=5.0, train_radius_m=10.0)
+    PlaceDataModule(root, "city", eval_radius_m=25.0, train_radius_m=30.0)  # a test set: nothing is mined

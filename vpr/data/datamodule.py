@@ -26,7 +26,7 @@ from vpr.data.dataset import (
     load_mat_split,
 )
 from vpr.data.guidance import GuidanceTargets, build_label_source
-from vpr.data.mining import HardNegativeMiner, MinedBatchSampler, MiningStats, Triplet
+from vpr.data.mining import HardNegativeMiner, MinedBatchSampler, MiningStats, Triplet, check_radii
 from vpr.data.transforms import eval_transform
 from vpr.devices import loader_worker_init, loader_workers
 from vpr.errors import ConfigError, DataError, user_message
@@ -239,6 +239,19 @@ class PlaceDataModule(L.LightningDataModule):
         self.coordinates = str(coordinates)
         if not self.train_min_distance_m >= 0:
             raise ConfigError(f"data.train_min_distance_m={train_min_distance_m}: must be a distance >= 0 (metres)")
+        if mining is not None:  # training: the radii the settings give are compared now, before any data work
+            own = self.mining.get("negative_radius_m")
+            try:
+                ok = own is None or float(own) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"mining.negative_radius_m={own!r}: must be a distance > 0 (metres); leave it out for "
+                    "the evaluation radius (data.eval_radius_m, else the split file's posDistThr)"
+                )
+            negatives = float(own) if own is not None else self.eval_radius_m
+            check_radii(negatives, self.train_radius_m, self.train_min_distance_m, own is not None)
         self.seed = int(seed)
         self._prepare = prepare
         self.transform = eval_transform(self.image_size)

@@ -92,6 +92,35 @@ class MiningStats:
         return total
 
 
+def check_radii(
+    negative_radius_m: float | None,
+    train_radius_m: float | None,
+    train_min_distance_m: float,
+    negatives_own: bool,
+) -> None:
+    """Mining's radii are consistent: negatives lie beyond the training positives' radius, and the positives'
+    smallest distance is below it. ``negatives_own``: the negatives' radius is ``mining.negative_radius_m`` (else
+    the evaluation radius, ``data.eval_radius_m``). A radius that is None (the split file's, not read yet) is not
+    compared."""
+    if train_radius_m is None:
+        return
+    if negative_radius_m is not None and negative_radius_m < train_radius_m:
+        setting = "mining.negative_radius_m" if negatives_own else "data.eval_radius_m"
+        raise ConfigError(
+            f"{setting}={negative_radius_m:g} is below the training positives' radius data.train_radius_m="
+            f"{train_radius_m:g} (else the split file's nonTrivPosDistSqThr): a database image between the "
+            f"two would be both a positive and a negative of its query; choose {setting} >= data.train_radius_m "
+            "(the NetVLAD recipe: 25 m and 10 m)"
+            + ("" if negatives_own else ", or give the negatives their own +mining.negative_radius_m")
+        )
+    if train_min_distance_m >= train_radius_m:
+        raise ConfigError(
+            f"data.train_min_distance_m={train_min_distance_m:g} is not below the training positives' radius "
+            f"data.train_radius_m={train_radius_m:g}: no database image can be a training positive; lower "
+            "data.train_min_distance_m (Tokyo Time Machine's protocol: 1 m) or raise data.train_radius_m"
+        )
+
+
 class HardNegativeMiner:
     """Chooses positives and hard negatives for training queries from cached descriptors.
 
@@ -122,26 +151,10 @@ class HardNegativeMiner:
         self.candidate_negatives = int(candidate_negatives)
         self.margin = float(margin)
         self.negative_radius_m = float(negative_radius_m if negative_radius_m is not None else split.eval_radius_m)
-        if self.negative_radius_m < split.train_radius_m:
-            setting = "mining.negative_radius_m" if negative_radius_m is not None else "data.eval_radius_m"
-            raise ConfigError(
-                f"{setting}={self.negative_radius_m:g} is below the training positives' radius data.train_radius_m="
-                f"{split.train_radius_m:g} (else the split file's nonTrivPosDistSqThr): a database image between the "
-                f"two would be both a positive and a negative of its query; choose {setting} >= data.train_radius_m (the NetVLAD recipe: 25 m and 10 m)"
-                + (
-                    ""
-                    if negative_radius_m is not None
-                    else ", or give the negatives their own +mining.negative_radius_m"
-                )
-            )
+        own = negative_radius_m is not None
+        check_radii(self.negative_radius_m, split.train_radius_m, split.train_min_distance_m, own)
         self.chunk_queries = int(chunk_queries)
         self.chunk_database = int(chunk_database)
-        if split.train_min_distance_m >= split.train_radius_m:
-            raise ConfigError(
-                f"data.train_min_distance_m={split.train_min_distance_m:g} is not below the training positives' radius "
-                f"data.train_radius_m={split.train_radius_m:g}: no database image can be a training positive; lower "
-                "data.train_min_distance_m (Tokyo Time Machine's protocol: 1 m) or raise data.train_radius_m"
-            )
         positives = split.train_positives()
         self.trainable_queries = np.array([i for i, p in enumerate(positives) if len(p) > 0], dtype=np.int64)
         self.dropped_queries = split.num_q - len(self.trainable_queries)
