@@ -469,6 +469,20 @@ def test_a_split_file_template_on_the_command_line_is_shown_quoted():
     assert override_hints(["data.split_file='{name}_{split}.mat'"], "eval") == []
 
 
+def test_unquoted_braces_and_a_misspelt_name_both_get_their_hint():
+    """Hydra stops at the braces it cannot read; the hints name the other mistake too (attention/ has deattention,
+    data/synthetic.yaml has prepare.preset), so that quoting the braces is not followed by Hydra's next error."""
+    from vpr.errors import override_hints
+
+    argv = ["data.split_file={name}_{split}.mat", "attention=deatention", "data.preset=tiny"]
+    assert override_hints(argv, "train") == [
+        "data.split_file={name}_{split}.mat: Hydra reads braces as a mapping; quote text with braces: "
+        "'data.split_file=\"{name}_{split}.mat\"'",
+        "attention=deatention: no such option; did you mean attention=deattention?",
+        "data.preset is not a setting; did you mean data.prepare.preset?",
+    ]
+
+
 def test_a_trainer_setting_lightning_refuses_is_a_setting_error():
     from omegaconf import OmegaConf
 

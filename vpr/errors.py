@@ -328,20 +328,25 @@ def override_hints(argv: list[str], config_name: str) -> list[str]:
     cannot be read or composed (the error is then not a name), when Hydra's own flags change the config, and for
     Hydra's own groups (``hydra/launcher``: their options come from plugins too)."""
     try:
-        return _unquoted_brace_hints(argv) or _override_hints(argv, config_name)
+        braces = _unquoted_brace_hints(argv)
+    except Exception:  # noqa: BLE001 - only a hint
+        braces = {}
+    try:  # the other overrides too: fixing the braces alone would end in Hydra's next error
+        names = _override_hints([a for a in argv if a not in braces], config_name)
     except Exception:  # noqa: BLE001 - only a hint: Hydra's own message stands (glob/interval sweeps and such)
-        return []
+        names = []
+    return [*braces.values(), *names]
 
 
-def _unquoted_brace_hints(argv: list[str]) -> list[str]:
+def _unquoted_brace_hints(argv: list[str]) -> dict[str, str]:
     """Values with braces that Hydra cannot read (``data.split_file={name}_{split}.mat``: braces open a mapping
-    on Hydra's command line): the same text quoted, which Hydra takes as it is."""
+    on Hydra's command line), each with its hint: the same text quoted, which Hydra takes as it is."""
     import re
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    hints = []
+    hints = {}
     for arg in argv:
         key, _, value = arg.partition("=")
         # a text with {placeholders} (a mapping holds key: value pairs), neither quoted nor inside a list
@@ -350,7 +355,7 @@ def _unquoted_brace_hints(argv: list[str]) -> list[str]:
         try:
             parser.parse_overrides([arg])
         except Exception:  # noqa: BLE001 - Hydra's OverrideParseException (and whatever its grammar raises)
-            hints.append(f"{key}={value}: Hydra reads braces as a mapping; quote text with braces: '{key}=\"{value}\"'")
+            hints[arg] = f"{key}={value}: Hydra reads braces as a mapping; quote text with braces: '{key}=\"{value}\"'"
     return hints
 
 
