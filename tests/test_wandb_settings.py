@@ -116,6 +116,17 @@ def test_a_resumed_run_keeps_the_group_it_started_in(wandb_init, tmp_path, monke
     assert given["group"] == "mine"  # a group named on the command line wins
 
 
+def test_a_resumed_run_keeps_the_entity_it_started_with(wandb_init, tmp_path):
+    """A run started with logger.wandb.entity=team, resumed by a command without it: W&B continues the run id under
+    the entity it is given, the default one (a new run of the same id elsewhere) unless the checkpoint's is."""
+    resumed = init_kwargs(wandb_init, tmp_path, wandb_id="abc123", wandb_entity="team")
+    assert resumed["id"] == "abc123" and resumed["entity"] == "team"
+    assert init_kwargs(wandb_init, tmp_path, wandb_id="abc123", wandb_entity=None).get("entity") is None
+    given = init_kwargs(wandb_init, tmp_path, "logger.wandb.entity=me", wandb_id="abc123", wandb_entity="team")
+    assert given["entity"] == "me"  # an entity named on the command line wins
+    assert init_kwargs(wandb_init, tmp_path, wandb_entity="team").get("entity") is None  # a new run: the settings'
+
+
 HYDRA_YAML = """\
 hydra:
   run:
@@ -155,14 +166,17 @@ def test_the_group_of_an_older_checkpoint_comes_from_its_run_folder(tmp_path):
     assert resumed_wandb_group({}, tmp_path / "elsewhere" / "last.ckpt") is None
 
 
-def test_checkpoints_record_the_wandb_group(monkeypatch, tmp_path):
+def test_checkpoints_record_the_wandb_group_and_entity(monkeypatch, tmp_path):
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+    from vpr.build import resumed_wandb_entity
     from vpr.callbacks import RecordRunIds
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    for group in ("2026-01-01_sweepA", None):
+    for group, entity in (("2026-01-01_sweepA", "team"), (None, None)):
         checkpoint: dict = {}
-        loggers = [CSVLogger(tmp_path), WandbLogger(id="abc123", group=group, save_dir=tmp_path, offline=True)]
-        RecordRunIds().on_save_checkpoint(SimpleNamespace(loggers=loggers), None, checkpoint)
-        assert checkpoint == {"wandb_run_id": "abc123", "wandb_run_group": group}
+        made = WandbLogger(id="abc123", group=group, entity=entity, save_dir=tmp_path, offline=True)
+        RecordRunIds().on_save_checkpoint(SimpleNamespace(loggers=[CSVLogger(tmp_path), made]), None, checkpoint)
+        assert checkpoint == {"wandb_run_id": "abc123", "wandb_run_group": group, "wandb_run_entity": entity}
+        assert resumed_wandb_entity(checkpoint) == entity
+    assert resumed_wandb_entity({"wandb_run_id": "abc123"}) is None  # written before entities were recorded

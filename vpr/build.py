@@ -27,6 +27,7 @@ from torch import nn
 
 from vpr import variant_tags
 from vpr.callbacks import (
+    WANDB_ENTITY_KEY,
     WANDB_GROUP_KEY,
     AtomicCheckpointIO,
     CheckpointOnStop,
@@ -473,6 +474,13 @@ def run_folder_group(run_folder: Path) -> str | None:
     return Path(str(output_dir)).parent.name if output_dir else None
 
 
+def resumed_wandb_entity(state: dict[str, Any]) -> str | None:
+    """The W&B entity the run a checkpoint continues was started with (:class:`RecordRunIds`); None: the default
+    one, or a checkpoint written before entities were recorded."""
+    entity = state.get(WANDB_ENTITY_KEY)
+    return str(entity) if entity else None
+
+
 def resumed_wandb_group(state: dict[str, Any], ckpt_path: str | Path) -> str | None:
     """The W&B group of the run a checkpoint continues: the one it records (:class:`RecordRunIds`), else, for a
     checkpoint written before groups were recorded, that of the run folder it lies in (``<run>/checkpoints/``,
@@ -482,9 +490,12 @@ def resumed_wandb_group(state: dict[str, Any], ckpt_path: str | Path) -> str | N
     return run_folder_group(Path(ckpt_path).resolve().parent.parent)
 
 
-def build_loggers(cfg: DictConfig, wandb_id: str | None = None, wandb_group: str | None = None) -> list[Any]:
+def build_loggers(
+    cfg: DictConfig, wandb_id: str | None = None, wandb_group: str | None = None, wandb_entity: str | None = None
+) -> list[Any]:
     """The configured loggers; ``wandb_id`` continues that W&B run (a resumed training), in ``wandb_group`` (the
-    group it was started in; None: none) unless ``logger.wandb.group`` names one."""
+    group it was started in; None: none) unless ``logger.wandb.group`` names one, and under ``wandb_entity`` (the
+    entity it was started with; None: the default one) unless ``logger.wandb.entity`` names one."""
     loggers = []
     for name, conf in (cfg.get("logger") or {}).items():
         if conf is None or "_target_" not in conf:
@@ -520,6 +531,8 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None = None, wandb_group: str
                 kwargs["tags"] = tags
             if wandb_id:
                 kwargs.update(id=str(wandb_id), resume="allow")
+                if conf.get("entity") is None and wandb_entity:
+                    kwargs["entity"] = str(wandb_entity)  # the run continues where it was started
             os.environ.setdefault("WANDB_SILENT", "true")
             Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
         logger = instantiate_setting(f"logger.{name}", conf, **kwargs)
@@ -689,12 +702,13 @@ def build_trainer(
     module: nn.Module | None = None,
     wandb_group: str | None = None,
     loggers: list[Any] | None = None,
+    wandb_entity: str | None = None,
 ) -> L.Trainer:
     """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation
     (logging to ``loggers``, none by default). ``module`` (training) decides ``trainer.sync_batchnorm=auto``;
-    ``wandb_id`` and ``wandb_group``: see :func:`build_loggers`."""
+    ``wandb_id``, ``wandb_group`` and ``wandb_entity``: see :func:`build_loggers`."""
     if training:
-        return _training_trainer(cfg, build_loggers(cfg, wandb_id, wandb_group), module)
+        return _training_trainer(cfg, build_loggers(cfg, wandb_id, wandb_group, wandb_entity), module)
     devices = cfg.trainer.get("devices", "auto")
     if str(devices) not in ("1", "auto", "None") or cfg.trainer.get("strategy") not in (None, "auto"):
         log.warning(

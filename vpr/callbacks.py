@@ -187,10 +187,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 WANDB_ID_KEY = "wandb_run_id"
 #: Where it keeps that run's W&B group (None: none), so that a resumed run started from another sweep stays in it.
 WANDB_GROUP_KEY = "wandb_run_group"
+#: Where it keeps the W&B entity the run was started with (None: the default one), so that a resumed run continues
+#: it there, not under the default entity of the resuming command.
+WANDB_ENTITY_KEY = "wandb_run_entity"
 
 
 class RecordRunIds(L.Callback):
-    """Stores the W&B run id and group in every checkpoint."""
+    """Stores the W&B run id, group and entity in every checkpoint."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         for lg in trainer.loggers:
@@ -198,6 +201,8 @@ class RecordRunIds(L.Callback):
                 checkpoint[WANDB_ID_KEY] = str(lg.version)
                 group = getattr(lg, "_wandb_init", {}).get("group")  # what the run was started with
                 checkpoint[WANDB_GROUP_KEY] = str(group) if group else None
+                entity = getattr(lg, "_wandb_init", {}).get("entity")
+                checkpoint[WANDB_ENTITY_KEY] = str(entity) if entity else None
 
 
 class LogFileProgressBar(TQDMProgressBar):

@@ -193,16 +193,19 @@ def test_a_run_names_its_variant_sweep_and_settings(sweep_a):
     assert record.display_name == "baseline+se-seed42-job0"
 
 
-def test_a_run_resumed_from_another_sweep_stays_in_its_group(sweep_a):
+def test_a_run_resumed_from_another_sweep_stays_in_its_group_and_entity(sweep_a):
+    """Sweep B resumes sweep A's job without naming the entity: the run continues where it was started."""
     tmp, overrides, sweep, job, run = sweep_a
     saved = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["wandb_run_group"] == sweep.name
+    assert saved["wandb_run_group"] == sweep.name and saved["wandb_run_entity"] == "me"
     sweep_b = sweep.parent / "2026-01-02_10-00-00-sweepB"
-    run_script("train.py", "-m", *overrides, "ckpt_path=last", f"hydra.sweep.dir={sweep_b}", tmp=tmp)
+    resuming = [o for o in overrides if o != "logger.wandb.entity=me"]
+    run_script("train.py", "-m", *resuming, "ckpt_path=last", f"hydra.sweep.dir={sweep_b}", tmp=tmp)
     (resumed,) = offline_runs(sweep_b).values()
     record = run_record(resumed)
     assert record.run_id == run_record(run).run_id  # the same W&B run, continued
     assert record.run_group == sweep.name  # not sweep B's
+    assert record.entity == "me"  # not the default entity
 
 
 def test_eval_logs_its_recalls_as_a_run_of_its_own(sweep_a, data_dir):
