@@ -260,3 +260,46 @@ def test_eval_of_a_checkpoint_trained_on_another_dataset_says_which_data_it_test
         city = with_checkpoint_city(cfg, {"data": {"name": "city", "prepare": {"preset": "tiny", "seed": 3}}}, [])
     assert (city.data.prepare.preset, city.data.prepare.seed) == ("tiny", 3)
     assert "chooses no data" not in caplog.text
+
+
+def _trained_checkpoint(tmp_path: Path, *overrides: str, root: str) -> Path:
+    """A train.py-style checkpoint (torch.save of the weights and the run's resolved config under vpr_config) of
+    a small random network trained, as its config says, on the data of ``overrides`` found at ``root``."""
+    from vpr.api import compose_config
+    from vpr.build import build_module
+
+    cfg = compose_config(
+        "train", ["experiment=city_baseline", "model.num_clusters=8", "data.image_size=[48,64]", *overrides]
+    )
+    module = build_module(cfg, with_training=False)
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    stored["data"]["root"] = root  # where the training machine had it
+    if stored["data"].get("prepare"):
+        stored["data"]["prepare"]["out_dir"] = root
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "vpr_config": stored, "epoch": 0}, path)
+    return path
+
+
+def test_load_model_returns_the_data_the_checkpoint_was_trained_on(tmp_path, monkeypatch):
+    """Not the default city of the composed eval config: a Pittsburgh checkpoint's config names pitts30k at its
+    training root (data.root= on the overrides moves it), a tiny city's names the tiny city of this machine's
+    data folder (configs/data/synthetic.yaml: <paths.data_dir>/city_<preset>_seed<seed>); data chosen by the
+    overrides wins, and the image size is the one trained at."""
+    from vpr.api import load_model
+
+    monkeypatch.setenv("VPR_DATA_DIR", str(tmp_path / "data"))
+    pitts = _trained_checkpoint(tmp_path, "data=pitts30k", root="/trained/on/pitts")
+    _, cfg = load_model(pitts, device="cpu")
+    assert (cfg.data.name, cfg.data.root, list(cfg.data.image_size)) == ("pitts30k", "/trained/on/pitts", [48, 64])
+    _, cfg = load_model(pitts, ["data.root=/here/pitts"], device="cpu")
+    assert (cfg.data.name, cfg.data.root) == ("pitts30k", "/here/pitts")
+    _, cfg = load_model(pitts, ["data=tokyo247", "data.root=/here/tokyo"], device="cpu")
+    assert (cfg.data.name, cfg.data.root) == ("tokyo247", "/here/tokyo")
+
+    city = _trained_checkpoint(tmp_path, "data.prepare.preset=tiny", root="/trained/on/city_tiny_seed0")
+    _, cfg = load_model(city, device="cpu")
+    assert (cfg.data.name, cfg.data.prepare.preset, cfg.data.prepare.seed) == ("city", "tiny", 0)
+    assert cfg.data.root == str(tmp_path / "data" / "city_tiny_seed0") and list(cfg.data.image_size) == [48, 64]
+    _, cfg = load_model(city, ["data.prepare.preset=default"], device="cpu")
+    assert cfg.data.root == str(tmp_path / "data" / "city_default_seed0")

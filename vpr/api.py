@@ -83,13 +83,14 @@ def load_model(
     ``ckpt_path``: a checkpoint of train.py, or a released file of the NetVLAD baseline or the paper code.
     ``overrides``: eval.py's settings, e.g. ``["trusted_targets=[myvpr]"]`` or ``["model.channels_last=false"]``.
     ``device``: None puts it on this process's GPU when there is one. ``cfg.data.image_size`` is the size it was
-    trained at (a released file: 480x640).
+    trained at (a released file: 480x640), and ``cfg.data`` the data it was trained on (a synthetic city: that city
+    on this machine) unless ``overrides`` choose the data (``data=...``, ``data.prepare.preset=...``).
     """
     from vpr.checkpoints import network_of_checkpoint
 
     ckpt = str(Path(ckpt_path).expanduser().resolve())
     cfg = _composed("eval", [f"ckpt_path={ckpt}", *overrides])
-    module, cfg = network_of_checkpoint(cfg, ckpt, list(overrides), device)
+    module, cfg = network_of_checkpoint(cfg, ckpt, list(overrides), device, trained_data=True)
     OmegaConf.resolve(cfg)
     return module, cfg
 

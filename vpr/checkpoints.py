@@ -324,6 +324,41 @@ def with_stored_network(cfg: DictConfig, stored: dict, image_size_given: bool) -
     return cfg
 
 
+def _chooses_data(overrides: list[str]) -> bool:
+    """Whether a command line chooses the data: ``data=<dataset>``, its name, tag or the city's preparation."""
+    which_data = ("data.name", "data.tag", "data.prepare")
+    return any(k == "data" or k == d or k.startswith(d + ".") for k in overridden_keys(overrides) for d in which_data)
+
+
+def with_trained_data(cfg: DictConfig, stored: dict | None, overrides: list[str]) -> DictConfig:
+    """``cfg`` whose data is the one the checkpoint was trained on, unless ``overrides`` choose the data (the config
+    :func:`vpr.api.load_model` returns, not the default city): a synthetic city is that city (its preset and seed)
+    on this machine, as eval.py takes it; another dataset is its stored settings, at the ``data.root`` it was
+    trained from unless the overrides give one. The image size stays the one the network is built for. A file
+    without a stored config (a released one) keeps the composed data."""
+    trained = (stored or {}).get("data")
+    if not trained or _chooses_data(overrides):
+        return cfg
+    if (
+        trained.get("name") == cfg.data.get("name")
+        and cfg.data.get("prepare")
+        and "preset" in (trained.get("prepare") or {})
+    ):
+        cfg = cfg.copy()
+        OmegaConf.set_struct(cfg, False)
+        cfg.data.prepare.preset = trained["prepare"]["preset"]
+        cfg.data.prepare.seed = trained["prepare"].get("seed", cfg.data.prepare.seed)
+        return cfg
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    size, root = cfg.data.image_size, cfg.data.get("root")
+    cfg.data = trained
+    cfg.data.image_size = size
+    if "data.root" in overridden_keys(overrides):
+        cfg.data.root = root
+    return cfg
+
+
 def with_checkpoint_city(cfg: DictConfig, stored: dict | None, overrides: list[str]) -> DictConfig:
     """eval.py of a checkpoint trained on a synthetic city, with no data setting on the command line but perhaps
     ``data.root`` (where that city is on this machine): the city it was trained on (its preset and seed), not the
@@ -331,8 +366,7 @@ def with_checkpoint_city(cfg: DictConfig, stored: dict | None, overrides: list[s
     trained = (stored or {}).get("data") or {}
     prepare = trained.get("prepare") or {}
     chosen = overridden_keys(overrides)
-    which_data = ("data.name", "data.tag", "data.prepare")  # and data=<another dataset>
-    data_chosen = any(k == "data" or k == d or k.startswith(d + ".") for k in chosen for d in which_data)
+    data_chosen = _chooses_data(overrides)
     elsewhere = data_chosen or bool(chosen & {"experiment", "test_sets"})  # data chosen, or tested on other sets
     if not elsewhere and trained.get("name") and trained.get("name") != cfg.data.get("name"):
         log.warning(
@@ -509,17 +543,24 @@ RELEASED_IMAGE_SIZE = (480, 640)
 
 
 def network_of_checkpoint(
-    cfg: DictConfig, ckpt_path: str, overrides: list[str], device: str | torch.device | None = None
+    cfg: DictConfig,
+    ckpt_path: str,
+    overrides: list[str],
+    device: str | torch.device | None = None,
+    trained_data: bool = False,
 ) -> tuple[torch.nn.Module, DictConfig]:
     """(the checkpoint's network with its weights, in eval mode on ``device`` (None: this process's GPU when there
     is one), the config it was built from): what retrieve.py and :func:`vpr.api.load_model` encode with. A
     released file stores no image size: its images are taken at the Pittsburgh size it was trained at, unless
-    ``overrides`` set ``data.image_size``."""
+    ``overrides`` set ``data.image_size``. ``trained_data``: the config's data is the one the checkpoint was
+    trained on (:func:`with_trained_data`)."""
     from vpr.build import build_module
     from vpr.devices import work_device
 
     state, stored = read_checkpoint(ckpt_path, str(cfg.get("ckpt_format") or "auto"), cfg.get("trusted_targets"))
     cfg = network_from_checkpoint(cfg, state, stored, ckpt_path, overrides)
+    if trained_data:
+        cfg = with_trained_data(cfg, stored, overrides)
     if stored is None and state.get("released") is not None and "data.image_size" not in overridden_keys(overrides):
         cfg.data.image_size = list(RELEASED_IMAGE_SIZE)
         log.info(
