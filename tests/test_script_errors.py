@@ -386,13 +386,108 @@ def test_lightnings_sigterm_handler_runs_no_collective_inside_the_signal(monkeyp
     connector.register_signal_handlers()
     try:
         SigtermWithoutCollectives().on_train_start(trainer, None)
-        SigtermWithoutCollectives().on_validation_start(trainer, None)  # a second time changes nothing
+        SigtermWithoutCollectives().on_train_start(trainer, None)  # a second time changes nothing
         handler = signal.getsignal(signal.SIGTERM)
         handler(signal.SIGTERM, None)
         handler(signal.SIGTERM, None)
     finally:
         connector.teardown()
     assert connector.received_sigterm and killed == [signal.SIGTERM] and broadcasts == []
+
+
+@pytest.mark.parametrize(
+    ("mine", "other", "stops"),
+    [(True, False, True), (False, True, True), (False, False, False)],
+    ids=["signal-here", "signal-in-the-other-process", "no-signal"],
+)
+def test_ddp_evaluation_stops_after_the_same_batch_in_every_process(monkeypatch, mine, other, stops):
+    """Lightning's evaluation loop stops a process after any batch but the last once its own flag is set, with no
+    collective: a SIGTERM that reached one DDP process during its last batch left the other waiting for it in the
+    gather of the descriptors (gloo: "Connection closed by peer", a traceback and exit status 1). While a
+    validation or test loop runs, the handler only notes the signal; after each batch (before Lightning's check)
+    every process's flag is the maximum over the processes, so all stop after the same batch or none does."""
+    import signal
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    from vpr.callbacks import SigtermWithoutCollectives
+
+    reduced = []
+
+    def all_reduce(tensor, op):  # the other process's flag, combined as a MAX reduction does
+        assert op == dist.ReduceOp.MAX
+        reduced.append(int(tensor.item()))
+        tensor.copy_(torch.maximum(tensor, torch.tensor([int(other)])))
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "broadcast", lambda *a, **k: pytest.fail("a collective inside the signal handler"))
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    trainer = SimpleNamespace(
+        local_rank=0,
+        world_size=2,
+        _accelerator_connector=SimpleNamespace(cluster_environment=None),
+        strategy=SimpleNamespace(launcher=None, root_device=torch.device("cpu")),
+    )
+    connector = _SignalConnector(trainer)
+    trainer._signal_connector = connector
+    connector.register_signal_handlers()
+    callback = SigtermWithoutCollectives()
+    try:
+        callback.on_validation_start(trainer, None)
+        if mine:  # during a batch: Lightning's own check right after it must not stop this process alone
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert connector.received_sigterm is False
+        callback.on_validation_batch_end(trainer, None, None, None, 0)
+        assert connector.received_sigterm is stops  # what Lightning's check after this batch reads, in both
+        assert reduced == [int(mine)]
+        callback.on_validation_end(trainer, None)
+        assert len(reduced) == 2  # once more at the loop's end: a signal after the last batch is agreed on too
+        # Outside the evaluation loop the handler sets the flag at once, as Lightning's own does.
+        connector.received_sigterm = False
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert connector.received_sigterm is True
+    finally:
+        connector.teardown()
+
+
+def test_a_sigterm_after_the_last_evaluation_batch_is_agreed_on_at_the_loops_end(monkeypatch):
+    """A signal noted after the last batch's agreement (while the descriptors are gathered and ranked) is not lost:
+    the loop's end agrees once more, and every process's flag is set, so all stop after the loop."""
+    import signal
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    from vpr.callbacks import SigtermWithoutCollectives
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op: None)  # the other process had no signal
+    trainer = SimpleNamespace(
+        local_rank=0,
+        world_size=2,
+        _accelerator_connector=SimpleNamespace(cluster_environment=None),
+        strategy=SimpleNamespace(launcher=None, root_device=torch.device("cpu")),
+    )
+    connector = _SignalConnector(trainer)
+    trainer._signal_connector = connector
+    connector.register_signal_handlers()
+    callback = SigtermWithoutCollectives()
+    try:
+        callback.on_test_start(trainer, None)
+        callback.on_test_batch_end(trainer, None, None, None, 0)
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert connector.received_sigterm is False
+        callback.on_test_end(trainer, None)
+        assert connector.received_sigterm is True
+    finally:
+        connector.teardown()
 
 
 def test_a_stop_before_the_training_state_is_restored_saves_nothing(tmp_path):

@@ -120,16 +120,65 @@ class CheckpointOnStop(L.Callback):
 
 class SigtermWithoutCollectives(L.Callback):
     """:func:`sigterm_without_collectives` for every loop (Lightning installs its SIGTERM handler when a loop starts,
-    just before these hooks); with any callbacks configured."""
+    just before these hooks); with any callbacks configured.
+
+    Under DDP the evaluation loops (validation, test) stop on an agreed signal: Lightning's evaluation loop stops a
+    process after any batch but the last when its own flag is set, with no collective, so a process group's
+    SIGTERM that reached one process during its last batch (or while it waited in the gather of the descriptors)
+    left it waiting for the one that stopped: a gloo "Connection closed by peer" traceback and exit status 1, not
+    the SIGTERM line. While an evaluation loop runs, the handler only notes the signal, and after every batch (and
+    at the loop's end) the processes take the maximum of their notes before Lightning's check, so all of them stop
+    after the same batch. (Every process runs as many evaluation batches: the samplers pad the shards.)"""
+
+    def __init__(self) -> None:
+        self.agreeing = False  # an evaluation loop under DDP runs: the handler notes, the batches' ends agree
+        self.noted = False  # a SIGTERM this process received while agreeing, not yet agreed on
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sigterm_without_collectives(trainer)
+        sigterm_without_collectives(trainer, self)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sigterm_without_collectives(trainer)
+        self._start_agreeing(trainer)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sigterm_without_collectives(trainer)
+        self._start_agreeing(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._agree(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._agree(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_agreeing(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_agreeing(trainer)
+
+    def _start_agreeing(self, trainer: L.Trainer) -> None:
+        self.noted = False
+        self.agreeing = sigterm_without_collectives(trainer, self) and _distributed(trainer)
+
+    def _stop_agreeing(self, trainer: L.Trainer) -> None:
+        if self.agreeing:
+            self.agreeing = False  # from here a signal sets Lightning's flag again: none is left unagreed
+            self._agree(trainer, force=True)
+
+    def _agree(self, trainer: L.Trainer, force: bool = False) -> None:
+        """Every process's flag becomes the maximum of the processes' flags and notes (one all_reduce)."""
+        if not (self.agreeing or force):
+            return
+        connector = trainer._signal_connector
+        mine = self.noted or bool(connector.received_sigterm)
+        self.noted = False  # a signal from here is noted again, for the next agreement
+        flag = torch.tensor([1 if mine else 0], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag.item()):
+            connector.received_sigterm = True
+
+
+def _distributed(trainer: L.Trainer) -> bool:
+    return trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def stop_if_signalled(trainer: L.Trainer) -> None:
@@ -142,33 +191,40 @@ def stop_if_signalled(trainer: L.Trainer) -> None:
         raise SIGTERMException(143)
 
 
-def sigterm_without_collectives(trainer: L.Trainer) -> bool:
+def sigterm_without_collectives(trainer: L.Trainer, notes: SigtermWithoutCollectives | None = None) -> bool:
     """Replace, in the SIGTERM handler Lightning installed for the running loop, its notifier with one that does
     what it does less its ``dist.broadcast``: a collective inside a signal handler runs wherever the signal lands,
     and a process group's SIGTERM reaching a DDP process while another waits in the mining cache's all_gather
     deadlocked both (the stop itself is agreed on at the next training step, where Lightning broadcasts rank 0's
-    flag). Returns whether it replaced it (False: not Lightning's handler as this version builds it)."""
+    flag; in an evaluation loop, at the end of each batch: ``notes``). Returns whether it is in place (False: not
+    Lightning's handler as this version builds it)."""
     handlers = getattr(signal.getsignal(signal.SIGTERM), "signal_handlers", None)
     connector = getattr(trainer, "_signal_connector", None)
     notifier = getattr(type(connector), "_sigterm_notifier_fn", None)
     if not isinstance(handlers, list) or notifier is None:
         return False
     for i, handler in enumerate(handlers):
-        if getattr(handler, "__func__", None) is notifier and getattr(handler, "__self__", None) is connector:
-            handlers[i] = functools.partial(_note_sigterm, connector)
+        lightnings = getattr(handler, "__func__", None) is notifier and getattr(handler, "__self__", None) is connector
+        ours = getattr(handler, "func", None) is _note_sigterm and handler.args[0] is connector  # an earlier hook's
+        if lightnings or ours:
+            handlers[i] = functools.partial(_note_sigterm, connector, notes)
             return True
     return False
 
 
-def _note_sigterm(connector: Any, signum: int, frame: Any) -> None:
+def _note_sigterm(connector: Any, notes: SigtermWithoutCollectives | None, signum: int, frame: Any) -> None:
     """Lightning's SIGTERM notifier without its broadcast: pass the signal on to the DDP processes this one started
-    (once), and set the flag its loops stop on."""
+    (once), and set the flag its loops stop on; while the processes agree on it (``notes.agreeing``), only note it
+    for their next agreement."""
     log.info("received SIGTERM (%d)", signum)
-    if not connector.received_sigterm:
+    if not connector.received_sigterm and not (notes is not None and notes.noted):
         launcher = connector.trainer.strategy.launcher
         if launcher is not None:
             launcher.kill(signum)
-    connector.received_sigterm = True
+    if notes is not None and notes.agreeing:
+        notes.noted = True
+    else:
+        connector.received_sigterm = True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
