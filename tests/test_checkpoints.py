@@ -303,3 +303,39 @@ def test_load_model_returns_the_data_the_checkpoint_was_trained_on(tmp_path, mon
     assert cfg.data.root == str(tmp_path / "data" / "city_tiny_seed0") and list(cfg.data.image_size) == [48, 64]
     _, cfg = load_model(city, ["data.prepare.preset=default"], device="cpu")
     assert cfg.data.root == str(tmp_path / "data" / "city_default_seed0")
+
+
+def test_a_checkpoint_resumed_with_another_loss_or_seed_is_said_with_the_differences(caplog):
+    """A checkpoint path given by hand resumes whatever its settings (ckpt_path=last takes only runs of the same
+    ones): another loss, seed or image size trains on silently into the checkpoint's folder, whose config.yaml
+    then no longer describes its checkpoints. The resume says so once, naming each difference."""
+    import logging
+
+    from vpr.checkpoints import identity_differences
+    from vpr.run.train import warn_resumed_settings
+
+    stored = OmegaConf.to_container(current("baseline", seed=1))
+    stored["loss"] = {"_target_": "vpr.losses.TripletMarginLoss", "margin": 0.1}
+    here = current("baseline+stml", seed=2)
+    here.loss = {"_target_": "vpr.losses.SharpenedTripletMarginLoss", "margin": 0.1, "margin_pn": 1.4}
+    assert identity_differences(stored, here) == [
+        "variant (baseline in the checkpoint, baseline+stml here)",
+        "seed (1 in the checkpoint, 2 here)",
+        "loss._target_ (vpr.losses.TripletMarginLoss in the checkpoint, vpr.losses.SharpenedTripletMarginLoss here)",
+        "loss.margin_pn (unset in the checkpoint, 1.4 here)",
+    ]
+    same = OmegaConf.to_container(here)
+    same["data"] = {**same["data"], "root": "/elsewhere", "num_workers": 8}  # what a resume may change
+    assert identity_differences(same, here) == []
+    assert identity_differences(None, here) == []  # a checkpoint without a stored config: nothing to compare
+
+    with caplog.at_level(logging.WARNING, logger="vpr.run.train"):
+        warn_resumed_settings({"vpr_config": same}, "/runs/a/checkpoints/last.ckpt", here)
+        assert caplog.records == []
+        warn_resumed_settings({"vpr_config": stored}, "/runs/a/checkpoints/last.ckpt", here)
+    (record,) = caplog.records
+    assert "ckpt_path=/runs/a/checkpoints/last.ckpt was trained with other settings: variant (baseline" in (
+        record.getMessage()
+    )
+    assert "seed (1 in the checkpoint, 2 here)" in record.getMessage()
+    assert "init_weights=/runs/a/checkpoints/last.ckpt starts a new run" in record.getMessage()

@@ -199,6 +199,30 @@ def _saved_identity(ckpt: Path) -> dict[str, Any] | None:
     return _saved_values(ckpt, list(RUN_IDENTITY))
 
 
+def identity_differences(stored: Any, cfg: Any) -> list[str]:
+    """The settings of :data:`RUN_IDENTITY` on which a checkpoint's stored run config (``vpr_config``) and ``cfg``
+    differ, a component's one by one (``loss._target_ (vpr.losses.TripletMarginLoss in the checkpoint,
+    vpr.losses.SharpenedTripletMarginLoss here)``)."""
+    if not stored:
+        return []
+    keys = list(RUN_IDENTITY)
+    theirs, ours = _values(stored, keys), _values(cfg, keys)
+    out = []
+    for key in keys:
+        a, b = theirs[key], ours[key]
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [
+                f"{key}.{k} ({a.get(k, 'unset')} in the checkpoint, {b.get(k, 'unset')} here)"
+                for k in sorted({*a, *b}, key=lambda k: (k != "_target_", k))
+                if a.get(k) != b.get(k)
+            ]
+        else:
+            out.append(f"{key} ({a} in the checkpoint, {b} here)")
+    return out
+
+
 #: Where a stored config's ``_target_`` may point: the project's own components, and the packages the setting
 #: ``trusted_targets`` names. Anything else is refused, so a checkpoint cannot make eval.py build (and run) an
 #: arbitrary callable.

@@ -260,6 +260,15 @@ def test_resuming_into_another_network_or_a_folder_in_use_is_one_error(data_dir,
     done = run_script("train.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/d", tmp=tmp_path)
     assert "has already trained 1 epoch(s), trainer.max_epochs=1: nothing is left to train" in done.stdout + done.stderr
 
+    # Another loss: the path given by hand resumes it, and the run says what differs from the checkpoint's settings.
+    stml = run_script(
+        "train.py", *common, "loss=stml", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/s", tmp=tmp_path
+    )
+    assert (
+        f"ckpt_path={ckpt} was trained with other settings: variant (baseline in the checkpoint, baseline+stml here); "
+        "loss._target_ (vpr.losses.TripletMarginLoss in the checkpoint, vpr.losses.SharpenedTripletMarginLoss here)"
+    ) in stml.stdout + stml.stderr
+
     def busy():
         raise AssertionError("the test holds the lock alone")
 

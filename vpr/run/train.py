@@ -35,6 +35,7 @@ from vpr.callbacks import WANDB_ID_KEY, stop_if_signalled
 from vpr.centroids import init_head
 from vpr.checkpoints import (
     NothingToResume,
+    identity_differences,
     load_matching_weights,
     read_checkpoint,
     resolve_ckpt_path,
@@ -236,6 +237,23 @@ def check_resumed_network(
     )
 
 
+def warn_resumed_settings(state: dict[str, Any], ckpt_path: str, cfg: DictConfig) -> None:
+    """A checkpoint resumed with other settings of the run's identity (another loss, seed or image size: a path
+    given by hand; ``ckpt_path=last`` takes only runs of the same settings) trains on with the command line's
+    settings in the checkpoint's run folder: said once, with the differences, before any work."""
+    differ = identity_differences(state.get("vpr_config"), cfg)
+    if differ:
+        log.warning(
+            "ckpt_path=%s was trained with other settings: %s; the run continues with this command line's, and its "
+            "checkpoints go on in %s beside the earlier ones (init_weights=%s starts a new run from its weights "
+            "instead)",
+            ckpt_path,
+            "; ".join(differ),
+            Path(ckpt_path).resolve().parent,
+            ckpt_path,
+        )
+
+
 def _target_of(component: Any) -> str | None:
     if component is None:
         return None
@@ -322,6 +340,7 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path is not None:
         state, _ = read_checkpoint(ckpt_path, trusted=cfg.get("trusted_targets"))  # plain weights, or refused
         check_resumed_network(None, state, ckpt_path, cfg)
+        warn_resumed_settings(state, ckpt_path, cfg)
         continue_in_run_folder(cfg, ckpt_path)
         finished = int(state.get("epoch", 0)) + (0 if (state.get("PlaceDataModule") or {}).get("round") else 1)
         if finished >= int(cfg.trainer.max_epochs):
