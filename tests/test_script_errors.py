@@ -239,6 +239,41 @@ def test_sigterm_outside_lightnings_loops_stops_through_finally_blocks(capsys):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_sigterm_outside_lightnings_loops_is_passed_on_to_the_ddp_processes(capsys):
+    """A SIGTERM to the first DDP process alone (``kill <pid>``) while it is outside Lightning's loops (a test's
+    set-up, the pictures): it stopped, and the processes Lightning started for it ran on into their next
+    collective and failed there with gloo's "Connection closed by peer" traceback. It is passed on to them first
+    (Lightning's launcher's ``kill``); a later task does not inherit the processes of an earlier one."""
+    import os
+    import signal
+    import time
+
+    from vpr.errors import pass_sigterm_on
+
+    passed_on = []
+
+    @report_user_errors
+    def finished():  # registers, and ends without a signal
+        pass_sigterm_on(passed_on.append)
+        return "done"
+
+    @report_user_errors
+    def signalled(register: bool):
+        if register:
+            pass_sigterm_on(passed_on.append)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives first
+
+    assert finished() == "done"
+    with pytest.raises(SystemExit) as stop:
+        signalled(register=False)
+    assert stop.value.code == 143 and passed_on == []  # the finished task's processes are not this one's
+    with pytest.raises(SystemExit) as stop:
+        signalled(register=True)
+    assert stop.value.code == 143 and passed_on == [signal.SIGTERM]
+    assert capsys.readouterr().err.startswith("error: stopped by SIGTERM")
+
+
 def sigterm_swallowed_by_a_library() -> None:
     """A SIGTERM to this process, arriving inside code that catches BaseException (as torch's imports of optional
     modules do), which swallows the exception the handler raises."""

@@ -86,8 +86,21 @@ INTERRUPTED = (
 _SIGTERM: dict[str, bool] = {"received": False}
 
 
+#: Passes a SIGTERM on to the DDP processes this one started (Lightning's launcher's ``kill``; set by train.py once
+#: its Trainer exists). Inside Lightning's loops its handler passes the signal on; outside them (a test's set-up,
+#: the pictures, the next test set) only :func:`_stop_on_sigterm` runs, and a signal to the first process alone
+#: stopped it and left the others to fail in their next collective ("Connection closed by peer").
+_PASS_ON: dict[str, Callable[[int], None] | None] = {"kill": None}
+
+
+def pass_sigterm_on(kill: Callable[[int], None] | None) -> None:
+    """Have a SIGTERM that stops this script outside Lightning's loops passed on with ``kill(signum)`` first."""
+    _PASS_ON["kill"] = kill
+
+
 def _forget_sigterm() -> None:
     _SIGTERM["received"] = False
+    _PASS_ON["kill"] = None
 
 
 def sigterm_received() -> bool:
@@ -109,6 +122,10 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     if signal.getsignal(signal.SIGTERM) is not _stop_on_sigterm:
         return
     _SIGTERM["received"] = True  # the exception below may be swallowed or turned into another one (an import's)
+    kill, _PASS_ON["kill"] = _PASS_ON["kill"], None  # once
+    if kill is not None:
+        with contextlib.suppress(Exception):  # a process that already ended
+            kill(signum)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     raise SIGTERMException(128 + signum)

@@ -43,7 +43,14 @@ from vpr.checkpoints import (
     weight_mismatches,
 )
 from vpr.devices import float32_matmul_precision, work_device
-from vpr.errors import ConfigError, export_sweep_job, stop_if_sigterm_was_swallowed, sweep_job, swept_settings
+from vpr.errors import (
+    ConfigError,
+    export_sweep_job,
+    pass_sigterm_on,
+    stop_if_sigterm_was_swallowed,
+    sweep_job,
+    swept_settings,
+)
 from vpr.eval.tables import format_recall_table
 from vpr.io import exclusive_lock, write_json_atomic, write_text_atomic
 from vpr.run import (
@@ -391,6 +398,7 @@ def _train_in(cfg: DictConfig, out_dir: Path, ckpt_path: str | None, state: dict
     print_budget(cfg, dm, module)
 
     trainer = build_trainer(cfg, wandb_id=wandb_id, wandb_group=wandb_group, wandb_entity=wandb_entity, module=module)
+    pass_sigterm_on(getattr(trainer.strategy.launcher, "kill", None))  # outside the loops too, to the DDP processes
     failed = True
     try:
         results = train_and_test(cfg, trainer, dm, module, ckpt_path, test_sets, out_dir)
