@@ -244,6 +244,54 @@ def test_resume_within_an_epoch_continues_batch_for_batch(stop, tmp_path):
     assert len(enc2.calls) == 2 - position["round"]
 
 
+@pytest.mark.parametrize(("world_size", "batch_size"), [(2, 2), (1, 2), (2, 3)])
+def test_a_step_checkpoint_resumed_with_other_processes_or_batch_size_trains_the_rest_of_its_round(
+    world_size, batch_size
+):
+    """A checkpoint written by 1 process with batches of 3, resumed by ``world_size`` processes with batches of
+    ``batch_size``: the interrupted round's tuples that were not trained are trained once, none twice."""
+    split = make_split()
+    miner = HardNegativeMiner(split, candidate_negatives=40, margin=0.3, negatives_per_query=3)
+    s = MinedBatchSampler(miner, DriftingEncoder(split), batch_size=3, refresh_every_queries=9, seed=5)
+    s.set_epoch(2)
+    head, position = train_loop(s, s.encode, stop=4)
+    key = lambda t: (t.query, t.positive, tuple(t.negatives))  # noqa: E731
+    counts, negatives = position["negative_counts"].tolist(), position["negatives"].tolist()
+    starts = np.cumsum([0, *counts])
+    whole_round = [
+        (q, p, tuple(negatives[starts[i] : starts[i + 1]]))
+        for i, (q, p) in enumerate(zip(position["queries"].tolist(), position["positives"].tolist()))
+    ]
+    offset = position["offset"]
+    assert offset >= 1
+    trained_before = [key(t) for b in head[len(head) - offset :] for t in b]
+    assert trained_before == whole_round[: 3 * offset]  # one process: the round's first tuples, in order
+
+    after = []
+    for rank in range(world_size):
+        enc = DriftingEncoder(split)
+        r = MinedBatchSampler(
+            HardNegativeMiner(split, candidate_negatives=40, margin=0.3, negatives_per_query=3),
+            enc,
+            batch_size=batch_size,
+            refresh_every_queries=9,
+            seed=5,
+            rank=rank,
+            world_size=world_size,
+        )
+        r.set_epoch(2)
+        r.resume_from(position)
+        for batch in r:
+            if enc.calls:  # the next round is being mined: the interrupted one is done
+                break
+            assert len(batch) <= batch_size
+            after += [key(t) for t in batch]
+    rest = len(whole_round) - 3 * offset
+    assert len(after) == len(set(after)) == rest - rest % world_size  # each once; ranks cut to equal length
+    assert not set(after) & set(trained_before)
+    assert set(after) <= set(whole_round[3 * offset :])
+
+
 def test_position_of_a_finished_epoch_is_none_and_a_resume_for_another_epoch_is_ignored():
     split = make_split()
     miner = HardNegativeMiner(split, candidate_negatives=10_000, margin=1.5)

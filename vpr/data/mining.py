@@ -417,18 +417,36 @@ class MinedBatchSampler:
             record = _RoundRecord.from_state(resume)
             generator.set_state(record.generator_state)
             self.miner.load_state_dict({"remembered": record.remembered})
+            offset = int(resume["offset"])
             batches = self._my_batches(record.triplets)
             log.info(
                 "epoch %d: resuming in mining round %d/%d after %d of its %d batches",
                 self.epoch,
                 record.index + 1,
                 len(rounds),
-                resume["offset"],
+                offset,
                 len(batches),
             )
-            record.first_batch = int(resume["batches_done"]) - int(resume["offset"])
+            written_by = (
+                int(resume.get("world_size", self.world_size)),
+                int(resume.get("batch_size", self.batch_size)),
+            )
+            if written_by != (self.world_size, self.batch_size):
+                # The offset counts batches of the checkpoint's processes and batch size: the round goes on with the
+                # tuples they had not trained, dealt out to this run's processes in batches of its size.
+                record.triplets = untrained_triplets(record.triplets, offset, *written_by)
+                log.warning(
+                    "the checkpoint was written by %d process(es) with data.batch_size=%d, this run has %d and %d: "
+                    "the interrupted round's %d untrained tuples are dealt out again",
+                    *written_by,
+                    self.world_size,
+                    self.batch_size,
+                    len(record.triplets),
+                )
+                offset, batches = 0, self._my_batches(record.triplets)
+            record.first_batch = int(resume["batches_done"]) - offset
             self._records.append(record)
-            yield from batches[int(resume["offset"]) :]
+            yield from batches[offset:]
             first_round, batches_before = record.index + 1, record.first_batch + len(batches)
         for r in range(first_round, len(rounds)):
             query_ids = rounds[r]
@@ -511,7 +529,13 @@ class MinedBatchSampler:
             if record.first_batch <= batches_done <= record.first_batch + n:
                 if batches_done == record.first_batch + n and record.index == record.num_rounds - 1:
                     return None  # the epoch is complete
-                return {**record.state(), "offset": batches_done - record.first_batch, "batches_done": batches_done}
+                return {
+                    **record.state(),
+                    "offset": batches_done - record.first_batch,
+                    "batches_done": batches_done,
+                    "world_size": self.world_size,  # what the offset counts in
+                    "batch_size": self.batch_size,
+                }
         if self._records:
             log.warning(
                 "the checkpoint at batch %d of epoch %d does not hold its mining round (rounds shorter than "
@@ -524,6 +548,14 @@ class MinedBatchSampler:
     def resume_from(self, state: dict[str, Any]) -> None:
         """Continue, at the next iteration of epoch ``state['epoch']``, where :meth:`position_state` left off."""
         self._resume = state
+
+
+def untrained_triplets(triplets: list[Triplet], offset: int, world_size: int, batch_size: int) -> list[Triplet]:
+    """A round's tuples, in their order, less those ``world_size`` processes trained in their first ``offset``
+    batches of ``batch_size`` (process r's tuples are ``triplets[r::world_size]``, cut to equal length)."""
+    per_rank = len(triplets) // world_size
+    trained = {r + world_size * j for r in range(world_size) for j in range(min(per_rank, offset * batch_size))}
+    return [t for i, t in enumerate(triplets) if i not in trained]
 
 
 @dataclass
