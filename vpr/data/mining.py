@@ -258,43 +258,9 @@ class HardNegativeMiner:
             ids = query_ids[start : start + self.chunk_queries]
             q = q_desc[start : start + self.chunk_queries].to(device).float()
             dist = self._distances(q, db_desc, db_sq)
-
-            # Positive: nearest (in descriptor space) of the non-trivial positives.
-            pos_lists = [column[self._positives[i]] for i in ids]
-            if any((p < 0).any() for p in pos_lists):
-                raise ValueError("partial mining: the cached database subset misses a positive of a round query")
-            width = max(len(p) for p in pos_lists)
-            pos_idx = np.zeros((len(ids), width), dtype=np.int64)
-            pos_ok = np.zeros((len(ids), width), dtype=bool)
-            for r, p in enumerate(pos_lists):
-                pos_idx[r, : len(p)] = p
-                pos_ok[r, : len(p)] = True
-            pos_idx_t = torch.from_numpy(pos_idx).to(device)
-            d_pos = dist.gather(1, pos_idx_t).masked_fill_(~torch.from_numpy(pos_ok).to(device), float("inf"))
-            d_p, arg = d_pos.min(1)
-            positive = pos_idx_t.gather(1, arg[:, None])[:, 0]
-
-            # Candidates: a uniform sample without replacement among true negatives, plus remembered ones.
-            q_utm = torch.as_tensor(self.split.q_utm[ids], dtype=torch.float64, device=device)
-            # Differences, not cdist's expanded squares: at UTM magnitudes (4.5e6 m) those lose 1e-4 m even in
-            # float64, and an image at 24.9999 m was then mined as a negative while evaluation counts it a positive.
-            exact = torch.cdist(q_utm, db_utm, compute_mode="donot_use_mm_for_euclid_dist")
-            is_neg = exact > inclusive_radius(self.negative_radius_m)
-            keys = torch.rand(dist.shape, generator=generator).to(device)
-            keys.masked_fill_(~is_neg, float("inf"))
-            n_sample = min(self.candidate_negatives, dist.shape[1])
-            key_val, sampled = keys.topk(n_sample, dim=1, largest=False)
-            candidate = torch.zeros_like(is_neg)
-            candidate.scatter_(1, sampled, torch.isfinite(key_val))
-            rem_global = self.remembered[ids]
-            rem_cols = np.where(rem_global >= 0, column[np.maximum(rem_global, 0)], -1)
-            if ((rem_global >= 0) & (rem_cols < 0)).any():
-                raise ValueError("partial mining: the cached database subset misses a remembered negative")
-            rem = torch.from_numpy(rem_cols).to(device)
-            rows, slots = (rem >= 0).nonzero(as_tuple=True)
-            candidate[rows, rem[rows, slots]] = True
-            candidate &= is_neg
-
+            d_p, positive = self._nearest_positives(ids, column, dist)
+            candidate = self._candidate_negatives(ids, column, db_utm, dist.shape, generator)
+            # The hard negatives: the nearest candidates with d(q, n) < d(q, p) + margin, at most negatives_per_query.
             d_neg = dist.masked_fill(~candidate, float("inf"))
             k = min(self.negatives_per_query, d_neg.shape[1])
             d_n, neg = d_neg.topk(k, dim=1, largest=False)  # sorted, nearest first
@@ -319,6 +285,58 @@ class HardNegativeMiner:
             stats.mean_hardest_negative_distance = dn_sum / len(triplets)
         stats.mine_seconds = time.perf_counter() - t0
         return triplets, stats
+
+    def _nearest_positives(
+        self, ids: np.ndarray, column: np.ndarray, dist: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d(q, p), column of p) of each query in ``ids``: of its non-trivial positives, the nearest in descriptor
+        space. ``dist``: (R, cached) distances of these queries; ``column``: each database image's column in it."""
+        pos_lists = [column[self._positives[i]] for i in ids]
+        if any((p < 0).any() for p in pos_lists):
+            raise ValueError("partial mining: the cached database subset misses a positive of a round query")
+        width = max(len(p) for p in pos_lists)
+        pos_idx = np.zeros((len(ids), width), dtype=np.int64)
+        pos_ok = np.zeros((len(ids), width), dtype=bool)
+        for r, p in enumerate(pos_lists):
+            pos_idx[r, : len(p)] = p
+            pos_ok[r, : len(p)] = True
+        pos_idx_t = torch.from_numpy(pos_idx).to(dist.device)
+        d_pos = dist.gather(1, pos_idx_t).masked_fill_(~torch.from_numpy(pos_ok).to(dist.device), float("inf"))
+        d_p, arg = d_pos.min(1)
+        return d_p, pos_idx_t.gather(1, arg[:, None])[:, 0]
+
+    def _candidate_negatives(
+        self,
+        ids: np.ndarray,
+        column: np.ndarray,
+        db_utm: torch.Tensor,
+        shape: torch.Size,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """(R, cached) bool, on ``db_utm``'s device: the negatives each query in ``ids`` is compared against, a
+        uniform sample without replacement of ``candidate_negatives`` true negatives (farther than the negative
+        radius) plus its remembered negatives. ``db_utm``: (cached, 2) positions of the cached database images;
+        ``column``: each database image's column among them."""
+        device = db_utm.device
+        q_utm = torch.as_tensor(self.split.q_utm[ids], dtype=torch.float64, device=device)
+        # Differences, not cdist's expanded squares: at UTM magnitudes (4.5e6 m) those lose 1e-4 m even in float64,
+        # enough to mine an image at 24.9999 m as a negative while evaluation counts it a positive.
+        exact = torch.cdist(q_utm, db_utm, compute_mode="donot_use_mm_for_euclid_dist")
+        is_neg = exact > inclusive_radius(self.negative_radius_m)
+        keys = torch.rand(shape, generator=generator).to(device)
+        keys.masked_fill_(~is_neg, float("inf"))
+        n_sample = min(self.candidate_negatives, shape[1])
+        key_val, sampled = keys.topk(n_sample, dim=1, largest=False)
+        candidate = torch.zeros_like(is_neg)
+        candidate.scatter_(1, sampled, torch.isfinite(key_val))
+        rem_global = self.remembered[ids]
+        rem_cols = np.where(rem_global >= 0, column[np.maximum(rem_global, 0)], -1)
+        if ((rem_global >= 0) & (rem_cols < 0)).any():
+            raise ValueError("partial mining: the cached database subset misses a remembered negative")
+        rem = torch.from_numpy(rem_cols).to(device)
+        rows, slots = (rem >= 0).nonzero(as_tuple=True)
+        candidate[rows, rem[rows, slots]] = True
+        return candidate & is_neg
 
 
 class _EpochRelay:
