@@ -117,6 +117,44 @@ def _number(value: Any) -> float:
         return float("nan")
 
 
+def _checked_lr_multipliers(lr_multipliers: Mapping[str, float] | None) -> dict[str, float]:
+    """Each component's factor on the optimizer's lr, 1.0 where not given; a component other than backbone,
+    attention and head, or a factor that is not a number >= 0, is a ConfigError."""
+    factors = {"backbone": 1.0, "attention": 1.0, "head": 1.0, **dict(lr_multipliers or {})}
+    for name, factor in factors.items():
+        if name not in ("backbone", "attention", "head"):
+            raise ConfigError(
+                f"model.lr_multipliers.{name}: no such component; the factors are for backbone, attention, head"
+            )
+        if not _number(factor) >= 0:
+            raise ConfigError(
+                f"model.lr_multipliers.{name}={factor!r}: must be a number >= 0 (the component's factor on "
+                "optimizer.lr; 0 leaves it untrained)"
+            )
+    return factors
+
+
+def _check_guidance_weights(weight: Any, weight_after: Any, switch_epoch: Any) -> None:
+    """The weights of the mask's auxiliary loss are numbers >= 0; ``weight_after`` and ``switch_epoch`` (a whole
+    number >= 0) come together or not at all. Anything else is a ConfigError naming the guidance settings."""
+    if not _number(weight) >= 0 or weight_after is not None and not _number(weight_after) >= 0:
+        raise ConfigError(
+            f"guidance.weight={weight!r}, guidance.weight_after={weight_after!r}: the weights of "
+            "the mask's auxiliary loss must be numbers >= 0"
+        )
+    if (weight_after is None) != (switch_epoch is None):
+        raise ConfigError(
+            f"guidance.weight_after={weight_after!r}, guidance.switch_epoch={switch_epoch!r}: give "
+            "both (weight_after replaces guidance.weight from epoch switch_epoch on), or neither"
+        )
+    epoch = _number(switch_epoch)
+    if switch_epoch is not None and not (epoch >= 0 and epoch.is_integer()):
+        raise ConfigError(
+            f"guidance.switch_epoch={switch_epoch!r}: must be a whole number >= 0 (the epoch from which "
+            "guidance.weight_after replaces guidance.weight)"
+        )
+
+
 class PlaceRecognitionModule(L.LightningModule):
     """VPR model and its training/evaluation logic.
 
@@ -188,17 +226,7 @@ class PlaceRecognitionModule(L.LightningModule):
         self.register_buffer("_pixel_std", std, persistent=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.lr_multipliers = {"backbone": 1.0, "attention": 1.0, "head": 1.0, **dict(lr_multipliers or {})}
-        for name, factor in self.lr_multipliers.items():
-            if name not in ("backbone", "attention", "head"):
-                raise ConfigError(
-                    f"model.lr_multipliers.{name}: no such component; the factors are for backbone, attention, head"
-                )
-            if not _number(factor) >= 0:
-                raise ConfigError(
-                    f"model.lr_multipliers.{name}={factor!r}: must be a number >= 0 (the component's factor on "
-                    "optimizer.lr; 0 leaves it untrained)"
-                )
+        self.lr_multipliers = _checked_lr_multipliers(lr_multipliers)
         self.recall_at = tuple(int(n) for n in recall_at)
         self.freeze_batchnorm = freeze_batchnorm
         self.encode_batch_size = int(encode_batch_size)
@@ -209,22 +237,7 @@ class PlaceRecognitionModule(L.LightningModule):
             raise ConfigError(f"guidance.loss={aux_loss!r}: choose mse or bce")
         self.aux_loss = aux_loss
         if aux_weight:  # the attention mask is supervised: its guidance settings are used
-            if not _number(aux_weight) >= 0 or aux_weight_after is not None and not _number(aux_weight_after) >= 0:
-                raise ConfigError(
-                    f"guidance.weight={aux_weight!r}, guidance.weight_after={aux_weight_after!r}: the weights of "
-                    "the mask's auxiliary loss must be numbers >= 0"
-                )
-            if (aux_weight_after is None) != (aux_switch_epoch is None):
-                raise ConfigError(
-                    f"guidance.weight_after={aux_weight_after!r}, guidance.switch_epoch={aux_switch_epoch!r}: give "
-                    "both (weight_after replaces guidance.weight from epoch switch_epoch on), or neither"
-                )
-            epoch = _number(aux_switch_epoch)
-            if aux_switch_epoch is not None and not (epoch >= 0 and epoch.is_integer()):
-                raise ConfigError(
-                    f"guidance.switch_epoch={aux_switch_epoch!r}: must be a whole number >= 0 (the epoch from which "
-                    "guidance.weight_after replaces guidance.weight)"
-                )
+            _check_guidance_weights(aux_weight, aux_weight_after, aux_switch_epoch)
         self.aux_weight = float(aux_weight)
         self.aux_weight_after = aux_weight_after
         self.aux_switch_epoch = aux_switch_epoch
