@@ -241,7 +241,7 @@ def build_network(cfg: DictConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
     return backbone, attention, head
 
 
-def mining_margin(cfg: DictConfig, loss: nn.Module | None = None) -> float:
+def mining_margin(cfg: DictConfig) -> float:
     """``mining.margin``, or when null the loss's own (``loss.mining_margin``: sTML's margin + margin_pn)."""
     if cfg.mining.get("margin") is not None:
         try:
@@ -256,7 +256,7 @@ def mining_margin(cfg: DictConfig, loss: nn.Module | None = None) -> float:
                 "or null for the loss's own margin"
             )
         return margin
-    loss = instantiate_setting("loss", cfg.loss) if loss is None else loss
+    loss = instantiate_setting("loss", cfg.loss)
     margin = getattr(loss, "mining_margin", None)
     if margin is None:
         raise ConfigError(

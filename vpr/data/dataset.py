@@ -173,7 +173,6 @@ def load_mat_split(
     train_min_distance_m: float = 0.0,
     spatial_nms: bool = False,
     nms_group_size: int | None = None,
-    check_images: bool = True,
 ) -> PlaceSplit:
     """Read ``root/datasets/<split_file>`` (a NetVLAD dataset spec) and resolve its image paths.
 
@@ -226,8 +225,8 @@ def load_mat_split(
             "a split needs both (wrong file, or data.splits names the wrong split)"
         )
     try:
-        db_paths = _image_paths(root / db_dir, s.db_image, mat_path, "data.db_dir", check_images)
-        q_paths = _image_paths(root / query_dir, s.q_image, mat_path, "data.query_dir", check_images)
+        db_paths = _image_paths(root / db_dir, s.db_image, mat_path, "data.db_dir")
+        q_paths = _image_paths(root / query_dir, s.q_image, mat_path, "data.query_dir")
     except DataError as e:
         if (root / "city.json").is_file():  # a synthetic city's images went missing after it was generated
             raise DataError(
@@ -261,14 +260,14 @@ def load_mat_split(
 IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
 
 
-def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: str, check: bool) -> list[Path]:
+def _image_paths(folder: Path, names: Sequence[str], mat_path: Path, setting: str) -> list[Path]:
     """``folder / name`` for every listed image, each checked to exist (before any training or evaluation).
 
     When the listed file is missing but one with another image extension is there (Tokyo 24/7's database
     is listed as .jpg and unpacks as .png), every path takes the extension found on disk.
     """
     paths = [folder / n for n in names]
-    if not check or not paths:
+    if not paths:
         return paths
     first = paths[0]
     if _extension_on_disk(first) is None and "\\" in names[0]:
