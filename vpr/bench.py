@@ -417,8 +417,8 @@ def guidance_rates(
 ) -> tuple[float, float]:
     """(images/s, images/s) of guidance targets from the paper's segmentation network (DeepLabV3+ MobileNetV2,
     random weights: the speed does not depend on them) for ``count`` JPEG files: the project's way (``workers``
-    loader processes decode, the network runs on batches) against one image at a time decoded in the main process
-    (how targets were computed before). One pass of each before the timed ``repeats``."""
+    loader processes decode, the network runs on batches) against one image at a time decoded in the main process.
+    One pass of each before the timed ``repeats``."""
     import tempfile
 
     from vpr.data.guidance import CITYSCAPES_GROUPS, NetworkLabels, area_target, compute_targets

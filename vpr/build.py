@@ -121,8 +121,8 @@ def seeded(seed: int) -> Iterator[None]:
 CLUSTER_COUNTS = {f"cluster.{name}": meaning for name, meaning in CLUSTER_SETTINGS.items()}
 
 
-#: Settings that are true or false (null too for eval.spatial_nms: the dataset's own): text such as "maybe" was
-#: taken as true.
+#: Settings that are true or false (null too for eval.spatial_nms: the dataset's own): text such as "maybe" is
+#: refused, not taken as true.
 TRUE_OR_FALSE = (
     "eval.spatial_nms",
     "data.spatial_nms",

@@ -53,16 +53,16 @@ def loader_worker_init() -> Callable[[int], None]:
     """A DataLoader ``worker_init_fn``, made in the process that creates the loader: its workers end on a SIGTERM
     from that process (the loader shutting them down) and ignore one from anyone else.
 
-    A scheduler's time limit or ``scancel`` signals the whole process group: a worker that died of it first made
+    A scheduler's time limit or ``scancel`` signals the whole process group: a worker that died of it would make
     the training process fail with "DataLoader worker ... killed by signal: Terminated" instead of stopping cleanly
     and saving where it was. Ignoring SIGTERM altogether would hang the process that owns the loader, whose shutdown
     (and Python's exit) ends workers with SIGTERM and then waits for them. So SIGTERM is blocked in the worker and a
-    thread takes it with its sender: the owner's ends the worker at once, as before. The owner is named here, not
-    read in the worker, because under the forkserver and spawn start methods a worker's parent is another process.
-    Where this cannot be done reliably, nothing changes: a platform that cannot tell the sender (``sigwaitinfo`` is
-    missing, as on macOS), or a worker that already runs other threads when it starts (Linux's forkserver start
-    method, Python 3.14's default), whose threads would still take the signal. Loaders start workers by fork on
-    Linux up to Python 3.13."""
+    thread takes it with its sender: the owner's ends the worker at once, as the default action would. The owner is
+    named here, not read in the worker, because under the forkserver and spawn start methods a worker's parent is
+    another process. Where this cannot be done reliably, nothing changes: a platform that cannot tell the sender
+    (``sigwaitinfo`` is missing, as on macOS), or a worker that already runs other threads when it starts (Linux's
+    forkserver start method, Python 3.14's default), whose threads would still take the signal. Loaders start
+    workers by fork on Linux up to Python 3.13."""
     return functools.partial(_init_worker, os.getpid())
 
 

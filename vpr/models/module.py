@@ -220,7 +220,7 @@ class PlaceRecognitionModule(L.LightningModule):
         self.attention = attention
         self.head = head
         self.loss = loss
-        # Pixel normalisation on this module's device (describe); not in the state dict, so checkpoints are as before.
+        # Pixel normalisation on this module's device (describe); not in the state dict: checkpoints hold the network.
         mean, std = pixel_statistics()
         self.register_buffer("_pixel_mean", mean, persistent=False)
         self.register_buffer("_pixel_std", std, persistent=False)
