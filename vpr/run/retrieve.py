@@ -66,6 +66,47 @@ def image_names(files: list[Path], root: Path, setting: str) -> list[str]:
     return names
 
 
+def image_root(cfg: DictConfig) -> Path:
+    """The folder image names are relative to: ``image_root``, else the deepest folder holding both sets, made
+    absolute without following links."""
+    if cfg.get("image_root"):
+        return Path(os.path.abspath(Path(str(cfg.image_root)).expanduser()))
+    folders = [os.path.abspath(Path(str(cfg.get(s))).expanduser()) for s in ("database", "queries")]
+    return Path(os.path.commonpath(folders))
+
+
+def warn_about_names(db_names: list[str], q_names: list[str], top_k: int) -> None:
+    """Warn when ``top_k`` exceeds the database, and when names hold spaces, which hloc's pairs files cannot."""
+    if top_k > len(db_names):
+        log.warning(
+            "top_k=%d but the database has %d images: every query ranks all of them (pairs-top%d.txt)",
+            top_k,
+            len(db_names),
+            len(db_names),
+        )
+    spaced = sorted({n for n in db_names + q_names if any(c.isspace() for c in n)})
+    if spaced:
+        log.warning(
+            "%d image names contain spaces (e.g. %r): hloc splits pairs-file lines on whitespace, so rename "
+            "them (or the folders above them, up to image_root) before giving pairs-top*.txt to hloc",
+            len(spaced),
+            spaced[0],
+        )
+
+
+def database_index_of_queries(db_names: list[str], q_names: list[str]) -> list[int]:
+    """Per query, the database index of the same image (the same name), -1 if it is not in the database."""
+    db_index = {n: i for i, n in enumerate(db_names)}
+    own_index = [db_index.get(n, -1) for n in q_names]
+    if any(i >= 0 for i in own_index):
+        log.info(
+            "%d queries are database images too: each is left out of its own ranking (no pair of an image with "
+            "itself, as hloc's retrieval pairs)",
+            sum(i >= 0 for i in own_index),
+        )
+    return own_index
+
+
 def rank_without_self(db: np.ndarray, queries: np.ndarray, top_k: int, own: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(distances, indices) of the ``top_k`` nearest database images of each query, leaving out the query's own
     image where it is in the database too (``own[i]``: its database index, -1 if none), as hloc's retrieval pairs
@@ -79,6 +120,31 @@ def rank_without_self(db: np.ndarray, queries: np.ndarray, top_k: int, own: list
         hits = np.flatnonzero(indices[row] == i) if i >= 0 else []
         keep[row, hits[0] if len(hits) else -1] = False  # itself, else the farthest of the k + 1
     return distances[keep].reshape(len(own), -1)[:, :k], indices[keep].reshape(len(own), -1)[:, :k]
+
+
+def write_retrieval_files(
+    out_dir: Path,
+    db_names: list[str],
+    q_names: list[str],
+    db: np.ndarray,
+    queries: np.ndarray,
+    indices: np.ndarray,
+    distances: np.ndarray,
+) -> list[Path]:
+    """retrievals.csv and .json, global-feats.h5 and pairs-top<k>.txt in ``out_dir``; returns their paths."""
+    written = write_rankings(out_dir, q_names, db_names, indices, distances)
+    # A name in both sets is one file (names are paths under one root): its descriptor is stored once.
+    in_db = set(db_names)
+    query_only = [i for i, n in enumerate(q_names) if n not in in_db]
+    written.append(
+        write_global_features(
+            out_dir / "global-feats.h5",
+            db_names + [q_names[i] for i in query_only],
+            np.concatenate([db, queries[query_only]]),
+        )
+    )
+    written.append(write_pairs(out_dir / f"pairs-top{indices.shape[1]}.txt", q_names, db_names, indices))
+    return written
 
 
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
@@ -97,11 +163,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     exclude = [str(p) for p in (cfg.get("exclude") or [])]
     db_files = list_images(cfg.get("database"), "database", exclude)
     q_files = list_images(cfg.get("queries"), "queries", exclude)
-    if cfg.get("image_root"):
-        root = Path(os.path.abspath(Path(str(cfg.image_root)).expanduser()))
-    else:
-        folders = [os.path.abspath(Path(str(cfg.get(s))).expanduser()) for s in ("database", "queries")]
-        root = Path(os.path.commonpath(folders))
+    root = image_root(cfg)
     db_names, q_names = image_names(db_files, root, "database"), image_names(q_files, root, "queries")
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, "train")
@@ -136,40 +198,9 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
         db, queries = pca.transform(db).astype(np.float32), pca.transform(queries).astype(np.float32)
         log.info("PCA-whitening to %d dimensions (%s)", db.shape[1], record.get("pca_file"))
 
-    if top_k > len(db_names):
-        log.warning(
-            "top_k=%d but the database has %d images: every query ranks all of them (pairs-top%d.txt)",
-            top_k,
-            len(db_names),
-            len(db_names),
-        )
-    spaced = sorted({n for n in db_names + q_names if any(c.isspace() for c in n)})
-    if spaced:
-        log.warning(
-            "%d image names contain spaces (e.g. %r): hloc splits pairs-file lines on whitespace, so rename "
-            "them (or the folders above them, up to image_root) before giving pairs-top*.txt to hloc",
-            len(spaced),
-            spaced[0],
-        )
-    db_index = {n: i for i, n in enumerate(db_names)}
-    own_index = [db_index.get(n, -1) for n in q_names]
-    if any(i >= 0 for i in own_index):
-        log.info(
-            "%d queries are database images too: each is left out of its own ranking (no pair of an image with "
-            "itself, as hloc's retrieval pairs)",
-            sum(i >= 0 for i in own_index),
-        )
-    distances, indices = rank_without_self(db, queries, top_k, own_index)
-    written = write_rankings(out_dir, q_names, db_names, indices, distances)
-    # A name in both sets is one file (names are paths under one root): its descriptor is stored once.
-    in_db = set(db_names)
-    own = [i for i, n in enumerate(q_names) if n not in in_db]
-    written.append(
-        write_global_features(
-            out_dir / "global-feats.h5", db_names + [q_names[i] for i in own], np.concatenate([db, queries[own]])
-        )
-    )
-    written.append(write_pairs(out_dir / f"pairs-top{indices.shape[1]}.txt", q_names, db_names, indices))
+    warn_about_names(db_names, q_names, top_k)
+    distances, indices = rank_without_self(db, queries, top_k, database_index_of_queries(db_names, q_names))
+    written = write_retrieval_files(out_dir, db_names, q_names, db, queries, indices, distances)
     summary = {
         "checkpoint": ckpt_path,
         "image_root": str(root),
