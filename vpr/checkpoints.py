@@ -123,45 +123,7 @@ def resolve_ckpt_path(
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
-        found = sorted(Path(log_dir, task_name).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-        if not found:
-            raise NothingToResume(
-                f"ckpt_path=last: no last.ckpt under {Path(log_dir, task_name)}; train first or give a path"
-            )
-        if same_run_as is not None:
-            want = _identity(same_run_as)
-            matching = [p for p in found if _saved_identity(p) == want]
-            if not matching:
-                raise NothingToResume(
-                    f"ckpt_path=last: none of the {len(found)} last.ckpt under {Path(log_dir, task_name)} comes from a "
-                    f"run with these settings ({', '.join(RUN_IDENTITY)}); the newest is {found[0]}. Give the "
-                    "checkpoint's path (ckpt_path=...) to resume it anyway."
-                )
-            found = matching
-            if require:
-                keys = list(require)
-                want_values = _values(same_run_as, keys)
-                found = [p for p in found if _saved_values(p, keys) == want_values]
-                if not found:
-                    raise NothingToResume(
-                        f"ckpt_path=last: no last.ckpt under {Path(log_dir, task_name)} comes from a run with these "
-                        f"settings and {_said(want_values)} (the sweep's other jobs own the rest)"
-                    )
-            keys = [k for k in prefer if k not in require]
-            if keys:
-                want_values = _values(same_run_as, keys)
-                agreeing = [p for p in found if _saved_values(p, keys) == want_values]
-                if agreeing:
-                    found = agreeing
-                else:
-                    log.warning(
-                        "ckpt_path=last: no run of these settings has %s; resuming the newest, %s, which had %s: "
-                        "the command line's values apply from here",
-                        _said(want_values),
-                        found[0],
-                        _said(_saved_values(found[0], keys)),
-                    )
-        chosen = _newest_intact(found)
+        chosen = _newest_last_checkpoint(Path(log_dir, task_name), same_run_as, require, prefer)
         log.info("ckpt_path=last: %s", chosen)
         return str(chosen)
     if Path(ckpt_path).is_dir():
@@ -172,6 +134,53 @@ def resolve_ckpt_path(
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
+
+
+def _newest_last_checkpoint(
+    folder: Path,
+    same_run_as: DictConfig | None,
+    require: list[str] | tuple[str, ...],
+    prefer: list[str] | tuple[str, ...],
+) -> Path:
+    """What ``ckpt_path=last`` resumes: the newest intact ``last.ckpt`` under ``folder``, chosen among the runs like
+    ``same_run_as`` as :func:`resolve_ckpt_path` says."""
+    found = sorted(folder.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not found:
+        raise NothingToResume(f"ckpt_path=last: no last.ckpt under {folder}; train first or give a path")
+    if same_run_as is not None:
+        want = _identity(same_run_as)
+        matching = [p for p in found if _saved_identity(p) == want]
+        if not matching:
+            raise NothingToResume(
+                f"ckpt_path=last: none of the {len(found)} last.ckpt under {folder} comes from a "
+                f"run with these settings ({', '.join(RUN_IDENTITY)}); the newest is {found[0]}. Give the "
+                "checkpoint's path (ckpt_path=...) to resume it anyway."
+            )
+        found = matching
+        if require:
+            keys = list(require)
+            want_values = _values(same_run_as, keys)
+            found = [p for p in found if _saved_values(p, keys) == want_values]
+            if not found:
+                raise NothingToResume(
+                    f"ckpt_path=last: no last.ckpt under {folder} comes from a run with these "
+                    f"settings and {_said(want_values)} (the sweep's other jobs own the rest)"
+                )
+        keys = [k for k in prefer if k not in require]
+        if keys:
+            want_values = _values(same_run_as, keys)
+            agreeing = [p for p in found if _saved_values(p, keys) == want_values]
+            if agreeing:
+                found = agreeing
+            else:
+                log.warning(
+                    "ckpt_path=last: no run of these settings has %s; resuming the newest, %s, which had %s: "
+                    "the command line's values apply from here",
+                    _said(want_values),
+                    found[0],
+                    _said(_saved_values(found[0], keys)),
+                )
+    return _newest_intact(found)
 
 
 def _newest_intact(last_files: list[Path]) -> Path:
