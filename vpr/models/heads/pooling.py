@@ -29,7 +29,16 @@ def _check_weights(x: torch.Tensor, weights: torch.Tensor | None, head: str) -> 
 
 
 class _Float32Head(nn.Module):
-    """A pooling head whose ``_pool(x, weights)`` runs in float32 with autocast off, whatever the input's dtype."""
+    """A global pooling head of ``dim`` channels (``out_dim`` = ``dim``) whose ``_pool(x, weights)`` runs in float32
+    with autocast off, whatever the input's dtype."""
+
+    needs_centroids = False
+
+    def __init__(self, dim: int = 512, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dim = dim
+        self.out_dim = dim
+        self.eps = eps
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, D, H, W), weights: (B, 1, H, W) | None -> (B, D) float32, unit L2 norm."""
@@ -51,28 +60,13 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, eps: floa
 class AvgPool(_Float32Head):
     """Global (weighted) average pooling + L2. ``dim``: input channels D (= out_dim)."""
 
-    needs_centroids = False
-
-    def __init__(self, dim: int = 512, eps: float = 1e-12) -> None:
-        super().__init__()
-        self.dim = dim
-        self.out_dim = dim
-        self.eps = eps
-
     def _pool(self, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         return F.normalize(_weighted_mean(x, weights, self.eps), p=2, dim=1, eps=self.eps)
 
 
 class MaxPool(_Float32Head):
-    """Global max pooling (MAC) + L2; weights multiply the features before the maximum."""
-
-    needs_centroids = False
-
-    def __init__(self, dim: int = 512, eps: float = 1e-12) -> None:
-        super().__init__()
-        self.dim = dim
-        self.out_dim = dim
-        self.eps = eps
+    """Global max pooling (MAC) + L2; weights multiply the features before the maximum. ``dim``: input channels D
+    (= out_dim)."""
 
     def _pool(self, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         if weights is not None:
@@ -90,13 +84,8 @@ class GeM(_Float32Head):
         eps: lower clamp of the features (GeM needs positive inputs) and guard of the normalisations.
     """
 
-    needs_centroids = False
-
     def __init__(self, dim: int = 512, p: float = 3.0, learn_p: bool = True, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.dim = dim
-        self.out_dim = dim
-        self.eps = eps
+        super().__init__(dim, eps)
         if not float(p) > 0:
             raise ValueError(f"p={p} (head.p): GeM's exponent must be > 0 (1: average pooling, 3: the usual choice)")
         p_tensor = torch.tensor([float(p)])
