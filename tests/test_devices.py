@@ -128,3 +128,86 @@ def test_evaluation_says_it_runs_in_one_process(overrides, warned, caplog, tmp_p
         trainer = build_trainer(cfg, training=False)
     assert trainer.world_size == 1
     assert ("evaluation runs in one process on one device" in caplog.text) is warned
+
+
+# -- host memory: large allocations reused, not mapped afresh at every step -----------------------------------------
+_WHERE_A_LARGE_BUFFER_LIVES = """
+import ctypes, sys
+import torch
+from vpr.devices import reuse_freed_memory
+
+class Mallinfo2(ctypes.Structure):  # glibc's struct mallinfo2 (malloc.h)
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+info = ctypes.CDLL(None).mallinfo2
+info.restype = Mallinfo2
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory(environ={})
+mapped = info().hblkhd
+x = torch.empty(40 << 20, dtype=torch.uint8)  # a 40 MiB activation, as conv1's for 28 images of 120x160 (34 MiB)
+x.fill_(1)
+mapped_for_it = info().hblkhd - mapped
+del x
+print(mapped_for_it, info().fordblks)
+"""
+
+
+def _large_buffer(mode: str) -> tuple[int, int]:
+    """(bytes mapped apart from the heap for a 40 MiB tensor, bytes free in the heap once it is freed)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    env["PYTHONPATH"] = str(root)
+    out = subprocess.run(
+        [sys.executable, "-c", _WHERE_A_LARGE_BUFFER_LIVES, mode], env=env, capture_output=True, text=True, check=True
+    )
+    mapped, free = out.stdout.split()
+    return int(mapped), int(free)
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator settings (Linux)")
+def test_large_buffers_come_from_freed_memory_not_fresh_pages():
+    size = 40 << 20
+    # glibc's default: above its threshold (32 MiB at most) a buffer is mapped on its own and unmapped when freed,
+    # so the next one is zero-filled by the kernel, page by page
+    mapped, free = _large_buffer("default")
+    assert mapped >= size and free < size
+    # after reuse_freed_memory: it comes from the heap and stays there, free, for the next one
+    mapped, free = _large_buffer("reuse")
+    assert mapped == 0 and free >= size
+
+
+def test_allocator_settings_of_the_environment_are_left_alone():
+    from vpr.devices import reuse_freed_memory
+
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        assert reuse_freed_memory(environ={name: "1"}) is False
+
+
+@pytest.mark.parametrize(
+    ("module", "function"),
+    [
+        ("vpr.run.train", "run_training"),
+        ("vpr.run.evaluate", "run_evaluation"),
+        ("vpr.run.cluster", "run_clustering"),
+        ("vpr.run.retrieve", "run_retrieval"),
+    ],
+)
+def test_every_script_reuses_freed_memory_before_its_work(monkeypatch, module, function):
+    import importlib
+
+    class Called(Exception):
+        pass
+
+    def called() -> bool:
+        raise Called
+
+    mod = importlib.import_module(module)
+    monkeypatch.setattr(mod, "reuse_freed_memory", called)
+    with pytest.raises(Called):
+        getattr(mod, function)(None)  # before the config is read

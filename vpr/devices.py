@@ -43,6 +43,39 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+#: Host allocations up to this size are reused from the heap instead of being mapped and unmapped each time
+#: (``reuse_freed_memory``); twice that of free memory is kept at the heap's top before it is given back.
+REUSED_ALLOCATION_BYTES = 128 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def reuse_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
+    """On Linux with glibc: serve host allocations up to ``REUSED_ALLOCATION_BYTES`` (128 MiB) from memory freed
+    before, instead of mapping fresh pages each time. glibc maps every allocation above its threshold (at most
+    32 MiB) from the kernel and returns it on free, so each of a CPU step's large activations (conv1's output for
+    28 images of 120x160 is 34 MiB, for an encoding batch of 32 39 MiB) was zero-filled by the kernel, page by
+    page, at every step. The numbers are the same; only where the memory comes from changes. The process keeps up
+    to 256 MiB of freed memory for reuse. Nothing is changed where the platform is another, or where the
+    environment already tunes it (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``).
+    Returns whether it changed the settings."""
+    import ctypes
+    import platform
+
+    environ = os.environ if environ is None else environ
+    if any(name in environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, REUSED_ALLOCATION_BYTES) and mallopt(_M_TRIM_THRESHOLD, 2 * REUSED_ALLOCATION_BYTES)
+    )
+
+
 def loader_workers(requested: int) -> int:
     """DataLoader workers: ``data.num_workers``, at most one per CPU of this process (more only contend, and torch
     warns about each loader)."""

@@ -15,6 +15,7 @@ from vpr.centroids import (
     read_attributes,
     readable_centroid_file,
 )
+from vpr.devices import reuse_freed_memory
 from vpr.errors import ConfigError, stop_if_sigterm_was_swallowed
 from vpr.models.heads.netvlad import load_centroid_file
 
@@ -22,6 +23,7 @@ from vpr.models.heads.netvlad import load_centroid_file
 def run_clustering(cfg: DictConfig) -> Path | None:
     """The centroid file of the configured head (computed unless it exists); None for a head that needs none."""
     stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
+    reuse_freed_memory()  # the steps' large activations from freed memory, not fresh pages (glibc)
     check_common_settings(cfg, trainer=False)  # k-means runs on the GPU if there is one, else the CPU
     backbone, _, head = build_network(cfg)
     if not needs_centroids(head):  # a loop over configurations may include pooling heads: nothing to do

@@ -32,7 +32,7 @@ from vpr.checkpoints import (
     with_checkpoint_city,
 )
 from vpr.data.dataset import ImageDataset
-from vpr.devices import work_device
+from vpr.devices import reuse_freed_memory, work_device
 from vpr.errors import ConfigError, stop_if_sigterm_was_swallowed
 from vpr.eval.pca import check_pca_file_free, load_or_fit_pca
 from vpr.eval.tables import format_recall_table
@@ -92,6 +92,7 @@ def setup_pca(cfg: DictConfig, module, dm, shared: dict[str, Any]) -> dict[str, 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
+    reuse_freed_memory()  # the steps' large activations from freed memory, not fresh pages (glibc)
     single_log_stream()
     set_aside_earlier_outputs(Path(cfg.paths.output_dir))  # a job that fails here must not show an earlier result
     check_common_settings(cfg)

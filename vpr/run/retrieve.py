@@ -20,6 +20,7 @@ from vpr.build import check_common_settings, command_line_overrides, whole_numbe
 from vpr.checkpoints import network_of_checkpoint, resolve_ckpt_path
 from vpr.data.dataset import ImageDataset
 from vpr.data.transforms import eval_transform
+from vpr.devices import reuse_freed_memory
 from vpr.errors import ConfigError, stop_if_sigterm_was_swallowed
 from vpr.eval.exports import write_global_features, write_pairs, write_rankings
 from vpr.eval.pca import check_pca_dim, load_or_fit_pca
@@ -149,6 +150,7 @@ def write_retrieval_files(
 
 def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
+    reuse_freed_memory()  # the steps' large activations from freed memory, not fresh pages (glibc)
     single_log_stream()
     check_common_settings(cfg, trainer=False)  # no Trainer: the GPU if there is one, else the CPU
     top_k = whole_number(cfg, "top_k", 1)

@@ -42,7 +42,7 @@ from vpr.checkpoints import (
     resume_settings,
     weight_mismatches,
 )
-from vpr.devices import float32_matmul_precision, work_device
+from vpr.devices import float32_matmul_precision, reuse_freed_memory, work_device
 from vpr.errors import (
     ConfigError,
     export_sweep_job,
@@ -328,6 +328,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_training(cfg: DictConfig) -> dict[str, Any]:
     stop_if_sigterm_was_swallowed()  # a signal during the imports: stop before the work
+    reuse_freed_memory()  # the steps' large activations from freed memory, not fresh pages (glibc)
     single_log_stream()
     # A job that fails here must not show an earlier result. A resumed run (a sweep continued in its own folders)
     # does not test the untrained network again: that result of the run's start stays.
