@@ -430,32 +430,14 @@ def test_lightnings_sigterm_handler_runs_no_collective_inside_the_signal(monkeyp
     assert connector.received_sigterm and killed == [signal.SIGTERM] and broadcasts == []
 
 
-@pytest.mark.parametrize(
-    ("mine", "other", "stops"),
-    [(True, False, True), (False, True, True), (False, False, False)],
-    ids=["signal-here", "signal-in-the-other-process", "no-signal"],
-)
-def test_ddp_evaluation_stops_after_the_same_batch_in_every_process(monkeypatch, mine, other, stops):
-    """Lightning's evaluation loop stops a process after any batch but the last once its own flag is set, with no
-    collective: a SIGTERM that reached one DDP process during its last batch left the other waiting for it in the
-    gather of the descriptors (gloo: "Connection closed by peer", a traceback and exit status 1). While a
-    validation or test loop runs, the handler only notes the signal; after each batch (before Lightning's check)
-    every process's flag is the maximum over the processes, so all stop after the same batch or none does."""
-    import signal
+def _two_process_connector(monkeypatch, all_reduce):
+    """Lightning's signal connector of the first of two DDP processes, its handlers registered; the collectives are
+    ``all_reduce`` (the other process simulated), and a broadcast inside the signal handler fails the test."""
     from types import SimpleNamespace
 
     import torch
     import torch.distributed as dist
     from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
-
-    from vpr.callbacks import SigtermWithoutCollectives
-
-    reduced = []
-
-    def all_reduce(tensor, op):  # the other process's flag, combined as a MAX reduction does
-        assert op == dist.ReduceOp.MAX
-        reduced.append(int(tensor.item()))
-        tensor.copy_(torch.maximum(tensor, torch.tensor([int(other)])))
 
     monkeypatch.setattr(dist, "is_available", lambda: True)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
@@ -470,6 +452,35 @@ def test_ddp_evaluation_stops_after_the_same_batch_in_every_process(monkeypatch,
     connector = _SignalConnector(trainer)
     trainer._signal_connector = connector
     connector.register_signal_handlers()
+    return trainer, connector
+
+
+@pytest.mark.parametrize(
+    ("mine", "other", "stops"),
+    [(True, False, True), (False, True, True), (False, False, False)],
+    ids=["signal-here", "signal-in-the-other-process", "no-signal"],
+)
+def test_ddp_evaluation_stops_after_the_same_batch_in_every_process(monkeypatch, mine, other, stops):
+    """Lightning's evaluation loop stops a process after any batch but the last once its own flag is set, with no
+    collective: a SIGTERM that reached one DDP process during its last batch left the other waiting for it in the
+    gather of the descriptors (gloo: "Connection closed by peer", a traceback and exit status 1). While a
+    validation or test loop runs, the handler only notes the signal; after each batch (before Lightning's check)
+    every process's flag is the maximum over the processes, so all stop after the same batch or none does."""
+    import signal
+
+    import torch
+    import torch.distributed as dist
+
+    from vpr.callbacks import SigtermWithoutCollectives
+
+    reduced = []
+
+    def all_reduce(tensor, op):  # the other process's flag, combined as a MAX reduction does
+        assert op == dist.ReduceOp.MAX
+        reduced.append(int(tensor.item()))
+        tensor.copy_(torch.maximum(tensor, torch.tensor([int(other)])))
+
+    trainer, connector = _two_process_connector(monkeypatch, all_reduce)
     callback = SigtermWithoutCollectives()
     try:
         callback.on_validation_start(trainer, None)
@@ -493,26 +504,10 @@ def test_a_sigterm_after_the_last_evaluation_batch_is_agreed_on_at_the_loops_end
     """A signal noted after the last batch's agreement (while the descriptors are gathered and ranked) is not lost:
     the loop's end agrees once more, and every process's flag is set, so all stop after the loop."""
     import signal
-    from types import SimpleNamespace
-
-    import torch
-    import torch.distributed as dist
-    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
     from vpr.callbacks import SigtermWithoutCollectives
 
-    monkeypatch.setattr(dist, "is_available", lambda: True)
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op: None)  # the other process had no signal
-    trainer = SimpleNamespace(
-        local_rank=0,
-        world_size=2,
-        _accelerator_connector=SimpleNamespace(cluster_environment=None),
-        strategy=SimpleNamespace(launcher=None, root_device=torch.device("cpu")),
-    )
-    connector = _SignalConnector(trainer)
-    trainer._signal_connector = connector
-    connector.register_signal_handlers()
+    trainer, connector = _two_process_connector(monkeypatch, lambda tensor, op: None)  # the other had no signal
     callback = SigtermWithoutCollectives()
     try:
         callback.on_test_start(trainer, None)

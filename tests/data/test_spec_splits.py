@@ -201,52 +201,36 @@ def test_image_paths_with_windows_separators_name_folders(tmp_path: Path) -> Non
     assert [p.tolist() for p in s.eval_positives()] == [[0]]  # 5 m from a.jpg, 100 m from b.jpg
 
 
-def test_windows_separators_are_recognised_when_the_first_image_is_missing(tmp_path: Path) -> None:
-    """000\\a.jpg is gone, 000\\b.jpg and 001\\c.jpg are there: the separators are read as folders from the images
-    listed next, and the message counts the one missing image (not advice to point data.db_dir elsewhere)."""
+def _first_of_three_images_missing(root: Path, sep: str) -> None:
+    """A Pittsburgh test split listing 000<sep>a.jpg (absent), 000<sep>b.jpg and 001<sep>c.jpg (present)."""
     from PIL import Image
 
     for rel in ("000/b.jpg", "001/c.jpg", "queries_real/000/q.jpg"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / rel)
     fields = spec_fields(
         "test",
-        ["000\\a.jpg", "000\\b.jpg", "001\\c.jpg"],
+        [f"000{sep}a.jpg", f"000{sep}b.jpg", f"001{sep}c.jpg"],
         [[0.0, 0.0], [5.0, 0.0], [100.0, 0.0]],
-        ["000\\q.jpg"],
+        [f"000{sep}q.jpg"],
         [[3.0, 4.0]],
         100.0,
     )
-    write_v5(tmp_path / "datasets" / "pitts30k_test.mat", fields)
+    write_v5(root / "datasets" / "pitts30k_test.mat", fields)
+
+
+@pytest.mark.parametrize("sep", ["/", "\\"])
+def test_a_missing_first_image_is_one_missing_image_not_a_wrong_folder(tmp_path: Path, sep: str) -> None:
+    """Of three listed database images the first is gone, the other two are there: the folder is right and one
+    image is missing, which the message counts and names (not advice to point data.db_dir elsewhere). With
+    Windows separators (000\\a.jpg) the images listed next tell that they are folders."""
+    _first_of_three_images_missing(tmp_path, sep)
     with pytest.raises(
         DataError, match=r"^1 of the 3 images listed in .* \(000/a\.jpg\) while b\.jpg is there: .*incomplete"
     ):
         load_mat_split(tmp_path, "pitts30k", "test")
     (tmp_path / "000" / "b.jpg").rename(tmp_path / "000" / "a.jpg")  # now the second is missing, the first there
     with pytest.raises(DataError, match=r"^1 of the 3 images listed in .* \(000/b\.jpg\) while a\.jpg is there"):
-        load_mat_split(tmp_path, "pitts30k", "test")
-
-
-def test_a_missing_first_image_is_one_missing_image_not_a_wrong_folder(tmp_path: Path) -> None:
-    """Of three listed database images the first is gone, the other two are there: the folder is right and one
-    image is missing, which the message counts and names (not advice to point data.db_dir elsewhere)."""
-    from PIL import Image
-
-    for rel in ("000/b.jpg", "001/c.jpg", "queries_real/000/q.jpg"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (8, 8)).save(tmp_path / rel)
-    fields = spec_fields(
-        "test",
-        ["000/a.jpg", "000/b.jpg", "001/c.jpg"],
-        [[0.0, 0.0], [5.0, 0.0], [100.0, 0.0]],
-        ["000/q.jpg"],
-        [[3.0, 4.0]],
-        100.0,
-    )
-    write_v5(tmp_path / "datasets" / "pitts30k_test.mat", fields)
-    with pytest.raises(
-        DataError, match=r"^1 of the 3 images listed in .* \(000/a\.jpg\) while b\.jpg is there: .*incomplete"
-    ):
         load_mat_split(tmp_path, "pitts30k", "test")
 
 

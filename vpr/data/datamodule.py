@@ -125,6 +125,14 @@ LAYOUTS: dict[str, Callable[[PlaceDataModule, str], PlaceSplit]] = {
 }
 
 
+def _distance_or_none(value: Any) -> bool:
+    """Whether a radius setting is null or a distance > 0."""
+    try:
+        return value is None or float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 class PlaceDataModule(L.LightningDataModule):
     """Train/val/test splits of one dataset and the offline-mined training tuples.
 
@@ -225,11 +233,7 @@ class PlaceDataModule(L.LightningDataModule):
             raise ConfigError(f"mining.cache_dtype={cache_dtype}: choose float32 or float16")
         self.cache_dtype = getattr(torch, cache_dtype)
         for key, radius in (("eval_radius_m", eval_radius_m), ("train_radius_m", train_radius_m)):
-            try:
-                ok = radius is None or float(radius) > 0
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
+            if not _distance_or_none(radius):
                 raise ConfigError(
                     f"data.{key}={radius!r}: must be a distance > 0 (metres), or null for the split file's own"
                 )
@@ -241,11 +245,7 @@ class PlaceDataModule(L.LightningDataModule):
             raise ConfigError(f"data.train_min_distance_m={train_min_distance_m}: must be a distance >= 0 (metres)")
         if mining is not None:  # training: the radii the settings give are compared now, before any data work
             own = self.mining.get("negative_radius_m")
-            try:
-                ok = own is None or float(own) > 0
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
+            if not _distance_or_none(own):
                 raise ConfigError(
                     f"mining.negative_radius_m={own!r}: must be a distance > 0 (metres); leave it out for "
                     "the evaluation radius (data.eval_radius_m, else the split file's posDistThr)"
