@@ -86,3 +86,18 @@ def test_the_check_makes_no_wandb_logger_and_leaves_torch_switches_alone(monkeyp
         torch.backends.cudnn.benchmark = before[2]
     assert after == before
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-1", r"^optimizer \(torch\.optim\.SGD\): Invalid learning rate: -1"),
+        ("optimizer.momentum=-0.5", r"^optimizer \(torch\.optim\.SGD\): Invalid momentum value: -0\.5"),
+        ("+scheduler.last_epoch=5", r"^scheduler \(torch\.optim\.lr_scheduler\.StepLR\): .*initial_lr"),
+    ],
+)
+def test_refused_optimizer_settings_fail_before_any_work(override, message):
+    """Torch refuses them when Lightning's fit builds the optimizer and scheduler: validate_config, before the data
+    is read, asks it on a probe parameter."""
+    with pytest.raises(ConfigError, match=message):
+        validate(override)

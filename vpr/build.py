@@ -356,6 +356,15 @@ def check_optimizer_settings(cfg: DictConfig, optimizer_factory: Any, scheduler_
             raise ConfigError(message) from None
 
 
+def optimizer_factories(cfg: DictConfig) -> tuple[Any, Any]:
+    """The optimizer's and the scheduler's (None: none) factories, checked on a probe parameter."""
+    optimizer = instantiate_setting("optimizer", cfg.optimizer)
+    scheduler = cfg.get("scheduler")
+    scheduler = instantiate_setting("scheduler", scheduler) if scheduler and "_target_" in scheduler else None
+    check_optimizer_settings(cfg, optimizer, scheduler)
+    return optimizer, scheduler
+
+
 def build_module(cfg: DictConfig, with_training: bool = True):
     """The LightningModule; with training, also its optimizer and scheduler factories."""
     from vpr.models.module import PlaceRecognitionModule
@@ -364,12 +373,7 @@ def build_module(cfg: DictConfig, with_training: bool = True):
     guidance = cfg.get("guidance") or {}
     kwargs: dict[str, Any] = {}
     if with_training:
-        kwargs["optimizer"] = instantiate_setting("optimizer", cfg.optimizer)
-        scheduler = cfg.get("scheduler")
-        kwargs["scheduler"] = (
-            instantiate_setting("scheduler", scheduler) if scheduler and "_target_" in scheduler else None
-        )
-        check_optimizer_settings(cfg, kwargs["optimizer"], kwargs["scheduler"])
+        kwargs["optimizer"], kwargs["scheduler"] = optimizer_factories(cfg)
     return PlaceRecognitionModule(
         backbone=backbone,
         attention=attention,

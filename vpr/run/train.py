@@ -26,6 +26,7 @@ from vpr.build import (
     cluster_command_overrides,
     command_line_overrides,
     finish_loggers,
+    optimizer_factories,
     resumed_wandb_entity,
     resumed_wandb_group,
     wandb_mode,
@@ -103,6 +104,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"monitor={cfg.monitor} but model.recall_at={list(cfg.model.recall_at)} does not list {n}")
     if (cfg.get("logger") or {}).get("wandb") is not None:
         wandb_mode(cfg.logger.wandb)  # a wrong logger.wandb.mode fails now, not after clustering
+    optimizer_factories(cfg)  # what torch refuses when Lightning's fit builds them (optimizer.lr=-1)
     check_trainer_settings(cfg)  # what Lightning would refuse when the Trainer is made, after k-means
     if cfg.get("ckpt_path") and cfg.get("init_weights"):
         raise ConfigError(
