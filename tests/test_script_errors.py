@@ -205,6 +205,14 @@ def test_one_hydra_mode_passes(argv, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_flag_value_argparse_refuses_is_left_to_hydra_without_a_second_usage_message(capsys):
+    """--cfg bogus: Hydra's parser prints its usage and error once; the check before it prints nothing."""
+    from vpr.errors import require_one_hydra_mode
+
+    assert require_one_hydra_mode(["--cfg", "bogus", "seed=1"]) is None
+    assert capsys.readouterr().err == ""
+
+
 def test_a_sweep_with_cfg_job_ends_with_one_line(tmp_path):
     from tests.conftest import run_script
 

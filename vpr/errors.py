@@ -514,9 +514,12 @@ def require_one_hydra_mode(argv: list[str]) -> None:
         from hydra._internal.utils import get_args_parser
     except ImportError:  # another Hydra: it says what it refuses itself
         return
-    try:
-        args, _ = get_args_parser().parse_known_args(argv)
-    except SystemExit:  # a flag argparse refuses: Hydra prints the same usage message
+    import io
+
+    try:  # argparse prints its usage message before it exits: Hydra prints the same one, once
+        with contextlib.redirect_stderr(io.StringIO()):
+            args, _ = get_args_parser().parse_known_args(argv)
+    except SystemExit:  # a flag argparse refuses (--cfg bogus): Hydra's own message says so
         return
     modes = [
         flag
