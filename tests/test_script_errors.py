@@ -636,3 +636,40 @@ def test_a_wrapped_task_can_be_pickled_for_submitit_jobs():
         return "finished"
 
     assert cloudpickle.loads(cloudpickle.dumps(main))() == "finished"
+
+
+def test_a_signal_landing_while_the_flags_are_read_counts_at_the_next_agreement(monkeypatch):
+    """A SIGTERM whose handler runs right after an evaluation batch's agreement read this process's note is not
+    dropped: the next agreement counts it."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+
+    from vpr.callbacks import SigtermWithoutCollectives
+
+    callback = SigtermWithoutCollectives()
+    reduced = []
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op: reduced.append(int(tensor.item())))
+
+    class Connector:
+        """Lightning's flag; reading it the first time is when the signal lands (its handler notes it)."""
+
+        landed = False
+
+        @property
+        def received_sigterm(self) -> bool:
+            if not self.landed:
+                self.landed = True
+                callback.noted = True  # what _note_sigterm does while the processes agree
+            return False
+
+        @received_sigterm.setter
+        def received_sigterm(self, value: bool) -> None:
+            self.stopped = value
+
+    trainer = SimpleNamespace(_signal_connector=Connector(), strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    callback.agreeing = True
+    callback._agree(trainer)
+    callback._agree(trainer)
+    assert reduced == [0, 1] and trainer._signal_connector.stopped is True

@@ -170,11 +170,13 @@ class SigtermWithoutCollectives(L.Callback):
             return
         connector = trainer._signal_connector
         mine = self.noted or bool(connector.received_sigterm)
-        self.noted = False  # a signal from here is noted again, for the next agreement
         flag = torch.tensor([1 if mine else 0], device=trainer.strategy.root_device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if int(flag.item()):
-            connector.received_sigterm = True
+            connector.received_sigterm = True  # every process stops: the note is spent
+            self.noted = False
+        # Otherwise the note was not set when read, and one set since (a signal landing meanwhile) is kept for the
+        # next agreement: clearing it here could drop a signal that arrived between the read and the clearing.
 
 
 def _distributed(trainer: L.Trainer) -> bool:
