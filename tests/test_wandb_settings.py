@@ -180,3 +180,30 @@ def test_checkpoints_record_the_wandb_group_and_entity(monkeypatch, tmp_path):
         assert checkpoint == {"wandb_run_id": "abc123", "wandb_run_group": group, "wandb_run_entity": entity}
         assert resumed_wandb_entity(checkpoint) == entity
     assert resumed_wandb_entity({"wandb_run_id": "abc123"}) is None  # written before entities were recorded
+
+
+def test_checkpoints_record_the_entity_an_online_run_lives_under(monkeypatch, tmp_path):
+    """A run started without logger.wandb.entity lives under the account's default entity, which only the started
+    run knows (W&B answers with it): that one is recorded, so a resume by another account or machine continues the
+    run there. An offline run has none (nothing but the settings' entity to record)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from vpr.callbacks import RecordRunIds
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def saved(run: SimpleNamespace, **settings) -> dict:
+        logger = WandbLogger(id="abc123", save_dir=tmp_path, **settings)
+        logger._experiment = run  # a started run, as wandb.init returns it (no network)
+        checkpoint: dict = {}
+        RecordRunIds().on_save_checkpoint(SimpleNamespace(loggers=[logger]), None, checkpoint)
+        return checkpoint
+
+    online = SimpleNamespace(id="abc123", entity="alice-default", offline=False, disabled=False)
+    assert saved(online)["wandb_run_entity"] == "alice-default"
+    assert saved(online, entity="alice-default")["wandb_run_entity"] == "alice-default"
+    offline = SimpleNamespace(id="abc123", entity="", offline=True, disabled=False)
+    assert saved(offline)["wandb_run_entity"] is None
+    assert saved(offline, entity="team")["wandb_run_entity"] == "team"  # the settings' entity, as before
+    disabled = SimpleNamespace(id="abc123", entity="someone", offline=False, disabled=True)
+    assert saved(disabled)["wandb_run_entity"] is None

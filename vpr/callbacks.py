@@ -245,9 +245,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 WANDB_ID_KEY = "wandb_run_id"
 #: Where it keeps that run's W&B group (None: none), so that a resumed run started from another sweep stays in it.
 WANDB_GROUP_KEY = "wandb_run_group"
-#: Where it keeps the W&B entity the run was started with (None: the default one), so that a resumed run continues
-#: it there, not under the default entity of the resuming command.
+#: Where it keeps the W&B entity the run lives under (None: not known, an offline run started without
+#: ``logger.wandb.entity``), so that a resumed run continues it there, not under the default entity of the resuming
+#: command.
 WANDB_ENTITY_KEY = "wandb_run_entity"
+
+
+def live_wandb_entity(run: Any) -> str | None:
+    """The entity of a started online W&B run (the account's default one when the run was started without
+    ``entity``: W&B answers with it); None for an offline or disabled run, which has none, or no run."""
+    try:
+        if run is None or getattr(run, "offline", True) is not False or getattr(run, "disabled", False) is True:
+            return None
+        entity = getattr(run, "entity", None)
+    except Exception:  # noqa: BLE001 - a run W&B no longer answers about: the settings' entity stands
+        return None
+    return entity if isinstance(entity, str) and entity else None
 
 
 class RecordRunIds(L.Callback):
@@ -257,9 +270,12 @@ class RecordRunIds(L.Callback):
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger" and lg.version:
                 checkpoint[WANDB_ID_KEY] = str(lg.version)
-                group = getattr(lg, "_wandb_init", {}).get("group")  # what the run was started with
+                started = getattr(lg, "_wandb_init", {})  # what the run was started with
+                group = started.get("group")
                 checkpoint[WANDB_GROUP_KEY] = str(group) if group else None
-                entity = getattr(lg, "_wandb_init", {}).get("entity")
+                # the live run's, not the settings': a run started without an entity lives under the account's
+                # default one, which a resume by another account or machine would not find on its own
+                entity = live_wandb_entity(getattr(lg, "_experiment", None)) or started.get("entity")
                 checkpoint[WANDB_ENTITY_KEY] = str(entity) if entity else None
 
 
