@@ -177,7 +177,12 @@ def test_checkpoints_record_the_wandb_group_and_entity(monkeypatch, tmp_path):
         checkpoint: dict = {}
         made = WandbLogger(id="abc123", group=group, entity=entity, save_dir=tmp_path, offline=True)
         RecordRunIds().on_save_checkpoint(SimpleNamespace(loggers=[CSVLogger(tmp_path), made]), None, checkpoint)
-        assert checkpoint == {"wandb_run_id": "abc123", "wandb_run_group": group, "wandb_run_entity": entity}
+        assert checkpoint == {
+            "wandb_run_id": "abc123",
+            "wandb_run_group": group,
+            "wandb_run_entity": entity,
+            "wandb_run_name": None,  # none given, no run started
+        }
         assert resumed_wandb_entity(checkpoint) == entity
     assert resumed_wandb_entity({"wandb_run_id": "abc123"}) is None  # written before entities were recorded
 
@@ -207,3 +212,49 @@ def test_checkpoints_record_the_entity_an_online_run_lives_under(monkeypatch, tm
     assert saved(offline, entity="team")["wandb_run_entity"] == "team"  # the settings' entity, as before
     disabled = SimpleNamespace(id="abc123", entity="someone", offline=False, disabled=True)
     assert saved(disabled)["wandb_run_entity"] is None
+
+
+def test_a_resumed_run_keeps_its_name(wandb_init, tmp_path, monkeypatch):
+    """Job 0 of a sweep is baseline-seed1-job0; resumed as a single run (or as job 3 of another sweep) it keeps that
+    name: W&B renames a run continued under another name."""
+    import vpr.build
+
+    recipe = ("experiment=city_baseline", "seed=1")
+    assert init_kwargs(wandb_init, tmp_path, *recipe)["name"] == "baseline-seed1"  # a new single run
+    resumed = init_kwargs(wandb_init, tmp_path, *recipe, wandb_id="abc123", wandb_name="baseline-seed1-job0")
+    assert resumed["id"] == "abc123" and resumed["name"] == "baseline-seed1-job0"
+    monkeypatch.setattr(vpr.build, "sweep_identity", lambda: ("2026-01-02_sweepB", "job3"))
+    assert init_kwargs(wandb_init, tmp_path, *recipe)["name"] == "baseline-seed1-job3"  # a new job of a sweep
+    resumed = init_kwargs(wandb_init, tmp_path, *recipe, wandb_id="abc123", wandb_name="baseline-seed1")
+    assert resumed["name"] == "baseline-seed1"
+    given = init_kwargs(wandb_init, tmp_path, *recipe, "logger.wandb.name=mine", wandb_id="abc123", wandb_name="x")
+    assert given["name"] == "mine"  # a name given on the command line wins
+    assert init_kwargs(wandb_init, tmp_path, *recipe, wandb_name="x")["name"] == "baseline-seed1-job3"  # not resumed
+
+
+def test_checkpoints_record_the_run_name_and_older_ones_take_it_from_their_folder(monkeypatch, tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    from vpr.build import resumed_wandb_name
+    from vpr.callbacks import RecordRunIds
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(id="abc123", name="baseline-seed1-job0", save_dir=tmp_path)
+    checkpoint: dict = {}
+    RecordRunIds().on_save_checkpoint(SimpleNamespace(loggers=[logger]), None, checkpoint)
+    assert checkpoint["wandb_run_name"] == "baseline-seed1-job0"
+    logger._experiment = SimpleNamespace(id="abc123", name="renamed-in-the-run", offline=True, disabled=False)
+    RecordRunIds().on_save_checkpoint(SimpleNamespace(loggers=[logger]), None, checkpoint)
+    assert checkpoint["wandb_run_name"] == "renamed-in-the-run"  # the live run's name
+
+    cfg = config(tmp_path, "experiment=city_baseline", "seed=2")
+    assert resumed_wandb_name({"wandb_run_name": "kept"}, tmp_path / "x" / "last.ckpt", cfg) == "kept"
+    # a checkpoint written before names were recorded: job 4 of a sweep, as its folder's .hydra/hydra.yaml says
+    job = tmp_path / "sweep" / "4_baseline_seed2"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n  job:\n    num: 4\n")
+    assert resumed_wandb_name({}, job / "checkpoints" / "last.ckpt", cfg) == "baseline-seed2-job4"
+    single = tmp_path / "runs" / "2026-01-01_10-00-00"
+    (single / ".hydra").mkdir(parents=True)
+    (single / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n  job:\n    num: 0\n")
+    assert resumed_wandb_name({}, single / "checkpoints" / "last.ckpt", cfg) == "baseline-seed2"

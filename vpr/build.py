@@ -29,6 +29,7 @@ from vpr import variant_tags
 from vpr.callbacks import (
     WANDB_ENTITY_KEY,
     WANDB_GROUP_KEY,
+    WANDB_NAME_KEY,
     AtomicCheckpointIO,
     CheckpointOnStop,
     LogFileProgressBar,
@@ -459,17 +460,24 @@ def sweep_identity() -> tuple[str | None, str | None]:
     return None, None
 
 
-def run_folder_group(run_folder: Path) -> str | None:
-    """The W&B group :func:`build_loggers` gave the run of ``run_folder`` (a train.py run folder): its Hydra sweep's
-    folder name when it was a job of a multirun (its ``.hydra/hydra.yaml``), else None (a single run, or a folder
-    Hydra left no record in)."""
+def _multirun_job_hydra(run_folder: Path) -> dict[str, Any] | None:
+    """The ``hydra`` settings of ``run_folder`` (its ``.hydra/hydra.yaml``) when it was a job of a multirun; None for
+    a single run, or a folder Hydra left no record in."""
     import yaml
 
     try:
         hydra = (yaml.safe_load((Path(run_folder) / ".hydra" / "hydra.yaml").read_text()) or {}).get("hydra") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         return None
-    if str(hydra.get("mode")) != "MULTIRUN":
+    return hydra if isinstance(hydra, dict) and str(hydra.get("mode")) == "MULTIRUN" else None
+
+
+def run_folder_group(run_folder: Path) -> str | None:
+    """The W&B group :func:`build_loggers` gave the run of ``run_folder`` (a train.py run folder): its Hydra sweep's
+    folder name when it was a job of a multirun (its ``.hydra/hydra.yaml``), else None (a single run, or a folder
+    Hydra left no record in)."""
+    hydra = _multirun_job_hydra(run_folder)
+    if hydra is None:
         return None
     sweep_dir = str((hydra.get("sweep") or {}).get("dir") or "")
     if sweep_dir and "${" not in sweep_dir:
@@ -485,6 +493,22 @@ def resumed_wandb_entity(state: dict[str, Any]) -> str | None:
     return str(entity) if entity else None
 
 
+def wandb_run_name(cfg: DictConfig, job: str | None) -> str:
+    """The W&B name of a run: ``<variant>-seed<N>``, and ``-job<k>`` for job k of a Hydra multirun."""
+    return "-".join(str(x) for x in (cfg.get("variant"), f"seed{cfg.seed}", job) if x)
+
+
+def resumed_wandb_name(state: dict[str, Any], ckpt_path: str | Path, cfg: DictConfig) -> str | None:
+    """The W&B name of the run a checkpoint continues: the one it records (:class:`RecordRunIds`), else, for a
+    checkpoint written before names were recorded, the one :func:`build_loggers` gave the run of the folder it lies
+    in (``<run>/checkpoints/``): with the job number it had in its sweep, whatever job, if any, resumes it."""
+    if WANDB_NAME_KEY in state:
+        return str(state[WANDB_NAME_KEY]) if state[WANDB_NAME_KEY] else None
+    hydra = _multirun_job_hydra(Path(ckpt_path).resolve().parent.parent) or {}
+    num = (hydra.get("job") or {}).get("num") if isinstance(hydra.get("job"), dict) else None
+    return wandb_run_name(cfg, f"job{num}" if isinstance(num, int) else None)
+
+
 def resumed_wandb_group(state: dict[str, Any], ckpt_path: str | Path) -> str | None:
     """The W&B group of the run a checkpoint continues: the one it records (:class:`RecordRunIds`), else, for a
     checkpoint written before groups were recorded, that of the run folder it lies in (``<run>/checkpoints/``,
@@ -495,11 +519,16 @@ def resumed_wandb_group(state: dict[str, Any], ckpt_path: str | Path) -> str | N
 
 
 def build_loggers(
-    cfg: DictConfig, wandb_id: str | None = None, wandb_group: str | None = None, wandb_entity: str | None = None
+    cfg: DictConfig,
+    wandb_id: str | None = None,
+    wandb_group: str | None = None,
+    wandb_entity: str | None = None,
+    wandb_name: str | None = None,
 ) -> list[Any]:
     """The configured loggers; ``wandb_id`` continues that W&B run (a resumed training), in ``wandb_group`` (the
-    group it was started in; None: none) unless ``logger.wandb.group`` names one, and under ``wandb_entity`` (the
-    entity it was started with; None: the default one) unless ``logger.wandb.entity`` names one."""
+    group it was started in; None: none) unless ``logger.wandb.group`` names one, under ``wandb_entity`` (the
+    entity it was started with; None: the default one) unless ``logger.wandb.entity`` names one, and with the name
+    ``wandb_name`` (None: this run's own, :func:`wandb_run_name`) unless ``logger.wandb.name`` gives one."""
     loggers = []
     for name, conf in (cfg.get("logger") or {}).items():
         if conf is None or "_target_" not in conf:
@@ -527,7 +556,8 @@ def build_loggers(
                 elif group:
                     kwargs["group"] = group  # one W&B group per Hydra sweep
             if conf.get("name") is None:
-                kwargs["name"] = "-".join(str(x) for x in (cfg.get("variant"), f"seed{cfg.seed}", job) if x)
+                # a resumed run keeps its name (a sweep's job resumed as a single run stays <variant>-seed<N>-job<k>)
+                kwargs["name"] = str(wandb_name) if wandb_id and wandb_name else wandb_run_name(cfg, job)
             if "job_type" in conf and conf.get("job_type") is None and cfg.get("task_name"):
                 kwargs["job_type"] = str(cfg.task_name)  # train, eval: the runs of one project told apart
             tags = variant_tags(conf.get("tags"), cfg.get("variant"))
@@ -707,12 +737,13 @@ def build_trainer(
     wandb_group: str | None = None,
     loggers: list[Any] | None = None,
     wandb_entity: str | None = None,
+    wandb_name: str | None = None,
 ) -> L.Trainer:
     """The training Trainer (configured loggers and callbacks), or a plain one-device Trainer for evaluation
     (logging to ``loggers``, none by default). ``module`` (training) decides ``trainer.sync_batchnorm=auto``;
-    ``wandb_id``, ``wandb_group`` and ``wandb_entity``: see :func:`build_loggers`."""
+    ``wandb_id``, ``wandb_group``, ``wandb_entity`` and ``wandb_name``: see :func:`build_loggers`."""
     if training:
-        return _training_trainer(cfg, build_loggers(cfg, wandb_id, wandb_group, wandb_entity), module)
+        return _training_trainer(cfg, build_loggers(cfg, wandb_id, wandb_group, wandb_entity, wandb_name), module)
     devices = cfg.trainer.get("devices", "auto")
     if str(devices) not in ("1", "auto", "None") or cfg.trainer.get("strategy") not in (None, "auto"):
         log.warning(

@@ -249,6 +249,9 @@ WANDB_GROUP_KEY = "wandb_run_group"
 #: ``logger.wandb.entity``), so that a resumed run continues it there, not under the default entity of the resuming
 #: command.
 WANDB_ENTITY_KEY = "wandb_run_entity"
+#: Where it keeps the run's W&B name (``baseline-seed1-job0``), so that a resumed run keeps it wherever it is resumed
+#: (as a single run, or as another job of another sweep).
+WANDB_NAME_KEY = "wandb_run_name"
 
 
 def live_wandb_entity(run: Any) -> str | None:
@@ -263,8 +266,17 @@ def live_wandb_entity(run: Any) -> str | None:
     return entity if isinstance(entity, str) and entity else None
 
 
+def live_wandb_name(run: Any) -> str | None:
+    """The name of a started W&B run (a rename during the run included); None without one."""
+    try:
+        name = getattr(run, "name", None) if run is not None else None
+    except Exception:  # noqa: BLE001 - a run W&B no longer answers about: the settings' name stands
+        return None
+    return name if isinstance(name, str) and name else None
+
+
 class RecordRunIds(L.Callback):
-    """Stores the W&B run id, group and entity in every checkpoint."""
+    """Stores the W&B run id, group, entity and name in every checkpoint."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         for lg in trainer.loggers:
@@ -277,6 +289,8 @@ class RecordRunIds(L.Callback):
                 # default one, which a resume by another account or machine would not find on its own
                 entity = live_wandb_entity(getattr(lg, "_experiment", None)) or started.get("entity")
                 checkpoint[WANDB_ENTITY_KEY] = str(entity) if entity else None
+                name = live_wandb_name(getattr(lg, "_experiment", None)) or started.get("name")
+                checkpoint[WANDB_NAME_KEY] = str(name) if name else None
 
 
 class LogFileProgressBar(TQDMProgressBar):

@@ -208,6 +208,20 @@ def test_a_run_resumed_from_another_sweep_stays_in_its_group_and_entity(sweep_a)
     assert record.entity == "me"  # not the default entity
 
 
+def test_a_sweep_job_resumed_as_a_single_run_keeps_its_name(sweep_a):
+    tmp, overrides, sweep, job, run = sweep_a
+    saved = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["wandb_run_name"] == "baseline+se-seed42-job0"
+    single = tmp / "logs" / "train" / "runs" / "resumed-alone"
+    run_script(
+        "train.py", *overrides, f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={single}", tmp=tmp
+    )
+    (resumed,) = offline_runs(single).values()
+    record = run_record(resumed)
+    assert record.run_id == run_record(run).run_id and record.run_group == sweep.name
+    assert record.display_name == "baseline+se-seed42-job0"  # not baseline+se-seed42
+
+
 def test_eval_logs_its_recalls_as_a_run_of_its_own(sweep_a, data_dir):
     tmp, _, _, job, run = sweep_a
     out = tmp / "eval_run"

@@ -29,6 +29,7 @@ from vpr.build import (
     optimizer_factories,
     resumed_wandb_entity,
     resumed_wandb_group,
+    resumed_wandb_name,
     wandb_mode,
     whole_number,
 )
@@ -388,19 +389,27 @@ def _train_in(cfg: DictConfig, out_dir: Path, ckpt_path: str | None, state: dict
     check_deterministic(cfg.trainer.get("deterministic"), module, work_device(cfg.trainer).type == "cuda")
     if dm.guidance is not None and module.aux_weight > 0:
         dm.label_source()  # the segmentation model loads, or fails, now: not after clustering and a cache pass
-    wandb_id = wandb_group = wandb_entity = None
+    wandb_id = wandb_group = wandb_entity = wandb_name = None
     if state is not None:
         check_resumed_network(module, state, ckpt_path, cfg)
         wandb_id = state.get(WANDB_ID_KEY)  # the W&B run the resumed training continues, in its own group
         wandb_group = resumed_wandb_group(state, ckpt_path) if wandb_id else None
         wandb_entity = resumed_wandb_entity(state) if wandb_id else None
+        wandb_name = resumed_wandb_name(state, ckpt_path, cfg) if wandb_id else None
     if ckpt_path is None and cfg.get("init_weights"):
         load_matching_weights(module, cfg.init_weights)
     elif ckpt_path is None:
         init_head(cfg, module, dm, cluster_command_overrides())  # a resumed run restores the head instead
     print_budget(cfg, dm, module)
 
-    trainer = build_trainer(cfg, wandb_id=wandb_id, wandb_group=wandb_group, wandb_entity=wandb_entity, module=module)
+    trainer = build_trainer(
+        cfg,
+        wandb_id=wandb_id,
+        wandb_group=wandb_group,
+        wandb_entity=wandb_entity,
+        wandb_name=wandb_name,
+        module=module,
+    )
     pass_sigterm_on(getattr(trainer.strategy.launcher, "kill", None))  # outside the loops too, to the DDP processes
     failed = True
     try:
