@@ -144,7 +144,9 @@ def _newest_last_checkpoint(
 ) -> Path:
     """What ``ckpt_path=last`` resumes: the newest intact ``last.ckpt`` under ``folder``, chosen among the runs like
     ``same_run_as`` as :func:`resolve_ckpt_path` says."""
-    found = sorted(folder.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    # not in hidden folders: a run folder's .earlier/ holds what earlier runs of that folder left, set aside
+    found = [p for p in folder.rglob("last.ckpt") if not any(x.startswith(".") for x in p.relative_to(folder).parts)]
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
         raise NothingToResume(f"ckpt_path=last: no last.ckpt under {folder}; train first or give a path")
     if same_run_as is not None:

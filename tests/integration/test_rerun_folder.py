@@ -104,3 +104,50 @@ def test_a_resumed_run_keeps_the_untrained_results_of_its_start(tmp_path):
     with pytest.raises(Exception, match="recall_at"):
         _run_training(cfg)
     assert not (run / "results_untrained.json").exists()
+
+
+def test_a_new_run_in_the_folder_of_an_earlier_run_sets_its_checkpoints_aside(tmp_path, monkeypatch):
+    """A run given an earlier run's hydra.run.dir (not resumed) writes its config.yaml beside the earlier run's
+    checkpoints: left there, ckpt_path=last of the new run's settings would resume the earlier network (also when
+    the new run ended before its first checkpoint). They go to .earlier/<time>/checkpoints/, byte for byte; a resumed
+    run keeps them (its checkpoints continue there)."""
+    import torch
+
+    import vpr.run.train
+    from tests.conftest import compose_script
+    from vpr.checkpoints import NothingToResume, resolve_ckpt_path
+
+    logs = tmp_path / "logs"
+    run = logs / "train" / "runs" / "r"
+    earlier_job(run, 1, 0.5)
+    (run / "checkpoints").mkdir()
+    for name in ("last.ckpt", "epoch001.ckpt"):  # what Lightning saves: a torch.save'd dict
+        torch.save(
+            {"epoch": 1, "state_dict": {}, "vpr_config": {"optimizer": {"lr": 0.001}}}, run / "checkpoints" / name
+        )
+    earlier = {name: (run / "checkpoints" / name).read_bytes() for name in ("last.ckpt", "epoch001.ckpt")}
+    seen = []
+    monkeypatch.setattr(vpr.run.train, "_train_in", lambda cfg, out, ckpt, state: seen.append(ckpt) or {})
+
+    cfg = compose_script(
+        "train", "experiment=city_baseline", f"paths.log_dir={logs}", f"paths.output_dir={run}", "optimizer.lr=0.01"
+    )
+    vpr.run.train._run_training(cfg)
+    assert seen == [None]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [".train.lock"]
+    (kept,) = (run / ".earlier").iterdir()  # the same folder as the earlier run's results
+    assert {p.name: p.read_bytes() for p in (kept / "checkpoints").iterdir()} == earlier
+    assert (kept / "results.json").is_file()
+    # the earlier run's checkpoint is no longer taken for one of the new run's settings (lr 0.01, in config.yaml)
+    with pytest.raises(NothingToResume):
+        resolve_ckpt_path("last", str(logs), "train", same_run_as=cfg)
+    with pytest.raises(NothingToResume):  # nor by eval.py's ckpt_path=last: set aside is not a run's
+        resolve_ckpt_path("last", str(logs), "train")
+
+    # a resumed run in its own folder keeps its checkpoints
+    for name, data in earlier.items():
+        (run / "checkpoints" / name).write_bytes(data)
+    cfg.ckpt_path = str(run / "checkpoints" / "last.ckpt")
+    vpr.run.train._run_training(cfg)
+    assert seen[-1] == str(run / "checkpoints" / "last.ckpt")
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {".train.lock", "last.ckpt", "epoch001.ckpt"}

@@ -8,6 +8,7 @@ Each reads the composed config top to bottom: build the pieces (:mod:`vpr.build`
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -79,30 +80,67 @@ def set_aside_earlier_outputs(out_dir: Path, keep: tuple[str, ...] = ()) -> Path
     found = sorted({p for pattern in FINISHED_RUN_OUTPUTS for p in Path(out_dir).glob(pattern) if p.name not in keep})
     if not found:
         return None
-    newest = max(p.stat().st_mtime for p in found)
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(newest))
-    dest, k = Path(out_dir) / EARLIER_RUNS_DIR / stamp, 1
-    while dest.exists():
-        k += 1
-        dest = Path(out_dir) / EARLIER_RUNS_DIR / f"{stamp}_{k}"
-    try:
-        dest.mkdir(parents=True)
-        for path in found:
-            os.replace(path, dest / path.name)  # the same file system: a rename, nothing copied or lost
-    except OSError as e:
-        from vpr.errors import ConfigError
-
-        raise ConfigError(
-            f"{out_dir} holds the results of an earlier run ({', '.join(p.name for p in found)}) and they could "
-            f"not be moved to {dest} ({e.strerror}): give this run another folder (hydra.sweep.dir, hydra.run.dir) "
-            "or move them yourself"
-        ) from None
+    dest = _move_aside(out_dir, found, None, "results")
     log.warning(
         "%s held the results of an earlier run (%s): moved to %s; this run's results replace them when it finishes",
         out_dir,
         ", ".join(p.name for p in found),
         dest,
     )
+    return dest
+
+
+def set_aside_earlier_checkpoints(folder: Path, out_dir: Path, into: Path | None = None) -> Path | None:
+    """Move the checkpoints an earlier run left in ``folder``, this new (not resumed) run's checkpoint folder inside
+    its run folder ``out_dir`` (``hydra.run.dir`` given again, a sweep started again in its folder), into
+    ``<out_dir>/.earlier/<its time>/checkpoints/`` (``into``: the folder :func:`set_aside_earlier_outputs` moved
+    that run's results to). Left there, they would pass for this run's beside the config.yaml it has just written:
+    ``ckpt_path=last`` of this run's settings would resume the earlier run's network, also before this run saved a
+    checkpoint of its own. Nothing is deleted; a checkpoint folder outside the run folder is not touched. Returns
+    where they went, None when there was nothing to move (or in another process than the first)."""
+    from vpr.io import path_under
+
+    if process_rank(os.environ) > 0 or path_under(folder, out_dir) is None:
+        return None
+    found = sorted(p for p in Path(folder).glob("*.ckpt") if p.is_file())
+    if not found:
+        return None
+    dest = _move_aside(out_dir, found, into, "checkpoints")
+    log.warning(
+        "%s held the checkpoints of an earlier run (%s): moved to %s; a new run starts (to continue the earlier one "
+        "instead, move them back and give ckpt_path=last)",
+        folder,
+        ", ".join(p.name for p in found),
+        dest,
+    )
+    return dest
+
+
+def _move_aside(out_dir: Path, found: list[Path], into: Path | None, what: str) -> Path:
+    """Rename ``found`` into ``into`` (``<out_dir>/.earlier/<time of the newest>/`` when None; checkpoints into its
+    ``checkpoints/``); the folder they went to. A failure is one ConfigError naming the files and the way out."""
+    if into is None:
+        newest = max(p.stat().st_mtime for p in found)
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(newest))
+        into, k = Path(out_dir) / EARLIER_RUNS_DIR / stamp, 1
+        while into.exists():
+            k += 1
+            into = Path(out_dir) / EARLIER_RUNS_DIR / f"{stamp}_{k}"
+    dest = into / "checkpoints" if what == "checkpoints" else into
+    try:
+        dest.mkdir(parents=True, exist_ok=what == "checkpoints")
+        for path in found:
+            if (dest / path.name).exists():
+                raise FileExistsError(errno.EEXIST, "already there", str(dest / path.name))
+            os.replace(path, dest / path.name)  # the same file system: a rename, nothing copied or lost
+    except OSError as e:
+        from vpr.errors import ConfigError
+
+        raise ConfigError(
+            f"{out_dir} holds the {what} of an earlier run ({', '.join(p.name for p in found)}) and they could "
+            f"not be moved to {dest} ({e.strerror}): give this run another folder (hydra.sweep.dir, hydra.run.dir) "
+            "or move them yourself"
+        ) from None
     return dest
 
 

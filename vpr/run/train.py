@@ -60,6 +60,7 @@ from vpr.run import (
     process_rank,
     save_predictions,
     save_run_config,
+    set_aside_earlier_checkpoints,
     set_aside_earlier_outputs,
     single_log_stream,
 )
@@ -336,7 +337,7 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     # A job that fails here must not show an earlier result. A resumed run (a sweep continued in its own folders)
     # does not test the untrained network again: that result of the run's start stays.
     untrained = ("results_untrained.json",) if cfg.get("ckpt_path") else ()
-    set_aside_earlier_outputs(Path(cfg.paths.output_dir), keep=untrained)
+    earlier = set_aside_earlier_outputs(Path(cfg.paths.output_dir), keep=untrained)
     validate_config(cfg)
     cfg.variant = variant_with_overrides(cfg.get("variant"), command_line_overrides())  # baseline+se: not baseline
     L.seed_everything(int(cfg.seed), workers=True)
@@ -367,6 +368,8 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         if process_rank(os.environ) == 0:  # the other DDP processes write through rank 0
             stack.enter_context(exclusive_lock(folder / ".train.lock", lambda: _folder_busy(folder)))
+        if ckpt_path is None:  # a new run: an earlier run's checkpoints in its folder are not this run's
+            set_aside_earlier_checkpoints(folder, out_dir, into=earlier)
         return _train_in(cfg, out_dir, ckpt_path, state)
 
 
