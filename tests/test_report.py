@@ -833,3 +833,59 @@ def test_an_eval_sweep_over_released_files_gives_a_row_per_file(tmp_path: Path, 
     assert rows["eval (checkpoint=netvlad/checkpoint.pth.tar)"][0].startswith("30.0")
     assert rows["eval (checkpoint=paper/se.pth.tar)"][0].startswith("50.0")
     assert len(rows) == 2
+
+
+def test_sweeps_read_together_merge_a_setting_given_on_one_command_line_and_left_at_its_default_in_the_other(
+    tmp_path: Path, capsys
+):
+    """Sweep A gave optimizer.lr=0.001,0.1, optimizer=sgd and data.image_size=[48, 64]; sweep B gave none of them,
+    its config had the same values (lr 0.001, the sgd option, [48, 64]): B's run is one more seed of A's lr-0.001
+    model. By hand: lr 0.001 R@1 60, 50 (A) and 70 (B) -> 60.0 ± 10.0 (sample std sqrt(200 / 2)); lr 0.1 20, 30 ->
+    25.0 ± 7.1. Sweep C's config had lr 0.01: a row of its own, named by that value; a job whose config does not
+    say its rate stays "not given"."""
+
+    def job(sweep: str, folder: str, seed: int, r1: float, overrides: list[str], lr: str | None) -> None:
+        """A train.py job folder: its resolved config.yaml and Hydra's choices of config groups, written by hand."""
+        d = write_run(
+            tmp_path / sweep,
+            folder,
+            "baseline",
+            seed,
+            {1: r1, 5: 0.9, 10: 0.95},
+            overrides=["experiment=city_baseline", *overrides, f"seed={seed}"],
+            config="task_name: train\noptimizer:\n  momentum: 0.9\n" + (f"  lr: {lr}\n" if lr else ""),
+        )
+        text = (
+            (d / "config.yaml").read_text().replace("  name: city\n", "  name: city\n  image_size:\n  - 48\n  - 64\n")
+        )
+        (d / "config.yaml").write_text(text)
+        choices = {"experiment": "city_baseline", "optimizer": "sgd", "data": "synthetic"}
+        (d / ".hydra" / "hydra.yaml").write_text(
+            "hydra:\n  runtime:\n    choices:\n" + "".join(f"      {k}: {v}\n" for k, v in choices.items())
+        )
+
+    given = ["optimizer=sgd", "data.image_size=[48, 64]"]
+    job("A", "0_baseline_seed1", 1, 0.60, [*given, "optimizer.lr=1e-3"], "0.001")
+    job("A", "1_baseline_seed2", 2, 0.50, [*given, "optimizer.lr=1e-3"], "0.001")
+    job("A", "2_baseline_seed1", 1, 0.20, [*given, "optimizer.lr=0.1"], "0.1")
+    job("A", "3_baseline_seed2", 2, 0.30, [*given, "optimizer.lr=0.1"], "0.1")
+    job("B", "0_baseline_seed3", 3, 0.70, [], "0.001")
+    assert main([str(tmp_path), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert list(rows) == ["baseline (optimizer.lr=0.001)", "baseline (optimizer.lr=0.1)"]
+    assert rows["baseline (optimizer.lr=0.001)"][0] == "60.0 ± 10.0"
+    assert cell(out, "baseline (optimizer.lr=0.001)", "runs") == "3"
+    assert rows["baseline (optimizer.lr=0.1)"][0] == "25.0 ± 7.1"
+
+    job("C", "0_baseline_seed1", 1, 0.40, [], "0.01")
+    job("D", "0_baseline_seed1", 1, 0.45, [], None)  # a config without the rate
+    assert main([str(tmp_path), "--no-plot"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert list(rows) == [
+        "baseline (optimizer.lr not given)",
+        "baseline (optimizer.lr=0.001)",
+        "baseline (optimizer.lr=0.01)",
+        "baseline (optimizer.lr=0.1)",
+    ]
+    assert rows["baseline (optimizer.lr=0.01)"][0] == "40.0 ± –"

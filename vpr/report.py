@@ -22,7 +22,9 @@ job: it is listed under the table as ``missing: <folder>``, followed by ``(faile
 come from ("mixed" when its runs disagree), because a val number next to a test number means nothing.
 
 A row is one model over its seeds: its variant and the job's command-line settings (``.hydra/overrides.yaml``)
-that differ between runs of that variant, named after it (``baseline (optimizer.lr=0.1)``). Settings that do not
+that differ between runs of that variant, named after it (``baseline (optimizer.lr=0.1)``); a job whose command
+line left such a setting at its default counts with the value its ``config.yaml`` (or, for a config group, its
+``.hydra/hydra.yaml`` choice) records, so sweeps read together give one row per model. Settings that do not
 change the recipe (:data:`IGNORED_SETTINGS`: ``seed``, ``ckpt_path``, ``hydra.*``, ``paths.*``,
 ``data.root``, ``logger``, ``data.num_workers``, ...) are left out; a city's ``data.prepare.preset`` counts without
 its occlusion level, which has a column of its own. ΔR@1 compares a row with the baseline row of the same
@@ -118,6 +120,10 @@ class Run:
     # The command-line settings of the run that trained the network (.hydra/overrides.yaml, less IGNORED_SETTINGS),
     # (key, value) sorted by key; None: not known (no .hydra/overrides.yaml), the run is grouped by variant alone.
     settings: tuple[tuple[str, str], ...] | None = None
+    # The job folder whose config.yaml (and .hydra/hydra.yaml) hold the values of the run's settings where its command
+    # line left them at their defaults; None: not known (an eval.py job of a checkpoint: the training job's config
+    # and its own disagree on whose a setting is).
+    config_dir: Path | None = None
 
     @property
     def split_label(self) -> str:
@@ -140,7 +146,7 @@ class Row:
     mask_auc: tuple[float, ...] = ()  # of the runs that measured their mask
     occlusion: str | None = None
     # The settings that tell this row from other rows of its variant: (key, value), value None where the row's runs
-    # did not give the key on the command line.
+    # did not give the key on the command line and their config does not say its value.
     settings: tuple[tuple[str, str | None], ...] = ()
 
     @property
@@ -249,6 +255,13 @@ def _setting_value(key: str, value: str) -> str:
     value = value.strip()
     if key == "data.prepare.preset":
         return value.partition("-occlusion-")[0]
+    if value.lower() in ("true", "false", "null"):
+        return value.lower()
+    if value.startswith("[") and value.endswith("]"):
+        items = [v.strip() for v in value[1:-1].split(",")] if value[1:-1].strip() else []
+        if all(items) and not any(c in value[1:-1] for c in "[]{}'\""):
+            return "[" + ",".join(_setting_value(key, v) for v in items) + "]"
+        return value
     try:
         return str(int(value))
     except ValueError:
@@ -258,6 +271,43 @@ def _setting_value(key: str, value: str) -> str:
     except ValueError:
         return value
     return repr(number) if math.isfinite(number) else value
+
+
+def _config_value(key: str, value: Any) -> str | None:
+    """A resolved config value as :func:`_setting_value` spells the same value given on a command line; None for what
+    a command line's ``key=value`` does not give (a mapping, an interpolation left unresolved)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return _setting_value(key, repr(value))
+    if isinstance(value, str):
+        return _setting_value(key, value) if "${" not in value else None
+    if isinstance(value, list):
+        items = [_config_value(key, v) for v in value]
+        return "[" + ",".join(items) + "]" if all(i is not None and "," not in i for i in items) else None
+    return None
+
+
+def _default_setting(config_dir: Path, key: str) -> str | None:
+    """The value a job had for a setting its command line did not give (the config's default): the config group
+    option chosen (``.hydra/hydra.yaml``'s choices: ``optimizer=sgd``) for a group, else the value in the job's
+    resolved ``config.yaml`` (``optimizer.lr=0.001``); None where neither says."""
+    hydra_yaml = config_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        try:
+            choices = _load_yaml(hydra_yaml)["hydra"]["runtime"]["choices"]
+        except Exception:  # no choices there: the config's value below
+            choices = {}
+        if isinstance(choices, dict) and key in choices:
+            return _plain(choices[key])
+    value: Any = _job_config(config_dir)
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return _config_value(key, value)
 
 
 def _settings(overrides: Sequence[str]) -> dict[str, str]:
@@ -293,11 +343,14 @@ def _seed(value: Any) -> int | None:
     return None
 
 
-def _identity(run_dir: Path, cfg: dict[str, Any], checkpoint: Any) -> tuple[str, int | None, dict[str, str] | None]:
+def _identity(
+    run_dir: Path, cfg: dict[str, Any], checkpoint: Any
+) -> tuple[str, int | None, dict[str, str] | None, Path | None]:
     """(variant, seed, settings) of a job. An eval.py job of a checkpoint takes the training run's: its variant and
     seed are in the job's config (eval.py records the checkpoint's), its command-line settings in the training job's
     ``.hydra/overrides.yaml`` (with the eval job's own on top: pca_dim, data, ...). Settings are None where the
-    training run's overrides are not known; the variant then falls back as the module docstring says."""
+    training run's overrides are not known; the variant then falls back as the module docstring says. Last, the
+    folder whose config holds the values of settings the command line did not give (:attr:`Run.config_dir`)."""
     seed = _seed(cfg.get("seed"))
     source = _training_dir(run_dir, cfg, checkpoint) or run_dir
     source_cfg = cfg if source == run_dir else _job_config(source)
@@ -317,7 +370,7 @@ def _identity(run_dir: Path, cfg: dict[str, Any], checkpoint: Any) -> tuple[str,
     if variant is None and settings is not None:
         # Known settings tell the rows apart: the task (train), not the folder's name with its seed (train_seed1).
         variant = _plain(source_cfg.get("task_name")) or re.sub(r"_seed-?\d+$", "", _folder_variant(source))
-    return variant or _folder_variant(source), seed, settings
+    return variant or _folder_variant(source), seed, settings, run_dir if source == run_dir else None
 
 
 def _parse_results(data: Any, path: Path) -> tuple[str, str, dict[int, float]]:
@@ -347,7 +400,7 @@ def _read_run(run_dir: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
             checkpoint = next(iter(sets.values())).get("checkpoint")
         except Exception:  # read again below, where its faults are reported
             pass
-    variant, seed, settings = _identity(run_dir, cfg, checkpoint or cfg.get("ckpt_path"))
+    variant, seed, settings, config_dir = _identity(run_dir, cfg, checkpoint or cfg.get("ckpt_path"))
     frozen = tuple(sorted(settings.items())) if settings is not None else None
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     fallback_dataset = _plain(data_cfg.get("name")) or "?"
@@ -373,6 +426,7 @@ def _read_run(run_dir: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
             occlusion,
             test_set,
             frozen,
+            config_dir,
         )
 
     runs: list[Run] = []
@@ -506,19 +560,38 @@ def _occlusion_key(level: str | None) -> tuple[int, str]:
 
 def _shown_settings(runs: Sequence[Run]) -> list[tuple[tuple[str, str | None], ...]]:
     """Per run, its settings that differ between runs of its variant (absent keys as None); () for a run whose
-    settings are not known."""
-    by_variant: dict[str, list[dict[str, str]]] = {}
+    settings are not known. A setting one run gave and another left at its default counts with the default's value
+    (the job's config: :func:`_default_setting`), so sweeps combined in one table give one row per model whether or
+    not their command lines named its values; it is None ("not given") only where the job's config does not say."""
+    keys: dict[str, set[str]] = {}
     for run in runs:
         if run.settings is not None:
-            by_variant.setdefault(run.variant, []).append(dict(run.settings))
-    differing = {
-        variant: [k for k in sorted({k for s in known for k in s}) if len({s.get(k) for s in known}) > 1]
-        for variant, known in by_variant.items()
-    }
-    return [
-        () if run.settings is None else tuple((k, dict(run.settings).get(k)) for k in differing[run.variant])
-        for run in runs
+            keys.setdefault(run.variant, set()).update(k for k, _ in run.settings)
+    defaults: dict[tuple[Path, str], str | None] = {}
+
+    def value(run: Run, key: str) -> str | None:
+        given = dict(run.settings or ())
+        if key in given or run.config_dir is None:
+            return given.get(key)
+        if (run.config_dir, key) not in defaults:
+            try:
+                defaults[run.config_dir, key] = _default_setting(run.config_dir, key)
+            except Exception:  # an unreadable config: the setting is not known, as before
+                defaults[run.config_dir, key] = None
+        return defaults[run.config_dir, key]
+
+    filled = [
+        {k: value(run, k) for k in sorted(keys[run.variant])} if run.settings is not None else None for run in runs
     ]
+    differing = {
+        variant: [
+            k
+            for k in sorted(names)
+            if len({f[k] for r, f in zip(runs, filled) if r.variant == variant and f is not None}) > 1
+        ]
+        for variant, names in keys.items()
+    }
+    return [() if f is None else tuple((k, f[k]) for k in differing[run.variant]) for run, f in zip(runs, filled)]
 
 
 def _settings_sort_key(settings: tuple[tuple[str, str | None], ...]) -> tuple:
