@@ -103,6 +103,28 @@ def test_baseline_file_gives_the_descriptor_of_the_same_tensors(tmp_path, parall
         assert torch.equal(loaded(images), native(images))
 
 
+@pytest.mark.parametrize("saved", ["network-wrapped-whole", "state-dict-alone"])
+def test_a_network_wrapped_whole_or_a_state_dict_alone_gives_the_same_descriptor(tmp_path, saved):
+    """Two common ways of saving the baseline's tensors: a network wrapped whole in DataParallel (or
+    DistributedDataParallel), whose every key starts with ``module.``, and ``torch.save(model.state_dict())``,
+    without the dict around it. Both load as the file of the plain keys does."""
+    from vpr.checkpoints import load_weights_only
+
+    sd = baseline_file(tmp_path / "checkpoint.pth.tar")
+    if saved == "network-wrapped-whole":
+        torch.save({"epoch": 5, "state_dict": {"module." + k: v for k, v in sd.items()}}, tmp_path / "other.pth.tar")
+    else:
+        torch.save(dict(sd), tmp_path / "other.pth.tar")
+    state = load_weights_only(str(tmp_path / "other.pth.tar"))
+    assert state["released"].layout == "netvlad_baseline"
+    loaded = project_network()
+    loaded.load_state_dict(state["state_dict"])  # strict
+    native = native_copy(sd)
+    images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), native(images))
+
+
 def test_baseline_file_evaluates_like_the_native_checkpoint_and_starts_a_training(data_dir, tmp_path):
     sd = baseline_file(tmp_path / "checkpoint.pth.tar")
     torch.save({"state_dict": native_copy(sd).state_dict()}, tmp_path / "native.ckpt")

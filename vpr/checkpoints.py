@@ -253,6 +253,18 @@ def trusted_prefixes(trusted: Any) -> tuple[str, ...]:
     return TRUSTED_TARGET_PREFIXES + tuple(t.strip().rstrip(".") + "." for t in trusted)
 
 
+def _bare_released_state_dict(state: Any) -> bool:
+    """Whether ``state`` is a state dict of the NetVLAD baseline's or the paper code's layout saved by itself: only
+    tensors, by name, with no ``state_dict`` entry."""
+    return (
+        isinstance(state, dict)
+        and "state_dict" not in state
+        and bool(state)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+        and released.detect(state) is not None
+    )
+
+
 def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = "auto") -> dict[str, Any]:
     """``torch.load`` that accepts tensors, numbers, strings and containers only, never code.
 
@@ -263,6 +275,10 @@ def load_weights_only(path: str, setting: str = "ckpt_path", ckpt_format: str = 
     netvlad_baseline, paper) refuses a file of another layout.
     """
     state = read_weights_only(path, f"{setting}={path}", "checkpoint", " The checkpoints of train.py never do.")
+    if _bare_released_state_dict(state):
+        # torch.save(model.state_dict()): the tensors of a released layout without the dict around them
+        log.info("%s=%s holds a state dict alone (no 'state_dict' entry): read as the network's tensors", setting, path)
+        state = {"state_dict": state}
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
         raise ConfigError(
             f"{setting}={path} has no state_dict: neither a checkpoint of train.py nor one of the NetVLAD "

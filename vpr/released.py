@@ -9,7 +9,8 @@ beside the tensors. Their ``state_dict`` names modules by attribute:
 - the paper code adds its attention modules, applied in this order between encoder and pool: ``deattention``,
   then ``senet_attention``, ``bam_attention``, ``cbam_attention``, ``crn_attention``.
 
-With several GPUs the codes wrapped modules in DataParallel, which inserts ``.module`` after the module name. The
+With several GPUs the codes wrapped modules in DataParallel, which inserts ``.module`` after the module name (a
+network wrapped whole has ``module.`` before every key instead; both are read). The
 paper code's early files name the mask head's layers ``crm_*`` (and ``crm_attention``); its own loader renames
 ``crm`` to ``crn`` in every key, as :func:`convert` does.
 
@@ -149,14 +150,17 @@ class Converted:
 
 
 def _plain(key: str) -> str:
-    """The key without DataParallel's ``.module`` after the top-level module name."""
+    """The key without DataParallel's ``.module`` after the top-level module name, and without the ``module.``
+    that DataParallel or DistributedDataParallel put in front of every key when they wrap the whole network (the
+    codes themselves wrapped encoder and pool apart, but a network wrapped whole and saved is common)."""
+    key = key.removeprefix("module.")
     top, _, rest = key.partition(".")
     return f"{top}.{rest[len('module.') :]}" if rest.startswith("module.") else key
 
 
 def detect(state_dict: dict[str, Any]) -> str | None:
     """ "netvlad_baseline", "paper" or None (not a layout of these codes, e.g. this project's own)."""
-    tops = {k.split(".")[0] for k in state_dict}
+    tops = {_plain(k).split(".")[0] for k in state_dict}
     if "encoder" not in tops or "pool" not in tops:
         return None
     return "netvlad_baseline" if tops == {"encoder", "pool"} else "paper"
