@@ -92,3 +92,19 @@ def test_utm_names_are_refused_as_degrees(tmp_path):
     touch(tmp_path / "edge" / "database" / "@-90@180@.jpg")
     touch(tmp_path / "edge" / "queries" / "@90@-180@.jpg")
     assert load_folder_split(tmp_path, "edge", coordinates="latlon").num_q == 1
+
+
+def test_hidden_files_beside_the_photos_are_not_read(tmp_path):
+    """macOS writes ``._<name>`` beside every file it copies to a disk without its metadata, so each photo of a
+    copied benchmark has a twin whose name carries the same coordinates; a zip made there holds them under
+    ``__MACOSX/``. They are not images and are left out, as are other hidden files and folders."""
+    touch(tmp_path / "test" / "database" / "@585001.00@4477002.00@17@T@@@@@@@@.jpg")
+    touch(tmp_path / "test" / "database" / "._@585001.00@4477002.00@17@T@@@@@@@@.jpg")
+    touch(tmp_path / "test" / "database" / "__MACOSX" / "._@585001.00@4477002.00@17@T@@@@@@@@.jpg")
+    touch(tmp_path / "test" / "queries" / "@585003.00@4477001.00@17@T@@@@@@@@.jpg")
+    touch(tmp_path / "test" / "queries" / ".cache" / "@585003.00@4477001.00@17@T@@@@@@@@.jpg")
+    split = load_folder_split(tmp_path, "test")
+    assert [p.name for p in split.db_paths] == ["@585001.00@4477002.00@17@T@@@@@@@@.jpg"]
+    assert [p.relative_to(tmp_path).as_posix() for p in split.q_paths] == [
+        "test/queries/@585003.00@4477001.00@17@T@@@@@@@@.jpg"
+    ]

@@ -235,3 +235,35 @@ def test_a_pca_larger_than_the_database_is_refused_before_encoding(folders, tmp_
     assert proc.returncode == 2, output[-2000:]
     assert "error: pca_dim=24 must be below the number of database images (24)" in output, output[-2000:]
     assert "database:" not in output, output[-2000:]  # the encoding's progress: no image was encoded
+
+
+def apple_double(path):
+    """The ``._<name>`` file macOS writes beside a file copied to a disk without its metadata: an AppleDouble header
+    (magic 0x00051607, version 0x00020000, 16 filler bytes, 0 entries), not an image, though named ``.jpg``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes.fromhex("0005160700020000") + b"Mac OS X        " + b"\0\0")
+
+
+def test_hidden_files_and_macos_copies_are_not_taken_for_images(tmp_path):
+    """A folder copied from macOS holds ``._<photo>.jpg`` beside each photo (and a zip made there a ``__MACOSX/``
+    folder of them): reading one as an image stopped retrieve.py in the middle of the encoding. Hidden files and
+    folders are left out; a folder holding nothing else is refused naming them."""
+    from PIL import Image
+
+    from vpr.errors import ConfigError
+    from vpr.run.retrieve import list_images
+
+    db = tmp_path / "db"
+    for name in ("a.jpg", "street/b.png", "c.jpg"):
+        (db / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 6)).save(db / name)
+    for name in ("._a.jpg", "street/._b.png", "__MACOSX/street/._b.png"):
+        apple_double(db / name)
+    (db / ".thumbnails").mkdir()
+    Image.new("RGB", (8, 6)).save(db / ".thumbnails" / "a.jpg")
+    assert [p.relative_to(db).as_posix() for p in list_images(db, "database")] == ["a.jpg", "c.jpg", "street/b.png"]
+
+    only_hidden = tmp_path / "only_hidden"
+    apple_double(only_hidden / "._x.jpg")
+    with pytest.raises(ConfigError, match="no images in it or its subfolders .*; 1 hidden files left out"):
+        list_images(only_hidden, "queries")

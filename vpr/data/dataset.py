@@ -377,6 +377,14 @@ def _look_like_degrees(xy: np.ndarray) -> bool:
     return bool(np.all(np.abs(xy) <= 180.0) and np.all(np.ptp(xy, axis=0) < 1.0)) and len(xy) > 1
 
 
+def is_hidden(path: Path, folder: Path) -> bool:
+    """Whether ``path``, found under ``folder``, is hidden there: a name starting with a dot on the way (the
+    ``._<name>`` file macOS writes beside every file copied to a USB disk or a network share, ``.DS_Store``,
+    ``.thumbnails/``) or the ``__MACOSX/`` folder of a zip made on macOS. Such files are never photos, even when
+    their names end in ``.jpg``, and reading one as an image fails."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(folder).parts)
+
+
 def load_folder_split(
     root: str | Path,
     split: str,
@@ -414,8 +422,10 @@ def load_folder_split(
             f"<root>/<split>/database, <root>/<split>/queries){hint}"
         )
     exts = {".jpg", ".jpeg", ".png"}
-    db_paths = sorted(p for p in (base / "database").rglob("*") if p.suffix.lower() in exts)
-    q_paths = sorted(p for p in (base / "queries").rglob("*") if p.suffix.lower() in exts)
+    db_paths, q_paths = (
+        sorted(p for p in (base / sub).rglob("*") if p.suffix.lower() in exts and not is_hidden(p, base / sub))
+        for sub in ("database", "queries")
+    )
     if not db_paths or not q_paths:
         raise DataError(f"{base}: no images found under database/ or queries/")
     positions = np.array([parse_utm_filename(p) for p in db_paths + q_paths], dtype=np.float64)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from vpr.build import check_common_settings, command_line_overrides, whole_number
 from vpr.checkpoints import network_of_checkpoint, resolve_ckpt_path
-from vpr.data.dataset import ImageDataset
+from vpr.data.dataset import ImageDataset, is_hidden
 from vpr.data.transforms import eval_transform
 from vpr.devices import reuse_freed_memory
 from vpr.errors import ConfigError, stop_if_sigterm_was_swallowed
@@ -35,7 +35,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[Path]:
     """Every image file under ``folder`` (recursively) whose name matches none of the ``exclude`` patterns (shell
-    wildcards), sorted by path."""
+    wildcards), sorted by path. Hidden files and folders (:func:`vpr.data.dataset.is_hidden`: macOS's ``._*``
+    copies beside each photo, ``__MACOSX/``) are left out, with a log line counting them."""
     if folder in (None, ""):
         raise ConfigError(f"{setting}=DIR is required: the folder of {setting} images")
     path = Path(str(folder)).expanduser()
@@ -43,15 +44,24 @@ def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[
         raise ConfigError(f"{setting}={folder} is a file: give the folder holding the {setting} images")
     if not path.is_dir():
         raise ConfigError(f"{setting}={folder}: no such folder")
+    found = [f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    hidden = [f for f in found if is_hidden(f, path)]
+    if hidden:
+        log.info(
+            "%s=%s: %d hidden files left out (names starting with a dot or under __MACOSX/, e.g. %s)",
+            setting,
+            folder,
+            len(hidden),
+            min(hidden).relative_to(path).as_posix(),
+        )
     files = sorted(
-        f
-        for f in path.rglob("*")
-        if f.suffix.lower() in IMAGE_SUFFIXES
-        and f.is_file()
-        and not any(fnmatch.fnmatch(f.name, pattern) for pattern in exclude)
+        f for f in found if not is_hidden(f, path) and not any(fnmatch.fnmatch(f.name, pattern) for pattern in exclude)
     )
     if not files:
-        raise ConfigError(f"{setting}={folder}: no images in it or its subfolders ({' '.join(IMAGE_SUFFIXES)})")
+        left_out = f"; {len(hidden)} hidden files left out" if hidden else ""
+        raise ConfigError(
+            f"{setting}={folder}: no images in it or its subfolders ({' '.join(IMAGE_SUFFIXES)}){left_out}"
+        )
     return files
 
 
