@@ -159,6 +159,36 @@ def test_baseline_file_evaluates_like_the_native_checkpoint_and_starts_a_trainin
     assert (tmp_path / "train" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_resuming_a_baseline_file_is_refused_before_any_work_naming_init_weights(data_dir, tmp_path):
+    """train.py ckpt_path=<a baseline file> took it for a run of its own to resume: it moved its checkpoints into the
+    file's folder and ended, after reading the data, in Lightning's traceback. The file holds weights only: one
+    error line names init_weights, before the data is read, and the file's folder gets nothing."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    baseline_file(downloads / "checkpoint.pth.tar")
+    proc = run_script(
+        "train.py",
+        "experiment=city_baseline",
+        *NETWORK,
+        "data.prepare.preset=tiny",
+        f"paths.data_dir={data_dir}",
+        "data.num_workers=0",
+        "data.image_size=[48,64]",
+        "logger=none",
+        f"ckpt_path={downloads / 'checkpoint.pth.tar'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        tmp=tmp_path,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, out[-3000:]
+    assert "checkpoint of the NetVLAD baseline" in errors[0]
+    assert f"init_weights={downloads / 'checkpoint.pth.tar'}" in errors[0]
+    assert "Traceback" not in out and "loaded city" not in out
+    assert sorted(p.name for p in downloads.iterdir()) == ["checkpoint.pth.tar"]
+
+
 @pytest.mark.parametrize(
     "mutate, says",
     [

@@ -225,7 +225,16 @@ def check_resumed_network(
 ) -> None:
     """A checkpoint resumed into a network of other settings is one error naming them (Lightning's strict load
     would end in a traceback), with the two ways out. Without ``module``, from the settings alone (before any data
-    work); with it, also weight by weight."""
+    work); with it, also weight by weight. A released file (the NetVLAD baseline's, the paper code's) holds weights
+    and no training of train.py to resume: refused with the setting that starts a training from it."""
+    converted = state.get("released")
+    if converted is not None:
+        code = "the NetVLAD baseline" if converted.layout == "netvlad_baseline" else "the paper code"
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is a checkpoint of {code}: it holds that code's weights, not a training of "
+            f"train.py to resume; start a new run from its weights with init_weights={ckpt_path} (ckpt_path= "
+            "resumes the checkpoints train.py writes; eval.py and retrieve.py take this file as ckpt_path)"
+        )
     stored = state.get("vpr_config") or {}
     differ = [
         f"{key} ({_target_of(stored.get(key))} in the checkpoint, {_target_of(cfg.get(key))} here)"
