@@ -108,3 +108,19 @@ def test_hidden_files_beside_the_photos_are_not_read(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in split.q_paths] == [
         "test/queries/@585003.00@4477001.00@17@T@@@@@@@@.jpg"
     ]
+
+
+def test_photos_in_linked_folders_are_read(tmp_path):
+    """database/ holding links to folders on another disk: their photos are read (``Path.rglob`` did not enter
+    them, and they were left out without a word)."""
+    elsewhere = tmp_path / "disk2" / "part2"
+    touch(elsewhere / "@585101.00@4477000.00@17@T@@@@@@@@.jpg")
+    touch(tmp_path / "test" / "database" / "part1" / "@585001.00@4477002.00@17@T@@@@@@@@.jpg")
+    (tmp_path / "test" / "database" / "part2").symlink_to(elsewhere, target_is_directory=True)
+    touch(tmp_path / "test" / "queries" / "@585003.00@4477001.00@17@T@@@@@@@@.jpg")
+    split = load_folder_split(tmp_path, "test")
+    assert [p.relative_to(tmp_path / "test" / "database").as_posix() for p in split.db_paths] == [
+        "part1/@585001.00@4477002.00@17@T@@@@@@@@.jpg",
+        "part2/@585101.00@4477000.00@17@T@@@@@@@@.jpg",
+    ]
+    np.testing.assert_array_equal(split.db_utm, [[585001.0, 4477002.0], [585101.0, 4477000.0]])

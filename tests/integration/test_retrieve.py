@@ -267,3 +267,23 @@ def test_hidden_files_and_macos_copies_are_not_taken_for_images(tmp_path):
     apple_double(only_hidden / "._x.jpg")
     with pytest.raises(ConfigError, match="no images in it or its subfolders .*; 1 hidden files left out"):
         list_images(only_hidden, "queries")
+
+
+def test_images_in_linked_folders_are_found_once(tmp_path):
+    """An image folder assembled from links to folders elsewhere (a cluster's datasets on another disk):
+    ``Path.rglob`` does not enter linked folders, so their images were left out without a word. Each is found
+    under its linked name; a link back up the tree is entered once, not forever."""
+    from PIL import Image
+
+    from vpr.run.retrieve import image_names, list_images
+
+    elsewhere = tmp_path / "disk2" / "street_b"
+    elsewhere.mkdir(parents=True)
+    Image.new("RGB", (8, 6)).save(elsewhere / "b.jpg")
+    db = tmp_path / "db"
+    (db / "street_a").mkdir(parents=True)
+    Image.new("RGB", (8, 6)).save(db / "street_a" / "a.jpg")
+    (db / "street_b").symlink_to(elsewhere, target_is_directory=True)
+    (db / "street_a" / "up").symlink_to(db, target_is_directory=True)  # a cycle
+    found = list_images(db, "database")
+    assert image_names(found, tmp_path, "database") == ["db/street_a/a.jpg", "db/street_b/b.jpg"]

@@ -15,7 +15,8 @@ into it:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -377,6 +378,21 @@ def _look_like_degrees(xy: np.ndarray) -> bool:
     return bool(np.all(np.abs(xy) <= 180.0) and np.all(np.ptp(xy, axis=0) < 1.0)) and len(xy) > 1
 
 
+def files_under(folder: Path) -> Iterator[Path]:
+    """Every file under ``folder``, recursively, through linked folders too (``Path.rglob`` does not enter them, so
+    the images of a folder linked into an image folder were left out without a word), each real folder once (a
+    link back up the tree is not followed again)."""
+    seen: set[str] = set()
+    for here, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            yield Path(here) / name
+
+
 def is_hidden(path: Path, folder: Path) -> bool:
     """Whether ``path``, found under ``folder``, is hidden there: a name starting with a dot on the way (the
     ``._<name>`` file macOS writes beside every file copied to a USB disk or a network share, ``.DS_Store``,
@@ -423,7 +439,7 @@ def load_folder_split(
         )
     exts = {".jpg", ".jpeg", ".png"}
     db_paths, q_paths = (
-        sorted(p for p in (base / sub).rglob("*") if p.suffix.lower() in exts and not is_hidden(p, base / sub))
+        sorted(p for p in files_under(base / sub) if p.suffix.lower() in exts and not is_hidden(p, base / sub))
         for sub in ("database", "queries")
     )
     if not db_paths or not q_paths:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from vpr.build import check_common_settings, command_line_overrides, whole_number
 from vpr.checkpoints import network_of_checkpoint, resolve_ckpt_path
-from vpr.data.dataset import ImageDataset, is_hidden
+from vpr.data.dataset import ImageDataset, files_under, is_hidden
 from vpr.data.transforms import eval_transform
 from vpr.devices import reuse_freed_memory
 from vpr.errors import ConfigError, stop_if_sigterm_was_swallowed
@@ -34,7 +34,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[Path]:
-    """Every image file under ``folder`` (recursively) whose name matches none of the ``exclude`` patterns (shell
+    """Every image file under ``folder`` (recursively, linked folders included) whose name matches none of the ``exclude`` patterns (shell
     wildcards), sorted by path. Hidden files and folders (:func:`vpr.data.dataset.is_hidden`: macOS's ``._*``
     copies beside each photo, ``__MACOSX/``) are left out, with a log line counting them."""
     if folder in (None, ""):
@@ -44,7 +44,7 @@ def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[
         raise ConfigError(f"{setting}={folder} is a file: give the folder holding the {setting} images")
     if not path.is_dir():
         raise ConfigError(f"{setting}={folder}: no such folder")
-    found = [f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    found = [f for f in files_under(path) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
     hidden = [f for f in found if is_hidden(f, path)]
     if hidden:
         log.info(
