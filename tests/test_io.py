@@ -60,3 +60,39 @@ def test_the_umask_is_read_without_changing_it(tmp_path, monkeypatch):
         monkeypatch.undo()
         real_umask(old)
     assert (p.stat().st_mode & 0o777) == 0o640
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("tar.gz", "is a gzip archive, not a checkpoint: unpack it (tar xzf"),
+        ("tar", "is a tar archive"),
+        ("zip", "is a zip archive"),
+    ],
+)
+def test_an_archive_of_weights_is_named_an_archive_with_the_command_that_unpacks_it(tmp_path, kind, says):
+    """The released weights come packed (weight_image_retrieval.tar.gz unpacks to pretrained/.../*.pth.tar): the
+    archive given in place of the file inside was called "truncated ... or not saved by torch". The archives
+    are written with tarfile / zipfile around a real torch file, which itself still loads."""
+    import tarfile
+    import zipfile
+
+    import torch
+
+    from vpr.errors import ConfigError
+    from vpr.io import read_weights_only
+
+    inner = tmp_path / "pretrained" / "model_best.pth.tar"
+    inner.parent.mkdir()
+    torch.save({"state_dict": {"pool.centroids": torch.ones(2, 3)}}, inner)
+    archive = tmp_path / f"weights.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as z:
+            z.write(inner, "pretrained/model_best.pth.tar")
+    else:
+        with tarfile.open(archive, "w:gz" if kind == "tar.gz" else "w") as t:
+            t.add(inner, "pretrained/model_best.pth.tar")
+    with pytest.raises(ConfigError) as refused:
+        read_weights_only(archive, f"ckpt_path={archive}")
+    assert str(refused.value).startswith(f"ckpt_path={archive} {says}")
+    assert torch.equal(read_weights_only(inner, "ckpt_path")["state_dict"]["pool.centroids"], torch.ones(2, 3))

@@ -132,12 +132,42 @@ def _numpy_scalar_globals() -> list[Any]:
     return [*names, np.dtype, *dtypes]
 
 
+def _archive(path: str | Path) -> str | None:
+    """What kind of archive ``path`` is when it packs files rather than being a torch file (the released weights
+    come as ``.tar.gz`` archives of ``.pth`` / ``.pth.tar`` files): "gzip", "tar", "zip" or None. torch's own files
+    are zip archives holding a ``data.pkl`` (or, before torch 1.6, a pickle stream); a tar of torch's oldest
+    format holds a ``pickle`` member."""
+    import tarfile
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                return "gzip"
+        if tarfile.is_tarfile(path):  # before zip: a tar holding a torch file ends in that file's zip directory
+            with tarfile.open(path) as t:
+                return None if "pickle" in t.getnames() else "tar"
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return None if any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist()) else "zip"
+    except (OSError, tarfile.TarError, zipfile.BadZipFile):
+        return None
+    return None
+
+
 def read_weights_only(path: str | Path, where: str, what: str = "checkpoint", advice: str = "") -> Any:
     """``torch.load(path, weights_only=True)`` with numpy scalars allowed; whatever goes wrong is one ConfigError
     that starts with ``where`` (the setting and file). A file holding Python objects other than tensors, numbers and
     containers is refused before any of it runs (``advice`` ends that message)."""
     import torch
 
+    archive = _archive(path)
+    if archive is not None:
+        unpack = {"gzip": "tar xzf, or gunzip for a lone .gz", "tar": "tar xf", "zip": "unzip"}[archive]
+        raise ConfigError(
+            f"{where} is a {archive} archive, not a {what}: unpack it ({unpack}) and give the file inside (the "
+            "released weights are .pth or .pth.tar files in their archives)"
+        )
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()), warnings.catch_warnings():
             # torch's note on a raw pickle ("Detected pickle protocol ...") precedes this function's own message
