@@ -287,3 +287,27 @@ def test_images_in_linked_folders_are_found_once(tmp_path):
     (db / "street_a" / "up").symlink_to(db, target_is_directory=True)  # a cycle
     found = list_images(db, "database")
     assert image_names(found, tmp_path, "database") == ["db/street_a/a.jpg", "db/street_b/b.jpg"]
+
+
+def test_a_second_run_in_the_same_folder_sets_the_first_ones_files_aside(folders, tmp_path):
+    """hydra.run.dir given again (a pipeline's fixed output folder): the first run's pairs-top5.txt stayed beside
+    the second's pairs-top3.txt, and its pca.npz beside descriptors this run did not whiten. An earlier run's
+    files move to .earlier/<time>/, unchanged, before the run starts; a pca.npz this run reads stays."""
+    root, _ = folders
+    out = tmp_path / "fixed"
+    retrieve(root, out, "pca_dim=8")  # top_k=5
+    first = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(".log")}
+    assert {"pairs-top5.txt", "pca.npz", "global-feats.h5"} <= set(first)
+
+    retrieve(root, out, "top_k=3", f"pca_file={out / 'pca.npz'}")
+    assert sorted(p.name for p in out.glob("pairs-top*.txt")) == ["pairs-top3.txt"]
+    assert (out / "pca.npz").read_bytes() == first["pca.npz"]  # read by this run: not moved
+    assert {len(v) for v in h5_descriptors(out / "global-feats.h5").values()} == {8}
+    (earlier,) = (out / ".earlier").iterdir()
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == {k: v for k, v in first.items() if k != "pca.npz"}
+
+    retrieve(root, out, "top_k=3")  # without PCA: the PCA of the runs before is theirs
+    assert not (out / "pca.npz").exists()
+    assert any((d / "pca.npz").read_bytes() == first["pca.npz"] for d in (out / ".earlier").iterdir())
+    summary = json.loads((out / "retrieve.json").read_text())
+    assert summary["pca_file"] is None and summary["descriptor_dim"] > 8

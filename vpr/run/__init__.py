@@ -68,16 +68,19 @@ FINISHED_RUN_OUTPUTS = ("results*.json", "results*.md", "predictions*.csv", "pre
 EARLIER_RUNS_DIR = ".earlier"
 
 
-def set_aside_earlier_outputs(out_dir: Path, keep: tuple[str, ...] = ()) -> Path | None:
+def set_aside_earlier_outputs(
+    out_dir: Path, keep: tuple[str, ...] = (), outputs: tuple[str, ...] = FINISHED_RUN_OUTPUTS
+) -> Path | None:
     """Move what an earlier run left in this run's folder (a sweep started again with the same ``hydra.sweep.dir``,
     ``hydra.run.dir`` given twice) into ``<out_dir>/.earlier/<its time>/``, before this run does anything: its
     results would otherwise pass for this run's, also when this one fails (the sweep table would count them under
     the settings Hydra has just written for this run). Nothing is deleted. ``keep``: file names left in place (a
-    resumed training keeps the untrained network's results, which it does not measure again). Returns the folder,
+    resumed training keeps the untrained network's results, which it does not measure again). ``outputs``: the
+    script's output names (shell patterns; train.py's and eval.py's by default). Returns the folder,
     None when there was nothing to move (or in another process than the first)."""
     if process_rank(os.environ) > 0:  # the first process moved them before it started the others
         return None
-    found = sorted({p for pattern in FINISHED_RUN_OUTPUTS for p in Path(out_dir).glob(pattern) if p.name not in keep})
+    found = sorted({p for pattern in outputs for p in Path(out_dir).glob(pattern) if p.name not in keep})
     if not found:
         return None
     dest = _move_aside(out_dir, found, None, "results")

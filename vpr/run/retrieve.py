@@ -26,9 +26,19 @@ from vpr.eval.exports import write_global_features, write_pairs, write_rankings
 from vpr.eval.pca import check_pca_dim, load_or_fit_pca
 from vpr.eval.search import knn_search
 from vpr.io import path_under, write_json_atomic
-from vpr.run import single_log_stream
+from vpr.run import set_aside_earlier_outputs, single_log_stream
 
 log = logging.getLogger(__name__)
+
+#: What retrieve.py writes in its run folder (shell patterns): an earlier run's are set aside before it starts.
+RETRIEVAL_OUTPUTS = (
+    "retrievals.csv",
+    "retrievals.json",
+    "global-feats.h5",
+    "pairs-top*.txt",
+    "retrieve.json",
+    "pca.npz",
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -172,6 +182,11 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
             "ckpt_path=PATH is required: a checkpoint written by train.py (or ckpt_path=last), or a "
             "released one of the NetVLAD baseline or the paper code"
         )
+    # hydra.run.dir given twice: the earlier run's files (another top_k's pairs file, a PCA this run does not use)
+    # would pass for this run's; they are moved to .earlier/, except the PCA this run reads (pca_file=<it>).
+    out_dir = Path(cfg.paths.output_dir)
+    reused = cfg.get("pca_file") and path_under(str(cfg.pca_file), out_dir) == Path("pca.npz")
+    set_aside_earlier_outputs(out_dir, keep=("pca.npz",) if reused else (), outputs=RETRIEVAL_OUTPUTS)
     exclude = [str(p) for p in (cfg.get("exclude") or [])]
     db_files = list_images(cfg.get("database"), "database", exclude)
     q_files = list_images(cfg.get("queries"), "queries", exclude)
@@ -196,7 +211,6 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     db = module.encode_dataset(ImageDataset(db_files, transform), "database").cpu().numpy()
     queries = module.encode_dataset(ImageDataset(q_files, transform), "queries").cpu().numpy()
 
-    out_dir = Path(cfg.paths.output_dir)
     pca, record = load_or_fit_pca(
         pca_dim,
         cfg.get("pca_file"),
