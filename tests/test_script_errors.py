@@ -673,3 +673,67 @@ def test_a_signal_landing_while_the_flags_are_read_counts_at_the_next_agreement(
     callback._agree(trainer)
     callback._agree(trainer)
     assert reduced == [0, 1] and trainer._signal_connector.stopped is True
+
+
+def _stopped(raised: BaseException, cfg, capsys) -> tuple[int, str]:
+    @report_user_errors
+    def main(cfg):
+        raise raised
+
+    with pytest.raises(SystemExit) as stop:
+        main(cfg)
+    return stop.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["cluster", "eval", "retrieve"])
+def test_a_stop_of_a_script_without_checkpoints_says_to_run_it_again(task, capsys):
+    """cluster.py, eval.py and retrieve.py keep no state to resume: their SIGTERM and Ctrl-C lines say to run the
+    command again, not ckpt_path=last (which these scripts do not take)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"task_name": task, "ckpt_path": "/runs/r/checkpoints/last.ckpt"})
+    for raised, status in ((SIGTERMException(), 143), (KeyboardInterrupt(), 130)):
+        code, err = _stopped(raised, cfg, capsys)
+        assert code == status
+        assert err.startswith("error: stopped by SIGTERM: " if status == 143 else "error: interrupted (Ctrl-C): ")
+        assert "run the same command again to redo it" in err and "ckpt_path" not in err
+
+
+def test_a_training_stopped_before_its_first_checkpoint_is_run_again_not_resumed(tmp_path, capsys, monkeypatch):
+    """train.py stopped before it wrote a checkpoint (the city, k-means, the untrained test, the first validation):
+    ckpt_path=last would find nothing, or resume an older run of the same settings. Once last.ckpt is in its
+    checkpoint folder, or when it resumes a checkpoint itself, the line says ckpt_path=last."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from omegaconf import OmegaConf
+
+    folder = tmp_path / "checkpoints"
+    cfg = OmegaConf.create(
+        {
+            "task_name": "train",
+            "ckpt_path": None,
+            "callbacks": {"checkpoint": {"dirpath": str(folder)}, "last_checkpoint": {"dirpath": str(folder)}},
+        }
+    )
+    for raised, status, words in ((SIGTERMException(), 143, "stopped by SIGTERM"), (KeyboardInterrupt(), 130, "")):
+        words = words or "interrupted (Ctrl-C)"
+        code, err = _stopped(raised, cfg, capsys)
+        assert code == status and err.startswith(f"error: {words} before this run wrote a checkpoint")
+        assert "run the same command again (without ckpt_path=last" in err
+
+    with monkeypatch.context() as m:  # a job of a sweep: the sweep goes on with ckpt_path=last, its other jobs too
+        m.setattr("vpr.errors.sweep_job", lambda: (1, str(tmp_path / "1_baseline_seed1")))
+        code, err = _stopped(SIGTERMException(), cfg, capsys)
+        assert code == 143 and err.startswith("error: stopped by SIGTERM; ckpt_path=last continues the run")
+
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"")  # written where it stopped
+    code, err = _stopped(SIGTERMException(), cfg, capsys)
+    assert code == 143 and err.startswith("error: stopped by SIGTERM; ckpt_path=last continues the run")
+    code, err = _stopped(KeyboardInterrupt(), cfg, capsys)
+    assert code == 130 and "ckpt_path=last resumes the last checkpoint" in err
+
+    (folder / "last.ckpt").unlink()
+    cfg.ckpt_path = str(tmp_path / "older" / "last.ckpt")  # a resumed run stopped while it sets up
+    code, err = _stopped(SIGTERMException(), cfg, capsys)
+    assert code == 143 and err.startswith("error: stopped by SIGTERM; ckpt_path=last continues the run")

@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import CompactHydraException
@@ -79,6 +80,21 @@ INTERRUPTED = (
     "interrupted (Ctrl-C): nothing half-written is kept (files are written whole or not at all); run the command "
     "again to continue (train.py: ckpt_path=last resumes the last checkpoint, written where training stopped)"
 )
+#: Ctrl-C and SIGTERM in cluster.py, eval.py and retrieve.py: they keep no state to continue from.
+INTERRUPTED_WORK = (
+    "interrupted (Ctrl-C): nothing half-written is kept (files are written whole or not at all); run the same "
+    "command again to redo it"
+)
+SIGTERM_STOPPED_WORK = (
+    "stopped by SIGTERM: nothing half-written is kept (files are written whole or not at all); run the same "
+    "command again to redo it"
+)
+#: ... and in a train.py run stopped before it wrote a checkpoint (the city, k-means, the untrained test, the first
+#: validation): ckpt_path=last would find nothing, or resume an older run of the same settings.
+BEFORE_CHECKPOINT = (
+    "before this run wrote a checkpoint: nothing half-written is kept; run the same command again (without "
+    "ckpt_path=last, which would resume an older run of these settings, if there is one)"
+)
 
 
 #: set by :func:`_stop_on_sigterm`: a library that catches BaseException (torch's imports of optional modules do)
@@ -113,6 +129,34 @@ SIGTERM_STOPPED = (
     "stopped by SIGTERM; ckpt_path=last continues the run from its last checkpoint (written where it stopped when "
     "it was training)"
 )
+
+
+def _stop_line(sigterm: bool, task: tuple[Any, ...]) -> str:
+    """The line a script stopped by SIGTERM (else Ctrl-C) ends with: what running it again does. ``task``: the
+    arguments of its task function (a Hydra script's config first): cluster.py, eval.py and retrieve.py are run
+    again; train.py is resumed from its checkpoint, or run again when it stopped before writing one (a job of a
+    sweep: the sweep is continued with ckpt_path=last, which starts the jobs without a checkpoint anew)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    cfg = task[0] if task and isinstance(task[0], DictConfig) else None
+    name = OmegaConf.select(cfg, "task_name", default=None, throw_on_resolution_failure=False) if cfg else None
+    if name in ("cluster", "eval", "retrieve"):
+        return SIGTERM_STOPPED_WORK if sigterm else INTERRUPTED_WORK
+    resuming = OmegaConf.select(cfg, "ckpt_path", default=None, throw_on_resolution_failure=False) if cfg else None
+    # A sweep is continued with ckpt_path=last whatever its jobs reached: the ones without a checkpoint start anew.
+    if name == "train" and not resuming and sweep_job() is None:
+        folders = [
+            OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+            for key in ("callbacks.last_checkpoint.dirpath", "callbacks.checkpoint.dirpath")
+        ]
+        folders = [Path(str(f)) for f in folders if f]
+        try:
+            written = any((f / "last.ckpt").is_file() for f in folders)
+        except OSError:  # a folder it cannot look into: say what a checkpoint allows
+            written = True
+        if folders and not written:
+            return f"{'stopped by SIGTERM' if sigterm else 'interrupted (Ctrl-C)'} {BEFORE_CHECKPOINT}"
+    return SIGTERM_STOPPED if sigterm else INTERRUPTED
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -171,18 +215,18 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             with _sigterm_stops():
                 result = main(*args, **kwargs)
         except KeyboardInterrupt:  # outside Lightning's loops (city generation, k-means, a cache pass of eval.py)
-            _stop(INTERRUPTED, 130, _first_of_its_node())
+            _stop(_stop_line(False, args), 130, _first_of_its_node())
         except SystemExit as e:
             if type(e).__name__ == "SIGTERMException":  # Lightning's, raised between two steps on SIGTERM
-                _stop(SIGTERM_STOPPED, 143, _first_of_its_node())
+                _stop(_stop_line(True, args), 143, _first_of_its_node())
             if e.code == 1 and isinstance(e.__context__, KeyboardInterrupt):
                 _stop(
-                    INTERRUPTED, 130, _first_of_its_node()
+                    _stop_line(False, args), 130, _first_of_its_node()
                 )  # Ctrl-C inside Lightning's loops: it shuts down, then exits with status 1
             raise
         except Exception as e:  # noqa: BLE001 - re-raised unless a user error is behind it
             if sigterm_received():  # what the signal's exception became (an import it interrupted)
-                _stop(SIGTERM_STOPPED, 143, _first_of_its_node())
+                _stop(_stop_line(True, args), 143, _first_of_its_node())
             found = find_user_error(e)
             if found is None:
                 raise
@@ -199,7 +243,7 @@ def report_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             # the sweep's other jobs; it raises the first failure once they have run (launch exits 2 on it).
             raise SweepJobFailed(f"error: sweep job {job[0]} failed ({job[1]}): {text}; the other jobs ran") from None
         if sigterm_received():  # its exception was swallowed: the task went on, but it did not finish
-            _stop(SIGTERM_STOPPED, 143, _first_of_its_node())
+            _stop(_stop_line(True, args), 143, _first_of_its_node())
         return result
 
     return wrapper
