@@ -247,3 +247,23 @@ def test_absolute_image_paths_of_another_machine_are_named(tmp_path: Path, db_di
         match=r"tokyo247\.mat lists absolute image paths \(dbImageFns: /home/someone/tokyo/database_gsv_vga/a\.jpg\)",
     ):
         load_mat_split(tmp_path, "tokyo247", "test", split_file="tokyo247.mat", db_dir=db_dir)
+
+
+def test_a_damaged_split_file_of_a_generated_city_says_how_to_generate_it_again(tmp_path: Path) -> None:
+    """A split file cut short after the city was generated (a copy of the data folder interrupted): the city counts
+    as complete (its manifest and split files are there), so the error names the file and the fix, delete the
+    folder to have it generated again. A dataset that is not a generated city gets no such advice."""
+    pittsburgh_like(tmp_path / "pitts", num_places=2)
+    mat = tmp_path / "pitts" / "datasets" / "pitts30k_test.mat"
+    mat.write_bytes(mat.read_bytes()[:300])
+    with pytest.raises(DataError, match=r"pitts30k_test\.mat is not a readable MATLAB") as plain:
+        load_mat_split(tmp_path / "pitts", "pitts30k", "test")
+    assert "synthetic city" not in str(plain.value)
+
+    (tmp_path / "pitts" / "city.json").write_text('{"format_version": 1, "generator": "vpr.data.synthetic"}')
+    with pytest.raises(DataError) as city:
+        load_mat_split(tmp_path / "pitts", "pitts30k", "test")
+    text = str(city.value)
+    assert "pitts30k_test.mat is not a readable MATLAB" in text
+    assert f"{tmp_path / 'pitts'} is a generated synthetic city: delete the folder" in text
+    assert f".. {tmp_path}" not in text  # one full stop between the two

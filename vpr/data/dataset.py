@@ -212,7 +212,7 @@ def load_mat_split(
     try:
         s = load_dbstruct(mat_path)
     except ValueError as e:  # malformed file: the message names the file and the field
-        raise DataError(str(e)) from None
+        raise DataError(_with_city_fix(str(e), root)) from None
     if s.which_set and split in ("train", "val", "test") and s.which_set.strip().lower() != split:
         log.warning(
             "%s says whichSet=%r but is read as the %s split (data.split_file / data.splits): is it the right file?",
@@ -228,13 +228,8 @@ def load_mat_split(
     try:
         db_paths = _image_paths(root / db_dir, s.db_image, mat_path, "data.db_dir")
         q_paths = _image_paths(root / query_dir, s.q_image, mat_path, "data.query_dir")
-    except DataError as e:
-        if (root / "city.json").is_file():  # a synthetic city's images went missing after it was generated
-            raise DataError(
-                f"{e}. {root} is a generated synthetic city: delete the folder and the next run "
-                "generates it again (or python -m vpr.data.synthetic --out ... --force)"
-            ) from None
-        raise
+    except DataError as e:  # a synthetic city's images went missing after it was generated
+        raise DataError(_with_city_fix(str(e), root)) from None
     if train_radius_m is None:
         if s.non_triv_pos_dist_sq_thr is None:
             train_radius_m = 10.0
@@ -255,6 +250,17 @@ def load_mat_split(
         q_time=None if s.db_time_stamp is None or s.q_time_stamp is None else s.q_time_stamp,
         spatial_nms=bool(spatial_nms),
         nms_group_size=None if nms_group_size is None else int(nms_group_size),
+    )
+
+
+def _with_city_fix(message: str, root: Path) -> str:
+    """``message`` about a file of ``root``, with the fix when ``root`` is a generated synthetic city (its manifest
+    ``city.json``): a file of it damaged or deleted after it was generated (a copy cut short) is generated again."""
+    if not (root / "city.json").is_file():
+        return message
+    return (
+        f"{message.rstrip('.')}. {root} is a generated synthetic city: delete the folder and the next run generates it again "
+        "(or python -m vpr.data.synthetic --out ... --force)"
     )
 
 
