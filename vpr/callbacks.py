@@ -233,7 +233,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file beside the target, flushed to disk, then renamed over it.
 
     A kill during a save leaves the previous checkpoint intact (and at worst a hidden ``.*.tmp`` file in the
-    checkpoint folder, never a truncated ``last.ckpt``).
+    checkpoint folder, which the run that resumes it removes; never a truncated ``last.ckpt``).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:

@@ -78,6 +78,31 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         raise
 
 
+#: The name :func:`atomic_path` gives its temporary file: ``.<target's name>.<mkstemp's 8 characters><suffix>``.
+_PARTIAL_WRITE = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
+
+
+def remove_partial_writes(folder: str | os.PathLike, target_suffix: str, suffix: str = ".tmp") -> list[Path]:
+    """Delete the temporary files that writes of :func:`atomic_path` (with ``suffix``) to targets named ``*<target_
+    suffix>`` left in ``folder`` when a kill (SIGKILL, a scheduler's grace period running out during a save) stopped
+    them: nothing reads them and each is as large as its target. Only for a folder no other process writes in (its
+    lock held): another writer's file in progress looks the same. Returns the files removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:  # no folder yet
+        return removed
+    for f in entries:
+        found = _PARTIAL_WRITE.fullmatch(f.name)
+        if found and found["suffix"] == suffix and found["target"].endswith(target_suffix) and f.is_file():
+            try:
+                f.unlink()
+            except OSError:
+                continue
+            removed.append(f)
+    return removed
+
+
 def _sync(path: str | os.PathLike) -> None:
     """fsync a file or folder; where the platform cannot (a folder on Windows, some network filesystems), skip."""
     try:

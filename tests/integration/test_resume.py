@@ -279,6 +279,33 @@ def test_resuming_into_another_network_or_a_folder_in_use_is_one_error(data_dir,
     assert_clean_failure(second, f"another train.py is writing checkpoints in {ckpt.parent}")
 
 
+def test_a_checkpoint_save_cut_short_leaves_no_partial_file_once_the_run_is_resumed(data_dir, tmp_path):
+    """A SIGKILL during a save (a scheduler's grace period running out after its SIGTERM) leaves the checkpoint whole
+    and a hidden partial file beside it, ``.last.ckpt.<8 characters>.tmp``, as large as a checkpoint: each kill left
+    one more. The resumed run, holding the folder's lock, removes them; other files stay."""
+    common = [*SETTINGS, f"paths.data_dir={data_dir}", "trainer.max_epochs=1", "test_after_training=false"]
+    logs = f"paths.log_dir={tmp_path}/logs"
+    run_script("train.py", *common, logs, f"hydra.run.dir={tmp_path}/logs/train/runs/a", tmp=tmp_path)
+    folder = tmp_path / "logs" / "train" / "runs" / "a" / "checkpoints"
+    whole = (folder / "last.ckpt").read_bytes()
+    partial = [folder / ".last.ckpt.k1ll3d_x.tmp", folder / ".epoch000.ckpt.a0b1c2d3.tmp"]
+    for f in partial:
+        f.write_bytes(whole[: len(whole) // 3])  # what torch.save had written when the kill came
+    kept = [folder / ".notes.tmp", folder / "notes.ckpt.a0b1c2d3.tmp", folder / ".last.ckpt.a0b1c2d3.hdf5"]
+    for f in kept:
+        f.write_text("not a partial checkpoint")
+
+    resumed = run_script(
+        "train.py", *common, logs, "ckpt_path=last", f"hydra.run.dir={tmp_path}/logs/train/runs/b", tmp=tmp_path
+    )
+    text = resumed.stdout + resumed.stderr
+    assert f"ckpt_path=last: {folder / 'last.ckpt'}" in text
+    assert [f.name for f in partial if f.exists()] == []
+    assert "removed 2 partial checkpoint file(s) of a save that was killed" in text
+    assert all(f.read_text() == "not a partial checkpoint" for f in kept)
+    assert (folder / "last.ckpt").read_bytes() == whole  # nothing trained: the checkpoint is the one it was
+
+
 def test_ctrl_c_while_training_saves_where_it_stopped_and_ends_with_one_line(data_dir, tmp_path):
     """A terminal's Ctrl-C (SIGINT to the process group) inside Lightning's loop: Lightning shuts down and exits
     with status 1, which read as a failed command; it is an interrupt (130) with one error line and a checkpoint."""

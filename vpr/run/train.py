@@ -54,7 +54,7 @@ from vpr.errors import (
     swept_settings,
 )
 from vpr.eval.tables import format_recall_table
-from vpr.io import exclusive_lock, write_json_atomic, write_text_atomic
+from vpr.io import exclusive_lock, path_under, remove_partial_writes, write_json_atomic, write_text_atomic
 from vpr.run import (
     log_test_results,
     process_rank,
@@ -377,7 +377,14 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         if process_rank(os.environ) == 0:  # the other DDP processes write through rank 0
             stack.enter_context(exclusive_lock(folder / ".train.lock", lambda: _folder_busy(folder)))
-        if ckpt_path is None:  # a new run: an earlier run's checkpoints in its folder are not this run's
+            # A save that a kill cut short left its temporary file (the checkpoint itself stayed whole): no other
+            # process writes here while the lock is held, so none is in progress.
+            removed = remove_partial_writes(folder, ".ckpt")
+            if removed:
+                log.info("removed %d partial checkpoint file(s) of a save that was killed: %s", len(removed), removed)
+        weights = cfg.get("init_weights")
+        from_them = bool(weights) and path_under(str(weights), folder) is not None  # starts from one of them
+        if ckpt_path is None and not from_them:  # a new run: an earlier run's checkpoints here are not this run's
             set_aside_earlier_checkpoints(folder, out_dir, into=earlier)
         return _train_in(cfg, out_dir, ckpt_path, state)
 
