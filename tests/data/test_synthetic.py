@@ -525,3 +525,42 @@ def test_preview_contact_sheet(tiny_city: Path, tmp_path: Path) -> None:
     out = synthetic.make_preview(tiny_city, tmp_path / "sheet.png", split="val", pairs=3, scale=1)
     with Image.open(out) as sheet:
         assert sheet.size == (4 * 64 + 3 * 4, 3 * 48 + 2 * 4)  # 4 tiles per row, 4 px gaps
+
+
+SIGNALLED_CLI = """
+import os, signal, sys
+from vpr.data.synthetic import cli, writer
+render, done = writer._render_task, []
+def render_then_signal(state, task):  # the signal arrives while the images are rendered
+    render(state, task)
+    done.append(task)
+    if len(done) == 5:
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+writer._render_task = render_then_signal
+sys.exit(cli.main(["--out", sys.argv[2], "--preset", "tiny", "--workers", "1", "--quiet"]))
+"""
+
+
+@pytest.mark.parametrize(("sig", "status", "says"), [("SIGTERM", 143, "stopped by SIGTERM"), ("SIGINT", 130, "")])
+def test_a_signal_during_generation_ends_with_one_line_and_the_next_run_generates_it(
+    tmp_path: Path, sig: str, status: int, says: str
+) -> None:
+    """SIGTERM (a scheduler's time limit, ``kill``) during the generation ends it as Ctrl-C does: one error line,
+    its own exit status (128 + 15), the folder marked incomplete; it ended the process with no word. The same
+    command then generates the city."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "city"
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_CLI, sig, str(out)], capture_output=True, text=True, timeout=120
+    )
+    says = says or "interrupted (Ctrl-C)"
+    assert proc.returncode == status, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {says}: {out} stays marked incomplete and is generated again by the next run of this command (or "
+        "of a script that uses it)"
+    ]
+    assert (out / synthetic.writer.MARKER_NAME).exists() and not (out / "city.json").exists()
+    assert synthetic.main(["--out", str(out), "--preset", "tiny", "--quiet"]) == 0
+    assert (out / "city.json").exists() and not (out / synthetic.writer.MARKER_NAME).exists()

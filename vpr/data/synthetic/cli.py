@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -26,6 +27,34 @@ def _workers(text: str) -> int:
     return int(text)
 
 
+class _SigtermStops:
+    """SIGTERM (a scheduler's time limit, ``kill``) stops the generation as Ctrl-C does, through its clean-up (the
+    worker processes stopped), instead of ending the process at once with no word; ``received`` tells them apart.
+    A handler someone else set (a job manager's) is left in place."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._installed = False
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.received:
+            self.received = True
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _SigtermStops:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            try:
+                signal.signal(signal.SIGTERM, self._stop)
+                self._installed = True
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vpr.data.synthetic",
@@ -47,10 +76,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.preview.suffix.lower() not in Image.registered_extensions():
             parser.error(f"--preview {args.preview}: name an image file (.png, .jpg)")
     start = time.perf_counter()
+    terminated = _SigtermStops()
     try:
-        root = generate_city(
-            args.out, args.preset, seed=args.seed, progress=not args.quiet, workers=args.workers, force=args.force
-        )
+        with terminated:
+            root = generate_city(
+                args.out, args.preset, seed=args.seed, progress=not args.quiet, workers=args.workers, force=args.force
+            )
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -62,12 +93,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
+        stop = "stopped by SIGTERM" if terminated.received else "interrupted (Ctrl-C)"
         print(
-            f"error: interrupted (Ctrl-C): {args.out} stays marked incomplete and is generated again by the next "
-            "run of this command (or of a script that uses it)",
+            f"error: {stop}: {args.out} stays marked incomplete and is generated again by the next run of this "
+            "command (or of a script that uses it)",
             file=sys.stderr,
         )
-        return 130
+        return 143 if terminated.received else 130
     print(
         f"synthetic city ({args.preset}, seed {args.seed}) ready at {root} in {time.perf_counter() - start:.1f} s",
         file=sys.stderr,
