@@ -134,3 +134,36 @@ def test_a_mask_dir_of_other_labels_is_not_served_from_the_cache(tmp_path):
     Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(label)
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
     assert _mask_dir_targets(folders["people"], root, image, cache)[0].tolist() == [[[1.0, 1.0], [1.0, 1.0]]]
+
+
+@pytest.mark.parametrize("cut", ["truncated", "text"])
+def test_a_label_map_cut_short_is_one_error_naming_it_and_the_fix(tmp_path, cut):
+    """A label map damaged after it was written (a copy of the city, or of guidance.mask_dir, interrupted): one
+    error naming the file and how to get it back, not PIL's traceback."""
+    root = tmp_path / "city"
+    (root / "000").mkdir(parents=True)
+    (root / "classes.json").write_text(json.dumps({"0": "sky", "1": "building", "3": "person", "4": "vehicle"}))
+    image = root / "000" / "000000_pitch1_yaw1.jpg"
+    Image.fromarray(np.zeros((8, 12, 3), dtype=np.uint8)).save(image)
+    labels = root / "000" / "000000_pitch1_yaw1_labels.png"
+    Image.fromarray(np.arange(96, dtype=np.uint8).reshape(8, 12) % 5).save(labels)  # random-looking: not tiny
+    whole = labels.read_bytes()
+    labels.write_bytes(whole[: len(whole) // 2] if cut == "truncated" else b"not a PNG\n")
+    with pytest.raises(DataError) as city:
+        SyntheticLabels(root).labels(image)
+    text = str(city.value)
+    assert text.startswith(f"label map {labels} (guidance=synthetic) is corrupt or not an image (")
+    assert text.endswith(
+        f": the city is damaged; delete {root} and the next run generates it again (or python -m "
+        "vpr.data.synthetic --out ... --force)"
+    )
+
+    masks = tmp_path / "masks"
+    (masks / "000").mkdir(parents=True)
+    (masks / "000" / "000000_pitch1_yaw1.png").write_bytes(labels.read_bytes())
+    with pytest.raises(
+        DataError,
+        match=r"^label map .*000000_pitch1_yaw1\.png \(guidance\.mask_dir\) is corrupt or "
+        r"not an image \(.*\): write it again$",
+    ):
+        MaskDirLabels(masks, root, None).labels(image)

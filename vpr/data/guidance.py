@@ -66,11 +66,15 @@ def _same_aspect(a: tuple[int, int], b: tuple[int, int], tolerance: float = 0.25
     return abs(ra - rb) <= tolerance * rb
 
 
-def read_label_map(path: Path, image_path: Path, setting: str) -> np.ndarray:
-    """A PNG of class ids, one channel, with its image's aspect (any resolution): an RGB (colour-coded) map, or one
-    transposed or cropped against its image, is one error naming the file."""
-    with Image.open(path) as im:
-        labels = np.asarray(im)
+def read_label_map(path: Path, image_path: Path, setting: str, fix: str = "write it again") -> np.ndarray:
+    """A PNG of class ids, one channel, with its image's aspect (any resolution): an RGB (colour-coded) map, one
+    transposed or cropped against its image, or a file cut short (a copy interrupted) or not an image is one error
+    naming the file (``fix``: how to get it back)."""
+    try:
+        with Image.open(path) as im:
+            labels = np.asarray(im)
+    except OSError as e:  # PIL's "image file is truncated", UnidentifiedImageError
+        raise DataError(f"label map {path} ({setting}) is corrupt or not an image ({e}): {fix}") from None
     if labels.ndim != 2:
         raise DataError(
             f"label map {path} ({setting}) has {labels.shape[-1]} channels: it must hold one class id per pixel "
@@ -178,7 +182,13 @@ class SyntheticLabels(LabelSource):
         path = self.label_file(image_path)
         if not path.is_file():
             raise DataError(f"label map {path} missing (guidance=synthetic); regenerate the city with --force")
-        return read_label_map(path, image_path, "guidance=synthetic")
+        return read_label_map(
+            path,
+            image_path,
+            "guidance=synthetic",
+            f"the city is damaged; delete {self.root} and the next run generates it again (or python -m "
+            "vpr.data.synthetic --out ... --force)",
+        )
 
 
 class MaskDirLabels(GroupedLabels):
