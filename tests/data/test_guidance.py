@@ -167,3 +167,18 @@ def test_a_label_map_cut_short_is_one_error_naming_it_and_the_fix(tmp_path, cut)
         r"not an image \(.*\): write it again$",
     ):
         MaskDirLabels(masks, root, None).labels(image)
+
+
+@pytest.mark.parametrize("content", ['{"0": "sky", "1": "buil', '["sky", "building"]', ""])
+def test_a_damaged_class_list_of_the_city_is_one_error_naming_it_and_the_fix(tmp_path, content):
+    """The city's classes.json cut short (a copy interrupted) or not a mapping: one error naming the file and the
+    fix, not json's traceback."""
+    (tmp_path / "classes.json").write_text(content)
+    with pytest.raises(DataError) as damaged:
+        SyntheticLabels(tmp_path)
+    text = str(damaged.value)
+    assert text.startswith(f"{tmp_path / 'classes.json'} is not the synthetic city's class list")
+    assert text.endswith(
+        f"the city is damaged; delete {tmp_path} and the next run generates it again (or python -m "
+        "vpr.data.synthetic --out ... --force)"
+    )

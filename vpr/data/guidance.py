@@ -161,7 +161,14 @@ class SyntheticLabels(LabelSource):
                 f"{path} not found: guidance=synthetic needs a synthetic city (data=synthetic); for other data use "
                 "guidance=mask_dir or guidance=torchvision"
             )
-        self.classes = {name: int(i) for i, name in json.loads(path.read_text()).items()}
+        try:
+            self.classes = {str(name): int(i) for i, name in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # cut short (a copy interrupted), not a mapping
+            raise DataError(
+                f'{path} is not the synthetic city\'s class list ({{"<id>": "<class>", ...}}: {e}): the city is '
+                f"damaged; delete {self.root} and the next run generates it again (or python -m vpr.data.synthetic "
+                "--out ... --force)"
+            ) from None
 
     def group_ids(self, group: str) -> list[int]:
         if group not in SYNTHETIC_GROUPS:
