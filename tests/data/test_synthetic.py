@@ -411,6 +411,27 @@ def test_refuses_a_folder_of_other_files_and_touches_nothing(tmp_path: Path) -> 
     assert _digest_tree(root) == before
 
 
+def test_a_city_whose_manifest_was_cut_short_is_refused_with_the_fix_and_touched_nowhere(tmp_path: Path) -> None:
+    """A city copied with an interrupted copy: its city.json cut short. The folder is not provably this generator's,
+    so nothing is replaced, and the refusal says what the folder's own city.json is and how to have the city
+    generated again (it said the folder held no city.json, listing city.json among its files)."""
+    root = tmp_path / "city_tiny_seed0"
+    (root / "000").mkdir(parents=True)
+    (root / "000" / "000000_pitch1_yaw1.jpg").write_bytes(b"an image of the city")
+    manifest = json.dumps({"format_version": 1, "generator": "vpr.data.synthetic", "seed": 0, "config": {}})
+    (root / "city.json").write_text(manifest[:25])
+    before = _digest_tree(root)
+    with pytest.raises(DataError) as refused:
+        generate_city(root, "tiny", seed=0, progress=False, workers=1)
+    assert str(refused.value) == (
+        f"refusing to write the synthetic city into {root}: its city.json is not the manifest of a city of this "
+        "generator (cut short by an interrupted copy?). Nothing was written. If the folder is a synthetic city, "
+        "delete it and the next run generates it again; otherwise point data.root (or paths.data_dir, or --out) at "
+        "an empty or new folder."
+    )
+    assert _digest_tree(root) == before
+
+
 def test_cli_is_idempotent_on_an_existing_city(tiny_city: Path) -> None:
     assert synthetic.main(["--out", str(tiny_city), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
     with pytest.raises(SystemExit):

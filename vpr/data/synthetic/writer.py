@@ -227,6 +227,13 @@ def _check_ownership(root: Path) -> None:
         ours = json.loads((root / MANIFEST_NAME).read_text()).get("generator") == "vpr.data.synthetic"
     except (OSError, ValueError, AttributeError):
         ours = False
+    if not ours and (root / MANIFEST_NAME).is_file():  # a city's manifest cut short (a copy interrupted), or another's
+        raise DataError(
+            f"refusing to write the synthetic city into {root}: its {MANIFEST_NAME} is not the manifest of a city of "
+            "this generator (cut short by an interrupted copy?). Nothing was written. If the folder is a synthetic "
+            "city, delete it and the next run generates it again; otherwise point data.root (or paths.data_dir, or "
+            "--out) at an empty or new folder."
+        )
     if not ours:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise DataError(
