@@ -62,8 +62,35 @@ def compose_script(config_name: str, *overrides: str, hydra: bool = False) -> Di
         return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
 
 
+# Variables of the caller's shell that would make a script's run depend on it rather than on its command line: the
+# rendezvous of a distributed launch (a MASTER_PORT set there would put every DDP test on one port, and two tests
+# running at once, under pytest -n, on each other's), the ranks, the project's own notes to the processes Lightning
+# starts, and the folders the configs read from the environment (runs would share one outputs/ or data/ folder).
+SCRIPT_ENV_DROPPED = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "STANDALONE_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "VPR_RESUMED_CHECKPOINT",
+    "VPR_SWEEP_JOB",
+    "VPR_ROOT",
+    "VPR_DATA_DIR",
+    "VPR_LOG_DIR",
+    "VPR_PITTSBURGH_ROOT",
+    "VPR_TOKYO247_ROOT",
+    "VPR_TOKYOTM_ROOT",
+)
+
+
 def script_env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    """The environment of a script run by a test: the caller's, without :data:`SCRIPT_ENV_DROPPED`, W&B offline
+    with its files under ``tmp``."""
+    env = {key: value for key, value in os.environ.items() if key not in SCRIPT_ENV_DROPPED}
     env.update(
         {
             "WANDB_MODE": "offline",
@@ -74,7 +101,6 @@ def script_env(tmp: Path) -> dict[str, str]:
             "OMP_NUM_THREADS": "2",
         }
     )
-    env.pop("VPR_PITTSBURGH_ROOT", None)
     return env
 
 
