@@ -22,11 +22,17 @@ setup: $(STAMP) ## create .venv from pyproject.toml (torch, lightning, hydra, fa
 train: $(STAMP) ## the main job on the synthetic city: generate, cluster, untrained test, train, test
 	$(PY) train.py experiment=city_main $(ARGS)
 
-test: $(STAMP) ## the test suite (CPU, no network)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+# Test processes (pytest-xdist): one per CPU this process may use, at most 4 (each runs scripts of its own, DDP tests
+# two processes). A test file stays on one process, its module fixtures (one training run shared by its tests) built
+# once. TEST_WORKERS=0: one process, the tests in file order (as ARGS=-n0 does).
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(); print(min(4, n or 1))" 2>/dev/null || echo 2)
+XDIST = -n $(TEST_WORKERS) --dist loadfile
 
-test-full: $(STAMP) ## every test, slow ones included
-	$(PY) -m pytest -q $(ARGS)
+test: $(STAMP) ## the test suite (CPU, no network), in parallel processes: make test [TEST_WORKERS=N] [ARGS=...]
+	$(PY) -m pytest -q -m "not slow" $(XDIST) $(ARGS)
+
+test-full: $(STAMP) ## every test, slow ones included (TEST_WORKERS and ARGS as for test)
+	$(PY) -m pytest -q $(XDIST) $(ARGS)
 
 SOURCES := vpr tests train.py eval.py cluster.py retrieve.py
 

@@ -4,7 +4,16 @@ once on one port or in one folder."""
 
 from __future__ import annotations
 
-from tests.conftest import script_env
+import re
+import sys
+
+from tests.conftest import ROOT, script_env
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    tomllib = None
+
 
 SHELL = {
     "MASTER_ADDR": "10.0.0.7",
@@ -35,3 +44,17 @@ def test_scripts_run_without_the_shells_rendezvous_ranks_and_folders(monkeypatch
     assert sorted(key for key in SHELL if key in env) == []
     assert env["VPR_SOMETHING_ELSE"] == "kept" and env["PATH"]  # the rest of the shell's environment stays
     assert env["WANDB_MODE"] == "offline" and env["WANDB_DIR"] == str(tmp_path)
+
+
+def test_make_test_runs_the_files_in_parallel_processes():
+    """make test and make test-full pass -n and --dist loadfile (a file's module fixtures built once), and the dev
+    extra that make setup installs brings pytest-xdist."""
+    makefile = (ROOT / "Makefile").read_text()
+    (xdist,) = re.findall(r"^XDIST = (.*)$", makefile, flags=re.M)
+    assert xdist.split() == ["-n", "$(TEST_WORKERS)", "--dist", "loadfile"]
+    for target in ("test", "test-full"):
+        (recipe,) = re.findall(rf"^{target}: .*\n\t(.*)$", makefile, flags=re.M)
+        assert "$(XDIST) $(ARGS)" in recipe, recipe  # ARGS last: ARGS=-n0 runs them in one process
+    if tomllib is not None:
+        dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+        assert any(re.match(r"pytest-xdist\b", requirement) for requirement in dev), dev
