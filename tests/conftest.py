@@ -134,6 +134,15 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def the_error_line(proc: subprocess.CompletedProcess, status: int = 2) -> str:
+    """The one ``error:`` line a script that refused its input ended with; asserts that there is exactly one, no
+    traceback, and the exit status ``status``."""
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert proc.returncode == status and len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    return errors[0]
+
+
 def run_script_hiding(
     package: str, script: str, *overrides: str, tmp: Path, check: bool = True
 ) -> subprocess.CompletedProcess:

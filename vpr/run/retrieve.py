@@ -44,8 +44,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[Path]:
-    """Every image file under ``folder`` (recursively, linked folders included) whose name matches none of the ``exclude`` patterns (shell
-    wildcards), sorted by path. Hidden files and folders (:func:`vpr.data.dataset.is_hidden`: macOS's ``._*``
+    """Every image file under ``folder`` (recursively, linked folders included) whose name matches none of the
+    ``exclude`` patterns (shell wildcards), sorted by path. Hidden files and folders (:func:`vpr.data.dataset.is_hidden`: macOS's ``._*``
     copies beside each photo, ``__MACOSX/``) are left out, with a log line counting them."""
     if folder in (None, ""):
         raise ConfigError(f"{setting}=DIR is required: the folder of {setting} images")
