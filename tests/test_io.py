@@ -96,3 +96,18 @@ def test_an_archive_of_weights_is_named_an_archive_with_the_command_that_unpacks
         read_weights_only(archive, f"ckpt_path={archive}")
     assert str(refused.value).startswith(f"ckpt_path={archive} {says}")
     assert torch.equal(read_weights_only(inner, "ckpt_path")["state_dict"]["pool.centroids"], torch.ones(2, 3))
+
+
+def test_a_checkpoint_of_zero_bytes_is_called_unreadable_not_a_tar_archive(tmp_path):
+    """A file of zero bytes (a download that reserved the file's size and was cut short, a crash that kept a file's
+    size but not its data) passes tarfile's test as an empty tar: it was refused as "a tar archive ... unpack it
+    (tar xf)", not as the unreadable file it is."""
+    from vpr.errors import ConfigError
+    from vpr.io import read_weights_only
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(bytes(4096))
+    with pytest.raises(ConfigError) as refused:
+        read_weights_only(ckpt, f"ckpt_path={ckpt}")
+    assert "archive" not in str(refused.value)
+    assert str(refused.value).startswith(f"ckpt_path={ckpt} is not a readable checkpoint: truncated")

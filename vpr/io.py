@@ -171,7 +171,9 @@ def _archive(path: str | Path) -> str | None:
                 return "gzip"
         if tarfile.is_tarfile(path):  # before zip: a tar holding a torch file ends in that file's zip directory
             with tarfile.open(path) as t:
-                return None if "pickle" in t.getnames() else "tar"
+                names = t.getnames()
+            # no member: a file of zero bytes (a download cut short after reserving its size) reads as an empty tar
+            return None if not names or "pickle" in names else "tar"
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
                 return None if any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist()) else "zip"
