@@ -182,3 +182,30 @@ def test_a_damaged_class_list_of_the_city_is_one_error_naming_it_and_the_fix(tmp
         f"the city is damaged; delete {tmp_path} and the next run generates it again (or python -m "
         "vpr.data.synthetic --out ... --force)"
     )
+
+
+def test_a_label_map_with_a_damaged_chunk_is_one_error_naming_it(tmp_path):
+    """A PNG damaged inside (the type of its second IDAT chunk no longer four letters, as a flipped bit leaves it):
+    PIL raises SyntaxError("broken PNG file") while decoding, which ended the run in a traceback. The file is
+    written by hand from the PNG specification: signature, IHDR (8x4, 8-bit grey), the pixels' zlib stream in two
+    IDAT chunks, IEND."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + bytes([1] * 8) for _ in range(4))  # filter type 0, then 8 pixels of class 1
+    ihdr = struct.pack(">IIBBBBB", 8, 4, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(rows, 0)  # stored, not compressed: the first chunk holds too few bytes for the image
+    idat = chunk(b"IDAT", pixels[:10]) + chunk(b"ID\x00T", pixels[10:])
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+    masks = tmp_path / "masks"
+    (masks / "000").mkdir(parents=True)
+    label = masks / "000" / "000000_pitch1_yaw1.png"
+    label.write_bytes(png)
+    image = tmp_path / "city" / "000" / "000000_pitch1_yaw1.jpg"
+    image.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 8, 3), dtype=np.uint8)).save(image)
+    with pytest.raises(DataError, match=r"^label map .* \(guidance\.mask_dir\) is corrupt or not an image \(.*\): "):
+        MaskDirLabels(masks, tmp_path / "city", None).labels(image)

@@ -73,7 +73,7 @@ def read_label_map(path: Path, image_path: Path, setting: str, fix: str = "write
     try:
         with Image.open(path) as im:
             labels = np.asarray(im)
-    except OSError as e:  # PIL's "image file is truncated", UnidentifiedImageError
+    except (OSError, SyntaxError) as e:  # PIL's "image file is truncated", UnidentifiedImageError, "broken PNG file"
         raise DataError(f"label map {path} ({setting}) is corrupt or not an image ({e}): {fix}") from None
     if labels.ndim != 2:
         raise DataError(
