@@ -110,7 +110,8 @@ def test_a_new_run_in_the_folder_of_an_earlier_run_sets_its_checkpoints_aside(tm
     """A run given an earlier run's hydra.run.dir (not resumed) writes its config.yaml beside the earlier run's
     checkpoints: left there, ckpt_path=last of the new run's settings would resume the earlier network (also when
     the new run ended before its first checkpoint). They go to .earlier/<time>/checkpoints/, byte for byte; a resumed
-    run keeps them (its checkpoints continue there), and so does a new run whose init_weights names one of them."""
+    run keeps them (its checkpoints continue there), and so does a new run whose init_weights names one of them,
+    which copies them there."""
     import torch
 
     import vpr.run.train
@@ -152,8 +153,12 @@ def test_a_new_run_in_the_folder_of_an_earlier_run_sets_its_checkpoints_aside(tm
     assert seen[-1] == str(run / "checkpoints" / "last.ckpt")
     assert {p.name for p in (run / "checkpoints").iterdir()} == {".train.lock", "last.ckpt", "epoch001.ckpt"}
 
-    # and so does a new run that starts from one of them (init_weights=<this folder>/checkpoints/...)
+    # and so does a new run that starts from one of them (init_weights=<this folder>/checkpoints/...), its DDP
+    # processes reading the file again; copies of them go to .earlier/<time>/checkpoints/, for the new run's
+    # last.ckpt replaces the one in place
     cfg.ckpt_path, cfg.init_weights = None, str(run / "checkpoints" / "epoch001.ckpt")
     vpr.run.train._run_training(cfg)
     assert seen[-1] is None
     assert {p.name for p in (run / "checkpoints").iterdir()} == {".train.lock", "last.ckpt", "epoch001.ckpt"}
+    copies = [f / "checkpoints" for f in (run / ".earlier").iterdir() if f != kept]
+    assert [{p.name: p.read_bytes() for p in c.iterdir()} for c in copies] == [earlier]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -93,14 +94,19 @@ def set_aside_earlier_outputs(
     return dest
 
 
-def set_aside_earlier_checkpoints(folder: Path, out_dir: Path, into: Path | None = None) -> Path | None:
+def set_aside_earlier_checkpoints(
+    folder: Path, out_dir: Path, into: Path | None = None, copy: bool = False
+) -> Path | None:
     """Move the checkpoints an earlier run left in ``folder``, this new (not resumed) run's checkpoint folder inside
     its run folder ``out_dir`` (``hydra.run.dir`` given again, a sweep started again in its folder), into
     ``<out_dir>/.earlier/<its time>/checkpoints/`` (``into``: the folder :func:`set_aside_earlier_outputs` moved
     that run's results to). Left there, they would pass for this run's beside the config.yaml it has just written:
     ``ckpt_path=last`` of this run's settings would resume the earlier run's network, also before this run saved a
-    checkpoint of its own. Nothing is deleted; a checkpoint folder outside the run folder is not touched. Returns
-    where they went, None when there was nothing to move (or in another process than the first)."""
+    checkpoint of its own. Nothing is deleted; a checkpoint folder outside the run folder is not touched. ``copy``:
+    copy them there instead, the files staying in place (this run's ``init_weights`` names one of them: it, and the
+    DDP processes that read it again, find it where the command line says; this run's last.ckpt replaces the
+    one in place, the copies keep the earlier run's). Returns where they went, None when there was nothing to move
+    (or in another process than the first)."""
     from vpr.io import path_under
 
     if process_rank(os.environ) > 0 or path_under(folder, out_dir) is None:
@@ -108,7 +114,16 @@ def set_aside_earlier_checkpoints(folder: Path, out_dir: Path, into: Path | None
     found = sorted(p for p in Path(folder).glob("*.ckpt") if p.is_file())
     if not found:
         return None
-    dest = _move_aside(out_dir, found, into, "checkpoints")
+    dest = _move_aside(out_dir, found, into, "checkpoints", copy)
+    if copy:
+        log.warning(
+            "%s holds the checkpoints of an earlier run (%s), one of them this run's init_weights: copied to %s; "
+            "this run's last.ckpt replaces the one here",
+            folder,
+            ", ".join(p.name for p in found),
+            dest,
+        )
+        return dest
     log.warning(
         "%s held the checkpoints of an earlier run (%s): moved to %s; a new run starts (to continue the earlier one "
         "instead, move them back and give ckpt_path=last)",
@@ -119,9 +134,12 @@ def set_aside_earlier_checkpoints(folder: Path, out_dir: Path, into: Path | None
     return dest
 
 
-def _move_aside(out_dir: Path, found: list[Path], into: Path | None, what: str) -> Path:
+def _move_aside(out_dir: Path, found: list[Path], into: Path | None, what: str, copy: bool = False) -> Path:
     """Rename ``found`` into ``into`` (``<out_dir>/.earlier/<time of the newest>/`` when None; checkpoints into its
-    ``checkpoints/``); the folder they went to. A failure is one ConfigError naming the files and the way out."""
+    ``checkpoints/``), or copy them there (``copy``: each copy written whole or not at all); the folder they went
+    to. A failure is one ConfigError naming the files and the way out."""
+    from vpr.io import atomic_path
+
     if into is None:
         newest = max(p.stat().st_mtime for p in found)
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(newest))
@@ -135,13 +153,17 @@ def _move_aside(out_dir: Path, found: list[Path], into: Path | None, what: str) 
         for path in found:
             if (dest / path.name).exists():
                 raise FileExistsError(errno.EEXIST, "already there", str(dest / path.name))
-            os.replace(path, dest / path.name)  # the same file system: a rename, nothing copied or lost
+            if copy:
+                with atomic_path(dest / path.name) as tmp:
+                    shutil.copy2(path, tmp)
+            else:
+                os.replace(path, dest / path.name)  # the same file system: a rename, nothing copied or lost
     except OSError as e:
         from vpr.errors import ConfigError
 
         raise ConfigError(
             f"{out_dir} holds the {what} of an earlier run ({', '.join(p.name for p in found)}) and they could "
-            f"not be moved to {dest} ({e.strerror}): give this run another folder (hydra.sweep.dir, hydra.run.dir) "
+            f"not be {'copied' if copy else 'moved'} to {dest} ({e.strerror}): give this run another folder (hydra.sweep.dir, hydra.run.dir) "
             "or move them yourself"
         ) from None
     return dest

@@ -384,8 +384,10 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
                 log.info("removed %d partial checkpoint file(s) of a save that was killed: %s", len(removed), removed)
         weights = cfg.get("init_weights")
         from_them = bool(weights) and path_under(str(weights), folder) is not None  # starts from one of them
-        if ckpt_path is None and not from_them:  # a new run: an earlier run's checkpoints here are not this run's
-            set_aside_earlier_checkpoints(folder, out_dir, into=earlier)
+        if ckpt_path is None:  # a new run: an earlier run's checkpoints here are not this run's
+            # ... copied aside when it starts from one of them: moved, the file init_weights names would be gone (for
+            # the DDP processes, which read it again, too); left alone, this run's last.ckpt would replace theirs
+            set_aside_earlier_checkpoints(folder, out_dir, into=earlier, copy=from_them)
         return _train_in(cfg, out_dir, ckpt_path, state)
 
 
