@@ -314,3 +314,36 @@ def test_a_second_run_in_the_same_folder_sets_the_first_ones_files_aside(folders
     )
     summary = json.loads((out / "retrieve.json").read_text())
     assert summary["pca_file"] is None and summary["descriptor_dim"] > 8
+
+
+def test_a_query_folder_inside_the_database_folder_is_warned_about(tmp_path, caplog):
+    """queries=mycity/query inside database=mycity: the queries are database images too, so each query's list holds
+    the other queries. One warning names both folders and the two fixes; the same folder for both (retrieval within
+    one set) and an inner folder that exclude leaves out get none."""
+    from omegaconf import OmegaConf
+
+    from vpr.run.retrieve import list_images, nested_folders_warning
+
+    city = tmp_path / "mycity"
+    for name in ("db/a.jpg", "db/b.jpg", "query/q1.jpg", "query/q2.jpg"):
+        (city / name).parent.mkdir(parents=True, exist_ok=True)
+        (city / name).write_bytes(b"")
+
+    def warnings_for(database, queries, exclude=()):
+        caplog.clear()
+        db = [f.relative_to(tmp_path).as_posix() for f in list_images(database, "database", exclude)]
+        q = [f.relative_to(tmp_path).as_posix() for f in list_images(queries, "queries", exclude)]
+        with caplog.at_level("WARNING", logger="vpr.run.retrieve"):
+            nested_folders_warning(OmegaConf.create({"database": str(database), "queries": str(queries)}), db, q)
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    (warning,) = warnings_for(city, city / "query")
+    assert f"queries={city / 'query'} lies inside database={city}: 2 of its images are database images" in warning
+    assert "separate folders" in warning and "'exclude=[*_labels.png,query/*]'" in warning
+    (warning,) = warnings_for(city / "query", city)  # the other way round
+    assert f"database={city / 'query'} lies inside queries={city}" in warning
+    assert warnings_for(city, city) == []  # one set: a supported case
+    assert warnings_for(city / "db", city / "query") == []
+    # the fix the warning gives works: the inner folder is left out of the database, and the warning goes
+    assert warnings_for(city, city / "query", ["*_labels.png", "query/*"]) == []
+    assert [f.name for f in list_images(city, "database", ["query/*"])] == ["a.jpg", "b.jpg"]

@@ -45,8 +45,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[Path]:
     """Every image file under ``folder`` (recursively, linked folders included) whose name matches none of the
-    ``exclude`` patterns (shell wildcards), sorted by path. Hidden files and folders (:func:`vpr.data.dataset.is_hidden`: macOS's ``._*``
-    copies beside each photo, ``__MACOSX/``) are left out, with a log line counting them."""
+    ``exclude`` patterns (shell wildcards; a pattern holding ``/`` is matched against the path under ``folder``),
+    sorted by path. Hidden files and folders (:func:`vpr.data.dataset.is_hidden`: macOS's ``._*`` copies beside
+    each photo, ``__MACOSX/``) are left out, with a log line counting them."""
     if folder in (None, ""):
         raise ConfigError(f"{setting}=DIR is required: the folder of {setting} images")
     path = Path(str(folder)).expanduser()
@@ -65,7 +66,7 @@ def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[
             min(hidden).relative_to(path).as_posix(),
         )
     files = sorted(
-        f for f in found if not is_hidden(f, path) and not any(fnmatch.fnmatch(f.name, pattern) for pattern in exclude)
+        f for f in found if not is_hidden(f, path) and not any(excluded(f, path, pattern) for pattern in exclude)
     )
     if not files:
         left_out = f"; {len(hidden)} hidden files left out" if hidden else ""
@@ -73,6 +74,40 @@ def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[
             f"{setting}={folder}: no images in it or its subfolders ({' '.join(IMAGE_SUFFIXES)}){left_out}"
         )
     return files
+
+
+def excluded(f: Path, folder: Path, pattern: str) -> bool:
+    """Whether ``pattern`` leaves ``f`` (found under ``folder``) out: a pattern holding ``/`` is matched against
+    the path under ``folder`` (``query/*``), any other against the file's name (``*_labels.png``)."""
+    if "/" in pattern:
+        return fnmatch.fnmatch(f.relative_to(folder).as_posix(), pattern)
+    return fnmatch.fnmatch(f.name, pattern)
+
+
+def nested_folders_warning(cfg: DictConfig, db_names: list[str], q_names: list[str]) -> None:
+    """Warn when one of the folders lies inside the other (queries=mycity/query inside database=mycity) and its
+    images are in both sets: queries are then ranked among each other as database images. The same folder for both
+    (retrieval within one set) is no mistake and gets no warning, nor an inner folder that ``exclude`` leaves out."""
+    db, q = (Path(os.path.abspath(Path(str(cfg.get(s))).expanduser())) for s in ("database", "queries"))
+    both = len(set(db_names) & set(q_names))
+    if db == q or not both:
+        return
+    for inner, outer, inner_setting, outer_setting in ((q, db, "queries", "database"), (db, q, "database", "queries")):
+        if inner.is_relative_to(outer):
+            log.warning(
+                "%s=%s lies inside %s=%s: %d of its images are %s images too (each query is left out of its own "
+                "ranking, but the other queries are ranked as database images). If that is not meant, keep the "
+                "two sets in separate folders, or leave the inner folder out of the %s with "
+                "'exclude=[*_labels.png,%s/*]'",
+                inner_setting,
+                cfg.get(inner_setting),
+                outer_setting,
+                cfg.get(outer_setting),
+                both,
+                outer_setting,
+                outer_setting,
+                inner.relative_to(outer).as_posix(),
+            )
 
 
 def image_names(files: list[Path], root: Path, setting: str) -> list[str]:
@@ -192,6 +227,7 @@ def run_retrieval(cfg: DictConfig) -> dict[str, Any]:
     q_files = list_images(cfg.get("queries"), "queries", exclude)
     root = image_root(cfg)
     db_names, q_names = image_names(db_files, root, "database"), image_names(q_files, root, "queries")
+    nested_folders_warning(cfg, db_names, q_names)
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, "train")
     module, cfg = network_of_checkpoint(cfg, ckpt_path, command_line_overrides())
