@@ -347,3 +347,47 @@ def test_a_query_folder_inside_the_database_folder_is_warned_about(tmp_path, cap
     # the fix the warning gives works: the inner folder is left out of the database, and the warning goes
     assert warnings_for(city, city / "query", ["*_labels.png", "query/*"]) == []
     assert [f.name for f in list_images(city, "database", ["query/*"])] == ["a.jpg", "b.jpg"]
+
+
+def test_files_of_other_types_are_counted_by_suffix(tmp_path, caplog):
+    """Photos in a format that is not read (an iPhone's HEIC) beside the JPEGs were left out without a word: the
+    log counts the files left out by suffix, as a warning naming HEIC and the conversion; a folder of HEIC photos
+    only is refused naming them."""
+    from PIL import Image
+
+    from vpr.errors import ConfigError
+    from vpr.run.retrieve import list_images
+
+    mixed = tmp_path / "mixed"
+    (mixed / "day2").mkdir(parents=True)
+    Image.new("RGB", (8, 6)).save(mixed / "a.jpg")
+    for i in range(10):
+        (mixed / ("day2" if i % 2 else "") / f"IMG_{i}.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    (mixed / "notes.txt").write_text("x")
+    (mixed / "day2" / "list.txt").write_text("x")
+    (mixed / "._IMG_0.HEIC").write_bytes(b"")  # hidden: not counted
+    with caplog.at_level("INFO", logger="vpr.run.retrieve"):
+        assert [f.name for f in list_images(mixed, "database")] == ["a.jpg"]
+    (record,) = [r for r in caplog.records if "other types" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert f"database={mixed}: 12 files of other types left out: .heic (10), .txt (2) (HEIC (.heic)" in (
+        record.getMessage()
+    )
+    assert "convert them to JPEG" in record.getMessage()
+
+    caplog.clear()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    Image.new("RGB", (8, 6)).save(plain / "a.png")
+    (plain / "readme.md").write_text("x")
+    with caplog.at_level("INFO", logger="vpr.run.retrieve"):
+        list_images(plain, "queries")
+    (record,) = [r for r in caplog.records if "other types" in r.getMessage()]
+    assert record.levelname == "INFO" and record.getMessage().endswith("1 files of other types left out: .md (1)")
+
+    heic = tmp_path / "heic"
+    heic.mkdir()
+    for i in range(3):
+        (heic / f"IMG_{i}.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    with pytest.raises(ConfigError, match=r"no images in it .*; 3 photos of other formats: HEIC \(.heic\) .*convert"):
+        list_images(heic, "queries")

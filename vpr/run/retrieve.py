@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[
     """Every image file under ``folder`` (recursively, linked folders included) whose name matches none of the
     ``exclude`` patterns (shell wildcards; a pattern holding ``/`` is matched against the path under ``folder``),
     sorted by path. Hidden files and folders (:func:`vpr.data.dataset.is_hidden`: macOS's ``._*`` copies beside
-    each photo, ``__MACOSX/``) are left out, with a log line counting them."""
+    each photo, ``__MACOSX/``) are left out, with a log line counting them; so are files of other types, counted by
+    suffix (photos in a format that is not read, such as an iPhone's HEIC, with the conversion to make)."""
     if folder in (None, ""):
         raise ConfigError(f"{setting}=DIR is required: the folder of {setting} images")
     path = Path(str(folder)).expanduser()
@@ -55,7 +57,8 @@ def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[
         raise ConfigError(f"{setting}={folder} is a file: give the folder holding the {setting} images")
     if not path.is_dir():
         raise ConfigError(f"{setting}={folder}: no such folder")
-    found = [f for f in files_under(path) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    everything = [f for f in files_under(path) if f.is_file()]
+    found = [f for f in everything if f.suffix.lower() in IMAGE_SUFFIXES]
     hidden = [f for f in found if is_hidden(f, path)]
     if hidden:
         log.info(
@@ -65,15 +68,57 @@ def list_images(folder: Any, setting: str, exclude: Sequence[str] = ()) -> list[
             len(hidden),
             min(hidden).relative_to(path).as_posix(),
         )
+    others = Counter(
+        f.suffix.lower() or "(no suffix)"
+        for f in everything
+        if f.suffix.lower() not in IMAGE_SUFFIXES and not is_hidden(f, path)
+    )
+    if others:
+        counts = ", ".join(f"{suffix} ({n})" for suffix, n in sorted(others.items(), key=lambda c: (-c[1], c[0])))
+        photos = sorted(s for s in others if s in UNREAD_PHOTO_SUFFIXES)
+        (log.warning if photos else log.info)(
+            "%s=%s: %d files of other types left out: %s%s",
+            setting,
+            folder,
+            sum(others.values()),
+            counts,
+            f" ({unread_photos_hint(photos)})" if photos else "",
+        )
     files = sorted(
         f for f in found if not is_hidden(f, path) and not any(excluded(f, path, pattern) for pattern in exclude)
     )
     if not files:
         left_out = f"; {len(hidden)} hidden files left out" if hidden else ""
+        photos = sorted(s for s in others if s in UNREAD_PHOTO_SUFFIXES)
+        if photos:
+            left_out += f"; {sum(others[s] for s in photos)} photos of other formats: {unread_photos_hint(photos)}"
         raise ConfigError(
             f"{setting}={folder}: no images in it or its subfolders ({' '.join(IMAGE_SUFFIXES)}){left_out}"
         )
     return files
+
+
+#: Photo formats the image reader (PIL without plugins) does not read: counted apart, with the conversion to make.
+UNREAD_PHOTO_SUFFIXES = {
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".jxl": "JPEG XL",
+    ".dng": "DNG raw",
+    ".cr2": "Canon raw",
+    ".cr3": "Canon raw",
+    ".nef": "Nikon raw",
+    ".arw": "Sony raw",
+}
+
+
+def unread_photos_hint(suffixes: Sequence[str]) -> str:
+    """Which of ``suffixes`` are photos that are not read, and the conversion that makes them readable."""
+    kinds = ", ".join(f"{UNREAD_PHOTO_SUFFIXES[s]} ({s})" for s in suffixes)
+    return (
+        f"{kinds} photos are not read: convert them to JPEG first, e.g. with ImageMagick "
+        "(magick mogrify -format jpg *.heic) or libheif's heif-convert"
+    )
 
 
 def excluded(f: Path, folder: Path, pattern: str) -> bool:
