@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_script, the_error_line
 from tests.test_checkpoint_compat import random_checkpoint
 
 TOP_K = 5
@@ -391,3 +391,69 @@ def test_files_of_other_types_are_counted_by_suffix(tmp_path, caplog):
         (heic / f"IMG_{i}.heic").write_bytes(b"\0\0\0\x18ftypheic")
     with pytest.raises(ConfigError, match=r"no images in it .*; 3 photos of other formats: HEIC \(.heic\) .*convert"):
         list_images(heic, "queries")
+
+
+def not_images(folder, n):
+    """``n`` files named like images that are not: text, empty, a PNG signature with nothing after it."""
+    contents = [b"<html>404 Not Found</html>", b"", b"\x89PNG\r\n\x1a\n"]
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"bad{i}.{('jpg', 'png', 'png')[i % 3]}" for i in range(n)]
+    for i, name in enumerate(names):
+        (folder / name).write_bytes(contents[i % 3])
+    return names
+
+
+def test_files_that_are_not_images_are_listed_in_one_error(tmp_path):
+    from PIL import Image
+
+    from vpr.errors import DataError
+    from vpr.run.retrieve import check_image_headers, list_images
+
+    db = tmp_path / "db"
+    (db / "street").mkdir(parents=True)
+    Image.new("RGB", (8, 6)).save(db / "street" / "good.jpg")
+    names = not_images(db, 8)
+    files = list_images(db, "database")
+    assert len(files) == 9
+    with pytest.raises(DataError) as e:
+        check_image_headers(files, db, "database")
+    message = str(e.value)
+    assert message.startswith(f"database={db}: 8 of its 9 image files are not images that can be read: ")
+    assert all(n in message for n in sorted(names)[:5]) and not any(n in message for n in sorted(names)[5:])
+    assert "; and 3 more." in message and "good.jpg" not in message and "exclude=" in message
+    check_image_headers([db / "street" / "good.jpg"], db, "database")  # a real image passes
+
+
+def test_a_file_that_is_not_an_image_stops_retrieve_before_the_network_is_loaded(tmp_path):
+    """A file named .jpg that is no image (a download that saved an error page) stopped retrieve.py in the middle
+    of the encoding: it is refused before the checkpoint is read (here a missing one, which would be refused
+    otherwise) or any image encoded."""
+    from PIL import Image
+
+    for folder in ("db", "query"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 6)).save(tmp_path / folder / "ok.jpg")
+    not_images(tmp_path / "query", 1)
+    proc = run_script(
+        "retrieve.py",
+        f"ckpt_path={tmp_path / 'no_such.ckpt'}",
+        f"database={tmp_path / 'db'}",
+        f"queries={tmp_path / 'query'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        tmp=tmp_path,
+        check=False,
+    )
+    line = the_error_line(proc)
+    assert f"queries={tmp_path / 'query'}: 1 of its 2 image files" in line and "bad0.jpg" in line, line
+    # the database inside the queries folder: the queries' count is of all their images, those of the database too
+    proc = run_script(
+        "retrieve.py",
+        f"ckpt_path={tmp_path / 'no_such.ckpt'}",
+        f"database={tmp_path / 'db'}",
+        f"queries={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run2'}",
+        tmp=tmp_path,
+        check=False,
+    )
+    line = the_error_line(proc)
+    assert f"queries={tmp_path}: 1 of its 3 image files are not images that can be read: query/bad0.jpg" in line
