@@ -45,6 +45,21 @@ def test_root_not_set_or_without_the_folders(tmp_path):
     assert load_folder_split(tmp_path, ".").num_db == 1
 
 
+def test_a_root_one_level_off_names_the_folder_holding_the_splits(tmp_path):
+    """The benchmark unpacks as <dataset>/images/<split>/{database,queries}: data.root=<dataset> (one level too
+    high) or data.root=<dataset>/images/test/database (too low) named no folder; the error names images/."""
+    images = tmp_path / "pitts30k" / "images"
+    touch(images / "test" / "database" / "@585001.0@4477001.0@.jpg")
+    touch(images / "test" / "queries" / "@585002.0@4477001.0@.jpg")
+    fix = rf"; {images} holds test/database: set data\.root={images} \(data\.root is the dataset's top folder\)$"
+    for wrong in (tmp_path / "pitts30k", images / "test" / "database", images / "test" / "queries"):
+        with pytest.raises(DataError, match=fix):
+            load_folder_split(wrong, "test")
+    with pytest.raises(DataError, match="; check data.root$"):
+        load_folder_split(tmp_path / "pitts30k", "val")  # no val split anywhere near
+    assert load_folder_split(images, "test").num_db == 1
+
+
 def _haversine_m(a, b):
     """Great-circle distance in metres between (lat, lon) degree pairs, the textbook formula."""
     import math

@@ -134,6 +134,28 @@ def test_a_root_one_level_too_deep_names_its_parent(tmp_path):
         load_mat_split(tmp_path / "datasets", "pitts30k", "test")
 
 
+def test_a_root_one_level_off_names_the_folder_holding_the_split_files(tmp_path):
+    """data.root given as the folder above the dataset (/data for /data/pittsburgh) or as one of its image folders
+    (000/, queries_real/, queries_real/000/): the error named only the file it looked for; it names the root."""
+    root = tmp_path / "pittsburgh"
+    pittsburgh_like(root, num_places=2)
+    (tmp_path / "tokyo").mkdir()  # another dataset beside it: not a candidate, not looked into
+    fix = rf"{root} holds datasets/pitts30k_test\.mat: set data\.root={root} \(data\.root is the dataset's top folder\)"
+    for wrong in (tmp_path, root / "000", root / "queries_real", root / "queries_real" / "000"):
+        with pytest.raises(DataError, match=fix):
+            load_mat_split(wrong, "pitts30k", "test")
+    # two copies below: both named
+    pittsburgh_like(tmp_path / "copy", num_places=2)
+    with pytest.raises(
+        DataError, match=rf"Folders in it that hold datasets/pitts30k_test\.mat: {tmp_path / 'copy'}, {root}:"
+    ):
+        load_mat_split(tmp_path, "pitts30k", "test")
+    # nothing above or below: no folder named
+    with pytest.raises(DataError) as e:
+        load_mat_split(tmp_path / "tokyo", "pitts30k", "test")
+    assert "set data.root" not in str(e.value) and "holds datasets" not in str(e.value)
+
+
 def test_images_in_a_sibling_folder_are_pointed_at(tmp_path):
     """Tokyo 24/7's queries unpack as 247query_subset_v2 in some copies and 247query_v3 in others."""
     tokyo247_like(tmp_path)

@@ -205,6 +205,8 @@ def load_mat_split(
         hint = f" Files there: {', '.join(found)}." if found else ""
         if root.name == "datasets" and (root / file_name).is_file():  # data.root one level too deep
             hint += f" {file_name} is in {root} itself: set data.root={root.parent} (the folder holding datasets/)."
+        else:
+            hint += _root_nearby(root, f"datasets/{file_name}")
         raise DataError(
             f"split file {mat_path} not found (settings data.root={root}, data.name={name}, split={split}, "
             f"data.split_file={split_file}).{hint} {dataset_help(name)}"
@@ -251,6 +253,34 @@ def load_mat_split(
         spatial_nms=bool(spatial_nms),
         nms_group_size=None if nms_group_size is None else int(nms_group_size),
     )
+
+
+#: How many subfolders of a data.root that holds no split file are looked into for one (a root one level too high).
+_ROOT_PROBE = 1000
+
+
+def _root_nearby(root: Path, holds: str) -> str:
+    """The hint for a data.root one level off: the folders above it (an image folder such as ``000/`` or
+    ``queries_real/000/`` given as the root) or below it (the folder above the root) that hold the file or folder
+    ``holds`` (a path under a root), as ``set data.root=...``; "" when none does. One stat per folder looked at."""
+    for above in list(Path(os.path.abspath(root)).parents)[:2]:
+        if (above / holds).exists():
+            return f" {above} holds {holds}: set data.root={above} (data.root is the dataset's top folder)."
+    below = []
+    try:
+        with os.scandir(root) as entries:
+            for i, entry in enumerate(entries):
+                if i >= _ROOT_PROBE:
+                    break
+                if entry.is_dir() and (Path(entry.path) / holds).exists():
+                    below.append(Path(entry.path))
+    except OSError:  # unreadable: no hint
+        return ""
+    if len(below) == 1:
+        return f" {below[0]} holds {holds}: set data.root={below[0]} (data.root is the dataset's top folder)."
+    if below:
+        return f" Folders in it that hold {holds}: {', '.join(map(str, sorted(below)))}: set data.root to one."
+    return ""
 
 
 def _with_city_fix(message: str, root: Path) -> str:
@@ -437,7 +467,8 @@ def load_folder_split(
                 "(e.g. eval.py data=folder data.root=... data.splits.test=.)"
             )
             if root_itself
-            else "; check data.root"
+            else "; "
+            + (_root_nearby(Path(root).expanduser(), f"{split}/database").strip().rstrip(".") or "check data.root")
         )
         raise DataError(
             f"{base} must hold 'database/' and 'queries/' folders (data=folder layout: "
