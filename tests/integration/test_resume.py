@@ -279,6 +279,46 @@ def test_resuming_into_another_network_or_a_folder_in_use_is_one_error(data_dir,
     assert_clean_failure(second, f"another train.py is writing checkpoints in {ckpt.parent}")
 
 
+def test_resuming_a_run_with_nothing_left_to_train_tests_without_mining(data_dir, tmp_path):
+    """A run that early stopping ended, or that trained trainer.max_epochs, resumed with ckpt_path=last goes
+    straight to the test: no cache pass (Lightning built and prefetched from the training loader first: one mining
+    round), no further epoch, and the test recall of the run that ended."""
+    common = [
+        *SETTINGS,
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path}",
+        # R@1 never exceeds 2: early stopping ends the training after its first epoch, whatever the recall
+        "+callbacks.early_stopping.divergence_threshold=2.0",
+    ]
+    run_script("train.py", *common, f"hydra.run.dir={tmp_path}/train/runs/a", tmp=tmp_path)
+    first_log = (tmp_path / "train" / "runs" / "a" / "train.log").read_text()
+    assert "epoch 0 round 1/" in first_log and "epoch 1 round" not in first_log, "early stopping after epoch 0"
+    ended = json.loads((tmp_path / "train" / "runs" / "a" / "results.json").read_text())
+    last = tmp_path / "train" / "runs" / "a" / "checkpoints" / "last.ckpt"
+
+    resumes = {
+        "early-stopped": [],
+        # without early stopping, the run's one epoch is all of trainer.max_epochs=1
+        "max-epochs": ["trainer.max_epochs=1", "callbacks.early_stopping=null"],
+    }
+    for name, extra in resumes.items():
+        proc = run_script(
+            "train.py", *common, *extra, "ckpt_path=last", f"hydra.run.dir={tmp_path}/train/runs/{name}", tmp=tmp_path
+        )
+        text = proc.stdout + proc.stderr
+        assert f"ckpt_path=last: {last}" in text, name
+        assert re.findall(r"epoch \d+ round \d+/\d+", text) == [], f"{name}: a mining round ran\n{text[-3000:]}"
+        assert "trained: global step" not in text, f"{name}: an epoch was trained"
+        want = (
+            "early stopping had ended its training after epoch 0: nothing is left to train"
+            if name == "early-stopped"
+            else "has already trained 1 epoch(s), trainer.max_epochs=1: nothing is left to train"
+        )
+        assert want in text, name
+        assert json.loads((tmp_path / "train" / "runs" / name / "results.json").read_text()) == ended, name
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0  # nothing rewrote it
+
+
 def test_a_checkpoint_save_cut_short_leaves_no_partial_file_once_the_run_is_resumed(data_dir, tmp_path):
     """A SIGKILL during a save (a scheduler's grace period running out after its SIGTERM) leaves the checkpoint whole
     and a hidden partial file beside it, ``.last.ckpt.<8 characters>.tmp``, as large as a checkpoint: each kill left

@@ -471,6 +471,7 @@ class PlaceDataModule(L.LightningDataModule):
             # set_epoch; after a resume from an end-of-epoch checkpoint trainer.current_epoch still names the
             # finished epoch, so the first mining round would use its query order and seed.
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+            sampler.finished = nothing_left_to_train(trainer)
         if self._pending_round is not None:
             sampler.resume_from(self._pending_round)  # used only if that epoch is the one about to run
             self._pending_round = None
@@ -529,6 +530,36 @@ class PlaceDataModule(L.LightningDataModule):
             self.miner.load_state_dict(state_dict["miner"])
         else:
             self._pending_miner_state = state_dict["miner"]
+
+
+def nothing_left_to_train(trainer: L.Trainer) -> bool:
+    """Whether the fit Lightning is starting has no epoch to train: a run resumed from a checkpoint that had
+    trained ``max_epochs`` (or ``max_steps``), or that early stopping had ended. Lightning finds it out only after
+    it has built the training loader and taken its first batch (a mining round: a cache pass over the database);
+    a run that early stopping ended would even train one more epoch, since the stop itself is not in the
+    checkpoint, only the callback's reason. Said here, from the restored loops and callbacks, before any of it."""
+    loop = trainer.fit_loop
+    epochs_done, steps_done = loop.epoch_progress.current.processed, loop.epoch_loop.global_step
+    if loop.max_epochs not in (None, -1) and epochs_done >= loop.max_epochs:
+        return True
+    if loop.max_steps not in (None, -1) and steps_done >= loop.max_steps:
+        return True
+    if trainer.ckpt_path is None or not any(_early_stopped(cb) for cb in trainer.callbacks):
+        return False
+    if (loop.min_epochs and epochs_done < loop.min_epochs) or (loop.min_steps and steps_done < loop.min_steps):
+        return False  # Lightning trains on to the minimum, early stopping or not
+    trainer.should_stop = True  # as early stopping had set it in the resumed run
+    return True
+
+
+def _early_stopped(callback: Any) -> bool:
+    """Whether an early stopping callback (its state restored from a checkpoint) had ended the training."""
+    if not isinstance(callback, L.pytorch.callbacks.EarlyStopping):
+        return False
+    reason = getattr(callback, "stopping_reason", None)  # Lightning >= 2.5.5
+    if reason is not None:
+        return int(getattr(reason, "value", 0)) != 0  # EarlyStoppingReason.NOT_STOPPED
+    return int(callback.stopped_epoch) > 0
 
 
 def _sum_over_ranks(table: np.ndarray, failure: BaseException | None, device: torch.device) -> np.ndarray:

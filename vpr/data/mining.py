@@ -402,6 +402,9 @@ class MinedBatchSampler:
         self._records: deque[_RoundRecord] = deque(maxlen=8)  # this epoch's latest rounds (checkpoint positions)
         self._resume: dict[str, Any] | None = None
         self.resumed_after = 0  # batches of the current epoch trained before a resume (0: a whole epoch)
+        # Nothing is left to train (a resumed run that had trained its epochs, or that early stopping had ended):
+        # the loader Lightning builds and prefetches from before it sees so yields no batch and mines nothing.
+        self.finished = False
         # Lightning calls set_epoch on ``batch_sampler.sampler`` (not on the batch sampler) every epoch.
         self.sampler = _EpochRelay(self)
 
@@ -423,6 +426,8 @@ class MinedBatchSampler:
         return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
 
     def __iter__(self) -> Iterator[list[Triplet]]:
+        if self.finished:
+            return
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         rounds = self.rounds()
         self._records.clear()

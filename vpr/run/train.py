@@ -372,6 +372,13 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
                 finished,
                 int(cfg.trainer.max_epochs),
             )
+        elif (cfg.get("callbacks") or {}).get("early_stopping") is not None and early_stopped(state):
+            log.warning(
+                "%s: early stopping had ended its training after epoch %d: nothing is left to train (only the test "
+                "runs); callbacks.early_stopping=null trains on to trainer.max_epochs",
+                ckpt_path,
+                int(state.get("epoch", 0)),
+            )
     folder = Path(cfg.callbacks.checkpoint.dirpath) if cfg.get("callbacks", {}).get("checkpoint") else out_dir
     check_writable(folder)
     with contextlib.ExitStack() as stack:
@@ -389,6 +396,17 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
             # the DDP processes, which read it again, too); left alone, this run's last.ckpt would replace theirs
             set_aside_earlier_checkpoints(folder, out_dir, into=earlier, copy=from_them)
         return _train_in(cfg, out_dir, ckpt_path, state)
+
+
+def early_stopped(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's early stopping callback had ended its training (the run resumed from it trains no
+    more: see :func:`vpr.data.datamodule.nothing_left_to_train`)."""
+    for key, value in (state.get("callbacks") or {}).items():
+        if str(key).startswith("EarlyStopping") and isinstance(value, dict):
+            reason = value.get("stopping_reason")
+            if (int(reason) != 0) if reason is not None else int(value.get("stopped_epoch") or 0) > 0:
+                return True
+    return False
 
 
 def _folder_busy(folder: Path) -> None:
