@@ -58,6 +58,44 @@ def test_last_refuses_when_no_run_matches(tmp_path):
         resolve_ckpt_path("last", str(tmp_path / "empty"), "train")
 
 
+def set_aside(log_dir: Path, name: str, stamp: str, mtime: int) -> Path:
+    """A last.ckpt where a new run in the folder of run ``name`` moved that earlier run's checkpoints."""
+    folder = log_dir / "train" / "runs" / name / ".earlier" / stamp / "checkpoints"
+    folder.mkdir(parents=True)
+    ckpt = folder / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3}, ckpt)
+    os.utime(ckpt, (mtime, mtime))
+    return ckpt
+
+
+def test_the_error_of_last_names_the_checkpoints_set_aside_and_how_to_resume_them(tmp_path):
+    from vpr.checkpoints import SET_ASIDE_DIR
+    from vpr.run import EARLIER_RUNS_DIR
+
+    assert SET_ASIDE_DIR == EARLIER_RUNS_DIR  # where the new run puts them is where the error looks
+    older = set_aside(tmp_path, "r", "2026-01-01_10-00-00", 1000)
+    newer = set_aside(tmp_path, "r", "2026-01-02_10-00-00", 2000)
+    # Only set-aside checkpoints: none resumed by last, both named, the newest as the ckpt_path to give.
+    with pytest.raises(ConfigError) as e:
+        resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("se"))
+    text = str(e.value)
+    assert text.startswith(f"ckpt_path=last: no last.ckpt under {tmp_path / 'train'}; train first or give a path")
+    assert "; train first or give a path. Set aside in .earlier/ by a new run in their folder" in text
+    assert text.index(str(newer)) < text.index(str(older))  # newest first
+    assert f"ckpt_path={newer}" in text
+    # A visible run of other settings: the set-aside ones are named too.
+    run(tmp_path, "b", "baseline", 1, 3000)
+    with pytest.raises(ConfigError, match=r"none of the 1 last.ckpt") as e:
+        resolve_ckpt_path("last", str(tmp_path), "train", same_run_as=current("se"))
+    assert f"ckpt_path={newer}" in str(e.value) and str(older) in str(e.value)
+    # the path the error gives resumes it
+    assert resolve_ckpt_path(f"{newer}", str(tmp_path), "train", same_run_as=current("se")) == str(newer)
+    # without any set aside, the error is as it was
+    with pytest.raises(ConfigError) as e:
+        resolve_ckpt_path("last", str(tmp_path / "empty"), "train")
+    assert ".earlier" not in str(e.value)
+
+
 def test_last_skips_an_unreadable_checkpoint_for_the_newest_intact_one(tmp_path):
     ckpt = run(tmp_path, "a", "se", 1, 1000)
     best = ckpt.parent / "epoch003.ckpt"

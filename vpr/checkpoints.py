@@ -65,6 +65,11 @@ def resume_settings(overrides: list[str]) -> list[str]:
     return out
 
 
+#: Where a new run in an earlier run's folder sets that run's checkpoints aside (vpr.run.EARLIER_RUNS_DIR):
+#: ``<run>/.earlier/<time>/checkpoints/``. ``ckpt_path=last`` does not resume them; its error names them.
+SET_ASIDE_DIR = ".earlier"
+
+
 class NothingToResume(ConfigError):
     """``ckpt_path=last`` found no checkpoint of a run with these settings (a job of a sweep starts anew)."""
 
@@ -148,15 +153,20 @@ def _newest_last_checkpoint(
     found = [p for p in folder.rglob("last.ckpt") if not any(x.startswith(".") for x in p.relative_to(folder).parts)]
     found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
-        raise NothingToResume(f"ckpt_path=last: no last.ckpt under {folder}; train first or give a path")
+        raise NothingToResume(
+            _with_set_aside(f"ckpt_path=last: no last.ckpt under {folder}; train first or give a path", folder)
+        )
     if same_run_as is not None:
         want = _identity(same_run_as)
         matching = [p for p in found if _saved_identity(p) == want]
         if not matching:
             raise NothingToResume(
-                f"ckpt_path=last: none of the {len(found)} last.ckpt under {folder} comes from a "
-                f"run with these settings ({', '.join(RUN_IDENTITY)}); the newest is {found[0]}. Give the "
-                "checkpoint's path (ckpt_path=...) to resume it anyway."
+                _with_set_aside(
+                    f"ckpt_path=last: none of the {len(found)} last.ckpt under {folder} comes from a "
+                    f"run with these settings ({', '.join(RUN_IDENTITY)}); the newest is {found[0]}. Give the "
+                    "checkpoint's path (ckpt_path=...) to resume it anyway.",
+                    folder,
+                )
             )
         found = matching
         if require:
@@ -165,8 +175,11 @@ def _newest_last_checkpoint(
             found = [p for p in found if _saved_values(p, keys) == want_values]
             if not found:
                 raise NothingToResume(
-                    f"ckpt_path=last: no last.ckpt under {folder} comes from a run with these "
-                    f"settings and {_said(want_values)} (the sweep's other jobs own the rest)"
+                    _with_set_aside(
+                        f"ckpt_path=last: no last.ckpt under {folder} comes from a run with these "
+                        f"settings and {_said(want_values)} (the sweep's other jobs own the rest)",
+                        folder,
+                    )
                 )
         keys = [k for k in prefer if k not in require]
         if keys:
@@ -183,6 +196,22 @@ def _newest_last_checkpoint(
                     _said(_saved_values(found[0], keys)),
                 )
     return _newest_intact(found)
+
+
+def _with_set_aside(message: str, folder: Path) -> str:
+    """``message``, the error of ``ckpt_path=last``, with what it leaves out: the ``last.ckpt`` files a new run in
+    an earlier run's folder set aside (``<run>/.earlier/<time>/checkpoints/``), newest first, and the setting
+    that resumes one."""
+    aside = [p for p in folder.rglob("last.ckpt") if SET_ASIDE_DIR in p.relative_to(folder).parts[:-1]]
+    if not aside:
+        return message
+    aside.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    listed = ", ".join(str(p) for p in aside[:3]) + (f" and {len(aside) - 3} more" if len(aside) > 3 else "")
+    return (
+        f"{message.rstrip('.')}. Set aside in {SET_ASIDE_DIR}/ by a new run in their folder, and so not resumed "
+        f"by ckpt_path=last: {listed}; resume one with its path, e.g. ckpt_path={aside[0]} (its checkpoints then "
+        "continue in that folder)"
+    )
 
 
 def _newest_intact(last_files: list[Path]) -> Path:
