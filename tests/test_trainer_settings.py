@@ -34,6 +34,17 @@ def validate(*overrides: str) -> None:
         # taken by Lightning as "no switch": the run was not deterministic, without a word
         ("trainer.deterministic=ture", r"^trainer\.deterministic='ture': choose true .*warn"),
         ("trainer.deterministic=1", r"^trainer\.deterministic=1: choose true"),
+        # taken by Lightning: -5 logs every 5th step, -1 and 0.5 every step (step % n == 0), text is refused as text
+        ("trainer.log_every_n_steps=-1", r"^trainer\.log_every_n_steps=-1: must be a whole number >= 0"),
+        ("trainer.log_every_n_steps=0.5", r"^trainer\.log_every_n_steps=0\.5: must be a whole number >= 0"),
+        # taken by Lightning: below -1 (all batches) no sanity check runs, as with 0
+        ("trainer.num_sanity_val_steps=-5", r"^trainer\.num_sanity_val_steps=-5: must be a whole number >= -1"),
+        # taken by Lightning: a negative minimum is none; one above max_epochs (2 here) stops at max_epochs
+        ("+trainer.min_epochs=-5", r"^trainer\.min_epochs=-5: must be a whole number >= 0"),
+        ("+trainer.min_epochs=3", r"^trainer\.min_epochs=3 is more than trainer\.max_epochs=2"),
+        ("+trainer.min_steps=-3", r"^trainer\.min_steps=-3: must be a whole number >= 0"),
+        # taken by Lightning: a negative clip value clips nothing (clip_val <= 0 returns)
+        ("+trainer.gradient_clip_val=-1", r"^trainer\.gradient_clip_val=-1: must be a number >= 0"),
     ],
 )
 def test_refused_trainer_settings_fail_before_any_work(override, message):
@@ -48,6 +59,12 @@ def test_refused_trainer_settings_fail_before_any_work(override, message):
         "trainer.deterministic=true",
         "trainer.deterministic=false",
         "+trainer.max_steps=-1",
+        "trainer.log_every_n_steps=0",
+        "trainer.num_sanity_val_steps=-1",
+        "+trainer.min_epochs=2",
+        "+trainer.gradient_clip_val=0.5",
+        "+trainer.gradient_clip_val=0",
+        "+trainer.detect_anomaly=true",
     ],
 )
 def test_valid_trainer_settings_pass(override):

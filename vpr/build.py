@@ -694,14 +694,41 @@ def _training_trainer(cfg: DictConfig, loggers: list[Any], module: nn.Module | N
     )
 
 
+#: Lightning Trainer counts it takes without a word when out of range, and what they do then.
+TRAINER_COUNTS = {  # setting: (smallest allowed value, what it counts)
+    # -5 logs every 5th step, -1 and 0.5 every step (step % n == 0)
+    "trainer.log_every_n_steps": (0, "training steps between two logged losses; 0: none within an epoch"),
+    # -5 runs no sanity check, as 0 does
+    "trainer.num_sanity_val_steps": (-1, "validation batches run before training; 0: none, -1: all of them"),
+    # a negative count is no minimum
+    "trainer.min_epochs": (0, "epochs trained before early stopping may stop the run"),
+    "trainer.min_steps": (0, "training steps before early stopping may stop the run"),
+}
+
+
 def check_trainer_settings(cfg: DictConfig) -> None:
     """The ``trainer.*`` settings (and the callbacks') that Lightning refuses only when the Trainer is made, after
     the data, the network and k-means: a Trainer is made now, without loggers (no W&B run opens) and without the
     network (``trainer.sync_batchnorm=auto`` is decided later), and dropped; torch's global switches it sets
     (deterministic algorithms, cuDNN benchmark) are restored. Also the settings Lightning takes without a word and
-    trips over later: ``trainer.accumulate_grad_batches`` (0 divides by zero at the first step) and a
-    ``trainer.deterministic`` that is no switch."""
+    trips over later or that do nothing: ``trainer.accumulate_grad_batches`` (0 divides by zero at the first step),
+    :data:`TRAINER_COUNTS` out of range, ``min_epochs`` above ``max_epochs``, a negative ``gradient_clip_val`` (no
+    clipping) and a ``trainer.deterministic`` that is no switch."""
     whole_number(cfg, "trainer.accumulate_grad_batches", 1, "batches whose gradients make one optimizer step")
+    for key, (smallest, meaning) in TRAINER_COUNTS.items():
+        whole_number(cfg, key, smallest, meaning)
+    min_epochs, max_epochs = OmegaConf.select(cfg, "trainer.min_epochs"), OmegaConf.select(cfg, "trainer.max_epochs")
+    if min_epochs is not None and max_epochs is not None and int(max_epochs) >= 0 and int(min_epochs) > int(max_epochs):
+        raise ConfigError(
+            f"trainer.min_epochs={min_epochs} is more than trainer.max_epochs={max_epochs}: training stops at "
+            "max_epochs all the same; lower trainer.min_epochs or raise trainer.max_epochs"
+        )
+    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip >= 0):
+        raise ConfigError(
+            f"trainer.gradient_clip_val={clip!r}: must be a number >= 0 (the largest gradient norm, or value with "
+            "gradient_clip_algorithm=value; 0 or null: no clipping); a negative one clips nothing"
+        )
     deterministic = OmegaConf.select(cfg, "trainer.deterministic")
     if not (deterministic is None or isinstance(deterministic, bool) or deterministic == "warn"):
         raise ConfigError(
