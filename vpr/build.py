@@ -232,6 +232,25 @@ def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "") ->
     return int(value)
 
 
+def check_model_settings(cfg: DictConfig) -> None:
+    """The network's settings that the module and NetVLAD check when they are built, after the data is read (and
+    a synthetic city generated): ``model.channels_last``, ``model.compile``, ``model.lr_multipliers`` and NetVLAD's
+    K and version, checked now, with the same messages."""
+    from vpr.models.heads.netvlad import NetVLAD, check_netvlad_settings
+    from vpr.models.module import check_model_switches, checked_lr_multipliers
+
+    model = cfg.get("model") or {}
+    check_model_switches(model.get("channels_last", "auto"), model.get("compile", False))
+    checked_lr_multipliers(model.get("lr_multipliers"))
+    head = cfg.get("head") or {}
+    target = str(head.get("_target_", ""))
+    if target == f"{NetVLAD.__module__}.{NetVLAD.__qualname__}":
+        try:
+            check_netvlad_settings(head.get("num_clusters", 64), head.get("version", "v1"))
+        except ValueError as e:
+            raise ConfigError(f"head ({target}): {e}") from None
+
+
 def build_network(cfg: DictConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(backbone, attention, head) with deterministic initialisation for ``cfg.seed``."""
     with seeded(cfg.seed):

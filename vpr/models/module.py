@@ -117,7 +117,18 @@ def _number(value: Any) -> float:
         return float("nan")
 
 
-def _checked_lr_multipliers(lr_multipliers: Mapping[str, float] | None) -> dict[str, float]:
+def check_model_switches(channels_last: Any, compile: Any) -> None:
+    """``model.channels_last`` (auto, true or false) and ``model.compile`` (false, true or a torch.compile mode);
+    anything else is a ConfigError naming the setting."""
+    if channels_last not in (True, False, "auto"):
+        raise ConfigError(f"model.channels_last={channels_last!r}: choose auto, true or false")
+    if compile not in (True, False, *COMPILE_MODES):
+        raise ConfigError(
+            f"model.compile={compile!r}: choose false, true or a torch.compile mode ({', '.join(COMPILE_MODES)})"
+        )
+
+
+def checked_lr_multipliers(lr_multipliers: Mapping[str, float] | None) -> dict[str, float]:
     """Each component's factor on the optimizer's lr, 1.0 where not given; a component other than backbone,
     attention and head, or a factor that is not a number >= 0, is a ConfigError."""
     factors = {"backbone": 1.0, "attention": 1.0, "head": 1.0, **dict(lr_multipliers or {})}
@@ -206,12 +217,7 @@ class PlaceRecognitionModule(L.LightningModule):
         compile_backend: str = "inductor",
     ):
         super().__init__()
-        if channels_last not in (True, False, "auto"):
-            raise ConfigError(f"model.channels_last={channels_last!r}: choose auto, true or false")
-        if compile not in (True, False, *COMPILE_MODES):
-            raise ConfigError(
-                f"model.compile={compile!r}: choose false, true or a torch.compile mode ({', '.join(COMPILE_MODES)})"
-            )
+        check_model_switches(channels_last, compile)
         self.channels_last_setting = channels_last
         self.compile_mode = compile
         self.compile_backend = str(compile_backend)
@@ -226,7 +232,7 @@ class PlaceRecognitionModule(L.LightningModule):
         self.register_buffer("_pixel_std", std, persistent=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.lr_multipliers = _checked_lr_multipliers(lr_multipliers)
+        self.lr_multipliers = checked_lr_multipliers(lr_multipliers)
         self.recall_at = tuple(int(n) for n in recall_at)
         self.freeze_batchnorm = freeze_batchnorm
         self.encode_batch_size = int(encode_batch_size)

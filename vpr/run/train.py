@@ -21,6 +21,7 @@ from vpr.build import (
     build_trainer,
     check_common_settings,
     check_deterministic,
+    check_model_settings,
     check_recall_at,
     check_trainer_settings,
     cluster_command_overrides,
@@ -92,6 +93,7 @@ def validate_config(cfg: DictConfig) -> None:
     for key, (smallest, meaning) in WHOLE_NUMBERS.items():
         whole_number(cfg, key, smallest, meaning)
     check_recall_at(cfg)
+    check_model_settings(cfg)  # what the network's constructors refuse, after the data is read
     devices = OmegaConf.select(cfg, "trainer.devices")
     if devices is not None and (str(devices).strip() in ("0", "", "[]") or OmegaConf.is_list(devices) and not devices):
         # Lightning refuses it only when the Trainer is made: after the data, the network and k-means

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,6 +123,17 @@ def load_centroid_file(
     return centroids, descriptors
 
 
+def check_netvlad_settings(num_clusters: Any, version: Any) -> None:
+    """NetVLAD's K (a whole number >= 2) and version (v1 or v2); anything else is a ValueError naming it."""
+    if version not in _VERSIONS:
+        raise ValueError(f"Unknown NetVLAD version={version!r}; choose 'v1' or 'v2'.")
+    if not isinstance(num_clusters, int) or num_clusters < 2:
+        raise ValueError(
+            f"num_clusters={num_clusters!r} (model.num_clusters): NetVLAD needs at least 2 clusters "
+            "(its initialisation compares each descriptor's two nearest centroids)"
+        )
+
+
 class NetVLAD(nn.Module):
     """NetVLAD head: (B, D, H, W) feature map -> (B, K * D) L2-normalised descriptor.
 
@@ -150,13 +162,7 @@ class NetVLAD(nn.Module):
         eps: float = 1e-12,
     ) -> None:
         super().__init__()
-        if version not in _VERSIONS:
-            raise ValueError(f"Unknown NetVLAD version={version!r}; choose 'v1' or 'v2'.")
-        if not isinstance(num_clusters, int) or num_clusters < 2:
-            raise ValueError(
-                f"num_clusters={num_clusters!r} (model.num_clusters): NetVLAD needs at least 2 clusters "
-                "(its initialisation compares each descriptor's two nearest centroids)"
-            )
+        check_netvlad_settings(num_clusters, version)
         self.num_clusters = num_clusters
         self.dim = dim
         self.normalize_input = normalize_input

@@ -1,0 +1,48 @@
+"""train.py's network settings are checked before any data work (validate_config): the module and NetVLAD check
+them when they are built, after the data is read and a synthetic city generated."""
+
+from __future__ import annotations
+
+import pytest
+
+from vpr.api import compose_config
+from vpr.errors import ConfigError
+
+BASE = ["experiment=city_baseline", "trainer=cpu", "logger=none"]
+
+
+def validate(*overrides: str) -> None:
+    from vpr.run.train import validate_config
+
+    validate_config(compose_config("train", [*BASE, *overrides]))
+
+
+NETVLAD = r"^head \(vpr\.models\.heads\.netvlad\.NetVLAD\): "
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.num_clusters=0", NETVLAD + r"num_clusters=0 \(model\.num_clusters\): NetVLAD needs at least 2"),
+        ("model.num_clusters=1", NETVLAD + r"num_clusters=1 \(model\.num_clusters\)"),
+        ("model.num_clusters=x", NETVLAD + r"num_clusters='x' \(model\.num_clusters\)"),
+        ("model.num_clusters=null", NETVLAD + r"num_clusters=None \(model\.num_clusters\)"),
+        ("head.version=v3", NETVLAD + r"Unknown NetVLAD version='v3'; choose 'v1' or 'v2'"),
+        ("model.channels_last=maybe", r"^model\.channels_last='maybe': choose auto, true or false$"),
+        ("model.compile=yes", r"^model\.compile='yes': choose false, true or a torch\.compile mode"),
+        ("model.lr_multipliers.backbone=-1", r"^model\.lr_multipliers\.backbone=-1: must be a number >= 0"),
+        ("model.lr_multipliers.head=x", r"^model\.lr_multipliers\.head='x': must be a number >= 0"),
+        ("+model.lr_multipliers.heads=2", r"^model\.lr_multipliers\.heads: no such component"),
+    ],
+)
+def test_refused_network_settings_fail_before_any_data_work(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(override)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.num_clusters=2", "head.version=v2", "model.channels_last=true", "model.compile=max-autotune", "head=gem"],
+)
+def test_valid_network_settings_pass(override):
+    validate(override)
