@@ -118,3 +118,24 @@ def test_refused_optimizer_settings_fail_before_any_work(override, message):
     is read, asks it on a probe parameter."""
     with pytest.raises(ConfigError, match=message):
         validate(override)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # Lightning's ModelCheckpoint refused these after the first epoch's validation (no such logged metric);
+        # val/R@x ended with a ValueError traceback
+        ("monitor=val/R@x", r"^monitor=val/R@x: the validation metrics are val/R@N, N one of model\.recall_at="),
+        ("monitor=val/loss", r"^monitor=val/loss: the validation metrics are val/R@N"),
+        ("monitor=val/R@05", r"^monitor=val/R@05: the validation metrics are val/R@N"),
+        ("monitor=null", r"^monitor=None: choose a validation metric"),
+    ],
+)
+def test_refused_monitor_fails_before_any_work(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(override)
+
+
+@pytest.mark.parametrize("override", ["monitor=val/R@5", "monitor=val/R@20"])
+def test_valid_monitor_passes(override):
+    validate(override)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"trainer.devices={devices}: no device to train on; give a count >= 1, -1 (all of them), a list of "
             "device ids, or auto"
         )
-    if cfg.monitor.split("/")[0] != "val":
-        raise ConfigError(f"monitor={cfg.monitor}: choose a validation metric such as val/R@1 or val/R@5")
-    n = int(cfg.monitor.split("@")[-1]) if "@" in cfg.monitor else None
-    if n is not None and n not in list(cfg.model.recall_at):
-        raise ConfigError(f"monitor={cfg.monitor} but model.recall_at={list(cfg.model.recall_at)} does not list {n}")
+    check_monitor(cfg)
     if (cfg.get("logger") or {}).get("wandb") is not None:
         wandb_mode(cfg.logger.wandb)  # a wrong logger.wandb.mode fails now, not after clustering
     optimizer_factories(cfg)  # what torch refuses when Lightning's fit builds them (optimizer.lr=-1)
@@ -116,6 +113,23 @@ def validate_config(cfg: DictConfig) -> None:
             "from its checkpoint, so init_weights would not be used; drop init_weights to resume, or drop "
             "ckpt_path to start a new run from init_weights' tensors"
         )
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """``monitor``: the validation recall ``val/R@N`` that picks the best checkpoint and stops early, N one of
+    ``model.recall_at`` (the only validation metrics logged). Anything else would fail in Lightning's checkpoint
+    callback at the end of the first epoch's validation."""
+    monitor, recall_at = str(cfg.get("monitor")), check_recall_at(cfg)
+    if monitor.split("/")[0] != "val":
+        raise ConfigError(f"monitor={monitor}: choose a validation metric such as val/R@1 or val/R@5")
+    found = re.fullmatch(r"val/R@([1-9]\d*)", monitor)
+    if found is None:
+        raise ConfigError(
+            f"monitor={monitor}: the validation metrics are val/R@N, N one of model.recall_at={recall_at}; choose "
+            "one such as val/R@1 or val/R@5"
+        )
+    if int(found.group(1)) not in recall_at:
+        raise ConfigError(f"monitor={monitor} but model.recall_at={recall_at} does not list {found.group(1)}")
 
 
 def print_budget(cfg: DictConfig, dm, module) -> None:
