@@ -95,3 +95,29 @@ def test_radii_left_to_the_split_file_or_not_mined_pass_when_built(tmp_path):
     PlaceDataModule(root, "city", mining={}, train_min_distance_m=12.0)  # likewise
     PlaceDataModule(root, "city", mining={"negative_radius_m": 30.0}, eval_radius_m=5.0, train_radius_m=10.0)
     PlaceDataModule(root, "city", eval_radius_m=25.0, train_radius_m=30.0)  # a test set: nothing is mined
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("bogus", r"^mining\.bogus: no such mining setting; the settings are refresh_every_queries, "),
+        (
+            "negative_radius",
+            r"^mining\.negative_radius: no such mining setting; did you mean mining\.negative_radius_m",
+        ),
+        ("negatives_per_querry", r"^mining\.negatives_per_querry: .*did you mean mining\.negatives_per_query\?"),
+    ],
+)
+def test_an_unknown_mining_key_is_refused_before_any_data_work(tmp_path, key, message):
+    """A key added with + (train.py +mining.<key>=...) that no mining part reads: refused when the data module is
+    made (the root does not exist), not with a TypeError traceback once the miner is built from the read splits."""
+    with pytest.raises(ConfigError, match=message):
+        PlaceDataModule(str(tmp_path / "absent"), "city", mining={"negatives_per_query": 2, key: 1})
+
+
+def test_every_configured_mining_key_is_known(tmp_path):
+    """configs/mining/offline.yaml's keys, and the ones added with + that the miner reads, pass."""
+    from vpr.api import compose_config
+
+    mining = dict(compose_config("train", ["logger=none"]).mining)
+    PlaceDataModule(str(tmp_path / "absent"), "city", mining=mining | {"negative_radius_m": 30.0, "chunk_database": 8})

@@ -133,6 +133,25 @@ def _distance_or_none(value: Any) -> bool:
         return False
 
 
+#: The ``mining.*`` settings the data module hands to the batch sampler; the others go to HardNegativeMiner.
+SAMPLER_MINING_SETTINGS = ("refresh_every_queries", "cache_dtype", "database_subset")
+
+
+def check_mining_keys(mining: Mapping[str, Any]) -> None:
+    """Every ``mining.*`` key is a setting of the sampler or of HardNegativeMiner: one added with ``+`` that is
+    neither (a typo) is a ConfigError naming it and the closest setting, before any data work (HardNegativeMiner
+    refused it with a TypeError traceback after the splits were read)."""
+    import difflib
+    import inspect
+
+    known = [*SAMPLER_MINING_SETTINGS, *(p for p in inspect.signature(HardNegativeMiner).parameters if p != "split")]
+    for key in mining:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean mining.{close[0]}? " if close else ""
+            raise ConfigError(f"mining.{key}: no such mining setting; {hint}the settings are {', '.join(known)}")
+
+
 class PlaceDataModule(L.LightningDataModule):
     """Train/val/test splits of one dataset and the offline-mined training tuples.
 
@@ -228,6 +247,7 @@ class PlaceDataModule(L.LightningDataModule):
             raise ConfigError(f"data.persistent_workers={persistent_workers!r}: choose auto, true or false")
         self.persistent_workers = persistent_workers
         self.mining = dict(mining or {})
+        check_mining_keys(self.mining)
         cache_dtype = str(self.mining.get("cache_dtype") or "float32")
         if cache_dtype not in ("float32", "float16"):
             raise ConfigError(f"mining.cache_dtype={cache_dtype}: choose float32 or float16")
@@ -328,9 +348,7 @@ class PlaceDataModule(L.LightningDataModule):
     def _build_miner(self) -> None:
         if self.miner is not None:
             return
-        kwargs = {
-            k: v for k, v in self.mining.items() if k not in ("refresh_every_queries", "cache_dtype", "database_subset")
-        }
+        kwargs = {k: v for k, v in self.mining.items() if k not in SAMPLER_MINING_SETTINGS}
         self.miner = HardNegativeMiner(self.train_split, **kwargs)
         split = self.train_split
         within = (
