@@ -1,5 +1,5 @@
-"""train.py's network settings are checked before any data work (validate_config): the module and NetVLAD check
-them when they are built, after the data is read and a synthetic city generated."""
+"""train.py's settings are checked before any data work (validate_config): the network's (the module and
+NetVLAD check them when they are built, after the data is read and a synthetic city generated), and counts given null."""
 
 from __future__ import annotations
 
@@ -45,4 +45,28 @@ def test_refused_network_settings_fail_before_any_data_work(override, message):
     ["model.num_clusters=2", "head.version=v2", "model.channels_last=true", "model.compile=max-autotune", "head=gem"],
 )
 def test_valid_network_settings_pass(override):
+    validate(override)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # each stopped with a TypeError traceback (int(None), None < 1) once the data was read, or before
+        ("seed=null", r"^seed=null: must be a whole number >= 0 \(the seed of weights"),
+        ("mining.negatives_per_query=null", r"^mining\.negatives_per_query=null: must be a whole number >= 1"),
+        ("data.batch_size=null", r"^data\.batch_size=null: must be a whole number >= 1"),
+        ("data.eval_batch_size=null", r"^data\.eval_batch_size=null: must be a whole number >= 1"),
+        ("data.num_workers=null", r"^data\.num_workers=null: must be a whole number >= 0"),
+        ("trainer.max_epochs=null", r"^trainer\.max_epochs=null: must be a whole number >= 1"),
+        ("cluster.images=null", r"^cluster\.images=null: must be a whole number >= 1"),
+        ("cluster.seed=null", r"^cluster\.seed=null: must be a whole number >= 0"),
+    ],
+)
+def test_null_where_a_count_is_needed_is_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(override)
+
+
+@pytest.mark.parametrize("override", ["mining.database_subset=null", "checkpoint_every_n_steps=null"])
+def test_null_that_means_none_passes(override):
     validate(override)

@@ -147,15 +147,16 @@ def check_common_settings(cfg: DictConfig, trainer: bool = True) -> None:
     """Settings every script reads, checked before any work: the seeds, the k-means counts, the true-or-false
     switches, the evaluation batch size and loader workers, the image size and, for the scripts that run a
     Lightning Trainer (``trainer``), a GPU trainer on a machine without one."""
-    whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining")
+    whole_number(cfg, "seed", 0, "the seed of weights, sampling and mining", nullable=False)
     for key, meaning in CLUSTER_COUNTS.items():  # any script may cluster (train.py and eval.py with cluster.auto)
-        whole_number(cfg, key, 1, meaning)
-    whole_number(cfg, "cluster.seed", 0, "the sampling and k-means seed of a pretrained backbone's centroids")
+        whole_number(cfg, key, 1, meaning, nullable=False)
+    seed_meaning = "the sampling and k-means seed of a pretrained backbone's centroids"
+    whole_number(cfg, "cluster.seed", 0, seed_meaning, nullable=False)
     exclude_groups(cfg)  # a list of group names, and a guidance to label them
     for key in TRUE_OR_FALSE:
         true_or_false(cfg, key)
-    whole_number(cfg, "data.eval_batch_size", 1, "images per evaluation step")  # every script encodes images
-    whole_number(cfg, "data.num_workers", 0, "DataLoader worker processes")
+    whole_number(cfg, "data.eval_batch_size", 1, "images per evaluation step", nullable=False)  # every script encodes
+    whole_number(cfg, "data.num_workers", 0, "DataLoader worker processes", nullable=False)
     size = OmegaConf.select(cfg, "data.image_size")
     if size is not None:
         try:
@@ -216,11 +217,17 @@ def check_precision(setting: Any) -> str:
     )
 
 
-def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "") -> int | None:
-    """The setting ``key`` as an int >= ``smallest`` (None when unset); anything else is a ConfigError naming it."""
-    value = OmegaConf.select(cfg, key)
-    if value is None:
+_ABSENT = object()
+
+
+def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "", nullable: bool = True) -> int | None:
+    """The setting ``key`` as an int >= ``smallest`` (None when absent, or null where ``nullable``: a setting whose
+    null means something); anything else is a ConfigError naming it."""
+    value = OmegaConf.select(cfg, key, default=_ABSENT)
+    if value is _ABSENT or value is None and nullable:
         return None
+    if value is None:
+        raise ConfigError(f"{key}=null: must be a whole number >= {smallest}" + (f" ({meaning})" if meaning else ""))
     try:
         ok = int(value) == float(value) and int(value) >= smallest
     except (TypeError, ValueError):

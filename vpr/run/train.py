@@ -87,12 +87,15 @@ WHOLE_NUMBERS = {  # setting: (smallest allowed value, what it counts)
     "callbacks.mask_quality.images": (1, "images whose attention mask is measured; callbacks.mask_quality=null: off"),
 }
 
+#: The settings of WHOLE_NUMBERS whose null means none (all): the others stopped with a traceback on null.
+NULL_MEANS_NONE = ("checkpoint_every_n_steps", "mining.database_subset")
+
 
 def validate_config(cfg: DictConfig) -> None:
     """Refuse inconsistent settings up front, naming what to change."""
     check_common_settings(cfg)
     for key, (smallest, meaning) in WHOLE_NUMBERS.items():
-        whole_number(cfg, key, smallest, meaning)
+        whole_number(cfg, key, smallest, meaning, nullable=key in NULL_MEANS_NONE)
     check_recall_at(cfg)
     check_model_settings(cfg)  # what the network's constructors refuse, after the data is read
     devices = OmegaConf.select(cfg, "trainer.devices")
