@@ -447,6 +447,18 @@ def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path: Path, c
     assert not (tmp_path / "city").exists()
 
 
+@pytest.mark.parametrize("replace", ["maybe", "flase", ""])
+def test_a_replace_that_is_no_switch_is_refused_before_anything_is_written(tmp_path: Path, replace) -> None:
+    """data.prepare.replace=flase was taken as true: a city of other settings in the folder would be replaced."""
+    from vpr.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=rf"^data\.prepare\.replace={re.escape(repr(replace))}: choose auto .*, true or false$"
+    ):
+        generate_city(tmp_path / "city", "tiny", seed=0, progress=False, replace=replace)
+    assert not (tmp_path / "city").exists()
+
+
 @pytest.mark.parametrize(
     ("option", "value", "says"), [("--workers", "0", ">= 1"), ("--workers", "-3", ">= 1"), ("--seed", "\u00b2", ">= 0")]
 )

@@ -271,6 +271,11 @@ def generate_city(
     cfg.validate()
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"data.prepare.seed={seed!r}: the city's seed must be a whole number >= 0")
+    if replace not in (True, False, None, "auto"):  # text such as "flase" was taken as true: a city replaced
+        raise ConfigError(
+            f"data.prepare.replace={replace!r}: choose auto (replace a city of other settings only in the folder "
+            "named for these settings), true or false"
+        )
     root = Path(out_dir)
     if not force and _is_complete(root, cfg, seed):
         return root
