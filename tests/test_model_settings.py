@@ -33,6 +33,12 @@ NETVLAD = r"^head \(vpr\.models\.heads\.netvlad\.NetVLAD\): "
         ("model.lr_multipliers.backbone=-1", r"^model\.lr_multipliers\.backbone=-1: must be a number >= 0"),
         ("model.lr_multipliers.head=x", r"^model\.lr_multipliers\.head='x': must be a number >= 0"),
         ("+model.lr_multipliers.heads=2", r"^model\.lr_multipliers\.heads: no such component"),
+        # read by nothing: the run went on without the setting, without a word
+        (
+            "+model.freeze_batchnrom=true",
+            r"^model\.freeze_batchnrom: no such model setting; did you mean model\.freeze_",
+        ),
+        ("+model.bogus=1", r"^model\.bogus: no such model setting; the settings are recall_at, num_clusters, "),
     ],
 )
 def test_refused_network_settings_fail_before_any_data_work(override, message):
@@ -70,3 +76,15 @@ def test_null_where_a_count_is_needed_is_refused(override, message):
 @pytest.mark.parametrize("override", ["mining.database_subset=null", "checkpoint_every_n_steps=null"])
 def test_null_that_means_none_passes(override):
     validate(override)
+
+
+def test_every_experiment_passes_the_network_checks():
+    """Each experiment's model.* keys are settings the project reads (the paper_* ones train on a GPU: the checks
+    of the network alone are asked)."""
+    from vpr.api import CONFIG_DIR
+    from vpr.build import check_model_settings
+
+    names = sorted(f.stem for f in (CONFIG_DIR / "experiment").glob("*.yaml"))
+    assert names
+    for name in names:
+        check_model_settings(compose_config("train", [f"experiment={name}", "logger=none"]))

@@ -7,6 +7,7 @@ callbacks and the Trainer. Decisions that depend on a component are asked of the
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
@@ -239,14 +240,31 @@ def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "", nu
     return int(value)
 
 
+#: The ``model.*`` settings (configs/base.yaml); any other key would be read by nothing.
+MODEL_SETTINGS = (
+    "recall_at",
+    "num_clusters",
+    "freeze_batchnorm",
+    "channels_last",
+    "compile",
+    "compile_backend",
+    "lr_multipliers",
+)
+
+
 def check_model_settings(cfg: DictConfig) -> None:
     """The network's settings that the module and NetVLAD check when they are built, after the data is read (and
     a synthetic city generated): ``model.channels_last``, ``model.compile``, ``model.lr_multipliers`` and NetVLAD's
-    K and version, checked now, with the same messages."""
+    K and version, checked now, with the same messages; and a ``model.*`` key that nothing reads (a typo)."""
     from vpr.models.heads.netvlad import NetVLAD, check_netvlad_settings
     from vpr.models.module import check_model_switches, checked_lr_multipliers
 
     model = cfg.get("model") or {}
+    for key in model:
+        if key not in MODEL_SETTINGS:  # added with + (Hydra's advice for a key the config lacks): read by nothing
+            close = difflib.get_close_matches(str(key), MODEL_SETTINGS, n=1)
+            hint = f"did you mean model.{close[0]}? " if close else ""
+            raise ConfigError(f"model.{key}: no such model setting; {hint}the settings are {', '.join(MODEL_SETTINGS)}")
     check_model_switches(model.get("channels_last", "auto"), model.get("compile", False))
     checked_lr_multipliers(model.get("lr_multipliers"))
     head = cfg.get("head") or {}
