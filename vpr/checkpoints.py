@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vpr import released
 from vpr.errors import ConfigError
-from vpr.io import read_weights_only
+from vpr.io import EARLIER_RUNS_DIR, read_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,6 @@ def resume_settings(overrides: list[str]) -> list[str]:
             continue
         out.append(key)
     return out
-
-
-#: Where a new run in an earlier run's folder sets that run's checkpoints aside (vpr.run.EARLIER_RUNS_DIR):
-#: ``<run>/.earlier/<time>/checkpoints/``. ``ckpt_path=last`` does not resume them; its error names them.
-SET_ASIDE_DIR = ".earlier"
 
 
 class NothingToResume(ConfigError):
@@ -202,13 +197,13 @@ def _with_set_aside(message: str, folder: Path) -> str:
     """``message``, the error of ``ckpt_path=last``, with what it leaves out: the ``last.ckpt`` files a new run in
     an earlier run's folder set aside (``<run>/.earlier/<time>/checkpoints/``), newest first, and the setting
     that resumes one."""
-    aside = [p for p in folder.rglob("last.ckpt") if SET_ASIDE_DIR in p.relative_to(folder).parts[:-1]]
+    aside = [p for p in folder.rglob("last.ckpt") if EARLIER_RUNS_DIR in p.relative_to(folder).parts[:-1]]
     if not aside:
         return message
     aside.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     listed = ", ".join(str(p) for p in aside[:3]) + (f" and {len(aside) - 3} more" if len(aside) > 3 else "")
     return (
-        f"{message.rstrip('.')}. Set aside in {SET_ASIDE_DIR}/ by a new run in their folder, and so not resumed "
+        f"{message.rstrip('.')}. Set aside in {EARLIER_RUNS_DIR}/ by a new run in their folder, and so not resumed "
         f"by ckpt_path=last: {listed}; resume one with its path, e.g. ckpt_path={aside[0]} (its checkpoints then "
         "continue in that folder)"
     )

@@ -78,6 +78,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         raise
 
 
+#: Where a run folder keeps what an earlier run of that folder left (its results, its checkpoints under
+#: ``<time>/checkpoints/``): hidden, so the sweep table never reads it as a run and ``ckpt_path=last`` never resumes it.
+EARLIER_RUNS_DIR = ".earlier"
+
 #: The name :func:`atomic_path` gives its temporary file: ``.<target's name>.<mkstemp's 8 characters><suffix>``.
 _PARTIAL_WRITE = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
 

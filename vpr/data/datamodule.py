@@ -562,7 +562,12 @@ def nothing_left_to_train(trainer: L.Trainer) -> bool:
         return True
     if loop.max_steps not in (None, -1) and steps_done >= loop.max_steps:
         return True
-    if trainer.ckpt_path is None or not any(_early_stopped(cb) for cb in trainer.callbacks):
+    stopped = (
+        early_stop_recorded(cb.state_dict())
+        for cb in trainer.callbacks
+        if isinstance(cb, L.pytorch.callbacks.EarlyStopping)
+    )
+    if trainer.ckpt_path is None or not any(stopped):
         return False
     if (loop.min_epochs and epochs_done < loop.min_epochs) or (loop.min_steps and steps_done < loop.min_steps):
         return False  # Lightning trains on to the minimum, early stopping or not
@@ -570,14 +575,13 @@ def nothing_left_to_train(trainer: L.Trainer) -> bool:
     return True
 
 
-def _early_stopped(callback: Any) -> bool:
-    """Whether an early stopping callback (its state restored from a checkpoint) had ended the training."""
-    if not isinstance(callback, L.pytorch.callbacks.EarlyStopping):
+def early_stop_recorded(state: Any) -> bool:
+    """Whether an early stopping callback's state (its ``state_dict()``, as a checkpoint keeps it) says it had ended
+    the training: a stopping reason other than NOT_STOPPED (0; Lightning >= 2.5.5), else a stopped epoch."""
+    if not isinstance(state, dict):
         return False
-    reason = getattr(callback, "stopping_reason", None)  # Lightning >= 2.5.5
-    if reason is not None:
-        return int(getattr(reason, "value", 0)) != 0  # EarlyStoppingReason.NOT_STOPPED
-    return int(callback.stopped_epoch) > 0
+    reason = state.get("stopping_reason")
+    return int(reason) != 0 if reason is not None else int(state.get("stopped_epoch") or 0) > 0
 
 
 def _sum_over_ranks(table: np.ndarray, failure: BaseException | None, device: torch.device) -> np.ndarray:

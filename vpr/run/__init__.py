@@ -65,8 +65,6 @@ def save_run_config(cfg, out_dir: Path) -> Path:
 
 #: What a run writes when it finishes (results, per-query predictions, pictures), as names in its folder.
 FINISHED_RUN_OUTPUTS = ("results*.json", "results*.md", "predictions*.csv", "predictions*.json", "pictures")
-#: Where a run folder keeps an earlier run's outputs (hidden: the sweep table never reads them as a run).
-EARLIER_RUNS_DIR = ".earlier"
 
 
 def set_aside_earlier_outputs(
@@ -138,7 +136,7 @@ def _move_aside(out_dir: Path, found: list[Path], into: Path | None, what: str, 
     """Rename ``found`` into ``into`` (``<out_dir>/.earlier/<time of the newest>/`` when None; checkpoints into its
     ``checkpoints/``), or copy them there (``copy``: each copy written whole or not at all); the folder they went
     to. A failure is one ConfigError naming the files and the way out."""
-    from vpr.io import atomic_path
+    from vpr.io import EARLIER_RUNS_DIR, atomic_path
 
     if into is None:
         newest = max(p.stat().st_mtime for p in found)

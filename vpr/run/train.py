@@ -46,6 +46,7 @@ from vpr.checkpoints import (
     resume_settings,
     weight_mismatches,
 )
+from vpr.data.datamodule import early_stop_recorded
 from vpr.devices import float32_matmul_precision, reuse_freed_memory, work_device
 from vpr.errors import (
     ConfigError,
@@ -420,12 +421,8 @@ def _run_training(cfg: DictConfig) -> dict[str, Any]:
 def early_stopped(state: dict[str, Any]) -> bool:
     """Whether a checkpoint's early stopping callback had ended its training (the run resumed from it trains no
     more: see :func:`vpr.data.datamodule.nothing_left_to_train`)."""
-    for key, value in (state.get("callbacks") or {}).items():
-        if str(key).startswith("EarlyStopping") and isinstance(value, dict):
-            reason = value.get("stopping_reason")
-            if (int(reason) != 0) if reason is not None else int(value.get("stopped_epoch") or 0) > 0:
-                return True
-    return False
+    callbacks = state.get("callbacks") or {}
+    return any(early_stop_recorded(value) for key, value in callbacks.items() if str(key).startswith("EarlyStopping"))
 
 
 def _folder_busy(folder: Path) -> None:
