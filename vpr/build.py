@@ -240,16 +240,13 @@ def whole_number(cfg: DictConfig, key: str, smallest: int, meaning: str = "", nu
     return int(value)
 
 
-#: The ``model.*`` settings (configs/base.yaml); any other key would be read by nothing.
-MODEL_SETTINGS = (
-    "recall_at",
-    "num_clusters",
-    "freeze_batchnorm",
-    "channels_last",
-    "compile",
-    "compile_backend",
-    "lr_multipliers",
-)
+def model_settings() -> tuple[str, ...]:
+    """The ``model.*`` settings, as configs/base.yaml declares them; any other key would be read by nothing."""
+    from omegaconf import OmegaConf
+
+    from vpr import CONFIG_DIR
+
+    return tuple(OmegaConf.load(CONFIG_DIR / "base.yaml").model.keys())
 
 
 def check_model_settings(cfg: DictConfig) -> None:
@@ -260,11 +257,12 @@ def check_model_settings(cfg: DictConfig) -> None:
     from vpr.models.module import check_model_switches, checked_lr_multipliers
 
     model = cfg.get("model") or {}
+    known = model_settings()
     for key in model:
-        if key not in MODEL_SETTINGS:  # added with + (Hydra's advice for a key the config lacks): read by nothing
-            close = difflib.get_close_matches(str(key), MODEL_SETTINGS, n=1)
+        if key not in known:  # added with + (Hydra's advice for a key the config lacks): read by nothing
+            close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean model.{close[0]}? " if close else ""
-            raise ConfigError(f"model.{key}: no such model setting; {hint}the settings are {', '.join(MODEL_SETTINGS)}")
+            raise ConfigError(f"model.{key}: no such model setting; {hint}the settings are {', '.join(known)}")
     check_model_switches(model.get("channels_last", "auto"), model.get("compile", False))
     checked_lr_multipliers(model.get("lr_multipliers"))
     head = cfg.get("head") or {}
